@@ -1,0 +1,218 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"testing"
+)
+
+func TestVarintRoundTrip(t *testing.T) {
+	for _, v := range []uint64{0, 1, 63, 64, 16383, 16384, 1073741823, 1073741824, MaxVarint} {
+		b := AppendVarint(nil, v)
+		if len(b) != VarintLen(v) {
+			t.Fatalf("%d: len %d, VarintLen %d", v, len(b), VarintLen(v))
+		}
+		got, n, err := ReadVarint(b)
+		if err != nil || got != v || n != len(b) {
+			t.Fatalf("%d: got %d n=%d err=%v", v, got, n, err)
+		}
+		if _, _, err := ReadVarint(b[:len(b)-1]); err == nil {
+			t.Fatalf("%d: truncated varint accepted", v)
+		}
+	}
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	h := Header{KeyPhase: true, DstCID: 0x0102030405060708, PN: 1<<40 + 7}
+	b := AppendHeader(nil, h)
+	if len(b) != DataHeaderSize {
+		t.Fatalf("header size %d", len(b))
+	}
+	b = append(b, make([]byte, TagSize)...)
+	got, err := ParseHeader(b)
+	if err != nil || got != h {
+		t.Fatalf("got %+v err %v", got, err)
+	}
+	tests := []struct {
+		name string
+		mut  func([]byte) []byte
+		want error
+	}{
+		{"short", func(b []byte) []byte { return b[:DataHeaderSize+TagSize-1] }, ErrShort},
+		{"type", func(b []byte) []byte { b[0] = TypeInitiation; return b }, ErrType},
+		{"flags", func(b []byte) []byte { b[1] |= 0x80; return b }, ErrFlags},
+	}
+	for _, tc := range tests {
+		c := tc.mut(bytes.Clone(b))
+		if _, err := ParseHeader(c); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func parseAll(t *testing.T, b []byte) []Frame {
+	t.Helper()
+	var p Parser
+	p.Reset(b)
+	var out []Frame
+	for {
+		var f Frame
+		ok, err := p.Next(&f)
+		if err != nil {
+			t.Fatalf("parse: %v", err)
+		}
+		if !ok {
+			return out
+		}
+		// Copy ranges: the parser reuses its buffer.
+		f.Ack.Ranges = append([]AckRange(nil), f.Ack.Ranges...)
+		out = append(out, f)
+	}
+}
+
+func TestFramesRoundTrip(t *testing.T) {
+	ranges := []AckRange{{100, 120}, {90, 97}, {0, 0}}
+	var b []byte
+	b = AppendPing(b)
+	b = AppendPadding(b, 3)
+	b = AppendAck(b, 250, ranges)
+	if got := AckLen(250, ranges); got != len(b)-4 {
+		t.Fatalf("AckLen %d, encoded %d", got, len(b)-4)
+	}
+	b = AppendClose(b, 7, "bye")
+	b = AppendPath(b, FramePathChallenge, [8]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	b = AppendPath(b, FramePathResponse, [8]byte{8, 7})
+	b = AppendValue(b, FrameKeyUpdate, 3)
+	b = AppendValue(b, FrameMaxData, 1<<33)
+	b = AppendStreamValue(b, FrameMaxStreamData, 4, 1<<20)
+	b = AppendStreamValue(b, FrameResetStream, 5, 99)
+	b = AppendStreamValue(b, FrameStopSending, 6, 2)
+	n := len(b)
+	b = AppendStreamHeader(b, 9, 1<<30, 5, true)
+	if len(b)-n != StreamHeaderLen(9, 1<<30, 5) {
+		t.Fatal("StreamHeaderLen mismatch")
+	}
+	b = append(b, "hello"...)
+	n = len(b)
+	b = AppendDatagram(b, 11, 2, 3, []byte("frag"))
+	if len(b)-n != DatagramHeaderLen(11, 2, 3, 4)+4 {
+		t.Fatal("DatagramHeaderLen mismatch")
+	}
+
+	fs := parseAll(t, b)
+	wantTypes := []byte{FramePing, FrameAck, FrameClose, FramePathChallenge, FramePathResponse,
+		FrameKeyUpdate, FrameMaxData, FrameMaxStreamData, FrameResetStream, FrameStopSending,
+		FrameStreamFin, FrameDatagram}
+	if len(fs) != len(wantTypes) {
+		t.Fatalf("got %d frames, want %d", len(fs), len(wantTypes))
+	}
+	for i, f := range fs {
+		if f.Type != wantTypes[i] {
+			t.Fatalf("frame %d type %#x want %#x", i, f.Type, wantTypes[i])
+		}
+	}
+	if a := fs[1].Ack; a.Delay != 250 || len(a.Ranges) != 3 || a.Ranges[0] != ranges[0] || a.Ranges[1] != ranges[1] || a.Ranges[2] != ranges[2] {
+		t.Fatalf("ack %+v", a)
+	}
+	if fs[2].ErrorCode != 7 || string(fs[2].Reason) != "bye" {
+		t.Fatalf("close %+v", fs[2])
+	}
+	if fs[3].PathData != [8]byte{1, 2, 3, 4, 5, 6, 7, 8} || fs[4].PathData != [8]byte{8, 7} {
+		t.Fatal("path data")
+	}
+	if fs[5].Value != 3 || fs[6].Value != 1<<33 {
+		t.Fatal("values")
+	}
+	if fs[7].StreamID != 4 || fs[7].Value != 1<<20 || fs[8].StreamID != 5 || fs[8].Value != 99 || fs[9].ErrorCode != 2 {
+		t.Fatal("stream values")
+	}
+	s := fs[10].Stream
+	if s.ID != 9 || s.Offset != 1<<30 || !s.Fin || string(s.Data) != "hello" {
+		t.Fatalf("stream %+v", s)
+	}
+	d := fs[11].Datagram
+	if d.ID != 11 || d.Index != 2 || d.Count != 3 || string(d.Data) != "frag" {
+		t.Fatalf("datagram %+v", d)
+	}
+}
+
+func TestAckRandomRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 2000; i++ {
+		n := 1 + r.IntN(20)
+		var ranges []AckRange
+		hi := uint64(r.IntN(1 << 20)) + 1<<21
+		for j := 0; j < n; j++ {
+			length := uint64(r.IntN(50))
+			if hi < length {
+				break
+			}
+			ranges = append(ranges, AckRange{hi - length, hi})
+			gap := uint64(r.IntN(30)) + 2
+			if hi-length < gap {
+				break
+			}
+			hi = hi - length - gap
+		}
+		b := AppendAck(nil, uint64(r.IntN(1000)), ranges)
+		fs := parseAll(t, b)
+		if len(fs) != 1 || len(fs[0].Ack.Ranges) != len(ranges) {
+			t.Fatalf("iteration %d: %+v vs %+v", i, fs, ranges)
+		}
+		for j := range ranges {
+			if fs[0].Ack.Ranges[j] != ranges[j] {
+				t.Fatalf("iteration %d range %d: %+v vs %+v", i, j, fs[0].Ack.Ranges[j], ranges[j])
+			}
+		}
+	}
+}
+
+func TestMalformedFrames(t *testing.T) {
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"unknown type", []byte{0x3f}},
+		{"truncated ack", []byte{FrameAck, 5}},
+		{"ack first range above largest", []byte{FrameAck, 5, 0, 0, 6}},
+		{"ack gap underflow", []byte{FrameAck, 5, 0, 1, 0, 4, 0}},
+		{"ack too many ranges", AppendVarint([]byte{FrameAck, 5, 0}, MaxAckRanges)},
+		{"close reason too long", AppendVarint([]byte{FrameClose, 0}, MaxCloseReason+1)},
+		{"close reason truncated", []byte{FrameClose, 0, 5, 'a'}},
+		{"path truncated", []byte{FramePathChallenge, 1, 2}},
+		{"stream data truncated", []byte{FrameStream, 1, 0, 10, 'a'}},
+		{"datagram index >= count", []byte{FrameDatagram, 1, 3, 3, 0}},
+		{"datagram zero count", []byte{FrameDatagram, 1, 0, 0, 0}},
+	}
+	for _, tc := range tests {
+		var p Parser
+		p.Reset(tc.b)
+		var f Frame
+		if _, err := p.Next(&f); !errors.Is(err, ErrFrame) {
+			t.Errorf("%s: err %v, want ErrFrame", tc.name, err)
+		}
+		// After an error the parser reports the end, never loops.
+		if ok, err := p.Next(&f); ok || err != nil {
+			t.Errorf("%s: parser continued after error", tc.name)
+		}
+	}
+}
+
+func BenchmarkParseStreamPacket(b *testing.B) {
+	pkt := AppendAck(nil, 10, []AckRange{{1000, 1100}, {900, 990}})
+	pkt = AppendStreamHeader(pkt, 4, 1<<30, 1300, false)
+	pkt = append(pkt, make([]byte, 1300)...)
+	var p Parser
+	var f Frame
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Reset(pkt)
+		for {
+			ok, err := p.Next(&f)
+			if err != nil || !ok {
+				break
+			}
+		}
+	}
+}

@@ -9,20 +9,22 @@ import (
 // frames; an unknown type makes the whole packet invalid, because a receiver
 // cannot know the length of a frame it does not understand.
 const (
-	FramePadding       = 0x00
-	FramePing          = 0x01
-	FrameAck           = 0x02
-	FrameClose         = 0x03
-	FramePathChallenge = 0x04
-	FramePathResponse  = 0x05
-	FrameKeyUpdate     = 0x06
-	FrameMaxData       = 0x07
-	FrameMaxStreamData = 0x08
-	FrameResetStream   = 0x09
-	FrameStopSending   = 0x0a
-	FrameDatagram      = 0x0b
-	FrameStream        = 0x10 // 0x10 | FIN bit
-	FrameStreamFin     = 0x11
+	FramePadding        = 0x00
+	FramePing           = 0x01
+	FrameAck            = 0x02
+	FrameClose          = 0x03
+	FramePathChallenge  = 0x04
+	FramePathResponse   = 0x05
+	FrameKeyUpdate      = 0x06
+	FrameMaxData        = 0x07
+	FrameMaxStreamData  = 0x08
+	FrameResetStream    = 0x09
+	FrameStopSending    = 0x0a
+	FrameDatagram       = 0x0b
+	FrameMaxStreamsBidi = 0x0c
+	FrameMaxStreamsUni  = 0x0d
+	FrameStream         = 0x10 // 0x10 | FIN bit
+	FrameStreamFin      = 0x11
 )
 
 // Stream ID layout: the two low bits say who opened the stream and whether it
@@ -82,7 +84,7 @@ type Frame struct {
 	Reason    []byte
 	// PATH_CHALLENGE / PATH_RESPONSE
 	PathData [8]byte
-	// KEY_UPDATE: generation; MAX_DATA, MAX_STREAM_DATA: limit;
+	// KEY_UPDATE: generation; MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS: limit;
 	// RESET_STREAM: final size.
 	Value uint64
 	// MAX_STREAM_DATA, RESET_STREAM, STOP_SENDING
@@ -136,7 +138,7 @@ func (p *Parser) Next(f *Frame) (bool, error) {
 		}
 		copy(f.PathData[:], b[:8])
 		b = b[8:]
-	case FrameKeyUpdate, FrameMaxData:
+	case FrameKeyUpdate, FrameMaxData, FrameMaxStreamsBidi, FrameMaxStreamsUni:
 		f.Value, b, err = varint(b)
 	case FrameMaxStreamData, FrameResetStream:
 		if f.StreamID, b, err = varint(b); err != nil {

@@ -142,7 +142,7 @@ func TestAckRandomRoundTrip(t *testing.T) {
 	for i := 0; i < 2000; i++ {
 		n := 1 + r.IntN(20)
 		var ranges []AckRange
-		hi := uint64(r.IntN(1 << 20)) + 1<<21
+		hi := uint64(r.IntN(1<<20)) + 1<<21
 		for j := 0; j < n; j++ {
 			length := uint64(r.IntN(50))
 			if hi < length {

@@ -1,0 +1,640 @@
+package congestion
+
+import (
+	"math"
+	"time"
+)
+
+// PacketState is the per-packet record the core stores with each sent packet
+// (as returned by OnPacketSent) and hands back, unchanged, in OnAck or OnLoss.
+type PacketState struct {
+	SentTime      time.Time
+	Size          int       // bytes on the wire
+	Delivered     uint64    // C.delivered when sent
+	DeliveredTime time.Time // C.deliveredTime when sent
+	FirstSentTime time.Time
+	AppLimited    bool
+}
+
+// Config parameterises a Controller. Zero fields take the documented default.
+type Config struct {
+	MaxDatagramSize int           // bytes; default 1452
+	InitialWindow   int           // bytes; default 32*MaxDatagramSize
+	MinWindow       int           // bytes; default 4*MaxDatagramSize
+	MaxRate         float64       // bytes/s hard cap, 0 = none
+	InitialRTT      time.Duration // default 100ms until measured
+}
+
+// Stats is a snapshot of the controller's model, for logs and metrics.
+type Stats struct {
+	State            string        // STARTUP, DRAIN, PROBE_BW or PROBE_RTT
+	BtlBw            float64       // bytes/s, windowed-max delivery rate
+	MinRTT           time.Duration // windowed-min RTT (0 = not measured yet)
+	SRTT             time.Duration // smoothed RTT (0 = not measured yet)
+	PacingRate       float64       // bytes/s, as returned by PacingRate
+	Cwnd             int           // bytes
+	InflightCeiling  int           // bytes; 0 = no loss-derived ceiling
+	LossRate         float64       // recent loss rate (EWMA over rounds), 0..1
+	MaxRate          float64       // bytes/s hard cap, 0 = none
+	Delivered        uint64        // bytes acknowledged
+	Lost             uint64        // bytes declared lost
+	Rounds           uint64        // packet-timed round trips
+	CongestionEvents uint64        // rounds where loss coincided with a standing queue
+}
+
+// Tunables. The BBR constants are those of BBRv1 (Cardwell et al., 2016)
+// except where noted; the loss rule is this package's own (see doc.go).
+const (
+	startupPacingGain = 2.885 // 2/ln 2: the smallest gain that doubles the delivery rate per round
+	startupCwndGain   = 2.0   // as BBRv2/v3: 2/ln 2 over-fills shallow buffers for no gain
+	drainPacingGain   = 1 / startupPacingGain
+	probeBWCwndGain   = 2.0 // headroom for delayed/aggregated ACKs
+	probeRTTCwndGain  = 0.5 // as BBRv2: halving inflight drains the queue without stalling
+
+	btlBwWindowRounds = 10
+	minRTTWindow      = 10 * time.Second
+	probeRTTDuration  = 200 * time.Millisecond
+
+	// pacingMargin paces 1% under the estimate so that an estimate that is
+	// exact does not slowly build a queue from rounding and timer slop.
+	pacingMargin = 0.99
+
+	fullBwGrowth = 1.25 // STARTUP continues while the estimate grows by this much per round
+	fullBwRounds = 3    // ... and ends after this many rounds without such growth
+
+	// Loss-with-queueing rule (see doc.go).
+	lossThreshold      = 0.02
+	queueDelayFraction = 8                // standing queue must exceed minRTT/8 ...
+	queueDelayFloor    = time.Millisecond // ... and 1 ms
+	minCutFactor       = 0.5
+	maxCutFactor       = 0.85
+	lossRateEWMA       = 1.0 / 8 // weight of one round in Stats.LossRate
+
+	// capBoundSlack: the MaxRate cap counts as the binding limit when it is
+	// no more than 2% above the bandwidth estimate. Paced exactly at the cap,
+	// the estimate hovers around it; the slack stops that noise from toggling
+	// between capped pacing and gain cycling.
+	capBoundSlack = 1.02
+)
+
+// probeBWGains is the PROBE_BW pacing-gain cycle: one round probing for more
+// bandwidth, one round draining the queue the probe may have built, six
+// cruising at the estimate.
+var probeBWGains = [8]float64{1.25, 0.75, 1, 1, 1, 1, 1, 1}
+
+type mode uint8
+
+const (
+	modeStartup mode = iota
+	modeDrain
+	modeProbeBW
+	modeProbeRTT
+)
+
+func (m mode) String() string {
+	switch m {
+	case modeStartup:
+		return "STARTUP"
+	case modeDrain:
+		return "DRAIN"
+	case modeProbeBW:
+		return "PROBE_BW"
+	default:
+		return "PROBE_RTT"
+	}
+}
+
+// roundTally accumulates what one packet-timed round trip observed.
+type roundTally struct {
+	acked       uint64
+	lost        uint64
+	minRTT      time.Duration // smallest RTT sample of the round; 0 = none
+	maxInflight int           // largest bytes in flight after a send
+}
+
+// Controller is a sans-I/O BBR-style rate controller. It is not safe for
+// concurrent use; the connection core serialises calls.
+type Controller struct {
+	cfg     Config
+	maxRate float64
+
+	rate   rateEstimator
+	btlBw  windowedFilter[float64] // keyed by round count
+	minRTT minRTTFilter
+	srtt   time.Duration
+
+	// Round-trip counting: a round ends when a packet sent after the
+	// previous round ended is acknowledged.
+	rounds             uint64
+	nextRoundDelivered uint64
+	roundStart         bool
+
+	mode       mode
+	pacingGain float64
+	cwndGain   float64
+	cycleIdx   int
+	cycleStamp time.Time
+	rng        uint64
+
+	fullBw      float64
+	fullBwCount int
+	filledPipe  bool
+
+	probeRTTDone      time.Time // zero until inflight has dropped to the PROBE_RTT window
+	probeRTTRoundDone bool
+	priorCwnd         int
+	idleRestart       bool
+
+	cwnd       int
+	pacingRate float64 // model rate before the MaxRate cap
+	lostSince  bool    // a loss was reported since the last ACK
+
+	// Loss-with-queueing rule state.
+	tally        roundTally
+	prevInflight int // maxInflight of the previous round
+	ceiling      int // bytes; 0 = none
+	ceilingIncr  int
+	skipRound    bool
+	lossRate     float64
+	lostTotal    uint64
+	congEvents   uint64
+
+	// noLossRule turns the loss-with-queueing rule off (plain BBRv1); only
+	// the tests set it, to show what the rule buys.
+	noLossRule bool
+}
+
+// New returns a controller in STARTUP. now seeds the choice of the first
+// PROBE_BW phase, so flows started at different instants do not probe in
+// lock-step.
+func New(cfg Config, now time.Time) *Controller {
+	if cfg.MaxDatagramSize <= 0 {
+		cfg.MaxDatagramSize = 1452
+	}
+	if cfg.InitialWindow <= 0 {
+		cfg.InitialWindow = 32 * cfg.MaxDatagramSize
+	}
+	if cfg.MinWindow <= 0 {
+		cfg.MinWindow = 4 * cfg.MaxDatagramSize
+	}
+	if cfg.InitialWindow < cfg.MinWindow {
+		cfg.InitialWindow = cfg.MinWindow
+	}
+	if cfg.InitialRTT <= 0 {
+		cfg.InitialRTT = 100 * time.Millisecond
+	}
+	if cfg.MaxRate < 0 || math.IsNaN(cfg.MaxRate) {
+		cfg.MaxRate = 0
+	}
+	c := &Controller{
+		cfg:     cfg,
+		maxRate: cfg.MaxRate,
+		btlBw:   newMaxFilter[float64](btlBwWindowRounds),
+		minRTT:  minRTTFilter{window: minRTTWindow, stamp: now},
+		cwnd:    cfg.InitialWindow,
+		rng:     uint64(now.UnixNano()) ^ 0x9e3779b97f4a7c15,
+	}
+	c.enterStartup()
+	c.pacingRate = startupPacingGain * float64(cfg.InitialWindow) / cfg.InitialRTT.Seconds()
+	return c
+}
+
+// OnPacketSent stamps a packet about to be sent. bytesInFlight is the amount
+// in flight before this packet.
+func (c *Controller) OnPacketSent(now time.Time, size int, bytesInFlight int) PacketState {
+	if bytesInFlight == 0 && c.rate.appLimitedUntil != 0 {
+		// Restarting after the application left the pipe empty. The
+		// estimate is still valid, but a PROBE_BW probe or drain phase
+		// that was in progress is not: resume at the estimated rate.
+		c.idleRestart = true
+		if c.mode == modeProbeBW {
+			c.setPacingRate(1)
+		}
+	}
+	ps := c.rate.onSent(now, size, bytesInFlight)
+	if f := bytesInFlight + size; f > c.tally.maxInflight {
+		c.tally.maxInflight = f
+	}
+	return ps
+}
+
+// OnAck processes one ACK frame. acked are the packets it newly
+// acknowledges; rtt is the latest RTT sample (0 if the frame produced none);
+// bytesInFlight is the amount in flight after removing the acked packets.
+func (c *Controller) OnAck(now time.Time, acked []PacketState, rtt time.Duration, bytesInFlight int) {
+	minRTTExpired := false
+	if rtt > 0 {
+		if c.srtt == 0 {
+			c.srtt = rtt
+		} else {
+			c.srtt += (rtt - c.srtt) / 8
+		}
+		if c.tally.minRTT == 0 || rtt < c.tally.minRTT {
+			c.tally.minRTT = rtt
+		}
+		minRTTExpired = c.minRTT.Update(rtt, now)
+	} else {
+		minRTTExpired = c.minRTT.Expired(now)
+	}
+
+	rs := c.rate.onAck(now, acked, c.minRTT.min)
+	priorInflight := bytesInFlight + rs.ackedBytes
+	if rs.ackedBytes > 0 {
+		c.idleRestart = false
+	}
+
+	// Round accounting.
+	c.roundStart = false
+	if rs.have && rs.priorDelivered >= c.nextRoundDelivered {
+		c.nextRoundDelivered = c.rate.delivered
+		c.rounds++
+		c.roundStart = true
+		c.endRound()
+	}
+	c.tally.acked += uint64(rs.ackedBytes)
+
+	// Bottleneck bandwidth: app-limited samples only count when they show
+	// more than we knew (a pipe that was not full can still prove a floor).
+	if rs.rate > 0 && (!rs.appLimited || rs.rate >= c.btlBw.Get()) {
+		c.btlBw.Update(rs.rate, c.rounds)
+	}
+
+	c.checkCyclePhase(now, priorInflight)
+	c.checkFullPipe(rs)
+	c.checkDrain(now, bytesInFlight)
+	c.checkProbeRTT(now, bytesInFlight, minRTTExpired)
+
+	c.setPacingRate(c.pacingGain)
+	c.setCwnd(rs.ackedBytes)
+	c.lostSince = false
+}
+
+// OnLoss processes packets declared lost. bytesInFlight is the amount in
+// flight after removing them. Loss by itself does not shrink the window:
+// it is judged once per round, together with the RTT (see doc.go).
+func (c *Controller) OnLoss(now time.Time, lost []PacketState, bytesInFlight int) {
+	var b uint64
+	for i := range lost {
+		b += uint64(lost[i].Size)
+	}
+	c.lostTotal += b
+	c.tally.lost += b
+	if b > 0 {
+		c.lostSince = true
+	}
+}
+
+// OnAppLimited tells the controller the sender had nothing to send while the
+// congestion window and pacer would have allowed it; bytesInFlight is the
+// amount in flight at that moment.
+func (c *Controller) OnAppLimited(bytesInFlight int) {
+	c.rate.markAppLimited(bytesInFlight)
+}
+
+// CongestionWindow returns the maximum bytes in flight.
+func (c *Controller) CongestionWindow() int { return c.cwnd }
+
+// PacingRate returns the rate in bytes/s at which to pace, MaxRate applied.
+func (c *Controller) PacingRate() float64 {
+	r := c.pacingRate
+	if c.maxRate > 0 {
+		if c.capBound() {
+			// The cap, not the path, is the limit: pace exactly at it.
+			// Gain cycling would only push 0.75 of the cap in the drain
+			// phase, and probing above the cap is pointless.
+			return c.maxRate
+		}
+		if r > c.maxRate {
+			r = c.maxRate
+		}
+	}
+	return r
+}
+
+// SetMaxRate sets (or, with 0, removes) the hard rate cap, effective at once.
+func (c *Controller) SetMaxRate(bytesPerSec float64) {
+	if bytesPerSec < 0 || math.IsNaN(bytesPerSec) {
+		bytesPerSec = 0
+	}
+	raised := c.maxRate > 0 && (bytesPerSec == 0 || bytesPerSec > c.maxRate)
+	if raised && c.capBound() && c.mode != modeProbeRTT {
+		// While capped, the bandwidth estimate only knew the cap. Gain
+		// cycling would take ~8 rounds per 25% to find the path's rate;
+		// STARTUP finds it in a few rounds and exits on its own when the
+		// estimate stops growing. (PROBE_RTT returns through STARTUP anyway
+		// once filledPipe is cleared.)
+		c.filledPipe = false
+		c.fullBw, c.fullBwCount = 0, 0
+		c.enterStartup()
+	} else if raised && c.mode == modeProbeRTT {
+		c.filledPipe = false
+		c.fullBw, c.fullBwCount = 0, 0
+	}
+	c.maxRate = bytesPerSec
+}
+
+// Stats returns a snapshot of the model.
+func (c *Controller) Stats() Stats {
+	return Stats{
+		State:            c.mode.String(),
+		BtlBw:            c.btlBw.Get(),
+		MinRTT:           c.minRTT.min,
+		SRTT:             c.srtt,
+		PacingRate:       c.PacingRate(),
+		Cwnd:             c.cwnd,
+		InflightCeiling:  c.ceiling,
+		LossRate:         c.lossRate,
+		MaxRate:          c.maxRate,
+		Delivered:        c.rate.delivered,
+		Lost:             c.lostTotal,
+		Rounds:           c.rounds,
+		CongestionEvents: c.congEvents,
+	}
+}
+
+// bw is the bandwidth the model paces at and sizes the window by: the
+// windowed-max delivery rate, bounded by what the loss-derived inflight
+// ceiling allows over an empty queue.
+func (c *Controller) bw() float64 {
+	bw := c.btlBw.Get()
+	if c.ceiling > 0 && c.minRTT.min > 0 {
+		if lim := float64(c.ceiling) / c.minRTT.min.Seconds(); bw == 0 || lim < bw {
+			bw = lim
+		}
+	}
+	return bw
+}
+
+// bdp returns gain × estimated bandwidth-delay product in bytes.
+func (c *Controller) bdp(gain float64) int {
+	bw := c.bw()
+	if bw == 0 || c.minRTT.min == 0 {
+		return int(gain * float64(c.cfg.InitialWindow))
+	}
+	return int(gain * bw * c.minRTT.min.Seconds())
+}
+
+// capBound reports whether MaxRate, rather than the path, limits the flow.
+func (c *Controller) capBound() bool {
+	return c.maxRate > 0 && c.mode == modeProbeBW && c.maxRate <= capBoundSlack*c.bw()
+}
+
+func (c *Controller) quantum() int {
+	return int(Burst(c.PacingRate(), c.cfg.MaxDatagramSize))
+}
+
+func (c *Controller) enterStartup() {
+	c.mode = modeStartup
+	c.pacingGain = startupPacingGain
+	c.cwndGain = startupCwndGain
+}
+
+func (c *Controller) enterProbeBW(now time.Time) {
+	c.mode = modeProbeBW
+	c.cwndGain = probeBWCwndGain
+	// Start at a random phase other than the drain phase (draining right
+	// after DRAIN is pointless); desynchronising phases across flows keeps
+	// their probes from colliding every time.
+	c.rng += 0x9e3779b97f4a7c15
+	z := c.rng
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	z ^= z >> 31
+	idx := int(z % 7)
+	if idx >= 1 {
+		idx++
+	}
+	c.cycleIdx = idx
+	c.cycleStamp = now
+	c.pacingGain = probeBWGains[idx]
+}
+
+func (c *Controller) checkCyclePhase(now time.Time, priorInflight int) {
+	if c.mode != modeProbeBW {
+		return
+	}
+	phaseLen := c.minRTT.min
+	if phaseLen == 0 {
+		phaseLen = c.cfg.InitialRTT
+	}
+	full := now.Sub(c.cycleStamp) > phaseLen
+	next := full
+	switch g := c.pacingGain; {
+	case g > 1:
+		// Probe until inflight reached gain×BDP — or cannot get there
+		// because the window (a loss ceiling) stops it — or loss says the
+		// pipe is full; but always for at least one min RTT.
+		target := c.bdp(g)
+		if lim := c.cwnd - c.cfg.MaxDatagramSize; target > lim {
+			target = lim
+		}
+		next = full && (c.lostSince || priorInflight >= target)
+	case g < 1:
+		// Drain until the queue the probe built is gone, or one min RTT.
+		next = full || priorInflight <= c.bdp(1)
+	}
+	if next {
+		c.cycleIdx = (c.cycleIdx + 1) % len(probeBWGains)
+		c.cycleStamp = now
+		c.pacingGain = probeBWGains[c.cycleIdx]
+	}
+}
+
+func (c *Controller) checkFullPipe(rs rateSample) {
+	if c.filledPipe || !c.roundStart || rs.appLimited {
+		return
+	}
+	if bw := c.btlBw.Get(); bw >= c.fullBw*fullBwGrowth {
+		c.fullBw = bw
+		c.fullBwCount = 0
+		return
+	}
+	c.fullBwCount++
+	if c.fullBwCount >= fullBwRounds {
+		c.filledPipe = true
+	}
+}
+
+func (c *Controller) checkDrain(now time.Time, inflight int) {
+	if c.mode == modeStartup && c.filledPipe {
+		c.mode = modeDrain
+		c.pacingGain = drainPacingGain
+		c.cwndGain = startupCwndGain
+	}
+	if c.mode == modeDrain && inflight <= c.bdp(1) {
+		c.enterProbeBW(now)
+	}
+}
+
+func (c *Controller) probeRTTCwnd() int {
+	return c.cfg.MinWindow
+}
+
+func (c *Controller) checkProbeRTT(now time.Time, inflight int, expired bool) {
+	if c.mode != modeProbeRTT && expired && !c.idleRestart {
+		c.mode = modeProbeRTT
+		c.pacingGain = 1
+		c.cwndGain = 1
+		c.priorCwnd = c.cwnd
+		c.probeRTTDone = time.Time{}
+	}
+	if c.mode != modeProbeRTT {
+		return
+	}
+	// Samples taken while deliberately holding inflight low say nothing
+	// about the bottleneck's bandwidth.
+	c.rate.markAppLimited(inflight)
+	switch {
+	case c.probeRTTDone.IsZero():
+		if inflight <= c.probeRTTCwnd() {
+			// Queue (our share of it) drained: hold for 200 ms and at
+			// least one round so that an RTT sample sees the empty queue.
+			c.probeRTTDone = now.Add(probeRTTDuration)
+			c.probeRTTRoundDone = false
+			c.nextRoundDelivered = c.rate.delivered
+		}
+	default:
+		if c.roundStart {
+			c.probeRTTRoundDone = true
+		}
+		if c.probeRTTRoundDone && now.After(c.probeRTTDone) {
+			c.minRTT.Refresh(now)
+			c.cwnd = max(c.cwnd, c.priorCwnd)
+			if c.filledPipe {
+				c.enterProbeBW(now)
+			} else {
+				c.enterStartup()
+			}
+		}
+	}
+}
+
+func (c *Controller) setPacingRate(gain float64) {
+	bw := c.bw()
+	var r float64
+	if bw == 0 {
+		rtt := c.srtt
+		if rtt == 0 {
+			rtt = c.cfg.InitialRTT
+		}
+		r = gain * float64(c.cfg.InitialWindow) / rtt.Seconds()
+	} else {
+		r = gain * bw * pacingMargin
+	}
+	// Never pace below the minimum window per round trip: the window floor
+	// would be meaningless if the pacer could not fill it.
+	if mr := c.minRTT.min; mr > 0 {
+		if floor := float64(c.cfg.MinWindow) / mr.Seconds(); r < floor {
+			r = floor
+		}
+	}
+	// In STARTUP the rate only goes up: a noisy low sample must not stall
+	// the exponential search.
+	if !c.filledPipe && r < c.pacingRate {
+		return
+	}
+	c.pacingRate = r
+}
+
+func (c *Controller) setCwnd(acked int) {
+	target := c.bdp(c.cwndGain) + c.quantum()
+	switch {
+	case c.filledPipe:
+		c.cwnd = min(c.cwnd+acked, target)
+	case c.cwnd < target || c.rate.delivered < uint64(c.cfg.InitialWindow):
+		c.cwnd += acked
+	}
+	c.cwnd = max(c.cwnd, c.cfg.MinWindow)
+	if c.mode == modeProbeRTT {
+		c.cwnd = min(c.cwnd, c.probeRTTCwnd())
+	}
+	if c.ceiling > 0 {
+		c.cwnd = min(c.cwnd, max(c.ceiling, c.cfg.MinWindow))
+	}
+}
+
+// endRound applies the loss-with-queueing rule to the round just completed
+// and starts a new tally.
+func (c *Controller) endRound() {
+	t := c.tally
+	c.tally = roundTally{}
+	c.judgeRound(t)
+	c.prevInflight = t.maxInflight
+}
+
+func (c *Controller) judgeRound(t roundTally) {
+	total := t.acked + t.lost
+	if total == 0 {
+		return
+	}
+	lossRate := float64(t.lost) / float64(total)
+	c.lossRate += (lossRate - c.lossRate) * lossRateEWMA
+
+	if c.skipRound {
+		// Packets resolved in the round right after a cut were sent before
+		// it; their fate says nothing about the new, lower ceiling.
+		c.skipRound = false
+		return
+	}
+	minRTT := c.minRTT.min
+	if minRTT == 0 || c.noLossRule {
+		return
+	}
+	standing := t.minRTT
+	if standing == 0 {
+		standing = c.srtt
+	}
+	threshold := max(minRTT/queueDelayFraction, queueDelayFloor)
+	if lossRate > lossThreshold && standing-minRTT > threshold {
+		c.cutCeiling(t)
+		return
+	}
+	c.growCeiling(t)
+}
+
+// cutCeiling responds to a congested round: the inflight level that
+// overflowed the queue is scaled by minRTT/SRTT — the fraction of it that
+// was pipe rather than queue — bounded to [minCutFactor, maxCutFactor].
+func (c *Controller) cutCeiling(t roundTally) {
+	level := max(t.maxInflight, c.prevInflight)
+	if c.ceiling > 0 && c.ceiling < level {
+		level = c.ceiling
+	}
+	f := maxCutFactor
+	if c.srtt > 0 {
+		f = float64(c.minRTT.min) / float64(c.srtt)
+	}
+	f = min(max(f, minCutFactor), maxCutFactor)
+	c.ceiling = max(c.cfg.MinWindow, int(f*float64(level)))
+	c.ceilingIncr = c.cfg.MaxDatagramSize
+	c.skipRound = true
+	c.congEvents++
+	if !c.filledPipe {
+		// Congestion during STARTUP: the pipe is full, stop doubling.
+		c.filledPipe = true
+	}
+}
+
+// growCeiling probes upward after a cut: each uncongested round in which the
+// flow was held by the ceiling raises it by an increment that doubles
+// (1, 2, 4, … packets), so a cut is recovered in a logarithmic number of
+// rounds. Increments are absolute, the same for every flow, while cuts are
+// proportional: flows sharing a bottleneck converge to equal shares, as in
+// AIMD. Once the ceiling no longer binds BBR's own window it is dropped.
+func (c *Controller) growCeiling(t roundTally) {
+	if c.ceiling == 0 {
+		return
+	}
+	mss := c.cfg.MaxDatagramSize
+	if t.maxInflight+mss >= c.ceiling {
+		c.ceiling += c.ceilingIncr
+		c.ceilingIncr = min(2*c.ceilingIncr, max(mss, c.ceiling/4))
+	}
+	var own int
+	if bw, mr := c.btlBw.Get(), c.minRTT.min; bw > 0 && mr > 0 {
+		own = int(probeBWCwndGain*bw*mr.Seconds()) + c.quantum()
+	}
+	if own > 0 && c.ceiling > own {
+		c.ceiling = 0
+	}
+}

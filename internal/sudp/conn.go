@@ -1,0 +1,440 @@
+package sudp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/core"
+	"github.com/ferry-vm/ferry/internal/sudp/socket"
+)
+
+// Priority re-exports the scheduling classes for callers of this package.
+type Priority = core.Priority
+
+// Scheduling classes.
+const (
+	PriorityControl = core.PriorityControl
+	PriorityNormal  = core.PriorityNormal
+	PriorityBulk    = core.PriorityBulk
+)
+
+// Conn is one authenticated SUDP connection. All methods are safe for
+// concurrent use.
+type Conn struct {
+	ep *Endpoint
+	cc *core.Conn
+
+	mu           sync.Mutex // guards cc and the fields below
+	changed      chan struct{}
+	confirmedNow bool
+	accepted     bool
+	done         bool
+
+	wakeCh chan struct{}
+	stop   chan struct{}
+	exited chan struct{}
+}
+
+func newConn(e *Endpoint, cc *core.Conn) *Conn {
+	return &Conn{
+		ep:      e,
+		cc:      cc,
+		changed: make(chan struct{}),
+		wakeCh:  make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		exited:  make(chan struct{}),
+	}
+}
+
+// notifyLocked wakes every goroutine waiting for a state change. c.mu held.
+func (c *Conn) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// wake asks the send loop to poll the core.
+func (c *Conn) wake() {
+	select {
+	case c.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// afterInput runs after the reader fed datagrams to the connection.
+func (c *Conn) afterInput() {
+	c.mu.Lock()
+	deliver := c.confirmedNow && !c.accepted && !c.cc.Client()
+	if deliver {
+		c.accepted = true
+	}
+	c.confirmedNow = false
+	c.notifyLocked()
+	c.mu.Unlock()
+	if deliver {
+		c.ep.deliverAccepted(c)
+	}
+	c.wake()
+}
+
+// wait blocks until cond (evaluated with c.mu held) is true, the connection
+// fails, ctx ends, or deadline passes.
+func (c *Conn) wait(ctx context.Context, deadline time.Time, cond func() (bool, error)) error {
+	var timer *time.Timer
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return errTimeout
+		}
+		timer = time.NewTimer(d)
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	for {
+		c.mu.Lock()
+		ok, err := cond()
+		ch := c.changed
+		c.mu.Unlock()
+		if ok || err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timeout:
+			return errTimeout
+		case <-c.ep.closed:
+			return ErrEndpointClosed
+		}
+	}
+}
+
+func (c *Conn) waitEstablished(ctx context.Context) error {
+	return c.wait(ctx, time.Time{}, func() (bool, error) {
+		if c.cc.Established() {
+			return true, nil
+		}
+		return false, c.cc.Err()
+	})
+}
+
+// run is the connection's send and timer loop. It polls the core for
+// datagrams, sends them in GSO batches, and sleeps until the next timer, the
+// pacer, or a wake-up.
+func (c *Conn) run() {
+	defer c.ep.wg.Done()
+	defer close(c.exited)
+	maxSize := core.DefaultConfig().MaxDatagramSize
+	if c.ep.cfg.Conn.MaxDatagramSize > 0 {
+		maxSize = c.ep.cfg.Conn.MaxDatagramSize
+	}
+	batch := socket.NewBatch(maxSize)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		c.mu.Lock()
+		if t := c.cc.NextTimeout(); !t.IsZero() && !now.Before(t) {
+			c.cc.HandleTimeout(now)
+			c.notifyLocked()
+		}
+		batch.Reset()
+		var to netip.AddrPort
+		for !batch.Full(maxSize) {
+			n, dst, ok := c.cc.PollTransmit(now, batch.Next(maxSize))
+			if !ok {
+				break
+			}
+			if batch.Len() > 0 && dst != to {
+				// Different destination (path probe): flush first.
+				break
+			}
+			to = dst
+			batch.Commit(n)
+		}
+		full := batch.Full(maxSize)
+		next := c.cc.NextTimeout()
+		if c.cc.WantsToSend() {
+			if d := c.cc.PacingDelay(now); d > 0 {
+				if p := now.Add(d); next.IsZero() || p.Before(next) {
+					next = p
+				}
+			}
+		}
+		closed := c.cc.IsClosed()
+		if closed {
+			c.notifyLocked()
+		}
+		c.mu.Unlock()
+
+		if batch.Len() > 0 {
+			batch.To = to
+			if err := c.ep.sock.Send(batch); err != nil && c.ep.ctx.Err() == nil {
+				c.ep.log.Debug("sudp: send", "err", err)
+			}
+		}
+		if closed {
+			c.ep.removeConn(c)
+			return
+		}
+		if full {
+			continue // more may be ready right away
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		if wait == 0 && batch.Len() > 0 {
+			continue
+		}
+		timer.Reset(max(wait, 20*time.Microsecond))
+		select {
+		case <-c.wakeCh:
+		case <-timer.C:
+		case <-c.stop:
+			c.mu.Lock()
+			c.cc.Abandon()
+			c.notifyLocked()
+			c.mu.Unlock()
+			c.ep.removeConn(c)
+			return
+		case <-c.ep.ctx.Done():
+			c.mu.Lock()
+			c.cc.Abandon()
+			c.notifyLocked()
+			c.mu.Unlock()
+			return
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// abandon stops driving the connection without telling the peer.
+func (c *Conn) abandon() {
+	c.mu.Lock()
+	if !c.done {
+		c.done = true
+		close(c.stop)
+	}
+	c.mu.Unlock()
+}
+
+// Close closes the connection gracefully: a CLOSE frame goes to the peer
+// and Close returns once it has been sent (the draining continues in the
+// background).
+func (c *Conn) Close() error { return c.CloseWithError(core.CodeNoError, "") }
+
+// CloseWithError closes with an application code (>= core.CodeApplication)
+// and a reason the peer sees.
+func (c *Conn) CloseWithError(code uint64, reason string) error {
+	c.mu.Lock()
+	c.cc.Close(time.Now(), code, reason)
+	c.notifyLocked()
+	c.mu.Unlock()
+	c.wake()
+	return nil
+}
+
+func (c *Conn) closeNow() {
+	_ = c.Close()
+	// Give the send loop a moment to put the CLOSE frame on the wire.
+	select {
+	case <-c.exited:
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// Err returns why the connection ended, nil while it is open.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cc.Err()
+}
+
+// Done is closed... returns a channel closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.exited }
+
+// RemoteAddr is the peer's current UDP address.
+func (c *Conn) RemoteAddr() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cc.RemoteAddr()
+}
+
+// LocalAddr is the endpoint's address.
+func (c *Conn) LocalAddr() netip.AddrPort { return c.ep.LocalAddr() }
+
+// Session describes the authenticated peer.
+func (c *Conn) Session() core.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cc.Session()
+}
+
+// Stats snapshots the connection's counters.
+func (c *Conn) Stats() core.ConnStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cc.Stats()
+}
+
+// SetMaxRate caps the connection's send rate in bytes per second (0: none).
+func (c *Conn) SetMaxRate(bps float64) {
+	c.mu.Lock()
+	c.cc.SetMaxRate(bps)
+	c.mu.Unlock()
+	c.wake()
+}
+
+// OpenStream opens an ordered, reliable, bidirectional byte stream, waiting
+// if the peer's stream limit is reached.
+func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {
+	return c.openStream(ctx, false, PriorityNormal)
+}
+
+// OpenStreamPriority opens a stream with a scheduling priority.
+func (c *Conn) OpenStreamPriority(ctx context.Context, prio Priority) (*Stream, error) {
+	return c.openStream(ctx, false, prio)
+}
+
+func (c *Conn) openStream(ctx context.Context, uni bool, prio Priority) (*Stream, error) {
+	var id uint64
+	err := c.wait(ctx, time.Time{}, func() (bool, error) {
+		if err := c.cc.Err(); err != nil {
+			return false, err
+		}
+		if !c.cc.CanOpenStream(uni) {
+			return false, nil
+		}
+		var err error
+		id, err = c.cc.OpenStream(uni, prio)
+		return err == nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{c: c, id: id}, nil
+}
+
+// AcceptStream waits for a stream the peer opened.
+func (c *Conn) AcceptStream(ctx context.Context) (*Stream, error) {
+	return c.acceptStream(ctx, false)
+}
+
+func (c *Conn) acceptStream(ctx context.Context, uni bool) (*Stream, error) {
+	var id uint64
+	err := c.wait(ctx, time.Time{}, func() (bool, error) {
+		var ok bool
+		if id, ok = c.cc.AcceptStream(uni); ok {
+			return true, nil
+		}
+		return false, c.cc.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{c: c, id: id}, nil
+}
+
+// OpenMessage starts a reliable message of any length, written through the
+// returned stream and ended by Close. Each message travels on its own
+// unidirectional stream, so a large message never delays a small one.
+func (c *Conn) OpenMessage(ctx context.Context, prio Priority) (*Stream, error) {
+	return c.openStream(ctx, true, prio)
+}
+
+// SendMessage sends one reliable message and returns once it is buffered
+// (not necessarily delivered).
+func (c *Conn) SendMessage(ctx context.Context, msg []byte, prio Priority) error {
+	s, err := c.OpenMessage(ctx, prio)
+	if err != nil {
+		return err
+	}
+	if _, err := s.writeCtx(ctx, msg); err != nil {
+		s.Reset(1)
+		return err
+	}
+	return s.CloseWrite()
+}
+
+// AcceptMessage waits for the next incoming reliable message and returns a
+// stream to read it from (to EOF). Messages are delivered in the order their
+// first bytes arrive.
+func (c *Conn) AcceptMessage(ctx context.Context) (*Stream, error) {
+	return c.acceptStream(ctx, true)
+}
+
+// ErrMessageTooLarge is returned by ReceiveMessage for a message over its
+// limit; the message is discarded.
+var ErrMessageTooLarge = errors.New("sudp: message larger than the receive limit")
+
+// ReceiveMessage waits for the next reliable message and reads it whole,
+// refusing one larger than limit bytes.
+func (c *Conn) ReceiveMessage(ctx context.Context, limit int) ([]byte, error) {
+	s, err := c.AcceptMessage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	buf, err := io.ReadAll(io.LimitReader(ctxReader{ctx, s}, int64(limit)+1))
+	if err != nil {
+		s.StopReading(1)
+		return nil, err
+	}
+	if len(buf) > limit {
+		s.StopReading(1)
+		return nil, ErrMessageTooLarge
+	}
+	return buf, nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	s   *Stream
+}
+
+func (r ctxReader) Read(p []byte) (int, error) { return r.s.readCtx(r.ctx, p) }
+
+// SendDatagram queues a best-effort message (fragmented if large, never
+// retransmitted, delivered whole or not at all).
+func (c *Conn) SendDatagram(msg []byte, prio Priority) error {
+	c.mu.Lock()
+	err := c.cc.SendDatagram(msg, prio)
+	c.mu.Unlock()
+	c.wake()
+	return err
+}
+
+// ReceiveDatagram waits for the next best-effort message.
+func (c *Conn) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	var msg []byte
+	err := c.wait(ctx, time.Time{}, func() (bool, error) {
+		var ok bool
+		if msg, ok = c.cc.RecvDatagram(); ok {
+			return true, nil
+		}
+		return false, c.cc.Err()
+	})
+	return msg, err
+}
+
+// errTimeout is a net.Error timeout, as net.Conn deadlines require.
+var errTimeout error = timeoutError{}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "sudp: i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+var _ net.Error = timeoutError{}

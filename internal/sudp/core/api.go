@@ -1,0 +1,246 @@
+package core
+
+import (
+	"errors"
+
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// The application-facing calls below move bytes in and out of the connection
+// without blocking; the driver turns them into blocking, goroutine-safe
+// calls (net.Conn for streams).
+
+// OpenStream opens a bidirectional stream (uni=false) or a unidirectional
+// reliable message stream (uni=true). ErrStreamLimit means the peer's
+// MAX_STREAMS allows no more right now.
+func (c *Conn) OpenStream(uni bool, prio Priority) (uint64, error) {
+	if err := c.Err(); err != nil {
+		return 0, err
+	}
+	if c.state != stateEstablished {
+		return 0, errors.New("sudp: connection not established")
+	}
+	kind := 0
+	if uni {
+		kind = 1
+	}
+	seq := c.nextSeq[kind]
+	if seq >= c.peerMaxStreams[kind] {
+		return 0, ErrStreamLimit
+	}
+	c.nextSeq[kind]++
+	id := seq << 2
+	if !c.client {
+		id |= wire.StreamServerBit
+	}
+	if uni {
+		id |= wire.StreamUniBit
+	}
+	if prio >= numPriorities {
+		prio = numPriorities - 1
+	}
+	s := &stream{id: id, prio: prio, maxSend: InitialStreamWindow, sendLimit: c.cfg.StreamSendBuffer}
+	if uni {
+		s.rs = recvNone
+	} else {
+		s.window = c.cfg.StreamWindow
+		s.maxRecv = InitialStreamWindow
+		if c.cfg.StreamWindow > s.maxRecv {
+			s.maxRecv = c.cfg.StreamWindow
+			s.sendMaxSD = true
+			c.pendingCtl = append(c.pendingCtl, id)
+		}
+	}
+	c.streams[id] = s
+	return id, nil
+}
+
+// CanOpenStream reports whether OpenStream would succeed now.
+func (c *Conn) CanOpenStream(uni bool) bool {
+	kind := 0
+	if uni {
+		kind = 1
+	}
+	return c.state == stateEstablished && c.nextSeq[kind] < c.peerMaxStreams[kind]
+}
+
+// AcceptStream returns the next stream the peer opened, if any.
+func (c *Conn) AcceptStream(uni bool) (uint64, bool) {
+	kind := 0
+	if uni {
+		kind = 1
+	}
+	if len(c.acceptQ[kind]) == 0 {
+		return 0, false
+	}
+	id := c.acceptQ[kind][0]
+	c.acceptQ[kind] = c.acceptQ[kind][1:]
+	return id, true
+}
+
+// StreamWrite buffers up to len(p) bytes and returns how many it took;
+// 0 with a nil error means the send buffer is full (wait and retry).
+func (c *Conn) StreamWrite(id uint64, p []byte) (int, error) {
+	if err := c.Err(); err != nil {
+		return 0, err
+	}
+	s := c.streams[id]
+	if s == nil || s.ss == sendNone {
+		return 0, ErrUnknownStream
+	}
+	switch s.ss {
+	case sendReset:
+		return 0, ErrStreamStopped
+	case sendFinQ, sendDone:
+		return 0, ErrStreamClosed
+	}
+	n := min(len(p), s.writable())
+	if n <= 0 {
+		return 0, nil
+	}
+	s.sbuf.ensure(s.written + uint64(n))
+	s.sbuf.write(s.written, p[:n])
+	s.written += uint64(n)
+	c.schedule(s)
+	return n, nil
+}
+
+// StreamWritable is how many bytes StreamWrite would accept now.
+func (c *Conn) StreamWritable(id uint64) int {
+	s := c.streams[id]
+	if s == nil {
+		return 0
+	}
+	return max(s.writable(), 0)
+}
+
+// StreamCloseWrite sends FIN after the buffered data.
+func (c *Conn) StreamCloseWrite(id uint64) error {
+	s := c.streams[id]
+	if s == nil || s.ss == sendNone {
+		return ErrUnknownStream
+	}
+	if s.ss == sendOpen {
+		s.ss = sendFinQ
+		c.schedule(s)
+	}
+	return nil
+}
+
+// StreamSendDone reports whether everything written, FIN included, has been
+// acknowledged (or the stream was reset).
+func (c *Conn) StreamSendDone(id uint64) bool {
+	s := c.streams[id]
+	return s == nil || s.ss == sendDone || s.ss == sendReset || s.ss == sendNone
+}
+
+// StreamReset abandons the send side with an application error code.
+func (c *Conn) StreamReset(id uint64, code uint64) {
+	if s := c.streams[id]; s != nil && (s.ss == sendOpen || s.ss == sendFinQ) {
+		c.resetSend(s, code)
+	}
+}
+
+func (c *Conn) resetSend(s *stream, code uint64) {
+	s.ss = sendReset
+	s.resetCode = code
+	s.resetSent = false
+	s.lost = rangeSet{}
+	s.sbuf = ring{}
+	c.schedule(s)
+}
+
+// StreamStopReading tells the peer to stop sending and discards what arrives.
+func (c *Conn) StreamStopReading(id uint64, code uint64) {
+	s := c.streams[id]
+	if s == nil || s.rs == recvNone || s.rs == recvDone || s.rs == recvReset {
+		return
+	}
+	if hi, ok := s.highestReceived(); ok && hi > s.readOff {
+		c.connRead += hi - s.readOff
+	}
+	s.rs = recvReset
+	s.rbuf = ring{}
+	s.got = rangeSet{}
+	s.stopCode = code
+	s.stopQueued = true
+	c.pendingCtl = append(c.pendingCtl, id)
+	c.maybeFree(s)
+}
+
+// StreamRead copies received bytes into p. fin reports the end of the
+// stream; (0, false, nil) means nothing is available yet.
+func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
+	s := c.streams[id]
+	if s == nil || s.rs == recvNone {
+		return 0, false, ErrUnknownStream
+	}
+	if s.rs == recvReset {
+		return 0, false, ErrStreamReset
+	}
+	if s.rs == recvDone {
+		return 0, true, nil
+	}
+	n, fin = s.read(p)
+	if s.sendMaxSD {
+		c.pendingCtl = append(c.pendingCtl, id)
+	}
+	c.connRead += uint64(n)
+	if c.connMaxRecv-c.connRead < c.cfg.ConnWindow/2 {
+		c.connMaxRecv = c.connRead + c.cfg.ConnWindow
+		c.sendMaxData = true
+	}
+	if fin {
+		c.maybeFree(s)
+	}
+	if n == 0 && !fin {
+		if err := c.Err(); err != nil {
+			return 0, false, err
+		}
+	}
+	return n, fin, nil
+}
+
+// StreamReadable is the number of bytes StreamRead would return now.
+func (c *Conn) StreamReadable(id uint64) int {
+	s := c.streams[id]
+	if s == nil {
+		return 0
+	}
+	return s.readable()
+}
+
+// maybeFree forgets a stream whose both directions are finished, and gives
+// the peer credit for a new one if it had opened it.
+func (c *Conn) maybeFree(s *stream) {
+	sendFinished := s.ss == sendDone || s.ss == sendNone || (s.ss == sendReset && s.resetSent)
+	recvFinished := s.rs == recvDone || s.rs == recvNone || s.rs == recvReset
+	if !sendFinished || !recvFinished {
+		return
+	}
+	if c.streams[s.id] != s {
+		return
+	}
+	delete(c.streams, s.id)
+	if s.incoming {
+		kind := 0
+		if isUni(s.id) {
+			kind = 1
+		}
+		c.ourMaxStreams[kind]++
+		c.sendMaxStreams[kind] = true
+	}
+}
+
+// SendDatagram queues a best-effort message of up to MaxDatagramMessage
+// bytes. It is fragmented, never retransmitted, and delivered whole or not at
+// all; when the queue is full the oldest queued messages are dropped.
+func (c *Conn) SendDatagram(p []byte, prio Priority) error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	return c.dg.enqueue(p, prio, c.cfg.MaxDatagramSize, &c.stats)
+}
+
+// RecvDatagram returns the next complete best-effort message, if any.
+func (c *Conn) RecvDatagram() ([]byte, bool) { return c.dg.pop() }

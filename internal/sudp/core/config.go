@@ -1,0 +1,121 @@
+package core
+
+import (
+	"time"
+)
+
+// Protocol constants (docs/protocol.md §7). Both ends assume the initial
+// limits until the peer raises them with MAX_DATA, MAX_STREAM_DATA and
+// MAX_STREAMS frames, so no transport parameters ride on the handshake.
+const (
+	InitialStreamWindow = 256 << 10
+	InitialConnWindow   = 1 << 20
+	InitialMaxStreams   = 16
+
+	// PacketThreshold and TimeThreshold declare a packet lost (RFC 9002 §6.1).
+	PacketThreshold   = 3
+	timeThresholdNum  = 9
+	timeThresholdDen  = 8
+	timerGranularity  = time.Millisecond
+	maxAckDelay       = 5 * time.Millisecond
+	ackElicitingThres = 2 // ack at once after this many ack-eliciting packets
+
+	maxAckRangesSent = 64
+	// keyDiscardDelay keeps the previous receive generation for reordered
+	// packets after a key update, in PTOs.
+	keyDiscardPTOs = 3
+)
+
+// Config tunes one connection. The zero value is replaced field by field by
+// DefaultConfig's values.
+type Config struct {
+	// MaxDatagramSize is the largest UDP payload sent (header and tag
+	// included). 1452 fits an IPv6 path with a 1500-byte MTU.
+	MaxDatagramSize int
+	// StreamWindow and ConnWindow bound what a peer may send ahead of the
+	// application's reads (receiver memory); they should exceed the path's
+	// bandwidth-delay product for full speed.
+	StreamWindow uint64
+	ConnWindow   uint64
+	// MaxStreams is how many streams of each kind the peer may have open.
+	MaxStreams uint64
+	// StreamSendBuffer bounds the bytes an application may have written to
+	// one stream and not yet seen acknowledged (sender memory).
+	StreamSendBuffer int
+	// DatagramQueue bounds best-effort bytes waiting to be sent; older
+	// messages are dropped first. MaxDatagramMessage bounds one message.
+	DatagramQueue      int
+	MaxDatagramMessage int
+	// IdleTimeout closes a connection that hears nothing from its peer;
+	// KeepAlive sends a PING when nothing was sent for that long.
+	IdleTimeout time.Duration
+	KeepAlive   time.Duration
+	// HandshakeTimeout bounds how long a client retries its initiation.
+	HandshakeTimeout time.Duration
+	// Key update: a sender moves to the next key generation after this many
+	// packets or this much time, whichever comes first.
+	KeyUpdatePackets  uint64
+	KeyUpdateInterval time.Duration
+	// MaxRate caps the sending rate in bytes per second (0: no cap).
+	MaxRate float64
+}
+
+// DefaultConfig returns the defaults used for zero fields.
+func DefaultConfig() Config {
+	return Config{
+		MaxDatagramSize:    1452,
+		StreamWindow:       16 << 20,
+		ConnWindow:         24 << 20,
+		MaxStreams:         256,
+		StreamSendBuffer:   16 << 20,
+		DatagramQueue:      1 << 20,
+		MaxDatagramMessage: 1 << 20,
+		IdleTimeout:        30 * time.Second,
+		KeepAlive:          10 * time.Second,
+		HandshakeTimeout:   20 * time.Second,
+		KeyUpdatePackets:   1 << 22,
+		KeyUpdateInterval:  2 * time.Minute,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.MaxDatagramSize == 0 {
+		c.MaxDatagramSize = d.MaxDatagramSize
+	}
+	c.MaxDatagramSize = max(c.MaxDatagramSize, 256)
+	if c.StreamWindow == 0 {
+		c.StreamWindow = d.StreamWindow
+	}
+	if c.ConnWindow == 0 {
+		c.ConnWindow = d.ConnWindow
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = d.MaxStreams
+	}
+	if c.StreamSendBuffer == 0 {
+		c.StreamSendBuffer = d.StreamSendBuffer
+	}
+	if c.DatagramQueue == 0 {
+		c.DatagramQueue = d.DatagramQueue
+	}
+	if c.MaxDatagramMessage == 0 {
+		c.MaxDatagramMessage = d.MaxDatagramMessage
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = d.KeepAlive
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if c.KeyUpdatePackets == 0 {
+		c.KeyUpdatePackets = d.KeyUpdatePackets
+	}
+	if c.KeyUpdateInterval == 0 {
+		c.KeyUpdateInterval = d.KeyUpdateInterval
+	}
+	return c
+}

@@ -1,0 +1,396 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/sudp/replay"
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// Connection errors.
+var (
+	ErrHandshakeTimeout = errors.New("sudp: handshake timed out")
+	ErrIdleTimeout      = errors.New("sudp: idle timeout")
+	ErrClosed           = errors.New("sudp: connection closed")
+	errFlowControl      = errors.New("sudp: peer exceeded flow-control limit")
+	errFinalSize        = errors.New("sudp: inconsistent stream final size")
+)
+
+// CloseError is how a connection ended when a CLOSE frame was exchanged.
+type CloseError struct {
+	Code   uint64
+	Reason string
+	Remote bool // the peer closed
+}
+
+func (e *CloseError) Error() string {
+	who := "local"
+	if e.Remote {
+		who = "peer"
+	}
+	return fmt.Sprintf("sudp: connection closed by %s: code %d: %s", who, e.Code, e.Reason)
+}
+
+// Close codes carried in CLOSE frames.
+const (
+	CodeNoError           = 0
+	CodeProtocolViolation = 1
+	CodeFlowControl       = 2
+	CodeStreamLimit       = 3
+	CodeInternal          = 4
+	CodeApplication       = 0x100 // and above: application-defined
+)
+
+type connState uint8
+
+const (
+	stateHandshake connState = iota // client: waiting for the response
+	stateEstablished
+	stateClosing  // we sent CLOSE; wait for the peer to stop
+	stateDraining // peer sent CLOSE; send nothing
+	stateClosed
+)
+
+// path is a peer address and what we know of it. Until validated, we send at
+// most three times what we received from it (anti-amplification).
+type path struct {
+	addr      netip.AddrPort
+	validated bool
+	recvBytes uint64
+	sentBytes uint64
+}
+
+func (p *path) budget() int {
+	if p.validated {
+		return 1 << 30
+	}
+	if 3*p.recvBytes <= p.sentBytes {
+		return 0
+	}
+	return int(3*p.recvBytes - p.sentBytes)
+}
+
+// Session describes the authenticated peer of an established connection.
+type Session struct {
+	PeerStatic    [32]byte
+	PeerID        string
+	LoginState    uint8
+	PeerTime      time.Time
+	HandshakeHash [32]byte
+}
+
+// Conn is the sans-I/O state machine of one SUDP connection. It is driven by
+// HandleDatagram, HandleTimeout and PollTransmit, each given the current
+// time; it never reads a clock, sleeps, or touches a socket. It is not safe
+// for concurrent use: the driver serialises every call.
+type Conn struct {
+	cfg    Config
+	rand   io.Reader
+	client bool
+	state  connState
+	err    error
+
+	localCID, remoteCID uint64
+	path                path
+	probe               *pathProbe
+	confirmed           bool // peer proved it holds the session keys
+	session             Session
+
+	// client handshake
+	init        *handshake.Initiator
+	hsStart     time.Time
+	hsNext      time.Time
+	hsBackoff   time.Duration
+	hsPacket    []byte
+	respPending []byte // server: handshake response to send once
+
+	// packet protection
+	sendKey        *keySet
+	sendKeyStart   time.Time
+	sendGenAcked   bool
+	recvCur        *keySet
+	recvPrev       *keySet
+	recvNext       *keySet
+	prevDiscardAt  time.Time
+	replay         replay.Filter
+	keyUpdateFrame bool
+
+	// packet numbers and acknowledgements we owe
+	nextPN           uint64
+	largestRecvPN    uint64
+	recvd            rangeSet
+	ackPending       bool
+	ackEliciting     int
+	ackDeadline      time.Time
+	largestRecvTime  time.Time
+	ackRangesScratch []wire.AckRange
+	frameHadAck      bool
+
+	rec recovery
+
+	// streams
+	streams        map[uint64]*stream
+	nextSeq        [2]uint64 // [bidi, uni] next local stream sequence
+	peerMaxStreams [2]uint64 // how many of each we may open
+	ourMaxStreams  [2]uint64 // how many of each the peer may open
+	peerOpened     [2]uint64
+	sendMaxStreams [2]bool
+	acceptQ        [2][]uint64
+	sched          [numPriorities][]*stream
+	pendingCtl     []uint64 // streams with a MAX_STREAM_DATA, RESET or STOP to send
+
+	// connection-level flow control
+	connSent    uint64
+	connMaxSend uint64
+	connRecv    uint64
+	connRead    uint64
+	connMaxRecv uint64
+	sendMaxData bool
+
+	dg datagrams
+
+	// control frames to send
+	pingPending  bool
+	probes       int // PTO probes allowed past the congestion window
+	pathRespQ    []pathResp
+	closePending bool
+	closeCode    uint64
+	closeReason  string
+
+	lastRecv   time.Time
+	lastSend   time.Time
+	drainUntil time.Time
+	pacedUntil time.Time
+
+	stats ConnStats
+	frame wire.Frame
+	parse wire.Parser
+}
+
+type pathResp struct {
+	to   netip.AddrPort
+	data [8]byte
+}
+
+type pathProbe struct {
+	path     path
+	data     [8]byte
+	sent     bool
+	deadline time.Time
+}
+
+// ConnStats are a connection's counters. Every dropped packet is counted
+// under the reason it was dropped.
+type ConnStats struct {
+	PacketsSent, PacketsReceived     uint64
+	BytesSent, BytesReceived         uint64 // on the wire (UDP payloads)
+	StreamBytesSent, StreamBytesRecv uint64 // first transmissions / deliveries
+	RetransmittedBytes               uint64 // stream bytes sent again
+	PacketsLost                      uint64
+	DroppedReplay                    uint64
+	DroppedAuth                      uint64
+	DroppedMalformed                 uint64
+	DatagramsSent, DatagramsRecv     uint64
+	DatagramsDropped                 uint64
+	KeyUpdates                       uint64
+	PathChanges                      uint64
+	SmoothedRTT, MinRTT              time.Duration
+	CongestionWindow                 int
+	PacingRate                       float64
+	BytesInFlight                    int
+}
+
+func newConn(cfg Config, rnd io.Reader, now time.Time, client bool, localCID uint64, addr netip.AddrPort) *Conn {
+	cfg = cfg.withDefaults()
+	c := &Conn{
+		cfg:            cfg,
+		rand:           rnd,
+		client:         client,
+		localCID:       localCID,
+		path:           path{addr: addr},
+		streams:        make(map[uint64]*stream),
+		peerMaxStreams: [2]uint64{InitialMaxStreams, InitialMaxStreams},
+		ourMaxStreams:  [2]uint64{InitialMaxStreams, InitialMaxStreams},
+		connMaxSend:    InitialConnWindow,
+		connMaxRecv:    InitialConnWindow,
+		lastRecv:       now,
+		lastSend:       now,
+	}
+	c.rec.init(cfg, now)
+	c.dg.init(cfg)
+	return c
+}
+
+// newClientConn starts a handshake towards addr.
+func newClientConn(cfg Config, rnd io.Reader, now time.Time, localCID uint64, addr netip.AddrPort, init *handshake.Initiator) (*Conn, error) {
+	c := newConn(cfg, rnd, now, true, localCID, addr)
+	c.path.validated = true // we chose this address
+	c.init = init
+	c.hsStart = now
+	c.hsBackoff = 500 * time.Millisecond
+	if err := c.sendInitiation(now); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newServerConn creates the responder's side of a handshake that produced s;
+// resp is the handshake response, sent once (a lost response makes the
+// client retry its initiation, which creates a fresh connection).
+func newServerConn(cfg Config, rnd io.Reader, now time.Time, addr netip.AddrPort, s *handshake.Session, resp []byte, initLen int) (*Conn, error) {
+	c := newConn(cfg, rnd, now, false, s.LocalCID, addr)
+	c.path.recvBytes = uint64(initLen)
+	if err := c.install(s, now); err != nil {
+		return nil, err
+	}
+	c.respPending = resp
+	c.state = stateEstablished
+	return c, nil
+}
+
+// install takes the keys of a completed handshake and wipes the session.
+func (c *Conn) install(s *handshake.Session, now time.Time) error {
+	defer s.Zero()
+	sk, err := newKeySet(s.SendKey, 0)
+	if err != nil {
+		return err
+	}
+	rk, err := newKeySet(s.RecvKey, 0)
+	if err != nil {
+		return err
+	}
+	c.sendKey, c.recvCur = sk, rk
+	c.sendKeyStart = now
+	c.remoteCID = s.RemoteCID
+	c.session = Session{
+		PeerStatic:    s.PeerStatic,
+		PeerID:        s.Peer.ID,
+		LoginState:    s.LoginState,
+		PeerTime:      s.PeerTime,
+		HandshakeHash: s.HandshakeHash,
+	}
+	// Raise the peer's limits from the protocol's initial ones to ours.
+	c.connMaxRecv = c.cfg.ConnWindow
+	c.sendMaxData = true
+	c.ourMaxStreams = [2]uint64{c.cfg.MaxStreams, c.cfg.MaxStreams}
+	c.sendMaxStreams = [2]bool{true, true}
+	return nil
+}
+
+func (c *Conn) sendInitiation(now time.Time) error {
+	pkt, err := c.init.Initiation(now, c.localCID)
+	if err != nil {
+		return err
+	}
+	c.hsPacket = pkt
+	c.hsNext = now.Add(c.hsBackoff)
+	c.hsBackoff = min(2*c.hsBackoff, 4*time.Second)
+	return nil
+}
+
+// LocalCID is the connection id the peer addresses us by.
+func (c *Conn) LocalCID() uint64 { return c.localCID }
+
+// RemoteAddr is the peer's current address.
+func (c *Conn) RemoteAddr() netip.AddrPort { return c.path.addr }
+
+// Session returns who the peer is; valid once Established.
+func (c *Conn) Session() Session { return c.session }
+
+// Established reports whether the handshake completed and the peer has
+// confirmed the keys.
+func (c *Conn) Established() bool { return c.state == stateEstablished && c.confirmedForSend() }
+
+func (c *Conn) confirmedForSend() bool { return c.client || c.confirmed }
+
+// Confirmed reports whether the peer proved it holds the session keys.
+func (c *Conn) Confirmed() bool { return c.confirmed }
+
+// Err returns why the connection ended, or nil while it is usable.
+func (c *Conn) Err() error {
+	if c.state == stateClosed || c.state == stateClosing || c.state == stateDraining {
+		if c.err == nil {
+			return ErrClosed
+		}
+		return c.err
+	}
+	return nil
+}
+
+// IsClosed reports whether the connection is gone and may be forgotten.
+func (c *Conn) IsClosed() bool { return c.state == stateClosed }
+
+// Stats returns a snapshot of the counters.
+func (c *Conn) Stats() ConnStats {
+	s := c.stats
+	s.SmoothedRTT = c.rec.srtt
+	s.MinRTT = c.rec.minRTT
+	s.CongestionWindow = c.rec.cc.CongestionWindow()
+	s.PacingRate = c.rec.cc.PacingRate()
+	s.BytesInFlight = c.rec.bytesInFlight
+	return s
+}
+
+// SetMaxRate caps the sending rate (bytes/s; 0 removes the cap).
+func (c *Conn) SetMaxRate(bps float64) { c.rec.cc.SetMaxRate(bps) }
+
+// Close starts a graceful close: a CLOSE frame is sent and the connection
+// drains for three probe timeouts.
+func (c *Conn) Close(now time.Time, code uint64, reason string) {
+	switch c.state {
+	case stateClosing, stateDraining, stateClosed:
+		return
+	case stateHandshake:
+		c.state = stateClosed
+		c.err = ErrClosed
+		return
+	}
+	c.closeLocal(now, code, reason, nil)
+}
+
+func (c *Conn) closeLocal(now time.Time, code uint64, reason string, err error) {
+	if c.state == stateClosing || c.state == stateDraining || c.state == stateClosed {
+		return
+	}
+	c.state = stateClosing
+	c.closePending = true
+	c.closeCode, c.closeReason = code, reason
+	if err == nil {
+		err = &CloseError{Code: code, Reason: reason}
+	}
+	c.err = err
+	c.drainUntil = now.Add(3 * c.rec.pto())
+}
+
+func (c *Conn) protocolError(now time.Time, err error) {
+	c.stats.DroppedMalformed++
+	c.closeLocal(now, CodeProtocolViolation, err.Error(), err)
+}
+
+// forget wipes keys; called when the connection is closed.
+func (c *Conn) forget() {
+	c.state = stateClosed
+	c.sendKey.zero()
+	c.recvCur.zero()
+	c.recvPrev.zero()
+	c.recvNext.zero()
+	c.sendKey, c.recvCur, c.recvPrev, c.recvNext = nil, nil, nil, nil
+}
+
+// Abandon drops the connection without telling the peer and wipes its keys.
+func (c *Conn) Abandon() {
+	if c.state != stateClosed {
+		if c.err == nil {
+			c.err = ErrClosed
+		}
+		c.forget()
+	}
+}
+
+// Client reports whether this side initiated the connection.
+func (c *Conn) Client() bool { return c.client }

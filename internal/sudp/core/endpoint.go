@@ -1,0 +1,239 @@
+package core
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/flynn/noise"
+
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// EndpointConfig configures one local SUDP endpoint (one UDP socket).
+type EndpointConfig struct {
+	// Static is this endpoint's long-term X25519 key pair.
+	Static noise.DHKey
+	// ClusterID is bound into every handshake: endpoints of different
+	// clusters cannot talk, and no version downgrade is possible.
+	ClusterID string
+	// Lookup authorises initiators by static key (and supplies their psk).
+	// nil: the endpoint accepts no incoming connections.
+	Lookup func(peerStatic [32]byte) (handshake.Peer, error)
+	// RequireCookie demands a proven source address before any handshake
+	// work (stateless retry on every initiation, not only under load).
+	RequireCookie bool
+	// LoadThreshold is the initiations per second above which cookies are
+	// demanded; RateLimit bounds initiations per source address.
+	LoadThreshold int
+	RateLimit     ratelimit.Config
+	// Conn configures each connection.
+	Conn Config
+	// Rand is the randomness source (crypto/rand when nil).
+	Rand io.Reader
+}
+
+// EndpointStats counts what the endpoint dropped before a connection saw it.
+type EndpointStats struct {
+	UnknownCID       atomic.Uint64 // data for no connection
+	Malformed        atomic.Uint64 // unparseable datagrams
+	HandshakeDropped atomic.Uint64 // initiations rejected (see handshake stats)
+	Accepted         atomic.Uint64 // connections accepted
+	Replaced         atomic.Uint64 // unconfirmed connections superseded
+}
+
+// Endpoint demultiplexes datagrams to connections by connection id and runs
+// the responder side of the handshake. It is sans-I/O and not safe for
+// concurrent use; Conn values it returns are driven separately.
+type Endpoint struct {
+	cfg       EndpointConfig
+	responder *handshake.Responder
+	rand      io.Reader
+	conns     map[uint64]*Conn
+	// unconfirmed maps a peer's static key to its newest connection that
+	// has not yet proven key possession; a retried initiation replaces it,
+	// so a peer holds at most one such connection.
+	unconfirmed map[[32]byte]*Conn
+	stats       EndpointStats
+}
+
+// NewEndpoint builds an endpoint.
+func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	e := &Endpoint{
+		cfg:         cfg,
+		rand:        cfg.Rand,
+		conns:       make(map[uint64]*Conn),
+		unconfirmed: make(map[[32]byte]*Conn),
+	}
+	if cfg.Lookup != nil {
+		r, err := handshake.NewResponder(handshake.ResponderConfig{
+			Static:        cfg.Static,
+			ClusterID:     cfg.ClusterID,
+			Lookup:        cfg.Lookup,
+			Rand:          cfg.Rand,
+			RequireCookie: cfg.RequireCookie,
+			LoadThreshold: cfg.LoadThreshold,
+			RateLimit:     cfg.RateLimit,
+		})
+		if err != nil {
+			return nil, err
+		}
+		e.responder = r
+	}
+	return e, nil
+}
+
+// Stats returns the endpoint's counters.
+func (e *Endpoint) Stats() *EndpointStats { return &e.stats }
+
+// HandshakeStats returns the responder's counters (zero if not accepting).
+func (e *Endpoint) HandshakeStats() handshake.Stats {
+	if e.responder == nil {
+		return handshake.Stats{}
+	}
+	return e.responder.Stats()
+}
+
+func (e *Endpoint) newCID() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := io.ReadFull(e.rand, b[:]); err != nil {
+			return 0, fmt.Errorf("sudp: connection id: %w", err)
+		}
+		id := binary.BigEndian.Uint64(b[:])
+		if id != 0 && e.conns[id] == nil {
+			return id, nil
+		}
+	}
+}
+
+// Connect starts a connection to the responder at addr whose static public
+// key is remoteStatic, proving knowledge of psk.
+func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk [32]byte) (*Conn, error) {
+	init, err := handshake.NewInitiator(handshake.InitiatorConfig{
+		Static:       e.cfg.Static,
+		RemoteStatic: remoteStatic,
+		PSK:          psk,
+		ClusterID:    e.cfg.ClusterID,
+		Rand:         e.rand,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cid, err := e.newCID()
+	if err != nil {
+		return nil, err
+	}
+	c, err := newClientConn(e.cfg.Conn, e.rand, now, cid, addr, init)
+	if err != nil {
+		return nil, err
+	}
+	e.conns[cid] = c
+	return c, nil
+}
+
+// Route finds the connection a datagram is for. For a handshake initiation
+// it returns (nil, true): call HandleInitiation.
+func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
+	if len(pkt) < 12 {
+		e.stats.Malformed.Add(1)
+		return nil, false
+	}
+	var cid uint64
+	switch pkt[0] {
+	case wire.TypeInitiation:
+		return nil, true
+	case wire.TypeResponse:
+		if len(pkt) < 20 {
+			e.stats.Malformed.Add(1)
+			return nil, false
+		}
+		cid = binary.BigEndian.Uint64(pkt[12:20])
+	case wire.TypeCookieReply:
+		cid = binary.BigEndian.Uint64(pkt[4:12])
+	case wire.TypeData:
+		cid = binary.BigEndian.Uint64(pkt[2:10])
+	default:
+		e.stats.Malformed.Add(1)
+		return nil, false
+	}
+	c = e.conns[cid]
+	if c == nil {
+		e.stats.UnknownCID.Add(1)
+	}
+	return c, false
+}
+
+// ErrNotAccepting is returned for initiations at an endpoint with no Lookup.
+var ErrNotAccepting = errors.New("sudp: endpoint does not accept connections")
+
+// HandleInitiation runs the responder. It returns either a reply to send
+// straight back (a cookie reply; no state kept) or a new connection whose
+// first transmit is the handshake response.
+//
+// replaced, when not nil, is an older unconfirmed connection of the same
+// peer that the new one supersedes: the endpoint has forgotten it and the
+// driver must stop driving it.
+func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []byte) (reply []byte, c, replaced *Conn, err error) {
+	if e.responder == nil {
+		e.stats.HandshakeDropped.Add(1)
+		return nil, nil, nil, ErrNotAccepting
+	}
+	cid, err := e.newCID()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reply, s, err := e.responder.HandleInitiation(now, from, pkt, cid)
+	if err != nil {
+		e.stats.HandshakeDropped.Add(1)
+		return reply, nil, nil, err
+	}
+	if s == nil {
+		return reply, nil, nil, nil
+	}
+	c, err = newServerConn(e.cfg.Conn, e.rand, now, from, s, reply, len(pkt))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
+		delete(e.conns, old.localCID)
+		replaced = old
+		e.stats.Replaced.Add(1)
+	}
+	e.unconfirmed[c.session.PeerStatic] = c
+	e.conns[cid] = c
+	e.stats.Accepted.Add(1)
+	return nil, c, replaced, nil
+}
+
+// Confirmed tells the endpoint a connection proved its keys (the driver
+// calls it after HandleDatagram when c.Confirmed() first turns true).
+func (e *Endpoint) Confirmed(c *Conn) {
+	if e.unconfirmed[c.session.PeerStatic] == c {
+		delete(e.unconfirmed, c.session.PeerStatic)
+	}
+}
+
+// Remove forgets a connection (call Abandon on it, under its own
+// serialisation, if it is not closed yet).
+func (e *Endpoint) Remove(c *Conn) {
+	if e.conns[c.localCID] == c {
+		delete(e.conns, c.localCID)
+	}
+	if e.unconfirmed[c.session.PeerStatic] == c {
+		delete(e.unconfirmed, c.session.PeerStatic)
+	}
+}
+
+// Conns returns the number of connections.
+func (e *Endpoint) Conns() int { return len(e.conns) }

@@ -1,0 +1,349 @@
+package core
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// HandleDatagram processes one datagram the endpoint routed to this
+// connection. pkt is decrypted in place and must not be used afterwards.
+// Invalid input is counted and dropped; it never changes state.
+func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
+	if c.state == stateClosed || len(pkt) == 0 {
+		return
+	}
+	switch pkt[0] {
+	case wire.TypeResponse:
+		c.handleResponse(now, from, pkt)
+		return
+	case wire.TypeCookieReply:
+		if c.state == stateHandshake {
+			if err := c.init.HandleCookieReply(now, pkt); err != nil {
+				c.stats.DroppedAuth++
+				return
+			}
+			// Retry at once with the cookie in mac2.
+			c.hsBackoff = 500 * time.Millisecond
+			if err := c.sendInitiation(now); err != nil {
+				c.stats.DroppedAuth++
+			}
+		}
+		return
+	case wire.TypeData:
+	default:
+		c.stats.DroppedMalformed++
+		return
+	}
+	if c.state == stateHandshake {
+		c.stats.DroppedAuth++
+		return
+	}
+	h, err := wire.ParseHeader(pkt)
+	if err != nil || h.DstCID != c.localCID {
+		c.stats.DroppedMalformed++
+		return
+	}
+	if !c.replay.Check(h.PN) {
+		c.stats.DroppedReplay++
+		return
+	}
+	k, promote := c.recvKeyFor(h)
+	if k == nil {
+		c.stats.DroppedAuth++
+		return
+	}
+	payload, err := k.open(pkt, wire.DataHeaderSize, h.PN)
+	if err != nil {
+		c.stats.DroppedAuth++
+		return
+	}
+	if !c.replay.Accept(h.PN) {
+		c.stats.DroppedReplay++
+		return
+	}
+	if promote {
+		c.promoteRecvKey(now, h.PN)
+	}
+	c.stats.PacketsReceived++
+	c.stats.BytesReceived += uint64(len(pkt))
+	c.lastRecv = now
+	if !c.confirmed {
+		// The first authenticated packet proves the peer holds the keys
+		// and owns its address.
+		c.confirmed = true
+		c.path.validated = true
+		c.respPending = nil
+	}
+	c.notePath(now, from, h.PN, len(pkt))
+
+	eliciting, err := c.handleFrames(now, from, payload)
+	if err != nil {
+		c.protocolError(now, err)
+		return
+	}
+	if h.PN > c.largestRecvPN || c.recvd.empty() {
+		c.largestRecvPN = h.PN
+		c.largestRecvTime = now
+	}
+	c.recvd.add(h.PN, h.PN+1)
+	c.recvd.keepTop(maxAckRangesSent)
+	c.ackPending = true
+	if eliciting {
+		if c.ackEliciting == 0 {
+			c.ackDeadline = now.Add(maxAckDelay)
+		}
+		c.ackEliciting++
+	}
+	if c.state == stateClosing {
+		// Answer a peer that keeps talking with another CLOSE.
+		c.closePending = true
+	}
+}
+
+func (c *Conn) handleResponse(now time.Time, from netip.AddrPort, pkt []byte) {
+	if c.state != stateHandshake {
+		return // a late duplicate
+	}
+	s, err := c.init.HandleResponse(now, pkt)
+	if err != nil {
+		c.stats.DroppedAuth++
+		return
+	}
+	if err := c.install(s, now); err != nil {
+		c.stats.DroppedAuth++
+		return
+	}
+	c.state = stateEstablished
+	c.confirmed = true
+	c.hsPacket = nil
+	c.init = nil
+	c.path.addr = from
+	c.lastRecv = now
+	// Confirm the keys to the responder right away.
+	c.pingPending = true
+	c.rec.onHandshakeRTT(now.Sub(c.hsNext.Add(-c.hsBackoff / 2)))
+}
+
+// recvKeyFor picks the key generation for a packet: the phase bit says
+// current or not; a packet number below the current generation's first one
+// belongs to the previous generation, above it to the next.
+func (c *Conn) recvKeyFor(h wire.Header) (*keySet, bool) {
+	if h.KeyPhase == c.recvCur.phase() {
+		return c.recvCur, false
+	}
+	if c.recvCur.used && h.PN < c.recvCur.firstPN {
+		return c.recvPrev, false
+	}
+	if c.recvNext == nil {
+		n, err := c.recvCur.next()
+		if err != nil {
+			return nil, false
+		}
+		c.recvNext = n
+	}
+	return c.recvNext, true
+}
+
+func (c *Conn) promoteRecvKey(now time.Time, pn uint64) {
+	c.recvPrev.zero()
+	c.recvPrev = c.recvCur
+	c.recvCur = c.recvNext
+	c.recvNext = nil
+	c.recvCur.firstPN = pn
+	c.recvCur.used = true
+	c.prevDiscardAt = now.Add(keyDiscardPTOs * c.rec.pto())
+	c.stats.KeyUpdates++
+}
+
+// notePath handles a packet from an address other than the current one. Only
+// the newest packets may move the connection (an old, reordered packet from a
+// previous address must not), and a new address gets validated with a
+// PATH_CHALLENGE before it gets more than three times what it sent.
+func (c *Conn) notePath(now time.Time, from netip.AddrPort, pn uint64, n int) {
+	if from == c.path.addr {
+		c.path.recvBytes += uint64(n)
+		return
+	}
+	if c.probe != nil && c.probe.path.addr == from {
+		c.probe.path.recvBytes += uint64(n)
+		return
+	}
+	if pn < c.largestRecvPN {
+		return
+	}
+	var data [8]byte
+	if _, err := io.ReadFull(c.rand, data[:]); err != nil {
+		return
+	}
+	// Switch at once (NAT rebinding keeps the old address dead), but with
+	// the anti-amplification budget until the challenge is answered. The old
+	// path is kept to fall back to if validation fails.
+	old := c.path
+	c.probe = &pathProbe{path: old, data: data, deadline: now.Add(3 * c.rec.pto())}
+	c.path = path{addr: from, recvBytes: uint64(n)}
+	c.stats.PathChanges++
+}
+
+func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) (bool, error) {
+	eliciting := false
+	c.parse.Reset(payload)
+	f := &c.frame
+	for {
+		ok, err := c.parse.Next(f)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			break
+		}
+		switch f.Type {
+		case wire.FrameAck:
+			if err := c.onAck(now, &f.Ack); err != nil {
+				return false, err
+			}
+			continue
+		case wire.FrameClose:
+			if c.state != stateDraining && c.state != stateClosed {
+				c.state = stateDraining
+				c.err = &CloseError{Code: f.ErrorCode, Reason: string(f.Reason), Remote: true}
+				c.drainUntil = now.Add(3 * c.rec.pto())
+			}
+			continue
+		case wire.FramePing:
+		case wire.FramePathChallenge:
+			c.pathRespQ = append(c.pathRespQ, pathResp{to: from, data: f.PathData})
+		case wire.FramePathResponse:
+			c.onPathResponse(from, f.PathData)
+		case wire.FrameKeyUpdate:
+			if f.Value > c.recvCur.gen {
+				return false, fmt.Errorf("sudp: KEY_UPDATE to generation %d in generation %d", f.Value, c.recvCur.gen)
+			}
+		case wire.FrameMaxData:
+			c.connMaxSend = max(c.connMaxSend, f.Value)
+		case wire.FrameMaxStreamData:
+			if s := c.streams[f.StreamID]; s != nil && f.Value > s.maxSend {
+				s.maxSend = f.Value
+				c.schedule(s)
+			}
+		case wire.FrameMaxStreamsBidi:
+			c.peerMaxStreams[0] = max(c.peerMaxStreams[0], f.Value)
+		case wire.FrameMaxStreamsUni:
+			c.peerMaxStreams[1] = max(c.peerMaxStreams[1], f.Value)
+		case wire.FrameResetStream:
+			s, err := c.peerStream(f.StreamID)
+			if err != nil {
+				return false, err
+			}
+			if s != nil && s.rs != recvNone && s.rs != recvDone && s.rs != recvReset {
+				if hi, ok := s.highestReceived(); ok && hi > s.readOff {
+					c.connRead += hi - s.readOff // release its connection credit
+				}
+				s.rs = recvReset
+				s.resetErr = f.Value
+				c.maybeFree(s)
+			}
+		case wire.FrameStopSending:
+			if s := c.streams[f.StreamID]; s != nil && (s.ss == sendOpen || s.ss == sendFinQ) {
+				c.resetSend(s, f.ErrorCode)
+			}
+		case wire.FrameStream, wire.FrameStreamFin:
+			if err := c.onStreamFrame(&f.Stream); err != nil {
+				return false, err
+			}
+		case wire.FrameDatagram:
+			c.dg.receive(now, &f.Datagram, &c.stats)
+		}
+		eliciting = true
+	}
+	return eliciting, nil
+}
+
+func (c *Conn) onPathResponse(from netip.AddrPort, data [8]byte) {
+	p := c.probe
+	if p == nil || !p.sent || data != p.data {
+		return
+	}
+	// The probe validated the current path (after a migration we challenge
+	// the new address).
+	if from == c.path.addr {
+		c.path.validated = true
+		c.probe = nil
+	}
+}
+
+func (c *Conn) onStreamFrame(f *wire.Stream) error {
+	s, err := c.peerStream(f.ID)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		return nil // already finished and forgotten
+	}
+	if s.rs == recvNone {
+		return fmt.Errorf("sudp: STREAM frame for send-only stream %d", f.ID)
+	}
+	before, _ := s.highestReceived()
+	before = max(before, s.readOff)
+	if err := s.recvData(f.Offset, f.Data, f.Fin); err != nil {
+		return err
+	}
+	after, _ := s.highestReceived()
+	after = max(after, s.readOff)
+	if after > before {
+		c.connRecv += after - before
+		if c.connRecv > c.connMaxRecv {
+			return errFlowControl
+		}
+	}
+	return nil
+}
+
+// peerStream finds the stream for an id in a frame from the peer, opening it
+// (and, as in QUIC, every lower-numbered one of its kind) if the peer may.
+func (c *Conn) peerStream(id uint64) (*stream, error) {
+	if s := c.streams[id]; s != nil {
+		return s, nil
+	}
+	peerOpened := (id&wire.StreamServerBit != 0) == c.client
+	kind := 0
+	if isUni(id) {
+		kind = 1
+	}
+	seq := id >> 2
+	if !peerOpened {
+		if seq >= c.nextSeq[kind] {
+			return nil, fmt.Errorf("sudp: frame for stream %d we never opened", id)
+		}
+		return nil, nil
+	}
+	if seq < c.peerOpened[kind] {
+		return nil, nil
+	}
+	if seq >= c.ourMaxStreams[kind] {
+		return nil, fmt.Errorf("sudp: peer exceeded stream limit (%d >= %d)", seq, c.ourMaxStreams[kind])
+	}
+	for n := c.peerOpened[kind]; n <= seq; n++ {
+		sid := n<<2 | id&3
+		s := &stream{id: sid, incoming: true, prio: PriorityNormal, window: c.cfg.StreamWindow, maxRecv: InitialStreamWindow}
+		if kind == 1 {
+			s.ss = sendNone
+		} else {
+			s.maxSend = InitialStreamWindow
+			s.sendLimit = c.cfg.StreamSendBuffer
+		}
+		// Raise the stream window from the protocol's initial value.
+		if c.cfg.StreamWindow > s.maxRecv {
+			s.maxRecv = c.cfg.StreamWindow
+			s.sendMaxSD = true
+			c.pendingCtl = append(c.pendingCtl, sid)
+		}
+		c.streams[sid] = s
+		c.acceptQ[kind] = append(c.acceptQ[kind], sid)
+	}
+	c.peerOpened[kind] = seq + 1
+	return c.streams[id], nil
+}

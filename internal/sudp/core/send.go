@@ -1,0 +1,393 @@
+package core
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// sentFrame records what a packet carried, so that a lost packet's frames
+// (never the packet itself) can be sent again with fresh values.
+type sentFrame struct {
+	kind uint8
+	fin  bool
+	n    int
+	id   uint64
+	off  uint64
+}
+
+const (
+	sfStream uint8 = iota
+	sfMaxData
+	sfMaxStreamData
+	sfMaxStreams
+	sfReset
+	sfStop
+	sfPathChallenge
+	sfDatagram
+)
+
+// maxDatagramFrameHeader bounds a DATAGRAM frame's header (type + 4 varints).
+const maxDatagramFrameHeader = 1 + 8 + 4 + 4 + 4
+
+// PollTransmit writes the next datagram to send into buf (which must hold
+// MaxDatagramSize bytes) and returns its length and destination. ok is false
+// when there is nothing to send now; NextTimeout says when to ask again.
+func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort, ok bool) {
+	c.frameHadAck = false
+	switch c.state {
+	case stateClosed, stateDraining:
+		return 0, to, false
+	case stateHandshake:
+		if c.hsPacket == nil {
+			return 0, to, false
+		}
+		n = copy(buf, c.hsPacket)
+		c.hsPacket = nil
+		c.stats.PacketsSent++
+		c.stats.BytesSent += uint64(n)
+		return n, c.path.addr, true
+	}
+	if c.respPending != nil {
+		// The handshake response leaves once; anti-amplification holds as
+		// it is smaller than the initiation.
+		n = copy(buf, c.respPending)
+		c.respPending = nil
+		c.path.sentBytes += uint64(n)
+		c.stats.PacketsSent++
+		c.stats.BytesSent += uint64(n)
+		return n, c.path.addr, true
+	}
+	if !c.confirmedForSend() {
+		return 0, to, false
+	}
+	if len(c.pathRespQ) > 0 {
+		return c.sendPathResponse(now, buf)
+	}
+	c.maybeUpdateKey(now)
+
+	dst := c.path.addr
+	budget := min(c.cfg.MaxDatagramSize, len(buf), c.path.budget())
+	if p := c.probe; p != nil && !p.sent && c.state == stateEstablished {
+		// Challenge the current (new) address.
+		p.sent = true
+		b := c.startPacket(buf)
+		b = wire.AppendPath(b, wire.FramePathChallenge, p.data)
+		b = wire.AppendPadding(b, min(budget, c.cfg.MaxDatagramSize)-wire.TagSize-len(b))
+		return c.finishPacket(now, b, dst, true, nil)
+	}
+	if budget < wire.DataOverhead+64 {
+		return 0, to, false
+	}
+	room := budget - wire.TagSize
+	b := c.startPacket(buf)
+	frames := c.rec.frameScratch[:0]
+	eliciting := false
+
+	if c.state == stateClosing {
+		if !c.closePending {
+			return 0, to, false
+		}
+		c.closePending = false
+		b = wire.AppendClose(b, c.closeCode, c.closeReason)
+		return c.finishPacket(now, b, dst, false, nil)
+	}
+
+	wantAck := c.ackPending && (c.ackEliciting >= ackElicitingThres || !now.Before(c.ackDeadline))
+	if c.ackPending {
+		b = c.appendAck(now, b, room)
+	}
+	// Congestion and pacing gate everything that elicits an ACK, except
+	// probes sent on a probe timeout.
+	canSend := c.probes > 0 || c.rec.canSend(now, c.cfg.MaxDatagramSize)
+	if canSend {
+		b, frames = c.appendControl(b, room, frames)
+		if len(frames) > 0 || c.pingPending {
+			eliciting = true
+		}
+		var more bool
+		b, frames, more = c.appendData(now, b, room, frames)
+		if more {
+			eliciting = true
+		}
+		if !eliciting && (c.probes > 0 || c.pingPending || c.keepAliveDue(now)) {
+			b = wire.AppendPing(b)
+			eliciting = true
+		}
+		if c.keyUpdateFrame && eliciting && room-len(b) > 10 {
+			b = wire.AppendValue(b, wire.FrameKeyUpdate, c.sendKey.gen)
+			c.keyUpdateFrame = false
+		}
+		if eliciting {
+			c.pingPending = false
+			if c.probes > 0 {
+				c.probes--
+			}
+		}
+	}
+	if !eliciting && !wantAck {
+		return 0, to, false
+	}
+	if len(b) == wire.DataHeaderSize {
+		return 0, to, false
+	}
+	return c.finishPacket(now, b, dst, eliciting, frames)
+}
+
+func (c *Conn) startPacket(buf []byte) []byte {
+	return wire.AppendHeader(buf[:0], wire.Header{
+		KeyPhase: c.sendKey.phase(),
+		DstCID:   c.remoteCID,
+		PN:       c.nextPN,
+	})
+}
+
+// finishPacket pads a packet too short to hold a sample of ciphertext (never
+// needed for AEAD, but keeps sizes non-trivial for the receiver), seals it and
+// records it for loss recovery.
+func (c *Conn) finishPacket(now time.Time, b []byte, dst netip.AddrPort, eliciting bool, frames []sentFrame) (int, netip.AddrPort, bool) {
+	pn := c.nextPN
+	c.nextPN++
+	if !c.sendKey.used {
+		c.sendKey.used = true
+		c.sendKey.firstPN = pn
+	}
+	b = c.sendKey.seal(b, wire.DataHeaderSize, pn)
+	size := len(b)
+	if c.frameHadAck {
+		c.ackPending = false
+		c.ackEliciting = 0
+		c.frameHadAck = false
+	}
+	c.rec.onSent(now, pn, size, eliciting, frames)
+	if dst == c.path.addr {
+		c.path.sentBytes += uint64(size)
+	}
+	c.stats.PacketsSent++
+	c.stats.BytesSent += uint64(size)
+	c.lastSend = now
+	return size, dst, true
+}
+
+func (c *Conn) sendPathResponse(now time.Time, buf []byte) (int, netip.AddrPort, bool) {
+	r := c.pathRespQ[0]
+	c.pathRespQ = c.pathRespQ[1:]
+	b := c.startPacket(buf)
+	b = wire.AppendPath(b, wire.FramePathResponse, r.data)
+	return c.finishPacket(now, b, r.to, true, nil)
+}
+
+func (c *Conn) appendAck(now time.Time, b []byte, room int) []byte {
+	rs := c.ackRangesScratch[:0]
+	for i := len(c.recvd.r) - 1; i >= 0; i-- {
+		sp := c.recvd.r[i]
+		rs = append(rs, wire.AckRange{Smallest: sp.lo, Largest: sp.hi - 1})
+	}
+	c.ackRangesScratch = rs
+	if len(rs) == 0 {
+		return b
+	}
+	delay := uint64(now.Sub(c.largestRecvTime) / time.Microsecond)
+	for len(rs) > 0 && len(b)+wire.AckLen(delay, rs) > room-8 {
+		rs = rs[:len(rs)-1]
+	}
+	if len(rs) == 0 {
+		return b
+	}
+	c.frameHadAck = true
+	return wire.AppendAck(b, delay, rs)
+}
+
+func (c *Conn) keepAliveDue(now time.Time) bool {
+	return now.Sub(c.lastSend) >= c.cfg.KeepAlive && c.rec.ackElicitingInFlight == 0
+}
+
+// appendControl adds flow-control and stream-control frames.
+func (c *Conn) appendControl(b []byte, room int, frames []sentFrame) ([]byte, []sentFrame) {
+	const maxCtl = 1 + 8 + 8
+	if c.sendMaxData && room-len(b) > maxCtl {
+		c.sendMaxData = false
+		b = wire.AppendValue(b, wire.FrameMaxData, c.connMaxRecv)
+		frames = append(frames, sentFrame{kind: sfMaxData})
+	}
+	for k := 0; k < 2; k++ {
+		if c.sendMaxStreams[k] && room-len(b) > maxCtl {
+			c.sendMaxStreams[k] = false
+			t := byte(wire.FrameMaxStreamsBidi)
+			if k == 1 {
+				t = wire.FrameMaxStreamsUni
+			}
+			b = wire.AppendValue(b, t, c.ourMaxStreams[k])
+			frames = append(frames, sentFrame{kind: sfMaxStreams, id: uint64(k)})
+		}
+	}
+	for len(c.pendingCtl) > 0 && room-len(b) > 2*maxCtl {
+		id := c.pendingCtl[0]
+		c.pendingCtl = c.pendingCtl[1:]
+		s := c.streams[id]
+		if s == nil {
+			continue
+		}
+		if s.sendMaxSD && s.rs == recvOpen {
+			s.sendMaxSD = false
+			b = wire.AppendStreamValue(b, wire.FrameMaxStreamData, id, s.maxRecv)
+			frames = append(frames, sentFrame{kind: sfMaxStreamData, id: id})
+		}
+		if s.stopQueued && !s.stopSent {
+			s.stopSent = true
+			b = wire.AppendStreamValue(b, wire.FrameStopSending, id, s.stopCode)
+			frames = append(frames, sentFrame{kind: sfStop, id: id})
+		}
+	}
+	if len(c.pendingCtl) == 0 {
+		c.pendingCtl = c.pendingCtl[:0:0]
+	}
+	return b, frames
+}
+
+// appendData fills the rest of the packet with stream data and datagram
+// fragments, highest priority first, round-robin within a priority.
+func (c *Conn) appendData(now time.Time, b []byte, room int, frames []sentFrame) ([]byte, []sentFrame, bool) {
+	added := false
+	for p := 0; p < numPriorities; p++ {
+		// Datagrams at this priority first: they are small and urgent.
+		for room-len(b) > maxDatagramFrameHeader+16 {
+			var ok bool
+			b, ok = c.dg.appendFragment(now, Priority(p), b, room, &c.stats)
+			if !ok {
+				break
+			}
+			frames = append(frames, sentFrame{kind: sfDatagram})
+			added = true
+		}
+		q := c.sched[p]
+		for len(q) > 0 && room-len(b) > 32 {
+			s := q[0]
+			var wrote bool
+			b, frames, wrote = c.appendStream(s, b, room, frames)
+			if wrote {
+				added = true
+			}
+			if !s.hasSendData() || !c.streamCanSendNow(s) {
+				s.queued = false
+				q = q[1:]
+				continue
+			}
+			// Round-robin: move to the back.
+			q = append(q[1:], s)
+			if !wrote {
+				break
+			}
+		}
+		c.sched[p] = q
+	}
+	return b, frames, added
+}
+
+// streamCanSendNow: a stream blocked only by flow control leaves the queue
+// until a MAX_*_DATA frame re-schedules it.
+func (c *Conn) streamCanSendNow(s *stream) bool {
+	if s.ss == sendReset || !s.lost.empty() {
+		return true
+	}
+	if s.ss == sendFinQ && !s.finSent && s.sent == s.written {
+		return true
+	}
+	return s.sent < s.maxSend && c.connSent < c.connMaxSend
+}
+
+func (c *Conn) appendStream(s *stream, b []byte, room int, frames []sentFrame) ([]byte, []sentFrame, bool) {
+	if s.ss == sendReset {
+		if !s.resetSent && room-len(b) > 1+8+8+8 {
+			s.resetSent = true
+			b = wire.AppendStreamValue(b, wire.FrameResetStream, s.id, s.sent)
+			frames = append(frames, sentFrame{kind: sfReset, id: s.id})
+			return b, frames, true
+		}
+		return b, frames, false
+	}
+	free := room - len(b)
+	// Retransmissions first.
+	if lr, ok := s.lost.first(); ok {
+		hl := wire.StreamHeaderLen(s.id, lr.lo, int(lr.hi-lr.lo))
+		n := min(int(lr.hi-lr.lo), free-hl)
+		if n <= 0 {
+			return b, frames, false
+		}
+		end := lr.lo + uint64(n)
+		fin := s.ss == sendFinQ && end == s.written
+		b = wire.AppendStreamHeader(b, s.id, lr.lo, n, fin)
+		b = b[:len(b)+n]
+		s.sbuf.read(lr.lo, b[len(b)-n:])
+		s.lost.remove(lr.lo, end)
+		if fin {
+			s.finSent = true
+		}
+		c.stats.RetransmittedBytes += uint64(n)
+		frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: lr.lo, n: n, fin: fin})
+		return b, frames, true
+	}
+	avail := min(s.written-s.sent, s.maxSend-s.sent, c.connMaxSend-c.connSent)
+	if avail == 0 {
+		if s.ss == sendFinQ && !s.finSent && s.sent == s.written {
+			b = wire.AppendStreamHeader(b, s.id, s.sent, 0, true)
+			s.finSent = true
+			frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: s.sent, fin: true})
+			return b, frames, true
+		}
+		return b, frames, false
+	}
+	hl := wire.StreamHeaderLen(s.id, s.sent, int(min(avail, uint64(free))))
+	n := min(int(min(avail, 1<<30)), free-hl)
+	if n <= 0 {
+		return b, frames, false
+	}
+	off := s.sent
+	end := off + uint64(n)
+	fin := s.ss == sendFinQ && end == s.written
+	b = wire.AppendStreamHeader(b, s.id, off, n, fin)
+	b = b[:len(b)+n]
+	s.sbuf.read(off, b[len(b)-n:])
+	s.sent = end
+	c.connSent += uint64(n)
+	c.stats.StreamBytesSent += uint64(n)
+	if fin {
+		s.finSent = true
+	}
+	frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: off, n: n, fin: fin})
+	return b, frames, true
+}
+
+// schedule puts a stream with something to send in its priority's queue.
+func (c *Conn) schedule(s *stream) {
+	if s.queued || !s.hasSendData() {
+		return
+	}
+	s.queued = true
+	c.sched[s.prio] = append(c.sched[s.prio], s)
+}
+
+// maybeUpdateKey moves the send direction to the next key generation after
+// the configured packets or time, once the peer has acknowledged a packet of
+// the current generation (so it holds the current keys and the phase bit
+// cannot be ambiguous).
+func (c *Conn) maybeUpdateKey(now time.Time) {
+	k := c.sendKey
+	if !k.used || !c.sendGenAcked {
+		return
+	}
+	if c.nextPN-k.firstPN < c.cfg.KeyUpdatePackets && now.Sub(c.sendKeyStart) < c.cfg.KeyUpdateInterval {
+		return
+	}
+	n, err := k.next()
+	if err != nil {
+		return
+	}
+	k.zero()
+	c.sendKey = n
+	c.sendKeyStart = now
+	c.sendGenAcked = false
+	c.keyUpdateFrame = true
+	c.stats.KeyUpdates++
+}

@@ -1,0 +1,129 @@
+package core
+
+import "time"
+
+// NextTimeout returns when HandleTimeout (or PollTransmit, for pacing) must
+// next be called; the zero time means no timer is armed.
+func (c *Conn) NextTimeout() time.Time {
+	var t time.Time
+	set := func(v time.Time) {
+		if !v.IsZero() && (t.IsZero() || v.Before(t)) {
+			t = v
+		}
+	}
+	switch c.state {
+	case stateClosed:
+		return t
+	case stateHandshake:
+		set(c.hsNext)
+		set(c.hsStart.Add(c.cfg.HandshakeTimeout))
+		return t
+	case stateClosing, stateDraining:
+		set(c.drainUntil)
+		return t
+	}
+	set(c.lastRecv.Add(c.cfg.IdleTimeout))
+	if !c.confirmed && !c.client {
+		return t
+	}
+	if c.ackPending {
+		set(c.ackDeadline)
+	}
+	r := &c.rec
+	if !r.lossTime.IsZero() {
+		set(r.lossTime)
+	} else if r.ackElicitingInFlight > 0 {
+		set(r.lastElicitingSent.Add(r.pto() << min(r.ptoCount, 6)))
+	}
+	if c.rec.ackElicitingInFlight == 0 {
+		set(c.lastSend.Add(c.cfg.KeepAlive))
+	}
+	set(c.pacedUntil)
+	if c.recvPrev != nil {
+		set(c.prevDiscardAt)
+	}
+	if c.probe != nil {
+		set(c.probe.deadline)
+	}
+	set(c.dg.nextExpiry())
+	return t
+}
+
+// HandleTimeout runs every timer that has expired at now.
+func (c *Conn) HandleTimeout(now time.Time) {
+	switch c.state {
+	case stateClosed:
+		return
+	case stateHandshake:
+		if !now.Before(c.hsStart.Add(c.cfg.HandshakeTimeout)) {
+			c.err = ErrHandshakeTimeout
+			c.forget()
+			return
+		}
+		if !now.Before(c.hsNext) {
+			if err := c.sendInitiation(now); err != nil {
+				c.err = err
+				c.forget()
+			}
+		}
+		return
+	case stateClosing, stateDraining:
+		if !now.Before(c.drainUntil) {
+			c.forget()
+		}
+		return
+	}
+	if !now.Before(c.lastRecv.Add(c.cfg.IdleTimeout)) {
+		c.err = ErrIdleTimeout
+		c.forget()
+		return
+	}
+	if !c.pacedUntil.IsZero() && !now.Before(c.pacedUntil) {
+		c.pacedUntil = time.Time{}
+	}
+	if c.recvPrev != nil && !now.Before(c.prevDiscardAt) {
+		c.recvPrev.zero()
+		c.recvPrev = nil
+	}
+	if p := c.probe; p != nil && !now.Before(p.deadline) {
+		// The new address never answered its challenge: go back.
+		if !c.path.validated && p.path.addr.IsValid() {
+			c.path = p.path
+		}
+		c.probe = nil
+	}
+	c.dg.expire(now, &c.stats)
+	r := &c.rec
+	if !r.lossTime.IsZero() && !now.Before(r.lossTime) {
+		c.detectLoss(now)
+		r.compact()
+	} else if r.ackElicitingInFlight > 0 && !now.Before(r.lastElicitingSent.Add(r.pto()<<min(r.ptoCount, 6))) {
+		// Probe timeout: send up to two ack-eliciting probes past the
+		// congestion window; their ACKs drive loss detection.
+		r.ptoCount++
+		c.probes = 2
+		c.pingPending = true
+	}
+}
+
+// PacingDelay says how long the pacer holds the next full packet back (0:
+// send now; negative: blocked by the congestion window until an ACK).
+// The driver uses it to sleep precisely between bursts.
+func (c *Conn) PacingDelay(now time.Time) time.Duration {
+	return c.rec.pacingDelay(now, c.cfg.MaxDatagramSize)
+}
+
+// WantsToSend reports whether the connection has ack-eliciting data queued
+// (streams or datagrams), used by the driver to decide whether to wait for
+// the pacer.
+func (c *Conn) WantsToSend() bool {
+	if c.state != stateEstablished {
+		return false
+	}
+	for p := range c.sched {
+		if len(c.sched[p]) > 0 {
+			return true
+		}
+	}
+	return c.dg.queued > 0 || c.pingPending || c.sendMaxData
+}

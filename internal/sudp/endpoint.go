@@ -1,0 +1,317 @@
+package sudp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/flynn/noise"
+
+	"github.com/ferry-vm/ferry/internal/sudp/core"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
+	"github.com/ferry-vm/ferry/internal/sudp/socket"
+)
+
+// Config configures an Endpoint.
+type Config struct {
+	// Listen is the UDP address to bind ("0.0.0.0:7946", "127.0.0.1:0").
+	Listen string
+	// Static is the endpoint's long-term key pair.
+	Static noise.DHKey
+	// ClusterID binds every handshake to one Ferry cluster.
+	ClusterID string
+	// Lookup authorises incoming connections; nil refuses them all.
+	Lookup func(peerStatic [32]byte) (handshake.Peer, error)
+	// RequireCookie makes every initiator prove its address first.
+	RequireCookie bool
+	LoadThreshold int
+	RateLimit     ratelimit.Config
+	// Conn tunes each connection.
+	Conn core.Config
+	// Logger receives connection lifecycle events (never key material).
+	Logger *slog.Logger
+}
+
+// ErrEndpointClosed is returned by calls on a closed Endpoint.
+var ErrEndpointClosed = errors.New("sudp: endpoint closed")
+
+// Endpoint is a UDP socket carrying any number of SUDP connections.
+type Endpoint struct {
+	cfg  Config
+	log  *slog.Logger
+	sock *socket.Conn
+
+	mu    sync.Mutex // guards ep and conns
+	ep    *core.Endpoint
+	conns map[*core.Conn]*Conn
+
+	accept chan *Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed chan struct{}
+	once   sync.Once
+}
+
+// Listen opens an endpoint.
+func Listen(cfg Config) (*Endpoint, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ep, err := core.NewEndpoint(core.EndpointConfig{
+		Static:        cfg.Static,
+		ClusterID:     cfg.ClusterID,
+		Lookup:        cfg.Lookup,
+		RequireCookie: cfg.RequireCookie,
+		LoadThreshold: cfg.LoadThreshold,
+		RateLimit:     cfg.RateLimit,
+		Conn:          cfg.Conn,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sock, err := socket.Listen(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("sudp: listen %s: %w", cfg.Listen, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Endpoint{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		sock:   sock,
+		ep:     ep,
+		conns:  make(map[*core.Conn]*Conn),
+		accept: make(chan *Conn, 64),
+		ctx:    ctx,
+		cancel: cancel,
+		closed: make(chan struct{}),
+	}
+	e.wg.Add(1)
+	go e.readLoop()
+	return e, nil
+}
+
+// LocalAddr is the bound UDP address.
+func (e *Endpoint) LocalAddr() netip.AddrPort { return e.sock.LocalAddr() }
+
+// PublicKey is the endpoint's static public key.
+func (e *Endpoint) PublicKey() [32]byte {
+	var k [32]byte
+	copy(k[:], e.cfg.Static.Public)
+	return k
+}
+
+// Dial connects to the endpoint at addr whose static public key is
+// remoteStatic, authenticating with psk, and waits for the handshake.
+func (e *Endpoint) Dial(ctx context.Context, addr string, remoteStatic, psk [32]byte) (*Conn, error) {
+	ap, err := resolve(addr)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if e.ctx.Err() != nil {
+		e.mu.Unlock()
+		return nil, ErrEndpointClosed
+	}
+	cc, err := e.ep.Connect(time.Now(), ap, remoteStatic, psk)
+	if err != nil {
+		e.mu.Unlock()
+		return nil, err
+	}
+	c := e.startConn(cc)
+	e.mu.Unlock()
+	if err := c.waitEstablished(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	e.log.Debug("sudp: connected", "peer", addr, "cid", fmt.Sprintf("%016x", cc.LocalCID()))
+	return c, nil
+}
+
+func resolve(addr string) (netip.AddrPort, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("sudp: resolve %s: %w", addr, err)
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// Accept waits for the next incoming connection that completed its
+// handshake and proved its keys.
+func (e *Endpoint) Accept(ctx context.Context) (*Conn, error) {
+	select {
+	case c := <-e.accept:
+		return c, nil
+	case <-e.closed:
+		return nil, ErrEndpointClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Close closes every connection (with a CLOSE frame) and the socket.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() {
+		e.mu.Lock()
+		conns := make([]*Conn, 0, len(e.conns))
+		for _, c := range e.conns {
+			conns = append(conns, c)
+		}
+		e.mu.Unlock()
+		for _, c := range conns {
+			c.closeNow()
+		}
+		e.cancel()
+		close(e.closed)
+		e.sock.Close()
+	})
+	e.wg.Wait()
+	return nil
+}
+
+// Stats snapshots endpoint-level counters.
+type Stats struct {
+	Conns            int
+	UnknownCID       uint64
+	Malformed        uint64
+	HandshakeDropped uint64
+	Accepted         uint64
+	Handshake        handshake.Stats
+}
+
+// Stats returns the endpoint's counters.
+func (e *Endpoint) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.ep.Stats()
+	return Stats{
+		Conns:            e.ep.Conns(),
+		UnknownCID:       s.UnknownCID.Load(),
+		Malformed:        s.Malformed.Load(),
+		HandshakeDropped: s.HandshakeDropped.Load(),
+		Accepted:         s.Accepted.Load(),
+		Handshake:        e.ep.HandshakeStats(),
+	}
+}
+
+// startConn wraps a core connection and starts its send/timer goroutine.
+// e.mu is held.
+func (e *Endpoint) startConn(cc *core.Conn) *Conn {
+	c := newConn(e, cc)
+	e.conns[cc] = c
+	e.wg.Add(1)
+	go c.run()
+	return c
+}
+
+// removeConn forgets a finished connection. e.mu is not held.
+func (e *Endpoint) removeConn(c *Conn) {
+	e.mu.Lock()
+	e.ep.Remove(c.cc)
+	delete(e.conns, c.cc)
+	e.mu.Unlock()
+}
+
+// readLoop receives datagram batches and hands each to its connection.
+func (e *Endpoint) readLoop() {
+	defer e.wg.Done()
+	batch := make([]socket.Datagram, 0, socket.ReadBatch*64)
+	touched := make(map[*Conn]struct{})
+	for {
+		var err error
+		batch, err = e.sock.Read(batch[:0])
+		if err != nil {
+			if e.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			e.log.Warn("sudp: read", "err", err)
+			continue
+		}
+		now := time.Now()
+		var cur *Conn
+		for i := range batch {
+			d := &batch[i]
+			c := e.route(now, d)
+			if c == nil {
+				continue
+			}
+			if c != cur {
+				if cur != nil {
+					cur.mu.Unlock()
+				}
+				cur = c
+				cur.mu.Lock()
+			}
+			wasConfirmed := c.cc.Confirmed()
+			c.cc.HandleDatagram(now, d.From, d.Data)
+			if !wasConfirmed && c.cc.Confirmed() {
+				c.confirmedNow = true
+			}
+			touched[c] = struct{}{}
+		}
+		if cur != nil {
+			cur.mu.Unlock()
+		}
+		for c := range touched {
+			c.afterInput()
+			delete(touched, c)
+		}
+	}
+}
+
+// route finds the connection for a datagram, running the responder for
+// handshake initiations.
+func (e *Endpoint) route(now time.Time, d *socket.Datagram) *Conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cc, initiation := e.ep.Route(d.Data)
+	if initiation {
+		reply, nc, replaced, err := e.ep.HandleInitiation(now, d.From, d.Data)
+		if reply != nil {
+			b := socket.NewBatch(len(reply))
+			b.To = d.From
+			copy(b.Next(len(reply)), reply)
+			b.Commit(len(reply))
+			_ = e.sock.Send(b)
+		}
+		if err != nil {
+			e.log.Debug("sudp: initiation rejected", "from", d.From, "err", err)
+			return nil
+		}
+		if replaced != nil {
+			if old := e.conns[replaced]; old != nil {
+				delete(e.conns, replaced)
+				go old.abandon()
+			}
+		}
+		if nc != nil {
+			c := e.startConn(nc)
+			c.wake()
+		}
+		return nil
+	}
+	if cc == nil {
+		return nil
+	}
+	return e.conns[cc]
+}
+
+func (e *Endpoint) deliverAccepted(c *Conn) {
+	e.mu.Lock()
+	e.ep.Confirmed(c.cc)
+	e.mu.Unlock()
+	select {
+	case e.accept <- c:
+	default:
+		// Nobody is accepting: refuse rather than queue without bound.
+		e.log.Warn("sudp: accept queue full, closing connection", "peer", c.RemoteAddr())
+		go c.Close()
+	}
+}

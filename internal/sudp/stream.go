@@ -1,0 +1,198 @@
+package sudp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/core"
+)
+
+// Stream is an ordered, reliable byte stream on a Conn. It implements
+// net.Conn, so code written for TCP (a raft transport, io.Copy of a QEMU
+// migration stream) runs on SUDP unchanged. A unidirectional message stream
+// is a Stream that only one side writes.
+type Stream struct {
+	c  *Conn
+	id uint64
+
+	dmu           sync.Mutex
+	readDeadline  time.Time
+	writeDeadline time.Time
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+// ID is the stream id.
+func (s *Stream) ID() uint64 { return s.id }
+
+// Read reads data in order; io.EOF after the peer's FIN.
+func (s *Stream) Read(p []byte) (int, error) { return s.readCtx(context.Background(), p) }
+
+func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.dmu.Lock()
+	dl := s.readDeadline
+	s.dmu.Unlock()
+	var n int
+	var fin bool
+	err := s.c.wait(ctx, dl, func() (bool, error) {
+		var err error
+		n, fin, err = s.c.cc.StreamRead(s.id, p)
+		return n > 0 || fin, err
+	})
+	if n > 0 {
+		s.c.wake() // flow-control credit may be due
+		return n, nil
+	}
+	if err != nil {
+		return 0, s.mapErr(err)
+	}
+	if fin {
+		return 0, io.EOF
+	}
+	return 0, nil
+}
+
+// Write writes all of p, blocking while the send buffer is full.
+func (s *Stream) Write(p []byte) (int, error) { return s.writeCtx(context.Background(), p) }
+
+func (s *Stream) writeCtx(ctx context.Context, p []byte) (int, error) {
+	s.dmu.Lock()
+	dl := s.writeDeadline
+	s.dmu.Unlock()
+	total := 0
+	for len(p) > 0 {
+		var n int
+		err := s.c.wait(ctx, dl, func() (bool, error) {
+			var err error
+			n, err = s.c.cc.StreamWrite(s.id, p)
+			return n > 0, err
+		})
+		if n > 0 {
+			total += n
+			p = p[n:]
+			s.c.wake()
+		}
+		if err != nil {
+			return total, s.mapErr(err)
+		}
+	}
+	return total, nil
+}
+
+// ReadFrom copies from r in large chunks (io.Copy uses it).
+func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func (s *Stream) mapErr(err error) error {
+	if errors.Is(err, errTimeout) {
+		return os.ErrDeadlineExceeded
+	}
+	return err
+}
+
+// CloseWrite sends FIN after the buffered data; reading continues.
+func (s *Stream) CloseWrite() error {
+	s.c.mu.Lock()
+	err := s.c.cc.StreamCloseWrite(s.id)
+	s.c.mu.Unlock()
+	s.c.wake()
+	return err
+}
+
+// Close ends the write side (FIN); for a stream we only read, it stops
+// reading. It does not wait for delivery: use Flush for that.
+func (s *Stream) Close() error {
+	s.c.mu.Lock()
+	err := s.c.cc.StreamCloseWrite(s.id)
+	if errors.Is(err, core.ErrUnknownStream) {
+		err = nil
+	}
+	s.c.mu.Unlock()
+	s.c.wake()
+	return err
+}
+
+// Flush waits until the peer acknowledged everything written, FIN included
+// if the stream was closed.
+func (s *Stream) Flush(ctx context.Context) error {
+	return s.c.wait(ctx, time.Time{}, func() (bool, error) {
+		if s.c.cc.StreamSendDone(s.id) {
+			return true, nil
+		}
+		return false, s.c.cc.Err()
+	})
+}
+
+// Reset abandons the write side with an application error code.
+func (s *Stream) Reset(code uint64) {
+	s.c.mu.Lock()
+	s.c.cc.StreamReset(s.id, code)
+	s.c.mu.Unlock()
+	s.c.wake()
+}
+
+// StopReading asks the peer to stop sending and discards unread data.
+func (s *Stream) StopReading(code uint64) {
+	s.c.mu.Lock()
+	s.c.cc.StreamStopReading(s.id, code)
+	s.c.notifyLocked()
+	s.c.mu.Unlock()
+	s.c.wake()
+}
+
+// LocalAddr implements net.Conn.
+func (s *Stream) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(s.c.LocalAddr()) }
+
+// RemoteAddr implements net.Conn.
+func (s *Stream) RemoteAddr() net.Addr { return net.UDPAddrFromAddrPort(s.c.RemoteAddr()) }
+
+// SetDeadline implements net.Conn.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn. A deadline set while a Read is
+// blocked applies from the next Read.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.dmu.Lock()
+	s.readDeadline = t
+	s.dmu.Unlock()
+	s.c.mu.Lock()
+	s.c.notifyLocked()
+	s.c.mu.Unlock()
+	return nil
+}
+
+// SetWriteDeadline implements net.Conn.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	s.dmu.Lock()
+	s.writeDeadline = t
+	s.dmu.Unlock()
+	return nil
+}

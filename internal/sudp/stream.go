@@ -21,6 +21,7 @@ type Stream struct {
 	id uint64
 
 	dmu           sync.Mutex
+	eof           bool // FIN was delivered with the last bytes
 	readDeadline  time.Time
 	writeDeadline time.Time
 }
@@ -38,8 +39,11 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 		return 0, nil
 	}
 	s.dmu.Lock()
-	dl := s.readDeadline
+	dl, eof := s.readDeadline, s.eof
 	s.dmu.Unlock()
+	if eof {
+		return 0, io.EOF
+	}
 	var n int
 	var fin bool
 	err := s.c.wait(ctx, dl, func() (bool, error) {
@@ -48,6 +52,11 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 		return n > 0 || fin, err
 	})
 	if n > 0 {
+		if fin {
+			s.dmu.Lock()
+			s.eof = true
+			s.dmu.Unlock()
+		}
 		s.c.wake() // flow-control credit may be due
 		return n, nil
 	}

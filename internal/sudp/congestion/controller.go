@@ -63,12 +63,14 @@ const (
 	fullBwRounds = 3    // ... and ends after this many rounds without such growth
 
 	// Loss-with-queueing rule (see doc.go).
-	lossThreshold      = 0.02
-	queueDelayFraction = 8                // standing queue must exceed minRTT/8 ...
-	queueDelayFloor    = time.Millisecond // ... and 1 ms
-	minCutFactor       = 0.5
-	maxCutFactor       = 0.85
-	lossRateEWMA       = 1.0 / 8 // weight of one round in Stats.LossRate
+	standingQueueDivisor = 8                      // standing queue: round-min RTT > minRTT + minRTT/8 ...
+	standingQueueFloor   = time.Millisecond       // ... and > minRTT + 1 ms
+	queuePresentDivisor  = 16                     // "some queue" for ceiling growth: > minRTT/16 ...
+	queuePresentFloor    = 500 * time.Microsecond // ... and 0.5 ms
+	minCutFactor         = 0.5
+	maxCutFactor         = 0.85
+	additiveIncrease     = 8       // packets per round while a queue is present
+	lossRateEWMA         = 1.0 / 8 // weight of one round in Stats.LossRate
 
 	// capBoundSlack: the MaxRate cap counts as the binding limit when it is
 	// no more than 2% above the bandwidth estimate. Paced exactly at the cap,
@@ -77,10 +79,26 @@ const (
 	capBoundSlack = 1.02
 )
 
-// probeBWGains is the PROBE_BW pacing-gain cycle: one round probing for more
-// bandwidth, one round draining the queue the probe may have built, six
-// cruising at the estimate.
-var probeBWGains = [8]float64{1.25, 0.75, 1, 1, 1, 1, 1, 1}
+// PROBE_BW pacing-gain cycle: one phase (one min RTT) probing for more
+// bandwidth, one draining the queue the probe may have built, then cruising
+// at the estimate for cruiseMinPhases..cruiseMaxPhases phases (BBRv1 always
+// cruises 6). The random cruise length keeps flows that happen to probe in
+// the same round from staying in lock-step: flows that probe together each
+// keep their share, while a flow probing alone gains in proportion to how
+// small it is (FIFO service hands a small flow nearly all of its extra 25%,
+// a large one little), which is what moves BBR flows toward equal shares.
+const (
+	probeUpGain     = 1.25
+	probeDownGain   = 0.75
+	cruiseMinPhases = 4
+	cruiseMaxPhases = 8
+)
+
+const (
+	phaseUp = iota
+	phaseDown
+	phaseCruise
+)
 
 type mode uint8
 
@@ -132,7 +150,8 @@ type Controller struct {
 	mode       mode
 	pacingGain float64
 	cwndGain   float64
-	cycleIdx   int
+	cycleIdx   int // phaseUp, phaseDown or phaseCruise
+	cruiseLeft int // cruise phases left before the next probe
 	cycleStamp time.Time
 	rng        uint64
 
@@ -151,10 +170,12 @@ type Controller struct {
 
 	// Loss-with-queueing rule state.
 	tally        roundTally
-	prevInflight int // maxInflight of the previous round
-	ceiling      int // bytes; 0 = none
+	prevInflight int           // maxInflight of the previous round
+	prevVolume   uint64        // acked+lost bytes of the previous round
+	prevMinRTT   time.Duration // minRTT of the previous round
+	ceiling      int           // bytes; 0 = none
 	ceilingIncr  int
-	skipRound    bool
+	skipRounds   int
 	lossRate     float64
 	lostTotal    uint64
 	congEvents   uint64
@@ -252,6 +273,7 @@ func (c *Controller) OnAck(now time.Time, acked []PacketState, rtt time.Duration
 		c.endRound()
 	}
 	c.tally.acked += uint64(rs.ackedBytes)
+	c.checkCongestion()
 
 	// Bottleneck bandwidth: app-limited samples only count when they show
 	// more than we knew (a pipe that was not full can still prove a floor).
@@ -281,6 +303,9 @@ func (c *Controller) OnLoss(now time.Time, lost []PacketState, bytesInFlight int
 	c.tally.lost += b
 	if b > 0 {
 		c.lostSince = true
+		if c.checkCongestion(); c.ceiling > 0 && c.cwnd > c.ceiling {
+			c.cwnd = max(c.ceiling, c.cfg.MinWindow)
+		}
 	}
 }
 
@@ -392,21 +417,41 @@ func (c *Controller) enterStartup() {
 func (c *Controller) enterProbeBW(now time.Time) {
 	c.mode = modeProbeBW
 	c.cwndGain = probeBWCwndGain
-	// Start at a random phase other than the drain phase (draining right
-	// after DRAIN is pointless); desynchronising phases across flows keeps
-	// their probes from colliding every time.
+	// Start at a random point of the cycle other than the drain phase
+	// (draining right after DRAIN is pointless), so that flows starting
+	// together do not probe together.
+	c.cycleStamp = now
+	if r := c.random(cruiseMaxPhases); r == 0 {
+		c.setPhase(phaseUp)
+	} else {
+		c.setPhase(phaseCruise)
+		c.cruiseLeft = r
+	}
+}
+
+func (c *Controller) setPhase(p int) {
+	c.cycleIdx = p
+	switch p {
+	case phaseUp:
+		c.pacingGain = probeUpGain
+	case phaseDown:
+		c.pacingGain = probeDownGain
+	default:
+		c.pacingGain = 1
+		c.cruiseLeft = cruiseMinPhases + c.random(cruiseMaxPhases-cruiseMinPhases+1)
+	}
+}
+
+// random returns a pseudo-random integer in [0, n) (splitmix64). The state
+// is seeded from the creation time: deterministic for a given input, which
+// keeps the controller sans-I/O and the simulations reproducible.
+func (c *Controller) random(n int) int {
 	c.rng += 0x9e3779b97f4a7c15
 	z := c.rng
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
 	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
 	z ^= z >> 31
-	idx := int(z % 7)
-	if idx >= 1 {
-		idx++
-	}
-	c.cycleIdx = idx
-	c.cycleStamp = now
-	c.pacingGain = probeBWGains[idx]
+	return int(z % uint64(n))
 }
 
 func (c *Controller) checkCyclePhase(now time.Time, priorInflight int) {
@@ -433,10 +478,19 @@ func (c *Controller) checkCyclePhase(now time.Time, priorInflight int) {
 		// Drain until the queue the probe built is gone, or one min RTT.
 		next = full || priorInflight <= c.bdp(1)
 	}
-	if next {
-		c.cycleIdx = (c.cycleIdx + 1) % len(probeBWGains)
-		c.cycleStamp = now
-		c.pacingGain = probeBWGains[c.cycleIdx]
+	if !next {
+		return
+	}
+	c.cycleStamp = now
+	switch c.cycleIdx {
+	case phaseUp:
+		c.setPhase(phaseDown)
+	case phaseDown:
+		c.setPhase(phaseCruise)
+	default:
+		if c.cruiseLeft--; c.cruiseLeft <= 0 {
+			c.setPhase(phaseUp)
+		}
 	}
 }
 
@@ -553,50 +607,64 @@ func (c *Controller) setCwnd(acked int) {
 	}
 }
 
-// endRound applies the loss-with-queueing rule to the round just completed
-// and starts a new tally.
+// endRound closes the tally of the round just completed: it feeds the loss
+// statistics and, if the round was not congested, lets the ceiling grow.
 func (c *Controller) endRound() {
 	t := c.tally
 	c.tally = roundTally{}
-	c.judgeRound(t)
 	c.prevInflight = t.maxInflight
-}
-
-func (c *Controller) judgeRound(t roundTally) {
-	total := t.acked + t.lost
-	if total == 0 {
-		return
+	c.prevVolume = t.acked + t.lost
+	c.prevMinRTT = t.minRTT
+	if total := t.acked + t.lost; total > 0 {
+		c.lossRate += (float64(t.lost)/float64(total) - c.lossRate) * lossRateEWMA
 	}
-	lossRate := float64(t.lost) / float64(total)
-	c.lossRate += (lossRate - c.lossRate) * lossRateEWMA
-
-	if c.skipRound {
-		// Packets resolved in the round right after a cut were sent before
-		// it; their fate says nothing about the new, lower ceiling.
-		c.skipRound = false
-		return
-	}
-	minRTT := c.minRTT.min
-	if minRTT == 0 || c.noLossRule {
-		return
-	}
-	standing := t.minRTT
-	if standing == 0 {
-		standing = c.srtt
-	}
-	threshold := max(minRTT/queueDelayFraction, queueDelayFloor)
-	if lossRate > lossThreshold && standing-minRTT > threshold {
-		c.cutCeiling(t)
+	if c.skipRounds > 0 {
+		c.skipRounds--
 		return
 	}
 	c.growCeiling(t)
 }
 
-// cutCeiling responds to a congested round: the inflight level that
-// overflowed the queue is scaled by minRTT/SRTT — the fraction of it that
-// was pipe rather than queue — bounded to [minCutFactor, maxCutFactor].
-func (c *Controller) cutCeiling(t roundTally) {
-	level := max(t.maxInflight, c.prevInflight)
+// queueAbove reports whether the RTT sample rtt exceeds minRTT by more than
+// max(minRTT/div, floor).
+func (c *Controller) queueAbove(rtt time.Duration, div time.Duration, floor time.Duration) bool {
+	mr := c.minRTT.min
+	return rtt > 0 && mr > 0 && rtt-mr > max(mr/div, floor)
+}
+
+// checkCongestion applies the loss-with-queueing rule (see doc.go) to the
+// round in progress: any loss while the queue stands is congestion. It fires
+// as soon as the loss is seen rather than at the end of the round, so that
+// flows sharing a bottleneck all react to the same overflow within about one
+// RTT of it instead of at their own, arbitrarily phased, round boundaries.
+func (c *Controller) checkCongestion() {
+	t := &c.tally
+	if c.noLossRule || c.skipRounds > 0 || t.lost == 0 || c.minRTT.min == 0 {
+		return
+	}
+	// Standing queue: even the smallest RTT of this round and of the last
+	// one stayed above minRTT by the threshold. A minimum over a round is
+	// not moved by BBR's own one-RTT probes or by ACK jitter; it rises only
+	// when the queue never drained.
+	standing := t.minRTT
+	if standing == 0 || (c.prevMinRTT > 0 && c.prevMinRTT < standing) {
+		standing = c.prevMinRTT
+	}
+	if standing == 0 {
+		standing = c.srtt
+	}
+	if !c.queueAbove(standing, standingQueueDivisor, standingQueueFloor) {
+		return
+	}
+	c.cutCeiling()
+}
+
+// cutCeiling responds to congestion: the inflight level that overflowed the
+// queue is scaled by minRTT/SRTT — the fraction of it that was pipe rather
+// than queue — bounded to [minCutFactor, maxCutFactor]. The scaling is
+// multiplicative, so every flow gives up the same fraction of its share.
+func (c *Controller) cutCeiling() {
+	level := max(c.tally.maxInflight, c.prevInflight)
 	if c.ceiling > 0 && c.ceiling < level {
 		level = c.ceiling
 	}
@@ -607,7 +675,9 @@ func (c *Controller) cutCeiling(t roundTally) {
 	f = min(max(f, minCutFactor), maxCutFactor)
 	c.ceiling = max(c.cfg.MinWindow, int(f*float64(level)))
 	c.ceilingIncr = c.cfg.MaxDatagramSize
-	c.skipRound = true
+	// Losses of packets sent before the cut keep arriving for about a
+	// round after it: ignore the rest of this round and all of the next.
+	c.skipRounds = 2
 	c.congEvents++
 	if !c.filledPipe {
 		// Congestion during STARTUP: the pipe is full, stop doubling.
@@ -615,20 +685,27 @@ func (c *Controller) cutCeiling(t roundTally) {
 	}
 }
 
-// growCeiling probes upward after a cut: each uncongested round in which the
-// flow was held by the ceiling raises it by an increment that doubles
-// (1, 2, 4, … packets), so a cut is recovered in a logarithmic number of
-// rounds. Increments are absolute, the same for every flow, while cuts are
-// proportional: flows sharing a bottleneck converge to equal shares, as in
-// AIMD. Once the ceiling no longer binds BBR's own window it is dropped.
+// growCeiling raises the ceiling after a round in which the flow was held by
+// it and saw no congestion. While the round showed a queue (the pipe is full
+// and the flow is competing for the buffer) it adds a fixed
+// additiveIncrease packets: the same for every flow, while cuts are
+// proportional, so shares converge as in AIMD. With no queue at all there is
+// spare capacity (a competitor left), and the increment doubles each round
+// (1, 2, 4, … packets) to reclaim it in a logarithmic number of rounds. Once
+// the ceiling no longer binds BBR's own window it is dropped.
 func (c *Controller) growCeiling(t roundTally) {
 	if c.ceiling == 0 {
 		return
 	}
 	mss := c.cfg.MaxDatagramSize
 	if t.maxInflight+mss >= c.ceiling {
-		c.ceiling += c.ceilingIncr
-		c.ceilingIncr = min(2*c.ceilingIncr, max(mss, c.ceiling/4))
+		if c.queueAbove(t.minRTT, queuePresentDivisor, queuePresentFloor) {
+			c.ceiling += additiveIncrease * mss
+			c.ceilingIncr = mss
+		} else {
+			c.ceiling += c.ceilingIncr
+			c.ceilingIncr = min(2*c.ceilingIncr, c.ceiling)
+		}
 	}
 	var own int
 	if bw, mr := c.btlBw.Get(), c.minRTT.min; bw > 0 && mr > 0 {

@@ -112,12 +112,24 @@ func (f *minRTTFilter) Update(rtt time.Duration, now time.Time) (expired bool) {
 	if rtt <= 0 {
 		return expired
 	}
-	if f.min == 0 || rtt < f.min || expired {
+	switch {
+	case f.min == 0 || rtt < f.min || expired:
 		f.min = rtt
+		f.stamp = now
+	case rtt <= f.min+f.min/minRTTConfirmDivisor:
+		// A sample within ~3% of the minimum shows the queue (nearly)
+		// empty right now, which is all PROBE_RTT would find out: count it
+		// as a re-observation. Without this, a flow that never builds a
+		// queue (paced under a cap, or alone on its path) would still cut
+		// its window every 10 s just because jitter-free samples never
+		// come in strictly below the old minimum.
 		f.stamp = now
 	}
 	return expired
 }
+
+// minRTTConfirmDivisor: samples up to minRTT·(1+1/32) re-confirm the minimum.
+const minRTTConfirmDivisor = 32
 
 // Expired reports whether the minimum is older than the window.
 func (f *minRTTFilter) Expired(now time.Time) bool {

@@ -172,6 +172,9 @@ func (c *Conn) StreamStopReading(id uint64, code uint64) {
 // stream; (0, false, nil) means nothing is available yet.
 func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 	s := c.streams[id]
+	if s == nil && c.streamForgotten(id) {
+		return 0, true, nil // read to the end and released
+	}
 	if s == nil || s.rs == recvNone {
 		return 0, false, ErrUnknownStream
 	}
@@ -199,6 +202,20 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 		}
 	}
 	return n, fin, nil
+}
+
+// streamForgotten reports whether id names a stream that existed and was
+// released after both directions finished.
+func (c *Conn) streamForgotten(id uint64) bool {
+	kind := 0
+	if isUni(id) {
+		kind = 1
+	}
+	peerOpened := (id&wire.StreamServerBit != 0) == c.client
+	if peerOpened {
+		return id>>2 < c.peerOpened[kind]
+	}
+	return id>>2 < c.nextSeq[kind]
 }
 
 // StreamReadable is the number of bytes StreamRead would return now.

@@ -225,7 +225,12 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 		case wire.FrameMaxData:
 			c.connMaxSend = max(c.connMaxSend, f.Value)
 		case wire.FrameMaxStreamData:
-			if s := c.streams[f.StreamID]; s != nil && f.Value > s.maxSend {
+			// May precede the stream's first STREAM frame: open it.
+			s, err := c.peerStream(f.StreamID)
+			if err != nil {
+				return false, err
+			}
+			if s != nil && s.ss != sendNone && f.Value > s.maxSend {
 				s.maxSend = f.Value
 				c.schedule(s)
 			}

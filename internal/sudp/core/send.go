@@ -94,7 +94,9 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		return c.finishPacket(now, b, dst, false, nil)
 	}
 
-	wantAck := c.ackPending && (c.ackEliciting >= ackElicitingThres || !now.Before(c.ackDeadline))
+	// An ACK-only packet is owed only for ack-eliciting packets; otherwise
+	// two peers would acknowledge each other's ACKs forever.
+	wantAck := c.ackEliciting > 0 && (c.ackEliciting >= ackElicitingThres || !now.Before(c.ackDeadline))
 	if c.ackPending {
 		b = c.appendAck(now, b, room)
 	}
@@ -103,7 +105,7 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	canSend := c.probes > 0 || c.rec.canSend(now, c.cfg.MaxDatagramSize)
 	if canSend {
 		b, frames = c.appendControl(b, room, frames)
-		if len(frames) > 0 || c.pingPending {
+		if len(frames) > 0 {
 			eliciting = true
 		}
 		var more bool

@@ -46,9 +46,9 @@ func (q eventQ) Less(i, j int) bool {
 	}
 	return q[i].at.Before(q[j].at)
 }
-func (q eventQ) Swap(i, j int)  { q[i], q[j] = q[j], q[i] }
-func (q *eventQ) Push(x any)    { *q = append(*q, x.(*inflight)) }
-func (q *eventQ) Pop() any      { o := *q; x := o[len(o)-1]; *q = o[:len(o)-1]; return x }
+func (q eventQ) Swap(i, j int)   { q[i], q[j] = q[j], q[i] }
+func (q *eventQ) Push(x any)     { *q = append(*q, x.(*inflight)) }
+func (q *eventQ) Pop() any       { o := *q; x := o[len(o)-1]; *q = o[:len(o)-1]; return x }
 func (q eventQ) peek() *inflight { return q[0] }
 
 type sim struct {
@@ -412,6 +412,19 @@ func runTransfer(t testing.TB, seed uint64, l link, nMsg, maxSize, nDg int) simR
 		if !s.step() {
 			t.Fatalf("seed %d: simulation stalled with nothing scheduled", seed)
 		}
+	}
+	// Once the work is done the connection must go quiet: only ACKs owed
+	// and keepalives, no ACK ping-pong.
+	sent := s.conn[0].Stats().PacketsSent + s.conn[1].Stats().PacketsSent
+	quietUntil := s.now.Add(5 * time.Second)
+	for s.now.Before(quietUntil) && s.step() {
+	}
+	extra := s.conn[0].Stats().PacketsSent + s.conn[1].Stats().PacketsSent - sent
+	if testing.Verbose() {
+		t.Logf("seed %d: %d packets in idle phase", seed, extra)
+	}
+	if extra > 200 {
+		t.Fatalf("seed %d: %d packets sent in 5 s of idle time", seed, extra)
 	}
 	return simResult{simTime: s.now.Sub(deadline.Add(-10 * time.Minute)), delivered: 2 * nMsg, dgRecv: len(dgSeen),
 		stats: [2]ConnStats{s.conn[0].Stats(), s.conn[1].Stats()}}

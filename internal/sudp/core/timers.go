@@ -26,7 +26,7 @@ func (c *Conn) NextTimeout() time.Time {
 	if !c.confirmed && !c.client {
 		return t
 	}
-	if c.ackPending {
+	if c.ackEliciting > 0 {
 		set(c.ackDeadline)
 	}
 	r := &c.rec

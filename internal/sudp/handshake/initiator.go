@@ -247,7 +247,10 @@ func (i *Initiator) HandleCookieReply(now time.Time, pkt []byte) error {
 // response, received at now. Checks: header, our connection id, mac1 (keyed
 // with our own public key), a zero mac2, then Noise message 2, which
 // authenticates the responder's static key and proves it holds the same psk.
-// A wrong psk, cluster id or version fails here with ErrDecrypt.
+// A wrong psk fails here with ErrDecrypt (a wrong cluster id or version
+// already failed at the responder, which then sends nothing). A response that
+// fails leaves the attempt open: it may have been forged, and the genuine one
+// may still arrive.
 //
 // On success the in-flight state is consumed: the same response cannot
 // complete a second session.

@@ -39,8 +39,7 @@ type Conn struct {
 	is6  bool
 	gso  atomic.Bool
 	gro  bool
-	rmsg []ipv4.Message
-	wmsg []ipv4.Message
+	rmsg []ipv4.Message // used only by the single reader
 }
 
 // Listen opens a UDP socket on addr ("host:port").
@@ -175,6 +174,7 @@ type Batch struct {
 	To    netip.AddrPort
 	buf   []byte
 	sizes []int
+	msgs  []ipv4.Message // sendmmsg scratch: a Batch is owned by one goroutine
 }
 
 // NewBatch allocates a batch able to hold MaxSegments datagrams of up to
@@ -208,9 +208,6 @@ func (b *Batch) Reset() {
 	b.buf = b.buf[:0]
 	b.sizes = b.sizes[:0]
 }
-
-// ErrMixedSizes is returned internally when a batch cannot go as one GSO send.
-var errMixedSizes = errors.New("socket: segments of mixed sizes")
 
 // Send writes every datagram of the batch to b.To. With GSO the leading
 // run of equal-sized datagrams (plus one shorter tail) goes in one sendmsg.
@@ -246,7 +243,7 @@ func (c *Conn) Send(b *Batch) error {
 			}
 		}
 		// Plain path: sendmmsg of the remaining datagrams.
-		n, err := c.sendMany(b.To, b.buf[off:], b.sizes[i:])
+		n, err := c.sendMany(b, b.buf[off:], b.sizes[i:])
 		if err != nil {
 			return err
 		}
@@ -295,15 +292,15 @@ func (c *Conn) sockaddr(to netip.AddrPort) unix.Sockaddr {
 	return sa
 }
 
-func (c *Conn) sendMany(to netip.AddrPort, buf []byte, sizes []int) (int, error) {
-	ua := net.UDPAddrFromAddrPort(to)
-	msgs := c.wmsg[:0]
+func (c *Conn) sendMany(b *Batch, buf []byte, sizes []int) (int, error) {
+	ua := net.UDPAddrFromAddrPort(b.To)
+	msgs := b.msgs[:0]
 	off := 0
 	for _, s := range sizes {
 		msgs = append(msgs, ipv4.Message{Buffers: [][]byte{buf[off : off+s]}, Addr: ua})
 		off += s
 	}
-	c.wmsg = msgs[:0]
+	b.msgs = msgs[:0]
 	var n int
 	var err error
 	if c.is6 {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package sudp
+
+const raceEnabled = false

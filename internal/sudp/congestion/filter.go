@@ -14,9 +14,10 @@ import (
 // Instead it keeps the best, second-best and third-best values of successive
 // sub-windows (Kathleen Nichols' algorithm, as used by BBR): when the best
 // sample ages out, a candidate from a later part of the window is already at
-// hand. The result is exact while the signal is monotonic and within one
-// quarter-window of exact otherwise, with O(1) memory and time and no
-// allocation — what a per-ACK path needs.
+// hand. The result is always a value seen within the window, exact for a
+// rising (max) or falling (min) signal, and never worse than the exact best
+// of the latest quarter of the window — with O(1) memory and time and no
+// allocation, which is what a per-ACK path needs.
 type windowedFilter[V cmp.Ordered] struct {
 	window  uint64
 	keepMax bool

@@ -93,6 +93,11 @@ func (c Config) withDefaults() Config {
 	if c.MaxStreams == 0 {
 		c.MaxStreams = d.MaxStreams
 	}
+	// A peer may send up to the protocol's initial limits before it hears
+	// ours, so we can never advertise less than them.
+	c.StreamWindow = max(c.StreamWindow, InitialStreamWindow)
+	c.ConnWindow = max(c.ConnWindow, InitialConnWindow)
+	c.MaxStreams = max(c.MaxStreams, InitialMaxStreams)
 	if c.StreamSendBuffer == 0 {
 		c.StreamSendBuffer = d.StreamSendBuffer
 	}

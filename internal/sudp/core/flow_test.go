@@ -1,0 +1,113 @@
+package core
+
+import (
+	"testing"
+	"time"
+)
+
+// A receiver that never reads bounds both its own memory (the stream and
+// connection windows) and the sender's (the send buffer): the sender's
+// writes stop being accepted instead of queueing without limit.
+func TestSlowReceiverBoundsMemory(t *testing.T) {
+	cfg := Config{StreamWindow: InitialStreamWindow, ConnWindow: InitialConnWindow, StreamSendBuffer: 256 << 10}
+	s := newSim(t, 3, link{delay: 5 * time.Millisecond}, cfg)
+	for i := 0; i < 1000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
+		s.step()
+	}
+	c := s.conn[0]
+	id, err := c.OpenStream(false, PriorityBulk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	written := 0
+	for round := 0; round < 200; round++ {
+		n, err := c.StreamWrite(id, chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		written += n
+		for i := 0; i < 50 && s.step(); i++ {
+		}
+	}
+	if written > cfg.StreamSendBuffer+int(cfg.StreamWindow) {
+		t.Fatalf("sender accepted %d bytes with a %d-byte send buffer and a %d-byte window: not bounded", written, cfg.StreamSendBuffer, cfg.StreamWindow)
+	}
+	srv := s.conn[1]
+	sid, ok := srv.AcceptStream(false)
+	if !ok {
+		t.Fatal("stream not seen by the receiver")
+	}
+	if got := srv.StreamReadable(sid); got > int(cfg.StreamWindow) {
+		t.Fatalf("receiver buffered %d bytes beyond its %d window", got, cfg.StreamWindow)
+	}
+	if c.StreamWritable(id) != 0 {
+		t.Fatal("sender still accepting writes")
+	}
+	// Reading frees the receiver's window and the sender continues.
+	buf := make([]byte, 1<<20)
+	read := 0
+	for round := 0; round < 500 && read < written; round++ {
+		n, _, err := srv.StreamRead(sid, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		read += n
+		for i := 0; i < 50 && s.step(); i++ {
+		}
+	}
+	if read != written {
+		t.Fatalf("read %d of %d bytes after the receiver resumed", read, written)
+	}
+}
+
+// The rate cap (QEMU's max-bandwidth equivalent) holds in virtual time.
+func TestMaxRateCap(t *testing.T) {
+	const rate = 2 << 20 // bytes per second
+	s := newSim(t, 4, link{delay: 10 * time.Millisecond}, Config{MaxRate: rate})
+	for i := 0; i < 1000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
+		s.step()
+	}
+	c := s.conn[0]
+	id, err := c.OpenStream(true, PriorityBulk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 6 << 20
+	data := make([]byte, total)
+	off := 0
+	start := s.now
+	srv := s.conn[1]
+	buf := make([]byte, 1<<20)
+	read := 0
+	var sid uint64
+	accepted := false
+	for steps := 0; read < total && steps < 10_000_000; steps++ {
+		if off < total {
+			n, err := c.StreamWrite(id, data[off:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			off += n
+		}
+		if !accepted {
+			sid, accepted = srv.AcceptStream(true)
+		}
+		if accepted {
+			n, _, _ := srv.StreamRead(sid, buf)
+			read += n
+		}
+		if !s.step() {
+			break
+		}
+	}
+	if read != total {
+		t.Fatalf("read %d of %d", read, total)
+	}
+	elapsed := s.now.Sub(start).Seconds()
+	got := total / elapsed
+	t.Logf("capped at %d B/s: %.0f B/s over %.2f s (virtual)", rate, got, elapsed)
+	if got > rate*1.10 || got < rate*0.85 {
+		t.Fatalf("rate %.0f B/s, cap %d B/s", got, rate)
+	}
+}

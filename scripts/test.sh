@@ -15,6 +15,9 @@ go build -o bin/ferry ./cmd/ferry
 echo "== unit, simulation, attack and e2e tests (race detector)"
 go test -race -timeout 20m ./...
 
+echo "== 1 GiB message through the API (no race detector: full size)"
+go test -run 'TestLargeMessage' -timeout 5m -v ./internal/sudp/ | grep -E 'peak heap|^(ok|FAIL|---)'
+
 if [ -f bench/go.mod ]; then
 	echo "== bench module builds and its tests pass"
 	(cd bench && go vet ./... && go test -timeout 5m ./...)

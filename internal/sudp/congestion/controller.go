@@ -39,7 +39,7 @@ type Stats struct {
 	Delivered        uint64        // bytes acknowledged
 	Lost             uint64        // bytes declared lost
 	Rounds           uint64        // packet-timed round trips
-	CongestionEvents uint64        // rounds where loss coincided with a standing queue
+	CongestionEvents uint64        // losses that coincided with a standing queue (ceiling cuts)
 }
 
 // Tunables. The BBR constants are those of BBRv1 (Cardwell et al., 2016)
@@ -49,7 +49,6 @@ const (
 	startupCwndGain   = 2.0   // as BBRv2/v3: 2/ln 2 over-fills shallow buffers for no gain
 	drainPacingGain   = 1 / startupPacingGain
 	probeBWCwndGain   = 2.0 // headroom for delayed/aggregated ACKs
-	probeRTTCwndGain  = 0.5 // as BBRv2: halving inflight drains the queue without stalling
 
 	btlBwWindowRounds = 10
 	minRTTWindow      = 10 * time.Second
@@ -180,9 +179,12 @@ type Controller struct {
 	lostTotal    uint64
 	congEvents   uint64
 
-	// noLossRule turns the loss-with-queueing rule off (plain BBRv1); only
-	// the tests set it, to show what the rule buys.
-	noLossRule bool
+	// Test-only knobs, to measure what the design choices buy: noLossRule
+	// turns the loss-with-queueing rule off (plain BBRv1); lossThreshold
+	// additionally requires the round's losses to exceed that fraction of a
+	// round's bytes (BBRv2-style 2 %) instead of any loss.
+	noLossRule    bool
+	lossThreshold float64
 }
 
 // New returns a controller in STARTUP. now seeds the choice of the first
@@ -342,18 +344,17 @@ func (c *Controller) SetMaxRate(bytesPerSec float64) {
 		bytesPerSec = 0
 	}
 	raised := c.maxRate > 0 && (bytesPerSec == 0 || bytesPerSec > c.maxRate)
-	if raised && c.capBound() && c.mode != modeProbeRTT {
-		// While capped, the bandwidth estimate only knew the cap. Gain
+	if raised && c.maxRate <= capBoundSlack*c.bw() {
+		// While capped, the bandwidth estimate only learnt the cap. Gain
 		// cycling would take ~8 rounds per 25% to find the path's rate;
 		// STARTUP finds it in a few rounds and exits on its own when the
-		// estimate stops growing. (PROBE_RTT returns through STARTUP anyway
-		// once filledPipe is cleared.)
+		// estimate stops growing (or on congestion). From PROBE_RTT, the
+		// cleared filledPipe makes the exit go through STARTUP.
 		c.filledPipe = false
 		c.fullBw, c.fullBwCount = 0, 0
-		c.enterStartup()
-	} else if raised && c.mode == modeProbeRTT {
-		c.filledPipe = false
-		c.fullBw, c.fullBwCount = 0, 0
+		if c.mode != modeProbeRTT {
+			c.enterStartup()
+		}
 	}
 	c.maxRate = bytesPerSec
 }
@@ -520,6 +521,10 @@ func (c *Controller) checkDrain(now time.Time, inflight int) {
 	}
 }
 
+// probeRTTCwnd is BBRv1's four packets (MinWindow), not BBRv2's half BDP:
+// a flow that joined while others held a standing queue has a minRTT
+// inflated by that queue, and half of an inflated BDP can still exceed the
+// true one, so PROBE_RTT would not drain the queue it exists to drain.
 func (c *Controller) probeRTTCwnd() int {
 	return c.cfg.MinWindow
 }
@@ -640,6 +645,9 @@ func (c *Controller) queueAbove(rtt time.Duration, div time.Duration, floor time
 func (c *Controller) checkCongestion() {
 	t := &c.tally
 	if c.noLossRule || c.skipRounds > 0 || t.lost == 0 || c.minRTT.min == 0 {
+		return
+	}
+	if c.lossThreshold > 0 && float64(t.lost) <= c.lossThreshold*float64(max(t.acked+t.lost, c.prevVolume)) {
 		return
 	}
 	// Standing queue: even the smallest RTT of this round and of the last

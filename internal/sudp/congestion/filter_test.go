@@ -65,7 +65,7 @@ func TestWindowedFilterRandomBounds(t *testing.T) {
 		var vals []float64
 		var ts []uint64
 		tt := uint64(0)
-		for i := 0; i < 5000; i++ {
+		for i := 0; i < 2000; i++ {
 			tt += uint64(rng.IntN(3)) // repeated and skipped keys
 			v := rng.Float64() * 100
 			vals, ts = append(vals, v), append(ts, tt)

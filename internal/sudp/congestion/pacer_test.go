@@ -22,7 +22,7 @@ func TestPacerNeverExceedsBucket(t *testing.T) {
 		}
 		var log []sent
 		maxSize := 0
-		for len(log) < 2000 {
+		for len(log) < 1000 {
 			size := 200 + rng.IntN(1300)
 			d := p.Delay(now, rate, size)
 			if d == 0 {

@@ -44,33 +44,37 @@ func renoFlow(start time.Duration) flowSpec {
 func ctl(s *sim, i int) *Controller { return s.flows[i].cc.(*Controller) }
 
 // Scenario 1: one flow alone on the reference path with a 1-BDP drop-tail
-// buffer and no random loss.
+// buffer and no random loss; the receiver ACKs every packet, then every
+// second packet (5 ms delayed-ACK timer).
 func TestSimSingleFlow(t *testing.T) {
-	const dur = 12 * time.Second
-	s := newSim(simConfig{rate: refRate, delay: refDelay, queue: refBDP, seed: 1, duration: dur}, bbrFlow(0))
-	s.run()
-	from, to := 2*time.Second, dur // after STARTUP/DRAIN (~1 s on this path)
-	util := s.goodput(0, from, to) / refRate
-	qd := s.meanQueueDelay(from, to)
-	st := ctl(s, 0).Stats()
-	t.Logf("goodput %.1f%% of R, mean queueing delay %v (1 BDP = %v), max queue %.2f BDP, state %s, btlbw %.1f Mbit/s, minRTT %v",
-		100*util, qd, 2*refDelay, float64(s.maxQueue)/float64(refBDP), st.State, st.BtlBw/mbit, st.MinRTT)
-	// ≥ 90 %: PROBE_BW paces at 0.99×BtlBw and drains for one RTT in eight
-	// at 0.75, which costs ~3 %; the rest is margin.
-	if util < 0.90 {
-		t.Errorf("goodput %.1f%% of R, want ≥ 90%%", 100*util)
-	}
-	// The brief asks for less than 1 BDP of queue; a lone BBR flow only
-	// queues during its one-RTT 1.25× probes (≤ 0.25 BDP at the peak, once
-	// per ~8 RTTs), so hold it to a tenth of that bound.
-	if qd > 2*refDelay/10 {
-		t.Errorf("mean queueing delay %v, want ≤ %v (0.1 BDP)", qd, 2*refDelay/10)
-	}
-	if st.MinRTT < 2*refDelay || st.MinRTT > 2*refDelay+2*time.Millisecond {
-		t.Errorf("minRTT %v, want ≈ %v", st.MinRTT, 2*refDelay)
-	}
-	if bw := st.BtlBw / refRate; bw < 0.95 || bw > 1.05 {
-		t.Errorf("BtlBw %.3f of R, want within 5%%", bw)
+	const dur = 8 * time.Second
+	for _, ackEvery := range []int{1, 2} {
+		s := newSim(simConfig{rate: refRate, delay: refDelay, queue: refBDP, seed: 1, ackEvery: ackEvery, duration: dur}, bbrFlow(0))
+		s.run()
+		from, to := 2*time.Second, dur // after STARTUP/DRAIN (~1 s on this path)
+		util := s.goodput(0, from, to) / refRate
+		qd := s.meanQueueDelay(from, to)
+		st := ctl(s, 0).Stats()
+		t.Logf("ACK every %d: goodput %.1f%% of R, mean queueing delay %v (1 BDP = %v), max queue %.2f BDP (STARTUP), state %s, btlbw %.1f Mbit/s, minRTT %v",
+			ackEvery, 100*util, qd, 2*refDelay, float64(s.maxQueue)/float64(refBDP), st.State, st.BtlBw/mbit, st.MinRTT)
+		// ≥ 90 % as the brief asks. PROBE_BW paces at 0.99×BtlBw and its
+		// 0.75 phase mostly drains what the 1.25 probe queued, so ~99 % is
+		// expected; PROBE_RTT (−2 % when it happens) is the main risk.
+		if util < 0.90 {
+			t.Errorf("ACK every %d: goodput %.1f%% of R, want ≥ 90%%", ackEvery, 100*util)
+		}
+		// The brief asks for less than 1 BDP of queue; a lone BBR flow only
+		// queues during its one-RTT 1.25× probes (≤ 0.25 BDP at the peak,
+		// once per ~7 RTTs), so hold it to a tenth of that bound.
+		if qd > 2*refDelay/10 {
+			t.Errorf("ACK every %d: mean queueing delay %v, want ≤ %v (0.1 BDP)", ackEvery, qd, 2*refDelay/10)
+		}
+		if st.MinRTT < 2*refDelay || st.MinRTT > 2*refDelay+2*time.Millisecond {
+			t.Errorf("ACK every %d: minRTT %v, want ≈ %v", ackEvery, st.MinRTT, 2*refDelay)
+		}
+		if bw := st.BtlBw / refRate; bw < 0.95 || bw > 1.05 {
+			t.Errorf("ACK every %d: BtlBw %.3f of R, want within 5%%", ackEvery, bw)
+		}
 	}
 }
 
@@ -78,7 +82,7 @@ func TestSimSingleFlow(t *testing.T) {
 // R×(1−p), and a loss-based AIMD flow on the same path in the same run
 // collapses (Mathis: rate ∝ 1/(RTT·√p)).
 func TestSimRandomLoss(t *testing.T) {
-	const dur = 12 * time.Second
+	const dur = 8 * time.Second
 	from, to := 2*time.Second, dur
 	for _, p := range []float64{0.01, 0.05, 0.10} {
 		cfg := simConfig{rate: refRate, delay: refDelay, queue: refBDP, loss: p, seed: 7, duration: dur}
@@ -120,7 +124,7 @@ func TestSimRandomLoss(t *testing.T) {
 // Scenario 3: 2 and 4 flows joining at different times share the reference
 // path with a 1-BDP drop-tail buffer (the classic buffer-sizing rule).
 func TestSimFairness(t *testing.T) {
-	const dur = 30 * time.Second
+	const dur = 20 * time.Second
 	for _, tc := range []struct {
 		n       int
 		stagger time.Duration
@@ -139,10 +143,10 @@ func TestSimFairness(t *testing.T) {
 		j, util := jain(shares), s.totalGoodput(from, to)/refRate
 		t.Logf("%d flows: Jain %.3f, utilisation %.1f%%, shares %.3f, mean queue %v, drop rate %.2f%%",
 			tc.n, j, 100*util, shares, s.meanQueueDelay(from, to), 100*s.dropRate(from, to))
-		// Jain ≥ 0.9 and ≥ 85 % utilisation as the brief asks. Over a
-		// sweep of 36 variants (2/4 flows, 0.25/1 BDP buffers, 20–80 ms
-		// RTT, 3 stagger intervals) the worst Jain index was 0.94 and the
-		// worst utilisation 97.8 %.
+		// Jain ≥ 0.9 and ≥ 85 % utilisation as the brief asks. Over the
+		// 36 scenarios of TestFairnessSweep (2/4 flows, 0.25/1 BDP
+		// buffers, 20–80 ms RTT, 3 stagger intervals, 30 s) the worst Jain
+		// index was 0.94 and the worst utilisation 97.8 %.
 		if j < 0.9 {
 			t.Errorf("%d flows: Jain index %.3f, want ≥ 0.9", tc.n, j)
 		}
@@ -157,7 +161,7 @@ func TestSimFairness(t *testing.T) {
 // while keeping the link busy. The same run with the rule off (plain BBRv1)
 // shows what the rule buys.
 func TestSimShallowBuffer(t *testing.T) {
-	const dur = 20 * time.Second
+	const dur = 14 * time.Second
 	from, to := dur/2, dur
 	cfg := simConfig{rate: refRate, delay: refDelay, queue: refBDP / 4, seed: 5, duration: dur}
 	run := func(flow func(time.Duration) flowSpec) (drop, util, j float64, qd time.Duration) {

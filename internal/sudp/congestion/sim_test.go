@@ -15,9 +15,10 @@ package congestion
 // in OnAck / OnLoss, computes the RTT sample from the largest newly acked
 // packet, declares a packet lost when a packet 3 later has been acked or when
 // it is older than 9/8 × max(srtt, latest RTT) with a later packet acked
-// (RFC 9002's thresholds), and falls back to a 2×srtt+10 ms timer for a tail
-// with nothing acked after it. Everything is deterministic: simulated time,
-// a seeded math/rand/v2 generator, and no maps.
+// (RFC 9002's thresholds), and — standing in for the core's PTO — when it is
+// older than 2×srtt + 10 ms whatever was acked (this only ever catches a
+// tail with nothing acked after it). Everything is deterministic: simulated
+// time, a seeded math/rand/v2 generator, and no maps.
 
 import (
 	"math/rand/v2"

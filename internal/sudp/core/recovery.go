@@ -127,7 +127,6 @@ func (r *recovery) onSent(now time.Time, pn uint64, size int, eliciting bool, fr
 	slot.outstanding = eliciting
 	if eliciting {
 		slot.cc = r.cc.OnPacketSent(now, size, r.bytesInFlight)
-		slot.cc.SentTime = now
 		r.bytesInFlight += size
 		r.ackElicitingInFlight++
 		r.lastElicitingSent = now

@@ -112,6 +112,11 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		b, frames, more = c.appendData(now, b, room, frames)
 		if more {
 			eliciting = true
+		} else if c.probes == 0 {
+			// Nothing to send although the window and the pacer allow it:
+			// rate samples from now on understate the path, and the
+			// controller must not shrink its model on them.
+			c.rec.cc.OnAppLimited(c.rec.bytesInFlight)
 		}
 		if !eliciting && (c.probes > 0 || c.pingPending || c.keepAliveDue(now)) {
 			b = wire.AppendPing(b)
@@ -273,11 +278,14 @@ func (c *Conn) appendData(now time.Time, b []byte, room int, frames []sentFrame)
 			}
 			if !s.hasSendData() || !c.streamCanSendNow(s) {
 				s.queued = false
-				q = q[1:]
+				q = append(q[:0], q[1:]...)
 				continue
 			}
-			// Round-robin: move to the back.
-			q = append(q[1:], s)
+			// Round-robin: rotate in place (no allocation per packet).
+			if len(q) > 1 {
+				copy(q, q[1:])
+				q[len(q)-1] = s
+			}
 			if !wrote {
 				break
 			}

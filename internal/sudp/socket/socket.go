@@ -153,18 +153,23 @@ func (c *Conn) Read(out []Datagram) ([]Datagram, error) {
 	return out, nil
 }
 
+// groSegment finds the UDP_GRO segment size in a control message buffer,
+// walking the cmsg headers in place (ParseSocketControlMessage allocates).
 func groSegment(oob []byte) int {
-	if len(oob) == 0 {
-		return 0
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.IPPROTO_UDP && m.Header.Type == unix.UDP_GRO && len(m.Data) >= 4 {
-			return int(*(*int32)(unsafePointer(&m.Data[0])))
+	for len(oob) >= unix.CmsgLen(0) {
+		h := (*unix.Cmsghdr)(unsafePointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.CmsgLen(0) || l > len(oob) {
+			return 0
 		}
+		if h.Level == unix.IPPROTO_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(*(*int32)(unsafePointer(&oob[unix.CmsgLen(0)])))
+		}
+		next := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if next > len(oob) {
+			return 0
+		}
+		oob = oob[next:]
 	}
 	return 0
 }
@@ -175,6 +180,9 @@ type Batch struct {
 	buf   []byte
 	sizes []int
 	msgs  []ipv4.Message // sendmmsg scratch: a Batch is owned by one goroutine
+	oob   []byte         // UDP_SEGMENT control message
+	sa    unix.Sockaddr  // cached destination
+	saFor netip.AddrPort
 }
 
 // NewBatch allocates a batch able to hold MaxSegments datagrams of up to
@@ -230,7 +238,7 @@ func (c *Conn) Send(b *Batch) error {
 				}
 			}
 			if j-i > 1 {
-				err := c.sendGSO(b.To, b.buf[off:off+total], seg)
+				err := c.sendGSO(b, b.buf[off:off+total], seg)
 				if err == nil {
 					off += total
 					i = j
@@ -259,14 +267,20 @@ func isGSOUnsupported(err error) bool {
 	return errors.Is(err, unix.EIO) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOPROTOOPT) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-func (c *Conn) sendGSO(to netip.AddrPort, data []byte, seg int) error {
-	oob := make([]byte, unix.CmsgSpace(2))
+func (c *Conn) sendGSO(b *Batch, data []byte, seg int) error {
+	if len(b.oob) == 0 {
+		b.oob = make([]byte, unix.CmsgSpace(2))
+	}
+	oob := b.oob
 	h := (*unix.Cmsghdr)(unsafePointer(&oob[0]))
 	h.Level = unix.IPPROTO_UDP
 	h.Type = unix.UDP_SEGMENT
 	h.SetLen(unix.CmsgLen(2))
 	*(*uint16)(unsafePointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
-	sa := c.sockaddr(to)
+	if b.sa == nil || b.saFor != b.To {
+		b.sa, b.saFor = c.sockaddr(b.To), b.To
+	}
+	sa := b.sa
 	var serr error
 	err := c.raw.Write(func(fd uintptr) bool {
 		serr = unix.Sendmsg(int(fd), data, oob, sa, 0)

@@ -147,7 +147,8 @@ type ClientConfig struct {
 	Logger    *slog.Logger
 }
 
-// Result is what a perf run measured. JSON names are fixed by docs/CLI.
+// Result is what a perf run measured. The JSON names are part of the CLI
+// contract that acceptance checks rely on.
 type Result struct {
 	Bytes           uint64  `json:"bytes"`
 	Seconds         float64 `json:"seconds"`

@@ -84,18 +84,36 @@ func (c *Conn) afterInput() {
 // wait blocks until cond (evaluated with c.mu held) is true, the connection
 // fails, ctx ends, or deadline passes.
 func (c *Conn) wait(ctx context.Context, deadline time.Time, cond func() (bool, error)) error {
+	return c.waitDeadline(ctx, func() time.Time { return deadline }, cond)
+}
+
+// waitDeadline is wait with a deadline re-read after every wake-up, so that
+// SetReadDeadline applies to a Read already blocked (as net.Conn requires).
+func (c *Conn) waitDeadline(ctx context.Context, deadlineFn func() time.Time, cond func() (bool, error)) error {
 	var timer *time.Timer
 	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		d := time.Until(deadline)
-		if d <= 0 {
-			return errTimeout
+	var armed time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
 		}
-		timer = time.NewTimer(d)
-		defer timer.Stop()
-		timeout = timer.C
-	}
+	}()
 	for {
+		if dl := deadlineFn(); !dl.Equal(armed) {
+			armed = dl
+			if timer != nil {
+				timer.Stop()
+				timer, timeout = nil, nil
+			}
+			if !dl.IsZero() {
+				d := time.Until(dl)
+				if d <= 0 {
+					return errTimeout
+				}
+				timer = time.NewTimer(d)
+				timeout = timer.C
+			}
+		}
 		c.mu.Lock()
 		ok, err := cond()
 		ch := c.changed
@@ -132,7 +150,7 @@ func (c *Conn) run() {
 	defer close(c.exited)
 	maxSize := core.DefaultConfig().MaxDatagramSize
 	if c.ep.cfg.Conn.MaxDatagramSize > 0 {
-		maxSize = c.ep.cfg.Conn.MaxDatagramSize
+		maxSize = max(c.ep.cfg.Conn.MaxDatagramSize, 256) // as core clamps it
 	}
 	batch := socket.NewBatch(maxSize)
 	timer := time.NewTimer(time.Hour)
@@ -262,7 +280,7 @@ func (c *Conn) Err() error {
 	return c.cc.Err()
 }
 
-// Done is closed... returns a channel closed when the connection has ended.
+// Done returns a channel closed when the connection has ended.
 func (c *Conn) Done() <-chan struct{} { return c.exited }
 
 // RemoteAddr is the peer's current UDP address.
@@ -369,8 +387,10 @@ func (c *Conn) SendMessage(ctx context.Context, msg []byte, prio Priority) error
 }
 
 // AcceptMessage waits for the next incoming reliable message and returns a
-// stream to read it from (to EOF). Messages are delivered in the order their
-// first bytes arrive.
+// stream to read it from (to EOF). Messages are accepted in the order the
+// peer opened them (a later message's frames open the earlier ones), but
+// each is read independently: a large message does not hold up the bytes
+// of a small one.
 func (c *Conn) AcceptMessage(ctx context.Context) (*Stream, error) {
 	return c.acceptStream(ctx, true)
 }

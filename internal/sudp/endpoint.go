@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 	"github.com/ferry-vm/ferry/internal/sudp/socket"
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
 // Config configures an Endpoint.
@@ -238,6 +239,11 @@ func (e *Endpoint) readLoop() {
 		var cur *Conn
 		for i := range batch {
 			d := &batch[i]
+			if cur != nil && len(d.Data) > 0 && d.Data[0] == wire.TypeInitiation {
+				// Handshake work must not stall the connection we hold.
+				cur.mu.Unlock()
+				cur = nil
+			}
 			c := e.route(now, d)
 			if c == nil {
 				continue

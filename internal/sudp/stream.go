@@ -39,14 +39,14 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 		return 0, nil
 	}
 	s.dmu.Lock()
-	dl, eof := s.readDeadline, s.eof
+	eof := s.eof
 	s.dmu.Unlock()
 	if eof {
 		return 0, io.EOF
 	}
 	var n int
 	var fin bool
-	err := s.c.wait(ctx, dl, func() (bool, error) {
+	err := s.c.waitDeadline(ctx, s.readDL, func() (bool, error) {
 		var err error
 		n, fin, err = s.c.cc.StreamRead(s.id, p)
 		return n > 0 || fin, err
@@ -73,13 +73,10 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 func (s *Stream) Write(p []byte) (int, error) { return s.writeCtx(context.Background(), p) }
 
 func (s *Stream) writeCtx(ctx context.Context, p []byte) (int, error) {
-	s.dmu.Lock()
-	dl := s.writeDeadline
-	s.dmu.Unlock()
 	total := 0
 	for len(p) > 0 {
 		var n int
-		err := s.c.wait(ctx, dl, func() (bool, error) {
+		err := s.c.waitDeadline(ctx, s.writeDL, func() (bool, error) {
 			var err error
 			n, err = s.c.cc.StreamWrite(s.id, p)
 			return n > 0, err
@@ -133,14 +130,23 @@ func (s *Stream) CloseWrite() error {
 	return err
 }
 
-// Close ends the write side (FIN); for a stream we only read, it stops
-// reading. It does not wait for delivery: use Flush for that.
+// Close ends the write side (FIN). On a message stream we only read, it
+// stops reading unless everything was read, so the peer stops sending and
+// the stream's resources are released. It does not wait for delivery: use
+// Flush for that.
 func (s *Stream) Close() error {
+	s.dmu.Lock()
+	eof := s.eof
+	s.dmu.Unlock()
 	s.c.mu.Lock()
 	err := s.c.cc.StreamCloseWrite(s.id)
 	if errors.Is(err, core.ErrUnknownStream) {
 		err = nil
+		if !eof {
+			s.c.cc.StreamStopReading(s.id, 0)
+		}
 	}
+	s.c.notifyLocked()
 	s.c.mu.Unlock()
 	s.c.wake()
 	return err
@@ -174,6 +180,18 @@ func (s *Stream) StopReading(code uint64) {
 	s.c.wake()
 }
 
+func (s *Stream) readDL() time.Time {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	return s.readDeadline
+}
+
+func (s *Stream) writeDL() time.Time {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	return s.writeDeadline
+}
+
 // LocalAddr implements net.Conn.
 func (s *Stream) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(s.c.LocalAddr()) }
 
@@ -186,8 +204,7 @@ func (s *Stream) SetDeadline(t time.Time) error {
 	return s.SetWriteDeadline(t)
 }
 
-// SetReadDeadline implements net.Conn. A deadline set while a Read is
-// blocked applies from the next Read.
+// SetReadDeadline implements net.Conn; it also applies to a blocked Read.
 func (s *Stream) SetReadDeadline(t time.Time) error {
 	s.dmu.Lock()
 	s.readDeadline = t
@@ -203,5 +220,8 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 	s.dmu.Lock()
 	s.writeDeadline = t
 	s.dmu.Unlock()
+	s.c.mu.Lock()
+	s.c.notifyLocked()
+	s.c.mu.Unlock()
 	return nil
 }

@@ -160,8 +160,7 @@ func (c *Conn) StreamStopReading(id uint64, code uint64) {
 		c.connRead += hi - s.readOff
 	}
 	s.rs = recvReset
-	s.rbuf = ring{}
-	s.got = rangeSet{}
+	s.rbuf = ring{} // s.got stays: it records what the connection counted
 	s.stopCode = code
 	s.stopQueued = true
 	c.pendingCtl = append(c.pendingCtl, id)
@@ -179,6 +178,11 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 		return 0, false, ErrUnknownStream
 	}
 	if s.rs == recvReset {
+		if s.peerReset {
+			s.resetSeen = true
+			c.maybeFree(s)
+			return 0, false, &StreamError{Code: s.resetErr, Remote: true}
+		}
 		return 0, false, ErrStreamReset
 	}
 	if s.rs == recvDone {
@@ -232,6 +236,12 @@ func (c *Conn) StreamReadable(id uint64) int {
 func (c *Conn) maybeFree(s *stream) {
 	sendFinished := s.ss == sendDone || s.ss == sendNone || (s.ss == sendReset && s.resetSent)
 	recvFinished := s.rs == recvDone || s.rs == recvNone || s.rs == recvReset
+	if s.stopQueued && !s.stopAcked {
+		recvFinished = false // keep it until the peer heard STOP_SENDING
+	}
+	if s.peerReset && !s.resetSeen {
+		recvFinished = false // keep it until the application saw the reset
+	}
 	if !sendFinished || !recvFinished {
 		return
 	}

@@ -77,6 +77,9 @@ func (p *path) budget() int {
 
 // Session describes the authenticated peer of an established connection.
 type Session struct {
+	// RTT is the handshake round trip (initiator only): the error bound of
+	// a clock-offset estimate from PeerTime is RTT/2.
+	RTT           time.Duration
 	PeerStatic    [32]byte
 	PeerID        string
 	LoginState    uint8
@@ -267,7 +270,11 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 	c.sendKey, c.recvCur = sk, rk
 	c.sendKeyStart = now
 	c.remoteCID = s.RemoteCID
+	if s.RTT > 0 {
+		c.rec.onHandshakeRTT(s.RTT)
+	}
 	c.session = Session{
+		RTT:           s.RTT,
 		PeerStatic:    s.PeerStatic,
 		PeerID:        s.Peer.ID,
 		LoginState:    s.LoginState,

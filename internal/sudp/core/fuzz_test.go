@@ -94,7 +94,7 @@ func FuzzAuthenticatedFrames(f *testing.F) {
 	f.Add(append(wire.AppendStreamHeader(nil, 2, 0, 4, true), "data"...))
 	f.Add(append(wire.AppendStreamHeader(nil, 1<<40, 0, 1, false), 'x'))
 	f.Add(wire.AppendStreamValue(nil, wire.FrameMaxStreamData, 0, 1<<50))
-	f.Add(wire.AppendStreamValue(nil, wire.FrameResetStream, 2, 7))
+	f.Add(wire.AppendReset(nil, 2, 1, 7))
 	f.Add(wire.AppendDatagram(nil, 1, 0, 2, []byte("half")))
 	f.Add(wire.AppendValue(nil, wire.FrameKeyUpdate, 9))
 	f.Add(wire.AppendClose(nil, 1, "bye"))

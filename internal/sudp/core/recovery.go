@@ -266,6 +266,11 @@ func (c *Conn) onFramesAcked(frames []sentFrame) {
 				s.ss = sendDone
 				c.maybeFree(s)
 			}
+		case sfStop:
+			if s := c.streams[f.id]; s != nil {
+				s.stopAcked = true
+				c.maybeFree(s)
+			}
 		}
 	}
 }
@@ -294,7 +299,7 @@ func (c *Conn) onFramesLost(frames []sentFrame) {
 				c.schedule(s)
 			}
 		case sfStop:
-			if s := c.streams[f.id]; s != nil && (s.rs == recvOpen || s.rs == recvFinKnown) {
+			if s := c.streams[f.id]; s != nil && !s.stopAcked {
 				s.stopSent = false
 				c.pendingCtl = append(c.pendingCtl, f.id)
 			}

@@ -125,7 +125,6 @@ func (c *Conn) handleResponse(now time.Time, from netip.AddrPort, pkt []byte) {
 	c.lastRecv = now
 	// Confirm the keys to the responder right away.
 	c.pingPending = true
-	c.rec.onHandshakeRTT(now.Sub(c.hsNext.Add(-c.hsBackoff / 2)))
 }
 
 // recvKeyFor picks the key generation for a packet: the phase bit says
@@ -243,12 +242,28 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 			if err != nil {
 				return false, err
 			}
-			if s != nil && s.rs != recvNone && s.rs != recvDone && s.rs != recvReset {
-				if hi, ok := s.highestReceived(); ok && hi > s.readOff {
-					c.connRead += hi - s.readOff // release its connection credit
+			if s != nil && s.rs != recvNone && s.rs != recvDone && !s.peerReset {
+				hi, _ := s.highestReceived()
+				hi = max(hi, s.readOff)
+				if f.Value < hi || (s.rs == recvFinKnown && f.Value != s.finalSize) {
+					return false, errFinalSize
+				}
+				// Bytes the peer sent that we never saw still used
+				// connection credit: count them received, then release
+				// everything unread.
+				c.connRecv += f.Value - hi
+				if c.connRecv > c.connMaxRecv {
+					return false, errFlowControl
+				}
+				if s.rs != recvReset {
+					c.connRead += f.Value - s.readOff
+				} else {
+					c.connRead += f.Value - hi
 				}
 				s.rs = recvReset
-				s.resetErr = f.Value
+				s.peerReset = true
+				s.resetErr = f.ErrorCode
+				s.rbuf, s.got = ring{}, rangeSet{}
 				c.maybeFree(s)
 			}
 		case wire.FrameStopSending:

@@ -150,9 +150,7 @@ func (c *Conn) startPacket(buf []byte) []byte {
 	})
 }
 
-// finishPacket pads a packet too short to hold a sample of ciphertext (never
-// needed for AEAD, but keeps sizes non-trivial for the receiver), seals it and
-// records it for loss recovery.
+// finishPacket seals a packet and records it for loss recovery.
 func (c *Conn) finishPacket(now time.Time, b []byte, dst netip.AddrPort, eliciting bool, frames []sentFrame) (int, netip.AddrPort, bool) {
 	pn := c.nextPN
 	c.nextPN++
@@ -311,7 +309,7 @@ func (c *Conn) appendStream(s *stream, b []byte, room int, frames []sentFrame) (
 	if s.ss == sendReset {
 		if !s.resetSent && room-len(b) > 1+8+8+8 {
 			s.resetSent = true
-			b = wire.AppendStreamValue(b, wire.FrameResetStream, s.id, s.sent)
+			b = wire.AppendReset(b, s.id, s.resetCode, s.sent)
 			frames = append(frames, sentFrame{kind: sfReset, id: s.id})
 			return b, frames, true
 		}

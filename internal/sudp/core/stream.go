@@ -2,6 +2,7 @@ package core
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -18,6 +19,19 @@ const (
 	PriorityBulk    Priority = 2 // migration streams, file transfers
 	numPriorities            = 3
 )
+
+// StreamError reports a stream the peer reset, with its application code.
+type StreamError struct {
+	Code   uint64
+	Remote bool
+}
+
+func (e *StreamError) Error() string {
+	return fmt.Sprintf("sudp: stream reset by peer (code %d)", e.Code)
+}
+
+// Is makes errors.Is(err, ErrStreamReset) true for a StreamError.
+func (e *StreamError) Is(target error) bool { return target == ErrStreamReset }
 
 // Stream errors returned to the application.
 var (
@@ -81,6 +95,9 @@ type stream struct {
 	stopSent   bool
 	stopQueued bool
 	resetErr   uint64
+	peerReset  bool // RESET_STREAM received (error code in resetErr)
+	stopAcked  bool // our STOP_SENDING was acknowledged
+	resetSeen  bool // the application read the reset error
 }
 
 func isUni(id uint64) bool { return id&wire.StreamUniBit != 0 }

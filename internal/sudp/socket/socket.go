@@ -325,5 +325,8 @@ func (c *Conn) sendMany(b *Batch, buf []byte, sizes []int) (int, error) {
 	if err != nil {
 		return n, fmt.Errorf("socket: sendmmsg: %w", err)
 	}
-	return max(n, 1), nil
+	if n == 0 {
+		return 0, fmt.Errorf("socket: sendmmsg sent nothing")
+	}
+	return n, nil
 }

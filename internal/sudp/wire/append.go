@@ -66,8 +66,17 @@ func AppendValue(b []byte, typ byte, v uint64) []byte {
 	return AppendVarint(b, v)
 }
 
+// AppendReset appends a RESET_STREAM frame: stream id, application error
+// code, final size.
+func AppendReset(b []byte, id, code, finalSize uint64) []byte {
+	b = append(b, FrameResetStream)
+	b = AppendVarint(b, id)
+	b = AppendVarint(b, code)
+	return AppendVarint(b, finalSize)
+}
+
 // AppendStreamValue appends a frame whose body is a stream id and a varint
-// (MAX_STREAM_DATA, RESET_STREAM, STOP_SENDING).
+// (MAX_STREAM_DATA, STOP_SENDING).
 func AppendStreamValue(b []byte, typ byte, id, v uint64) []byte {
 	b = append(b, typ)
 	b = AppendVarint(b, id)

@@ -79,7 +79,7 @@ type Frame struct {
 	Stream   Stream
 	Datagram Datagram
 
-	// CLOSE
+	// CLOSE, RESET_STREAM, STOP_SENDING
 	ErrorCode uint64
 	Reason    []byte
 	// PATH_CHALLENGE / PATH_RESPONSE
@@ -140,8 +140,16 @@ func (p *Parser) Next(f *Frame) (bool, error) {
 		b = b[8:]
 	case FrameKeyUpdate, FrameMaxData, FrameMaxStreamsBidi, FrameMaxStreamsUni:
 		f.Value, b, err = varint(b)
-	case FrameMaxStreamData, FrameResetStream:
+	case FrameMaxStreamData:
 		if f.StreamID, b, err = varint(b); err != nil {
+			break
+		}
+		f.Value, b, err = varint(b)
+	case FrameResetStream:
+		if f.StreamID, b, err = varint(b); err != nil {
+			break
+		}
+		if f.ErrorCode, b, err = varint(b); err != nil {
 			break
 		}
 		f.Value, b, err = varint(b)

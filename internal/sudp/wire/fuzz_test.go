@@ -14,7 +14,7 @@ func FuzzParseFrames(f *testing.F) {
 	f.Add(AppendClose(nil, 1, "reason"))
 	f.Add(append(AppendStreamHeader(nil, 4, 100, 3, true), "abc"...))
 	f.Add(AppendDatagram(nil, 1, 0, 2, []byte("xy")))
-	f.Add(AppendStreamValue(AppendValue(nil, FrameMaxData, 1<<40), FrameResetStream, 8, 9))
+	f.Add(AppendReset(AppendValue(nil, FrameMaxData, 1<<40), 8, 1, 9))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Parser
 		p.Reset(b)

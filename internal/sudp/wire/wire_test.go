@@ -86,7 +86,7 @@ func TestFramesRoundTrip(t *testing.T) {
 	b = AppendValue(b, FrameKeyUpdate, 3)
 	b = AppendValue(b, FrameMaxData, 1<<33)
 	b = AppendStreamValue(b, FrameMaxStreamData, 4, 1<<20)
-	b = AppendStreamValue(b, FrameResetStream, 5, 99)
+	b = AppendReset(b, 5, 42, 99)
 	b = AppendStreamValue(b, FrameStopSending, 6, 2)
 	n := len(b)
 	b = AppendStreamHeader(b, 9, 1<<30, 5, true)
@@ -124,7 +124,7 @@ func TestFramesRoundTrip(t *testing.T) {
 	if fs[5].Value != 3 || fs[6].Value != 1<<33 {
 		t.Fatal("values")
 	}
-	if fs[7].StreamID != 4 || fs[7].Value != 1<<20 || fs[8].StreamID != 5 || fs[8].Value != 99 || fs[9].ErrorCode != 2 {
+	if fs[7].StreamID != 4 || fs[7].Value != 1<<20 || fs[8].StreamID != 5 || fs[8].Value != 99 || fs[8].ErrorCode != 42 || fs[9].ErrorCode != 2 {
 		t.Fatal("stream values")
 	}
 	s := fs[10].Stream

@@ -74,19 +74,6 @@ func (s *rangeSet) remove(lo, hi uint64) {
 	}
 }
 
-// contains reports whether v is in the set.
-func (s *rangeSet) contains(v uint64) bool {
-	for i := len(s.r) - 1; i >= 0; i-- {
-		if v >= s.r[i].hi {
-			return false
-		}
-		if v >= s.r[i].lo {
-			return true
-		}
-	}
-	return false
-}
-
 // first returns the lowest interval.
 func (s *rangeSet) first() (span, bool) {
 	if len(s.r) == 0 {

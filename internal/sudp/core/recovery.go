@@ -135,13 +135,6 @@ func (r *recovery) onSent(now time.Time, pn uint64, size int, eliciting bool, fr
 	r.frameScratch = frames[:0]
 }
 
-func (r *recovery) get(pn uint64) *sentPacket {
-	if pn < r.base+uint64(r.head) || pn >= r.base+uint64(len(r.pkts)) {
-		return nil
-	}
-	return &r.pkts[pn-r.base]
-}
-
 // compact drops finished packets at the front.
 func (r *recovery) compact() {
 	for r.head < len(r.pkts) && !r.pkts[r.head].outstanding {

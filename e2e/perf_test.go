@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
@@ -115,5 +118,40 @@ func TestPerfPSK(t *testing.T) {
 	}
 	if !bytes.Contains(out, []byte(`"bytes":1048576`)) {
 		t.Fatalf("output %s", out)
+	}
+}
+
+// The perf server exports its SUDP counters for Prometheus.
+func TestPerfMetrics(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	srv := startPerfServer(t, "--metrics", addr)
+	if err := exec.Command(ferryBin, "perf", "client", "--server-key", srv.Key, srv.Addr, "--bytes", "4MiB", "--timeout", "30s").Run(); err != nil {
+		t.Fatal(err)
+	}
+	var body []byte
+	for i := 0; i < 50; i++ {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if bytes.Contains(body, []byte(`ferry_sudp_stream_bytes_total{direction="received",role="perf-server"} 4.194312e+06`)) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, want := range []string{
+		`ferry_sudp_stream_bytes_total{direction="received",role="perf-server"} 4.194312e+06`,
+		`ferry_sudp_handshakes_total{result="accepted",role="perf-server"} 1`,
+		`ferry_sudp_dropped_total{reason="replay",role="perf-server"} 0`,
+	} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

@@ -11,7 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferry-vm/ferry/internal/perf"
+	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 	"github.com/ferry-vm/ferry/internal/units"
 )
@@ -28,7 +31,7 @@ on one host and "ferry perf client" with the server's address and key on the oth
 }
 
 func newPerfServerCmd(g *globalFlags) *cobra.Command {
-	var listen, psk string
+	var listen, psk, metrics string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -48,6 +51,13 @@ func newPerfServerCmd(g *globalFlags) *cobra.Command {
 			srv, err := perf.NewServer(perf.ServerConfig{Listen: listen, Static: static, PSK: key, Logger: g.logger()})
 			if err != nil {
 				return err
+			}
+			if metrics != "" {
+				stop, err := serveMetrics(cmd.Context(), metrics, []prometheus.Collector{sudp.NewCollector(srv.Endpoint(), prometheus.Labels{"role": "perf-server"})}, g.logger())
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			var pub [32]byte
 			copy(pub[:], static.Public)
@@ -70,6 +80,7 @@ func newPerfServerCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "0.0.0.0:7950", "UDP address to listen on")
 	cmd.Flags().StringVar(&psk, "psk", "", "optional shared secret (base64, 32 bytes) clients must know")
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"addr","key"} as the first stdout line`)
+	cmd.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9150)")
 	return cmd
 }
 

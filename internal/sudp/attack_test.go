@@ -142,6 +142,9 @@ func TestAttackReplayedHandshake(t *testing.T) {
 	waitFor(t, "replay counted", func() bool {
 		return p.srv.Stats().Handshake.Replays >= before.Handshake.Replays+uint64(len(inits))
 	})
+	if v := metricValue(t, p.srv, "ferry_sudp_handshakes_total", "result", "replay"); v < float64(len(inits)) {
+		t.Fatalf("ferry_sudp_handshakes_total{result=replay} = %v", v)
+	}
 	if s := p.srv.Stats(); s.Handshake.Sessions != before.Handshake.Sessions {
 		t.Fatalf("replayed initiation created a session (%d -> %d)", before.Handshake.Sessions, s.Handshake.Sessions)
 	}
@@ -161,6 +164,10 @@ func TestAttackReplayedDataPacket(t *testing.T) {
 	waitFor(t, "replays counted", func() bool {
 		return p.srvConn.Stats().DroppedReplay >= before.DroppedReplay+uint64(len(data))
 	})
+	// And exported as a metric.
+	if v := metricValue(t, p.srv, "ferry_sudp_dropped_total", "reason", "replay"); v < float64(len(data)) {
+		t.Fatalf("ferry_sudp_dropped_total{reason=replay} = %v, want >= %d", v, len(data))
+	}
 	after := p.srvConn.Stats()
 	if after.DroppedAuth != before.DroppedAuth {
 		t.Fatalf("replays were not dropped as replays: %+v", after)

@@ -48,9 +48,10 @@ type Endpoint struct {
 	log  *slog.Logger
 	sock *socket.Conn
 
-	mu    sync.Mutex // guards ep and conns
+	mu    sync.Mutex // guards ep, conns and closed
 	ep    *core.Endpoint
 	conns map[*core.Conn]*Conn
+	ended totals // counters of connections that have ended
 
 	accept chan *Conn
 	ctx    context.Context
@@ -212,9 +213,14 @@ func (e *Endpoint) startConn(cc *core.Conn) *Conn {
 	return c
 }
 
-// removeConn forgets a finished connection. e.mu is not held.
+// removeConn forgets a finished connection, keeping its counters in the
+// endpoint's totals. e.mu is not held.
 func (e *Endpoint) removeConn(c *Conn) {
+	st := c.Stats()
 	e.mu.Lock()
+	if _, ok := e.conns[c.cc]; ok {
+		e.ended.add(&st)
+	}
 	e.ep.Remove(c.cc)
 	delete(e.conns, c.cc)
 	e.mu.Unlock()

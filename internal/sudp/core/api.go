@@ -193,6 +193,7 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 		c.pendingCtl = append(c.pendingCtl, id)
 	}
 	c.connRead += uint64(n)
+	c.stats.StreamBytesRecv += uint64(n)
 	if c.connMaxRecv-c.connRead < c.cfg.ConnWindow/2 {
 		c.connMaxRecv = c.connRead + c.cfg.ConnWindow
 		c.sendMaxData = true

@@ -53,8 +53,11 @@ type Config struct {
 	// HandshakeTimeout bounds how long a client retries its initiation.
 	HandshakeTimeout time.Duration
 	// Key update: a sender moves to the next key generation after this many
-	// packets or this much time, whichever comes first.
+	// packets, bytes or this much time, whichever comes first. The packet
+	// limit keeps AES-GCM far below its confidentiality bound (RFC 9001
+	// §6.6: 2^23 packets); the time limit bounds what one key exposes.
 	KeyUpdatePackets  uint64
+	KeyUpdateBytes    uint64
 	KeyUpdateInterval time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64
@@ -74,6 +77,7 @@ func DefaultConfig() Config {
 		KeepAlive:          10 * time.Second,
 		HandshakeTimeout:   20 * time.Second,
 		KeyUpdatePackets:   1 << 22,
+		KeyUpdateBytes:     4 << 30,
 		KeyUpdateInterval:  2 * time.Minute,
 	}
 }
@@ -118,6 +122,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeyUpdatePackets == 0 {
 		c.KeyUpdatePackets = d.KeyUpdatePackets
+	}
+	if c.KeyUpdateBytes == 0 {
+		c.KeyUpdateBytes = d.KeyUpdateBytes
 	}
 	if c.KeyUpdateInterval == 0 {
 		c.KeyUpdateInterval = d.KeyUpdateInterval

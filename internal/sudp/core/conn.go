@@ -115,6 +115,7 @@ type Conn struct {
 	// packet protection
 	sendKey        *keySet
 	sendKeyStart   time.Time
+	sendKeyBytes   uint64
 	sendGenAcked   bool
 	recvCur        *keySet
 	recvPrev       *keySet

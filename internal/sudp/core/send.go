@@ -160,6 +160,7 @@ func (c *Conn) finishPacket(now time.Time, b []byte, dst netip.AddrPort, eliciti
 	}
 	b = c.sendKey.seal(b, wire.DataHeaderSize, pn)
 	size := len(b)
+	c.sendKeyBytes += uint64(size)
 	if c.frameHadAck {
 		c.ackPending = false
 		c.ackEliciting = 0
@@ -385,7 +386,8 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 	if !k.used || !c.sendGenAcked {
 		return
 	}
-	if c.nextPN-k.firstPN < c.cfg.KeyUpdatePackets && now.Sub(c.sendKeyStart) < c.cfg.KeyUpdateInterval {
+	if c.nextPN-k.firstPN < c.cfg.KeyUpdatePackets && c.sendKeyBytes < c.cfg.KeyUpdateBytes &&
+		now.Sub(c.sendKeyStart) < c.cfg.KeyUpdateInterval {
 		return
 	}
 	n, err := k.next()
@@ -395,6 +397,7 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 	k.zero()
 	c.sendKey = n
 	c.sendKeyStart = now
+	c.sendKeyBytes = 0
 	c.sendGenAcked = false
 	c.keyUpdateFrame = true
 	c.stats.KeyUpdates++

@@ -160,6 +160,9 @@ type Result struct {
 	PacketsSent     uint64  `json:"packets_sent"`
 	PacketsLost     uint64  `json:"packets_lost"`
 	HandshakeMs     float64 `json:"handshake_ms"`
+	// The rate controller's view at the end of the transfer.
+	PacingRateBps float64 `json:"pacing_rate_bps"`
+	CwndBytes     int     `json:"cwnd_bytes"`
 }
 
 // Run performs one transfer.
@@ -238,6 +241,9 @@ func Run(ctx context.Context, cfg ClientConfig) (*Result, error) {
 		PacketsSent: stats.PacketsSent,
 		PacketsLost: stats.PacketsLost,
 		HandshakeMs: float64(hs) / float64(time.Millisecond),
+
+		PacingRateBps: stats.PacingRate * 8,
+		CwndBytes:     stats.CongestionWindow,
 	}
 	if stats.StreamBytesSent > 0 {
 		r.RetransmitRatio = float64(stats.RetransmittedBytes) / float64(stats.StreamBytesSent)

@@ -35,19 +35,22 @@ type Conn struct {
 	accepted     bool
 	done         bool
 
-	wakeCh chan struct{}
-	stop   chan struct{}
-	exited chan struct{}
+	wakeCh    chan struct{}
+	stop      chan struct{}
+	exited    chan struct{}
+	closeSent chan struct{} // closed once the loop sent while closing
+	closeOnce sync.Once
 }
 
 func newConn(e *Endpoint, cc *core.Conn) *Conn {
 	return &Conn{
-		ep:      e,
-		cc:      cc,
-		changed: make(chan struct{}),
-		wakeCh:  make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		exited:  make(chan struct{}),
+		ep:        e,
+		cc:        cc,
+		changed:   make(chan struct{}),
+		wakeCh:    make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		exited:    make(chan struct{}),
+		closeSent: make(chan struct{}),
 	}
 }
 
@@ -153,6 +156,9 @@ func (c *Conn) run() {
 		maxSize = max(c.ep.cfg.Conn.MaxDatagramSize, 256) // as core clamps it
 	}
 	batch := socket.NewBatch(maxSize)
+	carry := make([]byte, maxSize) // a datagram for another destination
+	carryN := 0
+	var carryTo netip.AddrPort
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -164,19 +170,30 @@ func (c *Conn) run() {
 		}
 		batch.Reset()
 		var to netip.AddrPort
+		if carryN > 0 {
+			copy(batch.Next(maxSize), carry[:carryN])
+			batch.Commit(carryN)
+			to, carryN = carryTo, 0
+		}
+		full := false
 		for !batch.Full(maxSize) {
-			n, dst, ok := c.cc.PollTransmit(now, batch.Next(maxSize))
+			buf := batch.Next(maxSize)
+			n, dst, ok := c.cc.PollTransmit(now, buf)
 			if !ok {
 				break
 			}
 			if batch.Len() > 0 && dst != to {
-				// Different destination (path probe): flush first.
+				// Another destination (path validation): it already has
+				// a packet number, so it goes first in the next batch.
+				carryN = copy(carry, buf[:n])
+				carryTo = dst
+				full = true
 				break
 			}
 			to = dst
 			batch.Commit(n)
 		}
-		full := batch.Full(maxSize)
+		full = full || batch.Full(maxSize)
 		next := c.cc.NextTimeout()
 		if c.cc.WantsToSend() {
 			if d := c.cc.PacingDelay(now); d > 0 {
@@ -189,6 +206,7 @@ func (c *Conn) run() {
 		if closed {
 			c.notifyLocked()
 		}
+		closing := c.cc.Err() != nil
 		c.mu.Unlock()
 
 		if batch.Len() > 0 {
@@ -196,6 +214,9 @@ func (c *Conn) run() {
 			if err := c.ep.sock.Send(batch); err != nil && c.ep.ctx.Err() == nil {
 				c.ep.log.Debug("sudp: send", "err", err)
 			}
+		}
+		if closing {
+			c.closeOnce.Do(func() { close(c.closeSent) })
 		}
 		if closed {
 			c.ep.removeConn(c)
@@ -262,15 +283,6 @@ func (c *Conn) CloseWithError(code uint64, reason string) error {
 	c.mu.Unlock()
 	c.wake()
 	return nil
-}
-
-func (c *Conn) closeNow() {
-	_ = c.Close()
-	// Give the send loop a moment to put the CLOSE frame on the wire.
-	select {
-	case <-c.exited:
-	case <-time.After(50 * time.Millisecond):
-	}
 }
 
 // Err returns why the connection ended, nil while it is open.

@@ -167,8 +167,20 @@ func (e *Endpoint) Close() error {
 			conns = append(conns, c)
 		}
 		e.mu.Unlock()
+		// CLOSE every connection, then give their loops one short,
+		// shared moment to put the frames on the wire.
 		for _, c := range conns {
-			c.closeNow()
+			_ = c.Close()
+		}
+		deadline := time.After(50 * time.Millisecond)
+	wait:
+		for _, c := range conns {
+			select {
+			case <-c.closeSent:
+			case <-c.exited:
+			case <-deadline:
+				break wait
+			}
 		}
 		e.cancel()
 		close(e.closed)

@@ -130,21 +130,22 @@ func (s *Stream) CloseWrite() error {
 	return err
 }
 
-// Close ends the write side (FIN). On a message stream we only read, it
-// stops reading unless everything was read, so the peer stops sending and
-// the stream's resources are released. It does not wait for delivery: use
-// Flush for that.
+// Close releases the stream as net.Conn's Close does: the write side ends
+// with FIN after the buffered data, and unless everything was read the read
+// side stops (the peer is told to stop sending), so the stream's resources
+// and the peer's stream credit come back. It does not wait for delivery:
+// use Flush before Close for that. Use CloseWrite to half-close.
 func (s *Stream) Close() error {
 	s.dmu.Lock()
 	eof := s.eof
 	s.dmu.Unlock()
 	s.c.mu.Lock()
 	err := s.c.cc.StreamCloseWrite(s.id)
-	if errors.Is(err, core.ErrUnknownStream) {
+	if errors.Is(err, core.ErrUnknownStream) || errors.Is(err, core.ErrStreamClosed) {
 		err = nil
-		if !eof {
-			s.c.cc.StreamStopReading(s.id, 0)
-		}
+	}
+	if !eof {
+		s.c.cc.StreamStopReading(s.id, 0)
 	}
 	s.c.notifyLocked()
 	s.c.mu.Unlock()

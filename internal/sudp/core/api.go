@@ -85,7 +85,16 @@ func (c *Conn) StreamWrite(id uint64, p []byte) (int, error) {
 		return 0, err
 	}
 	s := c.streams[id]
-	if s == nil || s.ss == sendNone {
+	if s == nil {
+		if _, ok := c.resetSet[id]; ok {
+			return 0, ErrStreamStopped
+		}
+		if c.streamForgotten(id) {
+			return 0, ErrStreamClosed
+		}
+		return 0, ErrUnknownStream
+	}
+	if s.ss == sendNone {
 		return 0, ErrUnknownStream
 	}
 	switch s.ss {
@@ -143,6 +152,7 @@ func (c *Conn) StreamReset(id uint64, code uint64) {
 
 func (c *Conn) resetSend(s *stream, code uint64) {
 	s.ss = sendReset
+	s.wasReset = true
 	s.resetCode = code
 	s.resetSent = false
 	s.lost = rangeSet{}
@@ -153,18 +163,42 @@ func (c *Conn) resetSend(s *stream, code uint64) {
 // StreamStopReading tells the peer to stop sending and discards what arrives.
 func (c *Conn) StreamStopReading(id uint64, code uint64) {
 	s := c.streams[id]
+	if s != nil && s.peerReset {
+		// Already reset by the peer: the application giving up on it is
+		// as good as having seen the reset.
+		s.resetSeen = true
+		c.maybeFree(s)
+		return
+	}
 	if s == nil || s.rs == recvNone || s.rs == recvDone || s.rs == recvReset {
 		return
 	}
-	if hi, ok := s.highestReceived(); ok && hi > s.readOff {
-		c.connRead += hi - s.readOff
+	hi, _ := s.highestReceived()
+	hi = max(hi, s.readOff)
+	c.connRead += hi - s.readOff // received but unread: release it
+	finKnown := s.rs == recvFinKnown
+	s.stopQueued = true
+	if finKnown {
+		// The final size is known: settle the rest now (retransmissions
+		// of it will be discarded uncounted).
+		s.rs = recvOpen
+		_ = c.settleFinalSize(s, s.finalSize)
 	}
 	s.rs = recvReset
 	s.rbuf = ring{} // s.got stays: it records what the connection counted
 	s.stopCode = code
-	s.stopQueued = true
 	c.pendingCtl = append(c.pendingCtl, id)
+	c.maybeSendMaxData()
 	c.maybeFree(s)
+}
+
+// maybeSendMaxData re-advertises the connection window once the
+// application consumed (or gave up) half of it.
+func (c *Conn) maybeSendMaxData() {
+	if c.connRead+c.cfg.ConnWindow/2 > c.connMaxRecv {
+		c.connMaxRecv = c.connRead + c.cfg.ConnWindow
+		c.sendMaxData = true
+	}
 }
 
 // StreamRead copies received bytes into p. fin reports the end of the
@@ -194,10 +228,7 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 	}
 	c.connRead += uint64(n)
 	c.stats.StreamBytesRecv += uint64(n)
-	if c.connMaxRecv-c.connRead < c.cfg.ConnWindow/2 {
-		c.connMaxRecv = c.connRead + c.cfg.ConnWindow
-		c.sendMaxData = true
-	}
+	c.maybeSendMaxData()
 	if fin {
 		c.maybeFree(s)
 	}
@@ -235,10 +266,17 @@ func (c *Conn) StreamReadable(id uint64) int {
 // maybeFree forgets a stream whose both directions are finished, and gives
 // the peer credit for a new one if it had opened it.
 func (c *Conn) maybeFree(s *stream) {
-	sendFinished := s.ss == sendDone || s.ss == sendNone || (s.ss == sendReset && s.resetSent)
+	// A reset send side is finished once RESET_STREAM is acknowledged
+	// (sfReset ack sets sendDone): until then it may need retransmitting.
+	sendFinished := s.ss == sendDone || s.ss == sendNone
+	if s.rs == recvFinKnown && s.readOff == s.finalSize {
+		s.rs = recvDone // everything read; the application need not see EOF
+	}
 	recvFinished := s.rs == recvDone || s.rs == recvNone || s.rs == recvReset
-	if s.stopQueued && !s.stopAcked {
-		recvFinished = false // keep it until the peer heard STOP_SENDING
+	if s.stopQueued && (!s.stopAcked || !s.finalCounted) {
+		// Keep it until the peer heard STOP_SENDING and the final size
+		// (RESET_STREAM or FIN) settled the connection credit.
+		recvFinished = false
 	}
 	if s.peerReset && !s.resetSeen {
 		recvFinished = false // keep it until the application saw the reset
@@ -250,6 +288,19 @@ func (c *Conn) maybeFree(s *stream) {
 		return
 	}
 	delete(c.streams, s.id)
+	if s.wasReset {
+		// Remember why, so a later write reports it rather than an
+		// unknown stream. Bounded: the oldest entries are dropped.
+		if len(c.resetIDs) >= 1024 {
+			delete(c.resetSet, c.resetIDs[0])
+			c.resetIDs = c.resetIDs[1:]
+		}
+		if c.resetSet == nil {
+			c.resetSet = make(map[uint64]struct{})
+		}
+		c.resetSet[s.id] = struct{}{}
+		c.resetIDs = append(c.resetIDs, s.id)
+	}
 	if s.incoming {
 		kind := 0
 		if isUni(s.id) {

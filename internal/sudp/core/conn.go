@@ -146,7 +146,9 @@ type Conn struct {
 	sendMaxStreams [2]bool
 	acceptQ        [2][]uint64
 	sched          [numPriorities][]*stream
-	pendingCtl     []uint64 // streams with a MAX_STREAM_DATA, RESET or STOP to send
+	pendingCtl     []uint64            // streams with a MAX_STREAM_DATA, RESET or STOP to send
+	resetSet       map[uint64]struct{} // recently forgotten streams that ended by reset
+	resetIDs       []uint64
 
 	// connection-level flow control
 	connSent    uint64

@@ -22,11 +22,17 @@ type fragment struct {
 
 type partial struct {
 	count    uint64
-	have     uint64
-	size     int
-	frags    [][]byte
+	size     int               // bytes charged: data plus per-fragment overhead
+	frags    map[uint64][]byte // grows with what arrives, not with what is announced
 	deadline time.Time
 }
+
+// Memory charged for bookkeeping, so that many empty fragments cannot hide
+// behind a small byte count.
+const (
+	partialOverhead  = 128
+	fragmentOverhead = 64
+)
 
 // datagrams holds best-effort messages in both directions.
 type datagrams struct {
@@ -112,33 +118,38 @@ func (d *datagrams) receive(now time.Time, f *wire.Datagram, st *ConnStats) {
 	}
 	p := d.in[f.ID]
 	if p == nil {
-		if d.inBytes > 4*d.maxMsg || len(d.in) > 1024 {
+		for len(d.in) > 0 && (d.inBytes+partialOverhead > 4*d.maxMsg || len(d.in) >= 1024) {
 			d.evictOldest(st)
 		}
-		p = &partial{count: f.Count, frags: make([][]byte, f.Count), deadline: now.Add(datagramReassemblyTimeout)}
+		p = &partial{count: f.Count, frags: make(map[uint64][]byte), size: partialOverhead, deadline: now.Add(datagramReassemblyTimeout)}
 		d.in[f.ID] = p
+		d.inBytes += partialOverhead
 	}
-	if p.count != f.Count || p.frags[f.Index] != nil {
-		return // inconsistent or duplicate fragment
+	if _, dup := p.frags[f.Index]; dup || p.count != f.Count {
+		return // duplicate or inconsistent fragment
 	}
-	if p.size+len(f.Data) > d.maxMsg {
+	cost := len(f.Data) + fragmentOverhead
+	if p.size+cost > d.maxMsg+partialOverhead+int(p.count)*fragmentOverhead || d.inBytes+cost > 4*d.maxMsg+1024*partialOverhead {
 		delete(d.in, f.ID)
 		d.inBytes -= p.size
 		st.DatagramsDropped++
 		return
 	}
 	p.frags[f.Index] = append([]byte(nil), f.Data...)
-	p.have++
-	p.size += len(f.Data)
-	d.inBytes += len(f.Data)
-	if p.have < p.count {
+	p.size += cost
+	d.inBytes += cost
+	if uint64(len(p.frags)) < p.count {
 		return
 	}
 	delete(d.in, f.ID)
 	d.inBytes -= p.size
-	msg := make([]byte, 0, p.size)
+	n := 0
 	for _, fr := range p.frags {
-		msg = append(msg, fr...)
+		n += len(fr)
+	}
+	msg := make([]byte, 0, n)
+	for i := uint64(0); i < p.count; i++ {
+		msg = append(msg, p.frags[i]...)
 	}
 	d.deliver(msg, st)
 }

@@ -121,7 +121,9 @@ func (c *Conn) handleResponse(now time.Time, from netip.AddrPort, pkt []byte) {
 	c.confirmed = true
 	c.hsPacket = nil
 	c.init = nil
-	c.path.addr = from
+	// The response is authenticated, but its source address is not: keep
+	// the address we dialled (a copy raced from elsewhere must not move us).
+	_ = from
 	c.lastRecv = now
 	// Confirm the keys to the responder right away.
 	c.pingPending = true
@@ -214,7 +216,7 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 			continue
 		case wire.FramePing:
 		case wire.FramePathChallenge:
-			c.pathRespQ = append(c.pathRespQ, pathResp{to: from, data: f.PathData})
+			c.queuePathResponse(from, f.PathData)
 		case wire.FramePathResponse:
 			c.onPathResponse(from, f.PathData)
 		case wire.FrameKeyUpdate:
@@ -222,7 +224,16 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 				return false, fmt.Errorf("sudp: KEY_UPDATE to generation %d in generation %d", f.Value, c.recvCur.gen)
 			}
 		case wire.FrameMaxData:
-			c.connMaxSend = max(c.connMaxSend, f.Value)
+			if f.Value > c.connMaxSend {
+				c.connMaxSend = f.Value
+				// Streams that left the queue blocked on connection
+				// credit can send again.
+				for _, s := range c.streams {
+					if s.sent < s.written {
+						c.schedule(s)
+					}
+				}
+			}
 		case wire.FrameMaxStreamData:
 			// May precede the stream's first STREAM frame: open it.
 			s, err := c.peerStream(f.StreamID)
@@ -243,27 +254,17 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 				return false, err
 			}
 			if s != nil && s.rs != recvNone && s.rs != recvDone && !s.peerReset {
-				hi, _ := s.highestReceived()
-				hi = max(hi, s.readOff)
-				if f.Value < hi || (s.rs == recvFinKnown && f.Value != s.finalSize) {
-					return false, errFinalSize
-				}
-				// Bytes the peer sent that we never saw still used
-				// connection credit: count them received, then release
-				// everything unread.
-				c.connRecv += f.Value - hi
-				if c.connRecv > c.connMaxRecv {
-					return false, errFlowControl
-				}
-				if s.rs != recvReset {
-					c.connRead += f.Value - s.readOff
-				} else {
-					c.connRead += f.Value - hi
+				if err := c.settleFinalSize(s, f.Value); err != nil {
+					return false, err
 				}
 				s.rs = recvReset
 				s.peerReset = true
 				s.resetErr = f.ErrorCode
-				s.rbuf, s.got = ring{}, rangeSet{}
+				if s.stopQueued {
+					s.resetSeen = true // the application already gave it up
+				}
+				s.rbuf = ring{}
+				c.maybeSendMaxData()
 				c.maybeFree(s)
 			}
 		case wire.FrameStopSending:
@@ -282,6 +283,30 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 	return eliciting, nil
 }
 
+// maxPathResponses bounds queued PATH_RESPONSEs: a peer may challenge a
+// path, not make us a reflector.
+const maxPathResponses = 4
+
+// queuePathResponse answers a challenge on the current path or the one
+// being validated, keeping only the newest challenge per address.
+func (c *Conn) queuePathResponse(from netip.AddrPort, data [8]byte) {
+	if from != c.path.addr && (c.probe == nil || from != c.probe.path.addr) {
+		c.stats.DroppedMalformed++
+		return
+	}
+	for i := range c.pathRespQ {
+		if c.pathRespQ[i].to == from {
+			c.pathRespQ[i].data = data
+			return
+		}
+	}
+	if len(c.pathRespQ) >= maxPathResponses {
+		c.stats.DroppedMalformed++
+		return
+	}
+	c.pathRespQ = append(c.pathRespQ, pathResp{to: from, data: data})
+}
+
 func (c *Conn) onPathResponse(from netip.AddrPort, data [8]byte) {
 	p := c.probe
 	if p == nil || !p.sent || data != p.data {
@@ -295,6 +320,36 @@ func (c *Conn) onPathResponse(from netip.AddrPort, data [8]byte) {
 	}
 }
 
+// settleFinalSize does the connection-level accounting of a stream whose
+// final size just became known (RESET_STREAM, or FIN after we stopped
+// reading): bytes the peer sent that we never saw still consumed credit, so
+// they are counted received, and everything unread is released.
+func (c *Conn) settleFinalSize(s *stream, final uint64) error {
+	if s.finalCounted {
+		if final != s.finalSize {
+			return errFinalSize
+		}
+		return nil
+	}
+	hi, _ := s.highestReceived()
+	hi = max(hi, s.readOff)
+	if final < hi || (s.rs == recvFinKnown && final != s.finalSize) || final > s.maxRecv {
+		return errFinalSize
+	}
+	c.connRecv += final - hi
+	if c.connRecv > c.connMaxRecv {
+		return errFlowControl
+	}
+	if s.stopQueued {
+		c.connRead += final - hi // [readOff, hi) was released when we stopped
+	} else {
+		c.connRead += final - s.readOff
+	}
+	s.finalSize = final
+	s.finalCounted = true
+	return nil
+}
+
 func (c *Conn) onStreamFrame(f *wire.Stream) error {
 	s, err := c.peerStream(f.ID)
 	if err != nil {
@@ -305,6 +360,18 @@ func (c *Conn) onStreamFrame(f *wire.Stream) error {
 	}
 	if s.rs == recvNone {
 		return fmt.Errorf("sudp: STREAM frame for send-only stream %d", f.ID)
+	}
+	if s.stopQueued && !s.peerReset {
+		// We stopped reading: data is discarded, but a FIN settles the
+		// final size (a peer that had finished sends no RESET_STREAM).
+		if f.Fin {
+			if err := c.settleFinalSize(s, f.Offset+uint64(len(f.Data))); err != nil {
+				return err
+			}
+			c.maybeSendMaxData()
+			c.maybeFree(s)
+		}
+		return nil
 	}
 	before, _ := s.highestReceived()
 	before = max(before, s.readOff)
@@ -318,6 +385,9 @@ func (c *Conn) onStreamFrame(f *wire.Stream) error {
 		if c.connRecv > c.connMaxRecv {
 			return errFlowControl
 		}
+	}
+	if s.rs == recvFinKnown {
+		c.maybeFree(s) // may be complete with everything already read
 	}
 	return nil
 }

@@ -62,8 +62,10 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	if !c.confirmedForSend() {
 		return 0, to, false
 	}
-	if len(c.pathRespQ) > 0 {
-		return c.sendPathResponse(now, buf)
+	for len(c.pathRespQ) > 0 {
+		if n, to, ok := c.sendPathResponse(now, buf); ok {
+			return n, to, ok
+		}
 	}
 	c.maybeUpdateKey(now)
 
@@ -74,7 +76,9 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		p.sent = true
 		b := c.startPacket(buf)
 		b = wire.AppendPath(b, wire.FramePathChallenge, p.data)
-		b = wire.AppendPadding(b, min(budget, c.cfg.MaxDatagramSize)-wire.TagSize-len(b))
+		if c.ackPending && budget > 2*wire.DataOverhead+64 {
+			b = c.appendAck(now, b, budget-wire.TagSize)
+		}
 		return c.finishPacket(now, b, dst, true, nil)
 	}
 	if budget < wire.DataOverhead+64 {
@@ -179,9 +183,24 @@ func (c *Conn) finishPacket(now time.Time, b []byte, dst netip.AddrPort, eliciti
 func (c *Conn) sendPathResponse(now time.Time, buf []byte) (int, netip.AddrPort, bool) {
 	r := c.pathRespQ[0]
 	c.pathRespQ = c.pathRespQ[1:]
+	p := &c.path
+	if r.to != p.addr {
+		if c.probe == nil || c.probe.path.addr != r.to {
+			return 0, r.to, false
+		}
+		p = &c.probe.path
+	}
+	const size = wire.DataOverhead + 9
+	if p.budget() < size {
+		return 0, r.to, false // would exceed 3x what that address sent
+	}
 	b := c.startPacket(buf)
 	b = wire.AppendPath(b, wire.FramePathResponse, r.data)
-	return c.finishPacket(now, b, r.to, true, nil)
+	n, to, ok := c.finishPacket(now, b, r.to, true, nil)
+	if p != &c.path {
+		p.sentBytes += uint64(n)
+	}
+	return n, to, ok
 }
 
 func (c *Conn) appendAck(now time.Time, b []byte, room int) []byte {

@@ -98,6 +98,10 @@ type stream struct {
 	peerReset  bool // RESET_STREAM received (error code in resetErr)
 	stopAcked  bool // our STOP_SENDING was acknowledged
 	resetSeen  bool // the application read the reset error
+	// finalCounted: the final size is known and was accounted against
+	// connection flow control (see Conn.settleFinalSize).
+	finalCounted bool
+	wasReset     bool // the send side ended by RESET_STREAM
 }
 
 func isUni(id uint64) bool { return id&wire.StreamUniBit != 0 }
@@ -178,7 +182,7 @@ func (s *stream) recvData(off uint64, data []byte, fin bool) error {
 		if s.rs == recvFinKnown && end != s.finalSize {
 			return errFinalSize
 		}
-		if hi, ok := s.highestReceived(); ok && hi > end {
+		if hi, _ := s.highestReceived(); max(hi, s.readOff) > end {
 			return errFinalSize
 		}
 		s.finalSize = end

@@ -1,6 +1,10 @@
 package core
 
-import "time"
+import (
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
 
 // NextTimeout returns when HandleTimeout (or PollTransmit, for pacing) must
 // next be called; the zero time means no timer is armed.
@@ -26,7 +30,10 @@ func (c *Conn) NextTimeout() time.Time {
 	if !c.confirmed && !c.client {
 		return t
 	}
-	if c.ackEliciting > 0 {
+	// Deadlines for sending only matter when the path lets us send; on an
+	// address still being validated with its budget spent they would spin.
+	canSend := c.path.budget() >= wire.DataOverhead+64
+	if c.ackEliciting > 0 && canSend {
 		set(c.ackDeadline)
 	}
 	r := &c.rec
@@ -35,7 +42,7 @@ func (c *Conn) NextTimeout() time.Time {
 	} else if r.ackElicitingInFlight > 0 {
 		set(r.lastElicitingSent.Add(r.pto() << min(r.ptoCount, 6)))
 	}
-	if c.rec.ackElicitingInFlight == 0 {
+	if c.rec.ackElicitingInFlight == 0 && canSend {
 		set(c.lastSend.Add(c.cfg.KeepAlive))
 	}
 	set(c.pacedUntil)

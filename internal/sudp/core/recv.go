@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -191,6 +192,7 @@ func (c *Conn) notePath(now time.Time, from netip.AddrPort, pn uint64, n int) {
 
 func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) (bool, error) {
 	eliciting := false
+	acks := 0
 	c.parse.Reset(payload)
 	f := &c.frame
 	for {
@@ -203,6 +205,11 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 		}
 		switch f.Type {
 		case wire.FrameAck:
+			// One ACK per packet: each one walks the packets in flight, so
+			// a peer must not make us do that hundreds of times a packet.
+			if acks++; acks > 1 {
+				return false, errors.New("sudp: more than one ACK frame in a packet")
+			}
 			if err := c.onAck(now, &f.Ack); err != nil {
 				return false, err
 			}

@@ -7,8 +7,9 @@ BIN       := bin
 help: ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/ferry
+build: ## build bin/ferry and bin/wanlab
 	$(GO) build -o $(BIN)/ferry ./cmd/ferry
+	$(GO) build -o $(BIN)/wanlab ./cmd/wanlab
 
 demo: build ## run the main job on this machine with zero configuration
 	./scripts/demo.sh

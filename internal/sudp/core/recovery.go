@@ -147,8 +147,13 @@ func (r *recovery) compact() {
 		return
 	}
 	if r.head > 4096 && r.head > len(r.pkts)/2 {
-		n := copy(r.pkts, r.pkts[r.head:])
-		// Keep the frame slices of the tail slots for reuse.
+		// Move the live packets to the front by swapping, not copying:
+		// a copy would leave two slots sharing one frames array, and
+		// reusing the stale slot would overwrite a live packet's frames.
+		n := len(r.pkts) - r.head
+		for i := 0; i < n; i++ {
+			r.pkts[i], r.pkts[r.head+i] = r.pkts[r.head+i], r.pkts[i]
+		}
 		for i := n; i < len(r.pkts); i++ {
 			r.pkts[i].frames = r.pkts[i].frames[:0]
 		}

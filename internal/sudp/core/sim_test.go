@@ -27,6 +27,8 @@ type link struct {
 	loss    float64
 	dup     float64
 	corrupt float64
+	rate    float64 // bottleneck bits/s per direction (0: none)
+	queue   int     // drop-tail bytes in front of the bottleneck
 }
 
 type inflight struct {
@@ -64,6 +66,8 @@ type sim struct {
 	buf     []byte
 	sent    int
 	dropped int
+	// bottleneck state per direction (index = receiving side)
+	busyUntil [2]time.Time
 }
 
 type chachaReader struct{ r *rand.ChaCha8 }
@@ -147,6 +151,22 @@ func (s *sim) transmit() {
 
 func (s *sim) send(to int, from netip.AddrPort, b []byte) {
 	s.sent++
+	depart := s.now
+	if s.link.rate > 0 {
+		// Drop-tail queue in front of a serialising bottleneck; loss
+		// applies after it (a lost packet still used its slot).
+		start := s.busyUntil[to]
+		if start.Before(s.now) {
+			start = s.now
+		}
+		backlog := float64(start.Sub(s.now)) / float64(time.Second) * s.link.rate / 8
+		if s.link.queue > 0 && int(backlog)+len(b) > s.link.queue {
+			s.dropped++
+			return
+		}
+		depart = start.Add(time.Duration(float64(len(b)*8) / s.link.rate * float64(time.Second)))
+		s.busyUntil[to] = depart
+	}
 	if s.rng.Float64() < s.link.loss {
 		s.dropped++
 		return
@@ -161,7 +181,7 @@ func (s *sim) send(to int, from netip.AddrPort, b []byte) {
 			bit := s.rng.IntN(len(d) * 8)
 			d[bit/8] ^= 1 << (bit % 8)
 		}
-		at := s.now.Add(s.link.delay)
+		at := depart.Add(s.link.delay)
 		if s.link.jitter > 0 {
 			at = at.Add(time.Duration(s.rng.Int64N(int64(s.link.jitter))))
 		}

@@ -101,7 +101,10 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	// An ACK-only packet is owed only for ack-eliciting packets; otherwise
 	// two peers would acknowledge each other's ACKs forever.
 	wantAck := c.ackEliciting > 0 && (c.ackEliciting >= ackElicitingThres || !now.Before(c.ackDeadline))
-	if c.ackPending {
+	// Acknowledge only when something ack-eliciting arrived: a bulk sender
+	// that receives nothing but ACKs would otherwise spend part of every
+	// data packet acknowledging them.
+	if c.ackEliciting > 0 {
 		b = c.appendAck(now, b, room)
 	}
 	// Congestion and pacing gate everything that elicits an ACK, except

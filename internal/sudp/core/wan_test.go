@@ -62,7 +62,7 @@ func TestWANBulkTransfer(t *testing.T) {
 		mbps := float64(n) * 8 / d.Seconds() / 1e6
 		st := s.conn[0].Stats()
 		wire := float64(st.BytesSent) / float64(n)
-		t.Logf("loss %4.1f%%: %.1f Mbit/s, %.3f wire bytes per byte, %d lost, srtt %v", loss*100, mbps, wire, st.PacketsLost, st.SmoothedRTT)
+		t.Logf("loss %4.1f%%: %.1f Mbit/s, %.3f wire bytes per byte, %d lost, %d retx bytes, %d stream bytes, %d pkts sent, srtt %v, link drops %d of %d", loss*100, mbps, wire, st.PacketsLost, st.RetransmittedBytes, st.StreamBytesSent, st.PacketsSent, st.SmoothedRTT, s.dropped, s.sent)
 		// Virtual time, deterministic seed: these are properties of the
 		// protocol, not of the machine. Loss-based TCP gets a few Mbit/s
 		// at 5 % here; the floor is well above that.

@@ -11,6 +11,7 @@ echo "== lint"
 
 echo "== build"
 go build -o bin/ferry ./cmd/ferry
+go build -o bin/wanlab ./cmd/wanlab
 
 echo "== unit, simulation, attack and e2e tests (race detector)"
 go test -race -timeout 20m ./...

@@ -10,7 +10,6 @@
 package harness
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -26,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-vm/ferry/bench/internal/lab"
 	"github.com/ferry-vm/ferry/bench/internal/peers"
 )
 
@@ -53,8 +53,13 @@ type Config struct {
 	// KCPWindow, when positive, overrides the kcp peer's window (segments)
 	// on both ends.
 	KCPWindow int
-	// Timeout bounds one transfer; 0 picks AutoTimeout(n).
+	// Timeout bounds one transfer; 0 picks AutoTimeout(n) (or TimeCap + 30 s
+	// when TimeCap is set). Reaching it is a failure.
 	Timeout time.Duration
+	// TimeCap, when positive, stops a transfer after this long and records
+	// it as capped: goodput is then the payload the receiver got so far
+	// divided by the time until the cap (see Measurement.Capped).
+	TimeCap time.Duration
 	// StartTimeout bounds how long a server may take to print its first
 	// line; 0 means 15s.
 	StartTimeout time.Duration
@@ -80,25 +85,37 @@ func (c CPU) Total() float64 { return c.User + c.Sys }
 type Measurement struct {
 	Proto string `json:"proto"`
 	Rep   int    `json:"rep"`
-	// Bytes is the payload size asked for and confirmed by the sender.
+	// Bytes is the payload size asked for.
 	Bytes int64 `json:"bytes"`
+	// Delivered is the payload the receiver holds: Bytes (confirmed by the
+	// sender) for a complete run, the receiver's own count for a capped one.
+	Delivered int64 `json:"delivered_bytes"`
+	// Capped is set when the run hit Config.TimeCap before the receiver
+	// had all Bytes.
+	Capped bool `json:"capped,omitempty"`
 	// Seconds is the sender's wall time from the start of connecting until
-	// the receiver confirmed it holds all Bytes.
+	// the receiver confirmed it holds all Bytes (or until the cap).
 	Seconds float64 `json:"seconds"`
-	// GoodputBps is 8*Bytes/Seconds.
+	// GoodputBps is 8*Delivered/Seconds.
 	GoodputBps float64 `json:"goodput_bps"`
 	Server     CPU     `json:"server_cpu"`
 	Client     CPU     `json:"client_cpu"`
 	// CPUSeconds is user+sys of both processes; CPUPerGiB divides it by
 	// the GiB transferred.
-	CPUSeconds      float64         `json:"cpu_seconds"`
-	CPUPerGiB       float64         `json:"cpu_s_per_gib"`
-	WireBytes       int64           `json:"wire_bytes"`
-	RetransmitRatio float64         `json:"retransmit_ratio"`
-	RTTMs           float64         `json:"rtt_ms"`
-	SenderReport    json.RawMessage `json:"sender_report,omitempty"`
-	Warnings        []string        `json:"warnings,omitempty"`
-	Error           string          `json:"error,omitempty"`
+	CPUSeconds      float64 `json:"cpu_seconds"`
+	CPUPerGiB       float64 `json:"cpu_s_per_gib"`
+	WireBytes       int64   `json:"wire_bytes"`
+	RetransmitRatio float64 `json:"retransmit_ratio"`
+	RTTMs           float64 `json:"rtt_ms"`
+	// NoSenderStats is set when the sender was stopped before it could
+	// report (a capped sudp run): WireBytes, RetransmitRatio and RTTMs are
+	// then unknown, not zero.
+	NoSenderStats bool `json:"no_sender_stats,omitempty"`
+	// Link is the WAN lab's counter delta over this run (lab mode only).
+	Link         *lab.Delta      `json:"link,omitempty"`
+	SenderReport json.RawMessage `json:"sender_report,omitempty"`
+	Warnings     []string        `json:"warnings,omitempty"`
+	Error        string          `json:"error,omitempty"`
 }
 
 // IsGoPeer reports whether proto is run through Self (not ferry).
@@ -165,10 +182,14 @@ func (c Config) listen() string {
 }
 
 // commands returns the server and client argv for proto.
-func (c Config) serverArgv(proto string) []string {
+func (c Config) serverArgv(proto, metrics string) []string {
 	listen := net.JoinHostPort(c.listen(), "0")
 	if proto == SUDP {
-		return inNetns(c.ServerNetns, c.Ferry, "perf", "server", "--listen", listen, "--json")
+		argv := []string{c.Ferry, "perf", "server", "--listen", listen, "--json"}
+		if metrics != "" {
+			argv = append(argv, "--metrics", metrics)
+		}
+		return inNetns(c.ServerNetns, argv...)
 	}
 	return inNetns(c.ServerNetns, append([]string{c.Self, "serve", "--proto", proto, "--listen", listen}, c.peerArgs(proto)...)...)
 }
@@ -187,6 +208,9 @@ func (c Config) clientArgv(proto, key, addr string, n int64, timeout time.Durati
 		return inNetns(c.ClientNetns, c.Ferry, "perf", "client", "--server-key", key, addr, "--bytes", ns, "--json")
 	}
 	argv := []string{c.Self, "send", "--proto", proto, "--server-key", key, "--bytes", ns, "--timeout", timeout.String()}
+	if c.TimeCap > 0 {
+		argv = append(argv, "--time-cap", c.TimeCap.String())
+	}
 	argv = append(argv, c.peerArgs(proto)...)
 	return inNetns(c.ClientNetns, append(argv, addr)...)
 }
@@ -218,24 +242,33 @@ func (c Config) transfer(ctx context.Context, proto string, n int64, m *Measurem
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = AutoTimeout(n)
+		if c.TimeCap > 0 {
+			timeout = c.TimeCap + 30*time.Second
+		}
 	}
 	startTimeout := c.StartTimeout
 	if startTimeout <= 0 {
 		startTimeout = 15 * time.Second
 	}
+	// A capped sudp run learns the receiver's count from ferry's metrics.
+	metrics := ""
+	if proto == SUDP && c.TimeCap > 0 {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		metrics = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	}
 
 	// Server.
-	srv := newProc(c.serverArgv(proto))
-	stdout, err := srv.cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
+	srv := newProc(c.serverArgv(proto, metrics))
+	srvOut := newAnnounceWriter()
+	srv.cmd.Stdout = srvOut
 	if err := srv.cmd.Start(); err != nil {
 		return fmt.Errorf("start server %q: %w", srv.cmd.Path, err)
 	}
 	defer srv.stop() // no-op once stopped below
-	ann, err := readAnnouncement(stdout, startTimeout)
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	ann, err := readAnnouncement(srvOut.first, startTimeout)
 	if err != nil {
 		srv.stop()
 		return fmt.Errorf("server did not announce itself: %w%s", err, srv.stderrTail())
@@ -253,7 +286,13 @@ func (c Config) transfer(ctx context.Context, proto string, n int64, m *Measurem
 	cli := newProc(c.clientArgv(proto, ann.Key, dial, n, timeout))
 	var out bytes.Buffer
 	cli.cmd.Stdout = &out
-	runErr := runWithContext(cctx, cli.cmd)
+	var runErr error
+	var sudpCap *sudpCapped
+	if metrics != "" {
+		sudpCap, runErr = c.runSUDPCapped(cctx, cli.cmd, "http://"+metrics+"/metrics")
+	} else {
+		runErr = runWithContext(cctx, cli.cmd)
+	}
 
 	// The client is done (the receiver acked, or it failed): stop the server
 	// and collect both processes' CPU.
@@ -268,31 +307,195 @@ func (c Config) transfer(ctx context.Context, proto string, n int64, m *Measurem
 		}
 		return fmt.Errorf("client %s: %w%s%s", proto, runErr, cli.stderrTail(), srv.stderrTail())
 	}
+	if sudpCap != nil {
+		// ferry was stopped at the cap: no sender report.
+		m.Capped, m.NoSenderStats = true, true
+		m.Seconds = sudpCap.seconds
+		m.Delivered = min(sudpCap.received, n)
+		m.GoodputBps = float64(m.Delivered) * 8 / m.Seconds
+		m.CPUPerGiB = cpuPerGiB(m.CPUSeconds, m.Delivered)
+		return nil
+	}
 	rep, raw, err := parseReport(out.Bytes())
 	if err != nil {
 		return fmt.Errorf("client %s output: %w (stdout %q)%s", proto, err, truncate(out.String(), 400), cli.stderrTail())
 	}
 	m.SenderReport = raw
-	if rep.Bytes != n {
-		return fmt.Errorf("client %s reports %d bytes, want %d", proto, rep.Bytes, n)
-	}
 	if rep.Seconds <= 0 {
 		return fmt.Errorf("client %s reports %v seconds", proto, rep.Seconds)
 	}
 	m.Seconds = rep.Seconds
+	m.WireBytes = rep.WireBytes
+	m.RetransmitRatio = rep.RetransmitRatio
+	m.RTTMs = rep.RTTMs
+	if rep.Capped {
+		// The sender stopped at the cap; the receiver's count is what
+		// arrived (it printed it when stopped).
+		got, ok := srvOut.received()
+		if !ok {
+			return fmt.Errorf("client %s was capped but the server did not report its received bytes%s", proto, srv.stderrTail())
+		}
+		m.Capped = true
+		m.Delivered = min(got, n)
+		m.GoodputBps = float64(m.Delivered) * 8 / m.Seconds
+		m.CPUPerGiB = cpuPerGiB(m.CPUSeconds, m.Delivered)
+		return nil
+	}
+	if rep.Bytes != n {
+		return fmt.Errorf("client %s reports %d bytes, want %d", proto, rep.Bytes, n)
+	}
+	m.Delivered = n
 	m.GoodputBps = float64(n) * 8 / rep.Seconds
 	if rep.GoodputBps > 0 {
 		if d := rep.GoodputBps/m.GoodputBps - 1; d > 0.05 || d < -0.05 {
 			m.Warnings = append(m.Warnings, fmt.Sprintf("sender's goodput_bps %.4g differs from 8*bytes/seconds %.4g", rep.GoodputBps, m.GoodputBps))
 		}
 	}
-	m.WireBytes = rep.WireBytes
-	m.RetransmitRatio = rep.RetransmitRatio
-	m.RTTMs = rep.RTTMs
-	if n > 0 {
-		m.CPUPerGiB = m.CPUSeconds / (float64(n) / GiB)
-	}
+	m.CPUPerGiB = cpuPerGiB(m.CPUSeconds, n)
 	return nil
+}
+
+func cpuPerGiB(cpu float64, n int64) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return cpu / (float64(n) / GiB)
+}
+
+// sudpCapped is what a capped sudp run measured.
+type sudpCapped struct {
+	seconds  float64
+	received int64
+}
+
+// runSUDPCapped runs the ferry client; if it is still running at TimeCap it
+// reads the server's delivered stream bytes from its metrics, then kills
+// the client. It returns nil (and the client's error) when the run finished
+// before the cap.
+func (c Config) runSUDPCapped(ctx context.Context, cmd *exec.Cmd, url string) (*sudpCapped, error) {
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	capT := time.NewTimer(c.TimeCap)
+	defer capT.Stop()
+	select {
+	case err := <-done:
+		return nil, err
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-done
+		return nil, ctx.Err()
+	case <-capT.C:
+	}
+	secs := time.Since(start).Seconds()
+	got, ferr := c.scrapeReceived(ctx, url)
+	_ = cmd.Process.Kill()
+	<-done
+	if ferr != nil {
+		return nil, fmt.Errorf("capped after %.1fs, but reading the server's metrics failed: %w", secs, ferr)
+	}
+	return &sudpCapped{seconds: secs, received: got}, nil
+}
+
+// scrapeReceived reads ferry_sudp_stream_bytes_total{direction="received"}
+// from ferry's Prometheus endpoint, from inside the server's namespace.
+func (c Config) scrapeReceived(ctx context.Context, url string) (int64, error) {
+	argv := inNetns(c.ServerNetns, c.Self, "fetch", url)
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(fctx, argv[0], argv[1:]...).Output()
+	if err != nil {
+		return 0, err
+	}
+	return parseStreamReceived(out)
+}
+
+// parseStreamReceived sums the received-direction stream byte counters in
+// a Prometheus text exposition (minus each stream's 8-byte length header is
+// not subtracted: it is noise at any size worth capping).
+func parseStreamReceived(text []byte) (int64, error) {
+	var total float64
+	found := false
+	for _, l := range strings.Split(string(text), "\n") {
+		if !strings.HasPrefix(l, "ferry_sudp_stream_bytes_total{") || !strings.Contains(l, `direction="received"`) {
+			continue
+		}
+		f := strings.Fields(l)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("bad metric line %q", l)
+		}
+		total += v
+		found = true
+	}
+	if !found {
+		return 0, errors.New(`no ferry_sudp_stream_bytes_total{direction="received"} in the metrics`)
+	}
+	return int64(total), nil
+}
+
+// freePort picks a currently free TCP port on 127.0.0.1 (for ferry's
+// metrics endpoint; in a fresh namespace any port is free anyway).
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// announceWriter is a server's stdout: it hands the first line to
+// readAnnouncement and keeps the rest (bounded) for the received_bytes
+// line that Go-peer servers print when they stop.
+type announceWriter struct {
+	mu    sync.Mutex
+	line  []byte
+	sent  bool
+	rest  tailBuffer
+	first chan string
+}
+
+func newAnnounceWriter() *announceWriter {
+	return &announceWriter{first: make(chan string, 1), rest: tailBuffer{max: 16 << 10}}
+}
+
+func (a *announceWriter) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sent {
+		return a.rest.Write(p)
+	}
+	a.line = append(a.line, p...)
+	if i := bytes.IndexByte(a.line, '\n'); i >= 0 {
+		a.first <- string(a.line[:i+1])
+		a.sent = true
+		_, _ = a.rest.Write(a.line[i+1:])
+		a.line = nil
+	} else if len(a.line) > 64<<10 {
+		a.first <- string(a.line)
+		a.sent = true
+		a.line = nil
+	}
+	return len(p), nil
+}
+
+// received returns the last {"received_bytes": N} the server printed.
+func (a *announceWriter) received() (int64, bool) {
+	var got int64
+	ok := false
+	for _, l := range strings.Split(a.rest.String(), "\n") {
+		var v struct {
+			Received *int64 `json:"received_bytes"`
+		}
+		if json.Unmarshal([]byte(strings.TrimSpace(l)), &v) == nil && v.Received != nil {
+			got, ok = *v.Received, true
+		}
+	}
+	return got, ok
 }
 
 // runWithContext starts cmd and waits for it, killing it when ctx is done.
@@ -380,25 +583,14 @@ type Announcement struct {
 	Key  string `json:"key"`
 }
 
-func readAnnouncement(r io.Reader, timeout time.Duration) (Announcement, error) {
-	type res struct {
-		line string
-		err  error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
-		ch <- res{line, err}
-	}()
-	var got res
+func readAnnouncement(first <-chan string, timeout time.Duration) (Announcement, error) {
+	var line string
 	select {
-	case got = <-ch:
+	case line = <-first:
 	case <-time.After(timeout):
 		return Announcement{}, fmt.Errorf("no first line within %v", timeout)
 	}
-	if got.err != nil && got.line == "" {
-		return Announcement{}, fmt.Errorf("reading first line: %w", got.err)
-	}
+	got := struct{ line string }{line}
 	var a Announcement
 	if err := json.Unmarshal([]byte(strings.TrimSpace(got.line)), &a); err != nil {
 		return a, fmt.Errorf("first line %q is not {\"addr\",\"key\"} JSON: %w", truncate(got.line, 200), err)
@@ -417,6 +609,7 @@ type report struct {
 	WireBytes       int64
 	RetransmitRatio float64
 	RTTMs           float64
+	Capped          bool
 }
 
 // requiredFields are what `ferry perf client --json` must print (CLI.md).
@@ -468,6 +661,9 @@ func parseReport(stdout []byte) (report, json.RawMessage, error) {
 	r.WireBytes = int64(num("wire_bytes"))
 	r.RetransmitRatio = num("retransmit_ratio")
 	r.RTTMs = num("rtt_ms")
+	if v, ok := fields["capped"]; ok && string(v) == "true" {
+		r.Capped = true
+	}
 	if len(missing) > 0 {
 		return r, last, fmt.Errorf("sender JSON lacks %s (want at least %s)", strings.Join(missing, ", "), strings.Join(requiredFields, ", "))
 	}

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -212,5 +213,69 @@ func TestParseReport(t *testing.T) {
 	}
 	if _, _, err := parseReport([]byte(`{"bytes": 1, "seconds": 1}`)); err == nil || !strings.Contains(err.Error(), "wire_bytes") {
 		t.Fatalf("missing fields not reported: %v", err)
+	}
+}
+
+// TestTimeCap runs a transfer that cannot finish within the cap: it must
+// come back as a capped run whose goodput is the receiver's count ÷ time.
+func TestTimeCap(t *testing.T) {
+	const n = 1 << 40 // never finishes in 300 ms
+	cfg := Config{Self: self(t), TimeCap: 300 * time.Millisecond}
+	start := time.Now()
+	m, err := cfg.Transfer(context.Background(), "tcp-cubic", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("capped run took %v", took)
+	}
+	if !m.Capped || m.Delivered <= 0 || m.Delivered >= n || m.NoSenderStats {
+		t.Fatalf("not a capped run: %+v", m)
+	}
+	if m.Seconds < 0.3 || m.Seconds > 2 {
+		t.Errorf("seconds %v, want about the cap", m.Seconds)
+	}
+	if want := float64(m.Delivered) * 8 / m.Seconds; math.Abs(m.GoodputBps-want) > 1 {
+		t.Errorf("goodput %v, want delivered*8/seconds = %v", m.GoodputBps, want)
+	}
+	if m.WireBytes < m.Delivered {
+		t.Errorf("sender stats missing: wire %d < delivered %d", m.WireBytes, m.Delivered)
+	}
+	t.Logf("capped: %d bytes in %.3fs = %.2f Gbit/s", m.Delivered, m.Seconds, m.GoodputBps/1e9)
+
+	// A run that finishes before the cap is not capped.
+	m, err = cfg.Transfer(context.Background(), "tcp", 1<<20)
+	if err != nil || m.Capped || m.Delivered != 1<<20 {
+		t.Fatalf("uncapped run: %+v %v", m, err)
+	}
+}
+
+func TestParseStreamReceived(t *testing.T) {
+	text := []byte(`# HELP ferry_sudp_stream_bytes_total Application stream bytes
+# TYPE ferry_sudp_stream_bytes_total counter
+ferry_sudp_stream_bytes_total{direction="received",role="perf-server"} 1.2345678e+07
+ferry_sudp_stream_bytes_total{direction="sent",role="perf-server"} 8
+ferry_sudp_bytes_total{direction="received",role="perf-server"} 9.9e+09
+`)
+	got, err := parseStreamReceived(text)
+	if err != nil || got != 12345678 {
+		t.Fatalf("got %d, %v", got, err)
+	}
+	if _, err := parseStreamReceived([]byte("go_goroutines 3\n")); err == nil {
+		t.Fatal("missing metric accepted")
+	}
+}
+
+func TestAnnounceWriter(t *testing.T) {
+	a := newAnnounceWriter()
+	for _, chunk := range []string{`{"addr":"1.2.3.4:5",`, `"key":"k"}` + "\n" + `{"received_bytes":`, "42}\n"} {
+		_, _ = a.Write([]byte(chunk))
+	}
+	ann, err := readAnnouncement(a.first, time.Second)
+	if err != nil || ann.Addr != "1.2.3.4:5" || ann.Key != "k" {
+		t.Fatalf("%+v %v", ann, err)
+	}
+	if got, ok := a.received(); !ok || got != 42 {
+		t.Fatalf("received %d %v", got, ok)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"os/signal"
 	"strconv"
 	"syscall"
@@ -16,16 +17,22 @@ import (
 // IsChildCommand reports whether args (without the program name) ask for one
 // of the child-process commands handled by ChildMain.
 func IsChildCommand(args []string) bool {
-	return len(args) > 0 && (args[0] == "serve" || args[0] == "send")
+	return len(args) > 0 && (args[0] == "serve" || args[0] == "send" || args[0] == "fetch")
 }
 
 // ChildMain runs one of the child-process commands that mirror ferry's CLI:
 //
 //	serve --proto P --listen ADDR [--kcp-window N]
 //	    prints {"addr": "...", "key": "..."} as its first stdout line, then
-//	    serves transfers until SIGINT/SIGTERM;
-//	send --proto P --server-key KEY --bytes N [--timeout D] [--kcp-window N] ADDR
-//	    one transfer of N bytes; prints one JSON Result on stdout.
+//	    serves transfers until SIGINT/SIGTERM, and then prints
+//	    {"received_bytes": N} (payload bytes received, finished or not);
+//	send --proto P --server-key KEY --bytes N [--timeout D] [--time-cap D] [--kcp-window N] ADDR
+//	    one transfer of N bytes; prints one JSON Result on stdout. When
+//	    --time-cap passes first, it stops sending and prints the Result with
+//	    "capped": true and its statistics as of the cap (exit status 0);
+//	fetch URL
+//	    prints the body of an HTTP GET (used to read ferry's metrics from
+//	    inside a network namespace).
 //
 // It returns the process exit code.
 func ChildMain(args []string, stdout, stderr io.Writer) int {
@@ -36,6 +43,9 @@ func ChildMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd := args[0]
+	if cmd == "fetch" {
+		return fetch(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	proto := fs.String("proto", "", "peer protocol: "+fmt.Sprint(Names()))
@@ -43,6 +53,7 @@ func ChildMain(args []string, stdout, stderr io.Writer) int {
 	key := fs.String("server-key", "", "send: server key as printed by serve")
 	bytesFlag := fs.String("bytes", "", "send: payload bytes")
 	timeout := fs.Duration("timeout", 10*time.Minute, "send: give up after this long")
+	timeCap := fs.Duration("time-cap", 0, "send: stop after this long and report a capped run (0: no cap)")
 	fs.IntVar(&KCPWindow, "kcp-window", KCPWindow, "kcp: send and receive window in segments")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
@@ -75,8 +86,11 @@ func ChildMain(args []string, stdout, stderr io.Writer) int {
 		if _, err := fmt.Fprintf(stdout, "%s\n", line); err != nil {
 			return 1
 		}
-		if err := srv.Serve(ctx); err != nil {
-			fmt.Fprintf(stderr, "%s serve: %v\n", p.Name(), err)
+		serr := srv.Serve(ctx)
+		line, _ = json.Marshal(map[string]int64{"received_bytes": Received()})
+		_, _ = fmt.Fprintf(stdout, "%s\n", line)
+		if serr != nil {
+			fmt.Fprintf(stderr, "%s serve: %v\n", p.Name(), serr)
 			return 1
 		}
 		return 0
@@ -91,9 +105,23 @@ func ChildMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "send: bad --bytes %q (want a byte count)\n", *bytesFlag)
 		return 2
 	}
-	ctx, cancelT := context.WithTimeout(ctx, *timeout)
+	limit := *timeout
+	capped := *timeCap > 0 && *timeCap < limit
+	if capped {
+		limit = *timeCap
+	}
+	start := time.Now()
+	ctx, cancelT := context.WithTimeout(ctx, limit)
 	defer cancelT()
 	res, err := p.Send(ctx, pos[0], *key, n)
+	if err != nil && capped && time.Since(start) >= limit {
+		// The cap, not a failure: report what happened until then.
+		res.Capped = true
+		res.Seconds = time.Since(start).Seconds()
+		res.Bytes = res.BytesSent
+		res.GoodputBps = 0
+		err = nil
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "%s send to %s: %v\n", p.Name(), pos[0], err)
 		return 1
@@ -120,4 +148,27 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+func fetch(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: fetch URL")
+		return 2
+	}
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(args[0])
+	if err != nil {
+		fmt.Fprintln(stderr, "fetch:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(stderr, "fetch:", resp.Status)
+		return 1
+	}
+	if _, err := io.Copy(stdout, resp.Body); err != nil {
+		fmt.Fprintln(stderr, "fetch:", err)
+		return 1
+	}
+	return 0
 }

@@ -82,8 +82,8 @@ func (kcpPeer) Listen(_ context.Context, addr string) (Server, error) {
 	return &kcpServer{ln: ln, key: hexKey}, nil
 }
 
-func (kcpPeer) Send(ctx context.Context, addr, key string, n int64) (Result, error) {
-	r := Result{Proto: "kcp", Cipher: "AES-128-CFB (kcp-go NewAESBlockCrypt) + CRC32",
+func (kcpPeer) Send(ctx context.Context, addr, key string, n int64) (r Result, err error) {
+	r = Result{Proto: "kcp", Cipher: "AES-128-CFB (kcp-go NewAESBlockCrypt) + CRC32",
 		WireNote: "UDP payload bytes sent by the sender incl. retransmissions and ACKs (kcp Snmp OutBytes), no UDP/IP headers"}
 	block, err := kcpBlock(key)
 	if err != nil {
@@ -103,16 +103,19 @@ func (kcpPeer) Send(ctx context.Context, addr, key string, n int64) (Result, err
 	r.HandshakeMs = msSince(start) // kcp has no handshake
 	stop := bindContext(ctx, s)
 	defer stop()
-	if err := sendPayload(s, n); err != nil {
+	// Statistics also when the transfer stops early (time cap).
+	defer func() {
+		snmp := kcp.DefaultSnmp.Copy()
+		r.WireBytes = int64(snmp.OutBytes)
+		if snmp.OutSegs > 0 {
+			r.RetransmitRatio = float64(snmp.RetransSegs) / float64(snmp.OutSegs)
+		}
+		r.RTTMs = float64(s.GetSRTT())
+	}()
+	if err := sendPayload(s, n, &r.BytesSent); err != nil {
 		return r, err
 	}
 	finish(&r, n, start)
-	snmp := kcp.DefaultSnmp.Copy()
-	r.WireBytes = int64(snmp.OutBytes)
-	if snmp.OutSegs > 0 {
-		r.RetransmitRatio = float64(snmp.RetransSegs) / float64(snmp.OutSegs)
-	}
-	r.RTTMs = float64(s.GetSRTT())
 	return r, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -75,6 +76,15 @@ type Result struct {
 	UDPRcvBuf int `json:"udp_rcvbuf,omitempty"`
 	// WireNote says what WireBytes counts for this protocol.
 	WireNote string `json:"wire_note,omitempty"`
+	// CongestionControl is the Linux TCP congestion control in effect on
+	// the sending socket (tcp peers only).
+	CongestionControl string `json:"congestion_control,omitempty"`
+	// Capped is set when the sender stopped at its --time-cap before the
+	// receiver confirmed all bytes; Seconds is then the time until the cap,
+	// BytesSent what the sender had written (not necessarily delivered:
+	// the receiver's count is authoritative) and the stats are as of the cap.
+	Capped    bool  `json:"capped,omitempty"`
+	BytesSent int64 `json:"bytes_sent"`
 }
 
 var registry = map[string]Peer{}
@@ -110,7 +120,8 @@ var payload = func() []byte {
 }()
 
 // sendPayload writes the length header and n bytes, then waits for the ack.
-func sendPayload(rw io.ReadWriter, n int64) error {
+// It adds the payload bytes written to *sent.
+func sendPayload(rw io.ReadWriter, n int64, sent *int64) error {
 	var hdr [8]byte
 	binary.BigEndian.PutUint64(hdr[:], uint64(n))
 	if _, err := rw.Write(hdr[:]); err != nil {
@@ -120,6 +131,7 @@ func sendPayload(rw io.ReadWriter, n int64) error {
 		c := min(int64(len(payload)), left)
 		w, err := rw.Write(payload[:c])
 		left -= int64(w)
+		*sent += int64(w)
 		if err != nil {
 			return fmt.Errorf("write payload (%d of %d bytes left): %w", left, n, err)
 		}
@@ -149,6 +161,7 @@ func receivePayload(rw io.ReadWriter) (int64, error) {
 	for got < n {
 		r, err := rw.Read(buf[:min(int64(len(buf)), n-got)])
 		got += int64(r)
+		received.Add(int64(r))
 		if err != nil && got < n {
 			return got, fmt.Errorf("read payload (%d of %d bytes): %w", got, n, err)
 		}
@@ -158,6 +171,14 @@ func receivePayload(rw io.ReadWriter) (int64, error) {
 	}
 	return got, nil
 }
+
+// received counts the payload bytes every receiver in this process has read
+// (including transfers that never completed). `serve` prints it when it
+// stops, so that a capped transfer's delivered bytes are known.
+var received atomic.Int64
+
+// Received is the payload bytes received by all servers in this process.
+func Received() int64 { return received.Load() }
 
 // finish fills the common fields of a Result.
 func finish(r *Result, n int64, start time.Time) {
@@ -175,12 +196,18 @@ type deadlineConn interface {
 }
 
 // bindContext applies ctx's deadline to c and closes c when ctx is
-// cancelled. The returned stop function must be called when done.
+// cancelled. Reaching the deadline does not close c (the I/O deadline fails
+// the pending call instead), so that a capped sender can still read its
+// connection's statistics. The returned stop function must be called when done.
 func bindContext(ctx context.Context, c deadlineConn) (stop func() bool) {
 	if d, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(d)
 	}
-	return context.AfterFunc(ctx, func() { _ = c.Close() })
+	return context.AfterFunc(ctx, func() {
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			_ = c.Close()
+		}
+	})
 }
 
 // acceptLoop runs accept until it fails, handling each conn in a goroutine.

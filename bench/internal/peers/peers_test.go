@@ -33,8 +33,11 @@ func TestInProcess(t *testing.T) {
 			if res.Bytes != n || res.Seconds <= 0 || res.GoodputBps <= 0 || res.Proto != name {
 				t.Fatalf("bad result %+v", res)
 			}
-			if name != "tcp" && res.Cipher == "" {
+			if !strings.HasPrefix(name, "tcp") && res.Cipher == "" {
 				t.Errorf("%s: no cipher reported", name)
+			}
+			if cc, ok := strings.CutPrefix(name, "tcp-"); ok && res.CongestionControl != cc {
+				t.Errorf("%s: congestion control in effect is %q", name, res.CongestionControl)
 			}
 			if name == "tls" || name == "quic" {
 				if !strings.Contains(res.Cipher, "TLS 1.3") || !strings.Contains(res.Cipher, "GCM") {

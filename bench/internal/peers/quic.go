@@ -53,8 +53,8 @@ func (quicPeer) Listen(_ context.Context, addr string) (Server, error) {
 	return &quicServer{ln: ln, key: fp}, nil
 }
 
-func (quicPeer) Send(ctx context.Context, addr, key string, n int64) (Result, error) {
-	r := Result{Proto: "quic", WireNote: "UDP payload bytes sent by the sender incl. retransmissions (quic-go BytesSent), no UDP/IP headers"}
+func (quicPeer) Send(ctx context.Context, addr, key string, n int64) (r Result, err error) {
+	r = Result{Proto: "quic", WireNote: "UDP payload bytes sent by the sender incl. retransmissions (quic-go BytesSent), no UDP/IP headers"}
 	conf, err := clientTLS(key, quicALPN)
 	if err != nil {
 		return r, err
@@ -74,17 +74,20 @@ func (quicPeer) Send(ctx context.Context, addr, key string, n int64) (Result, er
 	r.Cipher = "QUIC " + tls.VersionName(tlsState.Version) + " " + tls.CipherSuiteName(tlsState.CipherSuite)
 	stop := bindContext(ctx, st)
 	defer stop()
-	if err := sendPayload(st, n); err != nil {
+	// Statistics also when the transfer stops early (time cap).
+	defer func() {
+		s := c.ConnectionStats()
+		r.WireBytes = int64(s.BytesSent)
+		if s.PacketsSent > 0 {
+			r.RetransmitRatio = float64(s.PacketsLost) / float64(s.PacketsSent)
+		}
+		r.RTTMs = float64(s.SmoothedRTT.Microseconds()) / 1000
+	}()
+	if err := sendPayload(st, n, &r.BytesSent); err != nil {
 		return r, err
 	}
 	finish(&r, n, start)
 	_ = st.Close()
-	s := c.ConnectionStats()
-	r.WireBytes = int64(s.BytesSent)
-	if s.PacketsSent > 0 {
-		r.RetransmitRatio = float64(s.PacketsLost) / float64(s.PacketsSent)
-	}
-	r.RTTMs = float64(s.SmoothedRTT.Microseconds()) / 1000
 	return r, nil
 }
 

@@ -3,8 +3,10 @@ package peers
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -12,30 +14,55 @@ import (
 )
 
 func init() {
-	register(tcpPeer{})
+	register(tcpPeer{name: "tcp"})
+	register(tcpPeer{name: "tcp-cubic", cc: "cubic"})
+	register(tcpPeer{name: "tcp-bbr", cc: "bbr"})
 	register(tlsPeer{})
 }
 
 // tcpPeer is plain TCP: the unencrypted reference. Tuning: Go defaults
 // (TCP_NODELAY on) and the kernel's buffer autotuning, which setting
-// SO_SNDBUF/SO_RCVBUF would disable.
-type tcpPeer struct{}
+// SO_SNDBUF/SO_RCVBUF would disable. With cc set (tcp-cubic, tcp-bbr) both
+// sockets get that congestion control through setsockopt(TCP_CONGESTION)
+// (it matters on the sender; the receiver only acks); without it the
+// system default (net.ipv4.tcp_congestion_control) applies.
+type tcpPeer struct {
+	name string
+	cc   string
+}
 
-func (tcpPeer) Name() string { return "tcp" }
+func (p tcpPeer) Name() string { return p.name }
 
-func (tcpPeer) Listen(ctx context.Context, addr string) (Server, error) {
-	var lc net.ListenConfig
+// control sets TCP_CONGESTION on a socket before it connects or listens.
+func (p tcpPeer) control(_, _ string, rc syscall.RawConn) error {
+	if p.cc == "" {
+		return nil
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, p.cc)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setsockopt TCP_CONGESTION %q: %w (see /proc/sys/net/ipv4/tcp_available_congestion_control; non-root needs it in tcp_allowed_congestion_control)", p.cc, serr)
+	}
+	return nil
+}
+
+func (p tcpPeer) Listen(ctx context.Context, addr string) (Server, error) {
+	lc := net.ListenConfig{Control: p.control}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &streamServer{ln: ln, name: "tcp"}, nil
+	return &streamServer{ln: ln, name: p.name}, nil
 }
 
-func (tcpPeer) Send(ctx context.Context, addr, _ string, n int64) (Result, error) {
-	r := Result{Proto: "tcp", WireNote: "TCP payload bytes sent incl. retransmissions (tcpi_bytes_sent), no headers"}
+func (p tcpPeer) Send(ctx context.Context, addr, _ string, n int64) (r Result, err error) {
+	r = Result{Proto: p.name, WireNote: "TCP payload bytes sent incl. retransmissions (tcpi_bytes_sent), no headers"}
 	start := time.Now()
-	var d net.Dialer
+	d := net.Dialer{Control: p.control}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return r, err
@@ -44,11 +71,12 @@ func (tcpPeer) Send(ctx context.Context, addr, _ string, n int64) (Result, error
 	r.HandshakeMs = msSince(start)
 	stop := bindContext(ctx, c)
 	defer stop()
-	if err := sendPayload(c, n); err != nil {
+	// Statistics also when the transfer stops early (time cap).
+	defer tcpStats(c, &r)
+	if err := sendPayload(c, n, &r.BytesSent); err != nil {
 		return r, err
 	}
 	finish(&r, n, start)
-	tcpStats(c, &r)
 	return r, nil
 }
 
@@ -71,8 +99,8 @@ func (tlsPeer) Listen(ctx context.Context, addr string) (Server, error) {
 	return &streamServer{ln: tls.NewListener(ln, serverTLS(cert, "ferrybench-tls")), key: fp, name: "tls"}, nil
 }
 
-func (tlsPeer) Send(ctx context.Context, addr, key string, n int64) (Result, error) {
-	r := Result{Proto: "tls", WireNote: "TCP payload bytes sent incl. TLS records and retransmissions (tcpi_bytes_sent), no headers"}
+func (tlsPeer) Send(ctx context.Context, addr, key string, n int64) (r Result, err error) {
+	r = Result{Proto: "tls", WireNote: "TCP payload bytes sent incl. TLS records and retransmissions (tcpi_bytes_sent), no headers"}
 	conf, err := clientTLS(key, "ferrybench-tls")
 	if err != nil {
 		return r, err
@@ -90,11 +118,11 @@ func (tlsPeer) Send(ctx context.Context, addr, key string, n int64) (Result, err
 	r.Cipher = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
 	stop := bindContext(ctx, c)
 	defer stop()
-	if err := sendPayload(c, n); err != nil {
+	defer tcpStats(c.NetConn(), &r)
+	if err := sendPayload(c, n, &r.BytesSent); err != nil {
 		return r, err
 	}
 	finish(&r, n, start)
-	tcpStats(c.NetConn(), &r)
 	return r, nil
 }
 
@@ -134,6 +162,7 @@ func tcpStats(c net.Conn, r *Result) {
 		return
 	}
 	r.RTTMs = float64(info.Rtt) / 1000
+	r.CongestionControl = congestionControl(raw)
 	r.WireBytes = int64(info.Bytes_sent)
 	if info.Segs_out > 0 {
 		r.RetransmitRatio = float64(info.Total_retrans) / float64(info.Segs_out)
@@ -141,3 +170,15 @@ func tcpStats(c net.Conn, r *Result) {
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
+// congestionControl reads TCP_CONGESTION back from a socket.
+func congestionControl(raw syscall.RawConn) string {
+	var cc string
+	_ = raw.Control(func(fd uintptr) {
+		v, err := unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		if err == nil {
+			cc = strings.TrimRight(v, "\x00")
+		}
+	})
+	return cc
+}

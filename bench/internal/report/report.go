@@ -41,6 +41,19 @@ type Summary struct {
 	// by this protocol's (<1: SUDP is cheaper). Zero when not computable.
 	SUDPGoodputRatio float64 `json:"sudp_goodput_ratio,omitempty"`
 	SUDPCPURatio     float64 `json:"sudp_cpu_ratio,omitempty"`
+	// Capped counts the successful runs that hit the time cap (their
+	// goodput is delivered bytes ÷ time until the cap).
+	Capped int `json:"capped,omitempty"`
+	// RetransmitKnown counts the runs whose sender reported statistics
+	// (a capped sudp run is stopped before it can); RetransmitRatioMedian,
+	// WireOverheadMedian and RTTMedianMs are over those.
+	RetransmitKnown int `json:"retransmit_known"`
+	// LinkWirePerByteMedian is the WAN lab's a→b wire bytes (IP packets
+	// offered to the link, headers, losses and queue drops included) per
+	// payload byte delivered; 0 outside lab mode.
+	LinkWirePerByteMedian float64 `json:"link_wire_per_byte_median,omitempty"`
+	// RTTMedianMs is the senders' smoothed RTT at the end, median.
+	RTTMedianMs float64 `json:"rtt_ms_median,omitempty"`
 }
 
 // Summarize aggregates ms per protocol, in the order of protos.
@@ -48,7 +61,7 @@ func Summarize(protos []string, ms []harness.Measurement) []Summary {
 	var out []Summary
 	for _, p := range protos {
 		s := Summary{Proto: p}
-		var gp, cpu, rt, ov []float64
+		var gp, cpu, rt, ov, lw, rtt []float64
 		for _, m := range ms {
 			if m.Proto != p {
 				continue
@@ -58,11 +71,25 @@ func Summarize(protos []string, ms []harness.Measurement) []Summary {
 				continue
 			}
 			s.Runs++
+			if m.Capped {
+				s.Capped++
+			}
 			gp = append(gp, m.GoodputBps)
 			cpu = append(cpu, m.CPUPerGiB)
-			rt = append(rt, m.RetransmitRatio)
-			if m.Bytes > 0 {
-				ov = append(ov, float64(m.WireBytes)/float64(m.Bytes)-1)
+			delivered := m.Delivered
+			if delivered == 0 && !m.Capped {
+				delivered = m.Bytes // measurements from before Delivered existed
+			}
+			if !m.NoSenderStats {
+				s.RetransmitKnown++
+				rt = append(rt, m.RetransmitRatio)
+				rtt = append(rtt, m.RTTMs)
+				if delivered > 0 {
+					ov = append(ov, float64(m.WireBytes)/float64(delivered)-1)
+				}
+			}
+			if m.Link != nil && delivered > 0 {
+				lw = append(lw, float64(m.Link.AB.WireBytes)/float64(delivered))
 			}
 		}
 		if s.Runs > 0 {
@@ -72,6 +99,8 @@ func Summarize(protos []string, ms []harness.Measurement) []Summary {
 			s.CPUPerGiBMedian = Median(cpu)
 			s.RetransmitRatioMedian = Median(rt)
 			s.WireOverheadMedian = Median(ov)
+			s.LinkWirePerByteMedian = Median(lw)
+			s.RTTMedianMs = Median(rtt)
 		}
 		out = append(out, s)
 	}
@@ -189,21 +218,70 @@ type Params struct {
 	ServerNetns string   `json:"server_netns,omitempty"`
 	ClientNetns string   `json:"client_netns,omitempty"`
 	KCPWindow   int      `json:"kcp_window"`
+	// TimeCapSeconds is the per-run time cap (0: none).
+	TimeCapSeconds float64 `json:"time_cap_s,omitempty"`
 }
 
-// Document is the --json output.
+// LabInfo describes the WAN lab a section ran on.
+type LabInfo struct {
+	// Label is the profile as asked for, e.g. "wan --loss 5%".
+	Label string   `json:"label"`
+	Name  string   `json:"name"`
+	Args  []string `json:"wanlab_up_args"`
+	// The a→b (data direction) link as the lab reports it.
+	Delay   string  `json:"delay"`
+	Loss    float64 `json:"loss"`
+	RateBps float64 `json:"rate_bps"`
+	// Client (site a) and server (site b).
+	ClientNetns string `json:"client_netns"`
+	ServerNetns string `json:"server_netns"`
+	ServerAddr  string `json:"server_addr"`
+}
+
+// Describe is a one-line description of the link ("100 Mbit/s, 50ms RTT, 1 % loss").
+func (l LabInfo) Describe() string {
+	rate := "unlimited rate"
+	if l.RateBps > 0 {
+		rate = fmt.Sprintf("%g Mbit/s", l.RateBps/1e6)
+		if l.RateBps >= 1e9 {
+			rate = fmt.Sprintf("%g Gbit/s", l.RateBps/1e9)
+		}
+	}
+	delay := l.Delay
+	if d, err := time.ParseDuration(l.Delay); err == nil {
+		delay = fmt.Sprintf("%v RTT", 2*d)
+	}
+	return fmt.Sprintf("%s, %s, %g %% loss", rate, delay, l.Loss*100)
+}
+
+// Document is the --json output of a loopback run, and one section (one
+// lab profile) of a WAN run.
 type Document struct {
 	Env     Env                   `json:"env"`
 	Params  Params                `json:"params"`
+	Lab     *LabInfo              `json:"lab,omitempty"`
 	Summary []Summary             `json:"summary"`
+	Targets []Target              `json:"sudp_targets,omitempty"`
 	Runs    []harness.Measurement `json:"runs"`
+	// Error is set when the section could not run (e.g. its lab did not
+	// come up).
+	Error string `json:"error,omitempty"`
+}
+
+// WAN is the --json output of a WAN-lab run: one section per profile.
+type WAN struct {
+	Env      Env        `json:"env"`
+	Sections []Document `json:"profiles"`
 }
 
 // JSON writes doc as one indented JSON document.
-func JSON(w io.Writer, doc Document) error {
+func JSON(w io.Writer, doc Document) error { return JSONValue(w, doc) }
+
+// JSONValue writes v as one indented JSON document.
+func JSONValue(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(doc)
+	return enc.Encode(v)
 }
 
 // Gbps formats bits/s as Gbit/s.
@@ -276,8 +354,7 @@ func Headline(sum []Summary) string {
 }
 
 // Markdown writes a block ready to paste into docs/BENCHMARKS.md.
-func Markdown(w io.Writer, doc Document) error {
-	e := doc.Env
+func writeEnvMarkdown(w io.Writer, e Env) {
 	fmt.Fprintf(w, "```\n$ %s\n```\n\n", e.Command)
 	fmt.Fprintf(w, "- Kernel (`uname -r`): %s\n", e.Kernel)
 	fmt.Fprintf(w, "- nproc: %d\n", e.NProc)
@@ -291,6 +368,10 @@ func Markdown(w io.Writer, doc Document) error {
 	if e.Ferry != "" {
 		fmt.Fprintf(w, "- ferry: %s\n", e.Ferry)
 	}
+}
+
+func Markdown(w io.Writer, doc Document) error {
+	writeEnvMarkdown(w, doc.Env)
 	where := "loopback " + doc.Params.Addr
 	if doc.Params.ServerNetns != "" || doc.Params.ClientNetns != "" {
 		where = fmt.Sprintf("%s, server netns %q, client netns %q", doc.Params.Addr, doc.Params.ServerNetns, doc.Params.ClientNetns)

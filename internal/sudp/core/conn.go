@@ -171,7 +171,6 @@ type Conn struct {
 	lastRecv   time.Time
 	lastSend   time.Time
 	drainUntil time.Time
-	pacedUntil time.Time
 
 	stats ConnStats
 	frame wire.Frame

@@ -89,7 +89,7 @@ func (d *datagrams) enqueue(p []byte, prio Priority, maxPacket int, st *ConnStat
 }
 
 // appendFragment adds the next queued fragment of priority p if it fits.
-func (d *datagrams) appendFragment(_ time.Time, p Priority, b []byte, room int, _ *ConnStats) ([]byte, bool) {
+func (d *datagrams) appendFragment(p Priority, b []byte, room int) ([]byte, bool) {
 	q := d.out[p]
 	if len(q) == 0 {
 		return b, false

@@ -10,10 +10,7 @@ import (
 // writes stop being accepted instead of queueing without limit.
 func TestSlowReceiverBoundsMemory(t *testing.T) {
 	cfg := Config{StreamWindow: InitialStreamWindow, ConnWindow: InitialConnWindow, StreamSendBuffer: 256 << 10}
-	s := newSim(t, 3, link{delay: 5 * time.Millisecond}, cfg)
-	for i := 0; i < 1000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
-		s.step()
-	}
+	s := handshakeSim(t, 3, link{delay: 5 * time.Millisecond}, cfg)
 	c := s.conn[0]
 	id, err := c.OpenStream(false, PriorityBulk)
 	if err != nil {
@@ -64,47 +61,9 @@ func TestSlowReceiverBoundsMemory(t *testing.T) {
 // The rate cap (QEMU's max-bandwidth equivalent) holds in virtual time.
 func TestMaxRateCap(t *testing.T) {
 	const rate = 2 << 20 // bytes per second
-	s := newSim(t, 4, link{delay: 10 * time.Millisecond}, Config{MaxRate: rate})
-	for i := 0; i < 1000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
-		s.step()
-	}
-	c := s.conn[0]
-	id, err := c.OpenStream(true, PriorityBulk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := handshakeSim(t, 4, link{delay: 10 * time.Millisecond}, Config{MaxRate: rate})
 	const total = 6 << 20
-	data := make([]byte, total)
-	off := 0
-	start := s.now
-	srv := s.conn[1]
-	buf := make([]byte, 1<<20)
-	read := 0
-	var sid uint64
-	accepted := false
-	for steps := 0; read < total && steps < 10_000_000; steps++ {
-		if off < total {
-			n, err := c.StreamWrite(id, data[off:])
-			if err != nil {
-				t.Fatal(err)
-			}
-			off += n
-		}
-		if !accepted {
-			sid, accepted = srv.AcceptStream(true)
-		}
-		if accepted {
-			n, _, _ := srv.StreamRead(sid, buf)
-			read += n
-		}
-		if !s.step() {
-			break
-		}
-	}
-	if read != total {
-		t.Fatalf("read %d of %d", read, total)
-	}
-	elapsed := s.now.Sub(start).Seconds()
+	elapsed := bulkTransfer(t, s, total).Seconds()
 	got := total / elapsed
 	t.Logf("capped at %d B/s: %.0f B/s over %.2f s (virtual)", rate, got, elapsed)
 	if got > rate*1.10 || got < rate*0.85 {

@@ -11,14 +11,7 @@ import (
 // establishedSim returns a lossless simulation whose connection is up and
 // has exchanged a message, for the fuzz targets to attack.
 func establishedSim(t testing.TB) *sim {
-	s := newSim(t, 1, link{delay: time.Millisecond}, Config{})
-	for i := 0; i < 1000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
-		s.step()
-	}
-	if s.conn[1] == nil || !s.conn[1].Confirmed() {
-		t.Fatal("handshake did not complete")
-	}
-	return s
+	return handshakeSim(t, 1, link{delay: time.Millisecond}, Config{})
 }
 
 // sealFromClient protects payload as the client's next packet, as an

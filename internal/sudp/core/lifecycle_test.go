@@ -5,18 +5,6 @@ import (
 	"time"
 )
 
-func handshakeSim(t *testing.T, seed uint64, l link, cfg Config) *sim {
-	t.Helper()
-	s := newSim(t, seed, l, cfg)
-	for i := 0; i < 10000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
-		s.step()
-	}
-	if s.conn[1] == nil || !s.conn[1].Confirmed() {
-		t.Fatal("handshake did not complete")
-	}
-	return s
-}
-
 func runFor(s *sim, d time.Duration) {
 	end := s.now.Add(d)
 	for s.now.Before(end) && s.step() {

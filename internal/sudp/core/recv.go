@@ -19,7 +19,7 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 	}
 	switch pkt[0] {
 	case wire.TypeResponse:
-		c.handleResponse(now, from, pkt)
+		c.handleResponse(now, pkt)
 		return
 	case wire.TypeCookieReply:
 		if c.state == stateHandshake {
@@ -105,7 +105,7 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 	}
 }
 
-func (c *Conn) handleResponse(now time.Time, from netip.AddrPort, pkt []byte) {
+func (c *Conn) handleResponse(now time.Time, pkt []byte) {
 	if c.state != stateHandshake {
 		return // a late duplicate
 	}
@@ -122,9 +122,9 @@ func (c *Conn) handleResponse(now time.Time, from netip.AddrPort, pkt []byte) {
 	c.confirmed = true
 	c.hsPacket = nil
 	c.init = nil
-	// The response is authenticated, but its source address is not: keep
-	// the address we dialled (a copy raced from elsewhere must not move us).
-	_ = from
+	// The response is authenticated, but its source address is not: the
+	// path stays on the address we dialled (a copy raced from elsewhere
+	// must not move us).
 	c.lastRecv = now
 	// Confirm the keys to the responder right away.
 	c.pingPending = true

@@ -18,13 +18,7 @@ import (
 // sealFromClient do not disturb the client's packet-number bookkeeping.
 func reviewSim(t *testing.T, seed uint64, l link, cfg Config) *sim {
 	t.Helper()
-	s := newSim(t, seed, l, cfg)
-	for i := 0; i < 10000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
-		s.step()
-	}
-	if s.conn[1] == nil || !s.conn[1].Confirmed() {
-		t.Fatal("handshake did not complete")
-	}
+	s := handshakeSim(t, seed, l, cfg)
 	runFor(s, 500*time.Millisecond)
 	return s
 }

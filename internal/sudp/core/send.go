@@ -24,7 +24,6 @@ const (
 	sfMaxStreams
 	sfReset
 	sfStop
-	sfPathChallenge
 	sfDatagram
 )
 
@@ -282,7 +281,7 @@ func (c *Conn) appendData(now time.Time, b []byte, room int, frames []sentFrame)
 		// Datagrams at this priority first: they are small and urgent.
 		for room-len(b) > maxDatagramFrameHeader+16 {
 			var ok bool
-			b, ok = c.dg.appendFragment(now, Priority(p), b, room, &c.stats)
+			b, ok = c.dg.appendFragment(Priority(p), b, room)
 			if !ok {
 				break
 			}

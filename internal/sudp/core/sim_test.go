@@ -129,6 +129,20 @@ func newSim(t testing.TB, seed uint64, l link, cfg Config) *sim {
 	return sm
 }
 
+// handshakeSim returns a simulation whose handshake has completed and been
+// confirmed by the server.
+func handshakeSim(t testing.TB, seed uint64, l link, cfg Config) *sim {
+	t.Helper()
+	s := newSim(t, seed, l, cfg)
+	for i := 0; i < 10000 && (s.conn[1] == nil || !s.conn[1].Confirmed()); i++ {
+		s.step()
+	}
+	if s.conn[1] == nil || !s.conn[1].Confirmed() {
+		t.Fatal("handshake did not complete")
+	}
+	return s
+}
+
 // transmit drains both sides' output onto the link.
 func (s *sim) transmit() {
 	for side := 0; side < 2; side++ {

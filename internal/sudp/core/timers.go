@@ -45,7 +45,6 @@ func (c *Conn) NextTimeout() time.Time {
 	if c.rec.ackElicitingInFlight == 0 && canSend {
 		set(c.lastSend.Add(c.cfg.KeepAlive))
 	}
-	set(c.pacedUntil)
 	if c.recvPrev != nil {
 		set(c.prevDiscardAt)
 	}
@@ -84,9 +83,6 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		c.err = ErrIdleTimeout
 		c.forget()
 		return
-	}
-	if !c.pacedUntil.IsZero() && !now.Before(c.pacedUntil) {
-		c.pacedUntil = time.Time{}
 	}
 	if c.recvPrev != nil && !now.Before(c.prevDiscardAt) {
 		c.recvPrev.zero()

@@ -196,6 +196,8 @@ func Run(ctx context.Context, cfg ClientConfig) (*Result, error) {
 		return nil, err
 	}
 	start := time.Now()
+	stopTrace := traceStats(ctx, cfg.Logger, c)
+	defer stopTrace()
 	var hdr [8]byte
 	binary.BigEndian.PutUint64(hdr[:], cfg.Bytes)
 	if _, err := st.Write(hdr[:]); err != nil {
@@ -250,6 +252,39 @@ func Run(ctx context.Context, cfg ClientConfig) (*Result, error) {
 	}
 	_ = st.Close()
 	return r, nil
+}
+
+// traceStats logs the connection's rate-control view every 250 ms at debug
+// level, for tuning on the WAN lab; it returns the function that stops it.
+func traceStats(ctx context.Context, log *slog.Logger, c *sudp.Conn) (stop func()) {
+	if log == nil || !log.Enabled(ctx, slog.LevelDebug) {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		prev := c.Stats()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			s := c.Stats()
+			log.Debug("perf: trace",
+				"send_mbit", float64(s.BytesSent-prev.BytesSent)*8/0.25/1e6,
+				"new_mbit", float64(s.StreamBytesSent-prev.StreamBytesSent)*8/0.25/1e6,
+				"lost", s.PacketsLost-prev.PacketsLost,
+				"pacing_mbit", s.PacingRate*8/1e6,
+				"cwnd", s.CongestionWindow, "inflight", s.BytesInFlight,
+				"srtt", s.SmoothedRTT, "min_rtt", s.MinRTT)
+			prev = s
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 func listenFor(server string) string {

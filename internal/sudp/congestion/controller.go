@@ -2,6 +2,7 @@ package congestion
 
 import (
 	"math"
+	"slices"
 	"time"
 )
 
@@ -71,6 +72,20 @@ const (
 	additiveIncrease     = 8       // packets per round while a queue is present
 	lossRateEWMA         = 1.0 / 8 // weight of one round in Stats.LossRate
 
+	// maxLossCompensation bounds the loss rate that pacing compensates for
+	// (see setPacingRate): beyond it the path is broken rather than lossy,
+	// and sending 1/(1−p) times the delivery rate would mostly feed losses.
+	maxLossCompensation = 0.25
+	lossCompFraction    = 0.85
+	// lossMedianRounds: the path's random loss rate is the median of the
+	// per-round loss fractions over this many rounds. Random loss hits most
+	// rounds alike; overflow comes in bursts that hit a few, and a median
+	// (unlike a mean) does not mistake those few for the path's loss.
+	lossMedianRounds = 15
+	// congestionMemoryRounds: how long a congestion cut marks the path as
+	// one whose losses may be overflow (a few seconds at WAN RTTs).
+	congestionMemoryRounds = 64
+
 	// capBoundSlack: the MaxRate cap counts as the binding limit when it is
 	// no more than 2% above the bandwidth estimate. Paced exactly at the cap,
 	// the estimate hovers around it; the slack stops that noise from toggling
@@ -91,6 +106,7 @@ const (
 	probeDownGain   = 0.75
 	cruiseMinPhases = 4
 	cruiseMaxPhases = 8
+	cruiseDrainGain = 0.9 // a cruise phase that follows a round with a standing queue
 )
 
 const (
@@ -176,8 +192,20 @@ type Controller struct {
 	ceilingIncr  int
 	skipRounds   int
 	lossRate     float64
-	lostTotal    uint64
-	congEvents   uint64
+	randomLoss   float64 // the path's own loss: median loss fraction of recent rounds
+	roundLoss    [lossMedianRounds]float64
+	roundLossN   int
+	// Losses and volume of the completed rounds of the current run of
+	// rounds over a standing queue: the loss rule judges the whole run, so
+	// that a modest excess over the random-loss baseline still shows once
+	// it has lasted a few rounds.
+	runLost, runVolume uint64
+	// congestedRound is the round of the last congestion cut after
+	// STARTUP (0: none). For congestionMemoryRounds after one, the path is
+	// known to overflow: loss is neither compensated nor excused.
+	congestedRound uint64
+	lostTotal      uint64
+	congEvents     uint64
 
 	// Test-only knobs, to measure what the design choices buy: noLossRule
 	// turns the loss-with-queueing rule off (plain BBRv1); lossThreshold
@@ -438,9 +466,23 @@ func (c *Controller) setPhase(p int) {
 	case phaseDown:
 		c.pacingGain = probeDownGain
 	default:
-		c.pacingGain = 1
+		c.pacingGain = c.cruiseGain()
 		c.cruiseLeft = cruiseMinPhases + c.random(cruiseMaxPhases-cruiseMinPhases+1)
 	}
+}
+
+// cruiseGain is the pacing gain of one cruise phase: 1, unless the last
+// round's smallest RTT shows that a queue stood throughout it. Pacing at
+// the estimate keeps whatever queue exists; an estimate a little high (the
+// max filter favours lucky samples, and loss compensation removes the
+// headroom pacingMargin leaves) lets one slowly build. Draining it here, by
+// delay alone, keeps random losses from ever meeting a standing queue that
+// the flow built itself, which the loss rule would take for congestion.
+func (c *Controller) cruiseGain() float64 {
+	if c.queueAbove(c.prevMinRTT, queuePresentDivisor, queuePresentFloor) {
+		return cruiseDrainGain
+	}
+	return 1
 }
 
 // random returns a pseudo-random integer in [0, n) (splitmix64). The state
@@ -491,6 +533,8 @@ func (c *Controller) checkCyclePhase(now time.Time, priorInflight int) {
 	default:
 		if c.cruiseLeft--; c.cruiseLeft <= 0 {
 			c.setPhase(phaseUp)
+		} else {
+			c.pacingGain = c.cruiseGain()
 		}
 	}
 }
@@ -578,7 +622,7 @@ func (c *Controller) setPacingRate(gain float64) {
 		}
 		r = gain * float64(c.cfg.InitialWindow) / rtt.Seconds()
 	} else {
-		r = gain * bw * pacingMargin
+		r = gain * bw * pacingMargin * c.lossCompensation()
 	}
 	// Never pace below the minimum window per round trip: the window floor
 	// would be meaningless if the pacer could not fill it.
@@ -593,6 +637,32 @@ func (c *Controller) setPacingRate(gain float64) {
 		return
 	}
 	c.pacingRate = r
+}
+
+// lossCompensation is the factor 1/(1−p) by which pacing exceeds the
+// delivery-rate estimate on a path with random loss p. Lost packets used
+// the bottleneck too (or never reached it), so a flow paced at its delivery
+// rate leaves a fraction p of the link idle: at 5 % loss it would deliver
+// only 95 % of R(1−p). Congestive loss must not be compensated — sending
+// more into a full queue only loses more — so the factor applies only while
+// no congestion ceiling is in force (the loss-with-queueing rule sets one as
+// soon as losses coincide with a standing queue) and outside STARTUP, whose
+// losses are overshoot.
+func (c *Controller) lossCompensation() float64 {
+	if !c.filledPipe || c.skipRounds > 0 || c.randomLoss <= 0 || c.recentlyCongested() {
+		return 1
+	}
+	l := min(c.randomLoss, maxLossCompensation)
+	return 1 + lossCompFraction*l/(1-l)
+}
+
+// recentlyCongested reports whether the loss rule fired after STARTUP
+// within the last congestionMemoryRounds rounds. Losses on a path that
+// overflows may be overflow even when no queue shows — a shallow buffer
+// overflows before the RTT rises much — so there neither the random-loss
+// baseline nor loss compensation may apply.
+func (c *Controller) recentlyCongested() bool {
+	return c.congestedRound > 0 && c.rounds-c.congestedRound < congestionMemoryRounds
 }
 
 func (c *Controller) setCwnd(acked int) {
@@ -621,7 +691,21 @@ func (c *Controller) endRound() {
 	c.prevVolume = t.acked + t.lost
 	c.prevMinRTT = t.minRTT
 	if total := t.acked + t.lost; total > 0 {
-		c.lossRate += (float64(t.lost)/float64(total) - c.lossRate) * lossRateEWMA
+		f := float64(t.lost) / float64(total)
+		c.lossRate += (f - c.lossRate) * lossRateEWMA
+		// Rounds that ran over a standing queue, or followed a cut, may
+		// hold overflow losses; the rest measure the path's own loss.
+		if c.skipRounds == 0 && c.filledPipe && !c.queueAbove(t.minRTT, queuePresentDivisor, queuePresentFloor) {
+			c.roundLoss[c.roundLossN%lossMedianRounds] = f
+			c.roundLossN++
+			c.randomLoss = median(c.roundLoss[:min(c.roundLossN, lossMedianRounds)])
+		}
+	}
+	if c.queueAbove(t.minRTT, standingQueueDivisor, standingQueueFloor) {
+		c.runLost += t.lost
+		c.runVolume += t.acked + t.lost
+	} else {
+		c.runLost, c.runVolume = 0, 0
 	}
 	if c.skipRounds > 0 {
 		c.skipRounds--
@@ -647,7 +731,16 @@ func (c *Controller) checkCongestion() {
 	if c.noLossRule || c.skipRounds > 0 || t.lost == 0 || c.minRTT.min == 0 {
 		return
 	}
-	if c.lossThreshold > 0 && float64(t.lost) <= c.lossThreshold*float64(max(t.acked+t.lost, c.prevVolume)) {
+	volume := float64(max(t.acked+t.lost, c.prevVolume))
+	if c.lossThreshold > 0 && float64(t.lost) <= c.lossThreshold*volume {
+		return
+	}
+	// On a path that loses packets at random, some loss every round is
+	// normal: only losses beyond what that rate explains (by three
+	// standard deviations of a binomial count), over the run of rounds the
+	// queue has stood, can be overflow.
+	lost, vol := float64(c.runLost+t.lost), float64(c.runVolume)+volume
+	if exp := c.randomLoss * vol; !c.recentlyCongested() && lost <= exp+3*math.Sqrt(exp*float64(c.cfg.MaxDatagramSize)) {
 		return
 	}
 	// Standing queue: even the smallest RTT of this round and of the last
@@ -683,6 +776,7 @@ func (c *Controller) cutCeiling() {
 	f = min(max(f, minCutFactor), maxCutFactor)
 	c.ceiling = max(c.cfg.MinWindow, int(f*float64(level)))
 	c.ceilingIncr = c.cfg.MaxDatagramSize
+	c.runLost, c.runVolume = 0, 0
 	// Losses of packets sent before the cut keep arriving for about a
 	// round after it: ignore the rest of this round and all of the next.
 	c.skipRounds = 2
@@ -690,6 +784,8 @@ func (c *Controller) cutCeiling() {
 	if !c.filledPipe {
 		// Congestion during STARTUP: the pipe is full, stop doubling.
 		c.filledPipe = true
+	} else {
+		c.congestedRound = max(c.rounds, 1)
 	}
 }
 
@@ -722,4 +818,16 @@ func (c *Controller) growCeiling(t roundTally) {
 	if own > 0 && c.ceiling > own {
 		c.ceiling = 0
 	}
+}
+
+// median returns the median of v (v is not modified; len(v) ≤ lossMedianRounds).
+func median(v []float64) float64 {
+	var buf [lossMedianRounds]float64
+	s := buf[:len(v)]
+	copy(s, v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
 }

@@ -138,14 +138,16 @@ func TestStateMachineStartupDrainProbeBW(t *testing.T) {
 		t.Fatalf("BtlBw %.0f, want ≈ %.0f", st.BtlBw, 10*mbit)
 	}
 	// Gain cycling: over one full cycle the pacing gain takes the values
-	// 1.25, 0.75 and 1.
+	// 1.25, 0.75 and 1, and cruiseDrainGain in a cruise phase that follows
+	// a round the probe's queue outlasted.
 	seen := map[float64]bool{}
 	for i := 0; i < 200; i++ {
 		l.run(10 * time.Millisecond)
 		seen[l.c.pacingGain] = true
 	}
+	delete(seen, cruiseDrainGain)
 	if !seen[1.25] || !seen[0.75] || !seen[1] || len(seen) != 3 {
-		t.Fatalf("PROBE_BW gains seen %v, want exactly {1.25, 0.75, 1}", seen)
+		t.Fatalf("PROBE_BW gains seen %v, want {1.25, 0.75, 1} and at most %v besides", seen, cruiseDrainGain)
 	}
 }
 
@@ -197,28 +199,43 @@ func TestProbeRTT(t *testing.T) {
 	}
 }
 
-// TestLossRuleNeedsQueue is rule (d) in isolation: the same 5 % loss is
-// ignored while the RTT stays at its minimum and treated as congestion once
-// the RTT shows a standing queue.
+// TestLossRuleNeedsQueue is rule (d) in isolation. A path loses 5 % of
+// packets at random; then, for two seconds, the RTT may show a standing
+// queue and the loss may rise above that baseline. Only both together are
+// congestion: random loss alone is not, a queue alone is not, and a queue
+// over a path that keeps losing at its usual rate is not either (the flow
+// built that queue itself; cruise drains it by delay).
 func TestLossRuleNeedsQueue(t *testing.T) {
-	for _, queued := range []bool{false, true} {
-		l := newLoop(10*mbit, 40*time.Millisecond)
-		l.lossy = func(seq int) bool { return seq%20 == 0 } // 5 %
-		l.run(3 * time.Second)
-		before := l.c.Stats()
-		if queued {
-			l.extra = func(time.Duration) time.Duration { return 15 * time.Millisecond }
-		}
-		l.run(2 * time.Second)
-		st := l.c.Stats()
-		events := st.CongestionEvents - before.CongestionEvents
-		t.Logf("standing queue %v: %d congestion events, ceiling %d, loss rate %.3f", queued, events, st.InflightCeiling, st.LossRate)
-		if !queued && events != 0 {
-			t.Errorf("random loss without queueing caused %d congestion events", events)
-		}
-		if queued && (events == 0 || st.InflightCeiling == 0) {
-			t.Errorf("loss with a standing queue ignored (events %d, ceiling %d)", events, st.InflightCeiling)
-		}
+	tests := []struct {
+		name       string
+		queued     bool
+		lossEvery  int // after the first 3 s: lose one packet in lossEvery
+		wantEvents bool
+	}{
+		{"random loss, no queue", false, 20, false},
+		{"random loss, standing queue", true, 20, false},
+		{"more loss, no queue", false, 8, false},
+		{"more loss, standing queue", true, 8, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLoop(10*mbit, 40*time.Millisecond)
+			l.lossy = func(seq int) bool { return seq%20 == 0 } // 5 %
+			l.run(3 * time.Second)
+			before := l.c.Stats()
+			if tt.queued {
+				l.extra = func(time.Duration) time.Duration { return 15 * time.Millisecond }
+			}
+			every := tt.lossEvery
+			l.lossy = func(seq int) bool { return seq%every == 0 }
+			l.run(2 * time.Second)
+			st := l.c.Stats()
+			events := st.CongestionEvents - before.CongestionEvents
+			t.Logf("%d congestion events, ceiling %d, loss rate %.3f, random-loss baseline %.3f", events, st.InflightCeiling, st.LossRate, l.c.randomLoss)
+			if got := events > 0 && st.InflightCeiling > 0; got != tt.wantEvents {
+				t.Errorf("congestion detected %v (events %d, ceiling %d), want %v", got, events, st.InflightCeiling, tt.wantEvents)
+			}
+		})
 	}
 }
 
@@ -285,6 +302,40 @@ func BenchmarkPacer(b *testing.B) {
 		now = now.Add(time.Microsecond)
 		if p.Delay(now, 12.5e6, 1452) == 0 {
 			p.OnSent(now, 12.5e6, 1452)
+		}
+	}
+}
+
+// TestCruiseDrainsStandingQueue: a queue that stands through a whole round
+// (here an extra 15 ms that never goes away) makes cruise phases pace at
+// cruiseDrainGain; with no queue, cruise paces at 1.
+func TestCruiseDrainsStandingQueue(t *testing.T) {
+	for _, queued := range []bool{false, true} {
+		l := newLoop(10*mbit, 40*time.Millisecond)
+		l.run(3 * time.Second)
+		if queued {
+			l.extra = func(time.Duration) time.Duration { return 15 * time.Millisecond }
+		}
+		l.run(200 * time.Millisecond) // let a round see the new RTT
+		var cruise, drained int
+		for i := 0; i < 300; i++ {
+			l.run(10 * time.Millisecond)
+			if l.c.mode == modeProbeBW && l.c.cycleIdx == phaseCruise {
+				cruise++
+				if l.c.pacingGain == cruiseDrainGain {
+					drained++
+				}
+			}
+		}
+		t.Logf("queued %v: %d cruise samples, %d at gain %v", queued, cruise, drained, cruiseDrainGain)
+		if cruise == 0 {
+			t.Fatal("never in a cruise phase")
+		}
+		if queued && drained != cruise {
+			t.Errorf("standing queue: %d of %d cruise samples drained, want all", drained, cruise)
+		}
+		if !queued && drained > cruise/4 {
+			t.Errorf("no queue: %d of %d cruise samples drained, want few (only after probes)", drained, cruise)
 		}
 	}
 }

@@ -13,7 +13,7 @@ const (
 	// any rate; the packet bound keeps per-packet timer wake-ups affordable at
 	// low rates, where a timer that fires a little late would otherwise cost
 	// throughput (tokens beyond the burst are forfeited).
-	BurstDuration = time.Millisecond
+	BurstDuration = 2 * time.Millisecond
 	BurstPackets  = 10
 )
 

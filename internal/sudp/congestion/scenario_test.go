@@ -84,7 +84,7 @@ func TestSimSingleFlow(t *testing.T) {
 func TestSimRandomLoss(t *testing.T) {
 	const dur = 8 * time.Second
 	from, to := 2*time.Second, dur
-	for _, p := range []float64{0.01, 0.05, 0.10} {
+	for _, p := range []float64{0.01, 0.05, 0.10, 0.15} {
 		cfg := simConfig{rate: refRate, delay: refDelay, queue: refBDP, loss: p, seed: 7, duration: dur}
 		s := newSim(cfg, bbrFlow(0))
 		var eventsAfterStartup uint64
@@ -96,12 +96,13 @@ func TestSimRandomLoss(t *testing.T) {
 		ideal := refRate * (1 - p)
 		t.Logf("p=%4.1f%%: goodput %.1f%% of R(1-p), measured loss %.1f%%, congestion events after startup %d, mean queue %v",
 			100*p, 100*g/ideal, 100*st.LossRate, eventsAfterStartup, s.meanQueueDelay(from, to))
-		// ≥ 80 % of R(1−p), as the brief asks. The loss sits after the
-		// bottleneck, so delivered rate samples are ≈ R(1−p) and the flow
-		// paces a little under the link rate; the 1.25 probes recover most
-		// of the gap.
-		if g < 0.8*ideal {
-			t.Errorf("p=%v: goodput %.1f%% of R(1-p), want ≥ 80%%", p, 100*g/ideal)
+		// The loss sits after the bottleneck, so delivered rate samples
+		// are ≈ R(1−p): without loss compensation the flow would pace at
+		// R(1−p) and deliver only (1−p) of the ideal (85 % at p=15 %).
+		// The brief's floor was 80 %; loss compensation must keep every
+		// case above 93 %.
+		if g < 0.93*ideal {
+			t.Errorf("p=%v: goodput %.1f%% of R(1-p), want ≥ 93%%", p, 100*g/ideal)
 		}
 		// Random loss without a standing queue is not congestion: once past
 		// STARTUP the loss rule must never fire.

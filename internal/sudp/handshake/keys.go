@@ -96,3 +96,16 @@ func isZero(b []byte) bool {
 	}
 	return acc == 0
 }
+
+// KeypairFromPrivate rebuilds a static key pair from its private half (as
+// stored in a key file). The caller keeps ownership of priv and may wipe it.
+func KeypairFromPrivate(priv [32]byte) (noise.DHKey, error) {
+	if isZero(priv[:]) {
+		return noise.DHKey{}, fmt.Errorf("%w: all-zero private key", ErrInvalidArgument)
+	}
+	pub, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	if err != nil {
+		return noise.DHKey{}, fmt.Errorf("%w: private key: %v", ErrInvalidArgument, err)
+	}
+	return noise.DHKey{Private: bytes.Clone(priv[:]), Public: pub}, nil
+}

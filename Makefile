@@ -32,7 +32,7 @@ bench: build ## loopback benchmark of SUDP against TCP, quic-go and kcp-go
 clean:
 	rm -rf $(BIN)
 
-BENCH_WAN_FLAGS ?= --bytes 32MiB --reps 3 --time-cap 45s
+BENCH_WAN_FLAGS ?= --bytes 256MiB --reps 3 --time-cap 40s
 .PHONY: bench-wan
 bench-wan: ## WAN-lab benchmark matrix (0/1/5/15 % loss at 100 Mbit/s 50 ms, 1 Gbit/s 100 ms); needs root
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench-wan: the WAN lab needs root (network namespaces, TUN devices); run it as root, e.g. sudo make bench-wan" >&2; exit 1; fi

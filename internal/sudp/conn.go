@@ -285,6 +285,10 @@ func (c *Conn) CloseWithError(code uint64, reason string) error {
 	return nil
 }
 
+// CloseError is how a connection ended: the close code and reason, and
+// whether the peer closed it (use errors.As on Err's result).
+type CloseError = core.CloseError
+
 // Err returns why the connection ended, nil while it is open.
 func (c *Conn) Err() error {
 	c.mu.Lock()

@@ -28,6 +28,10 @@ type Peer struct {
 	// LoginState is sent to the initiator in the response payload, as the
 	// MMC's last message carries it in the paper's mutual C-R.
 	LoginState uint8
+	// NotAfter, if set, is the newest initiation timestamp the layer above
+	// has on record for this peer (persisted across restarts, unlike the
+	// responder's own memory): an initiation not newer than it is a replay.
+	NotAfter time.Time
 }
 
 // ResponderConfig configures a Responder.
@@ -302,6 +306,9 @@ func (r *Responder) handleInitiation(now time.Time, src netip.AddrPort, pkt []by
 		return nil, nil, ErrBadPayload
 	}
 	if last, seen := r.timestamps[peerStatic]; seen && !ts.after(last) {
+		return nil, nil, ErrReplay
+	}
+	if floor, ok := timestampOf(peer.NotAfter); ok && !peer.NotAfter.IsZero() && !ts.after(floor) {
 		return nil, nil, ErrReplay
 	}
 

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-vm/ferry/internal/agent"
+	"github.com/ferry-vm/ferry/internal/identity"
+)
+
+const defaultAgentDir = "/var/lib/ferry/agent"
+
+func newAgentCmd(g *globalFlags) *cobra.Command {
+	var (
+		cfg                       agent.Config
+		bundle, bundleFile, token string
+		tokenFile, metricsAddr    string
+		driver                    string
+		macs                      string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a host's monitor and migration agent",
+		Long: `Run the agent of one hypervisor host.
+
+It enrols with the MMC named in the bootstrap bundle (pending until an
+administrator approves it with 'ferry ctl agents approve ID', or approved at
+once with a valid --token), then keeps an authenticated session open.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if driver != "sim" && driver != "qemu" {
+				return fmt.Errorf("--driver must be sim or qemu")
+			}
+			if bundleFile != "" {
+				b, err := os.ReadFile(bundleFile)
+				if err != nil {
+					return err
+				}
+				bundle = string(b)
+			}
+			if bundle == "" {
+				bundle = os.Getenv("FERRY_BUNDLE")
+			}
+			if bundle == "" {
+				return errors.New("no bundle: pass --bundle (the line 'ferry mmc bundle' prints) or --bundle-file")
+			}
+			b, err := identity.ParseBundle(bundle)
+			if err != nil {
+				return err
+			}
+			if tokenFile != "" {
+				t, err := identity.ReadSecretFile(tokenFile)
+				if err != nil {
+					return err
+				}
+				token = strings.TrimSpace(string(t))
+			}
+			if token == "" {
+				token = os.Getenv("FERRY_JOIN_TOKEN")
+			}
+			// --name names the host: it is the hostname the MMC records.
+			cfg.Facts.Hostname = cfg.Name
+			if macs != "" {
+				cfg.Facts.MACs = strings.Split(macs, ",")
+			}
+			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, g.logger(), version
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := withSignals(cmd.Context())
+			defer stop()
+			if metricsAddr != "" {
+				cs := append([]prometheus.Collector{}, a.Collectors()...)
+				stopMetrics, err := serveMetrics(ctx, metricsAddr, cs, cfg.Logger)
+				if err != nil {
+					return err
+				}
+				defer stopMetrics()
+			}
+			fmt.Fprintf(os.Stderr, "ferry agent %s: connecting to %s\n", a.ID(), b.MMCs[0].Addr)
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", defaultAgentDir, "state directory (key, registration code)")
+	f.StringVar(&bundle, "bundle", "", "bootstrap bundle from 'ferry mmc bundle' (or $FERRY_BUNDLE)")
+	f.StringVar(&bundleFile, "bundle-file", "", "read the bundle from this file")
+	f.StringVar(&token, "token", "", "join token from 'ferry ctl tokens create' (or $FERRY_JOIN_TOKEN): approve at once")
+	f.StringVar(&tokenFile, "token-file", "", "read the join token from this file (mode 0600)")
+	f.StringVar(&driver, "driver", "sim", "hypervisor driver: sim or qemu")
+	f.StringVar(&cfg.Name, "name", "", "host name shown at the MMC (default: hostname)")
+	f.StringVar(&cfg.Site, "site", "default", "site (data centre) label")
+	f.StringVar(&cfg.Listen, "listen", ":0", "local UDP address")
+	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on this TCP address")
+	f.DurationVar(&cfg.ClockAlarm, "clock-alarm", time.Second, "alarm when the clock offset to the MMC exceeds this")
+	f.DurationVar(&cfg.TimeSyncInterval, "time-sync-interval", time.Minute, "how often to measure the clock offset")
+	// Simulated hosts share one machine: let them present distinct facts.
+	f.StringVar(&cfg.Facts.DiskID, "disk-id", "", "override the disk id (simulated hosts)")
+	f.StringVar(&cfg.Facts.MachineID, "machine-id", "", "override the machine id (simulated hosts)")
+	f.StringVar(&macs, "macs", "", "override the MAC addresses, comma-separated (simulated hosts)")
+	for _, h := range []string{"disk-id", "machine-id", "macs"} {
+		_ = f.MarkHidden(h)
+	}
+	return cmd
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/mmc"
+)
+
+type ctlFlags struct {
+	admin, tokenFile, output string
+}
+
+func (c *ctlFlags) client() (*api.Client, error) {
+	admin := c.admin
+	if admin == "" {
+		admin = os.Getenv("FERRY_ADMIN")
+	}
+	if admin == "" {
+		admin = "http://" + mmc.DefaultAdmin
+	}
+	if !strings.Contains(admin, "://") {
+		admin = "http://" + admin
+	}
+	tok := os.Getenv("FERRY_TOKEN")
+	if c.tokenFile != "" || tok == "" {
+		path := c.tokenFile
+		if path == "" {
+			path = filepath.Join(defaultMMCDir, mmc.AdminTokenFile)
+		}
+		b, err := identity.ReadSecretFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w (use --token-file or $FERRY_TOKEN)", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	return &api.Client{Base: admin, Token: tok}, nil
+}
+
+func (c *ctlFlags) json() bool { return c.output == "json" }
+
+func newCtlCmd() *cobra.Command {
+	c := &ctlFlags{}
+	cmd := &cobra.Command{
+		Use:   "ctl",
+		Short: "Administer the MMC through its admin API",
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&c.admin, "admin", "", "admin API URL (default $FERRY_ADMIN or http://"+mmc.DefaultAdmin+")")
+	pf.StringVar(&c.tokenFile, "token-file", "", "admin token file (default $FERRY_TOKEN, or "+filepath.Join(defaultMMCDir, mmc.AdminTokenFile)+")")
+	pf.StringVarP(&c.output, "output", "o", "table", "output: table or json")
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if c.output != "table" && c.output != "json" {
+			return errors.New("-o must be table or json")
+		}
+		return nil
+	}
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c))
+	return cmd
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "agents", Short: "List, approve, reject and revoke agents"}
+	list := func(state string) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			agents, err := cl.Agents(cmd.Context(), state)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), agents)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tHOSTNAME\tSITE\tSTATE\tONLINE\tADDRESS\tDISK ID\tMACS")
+			for _, a := range agents {
+				addr := a.LastAddr
+				if addr == "" {
+					addr = a.EnrolAddr
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\n", a.ID, a.Hostname, a.Site, a.State, a.Online, addr, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","))
+			}
+			return tw.Flush()
+		}
+	}
+	cmd.AddCommand(
+		&cobra.Command{Use: "list", Short: "List all agents", Args: cobra.NoArgs, RunE: list("")},
+		&cobra.Command{Use: "pending", Short: "List agents waiting for approval", Args: cobra.NoArgs, RunE: list("pending")},
+	)
+	for _, action := range []string{"approve", "reject", "revoke"} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   action + " ID",
+			Short: strings.ToUpper(action[:1]) + action[1:] + " an agent",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				cl, err := c.client()
+				if err != nil {
+					return err
+				}
+				a, err := cl.AgentAction(cmd.Context(), args[0], action)
+				if err != nil {
+					return err
+				}
+				if c.json() {
+					return printJSON(cmd.OutOrStdout(), a)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "agent %s (%s): %s\n", a.ID, a.Hostname, a.State)
+				return nil
+			},
+		})
+	}
+	return cmd
+}
+
+func newCtlTokensCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "tokens", Short: "Join tokens for pre-approved enrolment"}
+	var ttl time.Duration
+	var uses int
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token (printed once; the MMC keeps only its hash)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			t, err := cl.CreateToken(cmd.Context(), ttl, uses)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), t)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n(expires %s, %d use(s))\n", t.Token, t.Expires.Format(time.RFC3339), t.Uses)
+			return nil
+		},
+	}
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
+	create.Flags().IntVar(&uses, "uses", 1, "number of enrolments it approves")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
+	var after uint64
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Show the audit log",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			entries, err := cl.Audit(cmd.Context(), after, limit)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), entries)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tSOURCE\tOUTCOME\tDETAIL")
+			for _, e := range entries {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, e.Source, e.Outcome, e.Detail)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
+	return cmd
+}

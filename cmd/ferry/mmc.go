@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/mmc"
+)
+
+// defaultMMCDir is where an MMC keeps its state when --data-dir is not given.
+const defaultMMCDir = "/var/lib/ferry/mmc"
+
+func newMMCCmd(g *globalFlags) *cobra.Command {
+	var cfg mmc.Config
+	cmd := &cobra.Command{
+		Use:   "mmc",
+		Short: "Run the Migration Management Center",
+		Long: `Run the Migration Management Center (MMC).
+
+On first start it creates, in --data-dir: its static key (node.key), the
+cluster id, the admin API token (admin.token, mode 0600) and the bootstrap
+bundle agents are started with (also printed by 'ferry mmc bundle').`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = g.logger()
+			srv, err := mmc.New(cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "ferry mmc: SUDP on %s, admin API on http://%s (token in %s)\nbundle: %s\n",
+				srv.Addr(), srv.AdminAddr(), filepath.Join(cfg.DataDir, mmc.AdminTokenFile), srv.Bundle().Encode())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return srv.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", defaultMMCDir, "state directory (keys, database, admin token)")
+	f.StringVar(&cfg.Listen, "listen", mmc.DefaultListen, "SUDP address agents connect to")
+	f.StringVar(&cfg.Admin, "admin", mmc.DefaultAdmin, "admin API address (HTTP); '-' disables it")
+	f.StringVar(&cfg.Advertise, "advertise", "", "address agents are told to dial (default: --listen, with 0.0.0.0 as 127.0.0.1)")
+	f.DurationVar(&cfg.ReauthMin, "reauth-min", 30*time.Second, "shortest interval between re-authentication challenges")
+	f.DurationVar(&cfg.ReauthMax, "reauth-max", 90*time.Second, "longest interval between re-authentication challenges")
+	f.DurationVar(&cfg.ReauthTimeout, "reauth-timeout", 10*time.Second, "time an agent has to answer a challenge")
+	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
+	cmd.AddCommand(newMMCBundleCmd())
+	return cmd
+}
+
+func newMMCBundleCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Print the bootstrap bundle agents are started with",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := identity.ReadSecretFile(filepath.Join(dir, mmc.BundleFile))
+			if err != nil {
+				return fmt.Errorf("no bundle in %s (start 'ferry mmc --data-dir %s' once first): %w", dir, dir, err)
+			}
+			if _, err := identity.ParseBundle(string(b)); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(b)))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data-dir", defaultMMCDir, "the MMC's state directory")
+	return cmd
+}
+
+// withSignals returns a context cancelled by SIGINT/SIGTERM.
+func withSignals(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+}

@@ -1,0 +1,406 @@
+// Package agent is the hypervisor-host side of Ferry: it enrols with the
+// MMC (waiting for an administrator's approval, or presenting a join
+// token), then keeps an authenticated session open — answering the MMC's
+// periodic re-authentication challenges and measuring its clock offset to
+// the MMC. The monitor (SMA) and migration (MA) roles run on that session
+// (issue 5 onwards).
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/flynn/noise"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/sudp"
+)
+
+// StateFile holds the agent's enrolment outcome (registration code
+// included) in its data directory, mode 0600.
+const StateFile = "agent.json"
+
+// Config configures an agent.
+type Config struct {
+	DataDir string
+	Bundle  identity.Bundle
+	Token   string // join token (optional)
+	Name    string // host name shown at the MMC (default: hostname)
+	Site    string
+	Facts   identity.Overrides
+	Listen  string // local UDP address (default ":0")
+	// ClockAlarm is the clock offset to the MMC beyond which the agent
+	// raises an alarm (default 1 s); TimeSyncInterval how often it probes
+	// (default 60 s).
+	ClockAlarm       time.Duration
+	TimeSyncInterval time.Duration
+	Version          string
+	Logger           *slog.Logger
+	Rand             io.Reader
+}
+
+// ErrFatal marks errors that retrying cannot fix (rejected enrolment,
+// refused token, changed host facts); Run returns them.
+var ErrFatal = errors.New("agent: fatal")
+
+// Agent is one agent process's state.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	static  noise.DHKey
+	ep      *sudp.Endpoint
+	mmcKey  [32]byte
+	mmcAddr string
+	state   *enrolState
+	clock   *clock
+	metrics *metrics
+}
+
+type enrolState struct {
+	AgentID   string         `json:"agent_id"`
+	ClusterID string         `json:"cluster"`
+	Code      []byte         `json:"code"`
+	Facts     identity.Facts `json:"facts"` // as recorded at enrolment: the psk is bound to them
+}
+
+// New loads (or creates) the agent's key and enrolment state and opens its
+// SUDP endpoint.
+func New(cfg Config) (*Agent, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: no data directory")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = ":0"
+	}
+	if cfg.ClockAlarm <= 0 {
+		cfg.ClockAlarm = time.Second
+	}
+	if cfg.TimeSyncInterval <= 0 {
+		cfg.TimeSyncInterval = time.Minute
+	}
+	keys, err := cfg.Bundle.Keys()
+	if err != nil || len(keys) == 0 {
+		return nil, fmt.Errorf("agent: bundle: %v", err)
+	}
+	static, err := identity.LoadOrCreateKey(cfg.DataDir, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
+	a.clock = &clock{alarm: cfg.ClockAlarm, log: cfg.Logger, m: a.metrics}
+	if err := a.loadState(); err != nil {
+		return nil, err
+	}
+	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// ID is the agent's id (derived from its public key).
+func (a *Agent) ID() string {
+	var pub [32]byte
+	copy(pub[:], a.static.Public)
+	return identity.NodeID(pub)
+}
+
+// Collectors returns the agent's Prometheus collectors.
+func (a *Agent) Collectors() []prometheus.Collector {
+	return append(a.metrics.collectors(), sudp.NewCollector(a.ep, prometheus.Labels{"role": "agent"}))
+}
+
+// ClockOffset is the current estimate of MMC time minus local time.
+func (a *Agent) ClockOffset() time.Duration { return a.clock.offset() }
+
+func (a *Agent) loadState() error {
+	path := filepath.Join(a.cfg.DataDir, StateFile)
+	b, err := identity.ReadSecretFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer clear(b)
+	var st enrolState
+	if err := json.Unmarshal(b, &st); err != nil || len(st.Code) != identity.CodeLen {
+		return fmt.Errorf("agent: %s is corrupt; remove it to enrol again", path)
+	}
+	if st.ClusterID != a.cfg.Bundle.ClusterID {
+		return fmt.Errorf("agent: %s belongs to cluster %s, the bundle to %s; remove it to enrol with the new cluster", path, st.ClusterID, a.cfg.Bundle.ClusterID)
+	}
+	a.state = &st
+	return nil
+}
+
+func (a *Agent) saveState(st *enrolState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	defer clear(b)
+	return identity.WriteSecretFile(filepath.Join(a.cfg.DataDir, StateFile), b)
+}
+
+// Run enrols if needed, then keeps a session to the MMC, reconnecting with
+// jittered exponential backoff, until ctx ends or a fatal error.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.ep.Close()
+	backoff := time.Second
+	failedLogins := 0
+	for ctx.Err() == nil {
+		var err error
+		start := time.Now()
+		switch {
+		case a.state == nil:
+			err = a.enrol(ctx)
+		case failedLogins >= 2:
+			// Handshakes with K keep failing: the MMC may still hold our
+			// registration code undelivered (our confirmation was lost).
+			// An enrolment session fetches it again; if the key is fully
+			// enrolled, this handshake fails too and we keep trying both.
+			err = a.enrol(ctx)
+			failedLogins = 0
+		default:
+			err = a.session(ctx)
+			if errors.Is(err, errHandshake) {
+				failedLogins++
+			} else {
+				failedLogins = 0
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrFatal) {
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			backoff = time.Second
+		}
+		a.log.Info("agent: reconnecting", "in", backoff.String(), "after", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff/2 + time.Duration(mrand.Int64N(int64(backoff)))):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	return nil
+}
+
+var errHandshake = errors.New("agent: handshake failed")
+
+// closeConn closes c and waits briefly for the close to reach the MMC
+// (the endpoint may be closed right after).
+func closeConn(c *sudp.Conn) {
+	_ = c.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(time.Second):
+	}
+}
+
+// sessionEnded classifies why the MMC ended a session.
+func sessionEnded(c *sudp.Conn, err error) error {
+	var ce *sudp.CloseError
+	if cerr := c.Err(); errors.As(cerr, &ce) && ce.Remote {
+		switch ce.Code {
+		case message.CodeRevoked:
+			return fmt.Errorf("%w: the MMC revoked this agent (re-enrol with a new data directory if that was a mistake)", ErrFatal)
+		case message.CodeFactsChanged:
+			return fmt.Errorf("%w: the MMC refused the login: %s", ErrFatal, ce.Reason)
+		}
+		return fmt.Errorf("agent: session ended: %w", cerr)
+	}
+	return fmt.Errorf("agent: session ended: %w", err)
+}
+
+func (a *Agent) dial(ctx context.Context, psk [32]byte) (*sudp.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := a.ep.Dial(dctx, a.mmcAddr, a.mmcKey, psk)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", errHandshake, a.mmcAddr, err)
+	}
+	return c, nil
+}
+
+func (a *Agent) facts() (identity.Facts, error) { return identity.Discover(a.cfg.Facts) }
+
+// enrol runs one enrolment session: request, wait for the decision, store
+// the registration code and confirm it.
+func (a *Agent) enrol(ctx context.Context) error {
+	f, err := a.facts()
+	if err != nil {
+		return err
+	}
+	c, err := a.dial(ctx, identity.EnrolPSK(a.cfg.Bundle.ClusterID))
+	if err != nil {
+		return err
+	}
+	defer closeConn(c)
+	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Token: a.cfg.Token}); err != nil {
+		return err
+	}
+	for {
+		env, err := message.Receive(ctx, c)
+		if err != nil {
+			return fmt.Errorf("agent: enrolment session: %w", err)
+		}
+		switch env.Type {
+		case message.TypeRefused:
+			r, _ := message.Decode[message.Refused](env)
+			return fmt.Errorf("%w: the MMC refused the enrolment: %s", ErrFatal, r.Reason)
+		case message.TypeEnrolReply:
+		default:
+			return fmt.Errorf("agent: unexpected %v during enrolment", env.Type)
+		}
+		rep, err := message.Decode[message.EnrolReply](env)
+		if err != nil {
+			return err
+		}
+		switch rep.State {
+		case "pending":
+			a.log.Info("agent: enrolment pending; an administrator must approve it", "agent", rep.AgentID, "approve_with", "ferry ctl agents approve "+rep.AgentID)
+			continue
+		case "approved":
+		default:
+			return fmt.Errorf("%w: enrolment %s: %s", ErrFatal, rep.State, rep.Reason)
+		}
+		if len(rep.Code) != identity.CodeLen || rep.AgentID != a.ID() {
+			return errors.New("agent: approval without a valid registration code")
+		}
+		st := &enrolState{AgentID: rep.AgentID, ClusterID: a.cfg.Bundle.ClusterID, Code: rep.Code, Facts: rep.Facts}
+		if err := a.saveState(st); err != nil {
+			return err
+		}
+		a.state = st
+		a.log.Info("agent: enrolment approved", "agent", rep.AgentID)
+		_ = message.Send(ctx, c, message.TypeEnrolAck, message.EnrolAck{})
+		// The MMC closes the session once it has the acknowledgement;
+		// closing first could lose it (it would only cost a retry).
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+		case <-ctx.Done():
+		}
+		return nil
+	}
+}
+
+func (a *Agent) code() identity.Code {
+	var m identity.Code
+	copy(m[:], a.state.Code)
+	return m
+}
+
+// session logs in with K and serves the MMC until the session ends.
+func (a *Agent) session(ctx context.Context) error {
+	m := a.code()
+	psk := identity.DerivePSK(m, a.cfg.Bundle.ClusterID, a.state.Facts)
+	reauthKey := identity.DeriveReauthKey(m, a.cfg.Bundle.ClusterID)
+	clear(m[:])
+	defer clear(psk[:])
+	defer clear(reauthKey[:])
+	f, err := a.facts()
+	if err != nil {
+		return err
+	}
+	c, err := a.dial(ctx, psk)
+	if err != nil {
+		return err
+	}
+	defer closeConn(c)
+	if err := message.Send(ctx, c, message.TypeHello, message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	env, err := message.Receive(rctx, c)
+	cancel()
+	if err != nil {
+		return sessionEnded(c, err)
+	}
+	switch env.Type {
+	case message.TypeWelcome:
+	case message.TypeRefused:
+		r, _ := message.Decode[message.Refused](env)
+		return fmt.Errorf("%w: the MMC refused the login: %s", ErrFatal, r.Reason)
+	default:
+		return fmt.Errorf("agent: unexpected %v at login", env.Type)
+	}
+	a.log.Info("agent: online", "agent", a.ID(), "mmc", a.mmcAddr)
+	a.metrics.online.Set(1)
+	defer a.metrics.online.Set(0)
+	return a.serve(ctx, c, reauthKey)
+}
+
+// serve answers challenges and probes the clock until the session ends.
+func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) error {
+	hs := c.Session().HandshakeHash
+	rd := message.NewReader(ctx, c)
+	defer func() {
+		closeConn(c)
+		rd.Stop()
+	}()
+	probe := time.NewTimer(0)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-rd.Done:
+			return sessionEnded(c, rd.Err())
+		case <-probe.C:
+			if err := message.Send(ctx, c, message.TypeTimeRequest, message.TimeRequest{T1: time.Now().UnixNano()}); err != nil {
+				return err
+			}
+			probe.Reset(a.cfg.TimeSyncInterval)
+		case e := <-rd.C:
+			switch e.Type {
+			case message.TypeChallenge:
+				ch, err := message.Decode[message.Challenge](e)
+				if err != nil {
+					return err
+				}
+				var nonce [identity.NonceLen]byte
+				copy(nonce[:], ch.Nonce)
+				mac := identity.ReauthMAC(reauthKey, hs, ch.Seq, nonce)
+				if err := message.Send(ctx, c, message.TypeChallengeAnswer, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
+					return err
+				}
+				a.metrics.reauths.Inc()
+			case message.TypeTimeReply:
+				t4 := time.Now()
+				r, err := message.Decode[message.TimeReply](e)
+				if err != nil {
+					return err
+				}
+				a.clock.sample(time.Unix(0, r.T1), time.Unix(0, r.T2), time.Unix(0, r.T3), t4)
+			case message.TypeRefused:
+				r, _ := message.Decode[message.Refused](e)
+				return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)
+			default:
+				a.log.Warn("agent: ignoring unexpected message", "type", e.Type.String())
+			}
+		}
+	}
+}

@@ -1,0 +1,72 @@
+package agent
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// clock estimates the offset of the MMC's clock from ours with the NTP
+// on-wire calculation over authenticated timestamps: for a probe sent at
+// T1, received by the MMC at T2, answered at T3 and received at T4,
+//
+//	offset = ((T2 − T1) + (T3 − T4)) / 2,  delay = (T4 − T1) − (T3 − T2).
+//
+// The error of one sample is at most delay/2; of the recent samples the one
+// with the smallest delay is kept (the NTP clock filter's idea). The host
+// clock is never changed: the offset is exported and alarmed on.
+type clock struct {
+	alarm time.Duration
+	log   *slog.Logger
+	m     *metrics
+
+	mu      sync.Mutex
+	samples [8]sample
+	n       int
+	best    sample
+	alarmed bool
+}
+
+type sample struct {
+	offset, delay time.Duration
+}
+
+func (c *clock) sample(t1, t2, t3, t4 time.Time) {
+	s := sample{offset: (t2.Sub(t1) + t3.Sub(t4)) / 2, delay: t4.Sub(t1) - t3.Sub(t2)}
+	if s.delay < 0 {
+		return // impossible unless our clock jumped backwards mid-probe
+	}
+	c.mu.Lock()
+	c.samples[c.n%len(c.samples)] = s
+	c.n++
+	best := c.samples[0]
+	for _, x := range c.samples[:min(c.n, len(c.samples))] {
+		if x.delay < best.delay {
+			best = x
+		}
+	}
+	c.best = best
+	alarm := best.offset > c.alarm || best.offset < -c.alarm
+	changed := alarm != c.alarmed
+	c.alarmed = alarm
+	c.mu.Unlock()
+
+	c.m.offset.Set(best.offset.Seconds())
+	c.m.delay.Set(best.delay.Seconds())
+	if alarm {
+		c.m.alarm.Set(1)
+	} else {
+		c.m.alarm.Set(0)
+	}
+	if changed && alarm {
+		c.log.Warn("agent: ALARM clock offset to the MMC beyond threshold", "offset", best.offset.String(), "threshold", c.alarm.String(), "uncertainty", (best.delay / 2).String())
+	} else if changed {
+		c.log.Info("agent: clock offset back within threshold", "offset", best.offset.String())
+	}
+}
+
+func (c *clock) offset() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.best.offset
+}

@@ -1,0 +1,28 @@
+package agent
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	online  prometheus.Gauge
+	reauths prometheus.Counter
+	offset  prometheus.Gauge
+	delay   prometheus.Gauge
+	alarm   prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	g := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_agent_" + name, Help: help})
+	}
+	return &metrics{
+		online:  g("online", "1 while the agent has an authenticated session with the MMC."),
+		reauths: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_reauth_answers_total", Help: "Re-authentication challenges answered."}),
+		offset:  g("clock_offset_seconds", "Estimated MMC clock minus local clock (best of recent probes)."),
+		delay:   g("clock_probe_delay_seconds", "Round-trip delay of the probe behind the offset estimate (twice its error bound)."),
+		alarm:   g("clock_alarm", "1 while the clock offset exceeds the alarm threshold."),
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm}
+}

@@ -1,0 +1,161 @@
+// Package api defines the MMC's admin API — HTTP/JSON, bearer-token
+// authenticated — and the client `ferry ctl` uses. The server side lives in
+// package mmc; only the wire types and the client are here, so the CLI does
+// not link the MMC.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+)
+
+// Agent is an agent as the admin API shows it. It never carries key
+// material other than the agent's public key.
+type Agent struct {
+	ID         string         `json:"id"`
+	Hostname   string         `json:"hostname"`
+	Name       string         `json:"name"`
+	Site       string         `json:"site"`
+	State      string         `json:"state"`
+	Online     bool           `json:"online"`
+	PublicKey  string         `json:"public_key"`
+	Facts      identity.Facts `json:"facts"`
+	LastFacts  identity.Facts `json:"last_facts"`
+	EnrolledAt time.Time      `json:"enrolled_at"`
+	EnrolAddr  string         `json:"enrol_addr,omitempty"`
+	DecidedAt  *time.Time     `json:"decided_at,omitempty"`
+	DecidedBy  string         `json:"decided_by,omitempty"`
+	LastSeen   *time.Time     `json:"last_seen,omitempty"`
+	LastAddr   string         `json:"last_addr,omitempty"`
+}
+
+// TokenRequest asks for a join token.
+type TokenRequest struct {
+	TTL  string `json:"ttl"`  // Go duration, e.g. "1h"
+	Uses int    `json:"uses"` // how many enrolments it approves
+}
+
+// Token is a created join token; the secret is shown only here, once.
+type Token struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Expires time.Time `json:"expires"`
+	Uses    int       `json:"uses"`
+}
+
+// AuditEntry is one audit-log record.
+type AuditEntry struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Actor   string    `json:"actor"`
+	Action  string    `json:"action"`
+	Target  string    `json:"target,omitempty"`
+	Source  string    `json:"source,omitempty"`
+	Outcome string    `json:"outcome"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// StatusError is a non-2xx answer.
+type StatusError struct {
+	Status  int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("admin API: %s (HTTP %d)", e.Message, e.Status)
+}
+
+// Client calls the admin API.
+type Client struct {
+	Base  string // e.g. http://127.0.0.1:7947
+	Token string
+	HTTP  *http.Client
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Base, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(raw))
+		}
+		return &StatusError{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("admin API: decode response: %w", err)
+		}
+	}
+	return nil
+}
+
+// Agents lists agents, optionally only those in one state.
+func (c *Client) Agents(ctx context.Context, state string) ([]Agent, error) {
+	var out []Agent
+	q := ""
+	if state != "" {
+		q = "?state=" + url.QueryEscape(state)
+	}
+	return out, c.do(ctx, http.MethodGet, "/v1/agents"+q, nil, &out)
+}
+
+// AgentAction applies approve, reject or revoke.
+func (c *Client) AgentAction(ctx context.Context, id, action string) (Agent, error) {
+	var out Agent
+	return out, c.do(ctx, http.MethodPost, "/v1/agents/"+url.PathEscape(id)+"/"+action, struct{}{}, &out)
+}
+
+// CreateToken creates a join token.
+func (c *Client) CreateToken(ctx context.Context, ttl time.Duration, uses int) (Token, error) {
+	var out Token
+	return out, c.do(ctx, http.MethodPost, "/v1/tokens", TokenRequest{TTL: ttl.String(), Uses: uses}, &out)
+}
+
+// Audit returns audit entries after seq (limit 0 = server default).
+func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]AuditEntry, error) {
+	var out []AuditEntry
+	return out, c.do(ctx, http.MethodGet, "/v1/audit?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
+}

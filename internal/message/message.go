@@ -1,0 +1,162 @@
+// Package message is Ferry's control-message layer over SUDP (the paper's
+// "AMP"): typed, versioned messages, each sent as one SUDP message (its own
+// unidirectional stream, so a large message never delays a small one).
+//
+// Encoding: CBOR (RFC 8949) with integer map keys. Like protocol buffers it
+// is compact and evolvable — a field is a numbered key, unknown keys are
+// skipped, absent keys decode as zero values — but it needs no code
+// generator, and the decoder is configured with hard limits (nesting,
+// element counts, message size) so a hostile peer cannot make it allocate
+// without bound. Every message is an Envelope {1: version, 2: type, 3: body}.
+package message
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/ferry-vm/ferry/internal/sudp"
+)
+
+// Version is the envelope version this code speaks.
+const Version = 1
+
+// MaxSize bounds one control message.
+const MaxSize = 256 << 10
+
+// Type identifies a message body.
+type Type uint16
+
+// Message types. Numbers are wire values: never reuse one.
+const (
+	TypeEnrolRequest    Type = 1
+	TypeEnrolReply      Type = 2
+	TypeHello           Type = 3
+	TypeWelcome         Type = 4
+	TypeRefused         Type = 5
+	TypeChallenge       Type = 6
+	TypeChallengeAnswer Type = 7
+	TypeTimeRequest     Type = 8
+	TypeTimeReply       Type = 9
+	TypeEnrolAck        Type = 10
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeEnrolRequest:
+		return "enrol-request"
+	case TypeEnrolReply:
+		return "enrol-reply"
+	case TypeHello:
+		return "hello"
+	case TypeWelcome:
+		return "welcome"
+	case TypeRefused:
+		return "refused"
+	case TypeChallenge:
+		return "challenge"
+	case TypeChallengeAnswer:
+		return "challenge-answer"
+	case TypeTimeRequest:
+		return "time-request"
+	case TypeTimeReply:
+		return "time-reply"
+	case TypeEnrolAck:
+		return "enrol-ack"
+	}
+	return fmt.Sprintf("type-%d", uint16(t))
+}
+
+// Envelope is the outer structure of every message.
+type Envelope struct {
+	Version uint8           `cbor:"1,keyasint"`
+	Type    Type            `cbor:"2,keyasint"`
+	Body    cbor.RawMessage `cbor:"3,keyasint"`
+}
+
+// ErrMalformed wraps every decoding failure.
+var ErrMalformed = errors.New("message: malformed")
+
+// encMode is deterministic (core deterministic encoding), so equal messages
+// have equal bytes.
+var encMode, _ = cbor.CoreDetEncOptions().EncMode()
+
+var decMode, _ = cbor.DecOptions{
+	DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+	IndefLength:       cbor.IndefLengthForbidden,
+	TagsMd:            cbor.TagsForbidden,
+	MaxNestedLevels:   8,
+	MaxArrayElements:  1024,
+	MaxMapPairs:       256,
+	ExtraReturnErrors: cbor.ExtraDecErrorNone, // unknown fields are skipped: newer peers may add some
+}.DecMode()
+
+// Marshal encodes body as a message of type t.
+func Marshal(t Type, body any) ([]byte, error) {
+	b, err := encMode.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("message: encode %v: %w", t, err)
+	}
+	out, err := encMode.Marshal(Envelope{Version: Version, Type: t, Body: b})
+	if err != nil {
+		return nil, fmt.Errorf("message: encode %v: %w", t, err)
+	}
+	if len(out) > MaxSize {
+		return nil, fmt.Errorf("message: %v is %d bytes, limit %d", t, len(out), MaxSize)
+	}
+	return out, nil
+}
+
+// Unmarshal decodes an envelope.
+func Unmarshal(b []byte) (Envelope, error) {
+	var e Envelope
+	if len(b) > MaxSize {
+		return e, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	if err := decMode.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if e.Version != Version {
+		return e, fmt.Errorf("%w: version %d, want %d", ErrMalformed, e.Version, Version)
+	}
+	if e.Type == 0 {
+		return e, fmt.Errorf("%w: no type", ErrMalformed)
+	}
+	return e, nil
+}
+
+// Decode decodes an envelope's body as T.
+func Decode[T any](e Envelope) (T, error) {
+	var v T
+	if err := decMode.Unmarshal(e.Body, &v); err != nil {
+		return v, fmt.Errorf("%w: %v body: %v", ErrMalformed, e.Type, err)
+	}
+	if c, ok := any(&v).(interface{ check() error }); ok {
+		if err := c.check(); err != nil {
+			return v, fmt.Errorf("%w: %v: %v", ErrMalformed, e.Type, err)
+		}
+	}
+	return v, nil
+}
+
+// Send sends one message on c.
+func Send(ctx context.Context, c *sudp.Conn, t Type, body any) error {
+	b, err := Marshal(t, body)
+	if err != nil {
+		return err
+	}
+	return c.SendMessage(ctx, b, sudp.PriorityControl)
+}
+
+// Receive waits for the next message on c and decodes its envelope.
+func Receive(ctx context.Context, c *sudp.Conn) (Envelope, error) {
+	b, err := c.ReceiveMessage(ctx, MaxSize)
+	if err != nil {
+		return Envelope{}, err
+	}
+	return Unmarshal(b)
+}
+
+func isMalformed(err error) bool { return errors.Is(err, ErrMalformed) }

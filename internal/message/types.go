@@ -1,0 +1,115 @@
+package message
+
+import (
+	"errors"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+)
+
+// EnrolRequest is an unknown agent's first message: who it is and,
+// optionally, a join token that pre-approves it.
+type EnrolRequest struct {
+	Facts identity.Facts `cbor:"1,keyasint"`
+	Name  string         `cbor:"2,keyasint"`
+	Site  string         `cbor:"3,keyasint"`
+	Token string         `cbor:"4,keyasint,omitempty"`
+}
+
+func (m *EnrolRequest) check() error {
+	if len(m.Name) > 128 || len(m.Site) > 128 || len(m.Token) > 128 {
+		return errors.New("field too long")
+	}
+	return m.Facts.Validate()
+}
+
+// EnrolReply tells an enrolling agent where it stands. On approval it
+// carries the registration code M and the facts the MMC recorded (the psk is
+// derived from them).
+type EnrolReply struct {
+	State   string         `cbor:"1,keyasint"` // pending, approved, rejected
+	AgentID string         `cbor:"2,keyasint"`
+	Code    []byte         `cbor:"3,keyasint,omitempty"`
+	Facts   identity.Facts `cbor:"4,keyasint"`
+	Reason  string         `cbor:"5,keyasint,omitempty"`
+}
+
+func (m *EnrolReply) check() error {
+	if m.Code != nil && len(m.Code) != identity.CodeLen {
+		return errors.New("registration code has the wrong length")
+	}
+	return nil
+}
+
+// EnrolAck confirms that the agent stored its registration code; the MMC
+// then forgets the code and admits the key to full sessions.
+type EnrolAck struct{}
+
+// Hello is an enrolled agent's first message in a session: its current
+// facts, checked against the enrolled ones.
+type Hello struct {
+	Facts   identity.Facts `cbor:"1,keyasint"`
+	Name    string         `cbor:"2,keyasint"`
+	Site    string         `cbor:"3,keyasint"`
+	Version string         `cbor:"4,keyasint"`
+}
+
+func (m *Hello) check() error {
+	if len(m.Name) > 128 || len(m.Site) > 128 || len(m.Version) > 64 {
+		return errors.New("field too long")
+	}
+	return m.Facts.Validate()
+}
+
+// Welcome accepts a Hello.
+type Welcome struct {
+	AgentID string `cbor:"1,keyasint"`
+}
+
+// Refused ends a session with a reason the agent logs.
+type Refused struct {
+	Reason string `cbor:"1,keyasint"`
+}
+
+// Challenge is the MMC's periodic re-authentication challenge: an
+// increasing identifier and a fresh nonce.
+type Challenge struct {
+	Seq   uint64 `cbor:"1,keyasint"`
+	Nonce []byte `cbor:"2,keyasint"`
+}
+
+func (m *Challenge) check() error {
+	if len(m.Nonce) != identity.NonceLen {
+		return errors.New("nonce has the wrong length")
+	}
+	return nil
+}
+
+// ChallengeAnswer carries identity.ReauthMAC for a Challenge.
+type ChallengeAnswer struct {
+	Seq uint64 `cbor:"1,keyasint"`
+	MAC []byte `cbor:"2,keyasint"`
+}
+
+// TimeRequest and TimeReply are the NTP-style exchange: T1 is the agent's
+// send time, T2 the MMC's receive time, T3 the MMC's send time (Unix
+// nanoseconds); the agent notes T4 on receipt.
+type TimeRequest struct {
+	T1 int64 `cbor:"1,keyasint"`
+}
+
+// TimeReply answers a TimeRequest.
+type TimeReply struct {
+	T1 int64 `cbor:"1,keyasint"`
+	T2 int64 `cbor:"2,keyasint"`
+	T3 int64 `cbor:"3,keyasint"`
+}
+
+// Close codes with which the MMC ends agent sessions (SUDP application
+// error codes); an agent treats CodeRevoked and CodeFactsChanged as final.
+const (
+	CodeRevoked      = 0x100 + iota // the agent was revoked
+	CodeReauthFailed                // wrong or late challenge answer
+	CodeFactsChanged                // a stable host fact changed
+	CodeProtocol                    // unexpected or malformed message
+	CodeReplaced                    // a newer session of the same agent
+)

@@ -1,0 +1,233 @@
+package mmc
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+)
+
+// maxBody bounds request bodies of the admin API.
+const maxBody = 1 << 20
+
+func (s *Server) adminHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
+	reg.MustRegister(s.Collectors()...)
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/agents", s.auth(s.handleAgents))
+	mux.HandleFunc("GET /v1/agents/{id}", s.auth(s.handleAgent))
+	mux.HandleFunc("POST /v1/agents/{id}/{action}", s.auth(s.handleAgentAction))
+	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
+	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (s *Server) serveAdmin(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("mmc: admin API: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// auth requires the admin bearer token, compared in constant time; every
+// refusal is audited with the caller's address.
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), s.adminTok) != 1 {
+			s.audit.add(store.AuditEntry{Actor: "unknown", Action: "admin.auth", Target: r.Method + " " + r.URL.Path, Source: r.RemoteAddr, Outcome: "denied"})
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
+			writeErr(w, http.StatusUnauthorized, "missing or wrong admin token (see DATA_DIR/admin.token)")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r)
+	}
+}
+
+func (s *Server) view(a store.Agent) api.Agent {
+	v := api.Agent{
+		ID: a.ID, Hostname: a.Facts.Hostname, Name: a.Name, Site: a.Site, State: string(a.State),
+		Online: s.online(a.ID), PublicKey: handshake.EncodeKey(a.PublicKey), Facts: a.Facts, LastFacts: a.LastFacts,
+		EnrolledAt: a.EnrolledAt, EnrolAddr: a.EnrolAddr, DecidedBy: a.DecidedBy, LastAddr: a.LastAddr,
+	}
+	if !a.DecidedAt.IsZero() {
+		t := a.DecidedAt
+		v.DecidedAt = &t
+	}
+	if !a.LastSeen.IsZero() {
+		t := a.LastSeen
+		v.LastSeen = &t
+	}
+	return v
+}
+
+func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
+	state := r.URL.Query().Get("state")
+	switch store.AgentState(state) {
+	case "", store.StatePending, store.StateApproved, store.StateRejected, store.StateRevoked:
+	default:
+		writeErr(w, http.StatusBadRequest, "state must be pending, approved, rejected or revoked")
+		return
+	}
+	agents, err := s.st.Agents()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := []api.Agent{}
+	for _, a := range agents {
+		if state == "" || string(a.State) == state {
+			out = append(out, s.view(a))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
+	a, err := s.st.Agent(r.PathValue("id"))
+	if err != nil {
+		writeStoreErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.view(a))
+}
+
+func (s *Server) handleAgentAction(w http.ResponseWriter, r *http.Request) {
+	to, ok := map[string]store.AgentState{"approve": store.StateApproved, "reject": store.StateRejected, "revoke": store.StateRevoked}[r.PathValue("action")]
+	if !ok {
+		writeErr(w, http.StatusNotFound, "action must be approve, reject or revoke")
+		return
+	}
+	a, err := s.decide(r.PathValue("id"), to, "admin", r.RemoteAddr)
+	if err != nil {
+		writeStoreErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.view(a))
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req api.TokenRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 30*24*time.Hour {
+			writeErr(w, http.StatusBadRequest, "ttl must be a duration between 1s and 720h, e.g. 1h")
+			return
+		}
+		ttl = d
+	}
+	if req.Uses == 0 {
+		req.Uses = 1
+	}
+	if req.Uses < 0 || req.Uses > 10000 {
+		writeErr(w, http.StatusBadRequest, "uses must be between 1 and 10000")
+		return
+	}
+	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	now := s.cfg.Now()
+	t := store.Token{ID: id, Hash: hash, Created: now, Expires: now.Add(ttl), UsesLeft: req.Uses, CreatedBy: "admin"}
+	if err := s.st.PutToken(t); err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+		Detail: fmt.Sprintf("ttl=%v uses=%d", ttl, req.Uses)})
+	writeJSON(w, http.StatusCreated, api.Token{Token: tok, ID: id, Expires: t.Expires, Uses: req.Uses})
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err1 := parseUint(q.Get("after"), 0)
+	limit, err2 := parseUint(q.Get("limit"), 1000)
+	if err1 != nil || err2 != nil || limit > 100000 {
+		writeErr(w, http.StatusBadRequest, "after and limit must be non-negative integers (limit ≤ 100000)")
+		return
+	}
+	if limit == 0 {
+		limit = 1000
+	}
+	entries, err := s.st.Audit(after, int(limit))
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := make([]api.AuditEntry, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, api.AuditEntry(e))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func parseUint(s string, def uint64) (uint64, error) {
+	if s == "" {
+		return def, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, api.Error{Error: msg})
+}
+
+func writeStoreErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeErr(w, http.StatusNotFound, "no such agent")
+	case errors.Is(err, ErrConflict):
+		writeErr(w, http.StatusConflict, err.Error())
+	default:
+		writeErr(w, http.StatusInternalServerError, err.Error())
+	}
+}

@@ -1,0 +1,377 @@
+// Package mmc is the Migration Management Center: it enrols agents (with an
+// administrator's approval or a join token), authenticates their sessions,
+// re-authenticates them periodically, answers their clock probes, keeps the
+// audit log, and serves the admin API that `ferry ctl` drives.
+//
+// Concurrency: the SUDP endpoint's handshake Lookup reads an in-memory
+// snapshot of the agents (it runs on the endpoint's reader goroutine and
+// must not touch the disk); every change goes to the store first and then
+// to that snapshot. Each agent session has one goroutine (plus a reader it
+// owns); audit entries raised on the handshake path are queued to a writer
+// goroutine.
+package mmc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
+)
+
+// Defaults, as fixed by CLI.md.
+const (
+	DefaultListen = "0.0.0.0:7946"
+	DefaultAdmin  = "127.0.0.1:7947"
+)
+
+// Files in the data directory.
+const (
+	AdminTokenFile = "admin.token"
+	ClusterIDFile  = "cluster.id"
+	BundleFile     = "bundle"
+	dbFile         = "mmc.db"
+)
+
+// Login states sent in the handshake response.
+const (
+	LoginEnrolling uint8 = 1 // unknown key: enrolment session only
+	LoginPending   uint8 = 2 // enrolled, waiting for a decision
+	LoginApproved  uint8 = 3 // full session
+)
+
+// Config configures an MMC.
+type Config struct {
+	DataDir string
+	Listen  string // SUDP address
+	Admin   string // admin API address ("" = DefaultAdmin; "-" = none)
+	// Advertise is the address agents are told to dial (in the bundle);
+	// default: Listen, with an unspecified host replaced by 127.0.0.1.
+	Advertise string
+	// Re-authentication: a challenge at a uniformly random time in
+	// [ReauthMin, ReauthMax] after the previous one; an answer must arrive
+	// within ReauthTimeout.
+	ReauthMin, ReauthMax, ReauthTimeout time.Duration
+	// AllowChangedFacts logs a changed MAC or disk id instead of refusing
+	// the login (the alarm is raised either way).
+	AllowChangedFacts bool
+	// TokenFailures limits join-token failures per source address.
+	TokenFailures ratelimit.Config
+	Logger        *slog.Logger
+	Rand          io.Reader
+	Now           func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Admin == "" {
+		c.Admin = DefaultAdmin
+	}
+	if c.ReauthMin <= 0 {
+		c.ReauthMin = 30 * time.Second
+	}
+	if c.ReauthMax < c.ReauthMin {
+		c.ReauthMax = 3 * c.ReauthMin
+	}
+	if c.ReauthTimeout <= 0 {
+		c.ReauthTimeout = 10 * time.Second
+	}
+	if c.TokenFailures.Rate == 0 {
+		// One guess per 10 s per source after a burst of 5: guessing a
+		// 256-bit secret was hopeless anyway; this keeps the log readable
+		// and the work bounded.
+		c.TokenFailures = ratelimit.Config{Rate: 0.1, Burst: 5}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Server is a running MMC.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	st        *store.Store
+	ep        *sudp.Endpoint
+	clusterID string
+	enrolPSK  [32]byte
+	adminTok  []byte
+	metrics   *metrics
+	audit     *auditor
+	tokenRL   *ratelimit.Limiter
+	adminLn   net.Listener
+
+	mu       sync.RWMutex
+	byKey    map[[32]byte]*agentEntry // snapshot for Lookup
+	sessions map[string]*session      // live, by agent id
+	waiters  map[string]chan struct{} // enrolment sessions waiting for a decision, by agent id
+}
+
+// agentEntry is what the handshake path needs about an agent.
+type agentEntry struct {
+	id          string
+	state       store.AgentState
+	psk         [32]byte
+	codePending bool // approved, registration code not yet confirmed by the agent
+	notAfter    time.Time
+}
+
+// New opens the data directory (creating keys, cluster id and admin token
+// on first start) and binds the SUDP listener.
+func New(cfg Config) (*Server, error) {
+	cfg.defaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("mmc: no data directory")
+	}
+	static, err := identity.LoadOrCreateKey(cfg.DataDir, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	clusterID, err := loadOrCreate(filepath.Join(cfg.DataDir, ClusterIDFile), 16, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	adminTok, err := loadOrCreate(filepath.Join(cfg.DataDir, AdminTokenFile), 32, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		st:        st,
+		clusterID: clusterID,
+		enrolPSK:  identity.EnrolPSK(clusterID),
+		adminTok:  []byte(adminTok),
+		metrics:   newMetrics(),
+		tokenRL:   ratelimit.New(cfg.TokenFailures),
+		byKey:     make(map[[32]byte]*agentEntry),
+		sessions:  make(map[string]*session),
+		waiters:   make(map[string]chan struct{}),
+	}
+	s.audit = newAuditor(st, cfg.Logger, s.metrics)
+	if err := s.loadAgents(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.ep, err = sudp.Listen(sudp.Config{
+		Listen:    cfg.Listen,
+		Static:    static,
+		ClusterID: clusterID,
+		Lookup:    s.lookup,
+		Logger:    cfg.Logger,
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("mmc: listen %s: %w", cfg.Listen, err)
+	}
+	if err := identity.WriteSecretFile(filepath.Join(cfg.DataDir, BundleFile), []byte(s.Bundle().Encode()+"\n")); err != nil {
+		s.close()
+		return nil, err
+	}
+	if cfg.Admin != "-" {
+		if s.adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
+			s.close()
+			return nil, fmt.Errorf("mmc: admin API: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// loadOrCreate returns the hex contents of a secret file, creating it with
+// n random bytes on first use.
+func loadOrCreate(path string, n int, rng io.Reader) (string, error) {
+	b, err := identity.ReadSecretFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if _, err := hex.DecodeString(s); err != nil || len(s) != 2*n {
+			return "", fmt.Errorf("mmc: %s is corrupt (want %d hex characters)", path, 2*n)
+		}
+		return s, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rng, buf); err != nil {
+		return "", err
+	}
+	s := hex.EncodeToString(buf)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	return s, identity.WriteSecretFile(path, []byte(s+"\n"))
+}
+
+func (s *Server) loadAgents() error {
+	agents, err := s.st.Agents()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range agents {
+		s.byKey[a.PublicKey] = entryOf(a)
+	}
+	return nil
+}
+
+func entryOf(a store.Agent) *agentEntry {
+	return &agentEntry{id: a.ID, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0, notAfter: a.LastHandshake}
+}
+
+// setAgent publishes a stored record to the handshake snapshot.
+func (s *Server) setAgent(a store.Agent) {
+	s.mu.Lock()
+	s.byKey[a.PublicKey] = entryOf(a)
+	s.mu.Unlock()
+}
+
+// Bundle returns the bootstrap bundle agents are started with.
+func (s *Server) Bundle() identity.Bundle {
+	pub := s.ep.PublicKey()
+	return identity.Bundle{ClusterID: s.clusterID, MMCs: []identity.MMCRef{{Addr: s.advertise(), Key: handshake.EncodeKey(pub)}}}
+}
+
+func (s *Server) advertise() string {
+	if s.cfg.Advertise != "" {
+		return s.cfg.Advertise
+	}
+	ap := s.ep.LocalAddr()
+	if ap.Addr().IsUnspecified() {
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
+	}
+	return ap.String()
+}
+
+// AdminToken returns the bearer token of the admin API.
+func (s *Server) AdminToken() string { return string(s.adminTok) }
+
+// Addr is the SUDP listener's address.
+func (s *Server) Addr() netip.AddrPort { return s.ep.LocalAddr() }
+
+// lookup is the handshake's view of a static key. It runs on the endpoint's
+// reader goroutine: memory only, and audit entries are queued.
+func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
+	s.mu.RLock()
+	a := s.byKey[pub]
+	var e agentEntry
+	if a != nil {
+		e = *a
+	}
+	s.mu.RUnlock()
+	switch {
+	case a == nil:
+		return handshake.Peer{ID: enrolPrefix + identity.NodeID(pub), PSK: s.enrolPSK, Allowed: true, LoginState: LoginEnrolling}, nil
+	case e.state == store.StatePending:
+		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter}, nil
+	case e.state == store.StateApproved && e.codePending:
+		// Approved, but the agent has not confirmed it holds M: it may
+		// still need to fetch it over an enrolment session.
+		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter}, nil
+	case e.state == store.StateApproved:
+		return handshake.Peer{ID: e.id, PSK: e.psk, Allowed: true, LoginState: LoginApproved, NotAfter: e.notAfter}, nil
+	default:
+		s.metrics.refused.WithLabelValues(string(e.state)).Inc()
+		s.audit.async(store.AuditEntry{Actor: "key:" + e.id, Action: "login.refused", Target: e.id, Outcome: "denied", Detail: "agent is " + string(e.state)})
+		return handshake.Peer{}, nil
+	}
+}
+
+const enrolPrefix = "enrol:"
+
+// Run serves until ctx ends, then closes everything it opened.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var adminErr error
+	if s.adminLn != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			adminErr = s.serveAdmin(ctx, s.adminLn)
+			cancel()
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.audit.run(ctx)
+	}()
+	s.log.Info("mmc: serving", "sudp", s.ep.LocalAddr().String(), "admin", s.AdminAddr(), "cluster", s.clusterID)
+	for {
+		c, err := s.ep.Accept(ctx)
+		if err != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, c)
+		}()
+	}
+	cancel()
+	s.ep.Close()
+	wg.Wait()
+	s.audit.drain()
+	s.st.Close()
+	if adminErr != nil {
+		return adminErr
+	}
+	return nil
+}
+
+func (s *Server) close() {
+	if s.ep != nil {
+		s.ep.Close()
+	}
+	if s.adminLn != nil {
+		s.adminLn.Close()
+	}
+	s.st.Close()
+}
+
+// AdminAddr is the admin API's address ("" if disabled).
+func (s *Server) AdminAddr() string {
+	if s.adminLn == nil {
+		return ""
+	}
+	return s.adminLn.Addr().String()
+}
+
+func (s *Server) serveConn(ctx context.Context, c *sudp.Conn) {
+	defer c.Close()
+	sess := c.Session()
+	if id, ok := strings.CutPrefix(sess.PeerID, enrolPrefix); ok {
+		s.serveEnrol(ctx, c, id, sess.PeerStatic)
+		return
+	}
+	s.serveAgent(ctx, c, sess.PeerID)
+}

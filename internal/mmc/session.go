@@ -1,0 +1,231 @@
+package mmc
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"math/big"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp"
+)
+
+// Close codes (shared with agents in package message).
+const (
+	CodeRevoked      = message.CodeRevoked
+	CodeReauthFailed = message.CodeReauthFailed
+	CodeFactsChanged = message.CodeFactsChanged
+	CodeProtocol     = message.CodeProtocol
+	CodeReplaced     = message.CodeReplaced
+)
+
+// session is one live, authenticated agent session.
+type session struct {
+	id      string
+	c       *sudp.Conn
+	hs      [32]byte // Noise handshake hash: re-auth answers are bound to it
+	started time.Time
+	once    sync.Once
+}
+
+func (ss *session) end(code uint64, reason string) {
+	ss.once.Do(func() { _ = ss.c.CloseWithError(code, reason) })
+}
+
+// serveAgent runs an approved agent's session: Hello (facts check), then
+// periodic re-authentication and clock probes until the session ends.
+func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
+	src := c.RemoteAddr().String()
+	a, err := s.st.Agent(id)
+	if err != nil || a.State != store.StateApproved {
+		return // revoked between handshake and now
+	}
+	hello, kind, err := message.First[message.Hello](ctx, c, message.TypeHello, firstMessageTimeout)
+	if err != nil {
+		if kind != "" {
+			s.badInput(c, "agent:"+id, "login."+kind, err)
+		}
+		return
+	}
+	ch := identity.Compare(a.Facts, hello.Facts)
+	if len(ch.Stable) > 0 {
+		what := strings.Join(ch.Stable, ", ")
+		s.metrics.factAlarms.Inc()
+		s.log.Warn("mmc: ALARM host facts changed", "agent", id, "changed", what, "from", src)
+		outcome := "denied"
+		if s.cfg.AllowChangedFacts {
+			outcome = "ok"
+		}
+		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.facts-changed", Target: id, Source: src, Outcome: outcome,
+			Detail: fmt.Sprintf("changed: %s (enrolled disk=%s macs=%s; now disk=%s macs=%s)", what, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","), hello.Facts.DiskID, strings.Join(hello.Facts.MACs, ","))})
+		if !s.cfg.AllowChangedFacts {
+			refuse(ctx, c, CodeFactsChanged, "host facts changed: "+what)
+			return
+		}
+	}
+	if len(ch.Volatile) > 0 {
+		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.facts-updated", Target: id, Source: src, Outcome: "ok",
+			Detail: "changed: " + strings.Join(ch.Volatile, ", ") + " ips=" + strings.Join(hello.Facts.IPs, ",")})
+	}
+	now := s.cfg.Now()
+	a, err = s.st.UpdateAgent(id, func(a *store.Agent) error {
+		a.LastFacts, a.LastSeen, a.LastAddr = hello.Facts.Normalize(), now, src
+		if t := c.Session().PeerTime; t.After(a.LastHandshake) {
+			a.LastHandshake = t
+		}
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	s.setAgent(a)
+	ss := &session{id: id, c: c, hs: c.Session().HandshakeHash, started: now}
+	s.mu.Lock()
+	old := s.sessions[id]
+	s.sessions[id] = ss
+	s.mu.Unlock()
+	if old != nil {
+		old.end(CodeReplaced, "replaced by a newer session")
+	}
+	defer func() {
+		s.mu.Lock()
+		if s.sessions[id] == ss {
+			delete(s.sessions, id)
+		}
+		s.mu.Unlock()
+		ss.end(0, "")
+		s.metrics.online.Dec()
+		s.log.Info("mmc: agent offline", "agent", id)
+	}()
+	s.metrics.online.Inc()
+	s.metrics.logins.Inc()
+	s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login", Target: id, Source: src, Outcome: "ok"})
+	s.log.Info("mmc: agent online", "agent", id, "hostname", hello.Facts.Hostname, "from", src)
+	if err := message.Send(ctx, c, message.TypeWelcome, message.Welcome{AgentID: id}); err != nil {
+		return
+	}
+	s.sessionLoop(ctx, ss, a.ReauthKey)
+}
+
+// sessionLoop multiplexes the agent's messages with the re-authentication
+// schedule. A reader goroutine owned by this loop feeds it; it ends when
+// the connection closes, which the loop guarantees on return.
+func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byte) {
+	c := ss.c
+	rd := message.NewReader(ctx, c)
+	defer func() {
+		ss.end(0, "")
+		rd.Stop()
+	}()
+
+	var seq uint64
+	var nonce [identity.NonceLen]byte
+	outstanding := false
+	next := time.NewTimer(s.reauthDelay())
+	defer next.Stop()
+	deadline := time.NewTimer(time.Hour)
+	deadline.Stop()
+	defer deadline.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.Done():
+			return
+		case <-rd.Done:
+			return
+		case <-next.C:
+			seq++
+			if _, err := rand.Read(nonce[:]); err != nil {
+				return
+			}
+			if err := message.Send(ctx, c, message.TypeChallenge, message.Challenge{Seq: seq, Nonce: nonce[:]}); err != nil {
+				return
+			}
+			outstanding = true
+			deadline.Reset(s.cfg.ReauthTimeout)
+		case <-deadline.C:
+			s.reauthFailed(ss, "no answer within "+s.cfg.ReauthTimeout.String())
+			return
+		case e := <-rd.C:
+			switch e.Type {
+			case message.TypeChallengeAnswer:
+				ans, err := message.Decode[message.ChallengeAnswer](e)
+				if err != nil || !outstanding || ans.Seq != seq || !identity.VerifyReauth(reauthKey, ss.hs, seq, nonce, ans.MAC) {
+					s.reauthFailed(ss, "wrong answer")
+					return
+				}
+				outstanding = false
+				deadline.Stop()
+				s.metrics.reauths.Inc()
+				next.Reset(s.reauthDelay())
+			case message.TypeTimeRequest:
+				t2 := s.cfg.Now()
+				req, err := message.Decode[message.TimeRequest](e)
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
+					return
+				}
+				if err := message.Send(ctx, c, message.TypeTimeReply, message.TimeReply{T1: req.T1, T2: t2.UnixNano(), T3: s.cfg.Now().UnixNano()}); err != nil {
+					return
+				}
+			default:
+				s.badInput(c, "agent:"+ss.id, "session.unexpected", fmt.Errorf("unexpected %v", e.Type))
+				return
+			}
+		}
+	}
+}
+
+func (s *Server) reauthFailed(ss *session, why string) {
+	s.metrics.reauthFailures.Inc()
+	s.audit.add(store.AuditEntry{Actor: "agent:" + ss.id, Action: "reauth.failed", Target: ss.id, Source: ss.c.RemoteAddr().String(), Outcome: "denied", Detail: why})
+	s.log.Warn("mmc: re-authentication failed; ending session", "agent", ss.id, "why", why)
+	ss.end(CodeReauthFailed, "re-authentication failed")
+}
+
+// reauthDelay draws the next challenge time uniformly from
+// [ReauthMin, ReauthMax], so an observer cannot predict it.
+func (s *Server) reauthDelay() time.Duration {
+	span := int64(s.cfg.ReauthMax - s.cfg.ReauthMin)
+	if span <= 0 {
+		return s.cfg.ReauthMin
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(span+1))
+	if err != nil {
+		return s.cfg.ReauthMin
+	}
+	return s.cfg.ReauthMin + time.Duration(n.Int64())
+}
+
+// refuse tells the peer why it is being turned away, gives the message a
+// moment to arrive (the peer closes on reading it), then closes with code.
+func refuse(ctx context.Context, c *sudp.Conn, code uint64, reason string) {
+	_ = message.Send(ctx, c, message.TypeRefused, message.Refused{Reason: reason})
+	select {
+	case <-c.Done():
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+	}
+	_ = c.CloseWithError(code, reason)
+}
+
+// badInput ends a session that sent something it should not have, and
+// counts and audits it.
+func (s *Server) badInput(c *sudp.Conn, actor, action string, err error) {
+	s.metrics.badMessages.WithLabelValues(action).Inc()
+	s.audit.add(store.AuditEntry{Actor: actor, Action: action, Source: c.RemoteAddr().String(), Outcome: "denied", Detail: err.Error()})
+	_ = c.CloseWithError(CodeProtocol, "protocol error")
+}
+
+// online reports whether an agent has a live session.
+func (s *Server) online(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sessions[id] != nil
+}

@@ -1,0 +1,61 @@
+package store
+
+import (
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// AuditEntry is one security-relevant event: who did what to which object,
+// when, from where, and whether it was allowed.
+type AuditEntry struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Actor   string    `json:"actor"`  // "admin", "agent:<id>", "key:<id>", "system"
+	Action  string    `json:"action"` // e.g. "enrol.request", "agent.approve", "login.refused"
+	Target  string    `json:"target,omitempty"`
+	Source  string    `json:"source,omitempty"` // network address
+	Outcome string    `json:"outcome"`          // "ok" or "denied"
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// AppendAudit appends entries to the audit log in one transaction, giving
+// each the next sequence number.
+func (s *Store) AppendAudit(entries ...AuditEntry) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		for _, e := range entries {
+			n, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			e.Seq = n
+			raw, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(seqKey(n), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Audit returns up to limit entries with Seq > after, oldest first.
+func (s *Store) Audit(after uint64, limit int) ([]AuditEntry, error) {
+	var out []AuditEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
+			var e AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}

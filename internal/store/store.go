@@ -1,0 +1,123 @@
+// Package store is the MMC's embedded database (go.etcd.io/bbolt): agents
+// and their credentials, join tokens, the audit log and cluster metadata.
+//
+// Values are JSON so that an operator can inspect a copy with standard
+// tools. Every change is one bbolt transaction, made through a method named
+// after what it does; when MMC replication arrives (hashicorp/raft, see
+// ROADMAP.md) these methods become the commands of the replicated log and
+// their bodies its Apply.
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketMeta   = []byte("meta")
+	bucketAgents = []byte("agents")
+	bucketTokens = []byte("tokens")
+	bucketAudit  = []byte("audit")
+)
+
+// ErrNotFound is returned for an unknown id.
+var ErrNotFound = errors.New("store: not found")
+
+// Store is an open database. It is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the database at path, mode 0600.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w (is another MMC using this data directory?)", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketAgents, bucketTokens, bucketAudit} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Meta returns the metadata value for key ("" if unset).
+func (s *Store) Meta(key string) (string, error) {
+	var v string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v = string(tx.Bucket(bucketMeta).Get([]byte(key)))
+		return nil
+	})
+	return v, err
+}
+
+// EnsureMeta sets key to val unless it is already set, and returns the
+// value in force (for ids created once, on first start).
+func (s *Store) EnsureMeta(key, val string) (string, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if cur := b.Get([]byte(key)); cur != nil {
+			val = string(cur)
+			return nil
+		}
+		return b.Put([]byte(key), []byte(val))
+	})
+	return val, err
+}
+
+func get[T any](tx *bolt.Tx, bucket []byte, id string) (T, error) {
+	var v T
+	raw := tx.Bucket(bucket).Get([]byte(id))
+	if raw == nil {
+		return v, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("store: decode %s/%s: %w", bucket, id, err)
+	}
+	return v, nil
+}
+
+func put(tx *bolt.Tx, bucket []byte, id string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put([]byte(id), raw)
+}
+
+func list[T any](s *Store, bucket []byte) ([]T, error) {
+	var out []T
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, raw []byte) error {
+			var v T
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return fmt.Errorf("store: decode %s/%s: %w", bucket, k, err)
+			}
+			out = append(out, v)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func seqKey(n uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], n)
+	return b[:]
+}

@@ -59,6 +59,11 @@ type Config struct {
 	KeyUpdatePackets  uint64
 	KeyUpdateBytes    uint64
 	KeyUpdateInterval time.Duration
+	// KeyRejectAfter is the hard limit on one key generation's age
+	// (WireGuard's RejectAfterTime): a connection whose peer still sends
+	// under a generation this old, or that could not move its own sending
+	// past one, is closed with CodeKeyExpired. Default 1.5 × KeyUpdateInterval.
+	KeyRejectAfter time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64
 }
@@ -128,6 +133,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeyUpdateInterval == 0 {
 		c.KeyUpdateInterval = d.KeyUpdateInterval
+	}
+	if c.KeyRejectAfter < c.KeyUpdateInterval {
+		c.KeyRejectAfter = c.KeyUpdateInterval * 3 / 2
 	}
 	return c
 }

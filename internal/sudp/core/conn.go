@@ -43,6 +43,7 @@ const (
 	CodeFlowControl       = 2
 	CodeStreamLimit       = 3
 	CodeInternal          = 4
+	CodeKeyExpired        = 5 // a key generation outlived its hard limit
 	CodeApplication       = 0x100 // and above: application-defined
 )
 
@@ -115,6 +116,7 @@ type Conn struct {
 	// packet protection
 	sendKey        *keySet
 	sendKeyStart   time.Time
+	recvKeyStart   time.Time // when the current receive generation was installed
 	sendKeyBytes   uint64
 	sendGenAcked   bool
 	recvCur        *keySet
@@ -270,7 +272,7 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 		return err
 	}
 	c.sendKey, c.recvCur = sk, rk
-	c.sendKeyStart = now
+	c.sendKeyStart, c.recvKeyStart = now, now
 	c.remoteCID = s.RemoteCID
 	if s.RTT > 0 {
 		c.rec.onHandshakeRTT(s.RTT)

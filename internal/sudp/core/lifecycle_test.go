@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -113,5 +114,112 @@ func TestKeyUpdateLimits(t *testing.T) {
 				t.Fatalf("receiver followed %d key updates", ku)
 			}
 		})
+	}
+}
+
+// TestKeyHardLimit: a peer that keeps sending under one key past
+// KeyRejectAfter is cut off with CodeKeyExpired, while peers that follow
+// the schedule — including a receiver that only ever sends ACKs, which must
+// make a packet ack-eliciting to get its own update acknowledged — run far
+// past it.
+func TestKeyHardLimit(t *testing.T) {
+	cfg := Config{KeyUpdateInterval: 200 * time.Millisecond, IdleTimeout: time.Minute}
+	l := link{delay: 10 * time.Millisecond}
+
+	t.Run("peer never updates", func(t *testing.T) {
+		s := handshakeSim(t, 11, l, cfg)
+		c, srv := s.conn[0], s.conn[1]
+		// The client "forgets" to update its key.
+		c.cfg.KeyUpdateInterval, c.cfg.KeyRejectAfter = time.Hour, 2*time.Hour
+		start := s.now
+		for s.now.Sub(start) < 3*time.Second && srv.Err() == nil {
+			if id, err := c.OpenStream(true, PriorityNormal); err == nil {
+				c.StreamWrite(id, []byte("ping"))
+				c.StreamCloseWrite(id)
+			}
+			advance(s, 50*time.Millisecond)
+		}
+		var ce *CloseError
+		if err := srv.Err(); !errors.As(err, &ce) || ce.Code != CodeKeyExpired || ce.Remote {
+			t.Fatalf("server: %v, want a local close with CodeKeyExpired", err)
+		}
+		if el := s.now.Sub(start); el > time.Second {
+			t.Fatalf("stale key accepted for %v (limit %v)", el, srv.cfg.KeyRejectAfter)
+		}
+		advance(s, time.Second)
+		if err := c.Err(); !errors.As(err, &ce) || ce.Code != CodeKeyExpired || !ce.Remote {
+			t.Fatalf("client: %v, want the server's CodeKeyExpired", err)
+		}
+	})
+
+	t.Run("both follow the schedule", func(t *testing.T) {
+		s := handshakeSim(t, 12, l, cfg)
+		c, srv := s.conn[0], s.conn[1]
+		id, err := c.OpenStream(true, PriorityBulk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := s.now
+		buf := make([]byte, 64<<10)
+		chunk := make([]byte, 4<<10)
+		var sid uint64
+		accepted := false
+		// Trickle data one way for 3 s (15 update intervals): the server
+		// sends nothing but ACKs.
+		for s.now.Sub(start) < 3*time.Second {
+			c.StreamWrite(id, chunk)
+			if !accepted {
+				sid, accepted = srv.AcceptStream(true)
+			}
+			if accepted {
+				if _, _, err := srv.StreamRead(sid, buf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			runFor(s, 20 * time.Millisecond)
+		}
+		if err := c.Err(); err != nil {
+			t.Fatalf("client closed: %v", err)
+		}
+		if err := srv.Err(); err != nil {
+			t.Fatalf("server closed: %v", err)
+		}
+		// Each side counts its own updates and the peer's: ≥ 2 per
+		// interval-and-a-half means both directions moved on.
+		if ku := srv.Stats().KeyUpdates; ku < 12 {
+			t.Fatalf("server saw %d key updates in 15 intervals", ku)
+		}
+		if ku := c.Stats().KeyUpdates; ku < 12 {
+			t.Fatalf("client saw %d key updates in 15 intervals", ku)
+		}
+	})
+}
+
+// advance runs the simulation for exactly d of virtual time: unlike runFor
+// it does not jump past the end to a far timer (a keepalive 10 s away).
+func advance(s *sim, d time.Duration) {
+	end := s.now.Add(d)
+	for {
+		s.transmit() // what the application queued goes out now, as a driver would send it
+		next := time.Time{}
+		for _, c := range s.conn {
+			if c == nil {
+				continue
+			}
+			if t := c.NextTimeout(); !t.IsZero() && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
+		}
+		if len(s.q) > 0 && (next.IsZero() || s.q.peek().at.Before(next)) {
+			next = s.q.peek().at
+		}
+		if next.IsZero() || next.After(end) {
+			s.now = end
+			return
+		}
+		if !s.step() {
+			s.now = end
+			return
+		}
 	}
 }

@@ -69,6 +69,13 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 	if promote {
 		c.promoteRecvKey(now, h.PN)
 	}
+	if k == c.recvCur && now.Sub(c.recvKeyStart) >= c.cfg.KeyRejectAfter {
+		// The peer kept one key past the hard limit (it must update at
+		// KeyUpdateInterval): refuse the key, and the connection with it.
+		c.stats.DroppedAuth++
+		c.closeLocal(now, CodeKeyExpired, "peer did not update its key", nil)
+		return
+	}
 	c.stats.PacketsReceived++
 	c.stats.BytesReceived += uint64(len(pkt))
 	c.lastRecv = now
@@ -157,6 +164,7 @@ func (c *Conn) promoteRecvKey(now time.Time, pn uint64) {
 	c.recvNext = nil
 	c.recvCur.firstPN = pn
 	c.recvCur.used = true
+	c.recvKeyStart = now
 	c.prevDiscardAt = now.Add(keyDiscardPTOs * c.rec.pto())
 	c.stats.KeyUpdates++
 }

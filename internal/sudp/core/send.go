@@ -402,13 +402,29 @@ func (c *Conn) schedule(s *stream) {
 // the configured packets or time, once the peer has acknowledged a packet of
 // the current generation (so it holds the current keys and the phase bit
 // cannot be ambiguous).
+//
+// Past KeyRejectAfter (or 2^23 packets, AES-GCM's confidentiality bound per
+// RFC 9001 §6.6, or twice the packet limit if larger) on one generation — the
+// update could not happen because the peer never acknowledged a packet of
+// it — the connection is closed rather than keep using the key.
 func (c *Conn) maybeUpdateKey(now time.Time) {
 	k := c.sendKey
-	if !k.used || !c.sendGenAcked {
+	if !k.used {
 		return
 	}
-	if c.nextPN-k.firstPN < c.cfg.KeyUpdatePackets && c.sendKeyBytes < c.cfg.KeyUpdateBytes &&
-		now.Sub(c.sendKeyStart) < c.cfg.KeyUpdateInterval {
+	due := c.nextPN-k.firstPN >= c.cfg.KeyUpdatePackets || c.sendKeyBytes >= c.cfg.KeyUpdateBytes ||
+		now.Sub(c.sendKeyStart) >= c.cfg.KeyUpdateInterval
+	if !due {
+		return
+	}
+	if !c.sendGenAcked {
+		if now.Sub(c.sendKeyStart) >= c.cfg.KeyRejectAfter || c.nextPN-k.firstPN >= max(2*c.cfg.KeyUpdatePackets, 1<<23) {
+			c.closeLocal(now, CodeKeyExpired, "key generation expired before the peer acknowledged it", nil)
+			return
+		}
+		// A side that only sends ACKs never has a packet acknowledged:
+		// make the next packet ack-eliciting so the update can proceed.
+		c.pingPending = true
 		return
 	}
 	n, err := k.next()

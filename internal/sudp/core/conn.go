@@ -43,7 +43,7 @@ const (
 	CodeFlowControl       = 2
 	CodeStreamLimit       = 3
 	CodeInternal          = 4
-	CodeKeyExpired        = 5 // a key generation outlived its hard limit
+	CodeKeyExpired        = 5     // a key generation outlived its hard limit
 	CodeApplication       = 0x100 // and above: application-defined
 )
 

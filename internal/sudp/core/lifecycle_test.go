@@ -176,7 +176,7 @@ func TestKeyHardLimit(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			runFor(s, 20 * time.Millisecond)
+			runFor(s, 20*time.Millisecond)
 		}
 		if err := c.Err(); err != nil {
 			t.Fatalf("client closed: %v", err)

@@ -422,3 +422,24 @@ func TestRevokeAndChangedDisk(t *testing.T) {
 		t.Fatalf("record changed by a refused login: %+v", a)
 	}
 }
+
+// metricSum adds up every series of a metric family at the MMC.
+func (c *cluster) metricSum(family string) float64 {
+	c.t.Helper()
+	resp, err := http.Get("http://" + c.admin + "/metrics")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, family+" ") || strings.HasPrefix(line, family+"{") {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	return sum
+}

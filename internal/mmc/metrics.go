@@ -33,7 +33,7 @@ func newMetrics() *metrics {
 		factAlarms:     c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
 		auditDropped:   c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
-			Help: "Handshakes refused at lookup, by the key's state."}, []string{"state"}),
+			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
 			Help: "Sessions ended for a malformed or unexpected message."}, []string{"kind"}),
 	}

@@ -185,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 		Static:    static,
 		ClusterID: clusterID,
 		Lookup:    s.lookup,
+		Rejected:  s.rejected,
 		Logger:    cfg.Logger,
 	})
 	if err != nil {
@@ -298,9 +299,34 @@ func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
 	case e.state == store.StateApproved:
 		return handshake.Peer{ID: e.id, PSK: e.psk, Allowed: true, LoginState: LoginApproved, NotAfter: e.notAfter}, nil
 	default:
-		s.metrics.refused.WithLabelValues(string(e.state)).Inc()
-		s.audit.async(store.AuditEntry{Actor: "key:" + e.id, Action: "login.refused", Target: e.id, Outcome: "denied", Detail: "agent is " + string(e.state)})
-		return handshake.Peer{}, nil
+		return handshake.Peer{}, nil // refused; audited by rejected
+	}
+}
+
+// rejected is told of every initiation the handshake refused. Those it can
+// attribute to a key (a replay, a rejected or revoked agent) are audited
+// with the source address; all are counted.
+func (s *Server) rejected(from netip.AddrPort, err error) {
+	var pe *handshake.PeerError
+	switch {
+	case errors.As(err, &pe) && errors.Is(err, handshake.ErrReplay):
+		id := identity.NodeID(pe.Peer)
+		s.metrics.refused.WithLabelValues("replay").Inc()
+		s.audit.async(store.AuditEntry{Actor: "key:" + id, Action: "login.replay", Target: id, Source: from.String(), Outcome: "denied", Detail: "replayed handshake initiation"})
+	case errors.As(err, &pe) && errors.Is(err, handshake.ErrPeerNotAllowed):
+		id := identity.NodeID(pe.Peer)
+		s.mu.RLock()
+		state := "unknown"
+		if a := s.byKey[pe.Peer]; a != nil {
+			state = string(a.state)
+		}
+		s.mu.RUnlock()
+		s.metrics.refused.WithLabelValues(state).Inc()
+		s.audit.async(store.AuditEntry{Actor: "key:" + id, Action: "login.refused", Target: id, Source: from.String(), Outcome: "denied", Detail: "agent is " + state})
+	case errors.Is(err, handshake.ErrDecrypt):
+		s.metrics.refused.WithLabelValues("decrypt").Inc()
+	default:
+		s.metrics.refused.WithLabelValues("other").Inc()
 	}
 }
 

@@ -29,6 +29,11 @@ type Config struct {
 	ClusterID string
 	// Lookup authorises incoming connections; nil refuses them all.
 	Lookup func(peerStatic [32]byte) (handshake.Peer, error)
+	// Rejected, if set, is told of every initiation the responder refused
+	// (errors from package handshake; *handshake.PeerError names the key
+	// for replays and refused peers). Like Lookup it runs on the reader
+	// goroutine and must not block.
+	Rejected func(from netip.AddrPort, err error)
 	// RequireCookie makes every initiator prove its address first.
 	RequireCookie bool
 	LoadThreshold int
@@ -307,6 +312,9 @@ func (e *Endpoint) route(now time.Time, d *socket.Datagram) *Conn {
 		}
 		if err != nil {
 			e.log.Debug("sudp: initiation rejected", "from", d.From, "err", err)
+			if e.cfg.Rejected != nil {
+				e.cfg.Rejected(d.From, err)
+			}
 			return nil
 		}
 		if replaced != nil {

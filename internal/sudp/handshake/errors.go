@@ -49,3 +49,15 @@ var (
 	// ErrInternal: randomness or a primitive failed; not the peer's doing.
 	ErrInternal = errors.New("handshake: internal error")
 )
+
+// PeerError attributes a rejected initiation to the static key that made
+// it, for rejections that happen after the key was decrypted and
+// authenticated by the initiation's Noise message (a replay, a refused
+// peer), so the layer above can audit who tried.
+type PeerError struct {
+	Peer [32]byte
+	Err  error
+}
+
+func (e *PeerError) Error() string { return e.Err.Error() }
+func (e *PeerError) Unwrap() error { return e.Err }

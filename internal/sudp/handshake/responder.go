@@ -298,7 +298,7 @@ func (r *Responder) handleInitiation(now time.Time, src netip.AddrPort, pkt []by
 	// Whatever happens next, our copy of the peer's K is wiped on return.
 	defer clear(peer.PSK[:])
 	if !peer.Allowed || isZero(peer.PSK[:]) {
-		return nil, nil, ErrPeerNotAllowed
+		return nil, nil, &PeerError{Peer: peerStatic, Err: ErrPeerNotAllowed}
 	}
 
 	ts, ok := parseTimestamp(payload)
@@ -306,10 +306,10 @@ func (r *Responder) handleInitiation(now time.Time, src netip.AddrPort, pkt []by
 		return nil, nil, ErrBadPayload
 	}
 	if last, seen := r.timestamps[peerStatic]; seen && !ts.after(last) {
-		return nil, nil, ErrReplay
+		return nil, nil, &PeerError{Peer: peerStatic, Err: ErrReplay}
 	}
 	if floor, ok := timestampOf(peer.NotAfter); ok && !peer.NotAfter.IsZero() && !ts.after(floor) {
-		return nil, nil, ErrReplay
+		return nil, nil, &PeerError{Peer: peerStatic, Err: ErrReplay}
 	}
 
 	if err := hs.SetPresharedKey(peer.PSK[:]); err != nil {

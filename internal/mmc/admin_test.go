@@ -1,0 +1,119 @@
+package mmc
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+func newTestServer(t *testing.T) (*Server, *httptest.Server) {
+	t.Helper()
+	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	hs := httptest.NewServer(s.adminHandler())
+	t.Cleanup(hs.Close)
+	return s, hs
+}
+
+// TestAdminAPIBadInput: wrong or missing tokens, malformed JSON, unknown
+// ids, unknown actions and conflicting decisions each get a clear error
+// with the right status, change nothing, and never panic.
+func TestAdminAPIBadInput(t *testing.T) {
+	s, hs := newTestServer(t)
+	now := time.Now()
+	if err := s.st.PutAgent(store.Agent{ID: "a1", State: store.StatePending, Facts: identity.Facts{Hostname: "h1"}, EnrolledAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.loadAgents(); err != nil {
+		t.Fatal(err)
+	}
+	tok := s.AdminToken()
+	tests := []struct {
+		name, method, path, token, body string
+		want                            int
+	}{
+		{"no token", "GET", "/v1/agents", "", "", 401},
+		{"wrong token", "GET", "/v1/agents", strings.Repeat("0", len(tok)), "", 401},
+		{"token prefix", "GET", "/v1/agents", tok[:10], "", 401},
+		{"bad state filter", "GET", "/v1/agents?state=zombie", tok, "", 400},
+		{"unknown agent", "GET", "/v1/agents/nope", tok, "", 404},
+		{"unknown action", "POST", "/v1/agents/a1/explode", tok, "{}", 404},
+		{"approve unknown", "POST", "/v1/agents/nope/approve", tok, "{}", 404},
+		{"revoke unknown", "POST", "/v1/agents/nope/revoke", tok, "{}", 404},
+		{"malformed JSON", "POST", "/v1/tokens", tok, "{ttl:", 400},
+		{"unknown field", "POST", "/v1/tokens", tok, `{"ttl":"1h","admin":true}`, 400},
+		{"bad ttl", "POST", "/v1/tokens", tok, `{"ttl":"forever"}`, 400},
+		{"negative uses", "POST", "/v1/tokens", tok, `{"ttl":"1h","uses":-1}`, 400},
+		{"huge body", "POST", "/v1/tokens", tok, `{"ttl":"` + strings.Repeat("1", 2<<20) + `"}`, 400},
+		{"bad audit paging", "GET", "/v1/audit?after=-1", tok, "", 400},
+		{"no such endpoint", "GET", "/v2/everything", tok, "", 404},
+		{"wrong method", "DELETE", "/v1/agents", tok, "", 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, hs.URL+tt.path, bytes.NewBufferString(tt.body))
+			if tt.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tt.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var e api.Error
+			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Error == "" {
+				t.Fatalf("status %d without a JSON error body (%v)", resp.StatusCode, err)
+			}
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, e.Error, tt.want)
+			}
+		})
+	}
+	// Nothing changed: the agent is still pending, no token exists.
+	if a, err := s.st.Agent("a1"); err != nil || a.State != store.StatePending {
+		t.Fatalf("agent after bad input: %+v %v", a, err)
+	}
+	if toks, _ := s.st.Tokens(); len(toks) != 0 {
+		t.Fatalf("%d tokens created by bad requests", len(toks))
+	}
+	// Auth failures are audited.
+	entries, _ := s.st.Audit(0, 0)
+	denied := 0
+	for _, e := range entries {
+		if e.Action == "admin.auth" && e.Outcome == "denied" {
+			denied++
+		}
+	}
+	if denied != 3 {
+		t.Fatalf("%d audited auth failures, want 3", denied)
+	}
+
+	// The happy path through the client, and a conflicting second decision.
+	cl := &api.Client{Base: hs.URL, Token: tok}
+	a, err := cl.AgentAction(t.Context(), "a1", "reject")
+	if err != nil || a.State != "rejected" {
+		t.Fatalf("reject: %+v %v", a, err)
+	}
+	if _, err := cl.AgentAction(t.Context(), "a1", "approve"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("approving a rejected agent: %v, want HTTP 409", err)
+	}
+	tk, err := cl.CreateToken(t.Context(), time.Hour, 3)
+	if err != nil || !strings.HasPrefix(tk.Token, "fjt1.") || tk.Uses != 3 {
+		t.Fatalf("token: %+v %v", tk, err)
+	}
+	stored, _ := s.st.Tokens()
+	if len(stored) != 1 || bytes.Contains([]byte(tk.Token), stored[0].Hash[:]) {
+		t.Fatal("token not stored as a hash")
+	}
+}

@@ -1,0 +1,214 @@
+package mmc
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+)
+
+// fakeAgent speaks the agent side of the protocol by hand, so tests can
+// make it misbehave.
+type fakeAgent struct {
+	t      *testing.T
+	ep     *sudp.Endpoint
+	bundle identity.Bundle
+	facts  identity.Facts
+	code   identity.Code
+}
+
+func startMMC(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	cfg.DataDir, cfg.Listen, cfg.Admin = t.TempDir(), "127.0.0.1:0", "-"
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+func newFakeAgent(t *testing.T, s *Server) *fakeAgent {
+	k, err := handshake.GenerateKeypair(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := sudp.Listen(sudp.Config{Listen: "127.0.0.1:0", Static: k, ClusterID: s.clusterID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ep.Close() })
+	return &fakeAgent{t: t, ep: ep, bundle: s.Bundle(), facts: identity.Facts{Hostname: "fake", MACs: []string{"02:00:00:00:00:99"}, DiskID: "fd"}}
+}
+
+func (a *fakeAgent) dial(psk [32]byte) *sudp.Conn {
+	a.t.Helper()
+	keys, _ := a.bundle.Keys()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := a.ep.Dial(ctx, a.bundle.MMCs[0].Addr, keys[0], psk)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return c
+}
+
+func (a *fakeAgent) recv(c *sudp.Conn) message.Envelope {
+	a.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := message.Receive(ctx, c)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return e
+}
+
+// enrolWithToken runs the enrolment flow and keeps M.
+func (a *fakeAgent) enrolWithToken(token string) {
+	a.t.Helper()
+	ctx := context.Background()
+	c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
+	defer c.Close()
+	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts, Token: token}); err != nil {
+		a.t.Fatal(err)
+	}
+	rep, err := message.Decode[message.EnrolReply](a.recv(c))
+	if err != nil || rep.State != "approved" {
+		a.t.Fatalf("enrol: %+v %v", rep, err)
+	}
+	copy(a.code[:], rep.Code)
+	if err := message.Send(ctx, c, message.TypeEnrolAck, message.EnrolAck{}); err != nil {
+		a.t.Fatal(err)
+	}
+	<-c.Done() // the MMC closes once it has the ack
+}
+
+// login returns a session past Welcome.
+func (a *fakeAgent) login() *sudp.Conn {
+	a.t.Helper()
+	c := a.dial(identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts))
+	if err := message.Send(context.Background(), c, message.TypeHello, message.Hello{Facts: a.facts}); err != nil {
+		a.t.Fatal(err)
+	}
+	if e := a.recv(c); e.Type != message.TypeWelcome {
+		a.t.Fatalf("login: %v", e.Type)
+	}
+	return c
+}
+
+func token(t *testing.T, s *Server, uses int) string {
+	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.st.PutToken(store.Token{ID: id, Hash: hash, Expires: time.Now().Add(time.Hour), UsesLeft: uses}); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestReauthFailures: a correct answer keeps the session; a wrong answer
+// and silence each end it with CodeReauthFailed, audited.
+func TestReauthFailures(t *testing.T) {
+	s := startMMC(t, Config{ReauthMin: 50 * time.Millisecond, ReauthMax: 100 * time.Millisecond, ReauthTimeout: 300 * time.Millisecond})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	rk := identity.DeriveReauthKey(a.code, a.bundle.ClusterID)
+	ctx := context.Background()
+
+	for _, mode := range []string{"right", "wrong", "silent"} {
+		t.Run(mode, func(t *testing.T) {
+			c := a.login()
+			defer c.Close()
+			hs := c.Session().HandshakeHash
+			for round := 0; round < 3; round++ {
+				e := a.recv(c)
+				ch, err := message.Decode[message.Challenge](e)
+				if err != nil || e.Type != message.TypeChallenge {
+					t.Fatalf("round %d: %v %v", round, e.Type, err)
+				}
+				var nonce [identity.NonceLen]byte
+				copy(nonce[:], ch.Nonce)
+				mac := identity.ReauthMAC(rk, hs, ch.Seq, nonce)
+				if mode == "silent" {
+					break
+				}
+				if mode == "wrong" {
+					mac[0] ^= 1
+				}
+				if err := message.Send(ctx, c, message.TypeChallengeAnswer, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
+					t.Fatal(err)
+				}
+				if mode != "right" {
+					break
+				}
+			}
+			if mode == "right" {
+				if !s.online(s.byKeyID(a)) {
+					t.Fatal("session ended although every answer was right")
+				}
+				return
+			}
+			select {
+			case <-c.Done():
+			case <-time.After(3 * time.Second):
+				t.Fatal("session survived a failed re-authentication")
+			}
+			var ce *sudp.CloseError
+			if !errors.As(c.Err(), &ce) || ce.Code != CodeReauthFailed {
+				t.Fatalf("closed with %v, want CodeReauthFailed", c.Err())
+			}
+		})
+	}
+	entries, _ := s.st.Audit(0, 0)
+	n := 0
+	for _, e := range entries {
+		if e.Action == "reauth.failed" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d reauth.failed audit entries, want 2", n)
+	}
+}
+
+func (s *Server) byKeyID(a *fakeAgent) string {
+	return identity.NodeID(a.ep.PublicKey())
+}
+
+// TestTokenGuessingThrottled: after the burst, guesses from one source are
+// refused without even consulting the database; another source is not
+// affected.
+func TestTokenGuessingThrottled(t *testing.T) {
+	s := startMMC(t, Config{})
+	now := time.Now()
+	guess := "fjt1.0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	src := netip.MustParseAddr("192.0.2.7")
+	var throttled int
+	for i := 0; i < 20; i++ {
+		if _, err := s.checkToken(guess, src, now); err != nil && err.Error() == "too many token attempts from this source" {
+			throttled++
+		}
+	}
+	if throttled != 15 {
+		t.Fatalf("%d of 20 guesses throttled, want 15 (burst 5)", throttled)
+	}
+	good := token(t, s, 1)
+	if _, err := s.checkToken(good, src, now); err == nil {
+		t.Fatal("a valid token from a throttled source got through while throttled")
+	}
+	if _, err := s.checkToken(good, netip.MustParseAddr("192.0.2.8"), now); err != nil {
+		t.Fatalf("another source: %v", err)
+	}
+}

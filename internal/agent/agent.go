@@ -103,8 +103,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
-	a.clock = &clock{alarm: cfg.ClockAlarm, log: cfg.Logger, m: a.metrics}
+	a := &Agent{cfg: cfg, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
+	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics}
+	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
+	a.clock.log = a.log
 	if err := a.loadState(); err != nil {
 		return nil, err
 	}

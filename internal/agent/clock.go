@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"time"
@@ -69,4 +70,35 @@ func (c *clock) offset() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.best.offset
+}
+
+// known returns the offset estimate and whether there is one yet.
+func (c *clock) known() (time.Duration, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.best.offset, c.n > 0
+}
+
+// mmcTimeHandler adds mmc_time — the record's time corrected by the
+// measured offset — to every log record once an offset is known, so an
+// agent's logs can be ordered against the MMC's without trusting either
+// host clock to be set right.
+type mmcTimeHandler struct {
+	slog.Handler
+	c *clock
+}
+
+func (h mmcTimeHandler) Handle(ctx context.Context, r slog.Record) error {
+	if off, ok := h.c.known(); ok && !r.Time.IsZero() {
+		r.AddAttrs(slog.Time("mmc_time", r.Time.Add(off)))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h mmcTimeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return mmcTimeHandler{h.Handler.WithAttrs(as), h.c}
+}
+
+func (h mmcTimeHandler) WithGroup(name string) slog.Handler {
+	return mmcTimeHandler{h.Handler.WithGroup(name), h.c}
 }

@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bytes"
+	"encoding/json"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,5 +62,31 @@ func TestClockOffset(t *testing.T) {
 	c.sample(base, base, base, base.Add(-time.Second))
 	if got := c.offset(); got != -20*time.Millisecond {
 		t.Fatalf("impossible probe changed the offset to %v", got)
+	}
+}
+
+// TestLogsCarryMMCTime: once an offset is measured, every log record also
+// carries the time on the MMC's clock.
+func TestLogsCarryMMCTime(t *testing.T) {
+	var buf bytes.Buffer
+	c := &clock{alarm: time.Hour, log: slog.New(slog.DiscardHandler), m: newMetrics()}
+	log := slog.New(mmcTimeHandler{slog.NewJSONHandler(&buf, nil), c})
+	log.Info("before")
+	if strings.Contains(buf.String(), "mmc_time") {
+		t.Fatal("mmc_time before any measurement")
+	}
+	t1 := time.Now()
+	c.sample(t1, t1.Add(3*time.Second), t1.Add(3*time.Second), t1) // MMC 3 s ahead, zero delay
+	buf.Reset()
+	log.With("k", "v").Info("after")
+	var rec struct {
+		Time    time.Time `json:"time"`
+		MMCTime time.Time `json:"mmc_time"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.MMCTime.Sub(rec.Time); d != 3*time.Second {
+		t.Fatalf("mmc_time − time = %v, want 3s", d)
 	}
 }

@@ -212,3 +212,69 @@ func TestTokenGuessingThrottled(t *testing.T) {
 		t.Fatalf("another source: %v", err)
 	}
 }
+
+// TestEnrolmentSessionIsRestricted: a key that is not approved gets only an
+// enrolment session; anything but an enrolment request on it ends the
+// session, is counted and audited, and changes nothing.
+func TestEnrolmentSessionIsRestricted(t *testing.T) {
+	s := startMMC(t, Config{})
+	a := newFakeAgent(t, s)
+	// Pending: enrol without a token.
+	c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
+	ctx := context.Background()
+	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := message.Decode[message.EnrolReply](a.recv(c)); err != nil || rep.State != "pending" {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	c.Close()
+	// The pending key tries to act as an approved agent on a new session.
+	for _, m := range []struct {
+		typ  message.Type
+		body any
+	}{
+		{message.TypeHello, message.Hello{Facts: a.facts}},
+		{message.TypeTimeRequest, message.TimeRequest{T1: 1}},
+		{message.TypeChallengeAnswer, message.ChallengeAnswer{Seq: 1, MAC: make([]byte, 32)}},
+	} {
+		c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
+		if c.Session().LoginState != LoginPending {
+			t.Fatalf("login state %d, want pending", c.Session().LoginState)
+		}
+		if err := message.Send(ctx, c, m.typ, m.body); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v on an enrolment session did not end it", m.typ)
+		}
+		var ce *sudp.CloseError
+		if !errors.As(c.Err(), &ce) || ce.Code != CodeProtocol {
+			t.Fatalf("%v: closed with %v, want CodeProtocol", m.typ, c.Err())
+		}
+	}
+	// A made-up K for the pending key does not even complete a handshake.
+	keys, _ := a.bundle.Keys()
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if c, err := a.ep.Dial(dctx, a.bundle.MMCs[0].Addr, keys[0], [32]byte{1, 2, 3}); err == nil {
+		c.Close()
+		t.Fatal("a pending key logged in with a guessed psk")
+	}
+	ag, err := s.st.Agent(s.byKeyID(a))
+	if err != nil || ag.State != store.StatePending || s.online(ag.ID) {
+		t.Fatalf("after the attempts: %+v %v", ag, err)
+	}
+	entries, _ := s.st.Audit(0, 0)
+	n := 0
+	for _, e := range entries {
+		if e.Action == "enrol.unexpected" && e.Outcome == "denied" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("%d enrol.unexpected audit entries, want 3", n)
+	}
+}

@@ -271,6 +271,9 @@ func (a *Agent) enrol(ctx context.Context) error {
 		switch env.Type {
 		case message.TypeRefused:
 			r, _ := message.Decode[message.Refused](env)
+			if r.Retry {
+				return fmt.Errorf("agent: the MMC deferred the enrolment: %s", r.Reason)
+			}
 			return fmt.Errorf("%w: the MMC refused the enrolment: %s", ErrFatal, r.Reason)
 		case message.TypeEnrolReply:
 		default:

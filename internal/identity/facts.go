@@ -1,11 +1,15 @@
 package identity
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Facts are what an agent tells the MMC about its host when it enrols and
@@ -47,24 +51,51 @@ func (f Facts) Normalize() Facts {
 }
 
 // Validate bounds what an enrolment may claim, so a hostile request cannot
-// make the MMC store megabytes of "facts".
+// make the MMC store megabytes of "facts", and refuses anything an
+// administrator's terminal could misrender: the facts are shown to the
+// person deciding whether to trust the host, so a hostname carrying escape
+// sequences (to paint over the screen as another host) is rejected, and
+// addresses must parse.
 func (f Facts) Validate() error {
 	const maxField, maxList = 256, 64
 	for _, s := range []string{f.Hostname, f.MachineID, f.DiskID} {
-		if len(s) > maxField {
-			return fmt.Errorf("identity: host fact longer than %d bytes", maxField)
+		if err := CheckLabel(s, maxField); err != nil {
+			return err
 		}
 	}
 	if len(f.IPs) > maxList || len(f.MACs) > maxList {
 		return fmt.Errorf("identity: more than %d addresses", maxList)
 	}
-	for _, s := range append(slices.Clone(f.IPs), f.MACs...) {
-		if len(s) > 64 {
-			return fmt.Errorf("identity: address longer than 64 bytes")
+	for _, s := range f.IPs {
+		if _, err := netip.ParseAddr(strings.TrimSpace(s)); err != nil {
+			return fmt.Errorf("identity: IP address %q: %v", s, err)
+		}
+	}
+	for _, s := range f.MACs {
+		if _, err := net.ParseMAC(strings.TrimSpace(s)); err != nil || len(s) > 64 {
+			return fmt.Errorf("identity: MAC address %q does not parse", s)
 		}
 	}
 	if f.Hostname == "" {
 		return fmt.Errorf("identity: hostname missing")
+	}
+	return nil
+}
+
+// CheckLabel accepts a string shown to administrators: at most max bytes of
+// valid UTF-8 with printable characters only (no control characters, no
+// terminal escape sequences).
+func CheckLabel(s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("identity: %d-byte field, limit %d", len(s), max)
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("identity: field is not valid UTF-8")
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("identity: field contains the non-printable character %U", r)
+		}
 	}
 	return nil
 }

@@ -207,7 +207,10 @@ func TestFactsValidate(t *testing.T) {
 	}
 	long := strings.Repeat("x", 300)
 	many := make([]string, 100)
-	for _, f := range []Facts{{}, {Hostname: long}, {Hostname: "h", DiskID: long}, {Hostname: "h", IPs: many}, {Hostname: "h", MACs: []string{long}}} {
+	bad := []Facts{{}, {Hostname: long}, {Hostname: "h", DiskID: long}, {Hostname: "h", IPs: many}, {Hostname: "h", MACs: []string{long}},
+		{Hostname: "evil\x1b[2K\rlegit-host"}, {Hostname: "h\n2"}, {Hostname: "h", DiskID: "d\x00"}, {Hostname: "h\xff"},
+		{Hostname: "h", IPs: []string{"not-an-ip"}}, {Hostname: "h", MACs: []string{"zz:zz"}}}
+	for _, f := range bad {
 		if f.Validate() == nil {
 			t.Errorf("accepted %+v", f)
 		}

@@ -102,6 +102,17 @@ func WriteSecretFile(path string, data []byte) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("identity: %w", err)
 	}
+	// Make the rename itself durable: an agent acknowledges its
+	// registration code right after saving it, and the MMC then forgets
+	// the code — a crash must not lose the file.
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("identity: sync %s: %w", filepath.Dir(path), err)
+	}
 	return nil
 }
 

@@ -16,8 +16,10 @@ type EnrolRequest struct {
 }
 
 func (m *EnrolRequest) check() error {
-	if len(m.Name) > 128 || len(m.Site) > 128 || len(m.Token) > 128 {
-		return errors.New("field too long")
+	for _, s := range []string{m.Name, m.Site, m.Token} {
+		if err := identity.CheckLabel(s, 128); err != nil {
+			return err
+		}
 	}
 	return m.Facts.Validate()
 }
@@ -54,8 +56,10 @@ type Hello struct {
 }
 
 func (m *Hello) check() error {
-	if len(m.Name) > 128 || len(m.Site) > 128 || len(m.Version) > 64 {
-		return errors.New("field too long")
+	for _, s := range []string{m.Name, m.Site, m.Version} {
+		if err := identity.CheckLabel(s, 128); err != nil {
+			return err
+		}
 	}
 	return m.Facts.Validate()
 }
@@ -68,6 +72,7 @@ type Welcome struct {
 // Refused ends a session with a reason the agent logs.
 type Refused struct {
 	Reason string `cbor:"1,keyasint"`
+	Retry  bool   `cbor:"2,keyasint,omitempty"` // a temporary condition: try again later
 }
 
 // Challenge is the MMC's periodic re-authentication challenge: an

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -23,6 +24,14 @@ const firstMessageTimeout = 10 * time.Second
 // approved but not yet in possession of its registration code. Such a
 // session may only enrol: any other message ends it.
 func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [32]byte) {
+	select {
+	case s.enrolSlots <- struct{}{}:
+		defer func() { <-s.enrolSlots }()
+	default:
+		s.metrics.refused.WithLabelValues("enrol-busy").Inc()
+		refuse(ctx, c, CodeProtocol, "too many enrolments in progress; retry later", true)
+		return
+	}
 	req, kind, err := message.First[message.EnrolRequest](ctx, c, message.TypeEnrolRequest, firstMessageTimeout)
 	if err != nil {
 		if kind != "" {
@@ -33,6 +42,10 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 	req.Facts = req.Facts.Normalize()
 	now := s.cfg.Now()
 
+	// Subscribe before reading the state, so a decision made between the
+	// read and the wait is not missed.
+	wake, unsubscribe := s.subscribe(id)
+	defer unsubscribe()
 	a, err := s.st.Agent(id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -42,6 +55,10 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		}
 	case err != nil:
 		s.log.Error("mmc: store", "err", err)
+		return
+	case a.PublicKey != pub:
+		// Two keys whose 64-bit ids collide: never mix their records.
+		s.badInput(c, "key:"+id, "enrol.id-collision", errors.New("agent id in use by another key"))
 		return
 	default:
 		// A known key: remember this handshake, so that after a restart a
@@ -55,15 +72,18 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 	}
 
 	// Wait for a decision while the agent stays connected; it reconnects
-	// and asks again if the session drops.
+	// and asks again if the session drops. Anything it sends meanwhile is
+	// a protocol violation.
+	rd := message.NewReader(ctx, c)
+	defer rd.Stop()
 	for {
 		switch a.State {
 		case store.StateApproved:
 			if len(a.PendingCode) != identity.CodeLen {
-				refuse(ctx, c, CodeProtocol, "already enrolled")
+				refuse(ctx, c, CodeProtocol, "already enrolled", false)
 				return
 			}
-			s.deliverCode(ctx, c, a)
+			s.deliverCode(ctx, c, rd, a)
 			return
 		case store.StateRejected, store.StateRevoked:
 			_ = message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(a.State), AgentID: a.ID, Reason: "enrolment " + string(a.State)})
@@ -72,14 +92,18 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		if err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StatePending), AgentID: a.ID, Facts: a.Facts}); err != nil {
 			return
 		}
-		wake := s.waitDecision(a.ID)
 		select {
 		case <-wake:
-		case <-c.Done():
+		case e := <-rd.C:
+			s.badInput(c, "key:"+id, "enrol.unexpected", fmt.Errorf("%v while waiting for a decision", e.Type))
+			return
+		case <-rd.Done:
 			return
 		case <-ctx.Done():
 			return
 		}
+		unsubscribe()
+		wake, unsubscribe = s.subscribe(id)
 		if a, err = s.st.Agent(id); err != nil {
 			return
 		}
@@ -87,7 +111,8 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 }
 
 // newEnrolment records a new agent: pending, or approved at once with a
-// valid join token. Nothing is stored for a request with a bad token.
+// valid join token. Nothing is stored for a request with a bad token, nor
+// beyond the limit of pending enrolments.
 func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message.EnrolRequest, now time.Time) (store.Agent, error) {
 	src := c.RemoteAddr()
 	a := store.Agent{
@@ -101,13 +126,20 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 		if err != nil {
 			s.metrics.tokenFailures.Inc()
 			s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.token", Target: tid, Source: src.String(), Outcome: "denied", Detail: err.Error()})
-			refuse(context.Background(), c, CodeProtocol, "join token not accepted")
+			refuse(context.Background(), c, CodeProtocol, "join token not accepted", errors.Is(err, errThrottled))
 			return a, err
 		}
 		decidedBy = "token:" + tid
+	} else if n := s.pendingCount(); n >= s.cfg.MaxPending {
+		s.metrics.refused.WithLabelValues("pending-full").Inc()
+		s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.request", Target: id, Source: src.String(), Outcome: "denied",
+			Detail: fmt.Sprintf("%d enrolments already pending (limit %d)", n, s.cfg.MaxPending)})
+		refuse(context.Background(), c, CodeProtocol, "too many pending enrolments; retry later", true)
+		return a, errors.New("too many pending enrolments")
 	}
-	if err := s.st.PutAgent(a); err != nil {
-		s.log.Error("mmc: store", "err", err)
+	if err := s.st.CreateAgent(a); err != nil {
+		// A concurrent enrolment of the same key won the race.
+		s.log.Info("mmc: enrolment", "agent", id, "err", err)
 		return a, err
 	}
 	s.setAgent(a)
@@ -122,6 +154,21 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 	return a, nil
 }
 
+// pendingCount is the number of agents waiting for a decision.
+func (s *Server) pendingCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, e := range s.byKey {
+		if e.state == store.StatePending {
+			n++
+		}
+	}
+	return n
+}
+
+var errThrottled = errors.New("too many token attempts from this source")
+
 // checkToken validates and consumes a join token, throttled per source.
 func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, error) {
 	tid, secret, err := identity.ParseToken(tok)
@@ -133,7 +180,7 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 	s.mu.Unlock()
 	if !ok {
 		s.metrics.throttled.Inc()
-		return tid, errors.New("too many token attempts from this source")
+		return tid, errThrottled
 	}
 	if _, err := s.st.UseToken(tid, secret, now); err != nil {
 		return tid, err
@@ -144,20 +191,32 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 // deliverCode sends an approved agent its registration code and waits for
 // the agent to confirm it stored it; only then does the MMC forget M and
 // switch the key to full sessions.
-func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, a store.Agent) {
-	err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StateApproved), AgentID: a.ID, Code: a.PendingCode, Facts: a.Facts})
+func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Reader, a store.Agent) {
+	code := a.PendingCode
+	err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StateApproved), AgentID: a.ID, Code: code, Facts: a.Facts})
 	if err != nil {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, firstMessageTimeout)
-	env, err := message.Receive(rctx, c)
-	cancel()
-	if err != nil || env.Type != message.TypeEnrolAck {
+	select {
+	case e := <-rd.C:
+		if e.Type != message.TypeEnrolAck {
+			s.badInput(c, "key:"+a.ID, "enrol.unexpected", fmt.Errorf("%v instead of an enrolment ack", e.Type))
+			return
+		}
+	case <-rd.Done:
 		return // the agent will come back for it
+	case <-time.After(firstMessageTimeout):
+		return
+	case <-ctx.Done():
+		return
 	}
 	a, err = s.st.UpdateAgent(a.ID, func(a *store.Agent) error {
-		clear(a.PendingCode)
-		a.PendingCode = nil
+		// Only the code this session delivered is confirmed: a newer
+		// approval's code must not be wiped by a stale session.
+		if subtle.ConstantTimeCompare(a.PendingCode, code) == 1 {
+			clear(a.PendingCode)
+			a.PendingCode = nil
+		}
 		return nil
 	})
 	if err != nil {
@@ -185,7 +244,7 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 			a.AgentIDDigest = agentIDDigest(code, a.Facts)
 			a.PendingCode = append([]byte(nil), code[:]...)
 		case to == store.StateRejected && a.State == store.StatePending:
-		case to == store.StateRevoked && a.State != store.StateRejected:
+		case to == store.StateRevoked && a.State != store.StateRejected && a.State != store.StateRevoked:
 			clear(a.PSK[:])
 			clear(a.ReauthKey[:])
 			clear(a.PendingCode)
@@ -204,10 +263,10 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 	s.audit.add(store.AuditEntry{Actor: actorOf(by), Action: "agent." + verbOf(to), Target: id, Source: source, Outcome: "ok", Detail: "by " + by})
 	s.log.Info("mmc: agent "+verbOf(to), "agent", id, "by", by)
 	s.mu.Lock()
-	if w, ok := s.waiters[id]; ok {
+	for w := range s.waiters[id] {
 		close(w)
-		delete(s.waiters, id)
 	}
+	delete(s.waiters, id)
 	sess := s.sessions[id]
 	s.mu.Unlock()
 	if to == store.StateRevoked && sess != nil {
@@ -219,15 +278,27 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 // ErrConflict is a decision that does not apply to the agent's state.
 var ErrConflict = errors.New("mmc: conflict")
 
-func (s *Server) waitDecision(id string) <-chan struct{} {
+// subscribe returns a channel closed at the next decision about id, and
+// the function that withdraws it (every session withdraws its own, so the
+// map holds only live waiters).
+func (s *Server) subscribe(id string) (<-chan struct{}, func()) {
+	w := make(chan struct{})
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	w, ok := s.waiters[id]
-	if !ok {
-		w = make(chan struct{})
-		s.waiters[id] = w
+	if s.waiters[id] == nil {
+		s.waiters[id] = make(map[chan struct{}]struct{})
 	}
-	return w
+	s.waiters[id][w] = struct{}{}
+	s.mu.Unlock()
+	return w, func() {
+		s.mu.Lock()
+		if ws := s.waiters[id]; ws != nil {
+			delete(ws, w)
+			if len(ws) == 0 {
+				delete(s.waiters, id)
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // agentIDDigest is SHA-256 of the paper's Agent_Id = M | IP | MAC | disk-id.

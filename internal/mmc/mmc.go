@@ -70,11 +70,16 @@ type Config struct {
 	// AllowChangedFacts logs a changed MAC or disk id instead of refusing
 	// the login (the alarm is raised either way).
 	AllowChangedFacts bool
-	// TokenFailures limits join-token failures per source address.
+	// TokenFailures limits join-token attempts per source address.
 	TokenFailures ratelimit.Config
-	Logger        *slog.Logger
-	Rand          io.Reader
-	Now           func() time.Time
+	// MaxPending bounds enrolments waiting for a decision (default 1000);
+	// MaxEnrolSessions the enrolment sessions open at once (default 256).
+	// Anyone holding the bundle can start an enrolment: these bound what
+	// that costs the MMC.
+	MaxPending, MaxEnrolSessions int
+	Logger                       *slog.Logger
+	Rand                         io.Reader
+	Now                          func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -98,6 +103,12 @@ func (c *Config) defaults() {
 		// 256-bit secret was hopeless anyway; this keeps the log readable
 		// and the work bounded.
 		c.TokenFailures = ratelimit.Config{Rate: 0.1, Burst: 5}
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1000
+	}
+	if c.MaxEnrolSessions <= 0 {
+		c.MaxEnrolSessions = 256
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -125,9 +136,11 @@ type Server struct {
 	adminLn   net.Listener
 
 	mu       sync.RWMutex
-	byKey    map[[32]byte]*agentEntry // snapshot for Lookup
-	sessions map[string]*session      // live, by agent id
-	waiters  map[string]chan struct{} // enrolment sessions waiting for a decision, by agent id
+	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
+	sessions map[string]*session                   // live, by agent id
+	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
+
+	enrolSlots chan struct{} // a token per enrolment session in progress
 }
 
 // agentEntry is what the handshake path needs about an agent.
@@ -173,8 +186,9 @@ func New(cfg Config) (*Server, error) {
 		tokenRL:   ratelimit.New(cfg.TokenFailures),
 		byKey:     make(map[[32]byte]*agentEntry),
 		sessions:  make(map[string]*session),
-		waiters:   make(map[string]chan struct{}),
+		waiters:   make(map[string]map[chan struct{}]struct{}),
 	}
+	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)
 	if err := s.loadAgents(); err != nil {
 		st.Close()

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -24,6 +25,8 @@ const (
 	CodeReplaced     = message.CodeReplaced
 )
 
+var errNotApproved = errors.New("mmc: agent no longer approved")
+
 // session is one live, authenticated agent session.
 type session struct {
 	id      string
@@ -41,8 +44,9 @@ func (ss *session) end(code uint64, reason string) {
 // periodic re-authentication and clock probes until the session ends.
 func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	src := c.RemoteAddr().String()
+	pub := c.Session().PeerStatic
 	a, err := s.st.Agent(id)
-	if err != nil || a.State != store.StateApproved {
+	if err != nil || a.State != store.StateApproved || a.PublicKey != pub {
 		return // revoked between handshake and now
 	}
 	hello, kind, err := message.First[message.Hello](ctx, c, message.TypeHello, firstMessageTimeout)
@@ -64,7 +68,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.facts-changed", Target: id, Source: src, Outcome: outcome,
 			Detail: fmt.Sprintf("changed: %s (enrolled disk=%s macs=%s; now disk=%s macs=%s)", what, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","), hello.Facts.DiskID, strings.Join(hello.Facts.MACs, ","))})
 		if !s.cfg.AllowChangedFacts {
-			refuse(ctx, c, CodeFactsChanged, "host facts changed: "+what)
+			refuse(ctx, c, CodeFactsChanged, "host facts changed: "+what, false)
 			return
 		}
 	}
@@ -74,6 +78,9 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	}
 	now := s.cfg.Now()
 	a, err = s.st.UpdateAgent(id, func(a *store.Agent) error {
+		if a.State != store.StateApproved {
+			return errNotApproved
+		}
 		a.LastFacts, a.LastSeen, a.LastAddr = hello.Facts.Normalize(), now, src
 		if t := c.Session().PeerTime; t.After(a.LastHandshake) {
 			a.LastHandshake = t
@@ -85,7 +92,16 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	}
 	s.setAgent(a)
 	ss := &session{id: id, c: c, hs: c.Session().HandshakeHash, started: now}
+	// Register only if the agent is still approved, in the same critical
+	// section that decide publishes revocations through: a revocation
+	// either sees this session (and ends it) or happened before (and we
+	// stop here).
 	s.mu.Lock()
+	if e := s.byKey[pub]; e == nil || e.state != store.StateApproved {
+		s.mu.Unlock()
+		_ = c.CloseWithError(CodeRevoked, "agent revoked")
+		return
+	}
 	old := s.sessions[id]
 	s.sessions[id] = ss
 	s.mu.Unlock()
@@ -205,8 +221,8 @@ func (s *Server) reauthDelay() time.Duration {
 
 // refuse tells the peer why it is being turned away, gives the message a
 // moment to arrive (the peer closes on reading it), then closes with code.
-func refuse(ctx context.Context, c *sudp.Conn, code uint64, reason string) {
-	_ = message.Send(ctx, c, message.TypeRefused, message.Refused{Reason: reason})
+func refuse(ctx context.Context, c *sudp.Conn, code uint64, reason string, retry bool) {
+	_ = message.Send(ctx, c, message.TypeRefused, message.Refused{Reason: reason, Retry: retry})
 	select {
 	case <-c.Done():
 	case <-time.After(2 * time.Second):

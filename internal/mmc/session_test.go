@@ -278,3 +278,56 @@ func TestEnrolmentSessionIsRestricted(t *testing.T) {
 		t.Fatalf("%d enrol.unexpected audit entries, want 3", n)
 	}
 }
+
+// TestRevokeBeforeHello: a revocation that lands after an agent's handshake
+// but before its Hello must not let the session through (the race window
+// the session registration closes).
+func TestRevokeBeforeHello(t *testing.T) {
+	s := startMMC(t, Config{})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	c := a.dial(identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts))
+	defer c.Close()
+	if _, err := s.decide(s.byKeyID(a), store.StateRevoked, "admin", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := message.Send(context.Background(), c, message.TypeHello, message.Hello{Facts: a.facts}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if e, err := message.Receive(ctx, c); err == nil {
+		t.Fatalf("revoked agent got %v", e.Type)
+	}
+	if s.online(s.byKeyID(a)) {
+		t.Fatal("revoked agent registered as online")
+	}
+}
+
+// TestPendingLimit: beyond MaxPending, a new enrolment is deferred (retry
+// later) and nothing is stored.
+func TestPendingLimit(t *testing.T) {
+	s := startMMC(t, Config{MaxPending: 2})
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		a := newFakeAgent(t, s)
+		c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
+		if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts}); err != nil {
+			t.Fatal(err)
+		}
+		e := a.recv(c)
+		switch {
+		case i < 2 && e.Type != message.TypeEnrolReply:
+			t.Fatalf("enrolment %d: %v", i, e.Type)
+		case i == 2:
+			r, err := message.Decode[message.Refused](e)
+			if e.Type != message.TypeRefused || err != nil || !r.Retry {
+				t.Fatalf("enrolment beyond the limit: %v %+v %v", e.Type, r, err)
+			}
+		}
+		c.Close()
+	}
+	if agents, _ := s.st.Agents(); len(agents) != 2 {
+		t.Fatalf("%d records, want 2", len(agents))
+	}
+}

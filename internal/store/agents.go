@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -63,6 +64,20 @@ type Agent struct {
 // PutAgent creates or replaces an agent record.
 func (s *Store) PutAgent(a Agent) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketAgents, a.ID, a) })
+}
+
+// ErrExists is returned by CreateAgent for an id already on record.
+var ErrExists = errors.New("store: already exists")
+
+// CreateAgent stores a new record, failing if the id is taken (two
+// enrolments of one key racing: the first wins).
+func (s *Store) CreateAgent(a Agent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
+			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
+		}
+		return put(tx, bucketAgents, a.ID, a)
+	})
 }
 
 // Agent returns one agent.

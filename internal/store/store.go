@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +36,10 @@ type Store struct {
 
 // Open opens (creating if needed) the database at path, mode 0600.
 func Open(path string) (*Store, error) {
+	// The database holds every agent's K: refuse one others could read.
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("store: %s has mode %v; it must be 0600", path, st.Mode().Perm())
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w (is another MMC using this data directory?)", path, err)

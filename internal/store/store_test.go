@@ -44,6 +44,9 @@ func TestAgentsSurviveReopen(t *testing.T) {
 	if _, err := s2.Agent("nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown id: %v", err)
 	}
+	if err := s2.CreateAgent(Agent{ID: "a1", State: StatePending}); !errors.Is(err, ErrExists) {
+		t.Fatalf("CreateAgent over an existing record: %v", err)
+	}
 	if _, err := s2.UpdateAgent("a1", func(a *Agent) error { a.ID = "other"; return nil }); err == nil {
 		t.Fatal("update that renames the record accepted")
 	}

@@ -5,17 +5,18 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics are the MMC's own counters (the SUDP endpoint's are exported by
 // sudp.Collector). Every refused or malformed input is counted here.
 type metrics struct {
-	online         prometheus.Gauge
-	logins         prometheus.Counter
-	enrolments     prometheus.Counter
-	reauths        prometheus.Counter
-	reauthFailures prometheus.Counter
-	tokenFailures  prometheus.Counter
-	throttled      prometheus.Counter
-	factAlarms     prometheus.Counter
-	auditDropped   prometheus.Counter
-	refused        *prometheus.CounterVec
-	badMessages    *prometheus.CounterVec
+	online          prometheus.Gauge
+	logins          prometheus.Counter
+	enrolments      prometheus.Counter
+	reauths         prometheus.Counter
+	reauthFailures  prometheus.Counter
+	tokenFailures   prometheus.Counter
+	throttled       prometheus.Counter
+	factAlarms      prometheus.Counter
+	auditDropped    prometheus.Counter
+	auditSuppressed prometheus.Counter
+	refused         *prometheus.CounterVec
+	badMessages     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -23,15 +24,16 @@ func newMetrics() *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_mmc_" + name, Help: help})
 	}
 	return &metrics{
-		online:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_mmc_agents_online", Help: "Agents with a live session."}),
-		logins:         c("logins_total", "Successful agent logins."),
-		enrolments:     c("enrolment_requests_total", "Enrolment requests recorded."),
-		reauths:        c("reauth_ok_total", "Periodic re-authentications answered correctly."),
-		reauthFailures: c("reauth_failures_total", "Sessions ended for a wrong or late re-authentication answer."),
-		tokenFailures:  c("token_failures_total", "Enrolments refused for a malformed, unknown, expired, used-up or guessed join token."),
-		throttled:      c("token_throttled_total", "Join-token attempts refused by the per-source limit."),
-		factAlarms:     c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
-		auditDropped:   c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
+		online:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_mmc_agents_online", Help: "Agents with a live session."}),
+		logins:          c("logins_total", "Successful agent logins."),
+		enrolments:      c("enrolment_requests_total", "Enrolment requests recorded."),
+		reauths:         c("reauth_ok_total", "Periodic re-authentications answered correctly."),
+		reauthFailures:  c("reauth_failures_total", "Sessions ended for a wrong or late re-authentication answer."),
+		tokenFailures:   c("token_failures_total", "Enrolments refused for a malformed, unknown, expired, used-up or guessed join token."),
+		throttled:       c("token_throttled_total", "Join-token attempts refused by the per-source limit."),
+		factAlarms:      c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
+		auditDropped:    c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
+		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
 			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
@@ -43,5 +45,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.refused, m.badMessages}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.refused, m.badMessages}
 }

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,3 +31,5 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+func simDriver(dir string) (*sim.Driver, error) { return sim.New(dir, ferryBin) }

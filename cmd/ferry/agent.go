@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-vm/ferry/internal/agent"
+	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"github.com/ferry-vm/ferry/internal/identity"
 )
 
@@ -34,7 +36,16 @@ administrator approves it with 'ferry ctl agents approve ID', or approved at
 once with a valid --token), then keeps an authenticated session open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if driver != "sim" && driver != "qemu" {
+			switch driver {
+			case "sim":
+				d, err := sim.New(filepath.Join(cfg.DataDir, "vms"), "")
+				if err != nil {
+					return err
+				}
+				cfg.Driver = d
+			case "qemu":
+				return fmt.Errorf("--driver qemu is not available yet (issue 7); use --driver sim")
+			default:
 				return fmt.Errorf("--driver must be sim or qemu")
 			}
 			if bundleFile != "" {
@@ -101,6 +112,7 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on this TCP address")
 	f.DurationVar(&cfg.ClockAlarm, "clock-alarm", time.Second, "alarm when the clock offset to the MMC exceeds this")
 	f.DurationVar(&cfg.TimeSyncInterval, "time-sync-interval", time.Minute, "how often to measure the clock offset")
+	f.DurationVar(&cfg.ReportInterval, "report-interval", 5*time.Second, "how often the monitor reports host and VM load")
 	// Simulated hosts share one machine: let them present distinct facts.
 	f.StringVar(&cfg.Facts.DiskID, "disk-id", "", "override the disk id (simulated hosts)")
 	f.StringVar(&cfg.Facts.MachineID, "machine-id", "", "override the machine id (simulated hosts)")

@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/mmc"
+	"github.com/ferry-vm/ferry/internal/units"
 )
 
 type ctlFlags struct {
@@ -66,7 +67,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c))
 	return cmd
 }
 
@@ -191,5 +192,106 @@ func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
+	return cmd
+}
+
+func newCtlHostsCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "hosts", Short: "Hypervisor hosts and their load"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List hosts with their latest report", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			hosts, err := cl.Hosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), hosts)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSITE\tONLINE\tCPU\tMEM\tNET\tVMS")
+			for _, h := range hosts {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%.0f%%\t%.0f%%\t%s\t%d\n", h.ID, h.Site, h.Online, 100*h.CPU, 100*h.Mem, units.FormatRate(8*h.Net), h.VMs)
+			}
+			return tw.Flush()
+		},
+	})
+	return cmd
+}
+
+func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "vms", Short: "Virtual machines"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List VMs on online hosts", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			vms, err := cl.VMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), vms)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tHOST\tSTATE\tCPU\tMEM\tNET\tDIRTY\tVCPUS\tMEMORY")
+			for _, v := range vms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%.0f%%\t%s\t%s/s\t%d\t%s\n", v.ID, v.Host, v.State, 100*v.CPU, 100*v.Mem,
+					units.FormatRate(8*v.Net), units.FormatBytes(uint64(v.Dirty)), v.VCPUs, units.FormatBytes(v.Memory))
+			}
+			return tw.Flush()
+		},
+	})
+	var req api.VMCreate
+	var memory string
+	create := &cobra.Command{
+		Use: "create NAME --host HOST", Short: "Start a VM on a host", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			req.Name = args[0]
+			if req.Memory, err = units.ParseBytes(memory); err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			out, err := cl.CreateVM(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s started on %s\n", out.ID, req.Host)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&req.Host, "host", "", "host (its id in 'hosts list')")
+	create.Flags().StringVar(&memory, "memory", "256MiB", "guest memory")
+	create.Flags().IntVar(&req.VCPUs, "vcpus", 1, "virtual CPUs")
+	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s")
+	_ = create.MarkFlagRequired("host")
+	cmd.AddCommand(create, &cobra.Command{
+		Use: "delete ID", Short: "Destroy a VM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.DeleteVM(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), api.Created{ID: args[0]})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s destroyed\n", args[0])
+			return nil
+		},
+	})
 	return cmd
 }

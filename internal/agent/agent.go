@@ -17,11 +17,13 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/flynn/noise"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/sudp"
@@ -46,8 +48,12 @@ type Config struct {
 	ClockAlarm       time.Duration
 	TimeSyncInterval time.Duration
 	Version          string
-	Logger           *slog.Logger
-	Rand             io.Reader
+	// Driver is the host's hypervisor (nil: monitor the host only);
+	// ReportInterval how often the monitor reports (default 5 s).
+	Driver         hypervisor.Driver
+	ReportInterval time.Duration
+	Logger         *slog.Logger
+	Rand           io.Reader
 }
 
 // ErrFatal marks errors that retrying cannot fix (rejected enrolment,
@@ -65,6 +71,7 @@ type Agent struct {
 	state   *enrolState
 	clock   *clock
 	metrics *metrics
+	host    hostSampler
 }
 
 type enrolState struct {
@@ -94,6 +101,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.TimeSyncInterval <= 0 {
 		cfg.TimeSyncInterval = time.Minute
+	}
+	if cfg.ReportInterval <= 0 {
+		cfg.ReportInterval = 5 * time.Second
 	}
 	keys, err := cfg.Bundle.Keys()
 	if err != nil || len(keys) == 0 {
@@ -368,6 +378,23 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 	}()
 	probe := time.NewTimer(0)
 	defer probe.Stop()
+	reportT := time.NewTimer(0)
+	defer reportT.Stop()
+	// Actions (starting a VM takes a while) run on goroutines owned here,
+	// so challenges are still answered meanwhile; each result is followed
+	// by a fresh report.
+	results := make(chan message.ActionResult)
+	var actions sync.WaitGroup
+	actx, stopActions := context.WithCancel(ctx)
+	defer func() {
+		stopActions()
+		go func() {
+			for range results {
+			}
+		}()
+		actions.Wait()
+		close(results)
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -379,6 +406,16 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 				return err
 			}
 			probe.Reset(a.cfg.TimeSyncInterval)
+		case <-reportT.C:
+			if err := message.Send(ctx, c, message.TypeReport, a.report(ctx)); err != nil {
+				return err
+			}
+			reportT.Reset(a.cfg.ReportInterval)
+		case res := <-results:
+			if err := message.Send(ctx, c, message.TypeActionResult, res); err != nil {
+				return err
+			}
+			reportT.Reset(0)
 		case e := <-rd.C:
 			switch e.Type {
 			case message.TypeChallenge:
@@ -400,6 +437,20 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 					return err
 				}
 				a.clock.sample(time.Unix(0, r.T1), time.Unix(0, r.T2), time.Unix(0, r.T3), t4)
+			case message.TypeAction:
+				act, err := message.Decode[message.Action](e)
+				if err != nil {
+					return err
+				}
+				actions.Add(1)
+				go func() {
+					defer actions.Done()
+					res := a.act(actx, act)
+					select {
+					case results <- res:
+					case <-actx.Done():
+					}
+				}()
 			case message.TypeRefused:
 				r, _ := message.Decode[message.Refused](e)
 				return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)

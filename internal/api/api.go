@@ -65,6 +65,50 @@ type AuditEntry struct {
 	Detail  string    `json:"detail,omitempty"`
 }
 
+// Host is a hypervisor host (an approved agent) with its latest report.
+type Host struct {
+	ID         string     `json:"id"` // the agent's --name
+	Agent      string     `json:"agent"`
+	Site       string     `json:"site"`
+	Online     bool       `json:"online"`
+	CPU        float64    `json:"cpu"` // 0–1
+	Mem        float64    `json:"mem"` // 0–1
+	Net        float64    `json:"net"` // bytes/s
+	SwapIn     float64    `json:"swap_in"`
+	SwapOut    float64    `json:"swap_out"`
+	Cores      int        `json:"cores"`
+	MemBytes   uint64     `json:"mem_bytes"`
+	VMs        int        `json:"vms"`
+	ReportedAt *time.Time `json:"reported_at,omitempty"`
+}
+
+// VM is a virtual machine as the latest reports show it.
+type VM struct {
+	ID     string  `json:"id"`
+	Host   string  `json:"host"`
+	State  string  `json:"state"`
+	CPU    float64 `json:"cpu"`   // 0–1 of its vCPUs
+	Mem    float64 `json:"mem"`   // 0–1 of its memory in use
+	Net    float64 `json:"net"`   // bytes/s
+	Dirty  float64 `json:"dirty"` // bytes/s of memory written
+	VCPUs  int     `json:"vcpus"`
+	Memory uint64  `json:"memory"`
+}
+
+// VMCreate asks a host to start a VM.
+type VMCreate struct {
+	Name     string `json:"name"`
+	Host     string `json:"host"`
+	Memory   uint64 `json:"memory"`
+	VCPUs    int    `json:"vcpus"`
+	Workload string `json:"workload"` // e.g. cpu=0.8,dirty=20MB/s,net=5MB/s
+}
+
+// Created names what was created.
+type Created struct {
+	ID string `json:"id"`
+}
+
 // Error is the body of every non-2xx response.
 type Error struct {
 	Error string `json:"error"`
@@ -158,4 +202,27 @@ func (c *Client) CreateToken(ctx context.Context, ttl time.Duration, uses int) (
 func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]AuditEntry, error) {
 	var out []AuditEntry
 	return out, c.do(ctx, http.MethodGet, "/v1/audit?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
+}
+
+// Hosts lists hosts.
+func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
+	var out []Host
+	return out, c.do(ctx, http.MethodGet, "/v1/hosts", nil, &out)
+}
+
+// VMs lists VMs.
+func (c *Client) VMs(ctx context.Context) ([]VM, error) {
+	var out []VM
+	return out, c.do(ctx, http.MethodGet, "/v1/vms", nil, &out)
+}
+
+// CreateVM starts a VM on a host.
+func (c *Client) CreateVM(ctx context.Context, req VMCreate) (Created, error) {
+	var out Created
+	return out, c.do(ctx, http.MethodPost, "/v1/vms", req, &out)
+}
+
+// DeleteVM destroys a VM.
+func (c *Client) DeleteVM(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(id), nil, nil)
 }

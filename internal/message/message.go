@@ -41,6 +41,9 @@ const (
 	TypeTimeRequest     Type = 8
 	TypeTimeReply       Type = 9
 	TypeEnrolAck        Type = 10
+	TypeReport          Type = 11
+	TypeAction          Type = 12
+	TypeActionResult    Type = 13
 )
 
 func (t Type) String() string {
@@ -65,6 +68,12 @@ func (t Type) String() string {
 		return "time-reply"
 	case TypeEnrolAck:
 		return "enrol-ack"
+	case TypeReport:
+		return "report"
+	case TypeAction:
+		return "action"
+	case TypeActionResult:
+		return "action-result"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }

@@ -3,6 +3,7 @@ package message
 import (
 	"errors"
 
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 )
 
@@ -118,3 +119,60 @@ const (
 	CodeProtocol                    // unexpected or malformed message
 	CodeReplaced                    // a newer session of the same agent
 )
+
+// HostStats is a host's resource use as the monitor (SMA) measures it:
+// S = {S_Cpu, S_Mem, S_Net} of the paper, plus swap activity.
+type HostStats struct {
+	CPU     float64 `cbor:"1,keyasint" json:"cpu"`      // 0–1 of all cores
+	Mem     float64 `cbor:"2,keyasint" json:"mem"`      // 0–1 of RAM in use
+	SwapIn  float64 `cbor:"3,keyasint" json:"swap_in"`  // bytes/s
+	SwapOut float64 `cbor:"4,keyasint" json:"swap_out"` // bytes/s
+	Net     float64 `cbor:"5,keyasint" json:"net"`      // bytes/s, both directions
+	Cores   int     `cbor:"6,keyasint" json:"cores"`
+	MemSize uint64  `cbor:"7,keyasint" json:"mem_bytes"`
+}
+
+// VMReport is one VM in a report.
+type VMReport struct {
+	VM    hypervisor.VM    `cbor:"1,keyasint"`
+	Stats hypervisor.Stats `cbor:"2,keyasint"`
+}
+
+// Report is the monitor's periodic report of its host and VMs.
+type Report struct {
+	Time int64      `cbor:"1,keyasint"` // agent's clock, Unix ns
+	Host HostStats  `cbor:"2,keyasint"`
+	VMs  []VMReport `cbor:"3,keyasint"`
+}
+
+func (m *Report) check() error {
+	if len(m.VMs) > 4096 {
+		return errors.New("too many VMs in one report")
+	}
+	for _, v := range m.VMs {
+		if err := identity.CheckLabel(v.VM.ID, 128); err != nil {
+			return err
+		}
+		if err := identity.CheckLabel(v.VM.Name, 128); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Action is a command from the MMC for the agent's hypervisor.
+type Action struct {
+	ID       uint64               `cbor:"1,keyasint"`
+	Op       string               `cbor:"2,keyasint"` // vm.create, vm.delete, vm.set-workload, vm.pause, vm.resume
+	VM       string               `cbor:"3,keyasint,omitempty"`
+	Spec     *hypervisor.Spec     `cbor:"4,keyasint,omitempty"`
+	Workload *hypervisor.Workload `cbor:"5,keyasint,omitempty"`
+}
+
+// ActionResult answers an Action.
+type ActionResult struct {
+	ID    uint64         `cbor:"1,keyasint"`
+	OK    bool           `cbor:"2,keyasint"`
+	Error string         `cbor:"3,keyasint,omitempty"`
+	VM    *hypervisor.VM `cbor:"4,keyasint,omitempty"`
+}

@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -39,6 +41,10 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /v1/agents/{id}/{action}", s.auth(s.handleAgentAction))
 	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
+	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
+	mux.HandleFunc("GET /v1/vms", s.auth(s.handleVMs))
+	mux.HandleFunc("POST /v1/vms", s.auth(s.handleCreateVM))
+	mux.HandleFunc("DELETE /v1/vms/{id}", s.auth(s.handleDeleteVM))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -229,5 +235,83 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusConflict, err.Error())
 	default:
 		writeErr(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
+	hosts, err := s.hosts()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, hosts)
+}
+
+func (s *Server) handleVMs(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.vms())
+}
+
+func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
+	var req api.VMCreate
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	if err := hypervisor.CheckName(req.Name); err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	wl, err := hypervisor.ParseWorkload(req.Workload)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.Memory == 0 {
+		req.Memory = 256 << 20
+	}
+	if req.VCPUs == 0 {
+		req.VCPUs = 1
+	}
+	if req.VCPUs < 0 || req.VCPUs > 256 || req.Memory > 1<<40 {
+		writeErr(w, http.StatusBadRequest, "vcpus must be 1–256 and memory at most 1 TiB")
+		return
+	}
+	if _, taken := s.hostOfVM(req.Name); taken {
+		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists")
+		return
+	}
+	spec := hypervisor.Spec{Name: req.Name, Memory: req.Memory, VCPUs: req.VCPUs, Workload: wl}
+	res, err := s.act(r.Context(), req.Host, message.Action{Op: "vm.create", Spec: &spec})
+	if err != nil {
+		writeActErr(w, err)
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + req.Host})
+	writeJSON(w, http.StatusCreated, api.Created{ID: res.VM.ID})
+}
+
+func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	host, ok := s.hostOfVM(id)
+	if !ok {
+		writeErr(w, http.StatusNotFound, "no such VM on any online host")
+		return
+	}
+	if _, err := s.act(r.Context(), host, message.Action{Op: "vm.delete", VM: id}); err != nil {
+		writeActErr(w, err)
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + host})
+	writeJSON(w, http.StatusOK, api.Created{ID: id})
+}
+
+func writeActErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrHostOffline):
+		writeErr(w, http.StatusNotFound, err.Error())
+	default:
+		writeErr(w, http.StatusBadGateway, err.Error())
 	}
 }

@@ -30,10 +30,18 @@ var errNotApproved = errors.New("mmc: agent no longer approved")
 // session is one live, authenticated agent session.
 type session struct {
 	id      string
+	name    string // the host's name: its id in hosts list
+	site    string
 	c       *sudp.Conn
 	hs      [32]byte // Noise handshake hash: re-auth answers are bound to it
 	started time.Time
 	once    sync.Once
+
+	mu       sync.Mutex
+	report   *message.Report // latest monitor report
+	reportAt time.Time
+	nextID   uint64
+	pending  map[uint64]chan message.ActionResult
 }
 
 func (ss *session) end(code uint64, reason string) {
@@ -91,7 +99,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		return
 	}
 	s.setAgent(a)
-	ss := &session{id: id, c: c, hs: c.Session().HandshakeHash, started: now}
+	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult)}
 	// Register only if the agent is still approved, in the same critical
 	// section that decide publishes revocations through: a revocation
 	// either sees this session (and ends it) or happened before (and we
@@ -180,6 +188,28 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 				deadline.Stop()
 				s.metrics.reauths.Inc()
 				next.Reset(s.reauthDelay())
+			case message.TypeReport:
+				r, err := message.Decode[message.Report](e)
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
+					return
+				}
+				ss.mu.Lock()
+				ss.report, ss.reportAt = &r, s.cfg.Now()
+				ss.mu.Unlock()
+			case message.TypeActionResult:
+				r, err := message.Decode[message.ActionResult](e)
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
+					return
+				}
+				ss.mu.Lock()
+				ch := ss.pending[r.ID]
+				delete(ss.pending, r.ID)
+				ss.mu.Unlock()
+				if ch != nil {
+					ch <- r // buffered: never blocks
+				}
 			case message.TypeTimeRequest:
 				t2 := s.cfg.Now()
 				req, err := message.Decode[message.TimeRequest](e)

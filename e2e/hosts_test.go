@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type hostView struct {
+	ID     string  `json:"id"`
+	Site   string  `json:"site"`
+	Online bool    `json:"online"`
+	CPU    float64 `json:"cpu"`
+	Mem    float64 `json:"mem"`
+	Net    float64 `json:"net"`
+	VMs    int     `json:"vms"`
+}
+
+type vmView struct {
+	ID     string  `json:"id"`
+	Host   string  `json:"host"`
+	State  string  `json:"state"`
+	CPU    float64 `json:"cpu"`
+	Mem    float64 `json:"mem"`
+	Net    float64 `json:"net"`
+	Dirty  float64 `json:"dirty"`
+	Memory uint64  `json:"memory"`
+}
+
+// TestHostsAndVMs: two agents with the simulated driver report their
+// hosts' load; a VM started through `ferry ctl vms create` runs as its own
+// process on the named host and shows up with its scripted load; bad
+// requests get clear errors; delete removes it.
+func TestHostsAndVMs(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"h1", "h2"} {
+		c.startAgent(h, "--token", tok.Token, "--site", "site-"+h, "--report-interval", "300ms")
+	}
+	t.Cleanup(func() { c.destroyVMs(t) })
+	var hosts []hostView
+	c.waitFor("both hosts reporting", func() bool {
+		if err := c.ctl(&hosts, "hosts", "list"); err != nil {
+			t.Fatal(err)
+		}
+		return len(hosts) == 2 && hosts[0].Online && hosts[1].Online && hosts[0].Mem > 0 && hosts[1].Mem > 0
+	})
+	for _, h := range hosts {
+		if h.CPU < 0 || h.CPU > 1 || h.Mem <= 0 || h.Mem > 1 || h.Site != "site-"+h.ID {
+			t.Fatalf("host %+v", h)
+		}
+	}
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&created, "vms", "create", "web1", "--host", "h1", "--memory", "32MiB", "--workload", "cpu=0.2,dirty=2MB/s,net=1MB/s"); err != nil {
+		t.Fatal(err)
+	}
+	if created.ID != "web1" {
+		t.Fatalf("created %+v", created)
+	}
+	var vms []vmView
+	c.waitFor("web1 reporting its load", func() bool {
+		if err := c.ctl(&vms, "vms", "list"); err != nil {
+			t.Fatal(err)
+		}
+		return len(vms) == 1 && vms[0].Dirty > 1e6
+	})
+	v := vms[0]
+	if v.ID != "web1" || v.Host != "h1" || v.State != "running" || v.Memory != 32<<20 || v.Net < 0.5e6 || v.Mem <= 0 {
+		t.Fatalf("vm %+v", v)
+	}
+	for _, bad := range [][]string{
+		{"vms", "create", "web1", "--host", "h2"},                     // name taken
+		{"vms", "create", "x", "--host", "nowhere"},                   // unknown host
+		{"vms", "create", "../x", "--host", "h1"},                     // bad name
+		{"vms", "create", "y", "--host", "h1", "--workload", "cpu=3"}, // bad workload
+		{"vms", "delete", "ghost"},
+	} {
+		if err := c.ctl(nil, bad...); err == nil {
+			t.Errorf("ferry ctl %s succeeded", strings.Join(bad, " "))
+		}
+	}
+	if err := c.ctl(nil, "vms", "delete", "web1"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("web1 gone", func() bool {
+		if err := c.ctl(&vms, "vms", "list"); err != nil {
+			t.Fatal(err)
+		}
+		return len(vms) == 0
+	})
+}
+
+// destroyVMs removes every simulated VM the cluster's agents left (they are
+// detached processes and would outlive the test).
+func (c *cluster) destroyVMs(t *testing.T) {
+	for _, dir := range c.agentDirs {
+		d, err := simDriver(filepath.Join(dir, "vms"))
+		if err != nil {
+			continue
+		}
+		vms, _ := d.List(context.Background())
+		for _, vm := range vms {
+			d.Destroy(context.Background(), vm.ID)
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"context"
+	"runtime"
+	"time"
+
+	"github.com/shirou/gopsutil/v4/cpu"
+	"github.com/shirou/gopsutil/v4/mem"
+	"github.com/shirou/gopsutil/v4/net"
+
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/message"
+)
+
+// hostSampler measures the host (the paper's System Monitor Agent):
+// CPU and memory use, swap and network rates since the previous sample.
+type hostSampler struct {
+	at              time.Time
+	swapIn, swapOut uint64
+	netBytes        uint64
+}
+
+func (h *hostSampler) sample(ctx context.Context) message.HostStats {
+	s := message.HostStats{Cores: runtime.NumCPU()}
+	if p, err := cpu.PercentWithContext(ctx, 0, false); err == nil && len(p) == 1 {
+		s.CPU = p[0] / 100
+	}
+	if vm, err := mem.VirtualMemoryWithContext(ctx); err == nil {
+		s.Mem, s.MemSize = vm.UsedPercent/100, vm.Total
+	}
+	now := time.Now()
+	dt := now.Sub(h.at).Seconds()
+	if sw, err := mem.SwapMemoryWithContext(ctx); err == nil {
+		if !h.at.IsZero() && dt > 0 {
+			s.SwapIn = float64(sw.Sin-min(sw.Sin, h.swapIn)) / dt
+			s.SwapOut = float64(sw.Sout-min(sw.Sout, h.swapOut)) / dt
+		}
+		h.swapIn, h.swapOut = sw.Sin, sw.Sout
+	}
+	if io, err := net.IOCountersWithContext(ctx, false); err == nil && len(io) == 1 {
+		total := io[0].BytesSent + io[0].BytesRecv
+		if !h.at.IsZero() && dt > 0 {
+			s.Net = float64(total-min(total, h.netBytes)) / dt
+		}
+		h.netBytes = total
+	}
+	h.at = now
+	return s
+}
+
+// report builds the monitor's report: the host, and every VM the driver
+// knows with its current use.
+func (a *Agent) report(ctx context.Context) message.Report {
+	r := message.Report{Time: time.Now().UnixNano(), Host: a.host.sample(ctx)}
+	if a.cfg.Driver == nil {
+		return r
+	}
+	vms, err := a.cfg.Driver.List(ctx)
+	if err != nil {
+		a.log.Warn("agent: listing VMs", "err", err)
+		return r
+	}
+	for _, vm := range vms {
+		var st hypervisor.Stats
+		if vm.State == hypervisor.StateRunning || vm.State == hypervisor.StatePaused {
+			st, _ = a.cfg.Driver.Stats(ctx, vm.ID)
+		}
+		r.VMs = append(r.VMs, message.VMReport{VM: vm, Stats: st})
+	}
+	return r
+}
+
+// act runs one MMC action on the driver.
+func (a *Agent) act(ctx context.Context, act message.Action) message.ActionResult {
+	res := message.ActionResult{ID: act.ID}
+	d := a.cfg.Driver
+	if d == nil {
+		res.Error = "this agent has no hypervisor driver"
+		return res
+	}
+	var err error
+	switch act.Op {
+	case "vm.create":
+		if act.Spec == nil {
+			err = errMissing("spec")
+			break
+		}
+		var vm hypervisor.VM
+		if vm, err = d.Create(ctx, *act.Spec); err == nil {
+			res.VM = &vm
+		}
+	case "vm.delete":
+		err = d.Destroy(ctx, act.VM)
+	case "vm.pause":
+		err = d.Pause(ctx, act.VM)
+	case "vm.resume":
+		err = d.Resume(ctx, act.VM)
+	case "vm.set-workload":
+		if act.Workload == nil {
+			err = errMissing("workload")
+			break
+		}
+		err = d.SetWorkload(ctx, act.VM, *act.Workload)
+	default:
+		err = errMissing("a known op, not " + act.Op)
+	}
+	if err != nil {
+		res.Error = err.Error()
+	} else {
+		res.OK = true
+	}
+	a.log.Info("agent: action", "op", act.Op, "vm", act.VM, "ok", res.OK, "err", res.Error)
+	return res
+}
+
+type errMissing string
+
+func (e errMissing) Error() string { return "action needs " + string(e) }

@@ -1,0 +1,135 @@
+package mmc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+// actionTimeout bounds how long the MMC waits for an agent to carry out an
+// action (starting a VM process included).
+const actionTimeout = 30 * time.Second
+
+// ErrHostOffline is an action for a host without a live session.
+var ErrHostOffline = errors.New("mmc: host offline")
+
+// sessionByHost finds the live session of the host named name.
+func (s *Server) sessionByHost(name string) *session {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, ss := range s.sessions {
+		if ss.name == name {
+			return ss
+		}
+	}
+	return nil
+}
+
+// act sends an action to a host's agent and waits for its result.
+func (s *Server) act(ctx context.Context, host string, a message.Action) (message.ActionResult, error) {
+	ss := s.sessionByHost(host)
+	if ss == nil {
+		return message.ActionResult{}, fmt.Errorf("%w: %s", ErrHostOffline, host)
+	}
+	ch := make(chan message.ActionResult, 1)
+	ss.mu.Lock()
+	ss.nextID++
+	a.ID = ss.nextID
+	ss.pending[a.ID] = ch
+	ss.mu.Unlock()
+	defer func() {
+		ss.mu.Lock()
+		delete(ss.pending, a.ID)
+		ss.mu.Unlock()
+	}()
+	if err := message.Send(ctx, ss.c, message.TypeAction, a); err != nil {
+		return message.ActionResult{}, fmt.Errorf("mmc: send %s to %s: %w", a.Op, host, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
+	defer cancel()
+	select {
+	case r := <-ch:
+		if !r.OK {
+			return r, fmt.Errorf("mmc: %s on %s: %s", a.Op, host, r.Error)
+		}
+		return r, nil
+	case <-ss.c.Done():
+		return message.ActionResult{}, fmt.Errorf("%w: %s went away during %s", ErrHostOffline, host, a.Op)
+	case <-ctx.Done():
+		return message.ActionResult{}, fmt.Errorf("mmc: %s on %s: %w", a.Op, host, ctx.Err())
+	}
+}
+
+// hosts lists approved agents as hosts, with their latest report.
+func (s *Server) hosts() ([]api.Host, error) {
+	agents, err := s.st.Agents()
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Host{}
+	for _, a := range agents {
+		if a.State != store.StateApproved {
+			continue
+		}
+		h := api.Host{ID: a.Name, Agent: a.ID, Site: a.Site}
+		if ss := s.sessionByHost(a.Name); ss != nil {
+			h.Online = true
+			ss.mu.Lock()
+			if r := ss.report; r != nil {
+				h.CPU, h.Mem, h.Net = r.Host.CPU, r.Host.Mem, r.Host.Net
+				h.SwapIn, h.SwapOut, h.Cores, h.MemBytes = r.Host.SwapIn, r.Host.SwapOut, r.Host.Cores, r.Host.MemSize
+				h.VMs = len(r.VMs)
+				t := ss.reportAt
+				h.ReportedAt = &t
+			}
+			ss.mu.Unlock()
+		}
+		out = append(out, h)
+	}
+	slices.SortFunc(out, func(a, b api.Host) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// vms lists the VMs of every online host's latest report.
+func (s *Server) vms() []api.VM {
+	s.mu.RLock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.RUnlock()
+	out := []api.VM{}
+	for _, ss := range sessions {
+		ss.mu.Lock()
+		if r := ss.report; r != nil {
+			for _, v := range r.VMs {
+				vm := api.VM{ID: v.VM.ID, Host: ss.name, State: string(v.VM.State), CPU: v.Stats.CPU,
+					Net: v.Stats.NetTx + v.Stats.NetRx, VCPUs: v.VM.VCPUs, Memory: v.VM.Memory, Dirty: v.Stats.Dirty}
+				if v.Stats.MemTotal > 0 {
+					vm.Mem = float64(v.Stats.MemUsed) / float64(v.Stats.MemTotal)
+				}
+				out = append(out, vm)
+			}
+		}
+		ss.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b api.VM) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// hostOfVM finds which online host reports VM id.
+func (s *Server) hostOfVM(id string) (string, bool) {
+	for _, v := range s.vms() {
+		if v.ID == id {
+			return v.Host, true
+		}
+	}
+	return "", false
+}

@@ -67,7 +67,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c))
 	return cmd
 }
 
@@ -291,6 +291,71 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "VM %s destroyed\n", args[0])
 			return nil
+		},
+	})
+	return cmd
+}
+
+func newCtlPolicyCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "The migration policy (versioned) and its decisions"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "get", Short: "Show the policy in force (JSON)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			p, err := cl.Policy(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), p)
+		},
+	}, &cobra.Command{
+		Use: "set FILE", Short: "Replace the policy with FILE (JSON; - for stdin); the MMC assigns the next version", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var doc []byte
+			if args[0] == "-" {
+				doc, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+			} else {
+				doc, err = os.ReadFile(args[0])
+			}
+			if err != nil {
+				return err
+			}
+			if !json.Valid(doc) {
+				return fmt.Errorf("%s is not JSON", args[0])
+			}
+			p, err := cl.SetPolicy(cmd.Context(), doc)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), p)
+		},
+	}, &cobra.Command{
+		Use: "decisions", Short: "Recent decisions of the policy engine, with their reasons", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			ds, err := cl.Decisions(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), ds)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tVM\tFROM\tTO\tMODE\tACTION\tREASON")
+			for _, d := range ds {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), d.VM, d.From, d.To, d.Mode, d.Action, d.Reason)
+			}
+			return tw.Flush()
 		},
 	})
 	return cmd

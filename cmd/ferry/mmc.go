@@ -51,6 +51,7 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 	f.DurationVar(&cfg.ReauthMin, "reauth-min", 30*time.Second, "shortest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthMax, "reauth-max", 90*time.Second, "longest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthTimeout, "reauth-timeout", 10*time.Second, "time an agent has to answer a challenge")
+	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	cmd.AddCommand(newMMCBundleCmd())
 	return cmd

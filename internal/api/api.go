@@ -226,3 +226,32 @@ func (c *Client) CreateVM(ctx context.Context, req VMCreate) (Created, error) {
 func (c *Client) DeleteVM(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(id), nil, nil)
 }
+
+// Decision is one policy-engine decision.
+type Decision struct {
+	Time   time.Time `json:"time"`
+	VM     string    `json:"vm"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Reason string    `json:"reason"`
+	Mode   string    `json:"mode"`
+	Action string    `json:"action"`
+}
+
+// Policy returns the policy in force (JSON, see package policy).
+func (c *Client) Policy(ctx context.Context) (json.RawMessage, error) {
+	var out json.RawMessage
+	return out, c.do(ctx, http.MethodGet, "/v1/policy", nil, &out)
+}
+
+// SetPolicy replaces the policy; the MMC assigns the next version.
+func (c *Client) SetPolicy(ctx context.Context, doc json.RawMessage) (json.RawMessage, error) {
+	var out json.RawMessage
+	return out, c.do(ctx, http.MethodPut, "/v1/policy", doc, &out)
+}
+
+// Decisions returns the policy engine's recent decisions.
+func (c *Client) Decisions(ctx context.Context) ([]Decision, error) {
+	var out []Decision
+	return out, c.do(ctx, http.MethodGet, "/v1/policy/decisions", nil, &out)
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -42,6 +43,9 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
 	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
+	mux.HandleFunc("GET /v1/policy", s.auth(s.handleGetPolicy))
+	mux.HandleFunc("PUT /v1/policy", s.auth(s.handleSetPolicy))
+	mux.HandleFunc("GET /v1/policy/decisions", s.auth(s.handleDecisions))
 	mux.HandleFunc("GET /v1/vms", s.auth(s.handleVMs))
 	mux.HandleFunc("POST /v1/vms", s.auth(s.handleCreateVM))
 	mux.HandleFunc("DELETE /v1/vms/{id}", s.auth(s.handleDeleteVM))
@@ -314,4 +318,31 @@ func writeActErr(w http.ResponseWriter, err error) {
 	default:
 		writeErr(w, http.StatusBadGateway, err.Error())
 	}
+}
+
+func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
+	s.policyMu.Lock()
+	p := s.engine.Policy()
+	s.policyMu.Unlock()
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) handleSetPolicy(w http.ResponseWriter, r *http.Request) {
+	var p policy.Policy
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed policy: "+err.Error())
+		return
+	}
+	p, err := s.setPolicy(p, r.RemoteAddr)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) handleDecisions(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.decisions.list())
 }

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -72,6 +73,9 @@ type Config struct {
 	AllowChangedFacts bool
 	// TokenFailures limits join-token attempts per source address.
 	TokenFailures ratelimit.Config
+	// PolicyInterval is how often the policy engine evaluates the
+	// reports (default 5 s).
+	PolicyInterval time.Duration
 	// MaxPending bounds enrolments waiting for a decision (default 1000);
 	// MaxEnrolSessions the enrolment sessions open at once (default 256).
 	// Anyone holding the bundle can start an enrolment: these bound what
@@ -103,6 +107,9 @@ func (c *Config) defaults() {
 		// 256-bit secret was hopeless anyway; this keeps the log readable
 		// and the work bounded.
 		c.TokenFailures = ratelimit.Config{Rate: 0.1, Burst: 5}
+	}
+	if c.PolicyInterval <= 0 {
+		c.PolicyInterval = 5 * time.Second
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 1000
@@ -141,6 +148,10 @@ type Server struct {
 	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
+
+	policyMu  sync.Mutex // guards engine
+	engine    *policy.Engine
+	decisions decisionLog
 }
 
 // agentEntry is what the handshake path needs about an agent.
@@ -191,6 +202,15 @@ func New(cfg Config) (*Server, error) {
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)
 	if err := s.loadAgents(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	pol, err := s.loadPolicy()
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if s.engine, err = policy.New(pol); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -360,10 +380,14 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.runPolicy(ctx, s.cfg.PolicyInterval)
 	}()
 	s.log.Info("mmc: serving", "sudp", s.ep.LocalAddr().String(), "admin", s.AdminAddr(), "cluster", s.clusterID)
 	for {

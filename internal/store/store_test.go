@@ -145,3 +145,22 @@ func TestMeta(t *testing.T) {
 		t.Fatalf("Meta = %q", v)
 	}
 }
+
+func TestPolicyVersions(t *testing.T) {
+	s, _ := open(t)
+	if doc, err := s.Policy(); err != nil || doc != nil {
+		t.Fatalf("fresh store: %q %v", doc, err)
+	}
+	if err := s.PutPolicy([]byte(`{"version":2}`)); !errors.Is(err, ErrExists) {
+		t.Fatalf("skipping a version: %v", err)
+	}
+	if err := s.PutPolicy([]byte(`{"version":1,"mode":"auto"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutPolicy([]byte(`{"version":1}`)); !errors.Is(err, ErrExists) {
+		t.Fatalf("reusing a version: %v", err)
+	}
+	if doc, _ := s.Policy(); string(doc) != `{"version":1,"mode":"auto"}` {
+		t.Fatalf("stored %q", doc)
+	}
+}

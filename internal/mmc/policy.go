@@ -1,0 +1,127 @@
+package mmc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/policy"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+// decisionLog keeps the policy engine's recent decisions for the API.
+type decisionLog struct {
+	mu  sync.Mutex
+	buf []DecisionRecord
+}
+
+// DecisionRecord is one decision with when it was made and what came of it.
+type DecisionRecord struct {
+	Time   time.Time `json:"time"`
+	VM     string    `json:"vm"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Reason string    `json:"reason"`
+	Mode   string    `json:"mode"`   // dry-run or auto
+	Action string    `json:"action"` // recommended, started, or why not
+}
+
+const decisionLogSize = 200
+
+func (l *decisionLog) add(r DecisionRecord) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, r)
+	if len(l.buf) > decisionLogSize {
+		l.buf = l.buf[len(l.buf)-decisionLogSize:]
+	}
+}
+
+func (l *decisionLog) list() []DecisionRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]DecisionRecord{}, l.buf...)
+}
+
+// loadPolicy reads the stored policy, or the default.
+func (s *Server) loadPolicy() (policy.Policy, error) {
+	doc, err := s.st.Policy()
+	if err != nil || doc == nil {
+		return policy.Default(), err
+	}
+	var p policy.Policy
+	if err := json.Unmarshal(doc, &p); err != nil {
+		return p, fmt.Errorf("mmc: stored policy: %w", err)
+	}
+	return p, p.Validate()
+}
+
+// setPolicy validates, versions and stores p, and puts it in force.
+func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
+	if err := p.Validate(); err != nil {
+		return p, err
+	}
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	p.Version = s.engine.Policy().Version + 1
+	doc, err := json.Marshal(p)
+	if err != nil {
+		return p, err
+	}
+	if err := s.st.PutPolicy(doc); err != nil {
+		return p, err
+	}
+	if err := s.engine.SetPolicy(p); err != nil {
+		return p, err
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "policy.set", Target: fmt.Sprintf("v%d", p.Version), Source: by, Outcome: "ok", Detail: string(doc)})
+	return p, nil
+}
+
+// sample turns the latest reports into the policy engine's input.
+func (s *Server) sample(now time.Time) policy.Sample {
+	hosts, _ := s.hosts()
+	smp := policy.Sample{At: now}
+	for _, h := range hosts {
+		smp.Hosts = append(smp.Hosts, policy.Host{ID: h.ID, Site: h.Site, Online: h.Online, CPU: h.CPU, Mem: h.Mem,
+			SwapOut: h.SwapOut, Cores: h.Cores, MemBytes: h.MemBytes})
+	}
+	for _, v := range s.vms() {
+		smp.VMs = append(smp.VMs, policy.VM{ID: v.ID, Host: v.Host, Running: v.State == string(hypervisor.StateRunning),
+			CPU: v.CPU, VCPUs: v.VCPUs, Memory: v.Memory, Net: v.Net})
+	}
+	return smp
+}
+
+// runPolicy evaluates the policy every interval until ctx ends.
+func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.cfg.Now()
+		s.policyMu.Lock()
+		decisions := s.engine.Observe(s.sample(now))
+		mode := s.engine.Policy().Mode
+		s.policyMu.Unlock()
+		for _, d := range decisions {
+			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
+			if d.Auto {
+				// The migration engine arrives with issue 6; until then an
+				// automatic decision is recorded, not carried out.
+				rec.Action = "not started: live migration is not available yet"
+			}
+			s.decisions.add(rec)
+			s.log.Info("policy: decision", "vm", d.VM, "from", d.From, "to", d.To, "mode", mode, "action", rec.Action, "reason", d.Reason)
+			s.audit.add(store.AuditEntry{Actor: "policy", Action: "policy.decision", Target: d.VM, Outcome: "ok",
+				Detail: fmt.Sprintf("%s → %s (%s, %s): %s", d.From, d.To, mode, rec.Action, d.Reason)})
+		}
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 type hostView struct {
@@ -178,5 +180,76 @@ func TestPolicyDryRun(t *testing.T) {
 	}
 	if c.countAudit("policy.set", "ok") != 1 || c.countAudit("policy.decision", "ok") < 1 {
 		t.Fatal("policy change or decision not audited")
+	}
+}
+
+// TestAlarmsSurviveMMCOutage: a VM process dies while the MMC is down; the
+// agent raises the alarm, keeps it, and delivers it once the MMC is back,
+// where `ferry ctl alarms` shows it; the policy version reaches the agent.
+func TestAlarmsSurviveMMCOutage(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(&tok, "tokens", "create"); err != nil {
+		t.Fatal(err)
+	}
+	c.startAgent("h1", "--token", tok.Token, "--report-interval", "300ms")
+	t.Cleanup(func() { c.destroyVMs(t) })
+	c.waitFor("h1 online", func() bool { a, _ := c.agent("h1"); return a.Online })
+	if err := c.ctl(nil, "vms", "create", "doomed", "--host", "h1", "--memory", "16MiB"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := simDriver(filepath.Join(c.agentDirs["h1"], "vms"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vms, _ := d.List(context.Background())
+	if len(vms) != 1 || vms[0].PID == 0 {
+		t.Fatalf("driver sees %+v", vms)
+	}
+
+	c.mmc.stop()
+	if err := syscall.Kill(vms[0].PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the agent notices while the MMC is down
+	c.startMMC()
+
+	type event struct {
+		Host, Kind, Message, Level string
+		Alarm                      bool
+	}
+	var alarms []event
+	c.waitFor("the alarm at the MMC", func() bool {
+		if err := c.ctl(&alarms, "alarms"); err != nil {
+			t.Fatal(err)
+		}
+		return len(alarms) > 0
+	})
+	a := alarms[0]
+	if a.Host != "h1" || a.Kind != "vm-stopped" || !a.Alarm || !strings.Contains(a.Message, "doomed") {
+		t.Fatalf("alarm %+v", a)
+	}
+	var hosts []struct {
+		ID            string `json:"id"`
+		PolicyVersion uint64 `json:"policy_version"`
+		PolicyLag     bool   `json:"policy_lag"`
+	}
+	pf := filepath.Join(t.TempDir(), "p.json")
+	os.WriteFile(pf, []byte(`{"mode":"dry-run"}`), 0o600)
+	if err := c.ctl(nil, "policy", "set", pf); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the agent acknowledges policy v1", func() bool {
+		c.ctl(&hosts, "hosts", "list")
+		return len(hosts) == 1 && hosts[0].PolicyVersion == 1 && !hosts[0].PolicyLag
+	})
+	// Delivered once, not again on reconnects.
+	time.Sleep(time.Second)
+	c.ctl(&alarms, "alarms")
+	if len(alarms) != 1 {
+		t.Fatalf("%d alarms, want 1 (resends must not duplicate)", len(alarms))
 	}
 }

@@ -67,7 +67,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"))
 	return cmd
 }
 
@@ -358,5 +358,40 @@ func newCtlPolicyCmd(c *ctlFlags) *cobra.Command {
 			return tw.Flush()
 		},
 	})
+	return cmd
+}
+
+// newCtlEventsCmd is `ferry ctl logs` or `ferry ctl alarms`.
+func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
+	var after uint64
+	var limit int
+	short := "Logs and alarms sent by agents (and raised by the MMC)"
+	if which == "alarms" {
+		short = "Alarms only"
+	}
+	cmd := &cobra.Command{
+		Use: which, Short: short, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			evs, err := cl.Events(cmd.Context(), which == "alarms", after, limit)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), evs)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tHOST\tLEVEL\tALARM\tKIND\tMESSAGE")
+			for _, e := range evs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Host, e.Level, e.Alarm, e.Kind, e.Message)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
 	return cmd
 }

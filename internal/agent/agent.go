@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynn/noise"
@@ -72,6 +73,9 @@ type Agent struct {
 	clock   *clock
 	metrics *metrics
 	host    hostSampler
+	events  *outbox
+	policy  atomic.Uint64   // policy version received from the MMC
+	stopped map[string]bool // VMs seen stopped in the last report
 }
 
 type enrolState struct {
@@ -114,7 +118,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
-	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics}
+	a.events = newOutbox()
+	a.stopped = map[string]bool{}
+	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
 	a.clock.log = a.log
 	if err := a.loadState(); err != nil {
@@ -380,6 +386,18 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 	defer probe.Stop()
 	reportT := time.NewTimer(0)
 	defer reportT.Stop()
+	a.events.restart()
+	sendEvents := func() error {
+		for _, ev := range a.events.due() {
+			if err := message.Send(ctx, c, message.TypeEvent, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := sendEvents(); err != nil {
+		return err
+	}
 	// Actions (starting a VM takes a while) run on goroutines owned here,
 	// so challenges are still answered meanwhile; each result is followed
 	// by a fresh report.
@@ -411,7 +429,14 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 				return err
 			}
 			reportT.Reset(a.cfg.ReportInterval)
+		case <-a.events.notify:
+			if err := sendEvents(); err != nil {
+				return err
+			}
 		case res := <-results:
+			if !res.OK {
+				a.events.add(false, "warn", "action-failed", fmt.Sprintf("action %d failed: %s", res.ID, res.Error))
+			}
 			if err := message.Send(ctx, c, message.TypeActionResult, res); err != nil {
 				return err
 			}
@@ -437,6 +462,22 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 					return err
 				}
 				a.clock.sample(time.Unix(0, r.T1), time.Unix(0, r.T2), time.Unix(0, r.T3), t4)
+			case message.TypePolicy:
+				p, err := message.Decode[message.Policy](e)
+				if err != nil {
+					return err
+				}
+				a.policy.Store(p.Version)
+				if err := message.Send(ctx, c, message.TypePolicyAck, message.PolicyAck{Version: p.Version}); err != nil {
+					return err
+				}
+				a.log.Info("agent: policy", "version", p.Version)
+			case message.TypeEventAck:
+				ack, err := message.Decode[message.EventAck](e)
+				if err != nil {
+					return err
+				}
+				a.events.ack(ack.Seq)
 			case message.TypeAction:
 				act, err := message.Decode[message.Action](e)
 				if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ type clock struct {
 	alarm time.Duration
 	log   *slog.Logger
 	m     *metrics
+	raise func(alarm bool, level, kind, msg string) // nil: log only
 
 	mu      sync.Mutex
 	samples [8]sample
@@ -61,8 +63,14 @@ func (c *clock) sample(t1, t2, t3, t4 time.Time) {
 	}
 	if changed && alarm {
 		c.log.Warn("agent: ALARM clock offset to the MMC beyond threshold", "offset", best.offset.String(), "threshold", c.alarm.String(), "uncertainty", (best.delay / 2).String())
+		if c.raise != nil {
+			c.raise(true, "warn", "clock-offset", fmt.Sprintf("clock offset to the MMC %v (±%v) beyond %v", best.offset, best.delay/2, c.alarm))
+		}
 	} else if changed {
 		c.log.Info("agent: clock offset back within threshold", "offset", best.offset.String())
+		if c.raise != nil {
+			c.raise(false, "info", "clock-offset", fmt.Sprintf("clock offset back within %v: %v", c.alarm, best.offset))
+		}
 	}
 }
 

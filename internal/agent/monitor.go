@@ -61,12 +61,26 @@ func (a *Agent) report(ctx context.Context) message.Report {
 		a.log.Warn("agent: listing VMs", "err", err)
 		return r
 	}
+	seen := map[string]bool{}
 	for _, vm := range vms {
+		seen[vm.ID] = true
+		// A VM that stopped without being asked to is an alarm.
+		if stopped := vm.State == hypervisor.StateStopped; stopped != a.stopped[vm.ID] {
+			if stopped {
+				a.events.add(true, "error", "vm-stopped", "VM "+vm.ID+" stopped unexpectedly")
+			}
+			a.stopped[vm.ID] = stopped
+		}
 		var st hypervisor.Stats
 		if vm.State == hypervisor.StateRunning || vm.State == hypervisor.StatePaused {
 			st, _ = a.cfg.Driver.Stats(ctx, vm.ID)
 		}
 		r.VMs = append(r.VMs, message.VMReport{VM: vm, Stats: st})
+	}
+	for id := range a.stopped {
+		if !seen[id] {
+			delete(a.stopped, id)
+		}
 	}
 	return r
 }

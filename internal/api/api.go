@@ -80,6 +80,24 @@ type Host struct {
 	MemBytes   uint64     `json:"mem_bytes"`
 	VMs        int        `json:"vms"`
 	ReportedAt *time.Time `json:"reported_at,omitempty"`
+	// PolicyVersion is the policy version the agent acknowledged;
+	// PolicyLag is true while it is behind the MMC's.
+	PolicyVersion uint64 `json:"policy_version"`
+	PolicyLag     bool   `json:"policy_lag"`
+}
+
+// Event is a log line or an alarm (from an agent or the MMC).
+type Event struct {
+	Seq      uint64    `json:"seq"`
+	Time     time.Time `json:"time"`
+	AgentAt  time.Time `json:"agent_time"`
+	Agent    string    `json:"agent"`
+	Host     string    `json:"host"`
+	AgentSeq uint64    `json:"agent_seq"`
+	Alarm    bool      `json:"alarm"`
+	Level    string    `json:"level"`
+	Kind     string    `json:"kind"`
+	Message  string    `json:"message"`
 }
 
 // VM is a virtual machine as the latest reports show it.
@@ -254,4 +272,14 @@ func (c *Client) SetPolicy(ctx context.Context, doc json.RawMessage) (json.RawMe
 func (c *Client) Decisions(ctx context.Context) ([]Decision, error) {
 	var out []Decision
 	return out, c.do(ctx, http.MethodGet, "/v1/policy/decisions", nil, &out)
+}
+
+// Events returns logs (alarms only if alarms is set) after seq.
+func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit int) ([]Event, error) {
+	var out []Event
+	path := "/v1/logs"
+	if alarms {
+		path = "/v1/alarms"
+	}
+	return out, c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
 }

@@ -44,6 +44,10 @@ const (
 	TypeReport          Type = 11
 	TypeAction          Type = 12
 	TypeActionResult    Type = 13
+	TypePolicy          Type = 14
+	TypePolicyAck       Type = 15
+	TypeEvent           Type = 16
+	TypeEventAck        Type = 17
 )
 
 func (t Type) String() string {
@@ -74,6 +78,14 @@ func (t Type) String() string {
 		return "action"
 	case TypeActionResult:
 		return "action-result"
+	case TypePolicy:
+		return "policy"
+	case TypePolicyAck:
+		return "policy-ack"
+	case TypeEvent:
+		return "event"
+	case TypeEventAck:
+		return "event-ack"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }

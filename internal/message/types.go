@@ -176,3 +176,45 @@ type ActionResult struct {
 	Error string         `cbor:"3,keyasint,omitempty"`
 	VM    *hypervisor.VM `cbor:"4,keyasint,omitempty"`
 }
+
+// Policy pushes the MMC's policy (a JSON document, see package policy) to
+// an agent; the agent answers with PolicyAck for the version it enforces.
+type Policy struct {
+	Version uint64 `cbor:"1,keyasint"`
+	Doc     []byte `cbor:"2,keyasint"`
+}
+
+// PolicyAck names the policy version an agent enforces.
+type PolicyAck struct {
+	Version uint64 `cbor:"1,keyasint"`
+}
+
+// Event is a log line or an alarm from an agent. Seq numbers an agent's
+// events so that the MMC can acknowledge them and drop resent duplicates:
+// an agent keeps every event until it is acknowledged, across lost
+// sessions.
+type Event struct {
+	Seq     uint64 `cbor:"1,keyasint"`
+	Time    int64  `cbor:"2,keyasint"` // agent clock, Unix ns
+	Alarm   bool   `cbor:"3,keyasint"`
+	Level   string `cbor:"4,keyasint"` // info, warn, error
+	Kind    string `cbor:"5,keyasint"` // e.g. clock-offset, vm-stopped
+	Message string `cbor:"6,keyasint"`
+}
+
+func (m *Event) check() error {
+	if err := identity.CheckLabel(m.Kind, 64); err != nil {
+		return err
+	}
+	if err := identity.CheckLabel(m.Level, 16); err != nil {
+		return err
+	}
+	return identity.CheckLabel(m.Message, 4096)
+}
+
+// EventAck acknowledges the event numbered Seq (stored at the MMC). Acks
+// are per event, not cumulative: messages travel on separate streams and
+// may arrive out of order.
+type EventAck struct {
+	Seq uint64 `cbor:"1,keyasint"`
+}

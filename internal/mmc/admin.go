@@ -43,6 +43,8 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
 	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
+	mux.HandleFunc("GET /v1/logs", s.auth(s.handleEvents(false)))
+	mux.HandleFunc("GET /v1/alarms", s.auth(s.handleEvents(true)))
 	mux.HandleFunc("GET /v1/policy", s.auth(s.handleGetPolicy))
 	mux.HandleFunc("PUT /v1/policy", s.auth(s.handleSetPolicy))
 	mux.HandleFunc("GET /v1/policy/decisions", s.auth(s.handleDecisions))
@@ -345,4 +347,29 @@ func (s *Server) handleSetPolicy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDecisions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.decisions.list())
+}
+
+func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		after, err1 := parseUint(q.Get("after"), 0)
+		limit, err2 := parseUint(q.Get("limit"), 1000)
+		if err1 != nil || err2 != nil || limit > 100000 {
+			writeErr(w, http.StatusBadRequest, "after and limit must be non-negative integers (limit ≤ 100000)")
+			return
+		}
+		if limit == 0 {
+			limit = 1000
+		}
+		evs, err := s.st.Events(after, int(limit), alarms)
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		out := make([]api.Event, 0, len(evs))
+		for _, e := range evs {
+			out = append(out, api.Event(e))
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
 }

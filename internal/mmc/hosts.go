@@ -73,6 +73,9 @@ func (s *Server) hosts() ([]api.Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.policyMu.Lock()
+	current := s.engine.Policy().Version
+	s.policyMu.Unlock()
 	out := []api.Host{}
 	for _, a := range agents {
 		if a.State != store.StateApproved {
@@ -82,6 +85,8 @@ func (s *Server) hosts() ([]api.Host, error) {
 		if ss := s.sessionByHost(a.Name); ss != nil {
 			h.Online = true
 			ss.mu.Lock()
+			h.PolicyVersion = ss.policyAck
+			h.PolicyLag = ss.policyAck < current
 			if r := ss.report; r != nil {
 				h.CPU, h.Mem, h.Net = r.Host.CPU, r.Host.Mem, r.Host.Net
 				h.SwapIn, h.SwapOut, h.Cores, h.MemBytes = r.Host.SwapIn, r.Host.SwapOut, r.Host.Cores, r.Host.MemSize

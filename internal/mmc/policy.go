@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -65,17 +66,28 @@ func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
 		return p, err
 	}
 	s.policyMu.Lock()
-	defer s.policyMu.Unlock()
 	p.Version = s.engine.Policy().Version + 1
 	doc, err := json.Marshal(p)
+	if err == nil {
+		err = s.st.PutPolicy(doc)
+	}
+	if err == nil {
+		err = s.engine.SetPolicy(p)
+	}
+	s.policyMu.Unlock()
 	if err != nil {
 		return p, err
 	}
-	if err := s.st.PutPolicy(doc); err != nil {
-		return p, err
+	// Push to every agent, outside policyMu: a slow agent must not hold
+	// up the engine or the API.
+	s.mu.RLock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
 	}
-	if err := s.engine.SetPolicy(p); err != nil {
-		return p, err
+	s.mu.RUnlock()
+	for _, ss := range sessions {
+		s.pushPolicyDoc(context.Background(), ss, p.Version, doc)
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "policy.set", Target: fmt.Sprintf("v%d", p.Version), Source: by, Outcome: "ok", Detail: string(doc)})
 	return p, nil
@@ -107,8 +119,9 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		now := s.cfg.Now()
+		smp := s.sample(now) // takes policyMu itself: not under it
 		s.policyMu.Lock()
-		decisions := s.engine.Observe(s.sample(now))
+		decisions := s.engine.Observe(smp)
 		mode := s.engine.Policy().Mode
 		s.policyMu.Unlock()
 		for _, d := range decisions {
@@ -123,5 +136,23 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 			s.audit.add(store.AuditEntry{Actor: "policy", Action: "policy.decision", Target: d.VM, Outcome: "ok",
 				Detail: fmt.Sprintf("%s → %s (%s, %s): %s", d.From, d.To, mode, rec.Action, d.Reason)})
 		}
+	}
+}
+
+// pushPolicy sends the policy in force to one agent session.
+func (s *Server) pushPolicy(ctx context.Context, ss *session) {
+	s.policyMu.Lock()
+	p := s.engine.Policy()
+	s.policyMu.Unlock()
+	doc, err := json.Marshal(p)
+	if err != nil {
+		return
+	}
+	s.pushPolicyDoc(ctx, ss, p.Version, doc)
+}
+
+func (s *Server) pushPolicyDoc(ctx context.Context, ss *session, version uint64, doc []byte) {
+	if err := message.Send(ctx, ss.c, message.TypePolicy, message.Policy{Version: version, Doc: doc}); err != nil {
+		s.log.Debug("mmc: policy push", "agent", ss.id, "err", err)
 	}
 }

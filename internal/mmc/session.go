@@ -37,11 +37,12 @@ type session struct {
 	started time.Time
 	once    sync.Once
 
-	mu       sync.Mutex
-	report   *message.Report // latest monitor report
-	reportAt time.Time
-	nextID   uint64
-	pending  map[uint64]chan message.ActionResult
+	mu        sync.Mutex
+	report    *message.Report // latest monitor report
+	reportAt  time.Time
+	nextID    uint64
+	pending   map[uint64]chan message.ActionResult
+	policyAck uint64 // policy version the agent acknowledged
 }
 
 func (ss *session) end(code uint64, reason string) {
@@ -68,6 +69,8 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if len(ch.Stable) > 0 {
 		what := strings.Join(ch.Stable, ", ")
 		s.metrics.factAlarms.Inc()
+		_, _ = s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "facts-changed",
+			Message: fmt.Sprintf("host facts changed at login from %s: %s", src, what)})
 		s.log.Warn("mmc: ALARM host facts changed", "agent", id, "changed", what, "from", src)
 		outcome := "denied"
 		if s.cfg.AllowChangedFacts {
@@ -133,6 +136,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if err := message.Send(ctx, c, message.TypeWelcome, message.Welcome{AgentID: id}); err != nil {
 		return
 	}
+	s.pushPolicy(ctx, ss)
 	s.sessionLoop(ctx, ss, a.ReauthKey)
 }
 
@@ -209,6 +213,29 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 				ss.mu.Unlock()
 				if ch != nil {
 					ch <- r // buffered: never blocks
+				}
+			case message.TypePolicyAck:
+				a, err := message.Decode[message.PolicyAck](e)
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
+					return
+				}
+				ss.mu.Lock()
+				ss.policyAck = a.Version
+				ss.mu.Unlock()
+			case message.TypeEvent:
+				ev, err := message.Decode[message.Event](e)
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
+					return
+				}
+				if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
+					AgentSeq: ev.Seq, Alarm: ev.Alarm, Level: ev.Level, Kind: ev.Kind, Message: ev.Message}); err != nil {
+					s.log.Error("mmc: storing an event", "err", err)
+					continue // not acknowledged: the agent resends it
+				}
+				if err := message.Send(ctx, c, message.TypeEventAck, message.EventAck{Seq: ev.Seq}); err != nil {
+					return
 				}
 			case message.TypeTimeRequest:
 				t2 := s.cfg.Now()

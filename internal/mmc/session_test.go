@@ -134,6 +134,9 @@ func TestReauthFailures(t *testing.T) {
 			hs := c.Session().HandshakeHash
 			for round := 0; round < 3; round++ {
 				e := a.recv(c)
+				for e.Type == message.TypePolicy { // pushed after Welcome
+					e = a.recv(c)
+				}
 				ch, err := message.Decode[message.Challenge](e)
 				if err != nil || e.Type != message.TypeChallenge {
 					t.Fatalf("round %d: %v %v", round, e.Type, err)

@@ -58,6 +58,15 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"huge body", "POST", "/v1/tokens", tok, `{"ttl":"` + strings.Repeat("1", 2<<20) + `"}`, 400},
 		{"bad audit paging", "GET", "/v1/audit?after=-1", tok, "", 400},
 		{"no such endpoint", "GET", "/v2/everything", tok, "", 404},
+		{"vm on unknown host", "POST", "/v1/vms", tok, `{"name":"v1","host":"nowhere"}`, 404},
+		{"vm with a bad name", "POST", "/v1/vms", tok, `{"name":"../v","host":"h"}`, 400},
+		{"vm with a bad workload", "POST", "/v1/vms", tok, `{"name":"v","host":"h","workload":"cpu=7"}`, 400},
+		{"vm malformed", "POST", "/v1/vms", tok, `[1,2`, 400},
+		{"delete unknown vm", "DELETE", "/v1/vms/ghost", tok, "", 404},
+		{"policy malformed", "PUT", "/v1/policy", tok, `{"mode":`, 400},
+		{"policy invalid", "PUT", "/v1/policy", tok, `{"mode":"yolo"}`, 400},
+		{"policy unknown field", "PUT", "/v1/policy", tok, `{"mood":"auto"}`, 400},
+		{"logs bad paging", "GET", "/v1/logs?limit=x", tok, "", 400},
 		{"wrong method", "DELETE", "/v1/agents", tok, "", 404},
 	}
 	for _, tt := range tests {
@@ -86,6 +95,9 @@ func TestAdminAPIBadInput(t *testing.T) {
 	}
 	if toks, _ := s.st.Tokens(); len(toks) != 0 {
 		t.Fatalf("%d tokens created by bad requests", len(toks))
+	}
+	if doc, _ := s.st.Policy(); doc != nil {
+		t.Fatalf("a bad request stored a policy: %s", doc)
 	}
 	// Auth failures are audited.
 	entries, _ := s.st.Audit(0, 0)

@@ -67,7 +67,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c))
 	return cmd
 }
 
@@ -393,5 +393,83 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
+	return cmd
+}
+
+func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
+	var to, rate string
+	cmd := &cobra.Command{
+		Use: "migrate VM --to HOST", Short: "Plan a live migration of a VM to another host", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			req := api.MigrateRequest{VM: args[0], To: to}
+			if rate != "" {
+				bps, err := units.ParseRate(rate)
+				if err != nil {
+					return fmt.Errorf("--max-bandwidth: %w", err)
+				}
+				req.MaxRate = bps / 8
+			}
+			out, err := cl.Migrate(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migration %s of %s to %s planned\n", out.ID, args[0], to)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "destination host")
+	cmd.Flags().StringVar(&rate, "max-bandwidth", "", "cap the migration stream, e.g. 100mbit")
+	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "migrations", Short: "Migration records"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List migrations", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			ms, err := cl.Migrations(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), ms)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tVM\tFROM\tTO\tSTATE\tPROGRESS\tBY\tREASON")
+			for _, m := range ms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\n", m.ID, m.VM, m.From, m.To, m.State, 100*m.Progress, m.By, m.Reason)
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use: "cancel ID", Short: "Cancel an open migration", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			m, err := cl.CancelMigration(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), m)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migration %s: %s\n", m.ID, m.State)
+			return nil
+		},
+	})
 	return cmd
 }

@@ -283,3 +283,43 @@ func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit in
 	}
 	return out, c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
 }
+
+// Migration is a migration record.
+type Migration struct {
+	ID       string    `json:"id"`
+	VM       string    `json:"vm"`
+	From     string    `json:"from"`
+	To       string    `json:"to"`
+	State    string    `json:"state"`
+	Progress float64   `json:"progress"`
+	Reason   string    `json:"reason"`
+	By       string    `json:"by"`
+	MaxRate  float64   `json:"max_bandwidth,omitempty"` // bytes/s
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
+}
+
+// MigrateRequest asks for a migration.
+type MigrateRequest struct {
+	VM      string  `json:"vm"`
+	To      string  `json:"to"`
+	MaxRate float64 `json:"max_bandwidth,omitempty"` // bytes/s; 0 = no cap
+}
+
+// Migrate plans a migration.
+func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (Created, error) {
+	var out Created
+	return out, c.do(ctx, http.MethodPost, "/v1/migrations", req, &out)
+}
+
+// Migrations lists migration records.
+func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
+	var out []Migration
+	return out, c.do(ctx, http.MethodGet, "/v1/migrations", nil, &out)
+}
+
+// CancelMigration cancels an open migration.
+func (c *Client) CancelMigration(ctx context.Context, id string) (Migration, error) {
+	var out Migration
+	return out, c.do(ctx, http.MethodPost, "/v1/migrations/"+url.PathEscape(id)+"/cancel", struct{}{}, &out)
+}

@@ -43,6 +43,9 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
 	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
+	mux.HandleFunc("GET /v1/migrations", s.auth(s.handleMigrations))
+	mux.HandleFunc("POST /v1/migrations", s.auth(s.handleMigrate))
+	mux.HandleFunc("POST /v1/migrations/{id}/cancel", s.auth(s.handleCancelMigration))
 	mux.HandleFunc("GET /v1/logs", s.auth(s.handleEvents(false)))
 	mux.HandleFunc("GET /v1/alarms", s.auth(s.handleEvents(true)))
 	mux.HandleFunc("GET /v1/policy", s.auth(s.handleGetPolicy))
@@ -371,5 +374,58 @@ func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 			out = append(out, api.Event(e))
 		}
 		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+func (s *Server) handleMigrations(w http.ResponseWriter, r *http.Request) {
+	ms, err := s.migrations()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := make([]api.Migration, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, api.Migration(m))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
+	var req api.MigrateRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	if req.VM == "" || req.To == "" || req.MaxRate < 0 {
+		writeErr(w, http.StatusBadRequest, "vm and to are required; max_bandwidth must not be negative")
+		return
+	}
+	m, err := s.planMigration(req.VM, req.To, "requested by an administrator", "admin", req.MaxRate)
+	if err != nil {
+		writeMigErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.Created{ID: m.ID})
+}
+
+func (s *Server) handleCancelMigration(w http.ResponseWriter, r *http.Request) {
+	m, err := s.cancelMigration(r.PathValue("id"), "admin")
+	if err != nil {
+		writeMigErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Migration(m))
+}
+
+func writeMigErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrHostOffline):
+		writeErr(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ErrConflict):
+		writeErr(w, http.StatusConflict, err.Error())
+	default:
+		writeErr(w, http.StatusInternalServerError, err.Error())
 	}
 }

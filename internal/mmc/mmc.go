@@ -149,6 +149,7 @@ type Server struct {
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
 
+	migMu     sync.Mutex // serialises migration planning (one open migration per VM)
 	policyMu  sync.Mutex // guards engine
 	engine    *policy.Engine
 	decisions decisionLog

@@ -127,9 +127,11 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
-				// The migration engine arrives with issue 6; until then an
-				// automatic decision is recorded, not carried out.
-				rec.Action = "not started: live migration is not available yet"
+				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", 0); err != nil {
+					rec.Action = "not planned: " + err.Error()
+				} else {
+					rec.Action = "migration " + m.ID + " planned"
+				}
 			}
 			s.decisions.add(rec)
 			s.log.Info("policy: decision", "vm", d.VM, "from", d.From, "to", d.To, "mode", mode, "action", rec.Action, "reason", d.Reason)

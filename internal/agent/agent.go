@@ -53,6 +53,9 @@ type Config struct {
 	// ReportInterval how often the monitor reports (default 5 s).
 	Driver         hypervisor.Driver
 	ReportInterval time.Duration
+	// HostStats, if set, replaces measuring the host (load generators
+	// run thousands of agents on one machine).
+	HostStats func() message.HostStats
 	Logger         *slog.Logger
 	Rand           io.Reader
 }

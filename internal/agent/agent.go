@@ -56,8 +56,8 @@ type Config struct {
 	// HostStats, if set, replaces measuring the host (load generators
 	// run thousands of agents on one machine).
 	HostStats func() message.HostStats
-	Logger         *slog.Logger
-	Rand           io.Reader
+	Logger    *slog.Logger
+	Rand      io.Reader
 }
 
 // ErrFatal marks errors that retrying cannot fix (rejected enrolment,

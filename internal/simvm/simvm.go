@@ -208,14 +208,18 @@ func (v *VM) network(ctx context.Context) {
 	const step = 100 * time.Millisecond
 	t := time.NewTicker(step)
 	defer t.Stop()
+	last := time.Now()
 	for {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now = <-t.C:
 		}
+		elapsed := min(now.Sub(last), time.Second) // by time, not ticks (late ticks on a busy host)
+		last = now
 		if w := v.wl.Load(); !v.paused.Load() && w.Net > 0 {
-			v.net.Add(uint64(w.Net * step.Seconds()))
+			v.net.Add(uint64(w.Net * elapsed.Seconds()))
 		}
 	}
 }

@@ -97,22 +97,30 @@ func TestDelayPrecision(t *testing.T) {
 	// quiet machine is a measurement, not a test condition: under a loaded
 	// CI run (other test packages in parallel on 2 cores) the scheduler,
 	// not the forwarder, sets the tail (the control thread shows it).
-	stop := make(chan struct{})
-	noisec := make(chan time.Duration)
-	go func() { noisec <- sleepNoiseP99(stop) }()
-	early, p50, p99, msg := delayRun(t)
-	close(stop)
-	noise := <-noisec
-	t.Logf("%s; control sleep p99 overshoot %v", msg, noise)
-	if early {
-		t.Fatalf("a packet arrived early: %s", msg)
+	// The tail is the one property a burst of load elsewhere can break
+	// for a moment, so it gets up to three runs: the forwarder must reach
+	// it once; never-early and the median must hold in every run.
+	var tail []string
+	for attempt := 1; attempt <= 3; attempt++ {
+		stop := make(chan struct{})
+		noisec := make(chan time.Duration)
+		go func() { noisec <- sleepNoiseP99(stop) }()
+		early, p50, p99, msg := delayRun(t)
+		close(stop)
+		noise := <-noisec
+		t.Logf("run %d: %s; control sleep p99 overshoot %v", attempt, msg, noise)
+		if early {
+			t.Fatalf("a packet arrived early: %s", msg)
+		}
+		if p50 > 200*time.Microsecond {
+			t.Fatalf("p50 delay error %v > 200µs", p50)
+		}
+		if p99 <= 10*time.Millisecond {
+			return
+		}
+		tail = append(tail, p99.String())
 	}
-	if p50 > 200*time.Microsecond {
-		t.Errorf("p50 delay error %v > 200µs", p50)
-	}
-	if p99 > 10*time.Millisecond {
-		t.Errorf("p99 delay error %v > 10ms", p99)
-	}
+	t.Errorf("p99 delay error above 10ms in every run: %v", tail)
 }
 
 // sleepNoiseP99 sleeps 200 µs at a time on a tuned thread until stop and

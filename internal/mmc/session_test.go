@@ -121,7 +121,7 @@ func token(t *testing.T, s *Server, uses int) string {
 // TestReauthFailures: a correct answer keeps the session; a wrong answer
 // and silence each end it with CodeReauthFailed, audited.
 func TestReauthFailures(t *testing.T) {
-	s := startMMC(t, Config{ReauthMin: 50 * time.Millisecond, ReauthMax: 100 * time.Millisecond, ReauthTimeout: 300 * time.Millisecond})
+	s := startMMC(t, Config{ReauthMin: 50 * time.Millisecond, ReauthMax: 100 * time.Millisecond, ReauthTimeout: time.Second})
 	a := newFakeAgent(t, s)
 	a.enrolWithToken(token(t, s, 1))
 	rk := identity.DeriveReauthKey(a.code, a.bundle.ClusterID)

@@ -52,6 +52,9 @@ func TestVMWorkloadPauseShutdown(t *testing.T) {
 	}
 
 	call(Request{Op: "pause"})
+	// Rates are measured between status calls at least 200 ms apart: let
+	// this one close a window that began after the pause.
+	time.Sleep(300 * time.Millisecond)
 	call(Request{Op: "status"})
 	time.Sleep(500 * time.Millisecond)
 	if st := call(Request{Op: "status"}); st.VM.State != hypervisor.StatePaused || st.Stats.Dirty != 0 {

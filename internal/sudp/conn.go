@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/sudp/core"
-	"github.com/ferry-vm/ferry/internal/sudp/socket"
 )
 
 // Priority re-exports the scheduling classes for callers of this package.
@@ -155,7 +154,6 @@ func (c *Conn) run() {
 	if c.ep.cfg.Conn.MaxDatagramSize > 0 {
 		maxSize = max(c.ep.cfg.Conn.MaxDatagramSize, 256) // as core clamps it
 	}
-	batch := socket.NewBatch(maxSize)
 	carry := make([]byte, maxSize) // a datagram for another destination
 	carryN := 0
 	var carryTo netip.AddrPort
@@ -168,7 +166,10 @@ func (c *Conn) run() {
 			c.cc.HandleTimeout(now)
 			c.notifyLocked()
 		}
-		batch.Reset()
+		// Send buffers come from the endpoint's pool and go back before
+		// waiting: an idle connection holds none (a GSO batch is 64 KiB,
+		// and an MMC has thousands of mostly idle connections).
+		batch := c.ep.getBatch(maxSize)
 		var to netip.AddrPort
 		if carryN > 0 {
 			copy(batch.Next(maxSize), carry[:carryN])
@@ -209,12 +210,14 @@ func (c *Conn) run() {
 		closing := c.cc.Err() != nil
 		c.mu.Unlock()
 
-		if batch.Len() > 0 {
+		sent := batch.Len() > 0
+		if sent {
 			batch.To = to
 			if err := c.ep.sock.Send(batch); err != nil && c.ep.ctx.Err() == nil {
 				c.ep.log.Debug("sudp: send", "err", err)
 			}
 		}
+		c.ep.putBatch(maxSize, batch)
 		if closing {
 			c.closeOnce.Do(func() { close(c.closeSent) })
 		}
@@ -229,7 +232,7 @@ func (c *Conn) run() {
 		if !next.IsZero() {
 			wait = max(time.Until(next), 0)
 		}
-		if wait == 0 && batch.Len() > 0 {
+		if wait == 0 && sent {
 			continue
 		}
 		timer.Reset(max(wait, 20*time.Microsecond))

@@ -44,6 +44,22 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// getBatch takes a send batch for datagrams of up to maxSize bytes from
+// the endpoint's pool; putBatch returns it.
+func (e *Endpoint) getBatch(maxSize int) *socket.Batch {
+	if b, ok := e.batches.Get().(*socket.Batch); ok && b.MaxSize() == maxSize {
+		b.Reset()
+		return b
+	}
+	return socket.NewBatch(maxSize)
+}
+
+func (e *Endpoint) putBatch(maxSize int, b *socket.Batch) {
+	if b.MaxSize() == maxSize {
+		e.batches.Put(b)
+	}
+}
+
 // ErrEndpointClosed is returned by calls on a closed Endpoint.
 var ErrEndpointClosed = errors.New("sudp: endpoint closed")
 
@@ -64,6 +80,8 @@ type Endpoint struct {
 	wg     sync.WaitGroup
 	closed chan struct{}
 	once   sync.Once
+
+	batches sync.Pool // *socket.Batch send buffers shared by the connections
 }
 
 // Listen opens an endpoint.

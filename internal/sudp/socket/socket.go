@@ -191,6 +191,9 @@ func NewBatch(maxSize int) *Batch {
 	return &Batch{buf: make([]byte, 0, MaxSegments*maxSize), sizes: make([]int, 0, MaxSegments)}
 }
 
+// MaxSize is the datagram size the batch was made for.
+func (b *Batch) MaxSize() int { return cap(b.buf) / MaxSegments }
+
 // Next returns the buffer to write the next datagram into.
 func (b *Batch) Next(maxSize int) []byte {
 	off := len(b.buf)

@@ -66,7 +66,8 @@ func newSwarmCmd(g *globalFlags) *cobra.Command {
 					HostStats: func() message.HostStats {
 						return message.HostStats{CPU: rand.Float64(), Mem: rand.Float64(), Cores: 32, MemSize: 256 << 30}
 					},
-					Logger: slog.New(slog.DiscardHandler),
+					Logger:       slog.New(slog.DiscardHandler),
+					SmallBuffers: true,
 				})
 				if err != nil {
 					return err

@@ -56,8 +56,11 @@ type Config struct {
 	// HostStats, if set, replaces measuring the host (load generators
 	// run thousands of agents on one machine).
 	HostStats func() message.HostStats
-	Logger    *slog.Logger
-	Rand      io.Reader
+	// SmallBuffers gives the agent's SUDP socket small receive buffers
+	// (load generators holding thousands of agents).
+	SmallBuffers bool
+	Logger       *slog.Logger
+	Rand         io.Reader
 }
 
 // ErrFatal marks errors that retrying cannot fix (rejected enrolment,
@@ -129,7 +132,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.loadState(); err != nil {
 		return nil, err
 	}
-	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger})
+	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger, SmallBuffers: cfg.SmallBuffers})
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	RateLimit     ratelimit.Config
 	// Conn tunes each connection.
 	Conn core.Config
+	// SmallBuffers opens the socket for a low rate (no receive offload,
+	// a few small receive buffers): for processes with many endpoints.
+	SmallBuffers bool
 	// Logger receives connection lifecycle events (never key material).
 	Logger *slog.Logger
 }
@@ -101,7 +104,11 @@ func Listen(cfg Config) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	sock, err := socket.Listen(cfg.Listen)
+	listen := socket.Listen
+	if cfg.SmallBuffers {
+		listen = socket.ListenSmall
+	}
+	sock, err := listen(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("sudp: listen %s: %w", cfg.Listen, err)
 	}

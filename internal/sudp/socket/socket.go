@@ -43,7 +43,14 @@ type Conn struct {
 }
 
 // Listen opens a UDP socket on addr ("host:port").
-func Listen(addr string) (*Conn, error) {
+func Listen(addr string) (*Conn, error) { return listen(addr, false) }
+
+// ListenSmall opens a socket for a low-rate endpoint: no receive offload,
+// and a few datagram-sized receive buffers instead of 1 MiB of GRO buffers
+// (for processes that hold thousands of endpoints, like a load generator).
+func ListenSmall(addr string) (*Conn, error) { return listen(addr, true) }
+
+func listen(addr string, small bool) (*Conn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -68,10 +75,15 @@ func Listen(addr string) (*Conn, error) {
 	}
 	c.setBuffers()
 	c.gso.Store(c.sockoptInt(unix.IPPROTO_UDP, unix.UDP_SEGMENT, 0) == nil)
-	c.gro = c.sockoptInt(unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
-	c.rmsg = make([]ipv4.Message, ReadBatch)
+	batch, size := ReadBatch, recvBufSize
+	if small {
+		batch, size = 2, 2048
+	} else {
+		c.gro = c.sockoptInt(unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+	}
+	c.rmsg = make([]ipv4.Message, batch)
 	for i := range c.rmsg {
-		c.rmsg[i].Buffers = [][]byte{make([]byte, recvBufSize)}
+		c.rmsg[i].Buffers = [][]byte{make([]byte, size)}
 		c.rmsg[i].OOB = make([]byte, unix.CmsgSpace(4))
 	}
 	return c, nil

@@ -54,7 +54,19 @@ func TestBatchFull(t *testing.T) {
 // Datagrams of mixed sizes sent in one batch (GSO runs where possible)
 // arrive intact and in order over loopback.
 func TestSendReadLoopback(t *testing.T) {
-	rx, err := Listen("127.0.0.1:0")
+	for _, small := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "small"}[small], func(t *testing.T) { sendRead(t, small) })
+	}
+}
+
+// sendRead: a GSO batch of mixed sizes arrives intact, also at a socket
+// opened with ListenSmall (no GRO, 2 KiB receive buffers).
+func sendRead(t *testing.T, small bool) {
+	listenRx := Listen
+	if small {
+		listenRx = ListenSmall
+	}
+	rx, err := listenRx("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

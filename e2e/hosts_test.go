@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,16 +124,7 @@ func (c *cluster) destroyVMs(t *testing.T) {
 func TestPolicyDryRun(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, "--policy-interval", "500ms")
-	var tok struct {
-		Token string `json:"token"`
-	}
-	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range []string{"h1", "h2"} {
-		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms")
-	}
-	t.Cleanup(func() { c.destroyVMs(t) })
+	c.startHosts(t, "h1", "h2")
 	pf := filepath.Join(t.TempDir(), "policy.json")
 	if err := os.WriteFile(pf, []byte(`{"mode":"dry-run","window":"2s","sla":{"net_up":5e6},"host_cpu_max":1,"host_mem_max":1}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -152,11 +144,6 @@ func TestPolicyDryRun(t *testing.T) {
 	if err := c.ctl(nil, "policy", "set", bad); err == nil {
 		t.Fatal("invalid policy accepted")
 	}
-	c.waitFor("both hosts reporting", func() bool {
-		var hosts []hostView
-		c.ctl(&hosts, "hosts", "list")
-		return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
-	})
 	if err := c.ctl(nil, "vms", "create", "chatty", "--host", "h1", "--memory", "16MiB", "--workload", "net=20MB/s"); err != nil {
 		t.Fatal(err)
 	}
@@ -261,26 +248,12 @@ func TestAlarmsSurviveMMCOutage(t *testing.T) {
 func TestMigrationRecords(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, "--policy-interval", "500ms")
-	var tok struct {
-		Token string `json:"token"`
-	}
-	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range []string{"h1", "h2"} {
-		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms")
-	}
-	t.Cleanup(func() { c.destroyVMs(t) })
+	c.startHosts(t, "h1", "h2")
 	pf := filepath.Join(t.TempDir(), "policy.json")
 	os.WriteFile(pf, []byte(`{"mode":"auto","window":"2s","sla":{"cpu":0.2},"host_cpu_max":1,"host_mem_max":1}`), 0o600)
 	if err := c.ctl(nil, "policy", "set", pf); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor("both hosts reporting", func() bool {
-		var hosts []hostView
-		c.ctl(&hosts, "hosts", "list")
-		return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
-	})
 	if err := c.ctl(nil, "vms", "create", "busy", "--host", "h1", "--memory", "16MiB", "--workload", "cpu=0.9"); err != nil {
 		t.Fatal(err)
 	}
@@ -328,4 +301,32 @@ func TestMigrationRecords(t *testing.T) {
 	if err := c.ctl(&ms, "migrations", "list"); err != nil || len(ms) != 2 || ms[1].State != "cancelled" || ms[0].State != "planned" {
 		t.Fatalf("after restart: %+v %v", ms, err)
 	}
+}
+
+// startHosts enrols agents with the given names by a join token (reports
+// every 300 ms), removes their VMs when the test ends, and waits until
+// every one of them is online.
+func (c *cluster) startHosts(t *testing.T, names ...string) {
+	t.Helper()
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(&tok, "tokens", "create", "--uses", fmt.Sprint(len(names))); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range names {
+		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms")
+	}
+	t.Cleanup(func() { c.destroyVMs(t) })
+	c.waitFor("every host online", func() bool {
+		var hosts []hostView
+		c.ctl(&hosts, "hosts", "list")
+		online := 0
+		for _, h := range hosts {
+			if h.Online {
+				online++
+			}
+		}
+		return online == len(names)
+	})
 }

@@ -197,17 +197,11 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	after, err1 := parseUint(q.Get("after"), 0)
-	limit, err2 := parseUint(q.Get("limit"), 1000)
-	if err1 != nil || err2 != nil || limit > 100000 {
-		writeErr(w, http.StatusBadRequest, "after and limit must be non-negative integers (limit ≤ 100000)")
+	after, limit, ok := paging(w, r)
+	if !ok {
 		return
 	}
-	if limit == 0 {
-		limit = 1000
-	}
-	entries, err := s.st.Audit(after, int(limit))
+	entries, err := s.st.Audit(after, limit)
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
@@ -217,6 +211,22 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		out = append(out, api.AuditEntry(e))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// paging reads ?after=N&limit=M (default limit 1000, at most 100000); on
+// bad input it answers 400 and returns ok false.
+func paging(w http.ResponseWriter, r *http.Request) (after uint64, limit int, ok bool) {
+	q := r.URL.Query()
+	after, err1 := parseUint(q.Get("after"), 0)
+	l, err2 := parseUint(q.Get("limit"), 1000)
+	if err1 != nil || err2 != nil || l > 100000 {
+		writeErr(w, http.StatusBadRequest, "after and limit must be non-negative integers (limit ≤ 100000)")
+		return 0, 0, false
+	}
+	if l == 0 {
+		l = 1000
+	}
+	return after, int(l), true
 }
 
 func parseUint(s string, def uint64) (uint64, error) {
@@ -354,17 +364,11 @@ func (s *Server) handleDecisions(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		after, err1 := parseUint(q.Get("after"), 0)
-		limit, err2 := parseUint(q.Get("limit"), 1000)
-		if err1 != nil || err2 != nil || limit > 100000 {
-			writeErr(w, http.StatusBadRequest, "after and limit must be non-negative integers (limit ≤ 100000)")
+		after, limit, ok := paging(w, r)
+		if !ok {
 			return
 		}
-		if limit == 0 {
-			limit = 1000
-		}
-		evs, err := s.st.Events(after, int(limit), alarms)
+		evs, err := s.st.Events(after, limit, alarms)
 		if err != nil {
 			writeErr(w, http.StatusInternalServerError, err.Error())
 			return

@@ -120,5 +120,6 @@ once with a valid --token), then keeps an authenticated session open.`,
 	for _, h := range []string{"disk-id", "machine-id", "macs"} {
 		_ = f.MarkHidden(h)
 	}
+	withConfigFile(cmd)
 	return cmd
 }

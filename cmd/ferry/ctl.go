@@ -1,10 +1,13 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +23,7 @@ import (
 )
 
 type ctlFlags struct {
-	admin, tokenFile, output string
+	admin, tokenFile, output, caFile string
 }
 
 func (c *ctlFlags) client() (*api.Client, error) {
@@ -46,7 +49,24 @@ func (c *ctlFlags) client() (*api.Client, error) {
 		}
 		tok = strings.TrimSpace(string(b))
 	}
-	return &api.Client{Base: admin, Token: tok}, nil
+	cl := &api.Client{Base: admin, Token: tok}
+	ca := c.caFile
+	if ca == "" {
+		ca = os.Getenv("FERRY_CA")
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("admin CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("admin CA: no PEM certificate in %s", ca)
+		}
+		cl.HTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	}
+	return cl, nil
 }
 
 func (c *ctlFlags) json() bool { return c.output == "json" }
@@ -60,6 +80,7 @@ func newCtlCmd() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&c.admin, "admin", "", "admin API URL (default $FERRY_ADMIN or http://"+mmc.DefaultAdmin+")")
 	pf.StringVar(&c.tokenFile, "token-file", "", "admin token file (default $FERRY_TOKEN, or "+filepath.Join(defaultMMCDir, mmc.AdminTokenFile)+")")
+	pf.StringVar(&c.caFile, "ca-file", "", "certificate the admin API's TLS certificate must chain to (default $FERRY_CA; the MMC's self-signed one is DATA/"+mmc.AdminCertFile+")")
 	pf.StringVarP(&c.output, "output", "o", "table", "output: table or json")
 	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
 		if c.output != "table" && c.output != "json" {

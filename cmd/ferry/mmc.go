@@ -36,8 +36,8 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "ferry mmc: SUDP on %s, admin API on http://%s (token in %s)\nbundle: %s\n",
-				srv.Addr(), srv.AdminAddr(), filepath.Join(cfg.DataDir, mmc.AdminTokenFile), srv.Bundle().Encode())
+			fmt.Fprintf(os.Stderr, "ferry mmc: SUDP on %s, admin API on %s (token in %s)\nbundle: %s\n",
+				srv.Addr(), srv.AdminURL(), filepath.Join(cfg.DataDir, mmc.AdminTokenFile), srv.Bundle().Encode())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return srv.Run(ctx)
@@ -47,12 +47,16 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 	f.StringVar(&cfg.DataDir, "data-dir", defaultMMCDir, "state directory (keys, database, admin token)")
 	f.StringVar(&cfg.Listen, "listen", mmc.DefaultListen, "SUDP address agents connect to")
 	f.StringVar(&cfg.Admin, "admin", mmc.DefaultAdmin, "admin API address (HTTP); '-' disables it")
+	f.StringVar(&cfg.AdminTLS, "admin-tls", mmc.TLSAuto, "admin API TLS: auto (on unless --admin is loopback), on, off (loopback only)")
+	f.StringVar(&cfg.AdminCert, "admin-cert", "", "admin API TLS certificate (default: self-signed DATA/admin.crt, created on first use)")
+	f.StringVar(&cfg.AdminKey, "admin-key", "", "admin API TLS private key (with --admin-cert)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address agents are told to dial (default: --listen, with 0.0.0.0 as 127.0.0.1)")
 	f.DurationVar(&cfg.ReauthMin, "reauth-min", 30*time.Second, "shortest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthMax, "reauth-max", 90*time.Second, "longest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthTimeout, "reauth-timeout", 10*time.Second, "time an agent has to answer a challenge")
 	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
+	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())
 	return cmd
 }

@@ -67,7 +67,7 @@ func newSwarmCmd(g *globalFlags) *cobra.Command {
 						return message.HostStats{CPU: rand.Float64(), Mem: rand.Float64(), Cores: 32, MemSize: 256 << 30}
 					},
 					Logger:       slog.New(slog.DiscardHandler),
-					SmallBuffers: true,
+					SmallBuffers: true, VolatileEvents: true,
 				})
 				if err != nil {
 					return err

@@ -59,8 +59,11 @@ type Config struct {
 	// SmallBuffers gives the agent's SUDP socket small receive buffers
 	// (load generators holding thousands of agents).
 	SmallBuffers bool
-	Logger       *slog.Logger
-	Rand         io.Reader
+	// VolatileEvents keeps unacknowledged logs and alarms in memory only
+	// instead of DataDir/outbox.db (load generators).
+	VolatileEvents bool
+	Logger         *slog.Logger
+	Rand           io.Reader
 }
 
 // ErrFatal marks errors that retrying cannot fix (rejected enrolment,
@@ -124,16 +127,22 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
-	a.events = newOutbox()
+	if cfg.VolatileEvents {
+		a.events = newOutbox()
+	} else if a.events, err = openOutbox(filepath.Join(cfg.DataDir, OutboxFile)); err != nil {
+		return nil, err
+	}
 	a.stopped = map[string]bool{}
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
 	a.clock.log = a.log
 	if err := a.loadState(); err != nil {
+		_ = a.events.close()
 		return nil, err
 	}
 	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger, SmallBuffers: cfg.SmallBuffers})
 	if err != nil {
+		_ = a.events.close()
 		return nil, err
 	}
 	return a, nil
@@ -148,7 +157,7 @@ func (a *Agent) ID() string {
 
 // Collectors returns the agent's Prometheus collectors.
 func (a *Agent) Collectors() []prometheus.Collector {
-	return append(a.metrics.collectors(), sudp.NewCollector(a.ep, prometheus.Labels{"role": "agent"}))
+	return append(a.metrics.collectors(), newOutboxCollector(a.events), sudp.NewCollector(a.ep, prometheus.Labels{"role": "agent"}))
 }
 
 // ClockOffset is the current estimate of MMC time minus local time.
@@ -187,6 +196,7 @@ func (a *Agent) saveState(st *enrolState) error {
 // Run enrols if needed, then keeps a session to the MMC, reconnecting with
 // jittered exponential backoff, until ctx ends or a fatal error.
 func (a *Agent) Run(ctx context.Context) error {
+	defer a.events.close()
 	defer a.ep.Close()
 	backoff := time.Second
 	failedLogins := 0

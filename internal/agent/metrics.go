@@ -2,6 +2,29 @@ package agent
 
 import "github.com/prometheus/client_golang/prometheus"
 
+// outboxCollector reports the event outbox (read at scrape time).
+type outboxCollector struct {
+	o                *outbox
+	pending, dropped *prometheus.Desc
+}
+
+func newOutboxCollector(o *outbox) *outboxCollector {
+	return &outboxCollector{o: o,
+		pending: prometheus.NewDesc("ferry_agent_events_pending", "Logs and alarms not yet acknowledged by the MMC.", nil, nil),
+		dropped: prometheus.NewDesc("ferry_agent_events_dropped_total", "Logs and alarms dropped because the outbox was full or a stored record was damaged.", nil, nil),
+	}
+}
+
+func (c *outboxCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pending; ch <- c.dropped }
+
+func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	c.o.mu.Lock()
+	n, d := len(c.o.pending), c.o.dropped
+	c.o.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(d))
+}
+
 type metrics struct {
 	online  prometheus.Gauge
 	reauths prometheus.Counter

@@ -14,6 +14,7 @@ package mmc
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -61,6 +62,10 @@ type Config struct {
 	DataDir string
 	Listen  string // SUDP address
 	Admin   string // admin API address ("" = DefaultAdmin; "-" = none)
+	// AdminTLS is TLSAuto (default: TLS unless Admin is loopback), TLSOn
+	// or TLSOff; AdminCert and AdminKey name the certificate files
+	// (default: a self-signed one in DataDir, created on first use).
+	AdminTLS, AdminCert, AdminKey string
 	// Advertise is the address agents are told to dial (in the bundle);
 	// default: Listen, with an unspecified host replaced by 127.0.0.1.
 	Advertise string
@@ -141,6 +146,7 @@ type Server struct {
 	audit     *auditor
 	tokenRL   *ratelimit.Limiter
 	adminLn   net.Listener
+	adminTLS  *tls.Config // nil: plain HTTP (loopback only)
 
 	mu       sync.RWMutex
 	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
@@ -232,9 +238,23 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.Admin != "-" {
+		useTLS, err := adminNeedsTLS(cfg.AdminTLS, cfg.Admin)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		if useTLS {
+			if s.adminTLS, err = adminTLSConfig(cfg.DataDir, cfg.AdminCert, cfg.AdminKey, cfg.Admin); err != nil {
+				s.close()
+				return nil, err
+			}
+		}
 		if s.adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
 			s.close()
 			return nil, fmt.Errorf("mmc: admin API: %w", err)
+		}
+		if s.adminTLS != nil {
+			s.adminLn = tls.NewListener(s.adminLn, s.adminTLS)
 		}
 	}
 	return s, nil
@@ -421,6 +441,17 @@ func (s *Server) close() {
 		s.adminLn.Close()
 	}
 	s.st.Close()
+}
+
+// AdminURL is the admin API's base URL ("" if disabled).
+func (s *Server) AdminURL() string {
+	if s.adminLn == nil {
+		return ""
+	}
+	if s.adminTLS != nil {
+		return "https://" + s.adminLn.Addr().String()
+	}
+	return "http://" + s.adminLn.Addr().String()
 }
 
 // AdminAddr is the admin API's address ("" if disabled).

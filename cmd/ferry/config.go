@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+// withConfigFile gives cmd a --config flag naming a YAML file whose keys
+// are the command's long flag names:
+//
+//	data-dir: /var/lib/ferry/mmc
+//	listen: 0.0.0.0:7946
+//	report-interval: 5s
+//	macs: [02:00:00:00:00:01, 02:00:00:00:00:02]
+//
+// A flag given on the command line wins over the file; an unknown key is an
+// error (a typo must not silently fall back to a default).
+func withConfigFile(cmd *cobra.Command) {
+	var path string
+	cmd.Flags().StringVar(&path, "config", "", "YAML file of flag values (keys are flag names; the command line wins)")
+	prev := cmd.PreRunE
+	cmd.PreRunE = func(c *cobra.Command, args []string) error {
+		if path != "" {
+			if err := applyConfigFile(c.Flags(), path); err != nil {
+				return err
+			}
+		}
+		if prev != nil {
+			return prev(c, args)
+		}
+		return nil
+	}
+}
+
+func applyConfigFile(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(doc))
+	for k := range doc {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // deterministic error order
+	for _, k := range keys {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" || k == "help" {
+			var names []string
+			fs.VisitAll(func(f *pflag.Flag) {
+				if !f.Hidden && f.Name != "config" && f.Name != "help" {
+					names = append(names, f.Name)
+				}
+			})
+			return fmt.Errorf("config %s: unknown key %q (known: %s)", path, k, strings.Join(names, ", "))
+		}
+		if f.Changed {
+			continue
+		}
+		var val string
+		switch v := doc[k].(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, x := range v {
+				parts[i] = fmt.Sprint(x)
+			}
+			val = strings.Join(parts, ",")
+		case map[string]any:
+			return fmt.Errorf("config %s: key %q: want a value, not a mapping", path, k)
+		case nil:
+			continue
+		default:
+			val = fmt.Sprint(v)
+		}
+		if err := fs.Set(k, val); err != nil {
+			return fmt.Errorf("config %s: key %q: %w", path, k, err)
+		}
+	}
+	return nil
+}

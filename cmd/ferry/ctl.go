@@ -88,7 +88,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlBoardCmd(c))
 	return cmd
 }
 
@@ -492,5 +492,49 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 			return nil
 		},
 	})
+	return cmd
+}
+
+func newCtlBoardCmd(c *ctlFlags) *cobra.Command {
+	var after uint64
+	cmd := &cobra.Command{
+		Use:   "board [TOPIC]",
+		Short: "Show the blackboard: its topics, or one topic's entries",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				topics, err := cl.BoardTopics(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if c.json() {
+					return printJSON(cmd.OutOrStdout(), topics)
+				}
+				for _, t := range topics {
+					fmt.Fprintln(cmd.OutOrStdout(), t)
+				}
+				return nil
+			}
+			entries, err := cl.Board(cmd.Context(), args[0], after)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), entries)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tFROM\tKIND\tBODY")
+			for _, e := range entries {
+				b, _ := json.Marshal(e.Body)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339Nano), e.From, e.Kind, b)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
 	return cmd
 }

@@ -85,6 +85,9 @@ type Agent struct {
 	events  *outbox
 	policy  atomic.Uint64   // policy version received from the MMC
 	stopped map[string]bool // VMs seen stopped in the last report
+	peers   *peers
+	posts   chan message.BoardPost // blackboard entries waiting for the session
+	board   boardLog
 }
 
 type enrolState struct {
@@ -133,6 +136,8 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.stopped = map[string]bool{}
+	a.peers = newPeers()
+	a.posts = make(chan message.BoardPost, 256)
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
 	a.clock.log = a.log
@@ -140,7 +145,10 @@ func New(cfg Config) (*Agent, error) {
 		_ = a.events.close()
 		return nil, err
 	}
-	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger, SmallBuffers: cfg.SmallBuffers})
+	// Inbound handshakes are admitted only from agents the MMC introduced
+	// (peers.lookup); everything else is refused by the responder.
+	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger,
+		SmallBuffers: cfg.SmallBuffers, Lookup: a.peers.lookup})
 	if err != nil {
 		_ = a.events.close()
 		return nil, err
@@ -198,6 +206,18 @@ func (a *Agent) saveState(st *enrolState) error {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.events.close()
 	defer a.ep.Close()
+	pctx, stopPeers := context.WithCancel(ctx)
+	var peersDone sync.WaitGroup
+	peersDone.Add(1)
+	go func() {
+		defer peersDone.Done()
+		a.acceptPeers(pctx)
+	}()
+	defer func() {
+		stopPeers()
+		a.peers.closeAll()
+		peersDone.Wait()
+	}()
 	backoff := time.Second
 	failedLogins := 0
 	for ctx.Err() == nil {
@@ -449,6 +469,10 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 			if err := sendEvents(); err != nil {
 				return err
 			}
+		case p := <-a.posts:
+			if err := message.Send(ctx, c, message.TypeBoardPost, p); err != nil {
+				return err
+			}
 		case res := <-results:
 			if !res.OK {
 				a.events.add(false, "warn", "action-failed", fmt.Sprintf("action %d failed: %s", res.ID, res.Error))
@@ -508,6 +532,12 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 					case <-actx.Done():
 					}
 				}()
+			case message.TypeBoardEntry:
+				be, err := message.Decode[message.BoardEntry](e)
+				if err != nil {
+					return err
+				}
+				a.board.add(be)
 			case message.TypeRefused:
 				r, _ := message.Decode[message.Refused](e)
 				return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/shirou/gopsutil/v4/cpu"
@@ -93,36 +95,11 @@ func (a *Agent) report(ctx context.Context) message.Report {
 // act runs one MMC action on the driver.
 func (a *Agent) act(ctx context.Context, act message.Action) message.ActionResult {
 	res := message.ActionResult{ID: act.ID}
-	d := a.cfg.Driver
-	if d == nil {
-		res.Error = "this agent has no hypervisor driver"
-		return res
-	}
 	var err error
-	switch act.Op {
-	case "vm.create":
-		if act.Spec == nil {
-			err = errMissing("spec")
-			break
-		}
-		var vm hypervisor.VM
-		if vm, err = d.Create(ctx, *act.Spec); err == nil {
-			res.VM = &vm
-		}
-	case "vm.delete":
-		err = d.Destroy(ctx, act.VM)
-	case "vm.pause":
-		err = d.Pause(ctx, act.VM)
-	case "vm.resume":
-		err = d.Resume(ctx, act.VM)
-	case "vm.set-workload":
-		if act.Workload == nil {
-			err = errMissing("workload")
-			break
-		}
-		err = d.SetWorkload(ctx, act.VM, *act.Workload)
-	default:
-		err = errMissing("a known op, not " + act.Op)
+	if strings.HasPrefix(act.Op, "peer.") {
+		err = a.actPeer(ctx, act)
+	} else {
+		res.VM, err = a.actVM(ctx, act)
 	}
 	if err != nil {
 		res.Error = err.Error()
@@ -131,6 +108,54 @@ func (a *Agent) act(ctx context.Context, act message.Action) message.ActionResul
 	}
 	a.log.Info("agent: action", "op", act.Op, "vm", act.VM, "ok", res.OK, "err", res.Error)
 	return res
+}
+
+// actPeer carries out an introduction (see peers.go).
+func (a *Agent) actPeer(ctx context.Context, act message.Action) error {
+	if act.Intro == nil {
+		return errMissing("introduction")
+	}
+	switch act.Op {
+	case "peer.expect":
+		return a.peers.add(act.Intro, a.clock.offset())
+	case "peer.dial":
+		return a.dialPeer(ctx, act.Intro)
+	case "peer.close":
+		a.peers.closeLink(act.Intro.Topic)
+		return nil
+	}
+	return errMissing("a known op, not " + act.Op)
+}
+
+// actVM carries out a hypervisor action.
+func (a *Agent) actVM(ctx context.Context, act message.Action) (*hypervisor.VM, error) {
+	d := a.cfg.Driver
+	if d == nil {
+		return nil, errors.New("this agent has no hypervisor driver")
+	}
+	switch act.Op {
+	case "vm.create":
+		if act.Spec == nil {
+			return nil, errMissing("spec")
+		}
+		vm, err := d.Create(ctx, *act.Spec)
+		if err != nil {
+			return nil, err
+		}
+		return &vm, nil
+	case "vm.delete":
+		return nil, d.Destroy(ctx, act.VM)
+	case "vm.pause":
+		return nil, d.Pause(ctx, act.VM)
+	case "vm.resume":
+		return nil, d.Resume(ctx, act.VM)
+	case "vm.set-workload":
+		if act.Workload == nil {
+			return nil, errMissing("workload")
+		}
+		return nil, d.SetWorkload(ctx, act.VM, *act.Workload)
+	}
+	return nil, errMissing("a known op, not " + act.Op)
 }
 
 type errMissing string

@@ -142,6 +142,15 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("admin API: %s (HTTP %d)", e.Message, e.Status)
 }
 
+// BoardEntry is a blackboard entry, its body decoded by kind.
+type BoardEntry struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	From string    `json:"from"`
+	Kind string    `json:"kind"`
+	Body any       `json:"body"`
+}
+
 // Client calls the admin API.
 type Client struct {
 	Base  string // e.g. http://127.0.0.1:7947
@@ -269,6 +278,19 @@ func (c *Client) SetPolicy(ctx context.Context, doc json.RawMessage) (json.RawMe
 }
 
 // Decisions returns the policy engine's recent decisions.
+// BoardTopics lists the blackboard's topics.
+func (c *Client) BoardTopics(ctx context.Context) ([]string, error) {
+	var out []string
+	return out, c.do(ctx, http.MethodGet, "/v1/board", nil, &out)
+}
+
+// Board returns a blackboard topic's entries after seq.
+func (c *Client) Board(ctx context.Context, topic string, after uint64) ([]BoardEntry, error) {
+	var out []BoardEntry
+	q := url.Values{"topic": {topic}, "after": {strconv.FormatUint(after, 10)}}
+	return out, c.do(ctx, http.MethodGet, "/v1/board/entries?"+q.Encode(), nil, &out)
+}
+
 func (c *Client) Decisions(ctx context.Context) ([]Decision, error) {
 	var out []Decision
 	return out, c.do(ctx, http.MethodGet, "/v1/policy/decisions", nil, &out)

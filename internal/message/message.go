@@ -48,6 +48,10 @@ const (
 	TypePolicyAck       Type = 15
 	TypeEvent           Type = 16
 	TypeEventAck        Type = 17
+	TypeBoardPost       Type = 18
+	TypeBoardEntry      Type = 19
+	TypeBoardRead       Type = 20
+	TypePeerHello       Type = 21
 )
 
 func (t Type) String() string {
@@ -86,6 +90,14 @@ func (t Type) String() string {
 		return "event"
 	case TypeEventAck:
 		return "event-ack"
+	case TypeBoardPost:
+		return "board-post"
+	case TypeBoardEntry:
+		return "board-entry"
+	case TypeBoardRead:
+		return "board-read"
+	case TypePeerHello:
+		return "peer-hello"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -150,13 +162,26 @@ func Unmarshal(b []byte) (Envelope, error) {
 
 // Decode decodes an envelope's body as T.
 func Decode[T any](e Envelope) (T, error) {
+	v, err := DecodeBody[T](e.Body)
+	if err != nil {
+		return v, fmt.Errorf("%v: %w", e.Type, err)
+	}
+	return v, nil
+}
+
+// EncodeBody encodes v as a message body (also the body of blackboard
+// entries).
+func EncodeBody(v any) ([]byte, error) { return encMode.Marshal(v) }
+
+// DecodeBody decodes and checks a body encoded by EncodeBody.
+func DecodeBody[T any](b []byte) (T, error) {
 	var v T
-	if err := decMode.Unmarshal(e.Body, &v); err != nil {
-		return v, fmt.Errorf("%w: %v body: %v", ErrMalformed, e.Type, err)
+	if err := decMode.Unmarshal(b, &v); err != nil {
+		return v, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if c, ok := any(&v).(interface{ check() error }); ok {
 		if err := c.check(); err != nil {
-			return v, fmt.Errorf("%w: %v: %v", ErrMalformed, e.Type, err)
+			return v, fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
 	}
 	return v, nil

@@ -3,6 +3,7 @@ package message
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/ferry-vm/ferry/internal/identity"
@@ -65,6 +66,41 @@ func TestRejects(t *testing.T) {
 
 // FuzzUnmarshal: no input crashes the decoder, and whatever decodes
 // re-encodes to a message that decodes to the same type.
+func decodeAs[T any](e Envelope) error { _, err := Decode[T](e); return err }
+
+// decoders decodes every message type, for the fuzzer.
+var decoders = map[Type]func(Envelope) error{
+	TypeEnrolRequest:    decodeAs[EnrolRequest],
+	TypeEnrolReply:      decodeAs[EnrolReply],
+	TypeEnrolAck:        decodeAs[EnrolAck],
+	TypeHello:           decodeAs[Hello],
+	TypeWelcome:         decodeAs[Welcome],
+	TypeRefused:         decodeAs[Refused],
+	TypeChallenge:       decodeAs[Challenge],
+	TypeChallengeAnswer: decodeAs[ChallengeAnswer],
+	TypeTimeRequest:     decodeAs[TimeRequest],
+	TypeTimeReply:       decodeAs[TimeReply],
+	TypeReport:          decodeAs[Report],
+	TypeAction:          decodeAs[Action],
+	TypeActionResult:    decodeAs[ActionResult],
+	TypePolicy:          decodeAs[Policy],
+	TypePolicyAck:       decodeAs[PolicyAck],
+	TypeEvent:           decodeAs[Event],
+	TypeEventAck:        decodeAs[EventAck],
+	TypeBoardPost:       decodeAs[BoardPost],
+	TypeBoardEntry:      decodeAs[BoardEntry],
+	TypeBoardRead:       decodeAs[BoardRead],
+	TypePeerHello:       decodeAs[PeerHello],
+}
+
+func TestEveryTypeHasADecoder(t *testing.T) {
+	for ty := Type(1); ty < 64; ty++ {
+		if !strings.HasPrefix(ty.String(), "type-") && decoders[ty] == nil {
+			t.Errorf("%v has no fuzz decoder", ty)
+		}
+	}
+}
+
 func FuzzUnmarshal(f *testing.F) {
 	for _, m := range []struct {
 		t Type
@@ -76,6 +112,11 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeChallenge, Challenge{Seq: 9, Nonce: make([]byte, 32)}},
 		{TypeChallengeAnswer, ChallengeAnswer{Seq: 9, MAC: make([]byte, 32)}},
 		{TypeTimeReply, TimeReply{T1: 1, T2: 2, T3: 3}},
+		{TypeReport, Report{Time: 1, VMs: []VMReport{{}}}},
+		{TypeAction, Action{ID: 1, Op: "peer.dial", Intro: &Introduction{Topic: "migration/m1", PeerKey: make([]byte, 32), Ticket: make([]byte, 32)}}},
+		{TypeEvent, Event{Seq: 1, Kind: "k", Level: "info", Message: "m"}},
+		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
+		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},
 	} {
 		b, _ := Marshal(m.t, m.v)
 		f.Add(b)
@@ -86,21 +127,8 @@ func FuzzUnmarshal(f *testing.F) {
 			return
 		}
 		var derr error
-		switch e.Type {
-		case TypeEnrolRequest:
-			_, derr = Decode[EnrolRequest](e)
-		case TypeEnrolReply:
-			_, derr = Decode[EnrolReply](e)
-		case TypeHello:
-			_, derr = Decode[Hello](e)
-		case TypeChallenge:
-			_, derr = Decode[Challenge](e)
-		case TypeChallengeAnswer:
-			_, derr = Decode[ChallengeAnswer](e)
-		case TypeTimeRequest:
-			_, derr = Decode[TimeRequest](e)
-		case TypeTimeReply:
-			_, derr = Decode[TimeReply](e)
+		if dec := decoders[e.Type]; dec != nil {
+			derr = dec(e)
 		}
 		if derr != nil && !errors.Is(derr, ErrMalformed) {
 			t.Fatalf("decode error not wrapped: %v", derr)

@@ -160,13 +160,86 @@ func (m *Report) check() error {
 	return nil
 }
 
-// Action is a command from the MMC for the agent's hypervisor.
+// Action is a command from the MMC for the agent's hypervisor or its
+// migration role.
 type Action struct {
 	ID       uint64               `cbor:"1,keyasint"`
-	Op       string               `cbor:"2,keyasint"` // vm.create, vm.delete, vm.set-workload, vm.pause, vm.resume
+	Op       string               `cbor:"2,keyasint"` // vm.create, vm.delete, vm.set-workload, vm.pause, vm.resume, peer.expect, peer.dial, peer.close
 	VM       string               `cbor:"3,keyasint,omitempty"`
 	Spec     *hypervisor.Spec     `cbor:"4,keyasint,omitempty"`
 	Workload *hypervisor.Workload `cbor:"5,keyasint,omitempty"`
+	Intro    *Introduction        `cbor:"6,keyasint,omitempty"`
+}
+
+func (m *Action) check() error {
+	if m.Intro != nil {
+		return m.Intro.check()
+	}
+	return nil
+}
+
+// Introduction is the MMC introducing two agents to each other for one job
+// (a migration): the peer's identity, where it was last seen, and a fresh
+// one-time ticket both use as the psk of their direct SUDP handshake. The
+// listening side (peer.expect) admits exactly one connection from that key
+// with that ticket before Expires; the other side (peer.dial) connects.
+// Agents never learn each other's registration codes.
+type Introduction struct {
+	Topic    string `cbor:"1,keyasint"` // blackboard topic of the job, e.g. migration/m7
+	PeerID   string `cbor:"2,keyasint"`
+	PeerAddr string `cbor:"3,keyasint"` // UDP address as the MMC sees it
+	PeerKey  []byte `cbor:"4,keyasint"` // X25519 static public key
+	Ticket   []byte `cbor:"5,keyasint"` // 32 random bytes, used once
+	Expires  int64  `cbor:"6,keyasint"` // Unix ns, MMC clock
+}
+
+func (m *Introduction) check() error {
+	if len(m.PeerKey) != 32 || len(m.Ticket) != 32 {
+		return errors.New("introduction: key and ticket must be 32 bytes")
+	}
+	if err := identity.CheckLabel(m.Topic, 128); err != nil {
+		return err
+	}
+	if err := identity.CheckLabel(m.PeerID, 128); err != nil {
+		return err
+	}
+	return identity.CheckLabel(m.PeerAddr, 128)
+}
+
+// BoardPost is an agent writing a typed entry on a blackboard topic it
+// takes part in (see package board for the kinds); the MMC records it and
+// relays it to the topic's other members.
+type BoardPost struct {
+	Topic string `cbor:"1,keyasint"`
+	Kind  string `cbor:"2,keyasint"`
+	Body  []byte `cbor:"3,keyasint"` // CBOR of the kind's type
+}
+
+func (m *BoardPost) check() error {
+	if err := identity.CheckLabel(m.Topic, 128); err != nil {
+		return err
+	}
+	if len(m.Body) > 16<<10 {
+		return errors.New("board entry body too large")
+	}
+	return identity.CheckLabel(m.Kind, 64)
+}
+
+// BoardEntry is a recorded entry, sent to the topic's members.
+type BoardEntry struct {
+	Topic string `cbor:"1,keyasint"`
+	Seq   uint64 `cbor:"2,keyasint"` // per topic, from 1
+	Time  int64  `cbor:"3,keyasint"` // MMC clock, Unix ns
+	From  string `cbor:"4,keyasint"` // agent id, or "mmc"
+	Kind  string `cbor:"5,keyasint"`
+	Body  []byte `cbor:"6,keyasint"`
+}
+
+// BoardRead asks the MMC for a topic's entries after Seq (answered with
+// BoardEntry messages).
+type BoardRead struct {
+	Topic string `cbor:"1,keyasint"`
+	After uint64 `cbor:"2,keyasint"`
 }
 
 // ActionResult answers an Action.
@@ -217,4 +290,19 @@ func (m *Event) check() error {
 // may arrive out of order.
 type EventAck struct {
 	Seq uint64 `cbor:"1,keyasint"`
+}
+
+// PeerHello is the first message each way on a direct agent-to-agent
+// connection: it names the job the MMC introduced them for, so each side
+// knows the connection serves that job and no other.
+type PeerHello struct {
+	Topic string `cbor:"1,keyasint"`
+	From  string `cbor:"2,keyasint"` // sender's agent id
+}
+
+func (m *PeerHello) check() error {
+	if err := identity.CheckLabel(m.Topic, 128); err != nil {
+		return err
+	}
+	return identity.CheckLabel(m.From, 128)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ferry-vm/ferry/internal/board"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +56,8 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/vms", s.auth(s.handleVMs))
 	mux.HandleFunc("POST /v1/vms", s.auth(s.handleCreateVM))
 	mux.HandleFunc("DELETE /v1/vms/{id}", s.auth(s.handleDeleteVM))
+	mux.HandleFunc("GET /v1/board", s.auth(s.handleBoardTopics))
+	mux.HandleFunc("GET /v1/board/entries", s.auth(s.handleBoardEntries))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -360,6 +363,33 @@ func (s *Server) handleSetPolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) handleBoardTopics(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.board.Topics())
+}
+
+func (s *Server) handleBoardEntries(w http.ResponseWriter, r *http.Request) {
+	topic := r.URL.Query().Get("topic")
+	if topic == "" {
+		writeErr(w, http.StatusBadRequest, "topic is required")
+		return
+	}
+	after, _, ok := paging(w, r)
+	if !ok {
+		return
+	}
+	entries, err := s.board.Read("", topic, after)
+	if err != nil {
+		writeErr(w, http.StatusNotFound, err.Error())
+		return
+	}
+	out := make([]api.BoardEntry, 0, len(entries))
+	for _, e := range entries {
+		body, _ := board.Decode(e.Kind, e.Body) // checked when posted
+		out = append(out, api.BoardEntry{Seq: e.Seq, Time: e.Time, From: e.From, Kind: e.Kind, Body: body})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleDecisions(w http.ResponseWriter, r *http.Request) {

@@ -38,6 +38,12 @@ func (s *Server) act(ctx context.Context, host string, a message.Action) (messag
 	if ss == nil {
 		return message.ActionResult{}, fmt.Errorf("%w: %s", ErrHostOffline, host)
 	}
+	return s.actSession(ctx, ss, a)
+}
+
+// actSession sends an action on a session and waits for its result.
+func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) (message.ActionResult, error) {
+	host := ss.name
 	ch := make(chan message.ActionResult, 1)
 	ss.mu.Lock()
 	ss.nextID++

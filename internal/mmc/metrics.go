@@ -15,6 +15,8 @@ type metrics struct {
 	factAlarms      prometheus.Counter
 	auditDropped    prometheus.Counter
 	auditSuppressed prometheus.Counter
+	boardPosts      prometheus.Counter
+	boardDropped    prometheus.Counter
 	refused         *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
 }
@@ -34,6 +36,8 @@ func newMetrics() *metrics {
 		factAlarms:      c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
 		auditDropped:    c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
 		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
+		boardPosts:      c("board_posts_total", "Blackboard entries recorded from agents."),
+		boardDropped:    c("board_posts_dropped_total", "Blackboard entries posted on a topic that had ended or was unknown."),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
 			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
@@ -45,5 +49,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.refused, m.badMessages}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.boardPosts, m.boardDropped, m.refused, m.badMessages}
 }

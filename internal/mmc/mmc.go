@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ferry-vm/ferry/internal/board"
 	"io"
 	"log/slog"
 	"net"
@@ -155,6 +156,8 @@ type Server struct {
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
 
+	board *board.Board
+
 	migMu     sync.Mutex // serialises migration planning (one open migration per VM)
 	policyMu  sync.Mutex // guards engine
 	engine    *policy.Engine
@@ -205,6 +208,7 @@ func New(cfg Config) (*Server, error) {
 		byKey:     make(map[[32]byte]*agentEntry),
 		sessions:  make(map[string]*session),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
+		board:     board.New(board.Config{}),
 	}
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)

@@ -237,6 +237,24 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 				if err := message.Send(ctx, c, message.TypeEventAck, message.EventAck{Seq: ev.Seq}); err != nil {
 					return
 				}
+			case message.TypeBoardPost:
+				p, err := message.Decode[message.BoardPost](e)
+				if err == nil {
+					err = s.handlePost(ctx, ss, p)
+				}
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "board.post", err)
+					return
+				}
+			case message.TypeBoardRead:
+				r, err := message.Decode[message.BoardRead](e)
+				if err == nil {
+					err = s.handleRead(ctx, ss, r)
+				}
+				if err != nil {
+					s.badInput(c, "agent:"+ss.id, "board.read", err)
+					return
+				}
 			case message.TypeTimeRequest:
 				t2 := s.cfg.Now()
 				req, err := message.Decode[message.TimeRequest](e)

@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/board"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+)
+
+// Direct agent-to-agent connections. The MMC introduces two agents for a
+// job (a migration): the listening side is told to expect one connection
+// from the other's key with a one-time ticket as the Noise psk; the dialing
+// side connects with the same ticket. Nobody else's handshake gets past
+// Lookup, and a ticket admits one connection only.
+
+const (
+	maxExpected      = 64 // introductions waiting for their connection
+	maxLinks         = 64 // open direct connections
+	peerHelloTimeout = 10 * time.Second
+	peerPrefix       = "peer:" // handshake.Peer.ID of an introduced peer
+)
+
+var errNoIntro = errors.New("agent: no introduction for this key")
+
+type expectation struct {
+	topic   string
+	peerID  string
+	ticket  [32]byte
+	expires time.Time
+}
+
+// link is an open direct connection for a job.
+type link struct {
+	topic, peerID string
+	c             *sudp.Conn
+}
+
+// peers holds expectations and links. lookup runs on the endpoint's reader
+// goroutine: memory only, no blocking.
+type peers struct {
+	mu     sync.Mutex
+	expect map[[32]byte]*expectation // by the peer's static key
+	links  map[string]*link          // by topic
+	now    func() time.Time
+}
+
+func newPeers() *peers {
+	return &peers{expect: map[[32]byte]*expectation{}, links: map[string]*link{}, now: time.Now}
+}
+
+// add registers an introduction on the listening side.
+func (p *peers) add(in *message.Introduction, mmcOffset time.Duration) error {
+	var key [32]byte
+	copy(key[:], in.PeerKey)
+	e := &expectation{topic: in.Topic, peerID: in.PeerID, expires: time.Unix(0, in.Expires).Add(-mmcOffset)}
+	copy(e.ticket[:], in.Ticket)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.expireLocked()
+	if len(p.expect) >= maxExpected {
+		return errors.New("agent: too many introductions waiting")
+	}
+	if old := p.expect[key]; old != nil {
+		clear(old.ticket[:])
+	}
+	p.expect[key] = e
+	return nil
+}
+
+func (p *peers) expireLocked() {
+	now := p.now()
+	for k, e := range p.expect {
+		if now.After(e.expires) {
+			clear(e.ticket[:])
+			delete(p.expect, k)
+		}
+	}
+}
+
+// lookup is the endpoint's handshake authoriser.
+func (p *peers) lookup(pub [32]byte) (handshake.Peer, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.expect[pub]
+	if e == nil || p.now().After(e.expires) {
+		return handshake.Peer{}, errNoIntro
+	}
+	return handshake.Peer{ID: peerPrefix + e.topic, PSK: e.ticket, Allowed: true}, nil
+}
+
+// claim consumes the introduction a new inbound connection used: the
+// first connection wins, the ticket is forgotten.
+func (p *peers) claim(pub [32]byte, topic string) (*expectation, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.expect[pub]
+	if e == nil || subtle.ConstantTimeCompare([]byte(e.topic), []byte(topic)) != 1 {
+		return nil, false
+	}
+	delete(p.expect, pub)
+	clear(e.ticket[:])
+	return e, true
+}
+
+func (p *peers) addLink(l *link) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.links) >= maxLinks {
+		return errors.New("agent: too many open peer connections")
+	}
+	if old := p.links[l.topic]; old != nil {
+		_ = old.c.Close()
+	}
+	p.links[l.topic] = l
+	return nil
+}
+
+func (p *peers) closeLink(topic string) bool {
+	p.mu.Lock()
+	l := p.links[topic]
+	delete(p.links, topic)
+	p.mu.Unlock()
+	if l != nil {
+		_ = l.c.Close()
+	}
+	return l != nil
+}
+
+func (p *peers) closeAll() {
+	p.mu.Lock()
+	links := p.links
+	p.links = map[string]*link{}
+	for k, e := range p.expect {
+		clear(e.ticket[:])
+		delete(p.expect, k)
+	}
+	p.mu.Unlock()
+	for _, l := range links {
+		_ = l.c.Close()
+	}
+}
+
+// acceptPeers takes inbound connections from introduced agents until ctx
+// ends.
+func (a *Agent) acceptPeers(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := a.ep.Accept(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.admitPeer(ctx, c); err != nil {
+				a.log.Warn("agent: refused a peer connection", "from", c.RemoteAddr().String(), "err", err)
+				_ = c.CloseWithError(message.CodeProtocol, "not introduced")
+			}
+		}()
+	}
+}
+
+// admitPeer checks an inbound connection's PeerHello against the
+// introduction its handshake used, answers it and records the link.
+func (a *Agent) admitPeer(ctx context.Context, c *sudp.Conn) error {
+	sess := c.Session()
+	topic, ok := strings.CutPrefix(sess.PeerID, peerPrefix)
+	if !ok {
+		return errors.New("unexpected peer id")
+	}
+	hello, _, err := message.First[message.PeerHello](ctx, c, message.TypePeerHello, peerHelloTimeout)
+	if err != nil {
+		return err
+	}
+	e, ok := a.peers.claim(sess.PeerStatic, topic)
+	if !ok || hello.Topic != topic || hello.From != e.peerID {
+		return fmt.Errorf("hello for %q from %q does not match the introduction", hello.Topic, hello.From)
+	}
+	if err := message.Send(ctx, c, message.TypePeerHello, message.PeerHello{Topic: topic, From: a.ID()}); err != nil {
+		return err
+	}
+	if err := a.peers.addLink(&link{topic: topic, peerID: e.peerID, c: c}); err != nil {
+		return err
+	}
+	a.log.Info("agent: peer connected", "topic", topic, "peer", e.peerID, "addr", c.RemoteAddr().String())
+	a.postConnected(topic, e.peerID, c)
+	return nil
+}
+
+// dialPeer connects to an introduced agent and exchanges PeerHellos.
+func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
+	var key, ticket [32]byte
+	copy(key[:], in.PeerKey)
+	copy(ticket[:], in.Ticket)
+	defer clear(ticket[:])
+	dctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
+	defer cancel()
+	c, err := a.ep.Dial(dctx, in.PeerAddr, key, ticket)
+	if err != nil {
+		return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, in.PeerAddr, err)
+	}
+	if err := message.Send(dctx, c, message.TypePeerHello, message.PeerHello{Topic: in.Topic, From: a.ID()}); err != nil {
+		_ = c.Close()
+		return err
+	}
+	hello, _, err := message.First[message.PeerHello](dctx, c, message.TypePeerHello, peerHelloTimeout)
+	if err != nil || hello.Topic != in.Topic || hello.From != in.PeerID {
+		_ = c.Close()
+		return fmt.Errorf("agent: peer %s: bad hello (%v)", in.PeerID, err)
+	}
+	if err := a.peers.addLink(&link{topic: in.Topic, peerID: in.PeerID, c: c}); err != nil {
+		_ = c.Close()
+		return err
+	}
+	a.log.Info("agent: connected to peer", "topic", in.Topic, "peer", in.PeerID, "addr", in.PeerAddr)
+	a.postConnected(in.Topic, in.PeerID, c)
+	return nil
+}
+
+func (a *Agent) postConnected(topic, peer string, c *sudp.Conn) {
+	a.post(topic, board.KindPeerConnected, board.PeerConnected{Peer: peer, Addr: c.RemoteAddr().String(), RTT: c.Stats().SmoothedRTT.Microseconds()})
+}
+
+// post queues a blackboard entry for the MMC (sent by the session loop).
+func (a *Agent) post(topic, kind string, v any) {
+	b, err := message.EncodeBody(v)
+	if err != nil {
+		a.log.Error("agent: encoding a board entry", "kind", kind, "err", err)
+		return
+	}
+	select {
+	case a.posts <- message.BoardPost{Topic: topic, Kind: kind, Body: b}:
+	default:
+		a.log.Warn("agent: board queue full; entry dropped", "topic", topic, "kind", kind)
+	}
+}
+
+// boardLog keeps the blackboard entries relayed to this agent (the newest
+// few per topic), for the migration role and for tests.
+type boardLog struct {
+	mu      sync.Mutex
+	entries map[string][]message.BoardEntry
+	order   []string
+}
+
+const (
+	boardLogTopics  = 64
+	boardLogEntries = 256
+)
+
+func (l *boardLog) add(e message.BoardEntry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.entries == nil {
+		l.entries = map[string][]message.BoardEntry{}
+	}
+	if _, ok := l.entries[e.Topic]; !ok {
+		l.order = append(l.order, e.Topic)
+		if len(l.order) > boardLogTopics {
+			delete(l.entries, l.order[0])
+			l.order = l.order[1:]
+		}
+	}
+	es := append(l.entries[e.Topic], e)
+	if len(es) > boardLogEntries {
+		es = es[len(es)-boardLogEntries:]
+	}
+	l.entries[e.Topic] = es
+}
+
+// Board returns the blackboard entries of a topic relayed to this agent.
+func (a *Agent) Board(topic string) []message.BoardEntry {
+	a.board.mu.Lock()
+	defer a.board.mu.Unlock()
+	return append([]message.BoardEntry(nil), a.board.entries[topic]...)
+}

@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/message"
+)
+
+func intro(topic string, key byte, ticket byte, expires time.Time) *message.Introduction {
+	k, t := make([]byte, 32), make([]byte, 32)
+	k[0], t[0] = key, ticket
+	return &message.Introduction{Topic: topic, PeerID: "peer-a", PeerAddr: "127.0.0.1:1", PeerKey: k, Ticket: t, Expires: expires.UnixNano()}
+}
+
+// TestPeersOneTimeTicket: an introduction admits the introduced key with
+// its ticket until it is claimed or expires, then never again; other keys
+// are refused.
+func TestPeersOneTimeTicket(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := newPeers()
+	p.now = func() time.Time { return now }
+	if err := p.add(intro("migration/m1", 7, 9, now.Add(time.Minute)), 0); err != nil {
+		t.Fatal(err)
+	}
+	var key, other [32]byte
+	key[0], other[0] = 7, 8
+	peer, err := p.lookup(key)
+	if err != nil || !peer.Allowed || peer.PSK[0] != 9 || peer.ID != peerPrefix+"migration/m1" {
+		t.Fatalf("introduced key: %+v %v", peer, err)
+	}
+	if peer, err := p.lookup(other); err == nil || peer.Allowed {
+		t.Fatal("a key nobody introduced was admitted")
+	}
+	if _, ok := p.claim(key, "migration/m2"); ok {
+		t.Fatal("claimed for the wrong topic")
+	}
+	if _, ok := p.claim(key, "migration/m1"); !ok {
+		t.Fatal("first claim refused")
+	}
+	if _, err := p.lookup(key); err == nil {
+		t.Fatal("ticket admitted a second connection")
+	}
+	if _, ok := p.claim(key, "migration/m1"); ok {
+		t.Fatal("claimed twice")
+	}
+
+	// Expiry, with the MMC's clock 30 s ahead of ours.
+	if err := p.add(intro("migration/m3", 7, 1, now.Add(40*time.Second)), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.lookup(key); err != nil {
+		t.Fatal("fresh introduction refused")
+	}
+	now = now.Add(11 * time.Second) // MMC time now+41 s: expired
+	if _, err := p.lookup(key); err == nil {
+		t.Fatal("expired introduction admitted")
+	}
+
+	// Bounded.
+	for i := 0; i < maxExpected; i++ {
+		if err := p.add(intro("t", byte(i), 1, now.Add(time.Minute)), 0); err != nil {
+			t.Fatalf("introduction %d: %v", i, err)
+		}
+	}
+	if err := p.add(intro("t", 200, 1, now.Add(time.Minute)), 0); err == nil {
+		t.Fatal("unbounded introductions")
+	}
+}

@@ -1,0 +1,132 @@
+package mmc
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/board"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+// The blackboard at the MMC: agents post typed entries on the topics of
+// the jobs they take part in; the MMC records them and relays them to the
+// other members. Introductions put two agents in touch for a job.
+
+// relayTimeout bounds delivering one entry to one member: a member whose
+// connection is stuck must not stall the poster's session.
+const relayTimeout = 2 * time.Second
+
+// introTTL is how long an introduction's ticket admits a connection.
+const introTTL = time.Minute
+
+// handlePost records an agent's entry and relays it. A post on a closed or
+// unknown topic is a race with the job ending (dropped); a post that no
+// correct agent sends (not a member, unknown kind, bad body) is reported.
+func (s *Server) handlePost(ctx context.Context, ss *session, p message.BoardPost) error {
+	e, to, err := s.board.Post(ss.id, p.Topic, p.Kind, p.Body, s.cfg.Now())
+	switch {
+	case errors.Is(err, board.ErrClosed), errors.Is(err, board.ErrNoTopic):
+		s.metrics.boardDropped.Inc()
+		s.log.Debug("mmc: board post on a finished topic", "agent", ss.id, "topic", p.Topic, "kind", p.Kind)
+		return nil
+	case err != nil:
+		return err
+	}
+	s.metrics.boardPosts.Inc()
+	s.relay(ctx, p.Topic, e, to)
+	return nil
+}
+
+// postAsMMC records an entry from the MMC itself (e.g. orchestration
+// decisions) and relays it to every member.
+func (s *Server) postAsMMC(ctx context.Context, topic, kind string, v any) error {
+	b, err := message.EncodeBody(v)
+	if err != nil {
+		return err
+	}
+	e, to, err := s.board.Post(board.MMC, topic, kind, b, s.cfg.Now())
+	if err != nil {
+		return err
+	}
+	s.relay(ctx, topic, e, to)
+	return nil
+}
+
+func (s *Server) relay(ctx context.Context, topic string, e board.Entry, to []string) {
+	msg := message.BoardEntry{Topic: topic, Seq: e.Seq, Time: e.Time.UnixNano(), From: e.From, Kind: e.Kind, Body: e.Body}
+	for _, id := range to {
+		s.mu.RLock()
+		ss := s.sessions[id]
+		s.mu.RUnlock()
+		if ss == nil {
+			continue // offline: it reads the topic when it is back (BoardRead)
+		}
+		rctx, cancel := context.WithTimeout(ctx, relayTimeout)
+		if err := message.Send(rctx, ss.c, message.TypeBoardEntry, msg); err != nil {
+			s.log.Debug("mmc: board relay failed", "to", id, "topic", topic, "err", err)
+		}
+		cancel()
+	}
+}
+
+// handleRead answers a member's BoardRead with the entries it asked for.
+func (s *Server) handleRead(ctx context.Context, ss *session, r message.BoardRead) error {
+	entries, err := s.board.Read(ss.id, r.Topic, r.After)
+	if errors.Is(err, board.ErrNoTopic) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := message.Send(ctx, ss.c, message.TypeBoardEntry, message.BoardEntry{Topic: r.Topic, Seq: e.Seq,
+			Time: e.Time.UnixNano(), From: e.From, Kind: e.Kind, Body: e.Body}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Introduce puts two online agents in touch for the job named topic: it
+// opens the topic with both as members, has listener expect one
+// connection from dialer (a fresh one-time ticket as the handshake psk),
+// then has dialer connect. It returns once dialer reports the connection
+// up, or with the first failure.
+func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) error {
+	s.mu.RLock()
+	ls, ds := s.sessions[listener], s.sessions[dialer]
+	s.mu.RUnlock()
+	if ls == nil || ds == nil {
+		return fmt.Errorf("%w: both agents must be online to be introduced", ErrHostOffline)
+	}
+	var ticket [32]byte
+	if _, err := rand.Read(ticket[:]); err != nil {
+		return err
+	}
+	defer clear(ticket[:])
+	expires := s.cfg.Now().Add(introTTL).UnixNano()
+	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
+	s.board.Open(topic, listener, dialer)
+	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: fmt.Sprintf("introducing %s (%s) to %s (%s)", dialer, ds.name, listener, ls.name)})
+	// The tickets travel only inside the two agents' authenticated,
+	// encrypted sessions; the audit names the job, never the ticket.
+	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: &message.Introduction{
+		Topic: topic, PeerID: dialer, PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires}}); err != nil {
+		return fmt.Errorf("mmc: introduce %s: %s cannot expect %s: %w", topic, listener, dialer, err)
+	}
+	if _, err := s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: &message.Introduction{
+		Topic: topic, PeerID: listener, PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires}}); err != nil {
+		return fmt.Errorf("mmc: introduce %s: %s cannot reach %s: %w", topic, dialer, listener, err)
+	}
+	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.introduce", Target: topic, Outcome: "ok", Detail: dialer + " → " + listener})
+	return nil
+}
+
+// BoardEntries returns a topic's entries after seq (administrator view).
+func (s *Server) BoardEntries(topic string, after uint64) ([]board.Entry, error) {
+	return s.board.Read("", topic, after)
+}

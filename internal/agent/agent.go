@@ -250,18 +250,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
-		a.log.Info("agent: reconnecting", "in", backoff.String(), "after", err)
+		wait := backoff/2 + time.Duration(mrand.Int64N(int64(backoff)))
+		a.log.Info("agent: reconnecting", "in", wait.Round(time.Millisecond).String(), "after", err)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff/2 + time.Duration(mrand.Int64N(int64(backoff)))):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 30*time.Second)
+		// Capped at 10 s (waits of 5–15 s): an MMC back from an outage
+		// has its agents within seconds, and the jitter spreads 10 000
+		// of them over 10 s — a few hundred handshakes per second.
+		backoff = min(2*backoff, maxBackoff)
 	}
 	return nil
 }
 
 var errHandshake = errors.New("agent: handshake failed")
+
+// maxBackoff caps the reconnection backoff.
+const maxBackoff = 10 * time.Second
 
 // closeConn closes c and waits briefly for the close to reach the MMC
 // (the endpoint may be closed right after).

@@ -265,12 +265,7 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 }
 
 func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
-	hosts, err := s.hosts()
-	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	writeJSON(w, http.StatusOK, hosts)
+	writeJSON(w, http.StatusOK, s.hosts())
 }
 
 func (s *Server) handleVMs(w http.ResponseWriter, r *http.Request) {

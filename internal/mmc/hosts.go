@@ -74,21 +74,34 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 }
 
 // hosts lists approved agents as hosts, with their latest report.
-func (s *Server) hosts() ([]api.Host, error) {
-	agents, err := s.st.Agents()
-	if err != nil {
-		return nil, err
-	}
+//
+// It reads the in-memory snapshot (byKey, kept in step with the store by
+// setAgent), not the store: the policy engine calls it every few seconds,
+// and a store scan decodes every agent record (12% of the MMC's CPU at
+// 1 000 agents).
+func (s *Server) hosts() []api.Host {
 	s.policyMu.Lock()
 	current := s.engine.Policy().Version
 	s.policyMu.Unlock()
-	out := []api.Host{}
-	for _, a := range agents {
-		if a.State != store.StateApproved {
-			continue
+	type approved struct{ id, name, site string }
+	s.mu.RLock()
+	agents := make([]approved, 0, len(s.byKey))
+	for _, e := range s.byKey {
+		if e.state == store.StateApproved {
+			agents = append(agents, approved{e.id, e.name, e.site})
 		}
-		h := api.Host{ID: a.Name, Agent: a.ID, Site: a.Site}
-		if ss := s.sessionByHost(a.Name); ss != nil {
+	}
+	// One pass over the sessions, not one per agent (sessionByHost is a
+	// linear scan: quadratic in the number of hosts).
+	byName := make(map[string]*session, len(s.sessions))
+	for _, ss := range s.sessions {
+		byName[ss.name] = ss
+	}
+	s.mu.RUnlock()
+	out := make([]api.Host, 0, len(agents))
+	for _, a := range agents {
+		h := api.Host{ID: a.name, Agent: a.id, Site: a.site}
+		if ss := byName[a.name]; ss != nil {
 			h.Online = true
 			ss.mu.Lock()
 			h.PolicyVersion = ss.policyAck
@@ -105,7 +118,7 @@ func (s *Server) hosts() ([]api.Host, error) {
 		out = append(out, h)
 	}
 	slices.SortFunc(out, func(a, b api.Host) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
+	return out
 }
 
 // vms lists the VMs of every online host's latest report.

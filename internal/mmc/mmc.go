@@ -167,6 +167,7 @@ type Server struct {
 // agentEntry is what the handshake path needs about an agent.
 type agentEntry struct {
 	id          string
+	name, site  string // for the host list, read without the store
 	state       store.AgentState
 	psk         [32]byte
 	codePending bool // approved, registration code not yet confirmed by the agent
@@ -303,7 +304,7 @@ func (s *Server) loadAgents() error {
 }
 
 func entryOf(a store.Agent) *agentEntry {
-	return &agentEntry{id: a.ID, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0, notAfter: a.LastHandshake}
+	return &agentEntry{id: a.ID, name: a.Name, site: a.Site, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0, notAfter: a.LastHandshake}
 }
 
 // setAgent publishes a stored record to the handshake snapshot.

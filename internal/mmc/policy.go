@@ -95,7 +95,7 @@ func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
 
 // sample turns the latest reports into the policy engine's input.
 func (s *Server) sample(now time.Time) policy.Sample {
-	hosts, _ := s.hosts()
+	hosts := s.hosts()
 	smp := policy.Sample{At: now}
 	for _, h := range hosts {
 		smp.Hosts = append(smp.Hosts, policy.Host{ID: h.ID, Site: h.Site, Online: h.Online, CPU: h.CPU, Mem: h.Mem,

@@ -398,11 +398,14 @@ func (c *Conn) SendMessage(ctx context.Context, msg []byte, prio Priority) error
 	if err != nil {
 		return err
 	}
-	if _, err := s.writeCtx(ctx, msg); err != nil {
+	if len(msg) == 0 {
+		return s.CloseWrite()
+	}
+	if _, err := s.writeFin(ctx, msg, true); err != nil {
 		s.Reset(1)
 		return err
 	}
-	return s.CloseWrite()
+	return nil
 }
 
 // AcceptMessage waits for the next incoming reliable message and returns a

@@ -45,10 +45,11 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	var n int
-	var fin bool
+	var fin, ctl bool
 	err := s.c.waitDeadline(ctx, s.readDL, func() (bool, error) {
 		var err error
 		n, fin, err = s.c.cc.StreamRead(s.id, p)
+		ctl = s.c.cc.ControlPending()
 		return n > 0 || fin, err
 	})
 	if n > 0 {
@@ -57,7 +58,9 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 			s.eof = true
 			s.dmu.Unlock()
 		}
-		s.c.wake() // flow-control credit may be due
+		if ctl {
+			s.c.wake() // flow-control credit is due
+		}
 		return n, nil
 	}
 	if err != nil {
@@ -73,12 +76,22 @@ func (s *Stream) readCtx(ctx context.Context, p []byte) (int, error) {
 func (s *Stream) Write(p []byte) (int, error) { return s.writeCtx(context.Background(), p) }
 
 func (s *Stream) writeCtx(ctx context.Context, p []byte) (int, error) {
+	return s.writeFin(ctx, p, false)
+}
+
+// writeFin is writeCtx that, with fin, also ends the stream in the same
+// critical section as the last bytes, so data and FIN leave in one packet
+// and the driver is woken once.
+func (s *Stream) writeFin(ctx context.Context, p []byte, fin bool) (int, error) {
 	total := 0
 	for len(p) > 0 {
 		var n int
 		err := s.c.waitDeadline(ctx, s.writeDL, func() (bool, error) {
 			var err error
 			n, err = s.c.cc.StreamWrite(s.id, p)
+			if err == nil && fin && n == len(p) {
+				err = s.c.cc.StreamCloseWrite(s.id)
+			}
 			return n > 0, err
 		})
 		if n > 0 {

@@ -307,7 +307,12 @@ func (c *Conn) maybeFree(s *stream) {
 			kind = 1
 		}
 		c.ourMaxStreams[kind]++
-		c.sendMaxStreams[kind] = true
+		// Re-advertise only once half the limit came back (as for
+		// MAX_DATA): one frame per MaxStreams/2 streams instead of an
+		// ack-eliciting packet (and the peer's ACK of it) per message.
+		if c.ourMaxStreams[kind]-c.advMaxStreams[kind] >= max(c.cfg.MaxStreams/2, 1) {
+			c.sendMaxStreams[kind] = true
+		}
 	}
 }
 

@@ -146,6 +146,7 @@ type Conn struct {
 	ourMaxStreams  [2]uint64 // how many of each the peer may open
 	peerOpened     [2]uint64
 	sendMaxStreams [2]bool
+	advMaxStreams  [2]uint64 // the limits last put in a MAX_STREAMS frame
 	acceptQ        [2][]uint64
 	sched          [numPriorities][]*stream
 	pendingCtl     []uint64            // streams with a MAX_STREAM_DATA, RESET or STOP to send

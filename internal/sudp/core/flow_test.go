@@ -70,3 +70,53 @@ func TestMaxRateCap(t *testing.T) {
 		t.Fatalf("rate %.0f B/s, cap %d B/s", got, rate)
 	}
 }
+
+// Stream-count credit comes back in batches: a control channel sending one
+// small message per stream must not cost an extra ack-eliciting MAX_STREAMS
+// packet (and the peer's ACK of it) per message, yet the sender must never
+// stall on the limit.
+func TestMaxStreamsAdvertisedInBatches(t *testing.T) {
+	const limit = 16
+	s := reviewSim(t, 5, link{delay: 5 * time.Millisecond}, Config{MaxStreams: limit})
+	cli, srv := s.conn[0], s.conn[1]
+	adverts := 0
+	last := srv.advMaxStreams[1]
+	buf := make([]byte, 512)
+	const n = 10 * limit
+	for i := 0; i < n; i++ {
+		id, err := cli.OpenStream(true, PriorityNormal)
+		if err != nil {
+			t.Fatalf("message %d: %v (stream limit %d)", i, err, cli.peerMaxStreams)
+		}
+		if _, err := cli.StreamWrite(id, buf[:200]); err != nil {
+			t.Fatal(err)
+		}
+		if err := cli.StreamCloseWrite(id); err != nil {
+			t.Fatal(err)
+		}
+		done := false
+		for j := 0; j < 10000 && !done; j++ {
+			s.step()
+			if sid, ok := srv.AcceptStream(true); ok && sid != id {
+				t.Fatalf("accepted stream %d, want %d", sid, id)
+			}
+			_, fin, _ := srv.StreamRead(id, buf)
+			done = fin
+		}
+		if !done {
+			t.Fatalf("message %d not delivered", i)
+		}
+		runFor(s, 20*time.Millisecond)
+		if srv.advMaxStreams[1] != last {
+			adverts++
+			last = srv.advMaxStreams[1]
+		}
+	}
+	// One MAX_STREAMS per limit/2 messages, not one per message.
+	if want := n/(limit/2) + 1; adverts > want {
+		t.Fatalf("%d MAX_STREAMS advertisements for %d messages, want at most %d", adverts, n, want)
+	}
+	if adverts < n/limit {
+		t.Fatalf("only %d MAX_STREAMS advertisements for %d messages with a limit of %d: credit not returned", adverts, n, limit)
+	}
+}

@@ -9,7 +9,9 @@ type ring struct {
 	lo  uint64 // lowest live offset; bytes below it may be overwritten
 }
 
-const ringMinSize = 16 << 10
+// ringMinSize is the first allocation: most control messages are a few
+// hundred bytes, and every message is a stream with its own ring.
+const ringMinSize = 512
 
 // ensure makes room for offsets up to hi (exclusive) given lo.
 func (r *ring) ensure(hi uint64) {

@@ -246,6 +246,7 @@ func (c *Conn) appendControl(b []byte, room int, frames []sentFrame) ([]byte, []
 				t = wire.FrameMaxStreamsUni
 			}
 			b = wire.AppendValue(b, t, c.ourMaxStreams[k])
+			c.advMaxStreams[k] = c.ourMaxStreams[k]
 			frames = append(frames, sentFrame{kind: sfMaxStreams, id: uint64(k)})
 		}
 	}

@@ -130,3 +130,9 @@ func (c *Conn) WantsToSend() bool {
 	}
 	return c.dg.queued > 0 || c.pingPending || c.sendMaxData
 }
+
+// ControlPending reports whether flow-control or stream-control frames wait
+// to be sent (so that a reader need not wake the driver otherwise).
+func (c *Conn) ControlPending() bool {
+	return len(c.pendingCtl) > 0 || c.sendMaxData || c.sendMaxStreams[0] || c.sendMaxStreams[1]
+}

@@ -17,6 +17,7 @@ type metrics struct {
 	auditSuppressed prometheus.Counter
 	boardPosts      prometheus.Counter
 	boardDropped    prometheus.Counter
+	reports         prometheus.Counter
 	refused         *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
 }
@@ -38,6 +39,7 @@ func newMetrics() *metrics {
 		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
 		boardPosts:      c("board_posts_total", "Blackboard entries recorded from agents."),
 		boardDropped:    c("board_posts_dropped_total", "Blackboard entries posted on a topic that had ended or was unknown."),
+		reports:         c("reports_total", "Load reports received from agents."),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
 			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
@@ -49,5 +51,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.boardPosts, m.boardDropped, m.refused, m.badMessages}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.boardPosts, m.boardDropped, m.reports, m.refused, m.badMessages}
 }

@@ -201,6 +201,7 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 				ss.mu.Lock()
 				ss.report, ss.reportAt = &r, s.cfg.Now()
 				ss.mu.Unlock()
+				s.metrics.reports.Inc()
 			case message.TypeActionResult:
 				r, err := message.Decode[message.ActionResult](e)
 				if err != nil {

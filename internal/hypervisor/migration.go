@@ -1,0 +1,110 @@
+package hypervisor
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// Live migration, as the migration agent (MA) drives it through a driver.
+//
+// The shape is QEMU's: the hypervisor process itself produces (source) or
+// consumes (destination) the migration stream, through a file descriptor
+// the driver hands it — one end of a socket pair whose other end the
+// driver returns to the MA. The MA only carries bytes between that end and
+// its SUDP stream to the peer MA; it never interprets them. The stream is
+// bidirectional (QEMU's post-copy sends page requests back).
+//
+// Authority: a migration never makes two copies runnable. The source stops
+// itself for the final copy and then stays paused ("postmigrate") until
+// the MA either resumes it (rollback) or destroys it (commit); it resumes
+// on its own only if the stream fails before the last byte was sent, when
+// the destination cannot have a complete image. The destination stays
+// paused after it has received and verified the image until the MA
+// resumes it (commit) or destroys it (rollback). Which of the two the MA
+// does is the MMC's persisted decision.
+
+// MigrationParams tune an outgoing migration (QEMU: migrate-set-parameters
+// and capabilities).
+type MigrationParams struct {
+	// MaxBandwidth caps the stream in bytes/s (0: unlimited).
+	MaxBandwidth float64 `json:"max_bandwidth,omitempty"`
+	// DowntimeLimit is the longest acceptable pause: the final
+	// stop-and-copy starts once the remaining dirty memory can be sent in
+	// this time at the measured rate (0: DefaultDowntimeLimit).
+	DowntimeLimit time.Duration `json:"downtime_limit,omitempty"`
+	// Compress compresses page data (zstd) on the stream.
+	Compress bool `json:"compress,omitempty"`
+	// AutoConverge throttles the guest when rounds stop shrinking.
+	AutoConverge bool `json:"auto_converge,omitempty"`
+	// MaxRounds bounds the iterative rounds before the driver gives up
+	// converging (0: DefaultMaxRounds); what happens then is the
+	// driver's documented choice (the simulated VM forces the final copy
+	// when auto-converge is on and fails the migration otherwise).
+	MaxRounds int `json:"max_rounds,omitempty"`
+}
+
+// Migration defaults.
+const (
+	DefaultDowntimeLimit = 300 * time.Millisecond
+	DefaultMaxRounds     = 30
+)
+
+// Migration states reported by MigrationStatus.
+const (
+	MigActive    = "active"    // source: sending; destination: receiving
+	MigCompleted = "completed" // source: everything sent, VM paused (postmigrate); destination: image received and verified, VM paused
+	MigFailed    = "failed"    // see Error; source: VM resumed (running again) unless it had completed
+	MigCancelled = "cancelled" // source: cancelled by the MA, VM running
+)
+
+// MigrationStatus is a migration's progress as the hypervisor reports it
+// (QEMU: query-migrate).
+type MigrationStatus struct {
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+	// Round is the current pass over memory: 1 is the full copy, later
+	// ones resend dirtied pages; the last is the stop-and-copy.
+	Round int `json:"round"`
+	// Total is the guest memory size; Remaining the bytes still dirty
+	// (source) or not yet received (destination, first round only).
+	Total     uint64 `json:"total"`
+	Remaining uint64 `json:"remaining"`
+	// Transferred counts page bytes sent or received (before compression);
+	// StreamBytes the bytes written to or read from the stream fd.
+	Transferred uint64 `json:"transferred"`
+	StreamBytes uint64 `json:"stream_bytes"`
+	ZeroPages   uint64 `json:"zero_pages"`
+	// DirtyRate is the guest's measured dirty rate (bytes/s) in the last
+	// round; Rate the measured stream rate (bytes/s).
+	DirtyRate float64 `json:"dirty_rate"`
+	Rate      float64 `json:"rate"`
+	// ExpectedDowntime is Remaining / Rate: the pause a stop-and-copy now
+	// would cost.
+	ExpectedDowntime time.Duration `json:"expected_downtime"`
+	// Throttle is the auto-converge throttle (0: none, 0.99: the guest
+	// gets 1% of its CPU and dirty rate).
+	Throttle float64 `json:"throttle,omitempty"`
+	// PausedAt is when the source paused for the final copy; Verified
+	// (destination) that every page's checksum matched.
+	PausedAt time.Time `json:"paused_at,omitzero"`
+	Verified bool      `json:"verified,omitempty"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// Migrator is implemented by drivers that can live-migrate.
+type Migrator interface {
+	// MigrateOut starts migrating VM id and returns the MA's end of the
+	// stream. The driver closes its own end when the migration ends; the
+	// MA closes the returned conn when it is done with it.
+	MigrateOut(ctx context.Context, id string, p MigrationParams) (net.Conn, error)
+	// PrepareIncoming starts a VM of spec s waiting for a migration stream
+	// (QEMU: -incoming defer + migrate-incoming) and returns the MA's
+	// end of that stream.
+	PrepareIncoming(ctx context.Context, s Spec) (VM, net.Conn, error)
+	// MigrationStatus reports VM id's migration (either side).
+	MigrationStatus(ctx context.Context, id string) (MigrationStatus, error)
+	// CancelMigration stops an outgoing migration; the source VM runs on.
+	CancelMigration(ctx context.Context, id string) error
+}

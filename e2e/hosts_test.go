@@ -241,68 +241,6 @@ func TestAlarmsSurviveMMCOutage(t *testing.T) {
 	}
 }
 
-// TestMigrationRecords: in auto mode a sustained CPU overload of one VM
-// makes the policy engine plan its migration to the other host (by
-// policy, with the reason); an administrator can plan and cancel one by
-// hand; conflicting requests are refused; records survive an MMC restart.
-func TestMigrationRecords(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t, "--policy-interval", "500ms")
-	c.startHosts(t, "h1", "h2")
-	pf := filepath.Join(t.TempDir(), "policy.json")
-	os.WriteFile(pf, []byte(`{"mode":"auto","window":"2s","sla":{"cpu":0.2},"host_cpu_max":1,"host_mem_max":1}`), 0o600)
-	if err := c.ctl(nil, "policy", "set", pf); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.ctl(nil, "vms", "create", "busy", "--host", "h1", "--memory", "16MiB", "--workload", "cpu=0.9"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.ctl(nil, "vms", "create", "quiet", "--host", "h2", "--memory", "16MiB"); err != nil {
-		t.Fatal(err)
-	}
-	type migration struct {
-		ID, VM, From, To, State, By, Reason string
-	}
-	var ms []migration
-	c.waitFor("the policy plans busy's migration", func() bool {
-		if err := c.ctl(&ms, "migrations", "list"); err != nil {
-			t.Fatal(err)
-		}
-		return len(ms) > 0
-	})
-	if m := ms[0]; m.VM != "busy" || m.From != "h1" || m.To != "h2" || m.State != "planned" || m.By != "policy" || !strings.Contains(m.Reason, "CPU") {
-		t.Fatalf("policy migration %+v", m)
-	}
-	var created struct {
-		ID string `json:"id"`
-	}
-	if err := c.ctl(&created, "migrate", "quiet", "--to", "h1", "--max-bandwidth", "100mbit"); err != nil {
-		t.Fatal(err)
-	}
-	for _, bad := range [][]string{
-		{"migrate", "quiet", "--to", "h1"},   // already has an open one
-		{"migrate", "busy", "--to", "h2"},    // the policy's is open
-		{"migrate", "ghost", "--to", "h1"},   // no such VM
-		{"migrate", "quiet", "--to", "nope"}, // no such host
-	} {
-		if err := c.ctl(nil, bad...); err == nil {
-			t.Errorf("ferry ctl %s succeeded", strings.Join(bad, " "))
-		}
-	}
-	var cancelled migration
-	if err := c.ctl(&cancelled, "migrations", "cancel", created.ID); err != nil || cancelled.State != "cancelled" {
-		t.Fatalf("cancel: %+v %v", cancelled, err)
-	}
-	if err := c.ctl(nil, "migrations", "cancel", created.ID); err == nil {
-		t.Fatal("cancelled twice")
-	}
-	c.mmc.stop()
-	c.startMMC()
-	if err := c.ctl(&ms, "migrations", "list"); err != nil || len(ms) != 2 || ms[1].State != "cancelled" || ms[0].State != "planned" {
-		t.Fatalf("after restart: %+v %v", ms, err)
-	}
-}
-
 // startHosts enrols agents with the given names by a join token (reports
 // every 300 ms), removes their VMs when the test ends, and waits until
 // every one of them is online.

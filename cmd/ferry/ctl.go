@@ -491,7 +491,7 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "migration %s: %s\n", m.ID, m.State)
 			return nil
 		},
-	})
+	}, newCtlWatchCmd(c))
 	return cmd
 }
 

@@ -88,6 +88,7 @@ type Agent struct {
 	peers   *peers
 	posts   chan message.BoardPost // blackboard entries waiting for the session
 	board   boardLog
+	migs    migrations
 }
 
 type enrolState struct {
@@ -213,10 +214,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer peersDone.Done()
 		a.acceptPeers(pctx)
 	}()
+	a.migs.start(pctx)
 	defer func() {
 		stopPeers()
 		a.peers.closeAll()
 		peersDone.Wait()
+		a.migs.wait()
 	}()
 	backoff := time.Second
 	failedLogins := 0

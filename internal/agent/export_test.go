@@ -17,3 +17,14 @@ func DialForTest(from *Agent) func(ctx context.Context, to *Agent) (*sudp.Conn, 
 		return from.ep.Dial(ctx, to.ep.LocalAddr().String(), key, psk)
 	}
 }
+
+// CutLinkForTest ends the direct link of topic abruptly, as a failed path
+// would (both sides see it end).
+func CutLinkForTest(a *Agent, topic string) bool {
+	l := a.peers.link(topic)
+	if l == nil {
+		return false
+	}
+	_ = l.c.CloseWithError(1, "link cut by a test")
+	return true
+}

@@ -96,9 +96,12 @@ func (a *Agent) report(ctx context.Context) message.Report {
 func (a *Agent) act(ctx context.Context, act message.Action) message.ActionResult {
 	res := message.ActionResult{ID: act.ID}
 	var err error
-	if strings.HasPrefix(act.Op, "peer.") {
+	switch {
+	case strings.HasPrefix(act.Op, "peer."):
 		err = a.actPeer(ctx, act)
-	} else {
+	case strings.HasPrefix(act.Op, "migrate."):
+		res.Mig, err = a.actMigrate(ctx, act)
+	default:
 		res.VM, err = a.actVM(ctx, act)
 	}
 	if err != nil {

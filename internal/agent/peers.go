@@ -123,6 +123,13 @@ func (p *peers) addLink(l *link) error {
 	return nil
 }
 
+// link returns the open link of topic, or nil.
+func (p *peers) link(topic string) *link {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.links[topic]
+}
+
 func (p *peers) closeLink(topic string) bool {
 	p.mu.Lock()
 	l := p.links[topic]

@@ -306,7 +306,7 @@ func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit in
 	return out, c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
 }
 
-// Migration is a migration record.
+// Migration is a migration record (see store.Migration for the states).
 type Migration struct {
 	ID       string    `json:"id"`
 	VM       string    `json:"vm"`
@@ -319,6 +319,39 @@ type Migration struct {
 	MaxRate  float64   `json:"max_bandwidth,omitempty"` // bytes/s
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
+
+	Error           string    `json:"error,omitempty"`
+	CancelRequested bool      `json:"cancel_requested,omitempty"`
+	Outcome         string    `json:"outcome,omitempty"`
+	Started         time.Time `json:"started,omitzero"`
+	PausedAt        time.Time `json:"paused_at,omitzero"`
+	ResumedAt       time.Time `json:"resumed_at,omitzero"`
+	Finished        time.Time `json:"finished,omitzero"`
+	TotalMS         int64     `json:"total_ms"`
+	DowntimeMS      int64     `json:"downtime_ms"`
+	BytesOnWire     uint64    `json:"bytes_on_wire"`
+	Transferred     uint64    `json:"transferred,omitempty"`
+	Rounds          int       `json:"rounds,omitempty"`
+	Verified        bool      `json:"verified"`
+	Cleanup         []string  `json:"cleanup,omitempty"`
+	// Live is the progress of a migration in flight.
+	Live *MigrationLive `json:"live,omitempty"`
+}
+
+// MigrationLive is a transfer's progress as the source's hypervisor
+// reports it.
+type MigrationLive struct {
+	Progress           float64 `json:"progress"`
+	Round              int     `json:"round"`
+	Total              uint64  `json:"total"`
+	Remaining          uint64  `json:"remaining"`
+	Transferred        uint64  `json:"transferred"`
+	WireBytes          uint64  `json:"wire_bytes"`
+	DirtyRate          float64 `json:"dirty_rate"`
+	Rate               float64 `json:"rate"`
+	ExpectedDowntimeMS int64   `json:"expected_downtime_ms"`
+	Throttle           float64 `json:"throttle,omitempty"`
+	ETASeconds         float64 `json:"eta_s"`
 }
 
 // MigrateRequest asks for a migration.
@@ -338,6 +371,13 @@ func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (Created, erro
 func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
 	var out []Migration
 	return out, c.do(ctx, http.MethodGet, "/v1/migrations", nil, &out)
+}
+
+// Migration returns one migration record, with live progress while it
+// runs.
+func (c *Client) Migration(ctx context.Context, id string) (Migration, error) {
+	var out Migration
+	return out, c.do(ctx, http.MethodGet, "/v1/migrations/"+url.PathEscape(id), nil, &out)
 }
 
 // CancelMigration cancels an open migration.

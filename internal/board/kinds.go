@@ -14,6 +14,10 @@ const (
 	KindPeerConnected = "peer.connected"
 	// KindNote: free text for operators (e.g. why a phase took long).
 	KindNote = "note"
+	// KindMigrationPhase: a migration agent's job changed phase.
+	KindMigrationPhase = "migration.phase"
+	// KindMigrationProgress: a migration agent's periodic progress.
+	KindMigrationProgress = "migration.progress"
 )
 
 // PeerConnected is the body of KindPeerConnected.
@@ -36,6 +40,37 @@ type Note struct {
 }
 
 func (n *Note) check() error { return identity.CheckLabel(n.Text, 1024) }
+
+// MigrationPhase is the body of KindMigrationPhase.
+type MigrationPhase struct {
+	Role  string `cbor:"1,keyasint" json:"role"` // source or destination
+	Phase string `cbor:"2,keyasint" json:"phase"`
+	Error string `cbor:"3,keyasint,omitempty" json:"error,omitempty"`
+}
+
+func (p *MigrationPhase) check() error {
+	if p.Role != "source" && p.Role != "destination" {
+		return fmt.Errorf("role %q", p.Role)
+	}
+	if err := identity.CheckLabel(p.Phase, 32); err != nil {
+		return err
+	}
+	return identity.CheckLabel(p.Error, 1024)
+}
+
+// MigrationProgress is the body of KindMigrationProgress (the source's
+// figures; see hypervisor.MigrationStatus).
+type MigrationProgress struct {
+	Round            int     `cbor:"1,keyasint" json:"round"`
+	Total            uint64  `cbor:"2,keyasint" json:"total"`
+	Remaining        uint64  `cbor:"3,keyasint" json:"remaining"`
+	Transferred      uint64  `cbor:"4,keyasint" json:"transferred"`
+	WireBytes        uint64  `cbor:"5,keyasint" json:"wire_bytes"`
+	DirtyRate        float64 `cbor:"6,keyasint" json:"dirty_rate"`
+	Rate             float64 `cbor:"7,keyasint" json:"rate"`
+	ExpectedDowntime int64   `cbor:"8,keyasint" json:"expected_downtime_us"`
+	Throttle         float64 `cbor:"9,keyasint" json:"throttle"`
+}
 
 type kind struct {
 	decode func([]byte) (any, error)
@@ -61,6 +96,9 @@ func kindOf[T any]() kind {
 var kinds = map[string]kind{
 	KindPeerConnected: kindOf[PeerConnected](),
 	KindNote:          kindOf[Note](),
+
+	KindMigrationPhase:    kindOf[MigrationPhase](),
+	KindMigrationProgress: kindOf[MigrationProgress](),
 }
 
 // Check validates an entry's body against its kind's schema.

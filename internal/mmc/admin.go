@@ -46,6 +46,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
 	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
 	mux.HandleFunc("GET /v1/migrations", s.auth(s.handleMigrations))
+	mux.HandleFunc("GET /v1/migrations/{id}", s.auth(s.handleMigration))
 	mux.HandleFunc("POST /v1/migrations", s.auth(s.handleMigrate))
 	mux.HandleFunc("POST /v1/migrations/{id}/cancel", s.auth(s.handleCancelMigration))
 	mux.HandleFunc("GET /v1/logs", s.auth(s.handleEvents(false)))
@@ -418,9 +419,33 @@ func (s *Server) handleMigrations(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Migration, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, api.Migration(m))
+		out = append(out, s.apiMigration(m))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleMigration(w http.ResponseWriter, r *http.Request) {
+	m, err := s.st.Migration(r.PathValue("id"))
+	if err != nil {
+		writeMigErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.apiMigration(m))
+}
+
+// apiMigration is a record as the API shows it, with the live progress
+// of a transfer in flight.
+func (s *Server) apiMigration(m store.Migration) api.Migration {
+	live := s.live(m.ID)
+	if live != nil {
+		m.Progress = max(m.Progress, live.Progress)
+	}
+	return api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, State: m.State, Progress: m.Progress,
+		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, Created: m.Created, Updated: m.Updated,
+		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
+		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, Finished: m.Finished, TotalMS: m.TotalMS,
+		DowntimeMS: m.DowntimeMS, BytesOnWire: m.BytesOnWire, Transferred: m.Transferred, Rounds: m.Rounds,
+		Verified: m.Verified, Cleanup: m.Cleanup, Live: live}
 }
 
 func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
@@ -444,12 +469,12 @@ func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCancelMigration(w http.ResponseWriter, r *http.Request) {
-	m, err := s.cancelMigration(r.PathValue("id"), "admin")
+	m, err := s.cancelMigration(r.Context(), r.PathValue("id"), "admin")
 	if err != nil {
 		writeMigErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.Migration(m))
+	writeJSON(w, http.StatusOK, s.apiMigration(m))
 }
 
 func writeMigErr(w http.ResponseWriter, err error) {

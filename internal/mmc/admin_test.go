@@ -68,6 +68,12 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"policy unknown field", "PUT", "/v1/policy", tok, `{"mood":"auto"}`, 400},
 		{"logs bad paging", "GET", "/v1/logs?limit=x", tok, "", 400},
 		{"wrong method", "DELETE", "/v1/agents", tok, "", 404},
+		{"unknown migration", "GET", "/v1/migrations/m99", tok, "", 404},
+		{"cancel unknown migration", "POST", "/v1/migrations/m99/cancel", tok, "{}", 404},
+		{"migrate malformed", "POST", "/v1/migrations", tok, `{"vm":`, 400},
+		{"migrate without a destination", "POST", "/v1/migrations", tok, `{"vm":"v"}`, 400},
+		{"migrate a VM nobody runs", "POST", "/v1/migrations", tok, `{"vm":"ghost","to":"h1"}`, 404},
+		{"migrate with a negative cap", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","max_bandwidth":-1}`, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

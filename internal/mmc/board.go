@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/board"
@@ -38,6 +39,9 @@ func (s *Server) handlePost(ctx context.Context, ss *session, p message.BoardPos
 	}
 	s.metrics.boardPosts.Inc()
 	s.relay(ctx, p.Topic, e, to)
+	if id, ok := strings.CutPrefix(p.Topic, "migration/"); ok {
+		s.poke(id)
+	}
 	return nil
 }
 

@@ -1,17 +1,18 @@
 package mmc
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
-// Migration records. This issue plans them (by hand or by the policy
-// engine in auto mode) and keeps them across restarts; the orchestrator
-// that carries them out arrives with issue 6.
+// Migration records: planned by hand or by the policy engine in auto
+// mode, carried out by the orchestrator (orchestrate.go).
 
 // ErrBusy is a migration request for a VM that already has one open.
 var ErrBusy = fmt.Errorf("%w: VM already has an open migration", ErrConflict)
@@ -28,6 +29,11 @@ func (s *Server) planMigration(vm, to, reason, by string, maxRate float64) (stor
 	if s.sessionByHost(to) == nil {
 		return store.Migration{}, fmt.Errorf("%w: %s", ErrHostOffline, to)
 	}
+	for _, v := range s.vms() {
+		if v.ID == vm && v.Host == to {
+			return store.Migration{}, fmt.Errorf("%w: %s already has a VM named %s", ErrConflict, to, vm)
+		}
+	}
 	s.migMu.Lock()
 	defer s.migMu.Unlock()
 	all, err := s.st.Migrations()
@@ -35,7 +41,7 @@ func (s *Server) planMigration(vm, to, reason, by string, maxRate float64) (stor
 		return store.Migration{}, err
 	}
 	for _, m := range all {
-		if m.VM == vm && open(m.State) {
+		if m.VM == vm && store.MigrationOpen(m.State) {
 			return store.Migration{}, ErrBusy
 		}
 	}
@@ -50,32 +56,51 @@ func (s *Server) planMigration(vm, to, reason, by string, maxRate float64) (stor
 	s.policyMu.Unlock()
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.plan", Target: m.ID, Outcome: "ok", Detail: fmt.Sprintf("%s %s → %s: %s", vm, from, to, reason)})
 	s.log.Info("mmc: migration planned", "id", m.ID, "vm", vm, "from", from, "to", to, "by", by, "reason", reason)
+	s.launch(m.ID, false)
 	return m, nil
 }
 
-// cancelMigration cancels an open migration.
-func (s *Server) cancelMigration(id, by string) (store.Migration, error) {
+// cancelMigrationWait bounds how long a cancel request waits for the
+// rollback to finish before answering with the record as it stands.
+const cancelMigrationWait = 30 * time.Second
+
+// cancelMigration asks the orchestrator to roll an open migration back
+// and waits (bounded) for the outcome. A migration past its commit
+// (switch-over) cannot be cancelled: the destination is already the VM.
+func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migration, error) {
 	s.migMu.Lock()
-	defer s.migMu.Unlock()
 	m, err := s.st.UpdateMigration(id, func(m *store.Migration) error {
-		if !open(m.State) {
+		switch {
+		case !store.MigrationOpen(m.State):
 			return fmt.Errorf("%w: migration %s is %s", ErrConflict, id, m.State)
+		case m.State == store.MigrationSwitchOver:
+			return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrConflict, id)
+		case m.CancelRequested:
+			return fmt.Errorf("%w: migration %s is already being cancelled", ErrConflict, id)
 		}
-		m.State, m.Updated = store.MigrationCancelled, s.cfg.Now()
+		m.CancelRequested, m.Updated = true, s.cfg.Now()
 		return nil
 	})
+	s.migMu.Unlock()
 	if err != nil {
 		return m, err
 	}
-	s.policyMu.Lock()
-	s.engine.Finished(m.VM)
-	s.policyMu.Unlock()
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	return m, nil
-}
-
-func open(state string) bool {
-	return state != store.MigrationCancelled && state != "completed" && !strings.HasPrefix(state, "failed")
+	s.poke(id)
+	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m, err = s.st.Migration(id); err != nil || !store.MigrationOpen(m.State) {
+			return m, err
+		}
+		select {
+		case <-ctx.Done():
+			return m, nil
+		case <-t.C:
+		}
+	}
 }
 
 func (s *Server) migrations() ([]store.Migration, error) {

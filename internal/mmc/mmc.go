@@ -159,6 +159,7 @@ type Server struct {
 	board *board.Board
 
 	migMu     sync.Mutex // serialises migration planning (one open migration per VM)
+	orch      orchestrator
 	policyMu  sync.Mutex // guards engine
 	engine    *policy.Engine
 	decisions decisionLog
@@ -406,10 +407,14 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.runOrchestrator(ctx)
 	}()
 	go func() {
 		defer wg.Done()

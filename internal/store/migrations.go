@@ -10,13 +10,31 @@ import (
 
 var bucketMigrations = []byte("migrations")
 
-// Migration states. The orchestrator (issue 6) moves a migration from
-// planned through preparing, transferring and switch-over to completed,
-// cancelled or failed.
+// Migration states. The orchestrator moves a migration from planned
+// through preparing (destination VM waiting for the stream), transferring
+// and switch-over (the commit: from here on the destination is the
+// authoritative copy) to completed; before switch-over any failure or a
+// cancel rolls it back (rolling-back, then cancelled or failed), with the
+// source the authoritative copy throughout.
 const (
-	MigrationPlanned   = "planned"
-	MigrationCancelled = "cancelled"
+	MigrationPlanned      = "planned"
+	MigrationPreparing    = "preparing"
+	MigrationTransferring = "transferring"
+	MigrationSwitchOver   = "switch-over"
+	MigrationRollingBack  = "rolling-back"
+	MigrationCompleted    = "completed"
+	MigrationCancelled    = "cancelled"
+	MigrationFailed       = "failed"
 )
+
+// MigrationOpen reports whether a migration in state is still in progress.
+func MigrationOpen(state string) bool {
+	switch state {
+	case MigrationCompleted, MigrationCancelled, MigrationFailed:
+		return false
+	}
+	return true
+}
 
 // Migration is the persisted record of one migration.
 type Migration struct {
@@ -31,6 +49,29 @@ type Migration struct {
 	MaxRate  float64   `json:"max_bandwidth,omitempty"`
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
+
+	// Set by the orchestrator.
+	Error string `json:"error,omitempty"` // why it failed or was rolled back
+	// CancelRequested makes a cancel survive an MMC restart between the
+	// request and the rollback.
+	CancelRequested bool `json:"cancel_requested,omitempty"`
+	// Outcome is the final state a rollback ends in (cancelled or failed).
+	Outcome   string    `json:"outcome,omitempty"`
+	Started   time.Time `json:"started,omitzero"`    // transfer started
+	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
+	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)
+	Finished  time.Time `json:"finished,omitzero"`
+	// Final report.
+	TotalMS     int64  `json:"total_ms,omitempty"`
+	DowntimeMS  int64  `json:"downtime_ms,omitempty"`
+	BytesOnWire uint64 `json:"bytes_on_wire,omitempty"`
+	Transferred uint64 `json:"transferred,omitempty"` // page bytes, before compression
+	Rounds      int    `json:"rounds,omitempty"`
+	Verified    bool   `json:"verified"`
+	// Cleanup lists agents still to be told to drop their side after the
+	// outcome was decided (offline at the time): "abort:HOST" or
+	// "finish:HOST" or "resume:HOST".
+	Cleanup []string `json:"cleanup,omitempty"`
 }
 
 // CreateMigration stores a new migration with the next id ("m1", "m2", …).
@@ -52,6 +93,30 @@ func (s *Store) CreateMigration(m Migration) (Migration, error) {
 		return b.Put([]byte(m.ID), raw)
 	})
 	return m, err
+}
+
+// Migration returns one migration record.
+func (s *Store) Migration(id string) (Migration, error) {
+	var m Migration
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		m, err = getMigration(tx, id)
+		return err
+	})
+	return m, err
+}
+
+func getMigration(tx *bolt.Tx, id string) (Migration, error) {
+	var m Migration
+	b := tx.Bucket(bucketMigrations)
+	if b == nil {
+		return m, fmt.Errorf("%w: migration %s", ErrNotFound, id)
+	}
+	raw := b.Get([]byte(id))
+	if raw == nil {
+		return m, fmt.Errorf("%w: migration %s", ErrNotFound, id)
+	}
+	return m, json.Unmarshal(raw, &m)
 }
 
 // Migrations lists every migration record.
@@ -78,15 +143,8 @@ func (s *Store) Migrations() ([]Migration, error) {
 func (s *Store) UpdateMigration(id string, fn func(*Migration) error) (Migration, error) {
 	var m Migration
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMigrations)
-		if b == nil {
-			return fmt.Errorf("%w: migration %s", ErrNotFound, id)
-		}
-		raw := b.Get([]byte(id))
-		if raw == nil {
-			return fmt.Errorf("%w: migration %s", ErrNotFound, id)
-		}
-		if err := json.Unmarshal(raw, &m); err != nil {
+		var err error
+		if m, err = getMigration(tx, id); err != nil {
 			return err
 		}
 		if err := fn(&m); err != nil {
@@ -96,7 +154,7 @@ func (s *Store) UpdateMigration(id string, fn func(*Migration) error) (Migration
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), out)
+		return tx.Bucket(bucketMigrations).Put([]byte(id), out)
 	})
 	return m, err
 }

@@ -1,0 +1,584 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/board"
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/sudp"
+)
+
+// The migration role (MA). The hypervisor produces and consumes the
+// migration stream itself, through a file descriptor; the MA carries the
+// bytes between that descriptor and a bulk stream on the direct SUDP link
+// the MMC introduced for the migration, watches the hypervisor's
+// progress, and posts phases and progress on the migration's blackboard
+// topic. What happens to the VM copies after the transfer — which one is
+// resumed and which destroyed — the MA does only when the MMC says so
+// (migrate.commit/finish or migrate.rollback/abort): the MMC's persisted
+// decision is the single source of truth for which copy is authoritative.
+//
+// A job belongs to the agent process, not to the MMC session: a transfer
+// keeps going while the MMC is away. An agent that restarts has lost its
+// jobs (and with them the stream: the hypervisor sees the descriptor
+// close); it answers for the migration from the hypervisor's own status.
+
+// Job phases, as reported to the MMC.
+const (
+	phaseNone         = "none"         // no job here (e.g. after an agent restart)
+	phasePreparing    = "preparing"    // destination: incoming VM up, waiting for the stream
+	phaseTransferring = "transferring" // bytes flowing
+	phaseCompleted    = "completed"    // source: all sent, VM paused; destination: image verified, VM paused
+	phaseCommitted    = "committed"    // destination resumed: it is the VM now
+	phaseFinished     = "finished"     // source copy destroyed after the commit
+	phaseFailed       = "failed"       // see the error; source: VM running again unless it had completed
+	phaseCancelled    = "cancelled"    // source: cancelled, VM running
+	phaseRolledBack   = "rolled-back"  // source: VM running again
+	phaseAborted      = "aborted"      // destination copy destroyed
+)
+
+const (
+	roleSource      = "source"
+	roleDestination = "destination"
+	// linkWait bounds how long a job waits for the direct link (the
+	// destination for the source's stream, the source for the link the
+	// MMC's introduction opened).
+	linkWait = time.Minute
+	// migPoll is how often a job reads the hypervisor's progress;
+	// progressEvery how often it posts it on the board.
+	migPoll       = 200 * time.Millisecond
+	progressEvery = time.Second
+)
+
+type job struct {
+	order message.MigrationOrder
+	role  string
+	mig   hypervisor.Migrator
+	conn  net.Conn // the hypervisor's stream, the MA's end
+	stop  context.CancelFunc
+	done  chan struct{}
+
+	mu     sync.Mutex
+	phase  string
+	err    string
+	at     time.Time // when phase was reached (local clock)
+	status hypervisor.MigrationStatus
+	link   *sudp.Conn
+}
+
+func (j *job) setPhase(phase, err string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.phase == phase {
+		return false
+	}
+	j.phase, j.err, j.at = phase, err, time.Now()
+	return true
+}
+
+func (j *job) get() (phase string, st hypervisor.MigrationStatus) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.phase, j.status
+}
+
+// migrations are the agent's jobs, by migration id.
+type migrations struct {
+	mu   sync.Mutex
+	ctx  context.Context // the agent's: jobs outlive MMC sessions
+	jobs map[string]*job
+	wg   sync.WaitGroup
+}
+
+// maxJobs bounds concurrent migration jobs on one agent.
+const maxJobs = 16
+
+func (m *migrations) start(ctx context.Context) {
+	m.mu.Lock()
+	m.ctx = ctx
+	m.jobs = map[string]*job{}
+	m.mu.Unlock()
+}
+
+// wait returns once every job's goroutines have ended (after the context
+// given to start is done).
+func (m *migrations) wait() { m.wg.Wait() }
+
+func (m *migrations) get(id string) *job {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.jobs[id]
+}
+
+// add registers j unless a job with its id exists (returned instead).
+func (m *migrations) add(j *job) (*job, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ctx == nil {
+		return nil, errors.New("agent: not running")
+	}
+	if old := m.jobs[j.order.ID]; old != nil {
+		return old, nil
+	}
+	n := 0
+	for _, o := range m.jobs {
+		if ph, _ := o.get(); !final(ph) {
+			n++
+		}
+	}
+	if n >= maxJobs {
+		return nil, fmt.Errorf("agent: %d migrations already running", n)
+	}
+	// Forget finished jobs beyond the bound (their outcome is at the MMC).
+	if len(m.jobs) >= 4*maxJobs {
+		for id, o := range m.jobs {
+			if ph, _ := o.get(); final(ph) {
+				delete(m.jobs, id)
+			}
+		}
+	}
+	if err := m.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("agent: stopping: %w", err)
+	}
+	j.done = make(chan struct{})
+	m.jobs[j.order.ID] = j
+	return nil, nil
+}
+
+func final(phase string) bool {
+	switch phase {
+	case phaseFinished, phaseFailed, phaseCancelled, phaseRolledBack, phaseAborted, phaseCommitted:
+		return true
+	}
+	return false
+}
+
+// migrator returns the driver's migration interface.
+func (a *Agent) migrator() (hypervisor.Migrator, error) {
+	m, ok := a.cfg.Driver.(hypervisor.Migrator)
+	if !ok {
+		return nil, errors.New("this agent's hypervisor driver cannot migrate")
+	}
+	return m, nil
+}
+
+// actMigrate carries out a migrate.* action and reports the migration as
+// this agent sees it. Every op is idempotent: the MMC repeats them after
+// losing a result (its restart, a lost session).
+func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*message.MigrationReport, error) {
+	o := act.Mig
+	if o == nil {
+		return nil, errMissing("a migration order")
+	}
+	mig, err := a.migrator()
+	if err != nil {
+		return nil, err
+	}
+	switch act.Op {
+	case "migrate.prepare":
+		err = a.prepareIncoming(ctx, mig, *o)
+	case "migrate.start":
+		err = a.startOutgoing(ctx, mig, *o)
+	case "migrate.status":
+	case "migrate.cancel", "migrate.rollback":
+		err = a.rollbackSource(ctx, mig, *o)
+	case "migrate.commit":
+		err = a.commitDestination(ctx, mig, *o)
+	case "migrate.finish":
+		err = a.finishSource(ctx, mig, *o)
+	case "migrate.abort":
+		err = a.abortDestination(ctx, mig, *o)
+	default:
+		return nil, errMissing("a known op, not " + act.Op)
+	}
+	rep := a.migReport(ctx, mig, *o)
+	return &rep, err
+}
+
+// migReport describes migration o on this agent, in the MMC's clock.
+func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) message.MigrationReport {
+	off := a.clock.offset()
+	j := a.migs.get(o.ID)
+	var rep message.MigrationReport
+	if j == nil {
+		rep.Phase = phaseNone
+		if st, err := mig.MigrationStatus(ctx, o.VM); err == nil {
+			rep.Status = st
+		} else {
+			rep.Error = err.Error()
+		}
+	} else {
+		j.mu.Lock()
+		rep.Phase, rep.Error, rep.Status = j.phase, j.err, j.status
+		rep.At = j.at.Add(off).UnixNano()
+		if j.link != nil {
+			rep.WireBytes = j.link.Stats().BytesSent
+		}
+		j.mu.Unlock()
+	}
+	if !rep.Status.PausedAt.IsZero() {
+		rep.Status.PausedAt = rep.Status.PausedAt.Add(off)
+	}
+	return rep
+}
+
+// prepareIncoming starts the destination VM waiting for the stream and a
+// job that joins it to the link once the source opens its stream.
+func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	if o.Spec == nil {
+		return errMissing("the VM's spec")
+	}
+	if j := a.migs.get(o.ID); j != nil {
+		return nil
+	}
+	vm, conn, err := mig.PrepareIncoming(ctx, *o.Spec)
+	if err != nil {
+		return fmt.Errorf("agent: prepare incoming %s: %w", o.VM, err)
+	}
+	j := &job{order: o, role: roleDestination, mig: mig, conn: conn, phase: phasePreparing, at: time.Now()}
+	j.order.VM = vm.ID
+	if old, err := a.migs.add(j); old != nil || err != nil {
+		conn.Close()
+		return err
+	}
+	a.runJob(j, func(ctx context.Context) (io.ReadWriteCloser, *sudp.Conn, error) {
+		l, err := a.waitLink(ctx, o.Topic)
+		if err != nil {
+			return nil, nil, err
+		}
+		s, err := l.c.AcceptStream(ctx)
+		return s, l.c, err
+	})
+	return nil
+}
+
+// startOutgoing starts the hypervisor's migration of the VM and a job
+// carrying it over the link.
+func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	if j := a.migs.get(o.ID); j != nil {
+		return nil
+	}
+	l := a.peers.link(o.Topic)
+	if l == nil {
+		return fmt.Errorf("agent: no link for %s (the MMC introduces the agents first)", o.Topic)
+	}
+	sctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
+	s, err := l.c.OpenStreamPriority(sctx, sudp.PriorityBulk)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("agent: open migration stream: %w", err)
+	}
+	conn, err := mig.MigrateOut(ctx, o.VM, o.Params)
+	if err != nil {
+		s.Reset(1)
+		return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
+	}
+	j := &job{order: o, role: roleSource, mig: mig, conn: conn, phase: phaseTransferring, at: time.Now(), link: l.c}
+	if old, err := a.migs.add(j); old != nil || err != nil {
+		conn.Close()
+		s.Reset(1)
+		return err
+	}
+	a.runJob(j, func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error) { return s, l.c, nil })
+	return nil
+}
+
+// waitLink waits for the direct link of topic to come up.
+func (a *Agent) waitLink(ctx context.Context, topic string) (*link, error) {
+	ctx, cancel := context.WithTimeout(ctx, linkWait)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if l := a.peers.link(topic); l != nil {
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent: no link for %s: %w", topic, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// runJob starts j's goroutines: one joins the stream (from getStream) to
+// the hypervisor's descriptor, one watches the hypervisor's progress.
+func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error)) {
+	a.migs.mu.Lock()
+	ctx := a.migs.ctx
+	a.migs.mu.Unlock()
+	ctx, stop := context.WithCancel(ctx)
+	j.stop = stop
+	a.migs.wg.Add(2)
+	pumped := make(chan error, 1)
+	go func() {
+		defer a.migs.wg.Done()
+		s, lc, err := getStream(ctx)
+		if err == nil {
+			j.mu.Lock()
+			j.link = lc
+			if j.phase == phasePreparing {
+				j.phase, j.at = phaseTransferring, time.Now()
+			}
+			j.mu.Unlock()
+			a.postPhase(j)
+			err = pump(ctx, s, j.conn)
+		} else {
+			j.conn.Close()
+		}
+		pumped <- err
+	}()
+	go func() {
+		defer a.migs.wg.Done()
+		defer close(j.done)
+		a.watchJob(ctx, j, pumped)
+	}()
+}
+
+// pump carries bytes both ways between the link stream s and the
+// hypervisor's descriptor conn until the hypervisor's side ends (or
+// either side fails), then closes both.
+func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn) error {
+	done := make(chan error, 2)
+	go func() {
+		_, err := io.Copy(s, conn) // hypervisor → link
+		if cw, ok := s.(interface{ CloseWrite() error }); ok && err == nil {
+			err = cw.CloseWrite()
+		}
+		done <- err
+	}()
+	go func() {
+		_, err := io.Copy(conn, s) // link → hypervisor
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok && err == nil {
+			err = cw.CloseWrite()
+		}
+		done <- err
+	}()
+	var err error
+	for n := 0; n < 2 && err == nil; n++ {
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		// A failure either way ends the migration: unblock the copies.
+		conn.Close()
+		s.Close()
+		return err
+	}
+	conn.Close()
+	if st, ok := s.(*sudp.Stream); ok {
+		// Let the last bytes and FIN reach the peer before closing.
+		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = st.Flush(fctx)
+		cancel()
+	}
+	s.Close()
+	return nil
+}
+
+// watchJob polls the hypervisor's progress, moves the job's phase and
+// posts phases and progress, until the job reaches a final phase or the
+// agent stops.
+func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error) {
+	t := time.NewTicker(migPoll)
+	defer t.Stop()
+	var lastPost time.Time
+	var pumpErr error
+	pumpDone := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-pumped:
+			pumpDone, pumpErr = true, err
+			pumped = nil
+		case <-t.C:
+		}
+		st, err := j.mig.MigrationStatus(ctx, j.order.VM)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("agent: migration status", "id", j.order.ID, "vm", j.order.VM, "err", err)
+			continue
+		}
+		j.mu.Lock()
+		j.status = st
+		phase := j.phase
+		j.mu.Unlock()
+		if j.role == roleSource && time.Since(lastPost) >= progressEvery {
+			lastPost = time.Now()
+			a.postProgress(j, st)
+		}
+		next, why := phase, ""
+		switch st.State {
+		case hypervisor.MigCompleted:
+			if phase == phasePreparing || phase == phaseTransferring {
+				next = phaseCompleted
+			}
+		case hypervisor.MigFailed:
+			if !final(phase) && phase != phaseCompleted {
+				next, why = phaseFailed, st.Error
+			}
+		case hypervisor.MigCancelled:
+			if !final(phase) {
+				next = phaseCancelled
+			}
+		}
+		if next == phase && pumpDone && pumpErr != nil && phase == phasePreparing {
+			next, why = phaseFailed, pumpErr.Error()
+		}
+		if next != phase && j.setPhase(next, why) {
+			a.log.Info("agent: migration phase", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "phase", next, "err", why)
+			a.postPhase(j)
+			if j.role == roleSource {
+				a.postProgress(j, st)
+			}
+		}
+		// The job's work is done once the stream is over and the
+		// hypervisor has reached an outcome; commit/rollback come as
+		// separate actions.
+		if pumpDone && st.State != hypervisor.MigActive {
+			return
+		}
+	}
+}
+
+func (a *Agent) postPhase(j *job) {
+	j.mu.Lock()
+	p := board.MigrationPhase{Role: j.role, Phase: j.phase, Error: truncate(j.err, 1000)}
+	j.mu.Unlock()
+	a.post(j.order.Topic, board.KindMigrationPhase, p)
+}
+
+func (a *Agent) postProgress(j *job, st hypervisor.MigrationStatus) {
+	var wire uint64
+	j.mu.Lock()
+	if j.link != nil {
+		wire = j.link.Stats().BytesSent
+	}
+	j.mu.Unlock()
+	a.post(j.order.Topic, board.KindMigrationProgress, board.MigrationProgress{Round: st.Round, Total: st.Total,
+		Remaining: st.Remaining, Transferred: st.Transferred, WireBytes: wire, DirtyRate: st.DirtyRate, Rate: st.Rate,
+		ExpectedDowntime: st.ExpectedDowntime.Microseconds(), Throttle: st.Throttle})
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// rollbackSource makes the source copy the running VM again: it cancels
+// a transfer in progress, or resumes a VM paused after a completed one
+// (the MMC decided against the commit).
+func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	st, err := mig.MigrationStatus(ctx, o.VM)
+	if err != nil {
+		return err
+	}
+	switch st.State {
+	case hypervisor.MigActive:
+		if err := mig.CancelMigration(ctx, o.VM); err != nil {
+			return err
+		}
+	case hypervisor.MigCompleted:
+		if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
+			return err
+		}
+	}
+	j := a.migs.get(o.ID)
+	if j != nil {
+		j.stop()
+		<-j.done
+		if j.setPhase(phaseRolledBack, "") {
+			a.postPhase(j)
+		}
+	}
+	a.peers.closeLink(o.Topic)
+	return nil
+}
+
+// commitDestination resumes the verified destination copy: the MMC has
+// recorded the switch-over.
+func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	st, err := mig.MigrationStatus(ctx, o.VM)
+	if err != nil {
+		return err
+	}
+	if st.State != hypervisor.MigCompleted || !st.Verified {
+		return fmt.Errorf("agent: %s is not a verified incoming copy (state %s)", o.VM, st.State)
+	}
+	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
+		return err
+	}
+	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseCommitted, "") {
+		a.postPhase(j)
+	}
+	a.peers.closeLink(o.Topic)
+	return nil
+}
+
+// finishSource destroys the source copy after the commit. It refuses a
+// VM that is running: only a copy paused after a completed transfer may
+// go.
+func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	st, err := mig.MigrationStatus(ctx, o.VM)
+	if errors.Is(err, hypervisor.ErrNotFound) {
+		return nil // already gone
+	}
+	if err != nil {
+		return err
+	}
+	if st.State != hypervisor.MigCompleted {
+		return fmt.Errorf("agent: refusing to destroy %s: its migration is %s, not completed", o.VM, st.State)
+	}
+	if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+		return err
+	}
+	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseFinished, "") {
+		a.postPhase(j)
+	}
+	a.peers.closeLink(o.Topic)
+	return nil
+}
+
+// abortDestination destroys the destination copy of a migration that was
+// rolled back. It refuses a copy that runs (it was committed).
+func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	if j := a.migs.get(o.ID); j != nil {
+		j.stop()
+		<-j.done
+	}
+	vms, err := a.cfg.Driver.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, vm := range vms {
+		if vm.ID != o.VM {
+			continue
+		}
+		if vm.State == hypervisor.StateRunning {
+			return fmt.Errorf("agent: refusing to destroy %s: it is running (committed?)", o.VM)
+		}
+		if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			return err
+		}
+	}
+	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseAborted, "") {
+		a.postPhase(j)
+	}
+	a.peers.closeLink(o.Topic)
+	return nil
+}

@@ -1,0 +1,310 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/agent"
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/mmc"
+)
+
+// harness is an in-process MMC and two agents (h1 in site east, h2 in
+// site west) on loopback SUDP, each agent with a model hypervisor whose
+// VMs outlive the agent (as VM processes do).
+type harness struct {
+	t       *testing.T
+	ctx     context.Context
+	dir     string
+	w       *world
+	drivers map[string]*fakeDriver
+	token   string
+
+	mu      sync.Mutex
+	srv     *mmc.Server
+	stopMMC func()
+	mmcAddr string
+	cl      *api.Client
+	agents  map[string]func() // name → stop
+	live    map[string]*agent.Agent
+}
+
+func newHarness(t *testing.T) *harness {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w := newWorld()
+	h := &harness{t: t, ctx: ctx, dir: t.TempDir(), w: w, agents: map[string]func(){}, live: map[string]*agent.Agent{},
+		drivers: map[string]*fakeDriver{"h1": newFakeDriver(w), "h2": newFakeDriver(w)}}
+	h.startMMC()
+	t.Cleanup(func() {
+		for name := range h.agents {
+			h.stopAgent(name)
+		}
+		h.stopMMCNow()
+		for _, d := range h.drivers {
+			for _, g := range []string{gatePrepare, gateEnd, gateResume} {
+				d.release(g)
+			}
+			d.wg.Wait()
+		}
+	})
+	tok, err := h.cl.CreateToken(ctx, time.Hour, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.token = tok.Token
+	h.startAgent("h1")
+	h.startAgent("h2")
+	h.waitOnline("h1", "h2")
+	return h
+}
+
+func (h *harness) startMMC() {
+	listen := h.mmcAddr
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	srv, err := mmc.New(mmc.Config{DataDir: filepath.Join(h.dir, "mmc"), Listen: listen, Admin: "127.0.0.1:0"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(h.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	h.mu.Lock()
+	h.srv, h.mmcAddr = srv, srv.Addr().String()
+	h.stopMMC = func() { stop(); <-done }
+	h.cl = &api.Client{Base: srv.AdminURL(), Token: srv.AdminToken(), HTTP: &http.Client{Timeout: 40 * time.Second}}
+	h.mu.Unlock()
+}
+
+func (h *harness) stopMMCNow() {
+	h.mu.Lock()
+	stop := h.stopMMC
+	h.stopMMC = nil
+	h.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+func (h *harness) client() *api.Client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cl
+}
+
+func (h *harness) startAgent(name string) {
+	h.mu.Lock()
+	bundle := h.srv.Bundle()
+	h.mu.Unlock()
+	i := len(name)
+	a, err := agent.New(agent.Config{DataDir: filepath.Join(h.dir, name), Bundle: bundle, Token: h.token, Name: name,
+		Site: map[string]string{"h1": "east", "h2": "west"}[name], Listen: "127.0.0.1:0", ReportInterval: 200 * time.Millisecond,
+		Driver: h.drivers[name], Facts: identity.Overrides{Hostname: name, DiskID: "disk-" + name, MachineID: "m-" + name,
+			MACs: []string{fmt.Sprintf("02:00:00:00:%02x:%02x", i, name[len(name)-1])}}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(h.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	h.agents[name] = func() { stop(); <-done }
+	h.live[name] = a
+}
+
+// stopAgent ends an agent as a crash would: its sessions and links go
+// away; its VMs stay.
+func (h *harness) stopAgent(name string) {
+	if stop := h.agents[name]; stop != nil {
+		stop()
+		delete(h.agents, name)
+		delete(h.live, name)
+	}
+}
+
+func (h *harness) waitOnline(names ...string) {
+	h.t.Helper()
+	h.waitFor("hosts online", 20*time.Second, func() bool {
+		hs, err := h.client().Hosts(h.ctx)
+		if err != nil {
+			return false
+		}
+		online := map[string]bool{}
+		for _, x := range hs {
+			online[x.ID] = x.Online
+		}
+		for _, n := range names {
+			if !online[n] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func (h *harness) waitFor(what string, d time.Duration, cond func() bool) {
+	h.t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func (h *harness) migration(id string) api.Migration {
+	m, err := h.client().Migration(h.ctx, id)
+	if err != nil {
+		return api.Migration{}
+	}
+	return m
+}
+
+// TestMigrationFailures injects each failure at each phase of a migration
+// of a VM from h1 to h2 and checks the outcome and the invariant: never two
+// running copies, and at the end exactly one, holding the VM's bytes, with
+// no copy left on the other host.
+func TestMigrationFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("orchestration failure matrix: skipped in -short mode")
+	}
+	phases := []string{"preparing", "transferring", "switch-over"}
+	gates := map[string]struct{ host, gate string }{
+		"preparing":    {"h2", gatePrepare},
+		"transferring": {"h1", gateEnd},
+		"switch-over":  {"h2", gateResume},
+	}
+	failures := []string{"source-dies", "destination-dies", "link-cut", "mmc-restart", "cancel"}
+	want := func(phase, failure string) string {
+		switch {
+		case phase == "switch-over":
+			return "completed" // committed: only forward
+		case failure == "cancel":
+			return "cancelled"
+		case phase == "transferring" && failure == "mmc-restart":
+			return "completed" // the transfer went on without the MMC
+		}
+		return "failed"
+	}
+	for _, phase := range phases {
+		for _, failure := range failures {
+			t.Run(phase+"/"+failure, func(t *testing.T) {
+				t.Parallel()
+				h := newHarness(t)
+				const vm = "vm1"
+				orig, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				original, _, _ := h.drivers["h1"].content(orig.ID)
+				h.waitFor("vm1 reported", 10*time.Second, func() bool {
+					vms, _ := h.client().VMs(h.ctx)
+					return len(vms) == 1 && vms[0].Host == "h1"
+				})
+				g := gates[phase]
+				h.drivers[g.host].hold(g.gate)
+				created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				id := created.ID
+				h.waitFor("migration "+phase, 20*time.Second, func() bool { return h.migration(id).State == phase })
+				if phase == "transferring" {
+					// Let bytes flow: the source holds only its last chunk.
+					h.waitFor("bytes flowing", 10*time.Second, func() bool {
+						st, _ := h.drivers["h1"].MigrationStatus(h.ctx, vm)
+						return st.Transferred > 0
+					})
+				}
+				var cancelErr error
+				var cancelled api.Migration
+				cancelDone := make(chan struct{})
+				switch failure {
+				case "source-dies", "destination-dies":
+					host := map[string]string{"source-dies": "h1", "destination-dies": "h2"}[failure]
+					h.stopAgent(host)
+					time.Sleep(300 * time.Millisecond)
+					h.drivers[g.host].release(g.gate)
+					time.Sleep(300 * time.Millisecond)
+					h.startAgent(host)
+					close(cancelDone)
+				case "link-cut":
+					h.waitFor("the link", 10*time.Second, func() bool { return agent.CutLinkForTest(h.agentOf(t, "h1"), "migration/"+id) })
+					h.drivers[g.host].release(g.gate)
+					close(cancelDone)
+				case "mmc-restart":
+					h.stopMMCNow()
+					time.Sleep(300 * time.Millisecond)
+					h.drivers[g.host].release(g.gate)
+					h.startMMC()
+					close(cancelDone)
+				case "cancel":
+					go func() {
+						defer close(cancelDone)
+						cancelled, cancelErr = h.client().CancelMigration(h.ctx, id)
+					}()
+					time.Sleep(300 * time.Millisecond)
+					h.drivers[g.host].release(g.gate)
+				}
+				<-cancelDone
+				var m api.Migration
+				h.waitFor("an outcome", 60*time.Second, func() bool {
+					m = h.migration(id)
+					return m.State == "completed" || m.State == "failed" || m.State == "cancelled"
+				})
+				if w := want(phase, failure); m.State != w {
+					t.Fatalf("outcome %s (%s), want %s", m.State, m.Error, w)
+				}
+				if failure == "cancel" {
+					if phase == "switch-over" {
+						if cancelErr == nil {
+							t.Fatalf("a committed migration was cancelled: %+v", cancelled)
+						}
+					} else if cancelErr != nil || cancelled.State != "cancelled" {
+						t.Fatalf("cancel answered %+v, %v", cancelled, cancelErr)
+					}
+				}
+				// Exactly one copy left, running, with the VM's bytes, on the
+				// side the outcome names (cleanups of an agent that was away
+				// included).
+				home, other := "h1", "h2"
+				if m.State == "completed" {
+					home, other = "h2", "h1"
+					if !m.Verified || m.TotalMS <= 0 || m.BytesOnWire == 0 {
+						t.Fatalf("completed without a full report: %+v", m)
+					}
+				}
+				h.waitFor("one running copy on "+home, 30*time.Second, func() bool {
+					_, st, ok := h.drivers[home].content(vm)
+					_, _, left := h.drivers[other].content(vm)
+					return ok && st == hypervisor.StateRunning && !left && h.w.copies(vm) == 1
+				})
+				data, _, _ := h.drivers[home].content(vm)
+				if !bytes.Equal(data, original) {
+					t.Fatal("the VM's bytes changed")
+				}
+				if p := h.w.problems(); len(p) > 0 {
+					t.Fatalf("invariant broken: %v", p)
+				}
+			})
+		}
+	}
+}
+
+// agentOf is the running agent named name.
+func (h *harness) agentOf(t *testing.T, name string) *agent.Agent {
+	t.Helper()
+	a := h.live[name]
+	if a == nil {
+		t.Fatalf("agent %s is not running", name)
+	}
+	return a
+}

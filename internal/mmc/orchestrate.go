@@ -1,0 +1,556 @@
+package mmc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/board"
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+// The migration orchestrator: one goroutine per open migration drives its
+// persisted state machine
+//
+//	planned → preparing → transferring → switch-over → completed
+//	              └──────────┴─→ rolling-back → cancelled | failed
+//
+// The invariant it keeps: at every moment exactly one copy of the VM is
+// authoritative, and which one is decided by the state in the store. Up
+// to and including transferring it is the source: the destination copy is
+// never resumed, and the MA destroys it on rollback. The commit is the
+// write of switch-over, made only once the destination reports the image
+// complete and verified — which also means the source sent its last byte
+// and paused itself for good (a source never resumes on its own after
+// that). From switch-over on it is the destination, and the orchestrator
+// only rolls forward: resume the destination, destroy the source, retrying
+// agents that are away until they are back.
+//
+// After an MMC restart every open migration is picked up where the store
+// says: planned starts, preparing (whose actions' outcome is unknown)
+// rolls back, transferring re-attaches to the agents (the transfer went on
+// without the MMC), switch-over and rolling-back continue.
+
+// Orchestrator timings.
+const (
+	// orchPoll is how often a transfer's progress is read when no
+	// blackboard entry woke the orchestrator earlier.
+	orchPoll = 500 * time.Millisecond
+	// stallTimeout rolls back a transfer whose agents show no progress
+	// (unreachable, or the transfer stuck) for this long.
+	stallTimeout = 2 * time.Minute
+	// retryEvery paces actions for agents that are away.
+	retryEvery = 2 * time.Second
+	// defaultDowntimeLimit is the stop-and-copy budget given to the
+	// source's hypervisor.
+	defaultDowntimeLimit = hypervisor.DefaultDowntimeLimit
+)
+
+// errRollback carries the reason a migration is rolled back.
+type errRollback struct {
+	outcome string // store.MigrationCancelled or store.MigrationFailed
+	reason  string
+}
+
+func (e *errRollback) Error() string { return e.reason }
+
+func rollback(outcome, format string, args ...any) error {
+	return &errRollback{outcome: outcome, reason: fmt.Sprintf(format, args...)}
+}
+
+// orchestrator tracks the running drives and their live progress.
+type orchestrator struct {
+	mu      sync.Mutex
+	ctx     context.Context // the server's, once Run started
+	running map[string]*drive
+	wg      sync.WaitGroup
+}
+
+type drive struct {
+	wake chan struct{}
+	mu   sync.Mutex
+	live *api.MigrationLive
+}
+
+func (d *drive) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// runOrchestrator resumes the open migrations, retries pending cleanups,
+// and waits for every drive when ctx ends.
+func (s *Server) runOrchestrator(ctx context.Context) {
+	s.orch.mu.Lock()
+	s.orch.ctx = ctx
+	if s.orch.running == nil {
+		s.orch.running = map[string]*drive{}
+	}
+	s.orch.mu.Unlock()
+	defer s.orch.wg.Wait()
+	all, err := s.st.Migrations()
+	if err != nil {
+		s.log.Error("mmc: loading migrations", "err", err)
+	}
+	for _, m := range all {
+		if store.MigrationOpen(m.State) {
+			s.policyMu.Lock()
+			s.engine.Started(m.VM, m.Created)
+			s.policyMu.Unlock()
+			s.launch(m.ID, true)
+		}
+	}
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.cleanup(ctx)
+	}
+}
+
+// launch starts the drive of migration id unless one runs. resumed marks
+// a migration found open at startup.
+func (s *Server) launch(id string, resumed bool) {
+	s.orch.mu.Lock()
+	defer s.orch.mu.Unlock()
+	if s.orch.ctx == nil || s.orch.running[id] != nil || s.orch.ctx.Err() != nil {
+		return
+	}
+	d := &drive{wake: make(chan struct{}, 1)}
+	s.orch.running[id] = d
+	s.orch.wg.Add(1)
+	go func() {
+		defer s.orch.wg.Done()
+		defer func() {
+			s.orch.mu.Lock()
+			delete(s.orch.running, id)
+			s.orch.mu.Unlock()
+		}()
+		s.drive(s.orch.ctx, id, d, resumed)
+	}()
+}
+
+// poke wakes the drive of migration id (a blackboard entry arrived).
+func (s *Server) poke(id string) {
+	s.orch.mu.Lock()
+	d := s.orch.running[id]
+	s.orch.mu.Unlock()
+	if d != nil {
+		d.poke()
+	}
+}
+
+// live returns a running migration's latest progress.
+func (s *Server) live(id string) *api.MigrationLive {
+	s.orch.mu.Lock()
+	d := s.orch.running[id]
+	s.orch.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.live == nil {
+		return nil
+	}
+	l := *d.live
+	return &l
+}
+
+func topicOf(id string) string { return "migration/" + id }
+
+// setState persists a state change (and whatever else fn sets).
+func (s *Server) setState(id, state string, fn func(*store.Migration)) (store.Migration, error) {
+	return s.st.UpdateMigration(id, func(m *store.Migration) error {
+		m.State, m.Updated = state, s.cfg.Now()
+		if fn != nil {
+			fn(m)
+		}
+		return nil
+	})
+}
+
+// drive runs one migration to an outcome (or until ctx ends: a later
+// start picks it up).
+func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
+	for ctx.Err() == nil {
+		m, err := s.st.Migration(id)
+		if err != nil {
+			s.log.Error("mmc: migration vanished", "id", id, "err", err)
+			return
+		}
+		if !store.MigrationOpen(m.State) {
+			return
+		}
+		switch m.State {
+		case store.MigrationPlanned:
+			err = s.prepare(ctx, m)
+		case store.MigrationPreparing:
+			if resumed {
+				err = rollback(store.MigrationFailed, "the MMC restarted while preparing the destination")
+			} else {
+				err = s.startTransfer(ctx, m)
+			}
+		case store.MigrationTransferring:
+			err = s.transfer(ctx, m, d)
+		case store.MigrationSwitchOver:
+			err = s.switchOver(ctx, m)
+		case store.MigrationRollingBack:
+			err = s.rollBack(ctx, m)
+		default:
+			err = rollback(store.MigrationFailed, "unknown state %q", m.State)
+		}
+		resumed = false
+		var rb *errRollback
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.As(err, &rb):
+			if _, err := s.setState(id, store.MigrationRollingBack, func(m *store.Migration) {
+				m.Outcome, m.Error = rb.outcome, rb.reason
+			}); err != nil {
+				s.log.Error("mmc: persisting a rollback", "id", id, "err", err)
+				return
+			}
+			s.log.Warn("mmc: migration rolling back", "id", id, "vm", m.VM, "reason", rb.reason)
+			_ = s.postAsMMC(ctx, topicOf(id), board.KindNote, board.Note{Text: truncate("rolling back: " + rb.reason)})
+		case err != nil:
+			s.log.Error("mmc: migration", "id", id, "state", m.State, "err", err)
+			if !sleepCtx(ctx, retryEvery) {
+				return
+			}
+		}
+	}
+}
+
+// prepare checks the plan, introduces the agents and has the destination
+// start its incoming VM.
+func (s *Server) prepare(ctx context.Context, m store.Migration) error {
+	if m.CancelRequested {
+		return rollback(store.MigrationCancelled, "cancelled before it started")
+	}
+	src, dst := s.sessionByHost(m.From), s.sessionByHost(m.To)
+	if src == nil || dst == nil {
+		return rollback(store.MigrationFailed, "%s or %s is offline", m.From, m.To)
+	}
+	spec, ok := s.specOf(m.VM, m.From)
+	if !ok {
+		return rollback(store.MigrationFailed, "VM %s is no longer on %s", m.VM, m.From)
+	}
+	if h, ok := s.hostOfVM(m.VM); ok && h != m.From {
+		return rollback(store.MigrationFailed, "VM %s is reported by %s too", m.VM, h)
+	}
+	if _, err := s.setState(m.ID, store.MigrationPreparing, nil); err != nil {
+		return err
+	}
+	topic := topicOf(m.ID)
+	if err := s.Introduce(ctx, topic, dst.id, src.id); err != nil {
+		return rollback(store.MigrationFailed, "introducing the agents: %v", err)
+	}
+	order := &message.MigrationOrder{ID: m.ID, Topic: topic, VM: m.VM, Spec: &spec}
+	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.prepare", Mig: order}); err != nil {
+		return rollback(store.MigrationFailed, "preparing the destination: %v", err)
+	}
+	return s.startTransfer(ctx, m)
+}
+
+// startTransfer has the source start sending.
+func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
+	m, err := s.st.Migration(m.ID) // a cancel may have come in while preparing
+	if err != nil {
+		return err
+	}
+	if m.CancelRequested {
+		return rollback(store.MigrationCancelled, "cancelled")
+	}
+	now := s.cfg.Now()
+	if _, err := s.setState(m.ID, store.MigrationTransferring, func(m *store.Migration) { m.Started = now }); err != nil {
+		return err
+	}
+	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: defaultDowntimeLimit, AutoConverge: true}
+	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
+	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.start", Mig: order}); err != nil {
+		return rollback(store.MigrationFailed, "starting the transfer: %v", err)
+	}
+	s.log.Info("mmc: migration transferring", "id", m.ID, "vm", m.VM, "from", m.From, "to", m.To)
+	return nil
+}
+
+// status asks host for its view of migration m.
+func (s *Server) status(ctx context.Context, m store.Migration, host string) (*message.MigrationReport, error) {
+	r, err := s.act(ctx, host, message.Action{Op: "migrate.status", Mig: &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}})
+	if err != nil {
+		return nil, err
+	}
+	if r.Mig == nil {
+		return nil, fmt.Errorf("mmc: %s sent no migration report", host)
+	}
+	return r.Mig, nil
+}
+
+// transfer watches a transfer until the destination holds a verified
+// image (then commits) or something fails (then rolls back).
+func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) error {
+	lastProgress := s.cfg.Now()
+	var lastMoved uint64
+	t := time.NewTicker(orchPoll)
+	defer t.Stop()
+	for {
+		if cur, err := s.st.Migration(m.ID); err == nil && cur.CancelRequested {
+			return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+		}
+		src, srcErr := s.status(ctx, m, m.From)
+		dst, dstErr := s.status(ctx, m, m.To)
+		if dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified {
+			return s.commit(ctx, m, src, dst)
+		}
+		if srcErr == nil {
+			switch {
+			case src.Phase == "failed" || src.Status.State == hypervisor.MigFailed:
+				return rollback(store.MigrationFailed, "source: %s", firstNonEmpty(src.Error, src.Status.Error, "failed"))
+			case src.Status.State == hypervisor.MigCancelled:
+				return rollback(store.MigrationFailed, "source: transfer cancelled")
+			case src.Phase == "none" && src.Status.State == "":
+				return rollback(store.MigrationFailed, "source: no migration running (agent restarted?)")
+			}
+			s.setLive(m, d, src)
+			if moved := src.Status.StreamBytes + src.Status.Transferred; moved != lastMoved {
+				lastMoved, lastProgress = moved, s.cfg.Now()
+			}
+		}
+		if dstErr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed) {
+			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+		}
+		if s.cfg.Now().Sub(lastProgress) > stallTimeout {
+			return rollback(store.MigrationFailed, "no progress for %v (source: %v; destination: %v)", stallTimeout, errText(srcErr), errText(dstErr))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// setLive records a transfer's progress for the API.
+func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationReport) {
+	st := src.Status
+	l := &api.MigrationLive{Round: st.Round, Total: st.Total, Remaining: st.Remaining, Transferred: st.Transferred,
+		WireBytes: src.WireBytes, DirtyRate: st.DirtyRate, Rate: st.Rate,
+		ExpectedDowntimeMS: st.ExpectedDowntime.Milliseconds(), Throttle: st.Throttle}
+	if st.Total > 0 {
+		l.Progress = min(0.99, 1-float64(st.Remaining)/float64(st.Total))
+	}
+	if st.Rate > 0 {
+		l.ETASeconds = float64(st.Remaining) / st.Rate
+	}
+	d.mu.Lock()
+	if d.live != nil && d.live.Progress > l.Progress {
+		l.Progress = d.live.Progress // never backwards: later rounds resend
+	}
+	d.live = l
+	d.mu.Unlock()
+	if l.Progress-m.Progress >= 0.05 {
+		_, _ = s.st.UpdateMigration(m.ID, func(m *store.Migration) error { m.Progress = l.Progress; return nil })
+	}
+}
+
+// commit records the switch-over: from this write on the destination is
+// the VM.
+func (s *Server) commit(ctx context.Context, m store.Migration, src, dst *message.MigrationReport) error {
+	_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
+		x.Verified = true
+		x.Progress = 1
+		if src != nil {
+			x.PausedAt = src.Status.PausedAt
+			x.Rounds = src.Status.Round
+			x.Transferred = src.Status.Transferred
+			x.BytesOnWire = src.WireBytes
+		} else {
+			x.PausedAt = dst.Status.PausedAt
+		}
+		x.BytesOnWire += dst.WireBytes
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("mmc: migration committed", "id", m.ID, "vm", m.VM, "to", m.To)
+	return nil
+}
+
+// switchOver rolls a committed migration forward: resume the destination
+// (retrying until its agent answers), then destroy the source (left as a
+// cleanup if its agent is away: its copy stays paused, not running).
+func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
+	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	var resumed time.Time
+	for {
+		r, err := s.act(ctx, m.To, message.Action{Op: "migrate.commit", Mig: order})
+		if err == nil && r.Mig != nil {
+			resumed = time.Unix(0, r.Mig.At)
+			if r.Mig.At == 0 {
+				resumed = s.cfg.Now()
+			}
+			break
+		}
+		s.log.Warn("mmc: resuming the destination", "id", m.ID, "host", m.To, "err", err)
+		if !sleepCtx(ctx, retryEvery) {
+			return ctx.Err()
+		}
+	}
+	var cleanup []string
+	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.finish", Mig: order}); err != nil {
+		s.log.Warn("mmc: destroying the source copy later", "id", m.ID, "host", m.From, "err", err)
+		cleanup = append(cleanup, "finish:"+m.From)
+	}
+	now := s.cfg.Now()
+	done, err := s.setState(m.ID, store.MigrationCompleted, func(x *store.Migration) {
+		x.ResumedAt, x.Finished = resumed, now
+		if !x.Started.IsZero() {
+			x.TotalMS = resumed.Sub(x.Started).Milliseconds()
+		}
+		if !x.PausedAt.IsZero() {
+			x.DowntimeMS = max(0, resumed.Sub(x.PausedAt).Milliseconds())
+		}
+		x.Cleanup = append(x.Cleanup, cleanup...)
+	})
+	if err != nil {
+		return err
+	}
+	s.finished(ctx, done)
+	s.log.Info("mmc: migration completed", "id", m.ID, "vm", m.VM, "from", m.From, "to", m.To,
+		"total_ms", done.TotalMS, "downtime_ms", done.DowntimeMS, "bytes_on_wire", done.BytesOnWire)
+	return nil
+}
+
+// rollBack makes the source the running copy again and has the
+// destination drop its copy. The source must answer (a copy paused after
+// a complete transfer resumes only when told); the destination's abort is
+// left as a cleanup if its agent is away (its copy is never resumed
+// without a commit, so it is harmless until then).
+func (s *Server) rollBack(ctx context.Context, m store.Migration) error {
+	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	for {
+		_, err := s.act(ctx, m.From, message.Action{Op: "migrate.rollback", Mig: order})
+		if err == nil {
+			break
+		}
+		s.log.Warn("mmc: rolling back the source", "id", m.ID, "host", m.From, "err", err)
+		if !sleepCtx(ctx, retryEvery) {
+			return ctx.Err()
+		}
+	}
+	var cleanup []string
+	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.abort", Mig: order}); err != nil {
+		s.log.Warn("mmc: dropping the destination copy later", "id", m.ID, "host", m.To, "err", err)
+		cleanup = append(cleanup, "abort:"+m.To)
+	}
+	outcome := m.Outcome
+	if outcome != store.MigrationCancelled {
+		outcome = store.MigrationFailed
+	}
+	now := s.cfg.Now()
+	done, err := s.setState(m.ID, outcome, func(x *store.Migration) {
+		x.Finished = now
+		x.Cleanup = append(x.Cleanup, cleanup...)
+	})
+	if err != nil {
+		return err
+	}
+	s.finished(ctx, done)
+	s.log.Info("mmc: migration rolled back", "id", m.ID, "vm", m.VM, "outcome", outcome, "reason", m.Error)
+	return nil
+}
+
+// finished ends a migration's bookkeeping: the policy's in-flight count,
+// the blackboard topic, the audit trail.
+func (s *Server) finished(ctx context.Context, m store.Migration) {
+	s.policyMu.Lock()
+	s.engine.Finished(m.VM)
+	s.policyMu.Unlock()
+	_ = s.postAsMMC(ctx, topicOf(m.ID), board.KindNote, board.Note{Text: "migration " + m.State})
+	s.board.Close(topicOf(m.ID))
+	detail := fmt.Sprintf("%s %s → %s", m.VM, m.From, m.To)
+	if m.State == store.MigrationCompleted {
+		detail += fmt.Sprintf(": total %d ms, downtime %d ms, %d bytes on the wire", m.TotalMS, m.DowntimeMS, m.BytesOnWire)
+	} else if m.Error != "" {
+		detail += ": " + m.Error
+	}
+	s.audit.add(store.AuditEntry{Actor: "orchestrator", Action: "migration." + m.State, Target: m.ID, Outcome: "ok", Detail: detail})
+}
+
+// cleanup retries the agent actions left over from finished migrations
+// whose agents were away.
+func (s *Server) cleanup(ctx context.Context) {
+	all, err := s.st.Migrations()
+	if err != nil {
+		return
+	}
+	for _, m := range all {
+		for _, c := range m.Cleanup {
+			op, host, ok := cutCleanup(c)
+			if !ok || s.sessionByHost(host) == nil {
+				continue
+			}
+			order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+			if _, err := s.act(ctx, host, message.Action{Op: "migrate." + op, Mig: order}); err != nil {
+				s.log.Warn("mmc: migration cleanup", "id", m.ID, "op", op, "host", host, "err", err)
+				continue
+			}
+			_, _ = s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+				x.Cleanup = slices.DeleteFunc(x.Cleanup, func(e string) bool { return e == c })
+				return nil
+			})
+		}
+	}
+}
+
+func cutCleanup(c string) (op, host string, ok bool) {
+	for i := 0; i < len(c); i++ {
+		if c[i] == ':' {
+			op, host = c[:i], c[i+1:]
+			return op, host, (op == "finish" || op == "abort") && host != ""
+		}
+	}
+	return "", "", false
+}
+
+// specOf is VM vm's spec as host last reported it.
+func (s *Server) specOf(vm, host string) (hypervisor.Spec, bool) {
+	for _, v := range s.vms() {
+		if v.ID == vm && v.Host == host {
+			return hypervisor.Spec{Name: v.ID, Memory: v.Memory, VCPUs: v.VCPUs}, true
+		}
+	}
+	return hypervisor.Spec{}, false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "reachable"
+	}
+	return err.Error()
+}

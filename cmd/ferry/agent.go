@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/agent"
 	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/units"
 )
 
 const defaultAgentDir = "/var/lib/ferry/agent"
@@ -24,7 +26,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 		bundle, bundleFile, token string
 		tokenFile, metricsAddr    string
 		driver                    string
-		macs                      string
+		macs, simHost             string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -80,6 +82,13 @@ once with a valid --token), then keeps an authenticated session open.`,
 			if macs != "" {
 				cfg.Facts.MACs = strings.Split(macs, ",")
 			}
+			if simHost != "" {
+				m, err := parseHostModel(simHost)
+				if err != nil {
+					return err
+				}
+				cfg.HostModel = m
+			}
 			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, g.logger(), version
 			a, err := agent.New(cfg)
 			if err != nil {
@@ -117,9 +126,38 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&cfg.Facts.DiskID, "disk-id", "", "override the disk id (simulated hosts)")
 	f.StringVar(&cfg.Facts.MachineID, "machine-id", "", "override the machine id (simulated hosts)")
 	f.StringVar(&macs, "macs", "", "override the MAC addresses, comma-separated (simulated hosts)")
-	for _, h := range []string{"disk-id", "machine-id", "macs"} {
+	f.StringVar(&simHost, "sim-host", "", "report the host as a simulated machine loaded by its VMs only, e.g. cores=4,memory=8GiB")
+	for _, h := range []string{"disk-id", "machine-id", "macs", "sim-host"} {
 		_ = f.MarkHidden(h)
 	}
 	withConfigFile(cmd)
 	return cmd
+}
+
+// parseHostModel reads --sim-host "cores=N,memory=SIZE".
+func parseHostModel(s string) (*agent.HostModel, error) {
+	m := &agent.HostModel{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
+		switch k {
+		case "cores":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("--sim-host cores=%q: want a positive number", v)
+			}
+			m.Cores = n
+		case "memory":
+			n, err := units.ParseBytes(v)
+			if err != nil || n == 0 {
+				return nil, fmt.Errorf("--sim-host memory=%q: want a size such as 8GiB", v)
+			}
+			m.Memory = n
+		default:
+			return nil, fmt.Errorf("--sim-host: unknown key %q (want cores and memory)", k)
+		}
+	}
+	if m.Cores == 0 || m.Memory == 0 {
+		return nil, errors.New("--sim-host needs cores and memory, e.g. cores=4,memory=8GiB")
+	}
+	return m, nil
 }

@@ -298,6 +298,22 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s")
 	_ = create.MarkFlagRequired("host")
 	cmd.AddCommand(create, &cobra.Command{
+		Use: "workload ID SPEC", Short: "Change a simulated VM's load, e.g. cpu=0.9,dirty=20MB/s", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.SetWorkload(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), api.Created{ID: args[0]})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s: workload %s\n", args[0], args[1])
+			return nil
+		},
+	}, &cobra.Command{
 		Use: "delete ID", Short: "Destroy a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := c.client()

@@ -56,6 +56,10 @@ type Config struct {
 	// HostStats, if set, replaces measuring the host (load generators
 	// run thousands of agents on one machine).
 	HostStats func() message.HostStats
+	// HostModel, if set, reports the host as a simulated machine of that
+	// size whose load is the sum of its VMs' (many simulated hosts on one
+	// real machine: the demo).
+	HostModel *HostModel
 	// SmallBuffers gives the agent's SUDP socket small receive buffers
 	// (load generators holding thousands of agents).
 	SmallBuffers bool

@@ -89,7 +89,37 @@ func (a *Agent) report(ctx context.Context) message.Report {
 			delete(a.stopped, id)
 		}
 	}
+	if a.cfg.HostModel != nil {
+		r.Host = a.cfg.HostModel.stats(r.VMs)
+	}
 	return r
+}
+
+// HostModel is a simulated host's size.
+type HostModel struct {
+	Cores  int
+	Memory uint64 // bytes
+}
+
+// stats is the model host's load: its VMs' CPU (by vCPUs), memory and
+// network added up.
+func (m *HostModel) stats(vms []message.VMReport) message.HostStats {
+	s := message.HostStats{Cores: max(m.Cores, 1), MemSize: m.Memory}
+	var cpu float64
+	var mem uint64
+	for _, v := range vms {
+		if v.VM.State == hypervisor.StateStopped {
+			continue
+		}
+		cpu += v.Stats.CPU * float64(max(v.VM.VCPUs, 1))
+		mem += v.VM.Memory
+		s.Net += v.Stats.NetTx + v.Stats.NetRx
+	}
+	s.CPU = min(cpu/float64(s.Cores), 1)
+	if m.Memory > 0 {
+		s.Mem = min(float64(mem)/float64(m.Memory), 1)
+	}
+	return s
 }
 
 // act runs one MMC action on the driver.

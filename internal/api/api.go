@@ -122,6 +122,16 @@ type VMCreate struct {
 	Workload string `json:"workload"` // e.g. cpu=0.8,dirty=20MB/s,net=5MB/s
 }
 
+// WorkloadRequest sets a simulated VM's load.
+type WorkloadRequest struct {
+	Workload string `json:"workload"` // e.g. cpu=0.9
+}
+
+// SetWorkload changes a simulated VM's scripted load.
+func (c *Client) SetWorkload(ctx context.Context, id, workload string) error {
+	return c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/workload", WorkloadRequest{Workload: workload}, nil)
+}
+
 // Created names what was created.
 type Created struct {
 	ID string `json:"id"`

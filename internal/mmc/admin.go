@@ -57,6 +57,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/vms", s.auth(s.handleVMs))
 	mux.HandleFunc("POST /v1/vms", s.auth(s.handleCreateVM))
 	mux.HandleFunc("DELETE /v1/vms/{id}", s.auth(s.handleDeleteVM))
+	mux.HandleFunc("POST /v1/vms/{id}/workload", s.auth(s.handleSetWorkload))
 	mux.HandleFunc("GET /v1/board", s.auth(s.handleBoardTopics))
 	mux.HandleFunc("GET /v1/board/entries", s.auth(s.handleBoardEntries))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -326,6 +327,35 @@ func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + host})
+	writeJSON(w, http.StatusOK, api.Created{ID: id})
+}
+
+// handleSetWorkload changes a simulated VM's scripted load (the demo's
+// way to provoke an SLA violation; real drivers refuse it).
+func (s *Server) handleSetWorkload(w http.ResponseWriter, r *http.Request) {
+	var req api.WorkloadRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	wl, err := hypervisor.ParseWorkload(req.Workload)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	id := r.PathValue("id")
+	host, ok := s.hostOfVM(id)
+	if !ok {
+		writeErr(w, http.StatusNotFound, "no such VM on any online host")
+		return
+	}
+	if _, err := s.act(r.Context(), host, message.Action{Op: "vm.set-workload", VM: id, Workload: &wl}); err != nil {
+		writeActErr(w, err)
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.set-workload", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: req.Workload})
 	writeJSON(w, http.StatusOK, api.Created{ID: id})
 }
 

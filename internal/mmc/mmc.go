@@ -335,6 +335,9 @@ func (s *Server) advertise() string {
 // AdminToken returns the bearer token of the admin API.
 func (s *Server) AdminToken() string { return string(s.adminTok) }
 
+// AdminTokenFile is where the admin token is stored (for `ferry ctl --token-file`).
+func (s *Server) AdminTokenFile() string { return filepath.Join(s.cfg.DataDir, AdminTokenFile) }
+
 // Addr is the SUDP listener's address.
 func (s *Server) Addr() netip.AddrPort { return s.ep.LocalAddr() }
 

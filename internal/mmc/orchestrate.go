@@ -278,13 +278,29 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 	if _, err := s.setState(m.ID, store.MigrationTransferring, func(m *store.Migration) { m.Started = now }); err != nil {
 		return err
 	}
-	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: defaultDowntimeLimit, AutoConverge: true}
+	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: s.stopAndCopyBudget(m), AutoConverge: true}
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.start", Mig: order}); err != nil {
 		return rollback(store.MigrationFailed, "starting the transfer: %v", err)
 	}
 	s.log.Info("mmc: migration transferring", "id", m.ID, "vm", m.VM, "from", m.From, "to", m.To)
 	return nil
+}
+
+// stopAndCopyBudget is the part of the downtime limit the source's final
+// copy may take: the switch-over after it costs round trips too (the
+// destination's report reaching the MMC, the status query, the commit
+// reaching the destination), estimated from the sessions' RTTs.
+func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
+	var overhead time.Duration
+	if ss := s.sessionByHost(m.To); ss != nil {
+		overhead += 2 * ss.c.Stats().SmoothedRTT
+	}
+	if ss := s.sessionByHost(m.From); ss != nil {
+		overhead += ss.c.Stats().SmoothedRTT / 2
+	}
+	overhead += 20 * time.Millisecond // fsync of the commit, scheduling
+	return max(defaultDowntimeLimit-overhead, defaultDowntimeLimit/6)
 }
 
 // status asks host for its view of migration m.
@@ -310,11 +326,13 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		if cur, err := s.st.Migration(m.ID); err == nil && cur.CancelRequested {
 			return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
 		}
-		src, srcErr := s.status(ctx, m, m.From)
+		// The destination first: once it holds a verified image the
+		// commit should not wait for another round trip.
 		dst, dstErr := s.status(ctx, m, m.To)
 		if dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified {
-			return s.commit(ctx, m, src, dst)
+			return s.commit(ctx, m, dst)
 		}
+		src, srcErr := s.status(ctx, m, m.From)
 		if srcErr == nil {
 			switch {
 			case src.Phase == "failed" || src.Status.State == hypervisor.MigFailed:
@@ -369,19 +387,10 @@ func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationRepo
 
 // commit records the switch-over: from this write on the destination is
 // the VM.
-func (s *Server) commit(ctx context.Context, m store.Migration, src, dst *message.MigrationReport) error {
+func (s *Server) commit(ctx context.Context, m store.Migration, dst *message.MigrationReport) error {
 	_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
-		x.Verified = true
-		x.Progress = 1
-		if src != nil {
-			x.PausedAt = src.Status.PausedAt
-			x.Rounds = src.Status.Round
-			x.Transferred = src.Status.Transferred
-			x.BytesOnWire = src.WireBytes
-		} else {
-			x.PausedAt = dst.Status.PausedAt
-		}
-		x.BytesOnWire += dst.WireBytes
+		x.Verified, x.Progress = true, 1
+		x.BytesOnWire = dst.WireBytes
 	})
 	if err != nil {
 		return err
@@ -410,6 +419,9 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 			return ctx.Err()
 		}
 	}
+	// The source's figures (pause time, rounds, bytes) for the report,
+	// read before its copy goes.
+	src, srcErr := s.status(ctx, m, m.From)
 	var cleanup []string
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.finish", Mig: order}); err != nil {
 		s.log.Warn("mmc: destroying the source copy later", "id", m.ID, "host", m.From, "err", err)
@@ -418,6 +430,10 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	now := s.cfg.Now()
 	done, err := s.setState(m.ID, store.MigrationCompleted, func(x *store.Migration) {
 		x.ResumedAt, x.Finished = resumed, now
+		if srcErr == nil {
+			x.PausedAt, x.Rounds, x.Transferred = src.Status.PausedAt, src.Status.Round, src.Status.Transferred
+			x.BytesOnWire += src.WireBytes
+		}
 		if !x.Started.IsZero() {
 			x.TotalMS = resumed.Sub(x.Started).Milliseconds()
 		}

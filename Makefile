@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       := bin
 
-.PHONY: help build demo test test-deps check lint fuzz bench clean
+.PHONY: help build demo perf-demo test test-deps check lint fuzz bench clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -11,7 +11,10 @@ build: ## build bin/ferry and bin/wanlab
 	$(GO) build -o $(BIN)/ferry ./cmd/ferry
 	$(GO) build -o $(BIN)/wanlab ./cmd/wanlab
 
-demo: build ## run the main job on this machine with zero configuration
+demo: build ## the whole system on this machine, zero configuration (ferry demo; DEMO_FLAGS=--keep)
+	./$(BIN)/ferry demo $(DEMO_FLAGS)
+
+perf-demo: build ## a SUDP link test: one GiB between two local endpoints
 	./scripts/demo.sh
 
 test-deps: ## install what the test suite needs (Debian, as root)

@@ -46,7 +46,7 @@ func newRootCmd() *cobra.Command {
 			profFile.Close()
 		}
 	}
-	root.AddCommand(newPerfCmd(g), newMMCCmd(g), newAgentCmd(g), newCtlCmd(), newSimVMCmd(g), newSwarmCmd(g))
+	root.AddCommand(newPerfCmd(g), newMMCCmd(g), newAgentCmd(g), newCtlCmd(), newSimVMCmd(g), newSwarmCmd(g), newDemoCmd())
 	return root
 }
 

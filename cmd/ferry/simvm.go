@@ -44,5 +44,6 @@ func newSimVMCmd(g *globalFlags) *cobra.Command {
 	f.IntVar(&cfg.VCPUs, "vcpus", 1, "virtual CPUs")
 	f.StringVar(&cfg.Socket, "socket", "", "control socket path")
 	f.StringVar(&workload, "workload-json", "", "initial workload as JSON")
+	f.BoolVar(&cfg.Incoming, "incoming", false, "start paused with no memory, waiting for an incoming migration (migrate-incoming)")
 	return cmd
 }

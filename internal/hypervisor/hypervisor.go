@@ -34,6 +34,10 @@ type Workload struct {
 	CPU   float64 `json:"cpu"`   // 0–1 of all vCPUs
 	Dirty float64 `json:"dirty"` // bytes/s of memory written
 	Net   float64 `json:"net"`   // bytes/s sent (and received)
+	// Fill is the share of memory (0–1) the guest has written with
+	// incompressible data when it boots: a guest that has used its
+	// memory, as a long-running one has (migration benchmarks).
+	Fill float64 `json:"fill,omitempty"`
 }
 
 // Spec describes a VM to create.
@@ -108,6 +112,12 @@ func ParseWorkload(s string) (Workload, error) {
 				return w, fmt.Errorf("hypervisor: workload cpu=%q: want a fraction 0–1", v)
 			}
 			w.CPU = f
+		case "fill":
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 || f > 1 {
+				return w, fmt.Errorf("hypervisor: workload fill=%q: want a fraction 0–1", v)
+			}
+			w.Fill = f
 		case "dirty", "net":
 			n, err := units.ParseBytes(strings.TrimSuffix(v, "/s"))
 			if err != nil {
@@ -119,7 +129,7 @@ func ParseWorkload(s string) (Workload, error) {
 				w.Net = float64(n)
 			}
 		default:
-			return w, fmt.Errorf("hypervisor: workload key %q: want cpu, dirty or net", k)
+			return w, fmt.Errorf("hypervisor: workload key %q: want cpu, dirty, net or fill", k)
 		}
 	}
 	return w, nil

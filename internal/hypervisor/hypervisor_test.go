@@ -12,6 +12,8 @@ func TestParseWorkload(t *testing.T) {
 		{"cpu=0.8,dirty=20MB/s,net=5MB/s", Workload{CPU: 0.8, Dirty: 20e6, Net: 5e6}, false},
 		{"dirty=1MiB", Workload{Dirty: 1 << 20}, false},
 		{"cpu=1.5", Workload{}, true},
+		{"fill=1,dirty=10MB/s", Workload{Fill: 1, Dirty: 10e6}, false},
+		{"fill=1.5", Workload{}, true},
 		{"cpu=-0.1", Workload{}, true},
 		{"ram=1GB", Workload{}, true},
 		{"cpu", Workload{}, true},

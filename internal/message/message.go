@@ -113,8 +113,14 @@ type Envelope struct {
 var ErrMalformed = errors.New("message: malformed")
 
 // encMode is deterministic (core deterministic encoding), so equal messages
-// have equal bytes.
-var encMode, _ = cbor.CoreDetEncOptions().EncMode()
+// have equal bytes. Times are RFC 3339 strings with nanoseconds: the core
+// options' default (integer Unix seconds) would cut a migration's pause
+// and resume times to the second.
+var encMode, _ = func() cbor.EncOptions {
+	o := cbor.CoreDetEncOptions()
+	o.Time = cbor.TimeRFC3339Nano
+	return o
+}().EncMode()
 
 var decMode, _ = cbor.DecOptions{
 	DupMapKey:         cbor.DupMapKeyEnforcedAPF,

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 )
 
@@ -134,4 +136,25 @@ func FuzzUnmarshal(f *testing.F) {
 			t.Fatalf("decode error not wrapped: %v", derr)
 		}
 	})
+}
+
+// Times keep their sub-second part across the wire (a migration's downtime
+// is the difference of two of them).
+func TestTimePrecision(t *testing.T) {
+	at := time.Date(2026, 11, 26, 2, 30, 0, 123456789, time.UTC)
+	b, err := Marshal(TypeActionResult, ActionResult{ID: 1, OK: true, Mig: &MigrationReport{Status: hypervisor.MigrationStatus{PausedAt: at}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Decode[ActionResult](e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Mig.Status.PausedAt; !got.Equal(at) {
+		t.Fatalf("paused_at %v after the wire, want %v", got, at)
+	}
 }

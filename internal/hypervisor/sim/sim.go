@@ -29,7 +29,10 @@ type Driver struct {
 	Bin string // the ferry binary that runs `simvm` (default: this executable)
 }
 
-var _ hypervisor.Driver = (*Driver)(nil)
+var (
+	_ hypervisor.Driver   = (*Driver)(nil)
+	_ hypervisor.Migrator = (*Driver)(nil)
+)
 
 // New returns a driver using dir (created 0700).
 func New(dir, bin string) (*Driver, error) {
@@ -54,6 +57,12 @@ func (d *Driver) sockPath(id string) string { return filepath.Join(d.Dir, id+".s
 
 // Create starts a VM process named s.Name (the name is the id).
 func (d *Driver) Create(ctx context.Context, s hypervisor.Spec) (hypervisor.VM, error) {
+	return d.start(ctx, s, false)
+}
+
+// start starts a VM process; an incoming one waits, paused and empty, for
+// a migration stream.
+func (d *Driver) start(ctx context.Context, s hypervisor.Spec, incoming bool) (hypervisor.VM, error) {
 	if err := hypervisor.CheckName(s.Name); err != nil {
 		return hypervisor.VM{}, err
 	}
@@ -77,8 +86,12 @@ func (d *Driver) Create(ctx context.Context, s hypervisor.Spec) (hypervisor.VM, 
 	}
 	defer logf.Close()
 	w, _ := json.Marshal(s.Workload)
-	cmd := exec.Command(d.Bin, "simvm", "--id", id, "--name", s.Name, "--memory", strconv.FormatUint(s.Memory, 10),
-		"--vcpus", strconv.Itoa(s.VCPUs), "--socket", d.sockPath(id), "--workload-json", string(w))
+	args := []string{"simvm", "--id", id, "--name", s.Name, "--memory", strconv.FormatUint(s.Memory, 10),
+		"--vcpus", strconv.Itoa(s.VCPUs), "--socket", d.sockPath(id), "--workload-json", string(w)}
+	if incoming {
+		args = append(args, "--incoming")
+	}
+	cmd := exec.Command(d.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the VM outlives the agent that started it, as a
 	// QEMU process outlives a crashed libvirtd.
@@ -88,7 +101,9 @@ func (d *Driver) Create(ctx context.Context, s hypervisor.Spec) (hypervisor.VM, 
 		return hypervisor.VM{}, fmt.Errorf("sim: start VM %s: %w", id, err)
 	}
 	go cmd.Wait() // reap it if it exits while we run; after our exit, init does
-	deadline := time.Now().Add(10 * time.Second)
+	// Up to a minute: a VM whose workload fills gigabytes of memory at
+	// boot takes seconds before it serves its socket.
+	deadline := time.Now().Add(time.Minute)
 	for {
 		resp, err := simvm.Call(ctx, d.sockPath(id), simvm.Request{Op: "status"})
 		if err == nil {
@@ -130,13 +145,18 @@ func (d *Driver) List(ctx context.Context) ([]hypervisor.VM, error) {
 }
 
 func (d *Driver) call(ctx context.Context, id string, req simvm.Request) (simvm.Response, error) {
+	return d.callFD(ctx, id, req, nil)
+}
+
+// callFD sends req to VM id with descriptor f attached (if not nil).
+func (d *Driver) callFD(ctx context.Context, id string, req simvm.Request, f *os.File) (simvm.Response, error) {
 	if hypervisor.CheckName(id) != nil {
 		return simvm.Response{}, hypervisor.ErrNotFound
 	}
 	if _, err := os.Stat(d.specPath(id)); errors.Is(err, fs.ErrNotExist) {
 		return simvm.Response{}, fmt.Errorf("%w: %s", hypervisor.ErrNotFound, id)
 	}
-	return simvm.Call(ctx, d.sockPath(id), req)
+	return simvm.CallFD(ctx, d.sockPath(id), req, f)
 }
 
 // Stats implements hypervisor.Driver.

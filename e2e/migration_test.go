@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// migrationView is a migration record as `ferry ctl ... -o json` shows it.
+type migrationView struct {
+	ID          string  `json:"id"`
+	VM          string  `json:"vm"`
+	From        string  `json:"from"`
+	To          string  `json:"to"`
+	State       string  `json:"state"`
+	Progress    float64 `json:"progress"`
+	By          string  `json:"by"`
+	Reason      string  `json:"reason"`
+	Error       string  `json:"error"`
+	TotalMS     int64   `json:"total_ms"`
+	DowntimeMS  int64   `json:"downtime_ms"`
+	BytesOnWire uint64  `json:"bytes_on_wire"`
+	Transferred uint64  `json:"transferred"`
+	Rounds      int     `json:"rounds"`
+	Verified    bool    `json:"verified"`
+}
+
+// vmsOn lists the VMs the hosts report, by host.
+func (c *cluster) vmsOn() map[string][]vmView {
+	c.t.Helper()
+	var vms []vmView
+	if err := c.ctl(&vms, "vms", "list"); err != nil {
+		c.t.Fatal(err)
+	}
+	out := map[string][]vmView{}
+	for _, v := range vms {
+		out[v.Host] = append(out[v.Host], v)
+	}
+	return out
+}
+
+// vmState is VM id's state on host ("" when the host does not report it).
+func (c *cluster) vmState(host, id string) string {
+	for _, v := range c.vmsOn()[host] {
+		if v.ID == id {
+			return v.State
+		}
+	}
+	return ""
+}
+
+// watch runs `ferry ctl migrations watch ID -o json` (it exits non-zero
+// unless the migration completed) and returns the final record.
+func (c *cluster) watch(id string) (migrationView, error) {
+	var m migrationView
+	err := c.ctl(&m, "migrations", "watch", id)
+	return m, err
+}
+
+// startSites enrols h1 (site east) and h2 (site west) with a join token
+// and waits until both are online. It returns a function that (re)starts
+// an agent with the same identity, and the agents' processes.
+func (c *cluster) startSites(t *testing.T) (start func(host string), procs map[string]*proc) {
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
+		t.Fatal(err)
+	}
+	procs = map[string]*proc{}
+	start = func(h string) {
+		procs[h] = c.startAgent(h, "--token", tok.Token, "--site", map[string]string{"h1": "east", "h2": "west"}[h], "--report-interval", "300ms")
+	}
+	start("h1")
+	start("h2")
+	t.Cleanup(func() { c.destroyVMs(t) })
+	c.waitFor("both hosts online", func() bool {
+		var hosts []hostView
+		c.ctl(&hosts, "hosts", "list")
+		return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
+	})
+	return start, procs
+}
+
+// checkCompleted asserts a completed migration's final report and that
+// the VM runs on the destination only.
+func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
+	c.t.Helper()
+	if m.State != "completed" || !m.Verified || m.VM != vm || m.From != from || m.To != to {
+		c.t.Fatalf("migration %+v", m)
+	}
+	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
+		c.t.Fatalf("final report %+v", m)
+	}
+	c.waitFor(vm+" running on "+to+" only", func() bool {
+		return c.vmState(to, vm) == "running" && c.vmState(from, vm) == ""
+	})
+}
+
+// TestLiveMigration: an administrator migrates a VM whose guest keeps
+// dirtying memory from a host in one site to a host in another, through
+// real agent processes and their direct SUDP link; `migrations watch`
+// ends with the final report (verified image, downtime, bytes on the
+// wire); the VM runs on the destination and is gone from the source; a
+// migration slowed by a bandwidth cap is cancelled mid-transfer and the
+// VM keeps running on the source with no copy left at the destination;
+// records survive an MMC restart.
+func TestLiveMigration(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.startSites(t)
+	if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", "64MiB", "--workload", "cpu=0.1,dirty=2MB/s"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&created, "migrate", "web", "--to", "h2"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.watch(created.ID)
+	if err != nil {
+		t.Fatalf("watch: %v (%+v)", err, m)
+	}
+	c.checkCompleted(m, "web", "h1", "h2")
+	t.Logf("web h1→h2: total %d ms, downtime %d ms, %d bytes on the wire, %d rounds", m.TotalMS, m.DowntimeMS, m.BytesOnWire, m.Rounds)
+
+	// Cancel: 64 MiB being dirtied at 20 MB/s through a 16 Mbit/s cap
+	// cannot finish in the time the test takes to cancel it.
+	if err := c.ctl(nil, "vms", "create", "db", "--host", "h1", "--memory", "64MiB", "--workload", "dirty=20MB/s"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("db reported on h1", func() bool { return c.vmState("h1", "db") == "running" })
+	if err := c.ctl(&created, "migrate", "db", "--to", "h2", "--max-bandwidth", "16mbit"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("db transferring", func() bool {
+		var ms []migrationView
+		c.ctl(&ms, "migrations", "list")
+		for _, x := range ms {
+			if x.ID == created.ID {
+				return x.State == "transferring" && x.Progress > 0
+			}
+		}
+		return false
+	})
+	var cancelled migrationView
+	if err := c.ctl(&cancelled, "migrations", "cancel", created.ID); err != nil || cancelled.State != "cancelled" {
+		t.Fatalf("cancel: %+v %v", cancelled, err)
+	}
+	if err := c.ctl(nil, "migrations", "cancel", created.ID); err == nil {
+		t.Fatal("cancelled twice")
+	}
+	c.waitFor("db running on h1 only", func() bool { return c.vmState("h1", "db") == "running" && c.vmState("h2", "db") == "" })
+
+	c.mmc.stop()
+	c.startMMC()
+	var ms []migrationView
+	if err := c.ctl(&ms, "migrations", "list"); err != nil || len(ms) != 2 || ms[0].State != "completed" || !ms[0].Verified || ms[1].State != "cancelled" {
+		t.Fatalf("after restart: %+v %v", ms, err)
+	}
+}
+
+// TestPolicyMigration: in auto mode a sustained CPU overload of one VM
+// makes the policy engine plan its migration to the other host (by
+// policy, with the reason) and the orchestrator carries it out;
+// conflicting requests are refused.
+func TestPolicyMigration(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, "--policy-interval", "500ms")
+	c.startHosts(t, "h1", "h2")
+	pf := filepath.Join(t.TempDir(), "policy.json")
+	os.WriteFile(pf, []byte(`{"mode":"auto","window":"2s","sla":{"cpu":0.2},"host_cpu_max":1,"host_mem_max":1}`), 0o600)
+	if err := c.ctl(nil, "policy", "set", pf); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ctl(nil, "vms", "create", "busy", "--host", "h1", "--memory", "16MiB", "--workload", "cpu=0.9"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ctl(nil, "vms", "create", "quiet", "--host", "h2", "--memory", "16MiB"); err != nil {
+		t.Fatal(err)
+	}
+	var ms []migrationView
+	c.waitFor("the policy plans busy's migration", func() bool {
+		if err := c.ctl(&ms, "migrations", "list"); err != nil {
+			t.Fatal(err)
+		}
+		return len(ms) > 0
+	})
+	if m := ms[0]; m.VM != "busy" || m.From != "h1" || m.To != "h2" || m.By != "policy" || !strings.Contains(m.Reason, "CPU") {
+		t.Fatalf("policy migration %+v", m)
+	}
+	for _, bad := range [][]string{
+		{"migrate", "busy", "--to", "h2"},    // the policy's is open, or busy is there already
+		{"migrate", "ghost", "--to", "h1"},   // no such VM
+		{"migrate", "quiet", "--to", "nope"}, // no such host
+		{"migrate", "quiet", "--to", "h2"},   // already there
+	} {
+		if err := c.ctl(nil, bad...); err == nil {
+			t.Errorf("ferry ctl %s succeeded", strings.Join(bad, " "))
+		}
+	}
+	m, err := c.watch(ms[0].ID)
+	if err != nil {
+		t.Fatalf("watch: %v (%+v)", err, m)
+	}
+	c.checkCompleted(m, "busy", "h1", "h2")
+}
+
+// TestDemoJSON runs `ferry demo --json` as a user would: it must end with
+// the policy engine's cross-site migration of the overloaded VM completed
+// and verified, and print only the summary object on stdout.
+func TestDemoJSON(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(ferryBin, "demo", "--json", "--data-dir", filepath.Join(t.TempDir(), "demo"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ferry demo --json: %v\nstdout: %s\nstderr: %s", err, out, stderr.String())
+	}
+	var sum struct {
+		Completed  int `json:"migrations_completed"`
+		Failed     int `json:"migrations_failed"`
+		Migrations []struct {
+			VM, From, To, Reason string
+			TotalMS              int64  `json:"total_ms"`
+			DowntimeMS           int64  `json:"downtime_ms"`
+			BytesOnWire          uint64 `json:"bytes_on_wire"`
+			Verified             bool   `json:"verified"`
+		} `json:"migrations"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	if err := dec.Decode(&sum); err != nil || dec.More() {
+		t.Fatalf("stdout is not one JSON object: %v: %q", err, out)
+	}
+	if sum.Completed < 1 || sum.Failed != 0 || len(sum.Migrations) < 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	m := sum.Migrations[0]
+	if m.VM != "web" || !strings.HasPrefix(m.From, "east-") || !strings.HasPrefix(m.To, "west-") || !strings.Contains(m.Reason, "CPU") ||
+		!m.Verified || m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 {
+		t.Fatalf("migration %+v", m)
+	}
+	t.Logf("demo: %s %s → %s in %d ms, downtime %d ms, %d bytes on the wire", m.VM, m.From, m.To, m.TotalMS, m.DowntimeMS, m.BytesOnWire)
+}

@@ -1,0 +1,156 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
+	"github.com/ferry-vm/ferry/internal/mmc"
+)
+
+// host is one simulated hypervisor host of the demo.
+type host struct {
+	name, site string
+}
+
+// cluster is the demo's MMC (in this process) and its agents (child
+// processes, each with its simulated VMs as grandchildren).
+type cluster struct {
+	dir     string
+	bin     string
+	srv     *mmc.Server
+	stopMMC func()
+	cl      *api.Client
+	agents  map[string]*exec.Cmd
+	logFile *os.File
+}
+
+// startMMC starts the MMC with its admin API on the default address when
+// it is free (so that a plain `ferry ctl` reaches it), else on any port.
+func startMMC(ctx context.Context, dir string) (*cluster, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "mmc.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	admin := mmc.DefaultAdmin
+	if l, err := net.Listen("tcp", admin); err == nil {
+		l.Close()
+	} else {
+		admin = "127.0.0.1:0"
+	}
+	srv, err := mmc.New(mmc.Config{DataDir: filepath.Join(dir, "mmc"), Listen: "127.0.0.1:0", Admin: admin,
+		PolicyInterval: time.Second, Logger: slog.New(slog.NewTextHandler(logf, nil))})
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(rctx) }()
+	return &cluster{dir: dir, srv: srv, stopMMC: func() { stop(); <-done }, logFile: logf, agents: map[string]*exec.Cmd{},
+		cl: &api.Client{Base: srv.AdminURL(), Token: srv.AdminToken()}}, nil
+}
+
+// startAgent runs `ferry agent` for host h as a simulated machine of two
+// cores and 4 GiB loaded by its VMs only (every demo host shares this
+// real machine; its real load would say nothing about the host).
+func (c *cluster) startAgent(h host, token string, i int) error {
+	logf, err := os.OpenFile(filepath.Join(c.dir, h.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(c.bin, "agent", "--data-dir", filepath.Join(c.dir, h.name), "--bundle", c.srv.Bundle().Encode(),
+		"--token", token, "--name", h.name, "--site", h.site, "--listen", "127.0.0.1:0",
+		"--sim-host", "cores=2,memory=4GiB", "--report-interval", "1s", "--time-sync-interval", "10s",
+		"--disk-id", "demo-disk-"+h.name, "--machine-id", "demo-machine-"+h.name, "--macs", fmt.Sprintf("02:fe:00:00:00:%02x", i))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group: a Ctrl-C at the terminal reaches the demo,
+	// which then stops the agents in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("demo: start agent %s: %w", h.name, err)
+	}
+	c.agents[h.name] = cmd
+	return nil
+}
+
+// waitOnline waits until every named host is online.
+func (c *cluster) waitOnline(ctx context.Context, n int, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		hs, err := c.cl.Hosts(ctx)
+		online := 0
+		for _, h := range hs {
+			if h.Online {
+				online++
+			}
+		}
+		if err == nil && online == n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("demo: %d of %d hosts online: %w (see the logs in %s)", online, n, ctx.Err(), c.dir)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// stop stops the agents (all at once), destroys the demo's VMs and stops
+// the MMC.
+func (c *cluster) stop() error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for name, cmd := range c.agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+			// The VMs are detached processes (they outlive agents, as
+			// QEMU does): remove them through the driver.
+			d, err := sim.New(filepath.Join(c.dir, name, "vms"), c.bin)
+			if err != nil {
+				errs <- err
+				return
+			}
+			vms, _ := d.List(context.Background())
+			for _, vm := range vms {
+				if err := d.Destroy(context.Background(), vm.ID); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	c.stopMMC()
+	c.logFile.Close()
+	return errors.Join(all...)
+}

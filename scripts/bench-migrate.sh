@@ -28,7 +28,7 @@ cleanup() {
 	wait 2>/dev/null || true
 	pkill -f "simvm .*--socket $dir/" 2>/dev/null || true # VM processes outlive their agents
 	[ "$mode" = wan ] && "$WANLAB" down "$lab" >/dev/null 2>&1 || true
-	rm -rf "$dir"
+	[ -n "${KEEP:-}" ] && echo "logs kept in $dir" >&2 || rm -rf "$dir"
 }
 trap cleanup EXIT
 
@@ -43,7 +43,7 @@ import json,sys; s=json.load(sys.stdin)["sites"]; print(s[0]["netns"], s[0]["add
 	bandwidth=12500000 # bytes/s
 fi
 
-"${nsa[@]}" "$FERRY" mmc --data-dir "$dir/mmc" --listen "$mmc_addr" --admin 127.0.0.1:17947 --log-level warn >"$dir/mmc.log" 2>&1 &
+"${nsa[@]}" "$FERRY" mmc --data-dir "$dir/mmc" --listen "$mmc_addr" --admin 127.0.0.1:17947 --log-level info >"$dir/mmc.log" 2>&1 &
 pids+=($!)
 ctl() { "${nsa[@]}" "$FERRY" ctl --admin http://127.0.0.1:17947 --token-file "$dir/mmc/admin.token" "$@"; }
 for _ in $(seq 100); do ctl hosts list >/dev/null 2>&1 && break; sleep 0.1; done
@@ -55,7 +55,7 @@ for h in src dst; do
 	[ "$h" = dst ] && ns=("${nsb[@]}")
 	i=$((i + 1))
 	"${ns[@]}" "$FERRY" agent --data-dir "$dir/$h" --bundle "$bundle" --token "$tok" --name "$h" --site "$h" \
-		--disk-id "bench-$h" --macs "02:bb:00:00:00:0$i" --report-interval 1s --log-level warn >"$dir/$h.log" 2>&1 &
+		--disk-id "bench-$h" --macs "02:bb:00:00:00:0$i" --report-interval 1s --log-level info >"$dir/$h.log" 2>&1 &
 	pids+=($!)
 done
 for _ in $(seq 300); do

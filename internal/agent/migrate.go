@@ -55,6 +55,8 @@ const (
 	// progressEvery how often it posts it on the board.
 	migPoll       = 200 * time.Millisecond
 	progressEvery = time.Second
+	// streamQueueDelay bounds the migration stream's unsent backlog.
+	streamQueueDelay = 30 * time.Millisecond
 )
 
 type job struct {
@@ -275,6 +277,10 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o me
 	if err != nil {
 		return fmt.Errorf("agent: open migration stream: %w", err)
 	}
+	// The hypervisor times its stop-and-copy by how fast the stream takes
+	// its bytes: they must not pile up in a send buffer (16 MiB is over a
+	// second at 100 Mbit/s, all of it downtime once the guest is paused).
+	s.SetMaxQueueDelay(streamQueueDelay)
 	conn, err := mig.MigrateOut(ctx, o.VM, o.Params)
 	if err != nil {
 		s.Reset(1)
@@ -423,7 +429,9 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error) {
 		next, why := phase, ""
 		switch st.State {
 		case hypervisor.MigCompleted:
-			if phase == phasePreparing || phase == phaseTransferring {
+			// A destination is complete only with a verified image: the
+			// MMC commits on this phase.
+			if (phase == phasePreparing || phase == phaseTransferring) && (j.role == roleSource || st.Verified) {
 				next = phaseCompleted
 			}
 		case hypervisor.MigFailed:

@@ -40,7 +40,16 @@ func (s *Server) handlePost(ctx context.Context, ss *session, p message.BoardPos
 	s.metrics.boardPosts.Inc()
 	s.relay(ctx, p.Topic, e, to)
 	if id, ok := strings.CutPrefix(p.Topic, "migration/"); ok {
-		s.poke(id)
+		// The destination's "completed" is its verified image (its MA
+		// posts it only then, from its authenticated session).
+		verified := false
+		if p.Kind == board.KindMigrationPhase && ss.name == s.migrationDest(id) {
+			if v, err := board.Decode(p.Kind, p.Body); err == nil {
+				ph := v.(board.MigrationPhase)
+				verified = ph.Role == "destination" && ph.Phase == "completed"
+			}
+		}
+		s.poke(id, verified)
 	}
 	return nil
 }

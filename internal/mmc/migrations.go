@@ -86,7 +86,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 		return m, err
 	}
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	s.poke(id)
+	s.poke(id, false)
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
@@ -111,4 +111,13 @@ func (s *Server) migrations() ([]store.Migration, error) {
 		return x - y
 	})
 	return all, err
+}
+
+// migrationDest is the destination host of migration id ("" if unknown).
+func (s *Server) migrationDest(id string) string {
+	m, err := s.st.Migration(id)
+	if err != nil {
+		return ""
+	}
+	return m.To
 }

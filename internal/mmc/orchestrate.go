@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/api"
@@ -47,6 +48,10 @@ const (
 	stallTimeout = 2 * time.Minute
 	// retryEvery paces actions for agents that are away.
 	retryEvery = 2 * time.Second
+	// sourceReportWait is how long a switch-over waits for an absent
+	// source to report its figures and drop its copy before completing
+	// with that left as a cleanup.
+	sourceReportWait = time.Minute
 	// defaultDowntimeLimit is the stop-and-copy budget given to the
 	// source's hypervisor.
 	defaultDowntimeLimit = hypervisor.DefaultDowntimeLimit
@@ -74,8 +79,12 @@ type orchestrator struct {
 
 type drive struct {
 	wake chan struct{}
-	mu   sync.Mutex
-	live *api.MigrationLive
+	// verified is set when the destination's agent posts that its image
+	// is complete and verified: the commit need not wait for a status
+	// round trip (downtime).
+	verified atomic.Bool
+	mu       sync.Mutex
+	live     *api.MigrationLive
 }
 
 func (d *drive) poke() {
@@ -141,12 +150,16 @@ func (s *Server) launch(id string, resumed bool) {
 	}()
 }
 
-// poke wakes the drive of migration id (a blackboard entry arrived).
-func (s *Server) poke(id string) {
+// poke wakes the drive of migration id (a blackboard entry arrived);
+// verified says the entry was the destination reporting a verified image.
+func (s *Server) poke(id string, verified bool) {
 	s.orch.mu.Lock()
 	d := s.orch.running[id]
 	s.orch.mu.Unlock()
 	if d != nil {
+		if verified {
+			d.verified.Store(true)
+		}
 		d.poke()
 	}
 }
@@ -328,9 +341,12 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		}
 		// The destination first: once it holds a verified image the
 		// commit should not wait for another round trip.
+		if d.verified.Load() {
+			return s.commit(m)
+		}
 		dst, dstErr := s.status(ctx, m, m.To)
 		if dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified {
-			return s.commit(ctx, m, dst)
+			return s.commit(m)
 		}
 		src, srcErr := s.status(ctx, m, m.From)
 		if srcErr == nil {
@@ -387,10 +403,9 @@ func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationRepo
 
 // commit records the switch-over: from this write on the destination is
 // the VM.
-func (s *Server) commit(ctx context.Context, m store.Migration, dst *message.MigrationReport) error {
+func (s *Server) commit(m store.Migration) error {
 	_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
 		x.Verified, x.Progress = true, 1
-		x.BytesOnWire = dst.WireBytes
 	})
 	if err != nil {
 		return err
@@ -405,10 +420,11 @@ func (s *Server) commit(ctx context.Context, m store.Migration, dst *message.Mig
 func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	var resumed time.Time
+	var dstWire uint64
 	for {
 		r, err := s.act(ctx, m.To, message.Action{Op: "migrate.commit", Mig: order})
 		if err == nil && r.Mig != nil {
-			resumed = time.Unix(0, r.Mig.At)
+			resumed, dstWire = time.Unix(0, r.Mig.At), r.Mig.WireBytes
 			if r.Mig.At == 0 {
 				resumed = s.cfg.Now()
 			}
@@ -420,8 +436,14 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 		}
 	}
 	// The source's figures (pause time, rounds, bytes) for the report,
-	// read before its copy goes.
+	// read before its copy goes; an agent that is away (it may not yet
+	// have noticed an MMC restart) gets a while to come back.
 	src, srcErr := s.status(ctx, m, m.From)
+	for wait := time.Now().Add(sourceReportWait); srcErr != nil && time.Now().Before(wait); src, srcErr = s.status(ctx, m, m.From) {
+		if !sleepCtx(ctx, retryEvery/4) {
+			return ctx.Err()
+		}
+	}
 	var cleanup []string
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.finish", Mig: order}); err != nil {
 		s.log.Warn("mmc: destroying the source copy later", "id", m.ID, "host", m.From, "err", err)
@@ -430,6 +452,7 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	now := s.cfg.Now()
 	done, err := s.setState(m.ID, store.MigrationCompleted, func(x *store.Migration) {
 		x.ResumedAt, x.Finished = resumed, now
+		x.BytesOnWire = dstWire
 		if srcErr == nil {
 			x.PausedAt, x.Rounds, x.Transferred = src.Status.PausedAt, src.Status.Round, src.Status.Transferred
 			x.BytesOnWire += src.WireBytes

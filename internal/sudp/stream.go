@@ -177,6 +177,16 @@ func (s *Stream) Flush(ctx context.Context) error {
 	})
 }
 
+// SetMaxQueueDelay bounds the bytes written but not yet sent to what the
+// connection sends in d (see core.Conn.StreamSetMaxQueueDelay): writes
+// then block once d's worth of data waits, so the writer's view of its
+// progress is at most d ahead of the network.
+func (s *Stream) SetMaxQueueDelay(d time.Duration) {
+	s.c.mu.Lock()
+	_ = s.c.cc.StreamSetMaxQueueDelay(s.id, d)
+	s.c.mu.Unlock()
+}
+
 // Reset abandons the write side with an application error code.
 func (s *Stream) Reset(code uint64) {
 	s.c.mu.Lock()

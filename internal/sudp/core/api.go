@@ -2,6 +2,7 @@ package core
 
 import (
 	"errors"
+	"time"
 
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -103,7 +104,7 @@ func (c *Conn) StreamWrite(id uint64, p []byte) (int, error) {
 	case sendFinQ, sendDone:
 		return 0, ErrStreamClosed
 	}
-	n := min(len(p), s.writable())
+	n := min(len(p), c.writable(s))
 	if n <= 0 {
 		return 0, nil
 	}
@@ -120,7 +121,36 @@ func (c *Conn) StreamWritable(id uint64) int {
 	if s == nil {
 		return 0
 	}
-	return max(s.writable(), 0)
+	return max(c.writable(s), 0)
+}
+
+// minQueueBytes is the least a queue-delay-bounded stream may hold unsent
+// (a connection whose rate is not known yet must still start).
+const minQueueBytes = 64 << 10
+
+// writable is how many more bytes the application may write to s now.
+func (c *Conn) writable(s *stream) int {
+	n := s.writable()
+	if s.maxQueueDelay > 0 {
+		limit := max(minQueueBytes, int(c.rec.cc.PacingRate()*s.maxQueueDelay.Seconds()))
+		n = min(n, limit-int(s.written-s.sent))
+	}
+	return n
+}
+
+// StreamSetMaxQueueDelay bounds the bytes written to stream id but not yet
+// sent to what the connection sends in d at its current pacing rate (at
+// least 64 KiB). A sender that must know when its bytes are on their way —
+// a migration measuring its stream rate and timing its final
+// stop-and-copy — sees backpressure within d instead of only when the
+// 16 MiB send buffer fills (over a second at 100 Mbit/s).
+func (c *Conn) StreamSetMaxQueueDelay(id uint64, d time.Duration) error {
+	s := c.streams[id]
+	if s == nil {
+		return ErrUnknownStream
+	}
+	s.maxQueueDelay = max(d, 0)
+	return nil
 }
 
 // StreamCloseWrite sends FIN after the buffered data.

@@ -68,6 +68,9 @@ type sim struct {
 	dropped int
 	// bottleneck state per direction (index = receiving side)
 	busyUntil [2]time.Time
+	// hooks for bulkTransfer: after opening its stream, after each step
+	beforeWrite func(id uint64)
+	onStep      func()
 }
 
 type chachaReader struct{ r *rand.ChaCha8 }

@@ -1,6 +1,8 @@
 package core
 
 import (
+	"time"
+
 	"errors"
 	"fmt"
 
@@ -79,8 +81,12 @@ type stream struct {
 	finAcked  bool
 	maxSend   uint64 // peer's MAX_STREAM_DATA
 	sendLimit int    // bytes the application may buffer
-	resetCode uint64
-	resetSent bool
+	// maxQueueDelay, if set, also bounds the bytes written but not yet
+	// sent to what the connection sends in that time (see
+	// Conn.StreamSetMaxQueueDelay).
+	maxQueueDelay time.Duration
+	resetCode     uint64
+	resetSent     bool
 
 	// receive side
 	rs         recvState

@@ -15,6 +15,9 @@ func bulkTransfer(t *testing.T, s *sim, n int) time.Duration {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if s.beforeWrite != nil {
+		s.beforeWrite(id)
+	}
 	chunk := make([]byte, 1<<20)
 	buf := make([]byte, 1<<20)
 	start := s.now
@@ -46,6 +49,9 @@ func bulkTransfer(t *testing.T, s *sim, n int) time.Duration {
 		}
 		if !s.step() {
 			t.Fatalf("simulation stalled: %d of %d bytes", read, n)
+		}
+		if s.onStep != nil {
+			s.onStep()
 		}
 	}
 	return s.now.Sub(start)
@@ -80,4 +86,37 @@ func dumpStream(s *stream) string {
 		return "gone"
 	}
 	return fmt.Sprintf("ss=%d written=%d sent=%d maxSend=%d sbuf.lo=%d lost=%v acked=%v queued=%v finSent=%v", s.ss, s.written, s.sent, s.maxSend, s.sbuf.lo, s.lost.r, len(s.acked.r), s.queued, s.finSent)
+}
+
+// A stream with a queue-delay bound keeps about that much of the
+// connection's rate written but unsent — so its writer sees the network's
+// pace, not a 16 MiB buffer's — and still fills the link.
+func TestMaxQueueDelay(t *testing.T) {
+	const n = 24 << 20
+	const linkRate = 100e6 / 8 // bytes/s
+	run := func(bound time.Duration) (took, worst time.Duration) {
+		s := handshakeSim(t, 11, link{delay: 25 * time.Millisecond, loss: 0.01, rate: 100e6, queue: 625_000}, Config{})
+		c := s.conn[0]
+		start := s.now
+		s.beforeWrite = func(id uint64) { _ = c.StreamSetMaxQueueDelay(id, bound) }
+		s.onStep = func() {
+			if s.now.Sub(start) < 2*time.Second {
+				return // startup: the rate is still being found
+			}
+			for _, st := range c.streams {
+				// How long the unsent bytes take at the link's rate.
+				worst = max(worst, time.Duration(float64(st.written-st.sent)/linkRate*float64(time.Second)))
+			}
+		}
+		return bulkTransfer(t, s, n), worst
+	}
+	free, freeQ := run(0)
+	bounded, boundedQ := run(50 * time.Millisecond)
+	t.Logf("24 MiB at 100 Mbit/s, 50 ms RTT, 1%% loss: unbounded %v (queue up to %v), 50 ms bound %v (queue up to %v)", free, freeQ, bounded, boundedQ)
+	if boundedQ > 150*time.Millisecond {
+		t.Fatalf("unsent bytes waited up to %v with a 50 ms bound", boundedQ)
+	}
+	if bounded > free*12/10 {
+		t.Fatalf("the bound slowed the transfer: %v vs %v", bounded, free)
+	}
 }

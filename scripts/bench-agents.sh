@@ -2,7 +2,7 @@
 # How many agents one MMC serves: starts an MMC and `ferry swarm` with N
 # agents (reports every 5 s), waits until all are online, then measures the
 # MMC process's CPU (utime+stime from /proc) and resident memory over a
-# steady window. Usage: scripts/bench-agents.sh [N ...]   (default: 1000 10000)
+# steady window. Usage: [RATE=agents/s] [WINDOW=s] scripts/bench-agents.sh [N ...]   (default: 1000 10000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
@@ -23,10 +23,10 @@ for n in "${counts[@]}"; do
 	for _ in $(seq 50); do "${ctl[@]}" hosts list -o json >/dev/null 2>&1 && break; sleep 0.1; done
 	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
-	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate 250 >"$dir/swarm.log" 2>&1 &
+	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
-	for _ in $(seq 600); do
+	for _ in $(seq 240); do
 		online=$("${ctl[@]}" hosts list -o json | python3 -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')
 		[ "$online" -ge "$n" ] && break
 		sleep 1

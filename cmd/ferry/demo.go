@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -28,15 +27,15 @@ the SLA and the policy engine live-migrates it to the other site. A live view
 shows what happens and why; a summary follows.
 
 --keep leaves the cluster running until Ctrl-C so that 'ferry ctl' can be
-tried against it. --json prints only the final summary as one JSON object.`,
+tried against it. --json prints only the final summary as one JSON object.
+--wan PROFILE (root) puts the two sites in network namespaces on either side
+of an emulated WAN link of the WAN lab (e.g. --wan wan: 100 Mbit/s, 50 ms RTT,
+1 % loss), so the migration crosses a real lossy, high-RTT path.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if wan != "" {
-				return errors.New("--wan is not available yet: the demo runs on loopback only")
-			}
 			ctx, stop := withSignals(cmd.Context())
 			defer stop()
-			o.Timeout = timeout
+			o.Timeout, o.WAN = timeout, wan
 			o.Notice = os.Stderr
 			if asJSON {
 				// stdout carries the summary only; the live view goes to
@@ -64,7 +63,7 @@ tried against it. --json prints only the final summary as one JSON object.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.Keep, "keep", false, "leave the cluster running until Ctrl-C")
 	f.BoolVar(&asJSON, "json", false, "print the final summary as one JSON object on stdout")
-	f.StringVar(&wan, "wan", "", "put the two sites on either side of an emulated WAN link (root; not yet available)")
+	f.StringVar(&wan, "wan", "", "put the two sites on either side of an emulated WAN link with this WAN lab profile, e.g. wan (root)")
 	f.StringVar(&o.Dir, "data-dir", "", "working directory (default: a temporary one, removed at the end)")
 	f.DurationVar(&timeout, "timeout", 3*time.Minute, "give up on the scripted part after this long")
 	return cmd

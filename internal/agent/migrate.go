@@ -324,6 +324,7 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 	j.stop = stop
 	a.migs.wg.Add(2)
 	pumped := make(chan error, 1)
+	kick := make(chan struct{}, 1)
 	go func() {
 		defer a.migs.wg.Done()
 		s, lc, err := getStream(ctx)
@@ -335,7 +336,12 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 			}
 			j.mu.Unlock()
 			a.postPhase(j)
-			err = pump(ctx, s, j.conn)
+			err = pump(ctx, s, j.conn, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
 		} else {
 			j.conn.Close()
 		}
@@ -344,14 +350,16 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 	go func() {
 		defer a.migs.wg.Done()
 		defer close(j.done)
-		a.watchJob(ctx, j, pumped)
+		a.watchJob(ctx, j, pumped, kick)
 	}()
 }
 
 // pump carries bytes both ways between the link stream s and the
 // hypervisor's descriptor conn until the hypervisor's side ends (or
-// either side fails), then closes both.
-func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn) error {
+// either side fails), then closes both. ended is called as each
+// direction ends: the hypervisor has likely reached its outcome, and the
+// watcher should look now rather than at its next poll (downtime).
+func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn, ended func()) error {
 	done := make(chan error, 2)
 	go func() {
 		_, err := io.Copy(s, conn) // hypervisor → link
@@ -371,6 +379,7 @@ func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn) error {
 	for n := 0; n < 2 && err == nil; n++ {
 		select {
 		case err = <-done:
+			ended()
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
@@ -395,7 +404,7 @@ func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn) error {
 // watchJob polls the hypervisor's progress, moves the job's phase and
 // posts phases and progress, until the job reaches a final phase or the
 // agent stops.
-func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error) {
+func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick <-chan struct{}) {
 	t := time.NewTicker(migPoll)
 	defer t.Stop()
 	var lastPost time.Time
@@ -408,6 +417,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error) {
 		case err := <-pumped:
 			pumpDone, pumpErr = true, err
 			pumped = nil
+		case <-kick:
 		case <-t.C:
 		}
 		st, err := j.mig.MigrationStatus(ctx, j.order.VM)

@@ -32,12 +32,14 @@ type cluster struct {
 	stopMMC func()
 	cl      *api.Client
 	agents  map[string]*exec.Cmd
+	sites   map[string]site // by site name
 	logFile *os.File
 }
 
-// startMMC starts the MMC with its admin API on the default address when
-// it is free (so that a plain `ferry ctl` reaches it), else on any port.
-func startMMC(ctx context.Context, dir string) (*cluster, error) {
+// startMMC starts the MMC in site home with its admin API on the default
+// address when it is free (so that a plain `ferry ctl` reaches it), else
+// on any port.
+func startMMC(ctx context.Context, dir string, home site) (*cluster, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -45,14 +47,22 @@ func startMMC(ctx context.Context, dir string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	admin := mmc.DefaultAdmin
-	if l, err := net.Listen("tcp", admin); err == nil {
-		l.Close()
-	} else {
-		admin = "127.0.0.1:0"
+	cfg := mmc.Config{DataDir: filepath.Join(dir, "mmc"), Listen: "127.0.0.1:0", Admin: mmc.DefaultAdmin,
+		PolicyInterval: time.Second, Logger: slog.New(slog.NewTextHandler(logf, nil))}
+	if home.addr != "" {
+		cfg.Listen = net.JoinHostPort(home.addr, "7946")
 	}
-	srv, err := mmc.New(mmc.Config{DataDir: filepath.Join(dir, "mmc"), Listen: "127.0.0.1:0", Admin: admin,
-		PolicyInterval: time.Second, Logger: slog.New(slog.NewTextHandler(logf, nil))})
+	var srv *mmc.Server
+	err = home.in(func() error {
+		if l, err := net.Listen("tcp", cfg.Admin); err == nil {
+			l.Close()
+		} else {
+			cfg.Admin = "127.0.0.1:0"
+		}
+		var err error
+		srv, err = mmc.New(cfg)
+		return err
+	})
 	if err != nil {
 		logf.Close()
 		return nil, err
@@ -61,20 +71,24 @@ func startMMC(ctx context.Context, dir string) (*cluster, error) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Run(rctx) }()
 	return &cluster{dir: dir, srv: srv, stopMMC: func() { stop(); <-done }, logFile: logf, agents: map[string]*exec.Cmd{},
-		cl: &api.Client{Base: srv.AdminURL(), Token: srv.AdminToken()}}, nil
+		cl: &api.Client{Base: srv.AdminURL(), Token: srv.AdminToken(), HTTP: home.httpClient()}}, nil
 }
 
 // startAgent runs `ferry agent` for host h as a simulated machine of two
 // cores and 4 GiB loaded by its VMs only (every demo host shares this
 // real machine; its real load would say nothing about the host).
-func (c *cluster) startAgent(h host, token string, i int) error {
+func (c *cluster) startAgent(h host, token string, i int, where site) error {
 	logf, err := os.OpenFile(filepath.Join(c.dir, h.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(c.bin, "agent", "--data-dir", filepath.Join(c.dir, h.name), "--bundle", c.srv.Bundle().Encode(),
-		"--token", token, "--name", h.name, "--site", h.site, "--listen", "127.0.0.1:0",
+	listen := "127.0.0.1:0"
+	if where.addr != "" {
+		listen = net.JoinHostPort(where.addr, "0")
+	}
+	cmd := where.command(c.bin, "agent", "--data-dir", filepath.Join(c.dir, h.name), "--bundle", c.srv.Bundle().Encode(),
+		"--token", token, "--name", h.name, "--site", h.site, "--listen", listen,
 		"--sim-host", "cores=2,memory=4GiB", "--report-interval", "1s", "--time-sync-interval", "10s",
 		"--disk-id", "demo-disk-"+h.name, "--machine-id", "demo-machine-"+h.name, "--macs", fmt.Sprintf("02:fe:00:00:00:%02x", i))
 	cmd.Stdout, cmd.Stderr = logf, logf

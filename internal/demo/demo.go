@@ -30,6 +30,9 @@ type Options struct {
 	// Notice receives the few lines meant for the user either way (where
 	// the cluster is, how to reach it with ferry ctl).
 	Notice io.Writer
+	// WAN, if set, names a WAN lab profile: the sites go on either side
+	// of an emulated WAN link (root only).
+	WAN string
 }
 
 // Summary is the demo's final report (`ferry demo --json`).
@@ -98,18 +101,41 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		}
 		o.Dir = d
 	}
-	c, err := startMMC(ctx, o.Dir)
+	var sites [2]site // east, west: this namespace on loopback
+	var lab *wanLab
+	if o.WAN != "" {
+		var err error
+		if lab, err = upWAN(ctx, o.Bin, o.WAN); err != nil {
+			return Summary{}, err
+		}
+		sites = lab.sites
+		fmt.Fprintf(o.Notice, "WAN lab %q up: site east in %s (%s), site west in %s (%s), profile %s\n",
+			labName, sites[0].netns, sites[0].addr, sites[1].netns, sites[1].addr, o.WAN)
+	}
+	c, err := startMMC(ctx, o.Dir, sites[0])
 	if err != nil {
+		if lab != nil {
+			_ = lab.down()
+		}
 		return Summary{}, err
 	}
 	c.bin = o.Bin
-	v := newView(o.View, o.TTY, c.srv.AdminURL(), policyDescribe)
+	c.sites = map[string]site{"east": sites[0], "west": sites[1]}
+	title := policyDescribe
+	if o.WAN != "" {
+		title += " · sites across the WAN lab (" + o.WAN + ")"
+	}
+	v := newView(o.View, o.TTY, c.srv.AdminURL(), title)
 	sum, runErr := script(ctx, c, v, o.Timeout)
 	sum.Admin = c.srv.AdminURL()
 	if o.Keep && runErr == nil {
 		sum.DataDir = o.Dir
-		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  ferry ctl hosts list; ferry ctl vms list; ferry ctl migrate db --to west-2\nCtrl-C stops it.",
-			c.srv.AdminURL(), c.srv.AdminTokenFile())
+		prefix := ""
+		if lab != nil {
+			prefix = "ip netns exec " + sites[0].netns + " " // the admin API is in the east site
+		}
+		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  %sferry ctl hosts list; %sferry ctl migrate db --to west-2\nCtrl-C stops it.",
+			c.srv.AdminURL(), c.srv.AdminTokenFile(), prefix, prefix)
 		if o.TTY {
 			v.footer = notice
 		} else {
@@ -118,6 +144,9 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		v.keepDrawing(ctx, c.cl)
 	}
 	stopErr := c.stop()
+	if lab != nil {
+		stopErr = errors.Join(stopErr, lab.down())
+	}
 	if temp {
 		os.RemoveAll(o.Dir)
 	}
@@ -135,7 +164,7 @@ func script(ctx context.Context, c *cluster, v *view, timeout time.Duration) (Su
 	}
 	v.event("MMC up; enrolling %d agents in 2 sites with a one-time join token", len(hosts))
 	for i, h := range hosts {
-		if err := c.startAgent(h, tok.Token, i); err != nil {
+		if err := c.startAgent(h, tok.Token, i, c.sites[h.site]); err != nil {
 			return sum, err
 		}
 	}

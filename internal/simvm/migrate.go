@@ -178,7 +178,7 @@ func (v *VM) precopy(ctx context.Context, o *outgoing, sw *streamWriter, p hyper
 		v.migMu.Lock()
 		o.st.Rate, o.st.DirtyRate, o.st.ExpectedDowntime = rate, dirtyRate, expected
 		v.migMu.Unlock()
-		v.log.Debug("simvm: migration round", "round", round, "remaining", uint64(remaining), "rate", rate,
+		v.log.Info("simvm: migration round", "round", round, "remaining", uint64(remaining), "rate", rate,
 			"dirty_rate", dirtyRate, "expected_downtime", expected, "throttle", v.throttle.Load())
 		if expected <= downtime {
 			break

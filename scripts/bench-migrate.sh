@@ -94,6 +94,7 @@ for size in "${sizes[@]}"; do
 		sleep 2 # a few dirtying seconds before the migration starts
 		id=$(ctl migrate bench --to dst -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
 		res=$(ctl migrations watch "$id" -o json || true)
+		[ -n "${KEEP:-}" ] && echo "$res" >>"$dir/records.json"
 		python3 - "$size" "$rate" "$bandwidth" "$res" <<'EOF'
 import json, sys
 size, rate, bw, res = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])

@@ -52,9 +52,11 @@ const (
 	// source to report its figures and drop its copy before completing
 	// with that left as a cleanup.
 	sourceReportWait = time.Minute
-	// defaultDowntimeLimit is the stop-and-copy budget given to the
-	// source's hypervisor.
+	// defaultDowntimeLimit is the downtime a migration aims at.
 	defaultDowntimeLimit = hypervisor.DefaultDowntimeLimit
+	// migrationQueueDelay is the MA's bound on its stream's unsent
+	// backlog (agent streamQueueDelay).
+	migrationQueueDelay = 30 * time.Millisecond
 )
 
 // errRollback carries the reason a migration is rolled back.
@@ -301,19 +303,22 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 }
 
 // stopAndCopyBudget is the part of the downtime limit the source's final
-// copy may take: the switch-over after it costs round trips too (the
-// destination's report reaching the MMC, the status query, the commit
-// reaching the destination), estimated from the sessions' RTTs.
+// copy may take. The rest of the downtime is fixed costs, estimated from
+// the sessions' RTTs: the backlog ahead of the final copy (the
+// migration stream's bounded queue, then half the agents' link RTT —
+// about the sum of their RTTs to the MMC, which sits near one of them),
+// the destination's report reaching the MMC and the commit reaching the
+// destination (its RTT), the commit's fsync and scheduling.
 func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
-	var overhead time.Duration
+	var rttDst, rttSrc time.Duration
 	if ss := s.sessionByHost(m.To); ss != nil {
-		overhead += 2 * ss.c.Stats().SmoothedRTT
+		rttDst = ss.c.Stats().SmoothedRTT
 	}
 	if ss := s.sessionByHost(m.From); ss != nil {
-		overhead += ss.c.Stats().SmoothedRTT / 2
+		rttSrc = ss.c.Stats().SmoothedRTT
 	}
-	overhead += 20 * time.Millisecond // fsync of the commit, scheduling
-	return max(defaultDowntimeLimit-overhead, defaultDowntimeLimit/6)
+	fixed := migrationQueueDelay + (rttDst+rttSrc)/2 + rttDst + 20*time.Millisecond
+	return max(defaultDowntimeLimit-fixed, defaultDowntimeLimit/6)
 }
 
 // status asks host for its view of migration m.

@@ -4,11 +4,12 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 )
 
 // ferryBin is the binary under test, built once for the package.
@@ -21,11 +22,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ferryBin = filepath.Join(dir, "ferry")
-	build := exec.Command("go", "build", "-o", ferryBin, "github.com/ferry-vm/ferry/cmd/ferry")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: building ferry:", err)
-		os.Exit(1)
+	// wanlab beside ferry: `ferry demo --wan` looks for it there.
+	for _, b := range []string{"ferry", "wanlab"} {
+		build := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/ferry-vm/ferry/cmd/"+b)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building %s: %v\n", b, err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

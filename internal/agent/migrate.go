@@ -516,16 +516,21 @@ func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o m
 			return err
 		}
 	}
-	j := a.migs.get(o.ID)
-	if j != nil {
+	if j := a.migs.get(o.ID); j != nil {
 		j.stop()
 		<-j.done
-		if j.setPhase(phaseRolledBack, "") {
-			a.postPhase(j)
-		}
+	}
+	a.endJob(o, phaseRolledBack)
+	return nil
+}
+
+// endJob records migration o's final phase on this agent (posting it
+// once) and closes its link.
+func (a *Agent) endJob(o message.MigrationOrder, phase string) {
+	if j := a.migs.get(o.ID); j != nil && j.setPhase(phase, "") {
+		a.postPhase(j)
 	}
 	a.peers.closeLink(o.Topic)
-	return nil
 }
 
 // commitDestination resumes the verified destination copy: the MMC has
@@ -541,10 +546,7 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 		return err
 	}
-	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseCommitted, "") {
-		a.postPhase(j)
-	}
-	a.peers.closeLink(o.Topic)
+	a.endJob(o, phaseCommitted)
 	return nil
 }
 
@@ -565,10 +567,7 @@ func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o mes
 	if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 		return err
 	}
-	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseFinished, "") {
-		a.postPhase(j)
-	}
-	a.peers.closeLink(o.Topic)
+	a.endJob(o, phaseFinished)
 	return nil
 }
 
@@ -594,9 +593,6 @@ func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o
 			return err
 		}
 	}
-	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseAborted, "") {
-		a.postPhase(j)
-	}
-	a.peers.closeLink(o.Topic)
+	a.endJob(o, phaseAborted)
 	return nil
 }

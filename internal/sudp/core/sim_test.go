@@ -71,6 +71,8 @@ type sim struct {
 	// hooks for bulkTransfer: after opening its stream, after each step
 	beforeWrite func(id uint64)
 	onStep      func()
+	// drop, if set, decides whether a packet from side `from` is lost.
+	drop func(from int) bool
 }
 
 type chachaReader struct{ r *rand.ChaCha8 }
@@ -168,6 +170,10 @@ func (s *sim) transmit() {
 
 func (s *sim) send(to int, from netip.AddrPort, b []byte) {
 	s.sent++
+	if s.drop != nil && s.drop(1-to) {
+		s.dropped++
+		return
+	}
 	depart := s.now
 	if s.link.rate > 0 {
 		// Drop-tail queue in front of a serialising bottleneck; loss

@@ -106,6 +106,51 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		r.ptoCount++
 		c.probes = 2
 		c.pingPending = true
+		if !c.streamsQueued() {
+			c.requeueTail(c.probes)
+		}
+	}
+}
+
+// streamsQueued reports whether any stream has data scheduled to send.
+func (c *Conn) streamsQueued() bool {
+	for p := range c.sched {
+		if len(c.sched[p]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// requeueTail queues the stream data of the newest n outstanding packets
+// to be sent again, without declaring those packets lost (RFC 9002
+// §6.2.4: a probe should carry data). A probe that is a bare PING only
+// learns from its ACK that the tail was lost, and the retransmission
+// then costs another round trip; a probe that carries the tail repairs
+// it itself. This is what bounds the end of a bulk transfer — the
+// final copy of a live migration — on a lossy path.
+func (c *Conn) requeueTail(n int) {
+	r := &c.rec
+	for i := len(r.pkts) - 1; i >= r.head && n > 0; i-- {
+		p := &r.pkts[i]
+		if !p.outstanding {
+			continue
+		}
+		carried := false
+		for j := range p.frames {
+			f := &p.frames[j]
+			if f.kind != sfStream {
+				continue
+			}
+			if s := c.streams[f.id]; s != nil {
+				s.onLost(f.off, f.n, f.fin)
+				c.schedule(s)
+				carried = true
+			}
+		}
+		if carried {
+			n--
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // migrationView is a migration record as `ferry ctl ... -o json` shows it.
@@ -27,6 +28,12 @@ type migrationView struct {
 	Transferred uint64  `json:"transferred"`
 	Rounds      int     `json:"rounds"`
 	Verified    bool    `json:"verified"`
+	// The switch-over's timeline (MMC clock).
+	PausedAt    time.Time `json:"paused_at"`
+	SentAt      time.Time `json:"sent_at"`
+	VerifiedAt  time.Time `json:"verified_at"`
+	CommittedAt time.Time `json:"committed_at"`
+	ResumedAt   time.Time `json:"resumed_at"`
 }
 
 // vmsOn lists the VMs the hosts report, by host.
@@ -95,6 +102,16 @@ func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
 	}
 	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
 		c.t.Fatalf("final report %+v", m)
+	}
+	// The timeline is in order: pause, last byte sent, verified,
+	// committed, resumed. The agents' times carry their measured clock
+	// offsets, which on one machine are off by at most a few ms.
+	const skew = 10 * time.Millisecond
+	steps := []time.Time{m.PausedAt, m.SentAt, m.VerifiedAt, m.CommittedAt, m.ResumedAt}
+	for i, at := range steps {
+		if at.IsZero() || (i > 0 && at.Before(steps[i-1].Add(-skew))) {
+			c.t.Fatalf("switch-over timeline out of order or incomplete (paused, sent, verified, committed, resumed): %v", steps)
+		}
 	}
 	c.waitFor(vm+" running on "+to+" only", func() bool {
 		return c.vmState(to, vm) == "running" && c.vmState(from, vm) == ""

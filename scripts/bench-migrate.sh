@@ -80,8 +80,10 @@ fi
 
 echo "mode $mode, bandwidth for the bound: $((bandwidth * 8 / 1000000)) Mbit/s, $(date -u +%F), $(nproc) cores"
 echo
-echo "| memory | dirty rate | total (s) | downtime (ms) | rounds | bytes on the wire | bound (s) | total / bound | verified |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"
+# The downtime split: final copy (pause → source wrote the last byte),
+# delivery (→ destination verified), commit (→ MMC recorded it), resume.
+echo "| memory | dirty rate | total (s) | downtime (ms) | copy+deliver+commit+resume (ms) | rounds | bytes on the wire | bound (s) | total / bound | verified |"
+echo "|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|"
 for size in "${sizes[@]}"; do
 	for rate in "${rates[@]}"; do
 		wl="fill=1"
@@ -97,13 +99,22 @@ for size in "${sizes[@]}"; do
 		[ -n "${KEEP:-}" ] && echo "$res" >>"$dir/records.json"
 		python3 - "$size" "$rate" "$bandwidth" "$res" <<'EOF'
 import json, sys
+from datetime import datetime
+def at(k):
+    v = res.get(k)
+    return datetime.fromisoformat(v.replace("Z", "+00:00")) if v else None
+def ms(a, b):
+    a, b = at(a), at(b)
+    return f"{(b - a).total_seconds() * 1000:.0f}" if a and b else "?"
 size, rate, bw, res = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 units = {"GiB": 1 << 30, "MiB": 1 << 20}
 mem = next(int(float(size[:-3]) * v) for k, v in units.items() if size.endswith(k))
 bound = mem / bw
 total = res.get("total_ms", 0) / 1000
 state = res["state"]
-print(f"| {size} | {rate} | {total:.1f} | {res.get('downtime_ms', 0)} | {res.get('rounds', 0)} | "
+split = "+".join(ms(a, b) for a, b in [("paused_at", "sent_at"), ("sent_at", "verified_at"),
+                                        ("verified_at", "committed_at"), ("committed_at", "resumed_at")])
+print(f"| {size} | {rate} | {total:.1f} | {res.get('downtime_ms', 0)} | {split} | {res.get('rounds', 0)} | "
       f"{res.get('bytes_on_wire', 0) / (1 << 20):.0f} MiB | {bound:.1f} | "
       f"{total / bound:.2f} | {res.get('verified')}{'' if state == 'completed' else ' (' + state + ': ' + res.get('error', '') + ')'} |")
 EOF

@@ -225,8 +225,10 @@ func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o messag
 		}
 		j.mu.Unlock()
 	}
-	if !rep.Status.PausedAt.IsZero() {
-		rep.Status.PausedAt = rep.Status.PausedAt.Add(off)
+	for _, t := range []*time.Time{&rep.Status.PausedAt, &rep.Status.Started, &rep.Status.Finished} {
+		if !t.IsZero() {
+			*t = t.Add(off)
+		}
 	}
 	return rep
 }

@@ -336,6 +336,9 @@ type Migration struct {
 	Started         time.Time `json:"started,omitzero"`
 	PausedAt        time.Time `json:"paused_at,omitzero"`
 	ResumedAt       time.Time `json:"resumed_at,omitzero"`
+	SentAt          time.Time `json:"sent_at,omitzero"`      // source wrote the stream's last byte
+	VerifiedAt      time.Time `json:"verified_at,omitzero"`  // destination verified the image
+	CommittedAt     time.Time `json:"committed_at,omitzero"` // MMC recorded the switch-over
 	Finished        time.Time `json:"finished,omitzero"`
 	TotalMS         int64     `json:"total_ms"`
 	DowntimeMS      int64     `json:"downtime_ms"`

@@ -473,7 +473,7 @@ func (s *Server) apiMigration(m store.Migration) api.Migration {
 	return api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, State: m.State, Progress: m.Progress,
 		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, Created: m.Created, Updated: m.Updated,
 		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
-		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, Finished: m.Finished, TotalMS: m.TotalMS,
+		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
 		DowntimeMS: m.DowntimeMS, BytesOnWire: m.BytesOnWire, Transferred: m.Transferred, Rounds: m.Rounds,
 		Verified: m.Verified, Cleanup: m.Cleanup, Live: live}
 }

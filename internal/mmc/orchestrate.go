@@ -305,10 +305,14 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 // stopAndCopyBudget is the part of the downtime limit the source's final
 // copy may take. The rest of the downtime is fixed costs, estimated from
 // the sessions' RTTs: the backlog ahead of the final copy (the
-// migration stream's bounded queue, then half the agents' link RTT —
-// about the sum of their RTTs to the MMC, which sits near one of them),
-// the destination's report reaching the MMC and the commit reaching the
-// destination (its RTT), the commit's fsync and scheduling.
+// migration stream's bounded queue), the one-way delay of the agents'
+// link (half its RTT, which is about the sum of their RTTs to the MMC,
+// since the MMC sits near one of them), one link RTT to repair what the
+// path lost in the final copy's last round trip (at 1 % loss a final
+// copy of a few hundred packets almost always loses one, and the
+// repair of the last ones costs a round trip), the destination's report
+// reaching the MMC and the commit reaching the destination (its RTT),
+// the commit's fsync and scheduling.
 func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 	var rttDst, rttSrc time.Duration
 	if ss := s.sessionByHost(m.To); ss != nil {
@@ -317,7 +321,8 @@ func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 	if ss := s.sessionByHost(m.From); ss != nil {
 		rttSrc = ss.c.Stats().SmoothedRTT
 	}
-	fixed := migrationQueueDelay + (rttDst+rttSrc)/2 + rttDst + 20*time.Millisecond
+	link := rttDst + rttSrc
+	fixed := migrationQueueDelay + link/2 + link + rttDst + 20*time.Millisecond
 	return max(defaultDowntimeLimit-fixed, defaultDowntimeLimit/6)
 }
 
@@ -409,8 +414,9 @@ func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationRepo
 // commit records the switch-over: from this write on the destination is
 // the VM.
 func (s *Server) commit(m store.Migration) error {
+	now := s.cfg.Now()
 	_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
-		x.Verified, x.Progress = true, 1
+		x.Verified, x.Progress, x.CommittedAt = true, 1, now
 	})
 	if err != nil {
 		return err
@@ -424,7 +430,7 @@ func (s *Server) commit(m store.Migration) error {
 // cleanup if its agent is away: its copy stays paused, not running).
 func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
-	var resumed time.Time
+	var resumed, verified time.Time
 	var dstWire uint64
 	for {
 		r, err := s.act(ctx, m.To, message.Action{Op: "migrate.commit", Mig: order})
@@ -432,6 +438,9 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 			resumed, dstWire = time.Unix(0, r.Mig.At), r.Mig.WireBytes
 			if r.Mig.At == 0 {
 				resumed = s.cfg.Now()
+			}
+			if r.Mig.Status.Verified {
+				verified = r.Mig.Status.Finished
 			}
 			break
 		}
@@ -456,10 +465,13 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	}
 	now := s.cfg.Now()
 	done, err := s.setState(m.ID, store.MigrationCompleted, func(x *store.Migration) {
-		x.ResumedAt, x.Finished = resumed, now
+		x.ResumedAt, x.Finished, x.VerifiedAt = resumed, now, verified
 		x.BytesOnWire = dstWire
 		if srcErr == nil {
 			x.PausedAt, x.Rounds, x.Transferred = src.Status.PausedAt, src.Status.Round, src.Status.Transferred
+			if src.Status.State == hypervisor.MigCompleted {
+				x.SentAt = src.Status.Finished
+			}
 			x.BytesOnWire += src.WireBytes
 		}
 		if !x.Started.IsZero() {

@@ -60,6 +60,13 @@ type Migration struct {
 	Started   time.Time `json:"started,omitzero"`    // transfer started
 	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
 	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)
+	// The switch-over's timeline between PausedAt and ResumedAt, for
+	// finding where downtime goes (MMC clock): the source wrote the
+	// stream's last byte, the destination verified the image, the MMC
+	// recorded the commit.
+	SentAt      time.Time `json:"sent_at,omitzero"`
+	VerifiedAt  time.Time `json:"verified_at,omitzero"`
+	CommittedAt time.Time `json:"committed_at,omitzero"`
 	Finished  time.Time `json:"finished,omitzero"`
 	// Final report.
 	TotalMS     int64  `json:"total_ms,omitempty"`

@@ -55,6 +55,10 @@ const (
 	// progressEvery how often it posts it on the board.
 	migPoll       = 200 * time.Millisecond
 	progressEvery = time.Second
+	// After a stream direction ends a job looks every migFastPoll, for
+	// up to migFastPollFor: the outcome is due and the VM is paused.
+	migFastPoll    = 5 * time.Millisecond
+	migFastPollFor = 3 * time.Second
 	// streamQueueDelay bounds the migration stream's unsent backlog.
 	streamQueueDelay = 30 * time.Millisecond
 )
@@ -407,11 +411,15 @@ func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn, ended func()
 // posts phases and progress, until the job reaches a final phase or the
 // agent stops.
 func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick <-chan struct{}) {
-	t := time.NewTicker(migPoll)
+	t := time.NewTimer(migPoll)
 	defer t.Stop()
 	var lastPost time.Time
 	var pumpErr error
 	pumpDone := false
+	// Once a stream direction ends the outcome is imminent (the
+	// destination verifies the last bytes it was handed; the downtime
+	// runs meanwhile): look often until the hypervisor reports it.
+	var fastUntil time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -419,8 +427,15 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 		case err := <-pumped:
 			pumpDone, pumpErr = true, err
 			pumped = nil
+			fastUntil = time.Now().Add(migFastPollFor)
 		case <-kick:
+			fastUntil = time.Now().Add(migFastPollFor)
 		case <-t.C:
+		}
+		if time.Now().Before(fastUntil) {
+			t.Reset(migFastPoll)
+		} else {
+			t.Reset(migPoll)
 		}
 		st, err := j.mig.MigrationStatus(ctx, j.order.VM)
 		if err != nil {

@@ -312,7 +312,8 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 // copy of a few hundred packets almost always loses one, and the
 // repair of the last ones costs a round trip), the destination's report
 // reaching the MMC and the commit reaching the destination (its RTT),
-// the commit's fsync and scheduling.
+// 30 ms for the commit's fsync, scheduling and the socket pairs between
+// the agents and their hypervisors (128 KiB each: 10 ms at 100 Mbit/s).
 func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 	var rttDst, rttSrc time.Duration
 	if ss := s.sessionByHost(m.To); ss != nil {
@@ -322,7 +323,7 @@ func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 		rttSrc = ss.c.Stats().SmoothedRTT
 	}
 	link := rttDst + rttSrc
-	fixed := migrationQueueDelay + link/2 + link + rttDst + 20*time.Millisecond
+	fixed := migrationQueueDelay + link/2 + link + rttDst + 30*time.Millisecond
 	return max(defaultDowntimeLimit-fixed, defaultDowntimeLimit/6)
 }
 

@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       := bin
 
-.PHONY: help build demo perf-demo test test-deps check lint fuzz bench clean
+.PHONY: help build demo perf-demo test test-deps check lint fuzz bench clean guest
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ bench: build ## loopback benchmark of SUDP against TCP, quic-go and kcp-go
 
 clean:
 	rm -rf $(BIN)
+
+GUEST := internal/hypervisor/qemu/guest
+guest: ## reassemble the QEMU test guest (needs binutils; the result is committed)
+	as --32 -o $(GUEST)/guest.o $(GUEST)/guest.S
+	ld -m elf_i386 -Ttext=0x100000 --oformat=binary -o $(GUEST)/guest.bin $(GUEST)/guest.o
+	rm -f $(GUEST)/guest.o
 
 BENCH_WAN_FLAGS ?= --bytes 256MiB --reps 3 --time-cap 40s
 .PHONY: bench-wan

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in iproute2 nftables iperf3 iputils-ping; do
+for pkg in iproute2 nftables iperf3 iputils-ping qemu-system-x86 qemu-utils binutils; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -40,12 +40,46 @@ type Workload struct {
 	Fill float64 `json:"fill,omitempty"`
 }
 
-// Spec describes a VM to create.
+// Spec describes a VM to create: the VM definition the MMC stores and
+// sends with every order about the VM (a migration's destination starts
+// its copy from it).
 type Spec struct {
 	Name     string   `json:"name"`
 	Memory   uint64   `json:"memory"` // bytes
 	VCPUs    int      `json:"vcpus"`
 	Workload Workload `json:"workload"`
+
+	// What a real (QEMU) VM is made of; the simulated driver ignores it.
+	// Machine is QEMU's machine type ("pc" if empty, or "q35").
+	Machine string `json:"machine,omitempty"`
+	Disks   []Disk `json:"disks,omitempty"`
+	NICs    []NIC  `json:"nics,omitempty"`
+	// Kernel is a kernel image to boot (-kernel). With no kernel and no
+	// disk marked Boot, the VM boots Ferry's test guest, which writes a
+	// known pattern and dirties memory at Workload's rates.
+	Kernel string `json:"kernel,omitempty"`
+}
+
+// Disk is one virtual disk.
+type Disk struct {
+	// Path is the image on the host; a migration's destination uses the
+	// same path.
+	Path   string `json:"path"`
+	Format string `json:"format,omitempty"` // "qcow2" (default) or "raw"
+	// Shared: the image is on storage both hosts see, so a migration
+	// moves only memory; otherwise the disk is mirrored to the
+	// destination through the migration tunnel.
+	Shared bool `json:"shared,omitempty"`
+	Boot   bool `json:"boot,omitempty"`
+}
+
+// NIC is one virtual network interface.
+type NIC struct {
+	Model string `json:"model,omitempty"` // "virtio-net-pci" (default)
+	MAC   string `json:"mac,omitempty"`
+	// Tap is a host tap device to attach; empty: no host connection
+	// (QEMU's user-mode network, which carries nothing across hosts).
+	Tap string `json:"tap,omitempty"`
 }
 
 // VM is a VM as its driver sees it.

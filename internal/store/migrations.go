@@ -67,7 +67,7 @@ type Migration struct {
 	SentAt      time.Time `json:"sent_at,omitzero"`
 	VerifiedAt  time.Time `json:"verified_at,omitzero"`
 	CommittedAt time.Time `json:"committed_at,omitzero"`
-	Finished  time.Time `json:"finished,omitzero"`
+	Finished    time.Time `json:"finished,omitzero"`
 	// Final report.
 	TotalMS     int64  `json:"total_ms,omitempty"`
 	DowntimeMS  int64  `json:"downtime_ms,omitempty"`

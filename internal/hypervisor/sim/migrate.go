@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"syscall"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/simvm"
@@ -82,21 +80,10 @@ func (d *Driver) MemoryDigest(ctx context.Context, id string) (string, error) {
 // passStream makes a socket pair, sends one end to VM id with req, and
 // returns the other as the migration agent's conn.
 func (d *Driver) passStream(ctx context.Context, id string, req simvm.Request) (net.Conn, error) {
-	const streamSocketBuffer = 64 << 10
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	theirs, mine, err := hypervisor.StreamPair()
 	if err != nil {
-		return nil, fmt.Errorf("sim: socketpair: %w", err)
+		return nil, err
 	}
-	// Small socket buffers: what sits in them when the VM pauses for its
-	// final copy is sent during the downtime (the default ~200 KiB per
-	// side is 30 ms at 100 Mbit/s); the agent's stream has its own
-	// bounded queue behind.
-	for _, fd := range fds {
-		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, streamSocketBuffer)
-		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, streamSocketBuffer)
-	}
-	mine := os.NewFile(uintptr(fds[0]), "migration-stream")
-	theirs := os.NewFile(uintptr(fds[1]), "migration-stream-vm")
 	// The VM holds its own copy once the call returns; ours must go, or
 	// the agent would never see EOF when the VM closes the stream.
 	_, err = d.callFD(ctx, id, req, theirs)
@@ -105,10 +92,5 @@ func (d *Driver) passStream(ctx context.Context, id string, req simvm.Request) (
 		mine.Close()
 		return nil, fmt.Errorf("sim: %s %s: %w", req.Op, id, err)
 	}
-	c, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		return nil, fmt.Errorf("sim: %w", err)
-	}
-	return c, nil
+	return mine, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-vm/ferry/internal/agent"
+	"github.com/ferry-vm/ferry/internal/hypervisor/qemu"
 	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/units"
@@ -25,7 +26,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 		cfg                       agent.Config
 		bundle, bundleFile, token string
 		tokenFile, metricsAddr    string
-		driver                    string
+		driver, qemuBin           string
 		macs, simHost             string
 	)
 	cmd := &cobra.Command{
@@ -46,7 +47,11 @@ once with a valid --token), then keeps an authenticated session open.`,
 				}
 				cfg.Driver = d
 			case "qemu":
-				return fmt.Errorf("--driver qemu is not available yet (issue 7); use --driver sim")
+				d, err := qemu.New(filepath.Join(cfg.DataDir, "qemu"), qemuBin)
+				if err != nil {
+					return err
+				}
+				cfg.Driver = d
 			default:
 				return fmt.Errorf("--driver must be sim or qemu")
 			}
@@ -115,6 +120,7 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&token, "token", "", "join token from 'ferry ctl tokens create' (or $FERRY_JOIN_TOKEN): approve at once")
 	f.StringVar(&tokenFile, "token-file", "", "read the join token from this file (mode 0600)")
 	f.StringVar(&driver, "driver", "sim", "hypervisor driver: sim or qemu")
+	f.StringVar(&qemuBin, "qemu", "qemu-system-x86_64", "the QEMU binary (--driver qemu)")
 	f.StringVar(&cfg.Name, "name", "", "host name shown at the MMC (default: hostname)")
 	f.StringVar(&cfg.Site, "site", "default", "site (data centre) label")
 	f.StringVar(&cfg.Listen, "listen", ":0", "local UDP address")

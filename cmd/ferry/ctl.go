@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/mmc"
 	"github.com/ferry-vm/ferry/internal/units"
@@ -270,6 +271,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 	})
 	var req api.VMCreate
 	var memory string
+	var disks, nics []string
 	create := &cobra.Command{
 		Use: "create NAME --host HOST", Short: "Start a VM on a host", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -278,6 +280,20 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 				return err
 			}
 			req.Name = args[0]
+			for _, d := range disks {
+				disk, err := parseDisk(d)
+				if err != nil {
+					return err
+				}
+				req.Disks = append(req.Disks, disk)
+			}
+			for _, n := range nics {
+				nic, err := parseNIC(n)
+				if err != nil {
+					return err
+				}
+				req.NICs = append(req.NICs, nic)
+			}
 			if req.Memory, err = units.ParseBytes(memory); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
@@ -295,7 +311,11 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 	create.Flags().StringVar(&req.Host, "host", "", "host (its id in 'hosts list')")
 	create.Flags().StringVar(&memory, "memory", "256MiB", "guest memory")
 	create.Flags().IntVar(&req.VCPUs, "vcpus", 1, "virtual CPUs")
-	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s")
+	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s (QEMU test guest: fill=0.5,dirty=4MB/s)")
+	create.Flags().StringVar(&req.Machine, "machine", "", "QEMU machine type (default pc)")
+	create.Flags().StringVar(&req.Kernel, "kernel", "", "QEMU: a kernel to boot (default: Ferry's test guest unless a disk boots)")
+	create.Flags().StringArrayVar(&disks, "disk", nil, "QEMU: a disk, PATH[,format=qcow2|raw][,shared][,boot] (repeatable)")
+	create.Flags().StringArrayVar(&nics, "nic", nil, "QEMU: a NIC, tap=DEV[,mac=MAC][,model=M] or user[,mac=MAC] (repeatable)")
 	_ = create.MarkFlagRequired("host")
 	cmd.AddCommand(create, &cobra.Command{
 		Use: "workload ID SPEC", Short: "Change a simulated VM's load, e.g. cpu=0.9,dirty=20MB/s", Args: cobra.ExactArgs(2),
@@ -553,4 +573,45 @@ func newCtlBoardCmd(c *ctlFlags) *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
 	return cmd
+}
+
+// parseDisk reads --disk PATH[,format=F][,shared][,boot].
+func parseDisk(v string) (hypervisor.Disk, error) {
+	parts := strings.Split(v, ",")
+	d := hypervisor.Disk{Path: parts[0]}
+	if d.Path == "" {
+		return d, fmt.Errorf("--disk %q: the path comes first", v)
+	}
+	for _, p := range parts[1:] {
+		switch k, val, _ := strings.Cut(p, "="); k {
+		case "format":
+			d.Format = val
+		case "shared":
+			d.Shared = true
+		case "boot":
+			d.Boot = true
+		default:
+			return d, fmt.Errorf("--disk %q: unknown option %q (format=, shared, boot)", v, p)
+		}
+	}
+	return d, nil
+}
+
+// parseNIC reads --nic tap=DEV[,mac=MAC][,model=M] or user[,…].
+func parseNIC(v string) (hypervisor.NIC, error) {
+	var n hypervisor.NIC
+	for i, p := range strings.Split(v, ",") {
+		switch k, val, _ := strings.Cut(p, "="); {
+		case i == 0 && p == "user":
+		case k == "tap" && val != "":
+			n.Tap = val
+		case k == "mac" && val != "":
+			n.MAC = val
+		case k == "model" && val != "":
+			n.Model = val
+		default:
+			return n, fmt.Errorf("--nic %q: unknown option %q (tap=, mac=, model=, or user)", v, p)
+		}
+	}
+	return n, nil
 }

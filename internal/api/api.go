@@ -5,6 +5,8 @@
 package api
 
 import (
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -120,6 +122,11 @@ type VMCreate struct {
 	Memory   uint64 `json:"memory"`
 	VCPUs    int    `json:"vcpus"`
 	Workload string `json:"workload"` // e.g. cpu=0.8,dirty=20MB/s,net=5MB/s
+	// A real (QEMU) VM's make-up; see hypervisor.Spec.
+	Machine string            `json:"machine,omitempty"`
+	Kernel  string            `json:"kernel,omitempty"`
+	Disks   []hypervisor.Disk `json:"disks,omitempty"`
+	NICs    []hypervisor.NIC  `json:"nics,omitempty"`
 }
 
 // WorkloadRequest sets a simulated VM's load.

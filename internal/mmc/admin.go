@@ -305,11 +305,19 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists")
 		return
 	}
-	spec := hypervisor.Spec{Name: req.Name, Memory: req.Memory, VCPUs: req.VCPUs, Workload: wl}
+	if len(req.Disks) > 16 || len(req.NICs) > 16 {
+		writeErr(w, http.StatusBadRequest, "at most 16 disks and 16 NICs")
+		return
+	}
+	spec := hypervisor.Spec{Name: req.Name, Memory: req.Memory, VCPUs: req.VCPUs, Workload: wl,
+		Machine: req.Machine, Kernel: req.Kernel, Disks: req.Disks, NICs: req.NICs}
 	res, err := s.act(r.Context(), req.Host, message.Action{Op: "vm.create", Spec: &spec})
 	if err != nil {
 		writeActErr(w, err)
 		return
+	}
+	if err := s.st.PutVM(spec); err != nil {
+		s.log.Error("mmc: storing a VM definition", "vm", spec.Name, "err", err)
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + req.Host})
 	writeJSON(w, http.StatusCreated, api.Created{ID: res.VM.ID})
@@ -325,6 +333,9 @@ func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
 	if _, err := s.act(r.Context(), host, message.Action{Op: "vm.delete", VM: id}); err != nil {
 		writeActErr(w, err)
 		return
+	}
+	if err := s.st.DeleteVM(id); err != nil {
+		s.log.Error("mmc: forgetting a VM definition", "vm", id, "err", err)
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + host})
 	writeJSON(w, http.StatusOK, api.Created{ID: id})

@@ -584,10 +584,15 @@ func cutCleanup(c string) (op, host string, ok bool) {
 	return "", "", false
 }
 
-// specOf is VM vm's spec as host last reported it.
+// specOf is VM vm's definition if the MMC created it, else its spec as
+// host last reported it (a VM the agent adopted); false if host does
+// not report it.
 func (s *Server) specOf(vm, host string) (hypervisor.Spec, bool) {
 	for _, v := range s.vms() {
 		if v.ID == vm && v.Host == host {
+			if def, err := s.st.VM(vm); err == nil {
+				return def, true
+			}
 			return hypervisor.Spec{Name: v.ID, Memory: v.Memory, VCPUs: v.VCPUs}, true
 		}
 	}

@@ -40,7 +40,20 @@ func (p *proc) log() string {
 
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(ferryBin, args...), done: make(chan struct{})}
+	return startCmd(t, name, exec.Command(ferryBin, args...))
+}
+
+// ferryIn is `ferry args...` run in network namespace ns ("": this one).
+func ferryIn(ns string, args ...string) *exec.Cmd {
+	if ns == "" {
+		return exec.Command(ferryBin, args...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", ns, ferryBin}, args...)...)
+}
+
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
 	p.cmd.Stderr = p
 	p.cmd.Stdout = p
 	if err := p.cmd.Start(); err != nil {
@@ -108,12 +121,32 @@ type cluster struct {
 	extra       []string
 	bundle      string
 	agentDirs   map[string]string
+	// netns is where the MMC (and ctl) run; agentNetns where each agent
+	// does ("" for both: this namespace).
+	netns      string
+	agentNetns map[string]string
 }
 
 func newCluster(t *testing.T, extra ...string) *cluster {
 	c := &cluster{t: t, dir: filepath.Join(t.TempDir(), "mmc"), agentDirs: map[string]string{},
 		sudp:  fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp")),
 		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), extra: extra}
+	c.start()
+	return c
+}
+
+// newClusterIn is a cluster whose MMC runs in namespace ns and listens
+// for agents on sudpAddr there (its admin API on that namespace's
+// loopback, which ctl reaches by running there too).
+func newClusterIn(t *testing.T, ns, sudpAddr string, extra ...string) *cluster {
+	c := &cluster{t: t, dir: filepath.Join(t.TempDir(), "mmc"), agentDirs: map[string]string{},
+		sudp: sudpAddr, admin: "127.0.0.1:7947", extra: extra, netns: ns, agentNetns: map[string]string{}}
+	c.start()
+	return c
+}
+
+func (c *cluster) start() {
+	t := c.t
 	c.startMMC()
 	out, err := exec.Command(ferryBin, "mmc", "bundle", "--data-dir", c.dir).Output()
 	if err != nil {
@@ -123,14 +156,16 @@ func newCluster(t *testing.T, extra ...string) *cluster {
 	if !strings.HasPrefix(c.bundle, "ferry-bundle-v1:") || strings.Contains(c.bundle, "\n") {
 		t.Fatalf("bundle is not one line: %q", c.bundle)
 	}
-	return c
 }
 
 func (c *cluster) startMMC() {
 	args := append([]string{"mmc", "--data-dir", c.dir, "--listen", c.sudp, "--admin", c.admin,
 		"--reauth-min", "1s", "--reauth-max", "2s", "--reauth-timeout", "3s"}, c.extra...)
-	c.mmc = startProc(c.t, "mmc", args...)
+	c.mmc = startCmd(c.t, "mmc", ferryIn(c.netns, args...))
 	c.waitFor("admin API up", func() bool {
+		if c.netns != "" {
+			return c.ctl(nil, "hosts", "list") == nil
+		}
 		_, err := http.Get("http://" + c.admin + "/metrics")
 		return err == nil
 	})
@@ -154,7 +189,7 @@ func (c *cluster) waitFor(what string, cond func() bool) {
 func (c *cluster) ctl(out any, args ...string) error {
 	full := append([]string{"ctl", "--admin", "http://" + c.admin, "--token-file", filepath.Join(c.dir, "admin.token")}, args...)
 	full = append(full, "-o", "json")
-	cmd := exec.Command(ferryBin, full...)
+	cmd := ferryIn(c.netns, full...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()
@@ -231,7 +266,7 @@ func (c *cluster) startAgent(name string, extra ...string) *proc {
 	}
 	args := append([]string{"agent", "--data-dir", dir, "--bundle", c.bundle, "--name", name,
 		"--disk-id", "disk-" + name, "--macs", "02:00:00:00:00:" + fmt.Sprintf("%02x", len(name)), "--time-sync-interval", "1s"}, extra...)
-	return startProc(c.t, "agent "+name, args...)
+	return startCmd(c.t, "agent "+name, ferryIn(c.agentNetns[name], args...))
 }
 
 func (c *cluster) metric(name string) float64 {

@@ -419,7 +419,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 	// Once a stream direction ends the outcome is imminent (the
 	// destination verifies the last bytes it was handed; the downtime
 	// runs meanwhile): look often until the hypervisor reports it.
-	var fastUntil time.Time
+	var fastUntil, ended time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -444,6 +444,15 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			}
 			a.log.Warn("agent: migration status", "id", j.order.ID, "vm", j.order.VM, "err", err)
 			continue
+		}
+		if st.State != hypervisor.MigActive && st.State != "" && st.Finished.IsZero() {
+			// A hypervisor that does not say when it finished (QEMU's
+			// destination): when this job first saw it, within a
+			// fast poll.
+			if ended.IsZero() {
+				ended = time.Now()
+			}
+			st.Finished = ended
 		}
 		j.mu.Lock()
 		j.status = st

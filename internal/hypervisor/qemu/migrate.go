@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,6 +78,12 @@ func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.Migrati
 		_ = q.run("closefd", map[string]any{"fdname": migrationFD}, nil, nil) // left by an earlier attempt
 		if err := q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd); err != nil {
 			return err
+		}
+		// QEMU reports durations, not times: the start is ours to
+		// keep (in a file, for an agent that restarts meanwhile).
+		start := strconv.FormatInt(time.Now().UnixNano(), 10)
+		if err := os.WriteFile(d.path(id, "migstart"), []byte(start), 0o600); err != nil {
+			return fmt.Errorf("qemu: %w", err)
 		}
 		return q.run("migrate", map[string]any{"uri": "fd:" + migrationFD}, nil, nil)
 	})
@@ -172,7 +180,12 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 		return st, err
 	}
 	st.Total = s.Memory
-	if mi.TotalTime > 0 {
+	if b, err := os.ReadFile(d.path(id, "migstart")); err == nil {
+		if ns, err := strconv.ParseInt(string(b), 10, 64); err == nil {
+			st.Started = time.Unix(0, ns)
+		}
+	}
+	if st.Started.IsZero() && mi.TotalTime > 0 && active(mi.Status) {
 		st.Started = now.Add(-time.Duration(mi.TotalTime) * time.Millisecond)
 	}
 	if r := mi.RAM; r != nil {
@@ -197,7 +210,7 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 			// either end.
 			st.Verified = true
 		}
-		if mi.TotalTime > 0 {
+		if mi.TotalTime > 0 && !st.Started.IsZero() {
 			st.Finished = st.Started.Add(time.Duration(mi.TotalTime) * time.Millisecond)
 			if mi.Downtime > 0 {
 				st.PausedAt = st.Finished.Add(-time.Duration(mi.Downtime) * time.Millisecond)

@@ -29,7 +29,7 @@ import (
 
 // Driver manages QEMU VMs under Dir.
 type Driver struct {
-	Dir    string // <id>.json spec, <id>.qmp monitor, <id>.pid, <id>.log, <id>.kernel
+	Dir    string // <id>.json spec, .qmp monitor, .pid, .log, .kernel (test guest), .migstart
 	Binary string // qemu-system-x86_64
 	Accel  string // "tcg"
 
@@ -379,7 +379,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 
 func (d *Driver) removeFiles(id string) error {
 	var errs []error
-	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel"} {
+	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel", "migstart"} {
 		if err := os.Remove(d.path(id, ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -38,7 +38,7 @@ func (p *proc) log() string {
 	return p.logs.String()
 }
 
-func startProc(t *testing.T, name string, args ...string) *proc {
+func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	return startCmd(t, name, exec.Command(ferryBin, args...))
 }
@@ -51,7 +51,7 @@ func ferryIn(ns string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", ns, ferryBin}, args...)...)
 }
 
-func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	t.Helper()
 	p := &proc{cmd: cmd, done: make(chan struct{})}
 	p.cmd.Stderr = p
@@ -94,7 +94,7 @@ func (p *proc) exited(timeout time.Duration) bool {
 	}
 }
 
-func freePort(t *testing.T, network string) int {
+func freePort(t testing.TB, network string) int {
 	t.Helper()
 	if network == "udp" {
 		c, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -114,7 +114,7 @@ func freePort(t *testing.T, network string) int {
 
 // cluster is one MMC under test and the ctl flags to reach it.
 type cluster struct {
-	t           *testing.T
+	t           testing.TB
 	dir         string
 	sudp, admin string
 	mmc         *proc
@@ -127,7 +127,7 @@ type cluster struct {
 	agentNetns map[string]string
 }
 
-func newCluster(t *testing.T, extra ...string) *cluster {
+func newCluster(t testing.TB, extra ...string) *cluster {
 	c := &cluster{t: t, dir: filepath.Join(t.TempDir(), "mmc"), agentDirs: map[string]string{},
 		sudp:  fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp")),
 		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), extra: extra}
@@ -138,7 +138,7 @@ func newCluster(t *testing.T, extra ...string) *cluster {
 // newClusterIn is a cluster whose MMC runs in namespace ns and listens
 // for agents on sudpAddr there (its admin API on that namespace's
 // loopback, which ctl reaches by running there too).
-func newClusterIn(t *testing.T, ns, sudpAddr string, extra ...string) *cluster {
+func newClusterIn(t testing.TB, ns, sudpAddr string, extra ...string) *cluster {
 	c := &cluster{t: t, dir: filepath.Join(t.TempDir(), "mmc"), agentDirs: map[string]string{},
 		sudp: sudpAddr, admin: "127.0.0.1:7947", extra: extra, netns: ns, agentNetns: map[string]string{}}
 	c.start()

@@ -29,6 +29,7 @@ type migrationView struct {
 	Rounds      int     `json:"rounds"`
 	Verified    bool    `json:"verified"`
 	// The switch-over's timeline (MMC clock).
+	Started     time.Time `json:"started"`
 	PausedAt    time.Time `json:"paused_at"`
 	SentAt      time.Time `json:"sent_at"`
 	VerifiedAt  time.Time `json:"verified_at"`

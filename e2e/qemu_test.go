@@ -25,7 +25,7 @@ type lab struct {
 
 // upLab brings up a WAN lab with profile for the test (root only; the
 // caller checks) and takes it down at the end.
-func upLab(t *testing.T, profile string) *lab {
+func upLab(t testing.TB, profile string) *lab {
 	t.Helper()
 	bin := filepath.Join(filepath.Dir(ferryBin), "wanlab")
 	l := &lab{name: fmt.Sprintf("fe%d", os.Getpid()%100000)}
@@ -74,7 +74,7 @@ func requireQEMUAndRoot(t *testing.T) {
 // of a WAN lab (east beside the MMC, west across the link) and returns
 // the cluster and a driver on each agent's VM directory (to read guest
 // memory as a test, beside the agents).
-func qemuSites(t *testing.T, profile string) (*cluster, map[string]*qemu.Driver) {
+func qemuSites(t testing.TB, profile string) (*cluster, map[string]*qemu.Driver) {
 	l := upLab(t, profile)
 	c := newClusterIn(t, l.netns[0], l.addr[0]+":7946")
 	c.agentNetns["east"], c.agentNetns["west"] = l.netns[0], l.netns[1]
@@ -115,7 +115,7 @@ func qemuSites(t *testing.T, profile string) (*cluster, map[string]*qemu.Driver)
 	return c, drivers
 }
 
-func guestCounters(t *testing.T, d *qemu.Driver, id string) qemu.GuestCounters {
+func guestCounters(t testing.TB, d *qemu.Driver, id string) qemu.GuestCounters {
 	t.Helper()
 	b, err := d.ReadMemory(context.Background(), id, qemu.GuestCountersAddr, 12)
 	if err != nil {
@@ -130,7 +130,7 @@ func guestCounters(t *testing.T, d *qemu.Driver, id string) qemu.GuestCounters {
 
 // checkGuestPattern compares VM id's pattern region with the stream the
 // test guest of spec s writes.
-func checkGuestPattern(t *testing.T, d *qemu.Driver, id string, s hypervisor.Spec) {
+func checkGuestPattern(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec) {
 	t.Helper()
 	l := qemu.Layout(s)
 	got, err := d.ReadMemory(context.Background(), id, l.PatternAddr, l.PatternLen)

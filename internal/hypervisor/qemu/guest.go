@@ -26,8 +26,7 @@ const (
 	offSeed        = 0x28
 	offDirtyAddr   = 0x2c
 	offDirtyLen    = 0x30
-	offTicks       = 0x34
-	offPMPort      = 0x38
+	offPagesPerTick = 0x34
 	offStatus      = 0x3c
 	offGeneration  = 0x40
 	offPages       = 0x44
@@ -36,8 +35,8 @@ const (
 	// pages counters (three little-endian uint32) are.
 	GuestCountersAddr = GuestLoadAddr + offStatus
 
-	// pmTimerHz is the ACPI PM timer's frequency.
-	pmTimerHz = 3579545
+	// tickHz is the guest's timer rate (PIT channel 0 at 1 kHz).
+	tickHz = 1000
 	pageSize  = 4096
 	// patternAddr: the pattern starts at 2 MiB, above the image;
 	// topReserve: the last 2 MiB below the end of memory hold the
@@ -51,14 +50,8 @@ type GuestLayout struct {
 	PatternAddr, PatternLen uint64
 	Seed                    uint32
 	DirtyAddr, DirtyLen     uint64
-	TicksPerPage            uint32 // PM timer ticks between two page writes; 0: flat out
-	PMPort                  uint32
+	PagesPerTick            uint32 // pages written per 1 kHz tick, 16.16 fixed point; 0: flat out
 }
-
-// pmPort is the ACPI PM timer's I/O port: SeaBIOS (QEMU 7.2's firmware)
-// puts the power-management block at 0x600 on both PIIX4 (machine pc)
-// and ICH9 (q35), and the timer is at +8.
-const pmPort = 0x608
 
 // Layout returns the test guest's plan for spec s: the pattern fills
 // Workload.Fill of the memory between 2 MiB and 2 MiB below its end (the
@@ -76,10 +69,9 @@ func Layout(s hypervisor.Spec) GuestLayout {
 	l := GuestLayout{
 		PatternAddr: patternAddr, PatternLen: patLen, Seed: seedOf(s.Name),
 		DirtyAddr: patternAddr + usable - dirtyLen, DirtyLen: dirtyLen,
-		PMPort: pmPort,
 	}
 	if s.Workload.Dirty > 0 && s.Workload.Dirty < DirtyFlatOut {
-		l.TicksPerPage = uint32(min(float64(pmTimerHz)*pageSize/s.Workload.Dirty, 1<<23))
+		l.PagesPerTick = uint32(max(min(s.Workload.Dirty/pageSize/tickHz*65536, 1<<31), 1))
 	}
 	return l
 }
@@ -113,8 +105,7 @@ func (l GuestLayout) image() ([]byte, error) {
 	le.PutUint32(img[offSeed:], l.Seed)
 	le.PutUint32(img[offDirtyAddr:], uint32(l.DirtyAddr))
 	le.PutUint32(img[offDirtyLen:], uint32(l.DirtyLen))
-	le.PutUint32(img[offTicks:], l.TicksPerPage)
-	le.PutUint32(img[offPMPort:], l.PMPort)
+	le.PutUint32(img[offPagesPerTick:], l.PagesPerTick)
 	return img, nil
 }
 

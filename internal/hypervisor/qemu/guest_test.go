@@ -33,12 +33,12 @@ func TestLayout(t *testing.T) {
 	}{
 		{hypervisor.Spec{Name: "a", Memory: 68 << 20}, 0, 0, 0},
 		{hypervisor.Spec{Name: "a", Memory: 68 << 20, Workload: hypervisor.Workload{Fill: 1}}, 64 << 20, 0, 0},
-		{hypervisor.Spec{Name: "a", Memory: 68 << 20, Workload: hypervisor.Workload{Fill: 1, Dirty: 4096 * 100}}, 48 << 20, 16 << 20, pmTimerHz / 100},
+		{hypervisor.Spec{Name: "a", Memory: 68 << 20, Workload: hypervisor.Workload{Fill: 1, Dirty: 4096 * 100}}, 48 << 20, 16 << 20, 6553},
 		{hypervisor.Spec{Name: "a", Memory: 1 << 30, Workload: hypervisor.Workload{Fill: 0.5, Dirty: DirtyFlatOut}}, ((1<<30 - 4<<20 - 64<<20) / 2) &^ 4095, 64 << 20, 0},
 	} {
 		l := Layout(tc.spec)
-		if l.PatternLen != tc.patLen || l.DirtyLen != tc.dirtyLen || l.TicksPerPage != tc.ticks {
-			t.Errorf("%+v: layout %+v; want pattern %d, dirty %d, ticks %d", tc.spec, l, tc.patLen, tc.dirtyLen, tc.ticks)
+		if l.PatternLen != tc.patLen || l.DirtyLen != tc.dirtyLen || l.PagesPerTick != tc.ticks {
+			t.Errorf("%+v: layout %+v; want pattern %d, dirty %d, pages per tick %d", tc.spec, l, tc.patLen, tc.dirtyLen, tc.ticks)
 		}
 		if l.DirtyLen > 0 && (l.DirtyAddr < l.PatternAddr+l.PatternLen || l.DirtyAddr+l.DirtyLen > tc.spec.Memory-topReserve) {
 			t.Errorf("%+v: regions overlap or overflow: %+v", tc.spec, l)
@@ -89,7 +89,7 @@ func TestGuestImageMatchesSource(t *testing.T) {
 	}
 	// The header and parameter offsets the driver patches.
 	le := binary.LittleEndian
-	if le.Uint32(b) != 0x1BADB002 || le.Uint32(b[offPMPort:]) != pmPort || le.Uint32(b[offStatus:]) != 0 {
+	if le.Uint32(b) != 0x1BADB002 || le.Uint32(b[offPagesPerTick:]) != 0 || le.Uint32(b[offStatus:]) != 0 {
 		t.Fatal("guest image layout differs from the offsets in guest.go")
 	}
 }

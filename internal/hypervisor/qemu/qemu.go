@@ -396,6 +396,19 @@ func tail(path string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// QMP runs one QMP command on VM id and decodes its "return" into out
+// (unless nil): for operators and benchmarks that drive QEMU directly.
+func (d *Driver) QMP(ctx context.Context, id, cmd string, args, out any) error {
+	return d.run(ctx, id, cmd, args, out)
+}
+
+// CreateIncoming starts VM s waiting, paused, for a migration that the
+// caller starts itself (migrate-incoming); PrepareIncoming is the
+// tunnelled form.
+func (d *Driver) CreateIncoming(ctx context.Context, s hypervisor.Spec) (hypervisor.VM, error) {
+	return d.start(ctx, s, true)
+}
+
 // ReadMemory reads n bytes of VM id's guest-physical memory at addr
 // (pmemsave into a file of the driver's): for tests and operators.
 func (d *Driver) ReadMemory(ctx context.Context, id string, addr, n uint64) ([]byte, error) {

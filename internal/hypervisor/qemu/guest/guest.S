@@ -13,10 +13,11 @@
  *    and after the last page the generation counter. So page i's first
  *    word is the number of passes that wrote it: pages / npages + 1 for
  *    i < pages % npages, pages / npages for the rest — also checkable.
- *    Between two pages it waits ticks_per_page ticks of the ACPI PM
- *    timer (3.579545 MHz, 24 bits, at I/O port pm_port; a device clock
- *    that stops while the VM is paused), which sets the dirty rate;
- *    0 dirties as fast as the CPU goes.
+ *    It writes pages_per_tick pages (16.16 fixed point) on each tick
+ *    of a 1 kHz timer (the PIT, a device clock that stops while the VM
+ *    is paused) and halts in between, so a paced guest leaves the host
+ *    CPU alone, as a real mostly idle guest does; 0 dirties as fast as
+ *    the CPU goes.
  *
  * The host patches the parameters into its copy of the image; the
  * counters are read back from guest memory at the same addresses
@@ -46,8 +47,8 @@ pattern_len:	.long 0
 seed:		.long 0x9E3779B9
 dirty_addr:	.long 0
 dirty_len:	.long 0
-ticks_per_page:	.long 0
-pm_port:	.long 0x608
+pages_per_tick:	.long 0		/* 16.16 fixed point, 1 kHz ticks; 0: flat out */
+reserved:	.long 0
 counters:				/* offset 60: written by the guest */
 status:		.long 0
 generation:	.long 0
@@ -55,6 +56,14 @@ pages:		.long 0
 
 entry:
 	cli
+	lgdt	gdt_desc		/* our own flat segments: interrupts need a GDT we own */
+	ljmp	$0x08, $1f
+1:	movw	$0x10, %ax
+	movw	%ax, %ds
+	movw	%ax, %es
+	movw	%ax, %ss
+	movw	%ax, %fs
+	movw	%ax, %gs
 	movl	$0x9F000, %esp
 
 	/* 1. the pattern */
@@ -78,7 +87,7 @@ entry:
 	jnz	1b
 2:	movl	$1, status
 
-	/* 2. the dirtying loop */
+	/* 2. the dirtied region */
 	movl	dirty_addr, %edi
 	movl	%edi, %ebx
 	addl	dirty_len, %ebx		/* ebx: end of the region */
@@ -89,36 +98,94 @@ entry:
 	addl	$4096, %ecx
 	cmpl	%ebx, %ecx
 	jb	3b
-	movl	pm_port, %edx
-	inl	(%dx), %eax
-	andl	$0xFFFFFF, %eax
-	movl	%eax, %ebp		/* ebp: last timer reading */
-	xorl	%esi, %esi		/* esi: ticks not yet spent */
-pace:
-	cmpl	$0, ticks_per_page
-	je	write
-wait:
-	inl	(%dx), %eax
-	andl	$0xFFFFFF, %eax
-	movl	%eax, %ecx
-	subl	%ebp, %ecx
-	andl	$0xFFFFFF, %ecx		/* ticks since the last reading, mod 2^24 */
-	movl	%eax, %ebp
-	addl	%ecx, %esi
-	cmpl	ticks_per_page, %esi
-	jb	wait
-	subl	ticks_per_page, %esi
-write:
+	cmpl	$0, pages_per_tick
+	je	flat
+
+	/* Paced: a 1 kHz timer interrupt (PIT channel 0 on IRQ 0, the PIC
+	 * remapped to vector 0x20), idle in hlt between ticks, and each
+	 * tick writes pages_per_tick (16.16 fixed point) pages. */
+	movl	$tick, %eax
+	movw	%ax, idt + 0x20*8
+	movw	$0x08, idt + 0x20*8 + 2
+	movw	$0x8E00, idt + 0x20*8 + 4	/* present, ring 0, 32-bit interrupt gate */
+	shrl	$16, %eax
+	movw	%ax, idt + 0x20*8 + 6
+	lidt	idt_desc
+	movb	$0x11, %al		/* PIC: init, ICW4 follows */
+	outb	%al, $0x20
+	outb	%al, $0xA0
+	movb	$0x20, %al		/* master: vectors 0x20–0x27 */
+	outb	%al, $0x21
+	movb	$0x28, %al		/* slave: 0x28–0x2f */
+	outb	%al, $0xA1
+	movb	$0x04, %al
+	outb	%al, $0x21
+	movb	$0x02, %al
+	outb	%al, $0xA1
+	movb	$0x01, %al		/* 8086 mode */
+	outb	%al, $0x21
+	outb	%al, $0xA1
+	movb	$0xFE, %al		/* only IRQ 0 */
+	outb	%al, $0x21
+	movb	$0xFF, %al
+	outb	%al, $0xA1
+	movb	$0x34, %al		/* PIT channel 0, lo/hi byte, mode 2 */
+	outb	%al, $0x43
+	movb	$(1193 & 0xFF), %al	/* 1193182 Hz / 1193: 1 kHz */
+	outb	%al, $0x40
+	movb	$(1193 >> 8), %al
+	outb	%al, $0x40
+	xorl	%esi, %esi		/* esi: pages owed, 16.16 */
+	sti
+paced:
+	hlt				/* until the next tick */
+	addl	pages_per_tick, %esi
+4:	cmpl	$0x10000, %esi
+	jb	paced
+	subl	$0x10000, %esi
 	incl	(%edi)
 	incl	pages
 	addl	$4096, %edi
 	cmpl	%ebx, %edi
-	jb	pace
+	jb	4b
 	movl	dirty_addr, %edi
 	incl	generation
-	jmp	pace
+	jmp	4b
+
+	/* Flat out: as fast as the CPU goes. */
+flat:
+	incl	(%edi)
+	incl	pages
+	addl	$4096, %edi
+	cmpl	%ebx, %edi
+	jb	flat
+	movl	dirty_addr, %edi
+	incl	generation
+	jmp	flat
+
+tick:
+	pushl	%eax
+	movb	$0x20, %al		/* end of interrupt */
+	outb	%al, $0x20
+	popl	%eax
+	iret
 
 idle:
 	hlt
 	jmp	idle
+
+	.balign 8
+gdt:
+	.quad	0
+	.quad	0x00CF9A000000FFFF	/* 0x08: code, base 0, 4 GiB, 32-bit */
+	.quad	0x00CF92000000FFFF	/* 0x10: data, base 0, 4 GiB */
+gdt_desc:
+	.word	3*8 - 1
+	.long	gdt
+	.balign 8
+idt:
+	.fill	0x30, 8, 0		/* only vector 0x20 is set, at run time */
+idt_desc:
+	.word	0x30*8 - 1
+	.long	idt
 end:

@@ -180,8 +180,8 @@ func TestQEMUMigrationWAN(t *testing.T) {
 	c.checkCompleted(m, "guest", "east", "west")
 	t.Logf("QEMU guest east→west over the WAN: total %d ms, downtime %d ms, %d bytes on the wire, %d rounds",
 		m.TotalMS, m.DowntimeMS, m.BytesOnWire, m.Rounds)
-	if m.BytesOnWire < 64<<20 {
-		t.Fatalf("%d bytes on the wire for a guest with 64 MiB of pattern", m.BytesOnWire)
+	if pat := qemu.Layout(spec).PatternLen; m.BytesOnWire < pat {
+		t.Fatalf("%d bytes on the wire for a guest with %d bytes of pattern", m.BytesOnWire, pat)
 	}
 	if srcPID == 0 || syscall.Kill(srcPID, 0) == nil {
 		t.Fatalf("the source QEMU (pid %d) still runs", srcPID)

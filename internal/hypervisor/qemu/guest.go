@@ -21,23 +21,23 @@ var guestImage []byte
 const (
 	GuestLoadAddr = 0x100000
 
-	offPatternAddr = 0x20
-	offPatternLen  = 0x24
-	offSeed        = 0x28
-	offDirtyAddr   = 0x2c
-	offDirtyLen    = 0x30
+	offPatternAddr  = 0x20
+	offPatternLen   = 0x24
+	offSeed         = 0x28
+	offDirtyAddr    = 0x2c
+	offDirtyLen     = 0x30
 	offPagesPerTick = 0x34
-	offStatus      = 0x3c
-	offGeneration  = 0x40
-	offPages       = 0x44
+	offStatus       = 0x3c
+	offGeneration   = 0x40
+	offPages        = 0x44
 
 	// GuestCountersAddr is where the guest's status, generation and
 	// pages counters (three little-endian uint32) are.
 	GuestCountersAddr = GuestLoadAddr + offStatus
 
 	// tickHz is the guest's timer rate (PIT channel 0 at 1 kHz).
-	tickHz = 1000
-	pageSize  = 4096
+	tickHz   = 1000
+	pageSize = 4096
 	// patternAddr: the pattern starts at 2 MiB, above the image;
 	// topReserve: the last 2 MiB below the end of memory hold the
 	// firmware's tables (ACPI, SMBIOS), which the guest leaves alone.

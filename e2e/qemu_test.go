@@ -217,3 +217,77 @@ func TestQEMUMigrationWAN(t *testing.T) {
 		t.Fatalf("the MMC did not log the completion")
 	}
 }
+
+// cutSite drops every packet into and out of namespace ns (nftables), as
+// a WAN link that goes down.
+func cutSite(t testing.TB, ns string) {
+	t.Helper()
+	rules := `table inet ferrycut {
+	chain in { type filter hook input priority -200; policy drop; iif "lo" accept; }
+	chain out { type filter hook output priority -200; policy drop; oif "lo" accept; }
+}`
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// The WAN link goes down mid-transfer: the migration ends failed, and the
+// source VM runs on, unchanged (its pattern intact, its dirtied pages
+// agreeing with its counters).
+func TestQEMUMigrationLinkCut(t *testing.T) {
+	requireQEMUAndRoot(t)
+	c, drv := qemuSites(t, "wan")
+	spec := hypervisor.Spec{Name: "stays", Memory: 256 << 20, VCPUs: 1,
+		Workload: hypervisor.Workload{Fill: 0.5, Dirty: 1 << 20}}
+	if err := c.ctl(nil, "vms", "create", "stays", "--host", "east", "--memory", "256MiB", "--workload", "fill=0.5,dirty=1MiB/s"); err != nil {
+		t.Fatal(err)
+	}
+	east := drv["east"]
+	c.waitFor("the guest wrote its pattern", func() bool { return guestCounters(t, east, "stays").Status == 1 })
+	var mig struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&mig, "migrate", "stays", "--to", "west"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the transfer under way", func() bool {
+		st, err := east.MigrationStatus(context.Background(), "stays")
+		return err == nil && st.State == hypervisor.MigActive && st.Transferred > 8<<20
+	})
+	cutSite(t, c.agentNetns["west"])
+	if _, err := c.watch(mig.ID); err == nil {
+		t.Fatal("watch succeeded although the link went down")
+	}
+	var list []migrationView
+	if err := c.ctl(&list, "migrations", "list"); err != nil || len(list) != 1 {
+		t.Fatalf("migrations: %+v, %v", list, err)
+	}
+	m := list[0]
+	if m.State != "failed" {
+		t.Fatalf("after the link went down: %+v", m)
+	}
+	t.Logf("migration %s: %s (%s)", m.ID, m.State, m.Error)
+	vms, err := east.List(context.Background())
+	if err != nil || len(vms) != 1 || vms[0].State != hypervisor.StateRunning {
+		t.Fatalf("source VMs: %+v, %v", vms, err)
+	}
+	checkGuestPattern(t, east, "stays", spec)
+	if err := east.Pause(context.Background(), "stays"); err != nil {
+		t.Fatal(err)
+	}
+	l := qemu.Layout(spec)
+	cnt := guestCounters(t, east, "stays")
+	region, err := east.ReadMemory(context.Background(), "stays", l.DirtyAddr, l.DirtyLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckDirtied(region, cnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.Resume(context.Background(), "stays"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the source guest runs on", func() bool { return guestCounters(t, east, "stays").Pages > cnt.Pages })
+}

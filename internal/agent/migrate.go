@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -59,6 +61,11 @@ const (
 	// up to migFastPollFor: the outcome is due and the VM is paused.
 	migFastPoll    = 5 * time.Millisecond
 	migFastPollFor = 3 * time.Second
+	// migNearPoll: the hypervisor expects to stop the guest within a
+	// second, and a driver may need this agent's poll at that moment
+	// (QEMU with disks pauses before the switch-over until its mirrors
+	// are completed).
+	migNearPoll = 20 * time.Millisecond
 	// streamQueueDelay bounds the migration stream's unsent backlog.
 	streamQueueDelay = 30 * time.Millisecond
 )
@@ -256,15 +263,135 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 		conn.Close()
 		return err
 	}
-	a.runJob(j, func(ctx context.Context) (io.ReadWriteCloser, *sudp.Conn, error) {
+	// One acceptor takes the link's streams as the source opens them: the
+	// migration stream goes to the job, disk channels (QEMU's NBD mirror)
+	// to the driver's disk socket.
+	type accepted struct {
+		s   *sudp.Stream
+		c   *sudp.Conn
+		err error
+	}
+	migStream := make(chan accepted, 1)
+	acceptor := func(ctx context.Context) {
 		l, err := a.waitLink(ctx, o.Topic)
 		if err != nil {
-			return nil, nil, err
+			migStream <- accepted{err: err}
+			return
 		}
-		s, err := l.c.AcceptStream(ctx)
-		return s, l.c, err
-	})
+		sent := false
+		for {
+			s, err := l.c.AcceptStream(ctx)
+			if err != nil {
+				if !sent {
+					migStream <- accepted{err: err}
+				}
+				return
+			}
+			kind, err := readStreamKind(ctx, s)
+			switch {
+			case err != nil:
+				a.log.Warn("agent: migration link stream", "id", o.ID, "err", err)
+				s.Reset(1)
+			case kind == streamMigration && !sent:
+				sent = true
+				migStream <- accepted{s: s, c: l.c}
+			case kind == streamDisk:
+				a.serveDiskStream(ctx, j, s)
+			default:
+				a.log.Warn("agent: unexpected stream on a migration link", "id", o.ID, "kind", kind)
+				s.Reset(1)
+			}
+		}
+	}
+	a.runJob(j, func(ctx context.Context) (io.ReadWriteCloser, *sudp.Conn, error) {
+		select {
+		case r := <-migStream:
+			return r.s, r.c, r.err
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}, acceptor)
 	return nil
+}
+
+// Each stream of a migration link starts with one byte saying what it
+// carries (protocol.md §16.2).
+const (
+	streamMigration byte = 'M' // the hypervisor's migration stream
+	streamDisk      byte = 'D' // one connection of the disk channel
+)
+
+func readStreamKind(ctx context.Context, s *sudp.Stream) (byte, error) {
+	var b [1]byte
+	rctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
+	defer cancel()
+	stop := context.AfterFunc(rctx, func() { s.Reset(1) })
+	defer stop()
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		return 0, fmt.Errorf("reading the stream's kind: %w", err)
+	}
+	return b[0], nil
+}
+
+// serveDiskStream joins one disk-channel stream to the incoming VM's disk
+// socket (destination).
+func (a *Agent) serveDiskStream(ctx context.Context, j *job, s *sudp.Stream) {
+	dm, ok := j.mig.(hypervisor.DiskMover)
+	path := ""
+	if ok {
+		path = dm.IncomingDiskSocket(j.order.VM)
+	}
+	if path == "" {
+		a.log.Warn("agent: a disk stream for a VM that receives no disk", "id", j.order.ID, "vm", j.order.VM)
+		s.Reset(1)
+		return
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		a.log.Warn("agent: connecting a disk stream", "id", j.order.ID, "err", err)
+		s.Reset(1)
+		return
+	}
+	a.migs.wg.Add(1)
+	go func() {
+		defer a.migs.wg.Done()
+		if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
+			a.log.Warn("agent: disk stream", "id", j.order.ID, "err", err)
+		}
+	}()
+}
+
+// serveDiskChannel (source) accepts the hypervisor's disk-channel
+// connections on ln and carries each over a new stream of the link,
+// until ctx ends.
+func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
+		s, err := lc.OpenStreamPriority(sctx, sudp.PriorityBulk)
+		cancel()
+		if err == nil {
+			_, err = s.Write([]byte{streamDisk})
+		}
+		if err != nil {
+			a.log.Warn("agent: opening a disk stream", "id", id, "err", err)
+			conn.Close()
+			continue
+		}
+		a.migs.wg.Add(1)
+		go func() {
+			defer a.migs.wg.Done()
+			if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
+				a.log.Warn("agent: disk stream", "id", id, "err", err)
+			}
+		}()
+	}
 }
 
 // startOutgoing starts the hypervisor's migration of the VM and a job
@@ -287,18 +414,64 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o me
 	// its bytes: they must not pile up in a send buffer (16 MiB is over a
 	// second at 100 Mbit/s, all of it downtime once the guest is paused).
 	s.SetMaxQueueDelay(streamQueueDelay)
-	conn, err := mig.MigrateOut(ctx, o.VM, o.Params)
-	if err != nil {
+	if _, err := s.Write([]byte{streamMigration}); err != nil {
+		s.Reset(1)
+		return fmt.Errorf("agent: migration stream: %w", err)
+	}
+	// A VM with local disks: the driver copies them first, over a disk
+	// channel this agent serves on a Unix socket and carries over the
+	// link.
+	// The channel is served from before the driver starts: QEMU connects
+	// its NBD client while the driver sets the mirrors up.
+	var conn net.Conn
+	stopDisks := func() {}
+	if dm, ok := mig.(hypervisor.DiskMover); ok && dm.MovesDisks(o.VM) {
+		path := filepath.Join(a.cfg.DataDir, "migrations", o.ID+".disk")
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			s.Reset(1)
+			return fmt.Errorf("agent: %w", err)
+		}
+		_ = os.Remove(path)
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			s.Reset(1)
+			return fmt.Errorf("agent: disk channel: %w", err)
+		}
+		a.migs.mu.Lock()
+		dctx, cancel := context.WithCancel(a.migs.ctx)
+		a.migs.mu.Unlock()
+		stopDisks = cancel
+		a.migs.wg.Add(1)
+		go func() {
+			defer a.migs.wg.Done()
+			a.serveDiskChannel(dctx, o.ID, ln, l.c)
+		}()
+		conn, err = dm.MigrateOutDisks(ctx, o.VM, o.Params, path)
+		if err != nil {
+			stopDisks()
+			s.Reset(1)
+			return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
+		}
+	} else if conn, err = mig.MigrateOut(ctx, o.VM, o.Params); err != nil {
 		s.Reset(1)
 		return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
 	}
 	j := &job{order: o, role: roleSource, mig: mig, conn: conn, phase: phaseTransferring, at: time.Now(), link: l.c}
 	if old, err := a.migs.add(j); old != nil || err != nil {
 		conn.Close()
+		stopDisks()
 		s.Reset(1)
 		return err
 	}
-	a.runJob(j, func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error) { return s, l.c, nil })
+	// The disk channel ends with the job (the memory migration is over,
+	// and the mirrors were completed before it).
+	a.runJob(j, func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error) { return s, l.c, nil }, func(ctx context.Context) {
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+		}
+		stopDisks()
+	})
 	return nil
 }
 
@@ -321,13 +494,21 @@ func (a *Agent) waitLink(ctx context.Context, topic string) (*link, error) {
 }
 
 // runJob starts j's goroutines: one joins the stream (from getStream) to
-// the hypervisor's descriptor, one watches the hypervisor's progress.
-func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error)) {
+// the hypervisor's descriptor, one watches the hypervisor's progress, and
+// side (if not nil) serves the link's other streams; all stop with the job.
+func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error), side func(context.Context)) {
 	a.migs.mu.Lock()
 	ctx := a.migs.ctx
 	a.migs.mu.Unlock()
 	ctx, stop := context.WithCancel(ctx)
 	j.stop = stop
+	if side != nil {
+		a.migs.wg.Add(1)
+		go func() {
+			defer a.migs.wg.Done()
+			side(ctx)
+		}()
+	}
 	a.migs.wg.Add(2)
 	pumped := make(chan error, 1)
 	kick := make(chan struct{}, 1)
@@ -420,6 +601,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 	// destination verifies the last bytes it was handed; the downtime
 	// runs meanwhile): look often until the hypervisor reports it.
 	var fastUntil, ended time.Time
+	var last hypervisor.MigrationStatus
 	for {
 		select {
 		case <-ctx.Done():
@@ -432,9 +614,12 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			fastUntil = time.Now().Add(migFastPollFor)
 		case <-t.C:
 		}
-		if time.Now().Before(fastUntil) {
+		switch {
+		case time.Now().Before(fastUntil):
 			t.Reset(migFastPoll)
-		} else {
+		case nearSwitchOver(last):
+			t.Reset(migNearPoll)
+		default:
 			t.Reset(migPoll)
 		}
 		st, err := j.mig.MigrationStatus(ctx, j.order.VM)
@@ -454,6 +639,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			}
 			st.Finished = ended
 		}
+		last = st
 		j.mu.Lock()
 		j.status = st
 		phase := j.phase
@@ -496,6 +682,12 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			return
 		}
 	}
+}
+
+// nearSwitchOver: a transfer whose remaining memory would take under a
+// second to send.
+func nearSwitchOver(st hypervisor.MigrationStatus) bool {
+	return st.State == hypervisor.MigActive && st.ExpectedDowntime > 0 && st.ExpectedDowntime < time.Second
 }
 
 func (a *Agent) postPhase(j *job) {

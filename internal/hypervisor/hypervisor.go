@@ -71,6 +71,9 @@ type Disk struct {
 	// destination through the migration tunnel.
 	Shared bool `json:"shared,omitempty"`
 	Boot   bool `json:"boot,omitempty"`
+	// Size is the disk's virtual size in bytes, as the driver found it
+	// (a destination creates a local disk of this size).
+	Size uint64 `json:"size,omitempty"`
 }
 
 // NIC is one virtual network interface.
@@ -90,6 +93,9 @@ type VM struct {
 	VCPUs  int    `json:"vcpus"`
 	Memory uint64 `json:"memory"`
 	PID    int    `json:"pid,omitempty"`
+	// Disks as the driver sees them (with sizes), for the MMC's record
+	// of the VM's definition.
+	Disks []Disk `json:"disks,omitempty"`
 }
 
 // Stats are a VM's current resource use (rates over the last second or so).

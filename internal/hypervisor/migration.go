@@ -108,3 +108,23 @@ type Migrator interface {
 	// CancelMigration stops an outgoing migration; the source VM runs on.
 	CancelMigration(ctx context.Context, id string) error
 }
+
+// DiskMover is implemented by drivers whose migrations also copy a VM's
+// local (not shared) disks, over a second channel beside the migration
+// stream: QEMU mirrors them to an NBD server the destination runs. Each
+// end of that channel is a local Unix socket; the migration agents carry
+// its connections over further streams of their link. The source's MA
+// listens on a socket and passes its path to MigrateOutDisks; the
+// destination's MA connects each connection it receives to
+// IncomingDiskSocket. The disks are copied before the memory, and kept in
+// step until the switch-over.
+type DiskMover interface {
+	// MovesDisks reports whether migrating VM id copies disks.
+	MovesDisks(id string) bool
+	// MigrateOutDisks is MigrateOut for such a VM; the driver connects
+	// to diskSocket for the disk channel.
+	MigrateOutDisks(ctx context.Context, id string, p MigrationParams, diskSocket string) (net.Conn, error)
+	// IncomingDiskSocket is where incoming VM id serves its disks ("" if
+	// it receives none).
+	IncomingDiskSocket(id string) string
+}

@@ -316,6 +316,9 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		writeActErr(w, err)
 		return
 	}
+	if res.VM != nil && len(res.VM.Disks) == len(spec.Disks) {
+		spec.Disks = res.VM.Disks // with the sizes the driver found
+	}
 	if err := s.st.PutVM(spec); err != nil {
 		s.log.Error("mmc: storing a VM definition", "vm", spec.Name, "err", err)
 	}

@@ -35,48 +35,14 @@ const unlimitedBandwidth = 1 << 40
 
 // MigrateOut implements hypervisor.Migrator.
 func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.MigrationParams) (net.Conn, error) {
-	downtime := p.DowntimeLimit
-	if downtime <= 0 {
-		downtime = hypervisor.DefaultDowntimeLimit
-	}
-	bw := int64(p.MaxBandwidth)
-	if bw <= 0 {
-		bw = unlimitedBandwidth
-	}
-	caps := []map[string]any{
-		{"capability": "auto-converge", "state": p.AutoConverge},
-		// XBZRLE sends the delta of a page that was sent before: what
-		// helps a slow link when the guest rewrites the same pages.
-		{"capability": "xbzrle", "state": p.Compress},
-	}
-	params := map[string]any{
-		"max-bandwidth":          bw,
-		"downtime-limit":         max(downtime.Milliseconds(), 1),
-		"cpu-throttle-initial":   20,
-		"cpu-throttle-increment": 20,
-		"max-cpu-throttle":       99,
-	}
+	caps, params := migrationSettings(p)
 	vmEnd, maEnd, err := hypervisor.StreamPair()
 	if err != nil {
 		return nil, err
 	}
 	defer vmEnd.Close() // QEMU holds its own copy once getfd returned
 	err = d.qmp(ctx, id, func(q *qmpConn) error {
-		var mi migrateInfo
-		if err := q.run("query-migrate", nil, &mi, nil); err != nil {
-			return err
-		}
-		if active(mi.Status) {
-			return fmt.Errorf("qemu: VM %s is already migrating (%s)", id, mi.Status)
-		}
-		if err := q.run("migrate-set-capabilities", map[string]any{"capabilities": caps}, nil, nil); err != nil {
-			return err
-		}
-		if err := q.run("migrate-set-parameters", params, nil, nil); err != nil {
-			return err
-		}
-		_ = q.run("closefd", map[string]any{"fdname": migrationFD}, nil, nil) // left by an earlier attempt
-		if err := q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd); err != nil {
+		if err := d.arm(q, id, caps, params, vmEnd); err != nil {
 			return err
 		}
 		// QEMU reports durations, not times: the start is ours to
@@ -94,11 +60,80 @@ func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.Migrati
 	return maEnd, nil
 }
 
+// migrationSettings are QEMU's capabilities and parameters for p.
+func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, params map[string]any) {
+	downtime := p.DowntimeLimit
+	if downtime <= 0 {
+		downtime = hypervisor.DefaultDowntimeLimit
+	}
+	bw := int64(p.MaxBandwidth)
+	if bw <= 0 {
+		bw = unlimitedBandwidth
+	}
+	caps = []map[string]any{
+		{"capability": "auto-converge", "state": p.AutoConverge},
+		// XBZRLE sends the delta of a page that was sent before: what
+		// helps a slow link when the guest rewrites the same pages.
+		{"capability": "xbzrle", "state": p.Compress},
+		{"capability": "pause-before-switchover", "state": false},
+	}
+	params = map[string]any{
+		"max-bandwidth":          bw,
+		"downtime-limit":         max(downtime.Milliseconds(), 1),
+		"cpu-throttle-initial":   20,
+		"cpu-throttle-increment": 20,
+		"max-cpu-throttle":       99,
+	}
+	return caps, params
+}
+
+// arm readies VM id for an outgoing migration on vmEnd: not migrating
+// already, capabilities and parameters set, the descriptor handed over
+// (getfd) under migrationFD.
+func (d *Driver) arm(q *qmpConn, id string, caps []map[string]any, params map[string]any, vmEnd *os.File) error {
+	if err := d.checkIdle(q, id); err != nil {
+		return err
+	}
+	if err := q.run("migrate-set-capabilities", map[string]any{"capabilities": caps}, nil, nil); err != nil {
+		return err
+	}
+	if err := q.run("migrate-set-parameters", params, nil, nil); err != nil {
+		return err
+	}
+	_ = q.run("closefd", map[string]any{"fdname": migrationFD}, nil, nil) // left by an earlier attempt
+	return q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd)
+}
+
+// checkIdle refuses a VM that is migrating already, and forgets the
+// disk phases of an earlier migration.
+func (d *Driver) checkIdle(q *qmpConn, id string) error {
+	var mi migrateInfo
+	if err := q.run("query-migrate", nil, &mi, nil); err != nil {
+		return err
+	}
+	if m, ok := d.mirrorState(id); (ok && m.Phase == phaseMirror) || active(mi.Status) {
+		return fmt.Errorf("qemu: VM %s is already migrating (%s)", id, firstNonEmpty(mi.Status, "copying its disks"))
+	}
+	_ = os.Remove(d.path(id, "mirror"))
+	return nil
+}
+
 // PrepareIncoming implements hypervisor.Migrator: QEMU started from s with
 // -incoming defer -S, then given the stream with migrate-incoming.
 func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hypervisor.VM, net.Conn, error) {
+	if err := d.prepareDisks(ctx, &s); err != nil {
+		_ = d.removeCreated(s.Name)
+		return hypervisor.VM{}, nil, err
+	}
 	vm, err := d.start(ctx, s, true)
 	if err != nil {
+		_ = d.removeCreated(s.Name)
+		return hypervisor.VM{}, nil, err
+	}
+	if err := d.exportDisks(ctx, vm.ID, s); err != nil {
+		if derr := d.Destroy(context.WithoutCancel(ctx), vm.ID); derr != nil {
+			err = errors.Join(err, derr)
+		}
 		return hypervisor.VM{}, nil, err
 	}
 	vmEnd, maEnd, err := hypervisor.StreamPair()
@@ -162,6 +197,15 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	if err != nil {
 		return st, err
 	}
+	if m, ok := d.mirrorState(id); ok {
+		dst, report, err := d.advanceDisks(ctx, id, s, m)
+		if err != nil || report {
+			if dst.Started.IsZero() {
+				dst.Started = d.migrationStart(id)
+			}
+			return dst, err
+		}
+	}
 	var mi migrateInfo
 	var run status
 	now := time.Now()
@@ -180,11 +224,7 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 		return st, err
 	}
 	st.Total = s.Memory
-	if b, err := os.ReadFile(d.path(id, "migstart")); err == nil {
-		if ns, err := strconv.ParseInt(string(b), 10, 64); err == nil {
-			st.Started = time.Unix(0, ns)
-		}
-	}
+	st.Started = d.migrationStart(id)
 	if st.Started.IsZero() && mi.TotalTime > 0 && active(mi.Status) {
 		st.Started = now.Add(-time.Duration(mi.TotalTime) * time.Millisecond)
 	}
@@ -226,9 +266,23 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	return st, nil
 }
 
+// migrationStart is when the driver started VM id's outgoing migration
+// (zero if unknown).
+func (d *Driver) migrationStart(id string) time.Time {
+	if b, err := os.ReadFile(d.path(id, "migstart")); err == nil {
+		if ns, err := strconv.ParseInt(string(b), 10, 64); err == nil {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
+}
+
 // CancelMigration implements hypervisor.Migrator: migrate_cancel, then
 // wait (up to 30 s) until QEMU says the migration ended.
 func (d *Driver) CancelMigration(ctx context.Context, id string) error {
+	if done, err := d.cancelDisks(ctx, id); done || err != nil {
+		return err
+	}
 	if err := d.run(ctx, id, "migrate_cancel", nil, nil); err != nil {
 		return err
 	}

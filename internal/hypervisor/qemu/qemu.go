@@ -29,13 +29,13 @@ import (
 
 // Driver manages QEMU VMs under Dir.
 type Driver struct {
-	Dir    string // <id>.json spec, .qmp monitor, .pid, .log, .kernel (test guest), .migstart
+	Dir    string // <id>.json spec, .qmp monitor, .pid, .log, .kernel (test guest), .migstart, .mirror, .nbd, .created; disks/ (local disks received)
 	Binary string // qemu-system-x86_64
 	Accel  string // "tcg"
 
 	mu    sync.Mutex
-	locks map[string]*sync.Mutex // one monitor session per VM at a time
-	cpu   map[string]cpuSample   // the last CPU reading per VM, for rates
+	locks map[string]chan struct{} // one monitor session per VM at a time
+	cpu   map[string]cpuSample     // the last CPU reading per VM, for rates
 }
 
 var (
@@ -56,7 +56,7 @@ func New(dir, bin string) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %s not found (Debian: apt-get install qemu-system-x86 qemu-utils): %w", bin, err)
 	}
-	return &Driver{Dir: dir, Binary: path, Accel: "tcg", locks: map[string]*sync.Mutex{}, cpu: map[string]cpuSample{}}, nil
+	return &Driver{Dir: dir, Binary: path, Accel: "tcg", locks: map[string]chan struct{}{}, cpu: map[string]cpuSample{}}, nil
 }
 
 // Name implements hypervisor.Driver.
@@ -81,6 +81,11 @@ func (d *Driver) start(ctx context.Context, s hypervisor.Spec, incoming bool) (h
 	id := s.Name
 	if _, err := os.Stat(d.path(id, "json")); err == nil {
 		return hypervisor.VM{}, fmt.Errorf("qemu: VM %s already exists", id)
+	}
+	if !incoming {
+		if err := fillSizes(ctx, &s); err != nil {
+			return hypervisor.VM{}, err
+		}
 	}
 	args, err := d.args(s, incoming)
 	if err != nil {
@@ -216,18 +221,23 @@ func (d *Driver) args(s hypervisor.Spec, incoming bool) ([]string, error) {
 	return a, nil
 }
 
-// lock serialises monitor sessions on VM id: QEMU serves one client per
-// monitor socket at a time.
-func (d *Driver) lock(id string) func() {
+// lock serialises monitor sessions on VM id (QEMU serves one client per
+// monitor socket at a time); a caller whose context ends while it waits
+// gives up rather than queue behind a long command.
+func (d *Driver) lock(ctx context.Context, id string) (unlock func(), err error) {
 	d.mu.Lock()
 	l := d.locks[id]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = make(chan struct{}, 1)
 		d.locks[id] = l
 	}
 	d.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("qemu: VM %s: monitor busy: %w", id, ctx.Err())
+	}
 }
 
 // qmp runs fn on a monitor session with VM id.
@@ -238,7 +248,11 @@ func (d *Driver) qmp(ctx context.Context, id string, fn func(q *qmpConn) error) 
 	if _, err := os.Stat(d.path(id, "json")); errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: %s", hypervisor.ErrNotFound, id)
 	}
-	defer d.lock(id)()
+	unlock, err := d.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	q, err := dialQMP(ctx, d.path(id, "qmp"))
 	if err != nil {
 		return err
@@ -268,7 +282,7 @@ func (d *Driver) vm(ctx context.Context, id string) (hypervisor.VM, error) {
 	if err := d.run(ctx, id, "query-status", nil, &st); err != nil {
 		return hypervisor.VM{}, err
 	}
-	return hypervisor.VM{ID: id, Name: s.Name, State: stateOf(st.Status), VCPUs: s.VCPUs, Memory: s.Memory, PID: d.pid(id)}, nil
+	return hypervisor.VM{ID: id, Name: s.Name, State: stateOf(st.Status), VCPUs: s.VCPUs, Memory: s.Memory, PID: d.pid(id), Disks: s.Disks}, nil
 }
 
 // stateOf maps QEMU's run state to the CLI's.
@@ -349,8 +363,12 @@ func (d *Driver) Pause(ctx context.Context, id string) error {
 }
 
 // Resume implements hypervisor.Driver. An incoming VM's cont is refused
-// by QEMU until its migration completed.
+// by QEMU until its migration completed; a resumed incoming VM stops
+// serving its disks and keeps them.
 func (d *Driver) Resume(ctx context.Context, id string) error {
+	if err := d.stopExports(ctx, id); err != nil {
+		return err
+	}
 	return d.run(ctx, id, "cont", nil, nil)
 }
 
@@ -374,12 +392,13 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	d.mu.Lock()
 	delete(d.cpu, id)
 	d.mu.Unlock()
-	return d.removeFiles(id)
+	// An incoming VM that never ran: the images made for it go too.
+	return errors.Join(d.removeCreated(id), d.removeFiles(id))
 }
 
 func (d *Driver) removeFiles(id string) error {
 	var errs []error
-	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel", "migstart"} {
+	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel", "migstart", "mirror", "nbd"} {
 		if err := os.Remove(d.path(id, ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

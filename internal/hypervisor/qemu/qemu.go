@@ -421,6 +421,11 @@ func (d *Driver) QMP(ctx context.Context, id, cmd string, args, out any) error {
 	return d.run(ctx, id, cmd, args, out)
 }
 
+// QMPWithFile is QMP with f's descriptor passed alongside (getfd).
+func (d *Driver) QMPWithFile(ctx context.Context, id, cmd string, args, out any, f *os.File) error {
+	return d.qmp(ctx, id, func(q *qmpConn) error { return q.run(cmd, args, out, f) })
+}
+
 // CreateIncoming starts VM s waiting, paused, for a migration that the
 // caller starts itself (migrate-incoming); PrepareIncoming is the
 // tunnelled form.

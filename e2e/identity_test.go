@@ -176,7 +176,12 @@ func (c *cluster) startMMC() {
 
 func (c *cluster) waitFor(what string, cond func() bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	c.waitForUpTo(30*time.Second, what, cond)
+}
+
+func (c *cluster) waitForUpTo(limit time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
 			c.t.Fatalf("timed out waiting for %s", what)

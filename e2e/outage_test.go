@@ -99,7 +99,10 @@ func TestMMCOutageMinute(t *testing.T) {
 	}
 	want := []string{"h1 a1", "h1 a2", "h1 a3", "h2 b1", "h2 b2"}
 	var got []string
-	c.waitFor("every alarm of the outage at the MMC", func() bool {
+	// Agents retry every 5–15 s once their backoff is capped, and a
+	// handshake that gets no answer takes 5 s to give up: under a loaded
+	// suite an agent can need two attempts after the MMC is back.
+	c.waitForUpTo(75*time.Second, "every alarm of the outage at the MMC", func() bool {
 		var alarms []event
 		if err := c.ctl(&alarms, "alarms"); err != nil {
 			t.Fatal(err)

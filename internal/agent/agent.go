@@ -277,10 +277,6 @@ var errHandshake = errors.New("agent: handshake failed")
 // maxBackoff caps the reconnection backoff.
 const maxBackoff = 10 * time.Second
 
-// reportBudget bounds the hypervisor queries of one report; what does
-// not answer in time is left out of it.
-const reportBudget = time.Second
-
 // closeConn closes c and waits briefly for the close to reach the MMC
 // (the endpoint may be closed right after).
 func closeConn(c *sudp.Conn) {
@@ -479,13 +475,7 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 			}
 			probe.Reset(a.cfg.TimeSyncInterval)
 		case <-reportT.C:
-			// Bounded: a hypervisor that is slow to answer (a QEMU
-			// monitor busy with a long command) must not keep this
-			// loop from answering challenges.
-			rctx, cancel := context.WithTimeout(ctx, reportBudget)
-			r := a.report(rctx)
-			cancel()
-			if err := message.Send(ctx, c, message.TypeReport, r); err != nil {
+			if err := message.Send(ctx, c, message.TypeReport, a.report(ctx)); err != nil {
 				return err
 			}
 			reportT.Reset(a.cfg.ReportInterval)

@@ -38,6 +38,11 @@ import (
 const (
 	throttleStep = 20 // percent per step
 	throttleMax  = 99
+	// throttleEvery: once a round found the guest outrunning the link,
+	// the throttle also steps up every throttleEvery within a round (a
+	// round over a slow link can take minutes, and waiting for its end
+	// to step again would stretch convergence over many of them).
+	throttleEvery = 5 * time.Second
 	// A round "does not shrink" when the dirty memory left after it is
 	// above this share of what it had to send …
 	shrinkRatio = 0.9
@@ -62,6 +67,7 @@ type outgoing struct {
 	final       bool          // in the stop-and-copy (the migration owns the pause)
 	pausedByUs  bool          // the stop-and-copy paused a running guest
 	postmigrate bool          // completed and not resumed since
+	throttledAt time.Time     // when the auto-converge throttle last stepped up
 
 	sent   atomic.Uint64 // page bytes sent (data pages, before compression)
 	zeros  atomic.Uint64 // zero pages sent
@@ -196,6 +202,7 @@ func (v *VM) precopy(ctx context.Context, o *outgoing, sw *streamWriter, p hyper
 			v.throttle.Store(t)
 			v.migMu.Lock()
 			o.st.Throttle = float64(t) / 100
+			o.throttledAt = time.Now()
 			v.migMu.Unlock()
 			v.log.Info("simvm: auto-converge throttle", "round", round, "throttle_pct", t)
 		}
@@ -231,6 +238,26 @@ func (v *VM) precopy(ctx context.Context, o *outgoing, sw *streamWriter, p hyper
 	return nil
 }
 
+// stepThrottleByTime raises an auto-converge throttle that is already
+// on by one step every throttleEvery, within a round.
+func (v *VM) stepThrottleByTime(o *outgoing) {
+	t := v.throttle.Load()
+	if t == 0 || t >= throttleMax {
+		return
+	}
+	now := time.Now()
+	v.migMu.Lock()
+	defer v.migMu.Unlock()
+	if o.final || now.Sub(o.throttledAt) < throttleEvery {
+		return
+	}
+	t = min(t+throttleStep, throttleMax)
+	v.throttle.Store(t)
+	o.throttledAt = now
+	o.st.Throttle = float64(t) / 100
+	v.log.Info("simvm: auto-converge throttle", "round", o.st.Round, "throttle_pct", t, "within_round", true)
+}
+
 func (v *VM) setRound(o *outgoing, r int) {
 	v.migMu.Lock()
 	o.st.Round = r
@@ -259,6 +286,7 @@ func (v *VM) pass(ctx context.Context, o *outgoing, enc *encoder, crc []uint32) 
 				if err := enc.flush(); err != nil {
 					return err
 				}
+				v.stepThrottleByTime(o)
 				account()
 				if err := ctx.Err(); err != nil {
 					return err

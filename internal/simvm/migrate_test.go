@@ -727,3 +727,37 @@ func TestMigrateFilled(t *testing.T) {
 		t.Fatalf("stream %d bytes, %d page bytes, %d zero pages: want every page sent as data", sst.StreamBytes, sst.Transferred, sst.ZeroPages)
 	}
 }
+
+// Once a round has found the guest outrunning the link, the throttle
+// also steps within a round, every throttleEvery, up to throttleMax; not
+// before a round turned it on, and not in the stop-and-copy.
+func TestThrottleStepsWithinRound(t *testing.T) {
+	v, err := newVM(Config{ID: "t", Name: "t", Memory: 1 << 20, VCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &outgoing{}
+	v.stepThrottleByTime(o)
+	if got := v.throttle.Load(); got != 0 {
+		t.Fatalf("stepped to %d without a round turning it on", got)
+	}
+	v.throttle.Store(throttleStep)
+	o.throttledAt = time.Now()
+	v.stepThrottleByTime(o)
+	if got := v.throttle.Load(); got != throttleStep {
+		t.Fatalf("stepped to %d before throttleEvery passed", got)
+	}
+	for want := 2 * throttleStep; want <= throttleMax+throttleStep; want += throttleStep {
+		o.throttledAt = time.Now().Add(-throttleEvery)
+		v.stepThrottleByTime(o)
+		if got := v.throttle.Load(); got != min(int32(want), throttleMax) {
+			t.Fatalf("throttle %d, want %d", got, min(want, throttleMax))
+		}
+	}
+	v.throttle.Store(40)
+	o.final, o.throttledAt = true, time.Now().Add(-throttleEvery)
+	v.stepThrottleByTime(o)
+	if got := v.throttle.Load(); got != 40 {
+		t.Fatalf("stepped to %d during the stop-and-copy", got)
+	}
+}

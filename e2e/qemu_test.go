@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/hypervisor/qemu"
+	"github.com/ferry-vm/ferry/internal/wanlab"
 )
 
 // lab is a WAN lab: two sites (network namespaces) on either side of an
@@ -39,18 +39,9 @@ func upLab(t testing.TB, profile string) *lab {
 			t.Errorf("wanlab down: %v: %s", err, out)
 		}
 	})
-	out, err := exec.Command(bin, "status", l.name, "--json").Output()
+	st, err := wanlab.Status(l.name)
 	if err != nil {
 		t.Fatalf("wanlab status: %v", err)
-	}
-	var st struct {
-		Sites []struct {
-			Netns string `json:"netns"`
-			Addr  string `json:"addr"`
-		} `json:"sites"`
-	}
-	if err := json.Unmarshal(out, &st); err != nil || len(st.Sites) < 2 {
-		t.Fatalf("wanlab status: %v: %s", err, out)
 	}
 	for i := range 2 {
 		l.netns[i], l.addr[i] = st.Sites[i].Netns, st.Sites[i].Addr

@@ -51,7 +51,7 @@ func localDisks(s hypervisor.Spec) []int {
 	return out
 }
 
-func format(dk hypervisor.Disk) string {
+func diskFormat(dk hypervisor.Disk) string {
 	if dk.Format == "" {
 		return "qcow2"
 	}
@@ -59,8 +59,8 @@ func format(dk hypervisor.Disk) string {
 }
 
 // imageSize is the virtual size of an image (qemu-img info).
-func imageSize(ctx context.Context, path, fmt_ string) (uint64, error) {
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", "-f", fmt_, path).Output()
+func imageSize(ctx context.Context, path, format string) (uint64, error) {
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", "-f", format, path).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -80,7 +80,7 @@ func imageSize(ctx context.Context, path, fmt_ string) (uint64, error) {
 // fillSizes records the virtual size of each of s's disks.
 func fillSizes(ctx context.Context, s *hypervisor.Spec) error {
 	for i := range s.Disks {
-		n, err := imageSize(ctx, s.Disks[i].Path, format(s.Disks[i]))
+		n, err := imageSize(ctx, s.Disks[i].Path, diskFormat(s.Disks[i]))
 		if err != nil {
 			return err
 		}
@@ -116,11 +116,11 @@ func (d *Driver) prepareDisks(ctx context.Context, s *hypervisor.Spec) error {
 		if dk.Size == 0 {
 			return fmt.Errorf("qemu: disk %d of %s: size unknown (the source's driver records it when it creates the VM)", i, s.Name)
 		}
-		p := filepath.Join(pool, fmt.Sprintf("%s-%s.%s", s.Name, diskNode(i), format(*dk)))
+		p := filepath.Join(pool, fmt.Sprintf("%s-%s.%s", s.Name, diskNode(i), diskFormat(*dk)))
 		if _, err := os.Stat(p); err == nil && !created[p] {
 			return fmt.Errorf("qemu: %s exists and is not a leftover of an earlier attempt: not overwriting it", p)
 		}
-		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", format(*dk), p, strconv.FormatUint(dk.Size, 10)).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", diskFormat(*dk), p, strconv.FormatUint(dk.Size, 10)).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("qemu: qemu-img create %s: %w: %s", p, err, strings.TrimSpace(string(out)))
 		}

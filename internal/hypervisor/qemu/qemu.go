@@ -178,10 +178,7 @@ func (d *Driver) args(s hypervisor.Spec, incoming bool) ([]string, error) {
 		a = append(a, "-kernel", d.path(id, "kernel"))
 	}
 	for i, dk := range s.Disks {
-		f := dk.Format
-		if f == "" {
-			f = "qcow2"
-		}
+		f := diskFormat(dk)
 		if f != "qcow2" && f != "raw" {
 			return nil, fmt.Errorf("qemu: disk %d: format %q (qcow2 or raw)", i, f)
 		}

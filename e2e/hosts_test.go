@@ -243,7 +243,10 @@ func TestAlarmsSurviveMMCOutage(t *testing.T) {
 
 // startHosts enrols agents with the given names by a join token (reports
 // every 300 ms), removes their VMs when the test ends, and waits until
-// every one of them is online.
+// every one of them is online. Each host is a model of 4 cores and 8 GiB
+// whose load is its VMs' use: the policy tests decide on room at the
+// destination, and the load of this 2-core machine running the whole
+// suite in parallel (often 100 %) must not decide for them.
 func (c *cluster) startHosts(t *testing.T, names ...string) {
 	t.Helper()
 	var tok struct {
@@ -253,7 +256,7 @@ func (c *cluster) startHosts(t *testing.T, names ...string) {
 		t.Fatal(err)
 	}
 	for _, h := range names {
-		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms")
+		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms", "--sim-host", "cores=4,memory=8GiB")
 	}
 	t.Cleanup(func() { c.destroyVMs(t) })
 	c.waitFor("every host online", func() bool {

@@ -14,7 +14,8 @@ import (
 //
 // The guest's memory is one []byte, allocated with make: the runtime maps
 // fresh anonymous memory for it, so pages the guest never writes are never
-// faulted in (a 4 GiB VM that touched 10 MiB costs 10 MiB of RAM).
+// faulted in (a 4 GiB VM that touched 10 MiB costs 10 MiB of RAM). An
+// incoming VM's memory is reserved whole instead (reserve.go).
 //
 // Two bitmaps of one bit per page, as atomic 64-bit words, sit beside it:
 // dirty (written since the migrator last took the page) and touched
@@ -60,10 +61,14 @@ type memory struct {
 	ntouched atomic.Uint64
 }
 
-func newMemory(pages uint64) *memory {
+func newMemory(pages uint64) *memory { return memoryOver(make([]byte, pages*PageSize)) }
+
+// memoryOver tracks buf (zero, a whole number of pages) as guest memory.
+func memoryOver(buf []byte) *memory {
+	pages := uint64(len(buf)) / PageSize
 	words := (pages + 63) / 64
 	return &memory{
-		mem:     make([]byte, pages*PageSize),
+		mem:     buf,
 		pages:   pages,
 		dirty:   make([]atomic.Uint64, words),
 		touched: make([]atomic.Uint64, words),

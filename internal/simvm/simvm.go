@@ -111,6 +111,10 @@ type VM struct {
 	out   *outgoing // the current or last outgoing migration
 	in    *incoming // the incoming migration (Config.Incoming only)
 
+	// reserved: mem.mem was mapped by reserve (an incoming VM) and is
+	// unmapped when Run ends.
+	reserved bool
+
 	ctx context.Context // Run's: migrations end with it
 	wg  sync.WaitGroup  // every goroutine of the VM
 }
@@ -130,7 +134,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	return v.run(ctx)
+	err = v.run(ctx)
+	if v.reserved {
+		release(v.mem.mem) // run has stopped every goroutine that touches it
+	}
+	return err
 }
 
 func newVM(cfg Config) (*VM, error) {
@@ -147,7 +155,16 @@ func newVM(cfg Config) (*VM, error) {
 	if pages > maxPages {
 		return nil, fmt.Errorf("simvm: memory %d bytes is over %d pages", cfg.Memory, uint64(maxPages))
 	}
-	v := &VM{cfg: cfg, log: cfg.Logger, mem: newMemory(pages), start: time.Now()}
+	v := &VM{cfg: cfg, log: cfg.Logger, start: time.Now()}
+	if cfg.Incoming {
+		buf, err := reserve(pages * PageSize)
+		if err != nil {
+			return nil, err
+		}
+		v.mem, v.reserved = memoryOver(buf), true
+	} else {
+		v.mem = newMemory(pages)
+	}
 	v.pcg = rand.NewPCG(uint64(time.Now().UnixNano()), 1)
 	v.rnd = rand.New(v.pcg)
 	w := cfg.Workload

@@ -42,6 +42,12 @@ type MigrationParams struct {
 	// driver's documented choice (the simulated VM forces the final copy
 	// when auto-converge is on and fails the migration otherwise).
 	MaxRounds int `json:"max_rounds,omitempty"`
+	// Postcopy allows post-copy, the last step of the convergence ladder
+	// (pre-copy within the downtime budget, then auto-converge, then
+	// post-copy): a pre-copy still not converged after MaxRounds asks to
+	// switch (MigrationStatus.Postcopy becomes PostcopyReady) instead of
+	// being given up. Drivers without post-copy ignore it.
+	Postcopy bool `json:"postcopy,omitempty"`
 }
 
 // Migration defaults.
@@ -56,6 +62,20 @@ const (
 	MigCompleted = "completed" // source: everything sent, VM paused (postmigrate); destination: image received and verified, VM paused
 	MigFailed    = "failed"    // see Error; source: VM resumed (running again) unless it had completed
 	MigCancelled = "cancelled" // source: cancelled by the MA, VM running
+)
+
+// Post-copy states (MigrationStatus.Postcopy).
+const (
+	// PostcopyReady: the source's pre-copy did not converge and post-copy
+	// is allowed; it goes on with pre-copy until told to switch
+	// (PostcopyMigrator.StartPostcopy).
+	PostcopyReady = "ready"
+	// PostcopyActive: switched. The source is stopped for good and the
+	// destination has the device state and can run, pulling the pages it
+	// lacks from the source as it touches them: from here on neither copy
+	// is a VM without the other, until the destination has every page
+	// (state completed on both).
+	PostcopyActive = "active"
 )
 
 // MigrationStatus is a migration's progress as the hypervisor reports it
@@ -91,6 +111,8 @@ type MigrationStatus struct {
 	Verified bool      `json:"verified,omitempty"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Postcopy is "", PostcopyReady or PostcopyActive.
+	Postcopy string `json:"postcopy,omitempty"`
 }
 
 // Migrator is implemented by drivers that can live-migrate.
@@ -107,6 +129,16 @@ type Migrator interface {
 	MigrationStatus(ctx context.Context, id string) (MigrationStatus, error)
 	// CancelMigration stops an outgoing migration; the source VM runs on.
 	CancelMigration(ctx context.Context, id string) error
+}
+
+// PostcopyMigrator is implemented by drivers that can switch a migration
+// to post-copy.
+type PostcopyMigrator interface {
+	// StartPostcopy switches VM id's outgoing migration to post-copy (the
+	// source stops; the destination can be resumed once its status says
+	// PostcopyActive). It does nothing for a migration that switched
+	// already.
+	StartPostcopy(ctx context.Context, id string) error
 }
 
 // DiskMover is implemented by drivers whose migrations also copy a VM's

@@ -264,6 +264,7 @@ func (d *Driver) MigrateOutDisks(ctx context.Context, id string, p hypervisor.Mi
 	if len(local) == 0 {
 		return d.MigrateOut(ctx, id, p)
 	}
+	p.Postcopy = false // see postcopy.go
 	caps, params := migrationSettings(p)
 	caps = append(caps, map[string]any{"capability": "pause-before-switchover", "state": true})
 	vmEnd, maEnd, err := hypervisor.StreamPair()
@@ -273,6 +274,9 @@ func (d *Driver) MigrateOutDisks(ctx context.Context, id string, p hypervisor.Mi
 	defer vmEnd.Close()
 	err = d.qmp(ctx, id, func(q *qmpConn) error {
 		if err := d.arm(q, id, caps, params, vmEnd); err != nil {
+			return err
+		}
+		if err := d.savePlan(id, p); err != nil {
 			return err
 		}
 		for _, i := range local {

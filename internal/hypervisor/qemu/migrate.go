@@ -45,6 +45,9 @@ func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.Migrati
 		if err := d.arm(q, id, caps, params, vmEnd); err != nil {
 			return err
 		}
+		if err := d.savePlan(id, p); err != nil {
+			return err
+		}
 		// QEMU reports durations, not times: the start is ours to
 		// keep (in a file, for an agent that restarts meanwhile).
 		start := strconv.FormatInt(time.Now().UnixNano(), 10)
@@ -76,6 +79,7 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 		// helps a slow link when the guest rewrites the same pages.
 		{"capability": "xbzrle", "state": p.Compress},
 		{"capability": "pause-before-switchover", "state": false},
+		{"capability": "postcopy-ram", "state": p.Postcopy},
 	}
 	params = map[string]any{
 		"max-bandwidth":          bw,
@@ -139,6 +143,12 @@ func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hyperv
 	vmEnd, maEnd, err := hypervisor.StreamPair()
 	if err == nil {
 		err = d.qmp(ctx, vm.ID, func(q *qmpConn) error {
+			// Post-copy needs the capability at both ends; whether the
+			// source uses it is its parameters' choice.
+			postcopy := []map[string]any{{"capability": "postcopy-ram", "state": len(localDisks(s)) == 0}}
+			if err := q.run("migrate-set-capabilities", map[string]any{"capabilities": postcopy}, nil, nil); err != nil {
+				return err
+			}
 			if err := q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd); err != nil {
 				return err
 			}
@@ -237,9 +247,15 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	}
 	st.ExpectedDowntime = time.Duration(mi.Expected) * time.Millisecond
 	st.Throttle = float64(mi.Throttle) / 100
+	if pc := d.postcopyAt(id); !pc.IsZero() || postcopyStatus(mi.Status) {
+		st.Postcopy, st.PausedAt = hypervisor.PostcopyActive, pc
+	}
 	switch {
 	case active(mi.Status):
 		st.State = hypervisor.MigActive
+		if err := d.converge(ctx, id, mi, &st); err != nil {
+			return st, err
+		}
 	case mi.Status == "completed":
 		st.State = hypervisor.MigCompleted
 		if mi.RAM == nil {
@@ -252,7 +268,7 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 		}
 		if mi.TotalTime > 0 && !st.Started.IsZero() {
 			st.Finished = st.Started.Add(time.Duration(mi.TotalTime) * time.Millisecond)
-			if mi.Downtime > 0 {
+			if mi.Downtime > 0 && st.PausedAt.IsZero() {
 				st.PausedAt = st.Finished.Add(-time.Duration(mi.Downtime) * time.Millisecond)
 			}
 		}
@@ -260,6 +276,9 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 		st.State, st.Error = hypervisor.MigFailed, firstNonEmpty(mi.ErrorDesc, "failed")
 	case mi.Status == "cancelled":
 		st.State = hypervisor.MigCancelled
+		if why := d.abortReason(id); why != "" {
+			st.State, st.Error = hypervisor.MigFailed, why
+		}
 	case run.Status == "inmigrate":
 		st.State = hypervisor.MigActive // incoming, not started yet
 	}

@@ -361,8 +361,13 @@ func (d *Driver) Pause(ctx context.Context, id string) error {
 
 // Resume implements hypervisor.Driver. An incoming VM's cont is refused
 // by QEMU until its migration completed; a resumed incoming VM stops
-// serving its disks and keeps them.
+// serving its disks and keeps them. A source that switched to post-copy
+// is refused here, since QEMU would run it: its guest runs on at the
+// destination.
 func (d *Driver) Resume(ctx context.Context, id string) error {
+	if !d.postcopyAt(id).IsZero() {
+		return fmt.Errorf("qemu: VM %s handed its guest over in post-copy and can no longer run here", id)
+	}
 	if err := d.stopExports(ctx, id); err != nil {
 		return err
 	}
@@ -395,7 +400,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 
 func (d *Driver) removeFiles(id string) error {
 	var errs []error
-	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel", "migstart", "mirror", "nbd"} {
+	for _, ext := range []string{"json", "qmp", "pid", "log", "kernel", "migstart", "mirror", "nbd", "migplan", "postcopy", "migabort"} {
 		if err := os.Remove(d.path(id, ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -341,3 +341,112 @@ func TestQEMUMigrationWithLocalDisk(t *testing.T) {
 		t.Fatalf("the destination still lists the moved disk as its own leftover: %v", err)
 	}
 }
+
+// fastDirtier is a guest that rewrites its 16 MiB dirty region at
+// 64 MB/s, five times what the wan profile's link carries: pre-copy
+// cannot converge.
+var fastDirtier = hypervisor.Spec{Name: "racer", Memory: 64 << 20, VCPUs: 1,
+	Workload: hypervisor.Workload{Fill: 0.5, Dirty: 64 << 20}}
+
+func createFastDirtier(t *testing.T, c *cluster, d *qemu.Driver) int {
+	t.Helper()
+	if err := c.ctl(nil, "vms", "create", fastDirtier.Name, "--host", "east", "--memory", "64MiB", "--workload", "fill=0.5,dirty=64MiB/s"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the guest wrote its pattern", func() bool { return guestCounters(t, d, fastDirtier.Name).Status == 1 })
+	checkGuestPattern(t, d, fastDirtier.Name, fastDirtier)
+	vms, err := d.List(context.Background())
+	if err != nil || len(vms) != 1 {
+		t.Fatalf("east VMs %+v %v", vms, err)
+	}
+	return vms[0].PID
+}
+
+// A guest that dirties memory faster than the WAN link carries, migrated
+// with post-copy allowed: after --max-rounds passes the MMC lets the
+// source switch, the destination runs at once and pulls the rest over the
+// tunnel (page requests flowing back), and ends with the guest's memory
+// exactly right; the source QEMU is gone.
+func TestQEMUPostcopyWAN(t *testing.T) {
+	requireQEMUAndRoot(t)
+	c, drv := qemuSites(t, "wan")
+	srcPID := createFastDirtier(t, c, drv["east"])
+	var mig struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&mig, "migrate", fastDirtier.Name, "--to", "west", "--postcopy", "--max-rounds", "3"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.watch(mig.ID)
+	if err != nil {
+		t.Fatalf("watch: %v (%+v)", err, m)
+	}
+	if !m.Postcopy || m.Rounds <= 3 {
+		t.Fatalf("the migration did not go through post-copy after 3 rounds: %+v", m)
+	}
+	c.checkCompleted(m, fastDirtier.Name, "east", "west")
+	t.Logf("post-copy east→west: total %d ms, downtime %d ms, %d bytes on the wire, %d rounds before the switch; resumed %v after the switch, every page in %v after",
+		m.TotalMS, m.DowntimeMS, m.BytesOnWire, m.Rounds, m.ResumedAt.Sub(m.PausedAt), m.VerifiedAt.Sub(m.ResumedAt))
+	if syscall.Kill(srcPID, 0) == nil {
+		t.Fatalf("the source QEMU (pid %d) still runs", srcPID)
+	}
+	west := drv["west"]
+	checkGuestPattern(t, west, fastDirtier.Name, fastDirtier)
+	if err := west.Pause(context.Background(), fastDirtier.Name); err != nil {
+		t.Fatal(err)
+	}
+	l := qemu.Layout(fastDirtier)
+	cnt := guestCounters(t, west, fastDirtier.Name)
+	region, err := west.ReadMemory(context.Background(), fastDirtier.Name, l.DirtyAddr, l.DirtyLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckDirtied(region, cnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.Resume(context.Background(), fastDirtier.Name); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the guest runs on at the destination", func() bool {
+		return guestCounters(t, west, fastDirtier.Name).Pages > cnt.Pages
+	})
+}
+
+// The same guest without post-copy: after --max-rounds passes the
+// migration is given up, and says why; the guest runs on at the source,
+// its memory intact, and no copy is left at the destination.
+func TestQEMUNoConvergenceWAN(t *testing.T) {
+	requireQEMUAndRoot(t)
+	c, drv := qemuSites(t, "wan")
+	srcPID := createFastDirtier(t, c, drv["east"])
+	var mig struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&mig, "migrate", fastDirtier.Name, "--to", "west", "--max-rounds", "3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.watch(mig.ID); err == nil {
+		t.Fatal("watch succeeded although the migration cannot converge")
+	}
+	var list []migrationView
+	if err := c.ctl(&list, "migrations", "list"); err != nil || len(list) != 1 {
+		t.Fatalf("migrations: %+v, %v", list, err)
+	}
+	m := list[0]
+	if m.State != "failed" || !strings.Contains(m.Error, "did not converge") || m.Postcopy {
+		t.Fatalf("migration %+v", m)
+	}
+	t.Logf("given up: %s", m.Error)
+	c.waitFor("the guest on east only", func() bool {
+		return c.vmState("east", fastDirtier.Name) == "running" && c.vmState("west", fastDirtier.Name) == ""
+	})
+	if syscall.Kill(srcPID, 0) != nil {
+		t.Fatal("the source QEMU is gone")
+	}
+	east := drv["east"]
+	c0 := guestCounters(t, east, fastDirtier.Name)
+	c.waitFor("the guest runs on at the source", func() bool {
+		return guestCounters(t, east, fastDirtier.Name).Pages > c0.Pages
+	})
+	checkGuestPattern(t, east, fastDirtier.Name, fastDirtier)
+}

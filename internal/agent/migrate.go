@@ -77,6 +77,9 @@ type job struct {
 	conn  net.Conn // the hypervisor's stream, the MA's end
 	stop  context.CancelFunc
 	done  chan struct{}
+	// kick makes the watcher look at the hypervisor now, and often for a
+	// while (the outcome, or a switch, is due).
+	kick chan struct{}
 
 	mu     sync.Mutex
 	phase  string
@@ -94,6 +97,13 @@ func (j *job) setPhase(phase, err string) bool {
 	}
 	j.phase, j.err, j.at = phase, err, time.Now()
 	return true
+}
+
+func (j *job) kickWatch() {
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (j *job) get() (phase string, st hypervisor.MigrationStatus) {
@@ -161,6 +171,7 @@ func (m *migrations) add(j *job) (*job, error) {
 		return nil, fmt.Errorf("agent: stopping: %w", err)
 	}
 	j.done = make(chan struct{})
+	j.kick = make(chan struct{}, 1)
 	m.jobs[j.order.ID] = j
 	return nil, nil
 }
@@ -202,6 +213,8 @@ func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*message.Mi
 	case "migrate.status":
 	case "migrate.cancel", "migrate.rollback":
 		err = a.rollbackSource(ctx, mig, *o)
+	case "migrate.postcopy":
+		err = a.startPostcopy(ctx, mig, *o)
 	case "migrate.commit":
 		err = a.commitDestination(ctx, mig, *o)
 	case "migrate.finish":
@@ -511,7 +524,6 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 	}
 	a.migs.wg.Add(2)
 	pumped := make(chan error, 1)
-	kick := make(chan struct{}, 1)
 	go func() {
 		defer a.migs.wg.Done()
 		s, lc, err := getStream(ctx)
@@ -523,12 +535,7 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 			}
 			j.mu.Unlock()
 			a.postPhase(j)
-			err = pump(ctx, s, j.conn, func() {
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
-			})
+			err = pump(ctx, s, j.conn, j.kickWatch)
 		} else {
 			j.conn.Close()
 		}
@@ -537,7 +544,12 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 	go func() {
 		defer a.migs.wg.Done()
 		defer close(j.done)
-		a.watchJob(ctx, j, pumped, kick)
+		a.watchJob(ctx, j, pumped, j.kick)
+		if ph, _ := j.get(); ph == phaseCommitted {
+			// A post-copy destination, committed while it still pulled
+			// pages: now it has them all.
+			a.peers.closeLink(j.order.Topic)
+		}
 	}()
 }
 
@@ -751,20 +763,73 @@ func (a *Agent) endJob(o message.MigrationOrder, phase string) {
 	a.peers.closeLink(o.Topic)
 }
 
-// commitDestination resumes the verified destination copy: the MMC has
-// recorded the switch-over.
+// startPostcopy switches the source's migration to post-copy: the MMC
+// has recorded that it may (the source's hypervisor stops the guest for
+// good and the destination becomes the VM once this succeeds).
+func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	pm, ok := mig.(hypervisor.PostcopyMigrator)
+	if !ok {
+		return errors.New("agent: this hypervisor driver has no post-copy")
+	}
+	if err := pm.StartPostcopy(ctx, o.VM); err != nil {
+		return err
+	}
+	if j := a.migs.get(o.ID); j != nil {
+		j.kickWatch() // the report that follows should show the switch
+		if st, err := mig.MigrationStatus(ctx, o.VM); err == nil {
+			j.mu.Lock()
+			j.status = st
+			j.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// postcopyWait bounds how long a post-copy commit waits for the
+// destination's hypervisor to take the device state the source sent as
+// it switched.
+const postcopyWait = 30 * time.Second
+
+// commitDestination resumes the destination copy: the MMC has recorded
+// the switch-over. After pre-copy the copy must be complete and verified;
+// in post-copy it must have switched (it pulls the rest as it runs, so
+// its job and link go on until it has every page).
 func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
 	st, err := mig.MigrationStatus(ctx, o.VM)
 	if err != nil {
 		return err
 	}
-	if st.State != hypervisor.MigCompleted || !st.Verified {
+	postcopy := o.Params.Postcopy
+	for deadline := time.Now().Add(postcopyWait); postcopy && st.Postcopy != hypervisor.PostcopyActive && st.State == hypervisor.MigActive; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent: %s did not switch to post-copy in %v", o.VM, postcopyWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(migFastPoll):
+		}
+		if st, err = mig.MigrationStatus(ctx, o.VM); err != nil {
+			return err
+		}
+	}
+	switch {
+	case st.State == hypervisor.MigCompleted && st.Verified:
+		postcopy = false // nothing left to pull
+	case postcopy && st.Postcopy == hypervisor.PostcopyActive && st.State == hypervisor.MigActive:
+	default:
 		return fmt.Errorf("agent: %s is not a verified incoming copy (state %s)", o.VM, st.State)
 	}
 	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 		return err
 	}
-	a.endJob(o, phaseCommitted)
+	if !postcopy {
+		a.endJob(o, phaseCommitted)
+		return nil
+	}
+	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseCommitted, "") {
+		a.postPhase(j)
+	}
 	return nil
 }
 

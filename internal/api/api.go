@@ -334,7 +334,11 @@ type Migration struct {
 	Reason   string    `json:"reason"`
 	By       string    `json:"by"`
 	MaxRate  float64   `json:"max_bandwidth,omitempty"` // bytes/s
-	Created  time.Time `json:"created"`
+	// AllowPostcopy and MaxRounds as requested; Postcopy: it switched.
+	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
+	MaxRounds     int       `json:"max_rounds,omitempty"`
+	Postcopy      bool      `json:"postcopy,omitempty"`
+	Created       time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
 
 	Error           string    `json:"error,omitempty"`
@@ -379,6 +383,12 @@ type MigrateRequest struct {
 	VM      string  `json:"vm"`
 	To      string  `json:"to"`
 	MaxRate float64 `json:"max_bandwidth,omitempty"` // bytes/s; 0 = no cap
+	// Postcopy allows post-copy when pre-copy has not converged after
+	// MaxRounds passes over memory (0: the hypervisor's default, 30);
+	// without it such a migration is given up, the VM running on at the
+	// source.
+	Postcopy  bool `json:"postcopy,omitempty"`
+	MaxRounds int  `json:"max_rounds,omitempty"`
 }
 
 // Migrate plans a migration.

@@ -17,8 +17,15 @@ import (
 // ErrBusy is a migration request for a VM that already has one open.
 var ErrBusy = fmt.Errorf("%w: VM already has an open migration", ErrConflict)
 
+// migrationOptions are a migration's parameters as requested.
+type migrationOptions struct {
+	MaxRate       float64 // bytes/s, 0: no cap
+	AllowPostcopy bool
+	MaxRounds     int
+}
+
 // planMigration records a planned migration of vm to host to.
-func (s *Server) planMigration(vm, to, reason, by string, maxRate float64) (store.Migration, error) {
+func (s *Server) planMigration(vm, to, reason, by string, o migrationOptions) (store.Migration, error) {
 	from, ok := s.hostOfVM(vm)
 	if !ok {
 		return store.Migration{}, fmt.Errorf("%w: VM %s is on no online host", store.ErrNotFound, vm)
@@ -47,7 +54,7 @@ func (s *Server) planMigration(vm, to, reason, by string, maxRate float64) (stor
 	}
 	now := s.cfg.Now()
 	m, err := s.st.CreateMigration(store.Migration{VM: vm, From: from, To: to, State: store.MigrationPlanned,
-		Reason: reason, By: by, MaxRate: maxRate, Created: now, Updated: now})
+		Reason: reason, By: by, MaxRate: o.MaxRate, AllowPostcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Created: now, Updated: now})
 	if err != nil {
 		return m, err
 	}
@@ -75,6 +82,8 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 			return fmt.Errorf("%w: migration %s is %s", ErrConflict, id, m.State)
 		case m.State == store.MigrationSwitchOver:
 			return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrConflict, id)
+		case m.State == store.MigrationPostcopy:
+			return fmt.Errorf("%w: migration %s is switching to post-copy: too late to cancel", ErrConflict, id)
 		case m.CancelRequested:
 			return fmt.Errorf("%w: migration %s is already being cancelled", ErrConflict, id)
 		}

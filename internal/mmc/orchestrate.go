@@ -19,8 +19,9 @@ import (
 // The migration orchestrator: one goroutine per open migration drives its
 // persisted state machine
 //
-//	planned → preparing → transferring → switch-over → completed
-//	              └──────────┴─→ rolling-back → cancelled | failed
+//	planned → preparing → transferring ──────────────→ switch-over → completed
+//	              │              └──→ postcopy ──────────↗
+//	              └──────────┴──────────┴─→ rolling-back → cancelled | failed
 //
 // The invariant it keeps: at every moment exactly one copy of the VM is
 // authoritative, and which one is decided by the state in the store. Up
@@ -32,6 +33,17 @@ import (
 // that). From switch-over on it is the destination, and the orchestrator
 // only rolls forward: resume the destination, destroy the source, retrying
 // agents that are away until they are back.
+//
+// Post-copy moves the commit earlier: a transfer whose pre-copy did not
+// converge, with post-copy allowed, enters postcopy, in which the MMC has
+// the source's hypervisor switch (it stops the guest and hands the device
+// state over; the destination then runs and pulls the pages it lacks).
+// In that state the authoritative copy is what the source's hypervisor
+// says: until it switched, the source (a failure rolls back as before);
+// once it has, the destination, and that is the commit. Only the source
+// can switch, so asking it decides, after an MMC restart too. A
+// post-copy switch-over resumes the destination at once but destroys the
+// source only once the destination holds every page.
 //
 // After an MMC restart every open migration is picked up where the store
 // says: planned starts, preparing (whose actions' outcome is unknown)
@@ -58,6 +70,9 @@ const (
 	// backlog (agent streamQueueDelay).
 	migrationQueueDelay = 30 * time.Millisecond
 )
+
+// errEnded: the step recorded the migration's outcome itself.
+var errEnded = errors.New("mmc: migration ended")
 
 // errRollback carries the reason a migration is rolled back.
 type errRollback struct {
@@ -219,6 +234,8 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 			}
 		case store.MigrationTransferring:
 			err = s.transfer(ctx, m, d)
+		case store.MigrationPostcopy:
+			err = s.postcopy(ctx, m)
 		case store.MigrationSwitchOver:
 			err = s.switchOver(ctx, m)
 		case store.MigrationRollingBack:
@@ -293,7 +310,8 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 	if _, err := s.setState(m.ID, store.MigrationTransferring, func(m *store.Migration) { m.Started = now }); err != nil {
 		return err
 	}
-	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: s.stopAndCopyBudget(m), AutoConverge: true}
+	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: s.stopAndCopyBudget(m), AutoConverge: true,
+		Postcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds}
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.start", Mig: order}); err != nil {
 		return rollback(store.MigrationFailed, "starting the transfer: %v", err)
@@ -370,6 +388,11 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 				return rollback(store.MigrationFailed, "source: no migration running (agent restarted?)")
 			}
 			s.setLive(m, d, src)
+			if src.Status.Postcopy != "" && m.AllowPostcopy {
+				_, err := s.setState(m.ID, store.MigrationPostcopy, nil)
+				s.log.Info("mmc: migration switching to post-copy", "id", m.ID, "vm", m.VM, "round", src.Status.Round)
+				return err
+			}
 			if moved := src.Status.StreamBytes + src.Status.Transferred; moved != lastMoved {
 				lastMoved, lastProgress = moved, s.cfg.Now()
 			}
@@ -385,6 +408,40 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			return ctx.Err()
 		case <-d.wake:
 		case <-t.C:
+		}
+	}
+}
+
+// postcopy has the source switch to post-copy and commits once it has
+// (see the top of this file).
+func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
+	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	for {
+		r, err := s.act(ctx, m.From, message.Action{Op: "migrate.postcopy", Mig: order})
+		if r.Mig != nil {
+			st := r.Mig.Status
+			switch {
+			case st.Postcopy == hypervisor.PostcopyActive:
+				now := s.cfg.Now()
+				_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
+					x.Postcopy, x.CommittedAt, x.PausedAt = true, now, st.PausedAt
+				})
+				if err == nil {
+					s.log.Info("mmc: migration committed in post-copy", "id", m.ID, "vm", m.VM, "to", m.To)
+				}
+				return err
+			case r.Mig.Phase == "failed" || st.State == hypervisor.MigFailed || st.State == hypervisor.MigCancelled:
+				return rollback(store.MigrationFailed, "source, switching to post-copy: %s", firstNonEmpty(r.Mig.Error, st.Error, st.State))
+			}
+		}
+		wait := retryEvery
+		if err == nil {
+			wait = 20 * time.Millisecond // switching: its agent sees it within a fast poll
+		} else {
+			s.log.Warn("mmc: switching to post-copy", "id", m.ID, "host", m.From, "err", err)
+		}
+		if !sleepCtx(ctx, wait) {
+			return ctx.Err()
 		}
 	}
 }
@@ -431,6 +488,9 @@ func (s *Server) commit(m store.Migration) error {
 // cleanup if its agent is away: its copy stays paused, not running).
 func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	// A post-copy destination resumes as soon as it is in post-copy (its
+	// agent waits for that).
+	order.Params.Postcopy = m.Postcopy
 	var resumed, verified time.Time
 	var dstWire uint64
 	for {
@@ -448,6 +508,15 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 		s.log.Warn("mmc: resuming the destination", "id", m.ID, "host", m.To, "err", err)
 		if !sleepCtx(ctx, retryEvery) {
 			return ctx.Err()
+		}
+	}
+	if m.Postcopy {
+		// The source holds the pages the destination has not pulled yet.
+		var err error
+		if verified, dstWire, err = s.postcopyDone(ctx, m); errors.Is(err, errEnded) {
+			return nil
+		} else if err != nil {
+			return err
 		}
 	}
 	// The source's figures (pause time, rounds, bytes) for the report,
@@ -475,8 +544,13 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 			}
 			x.BytesOnWire += src.WireBytes
 		}
-		if !x.Started.IsZero() {
-			x.TotalMS = resumed.Sub(x.Started).Milliseconds()
+		end := resumed
+		if x.Postcopy {
+			end = verified // the last page arrived
+			x.Verified = !verified.IsZero()
+		}
+		if !x.Started.IsZero() && !end.IsZero() {
+			x.TotalMS = end.Sub(x.Started).Milliseconds()
 		}
 		if !x.PausedAt.IsZero() {
 			x.DowntimeMS = max(0, resumed.Sub(x.PausedAt).Milliseconds())
@@ -490,6 +564,43 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 	s.log.Info("mmc: migration completed", "id", m.ID, "vm", m.VM, "from", m.From, "to", m.To,
 		"total_ms", done.TotalMS, "downtime_ms", done.DowntimeMS, "bytes_on_wire", done.BytesOnWire)
 	return nil
+}
+
+// postcopyDone waits until a post-copy destination holds every page, and
+// returns when that was and the bytes its agent sent. A post-copy cut off
+// from its source pauses (QEMU: postcopy-paused) and waits; nothing here
+// can roll it back or forward, so the wait has no end but the MMC's.
+func (s *Server) postcopyDone(ctx context.Context, m store.Migration) (time.Time, uint64, error) {
+	lastWarn := time.Now()
+	for {
+		r, err := s.status(ctx, m, m.To)
+		if err == nil {
+			switch r.Status.State {
+			case hypervisor.MigCompleted:
+				return r.Status.Finished, r.WireBytes, nil
+			case hypervisor.MigFailed:
+				// Neither copy is a VM any more. Say so; destroy nothing.
+				done, err := s.setState(m.ID, store.MigrationFailed, func(x *store.Migration) {
+					x.Error = "post-copy failed at the destination (" + firstNonEmpty(r.Error, r.Status.Error, "failed") +
+						"): the guest's memory was split between the hosts; both copies are kept for inspection"
+					x.Finished = s.cfg.Now()
+				})
+				if err != nil {
+					return time.Time{}, 0, err
+				}
+				s.finished(ctx, done)
+				s.log.Error("mmc: post-copy failed", "id", m.ID, "vm", m.VM, "err", done.Error)
+				return time.Time{}, 0, errEnded
+			}
+		}
+		if time.Since(lastWarn) > 30*time.Second {
+			lastWarn = time.Now()
+			s.log.Warn("mmc: post-copy still pulling pages", "id", m.ID, "vm", m.VM, "err", err)
+		}
+		if !sleepCtx(ctx, orchPoll/5) {
+			return time.Time{}, 0, ctx.Err()
+		}
+	}
 }
 
 // rollBack makes the source the running copy again and has the

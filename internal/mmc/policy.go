@@ -127,7 +127,7 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
-				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", 0); err != nil {
+				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", migrationOptions{}); err != nil {
 					rec.Action = "not planned: " + err.Error()
 				} else {
 					rec.Action = "migration " + m.ID + " planned"

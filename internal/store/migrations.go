@@ -20,6 +20,7 @@ const (
 	MigrationPlanned      = "planned"
 	MigrationPreparing    = "preparing"
 	MigrationTransferring = "transferring"
+	MigrationPostcopy     = "postcopy"
 	MigrationSwitchOver   = "switch-over"
 	MigrationRollingBack  = "rolling-back"
 	MigrationCompleted    = "completed"
@@ -47,6 +48,11 @@ type Migration struct {
 	Reason   string    `json:"reason"`
 	By       string    `json:"by"` // "admin" or "policy"
 	MaxRate  float64   `json:"max_bandwidth,omitempty"`
+	// AllowPostcopy lets a pre-copy that has not converged after
+	// MaxRounds passes (0: the hypervisor's default) switch to post-copy;
+	// without it such a migration is given up.
+	AllowPostcopy bool `json:"allow_postcopy,omitempty"`
+	MaxRounds     int  `json:"max_rounds,omitempty"`
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
 
@@ -67,6 +73,9 @@ type Migration struct {
 	SentAt      time.Time `json:"sent_at,omitzero"`
 	VerifiedAt  time.Time `json:"verified_at,omitzero"`
 	CommittedAt time.Time `json:"committed_at,omitzero"`
+	// Postcopy: the migration switched to post-copy (the destination ran
+	// from CommittedAt while it pulled the rest of the memory).
+	Postcopy bool `json:"postcopy,omitempty"`
 	Finished    time.Time `json:"finished,omitzero"`
 	// Final report.
 	TotalMS     int64  `json:"total_ms,omitempty"`

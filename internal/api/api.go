@@ -325,21 +325,21 @@ func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit in
 
 // Migration is a migration record (see store.Migration for the states).
 type Migration struct {
-	ID       string    `json:"id"`
-	VM       string    `json:"vm"`
-	From     string    `json:"from"`
-	To       string    `json:"to"`
-	State    string    `json:"state"`
-	Progress float64   `json:"progress"`
-	Reason   string    `json:"reason"`
-	By       string    `json:"by"`
-	MaxRate  float64   `json:"max_bandwidth,omitempty"` // bytes/s
+	ID       string  `json:"id"`
+	VM       string  `json:"vm"`
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	State    string  `json:"state"`
+	Progress float64 `json:"progress"`
+	Reason   string  `json:"reason"`
+	By       string  `json:"by"`
+	MaxRate  float64 `json:"max_bandwidth,omitempty"` // bytes/s
 	// AllowPostcopy and MaxRounds as requested; Postcopy: it switched.
 	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
 	MaxRounds     int       `json:"max_rounds,omitempty"`
 	Postcopy      bool      `json:"postcopy,omitempty"`
 	Created       time.Time `json:"created"`
-	Updated  time.Time `json:"updated"`
+	Updated       time.Time `json:"updated"`
 
 	Error           string    `json:"error,omitempty"`
 	CancelRequested bool      `json:"cancel_requested,omitempty"`

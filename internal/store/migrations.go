@@ -39,22 +39,22 @@ func MigrationOpen(state string) bool {
 
 // Migration is the persisted record of one migration.
 type Migration struct {
-	ID       string    `json:"id"`
-	VM       string    `json:"vm"`
-	From     string    `json:"from"`
-	To       string    `json:"to"`
-	State    string    `json:"state"`
-	Progress float64   `json:"progress"`
-	Reason   string    `json:"reason"`
-	By       string    `json:"by"` // "admin" or "policy"
-	MaxRate  float64   `json:"max_bandwidth,omitempty"`
+	ID       string  `json:"id"`
+	VM       string  `json:"vm"`
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	State    string  `json:"state"`
+	Progress float64 `json:"progress"`
+	Reason   string  `json:"reason"`
+	By       string  `json:"by"` // "admin" or "policy"
+	MaxRate  float64 `json:"max_bandwidth,omitempty"`
 	// AllowPostcopy lets a pre-copy that has not converged after
 	// MaxRounds passes (0: the hypervisor's default) switch to post-copy;
 	// without it such a migration is given up.
-	AllowPostcopy bool `json:"allow_postcopy,omitempty"`
-	MaxRounds     int  `json:"max_rounds,omitempty"`
-	Created  time.Time `json:"created"`
-	Updated  time.Time `json:"updated"`
+	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
+	MaxRounds     int       `json:"max_rounds,omitempty"`
+	Created       time.Time `json:"created"`
+	Updated       time.Time `json:"updated"`
 
 	// Set by the orchestrator.
 	Error string `json:"error,omitempty"` // why it failed or was rolled back
@@ -75,8 +75,8 @@ type Migration struct {
 	CommittedAt time.Time `json:"committed_at,omitzero"`
 	// Postcopy: the migration switched to post-copy (the destination ran
 	// from CommittedAt while it pulled the rest of the memory).
-	Postcopy bool `json:"postcopy,omitempty"`
-	Finished    time.Time `json:"finished,omitzero"`
+	Postcopy bool      `json:"postcopy,omitempty"`
+	Finished time.Time `json:"finished,omitzero"`
 	// Final report.
 	TotalMS     int64  `json:"total_ms,omitempty"`
 	DowntimeMS  int64  `json:"downtime_ms,omitempty"`

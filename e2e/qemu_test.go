@@ -366,7 +366,9 @@ func createFastDirtier(t *testing.T, c *cluster, d *qemu.Driver) int {
 // with post-copy allowed: after --max-rounds passes the MMC lets the
 // source switch, the destination runs at once and pulls the rest over the
 // tunnel (page requests flowing back), and ends with the guest's memory
-// exactly right; the source QEMU is gone.
+// exactly right; the source QEMU is gone. The MMC is restarted while the
+// destination pulls pages (committed, the source still needed): the
+// restarted MMC finishes the migration.
 func TestQEMUPostcopyWAN(t *testing.T) {
 	requireQEMUAndRoot(t)
 	c, drv := qemuSites(t, "wan")
@@ -377,6 +379,27 @@ func TestQEMUPostcopyWAN(t *testing.T) {
 	if err := c.ctl(&mig, "migrate", fastDirtier.Name, "--to", "west", "--postcopy", "--max-rounds", "3"); err != nil {
 		t.Fatal(err)
 	}
+	c.waitForUpTo(2*time.Minute, "the post-copy phase", func() bool {
+		var list []migrationView
+		if err := c.ctl(&list, "migrations", "list"); err != nil || len(list) != 1 {
+			t.Fatalf("migrations: %+v, %v", list, err)
+		}
+		switch m := list[0]; m.State {
+		case "postcopy", "switch-over":
+			return true
+		case "completed", "failed", "cancelled":
+			t.Fatalf("the migration ended before the test saw its post-copy phase: %+v", m)
+		}
+		return false
+	})
+	var list []migrationView
+	_ = c.ctl(&list, "migrations", "list")
+	c.mmc.stop()
+	t.Logf("MMC stopped in state %s", list[0].State)
+	if vms, err := drv["east"].List(context.Background()); err != nil || len(vms) != 1 || vms[0].State == hypervisor.StateRunning {
+		t.Fatalf("the source runs during post-copy: %+v %v", vms, err)
+	}
+	c.startMMC()
 	m, err := c.watch(mig.ID)
 	if err != nil {
 		t.Fatalf("watch: %v (%+v)", err, m)

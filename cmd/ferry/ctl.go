@@ -457,6 +457,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	var to, rate string
 	var postcopy bool
 	var maxRounds int
+	var downtime time.Duration
 	cmd := &cobra.Command{
 		Use: "migrate VM --to HOST", Short: "Plan a live migration of a VM to another host", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -464,7 +465,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.MigrateRequest{VM: args[0], To: to, Postcopy: postcopy, MaxRounds: maxRounds}
+			req := api.MigrateRequest{VM: args[0], To: to, Postcopy: postcopy, MaxRounds: maxRounds, DowntimeLimitMS: downtime.Milliseconds()}
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {
@@ -486,6 +487,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "destination host")
 	cmd.Flags().StringVar(&rate, "max-bandwidth", "", "cap the migration stream, e.g. 100mbit")
 	cmd.Flags().BoolVar(&postcopy, "postcopy", false, "switch to post-copy if pre-copy has not converged after --max-rounds (QEMU; without it such a migration is given up, the VM running on)")
+	cmd.Flags().DurationVar(&downtime, "downtime-limit", 0, "downtime to aim at, from the source's pause to the destination running (default 300ms)")
 	cmd.Flags().IntVar(&maxRounds, "max-rounds", 0, "passes over memory before post-copy or giving up (0: the hypervisor's default, 30)")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd

@@ -337,6 +337,7 @@ type Migration struct {
 	// AllowPostcopy and MaxRounds as requested; Postcopy: it switched.
 	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
 	MaxRounds     int       `json:"max_rounds,omitempty"`
+	DowntimeLimit int64     `json:"downtime_limit_ms,omitempty"`
 	Postcopy      bool      `json:"postcopy,omitempty"`
 	Created       time.Time `json:"created"`
 	Updated       time.Time `json:"updated"`
@@ -389,6 +390,9 @@ type MigrateRequest struct {
 	// source.
 	Postcopy  bool `json:"postcopy,omitempty"`
 	MaxRounds int  `json:"max_rounds,omitempty"`
+	// DowntimeLimitMS is the downtime to aim at, from the source's pause
+	// to the destination running (0: 300 ms).
+	DowntimeLimitMS int64 `json:"downtime_limit_ms,omitempty"`
 }
 
 // Migrate plans a migration.

@@ -485,7 +485,7 @@ func (s *Server) apiMigration(m store.Migration) api.Migration {
 		m.Progress = max(m.Progress, live.Progress)
 	}
 	return api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, State: m.State, Progress: m.Progress,
-		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, Postcopy: m.Postcopy,
+		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, DowntimeLimit: m.DowntimeLimitMS, Postcopy: m.Postcopy,
 		Created: m.Created, Updated: m.Updated,
 		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
 		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
@@ -501,12 +501,14 @@ func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
 		return
 	}
-	if req.VM == "" || req.To == "" || req.MaxRate < 0 || req.MaxRounds < 0 || req.MaxRounds > 1000 {
-		writeErr(w, http.StatusBadRequest, "vm and to are required; max_bandwidth must not be negative; max_rounds is 0–1000")
+	if req.VM == "" || req.To == "" || req.MaxRate < 0 || req.MaxRounds < 0 || req.MaxRounds > 1000 ||
+		req.DowntimeLimitMS < 0 || req.DowntimeLimitMS > 60_000 {
+		writeErr(w, http.StatusBadRequest, "vm and to are required; max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000")
 		return
 	}
 	m, err := s.planMigration(req.VM, req.To, "requested by an administrator", "admin",
-		migrationOptions{MaxRate: req.MaxRate, AllowPostcopy: req.Postcopy, MaxRounds: req.MaxRounds})
+		migrationOptions{MaxRate: req.MaxRate, AllowPostcopy: req.Postcopy, MaxRounds: req.MaxRounds,
+			DowntimeLimit: time.Duration(req.DowntimeLimitMS) * time.Millisecond})
 	if err != nil {
 		writeMigErr(w, err)
 		return

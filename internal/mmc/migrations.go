@@ -22,6 +22,7 @@ type migrationOptions struct {
 	MaxRate       float64 // bytes/s, 0: no cap
 	AllowPostcopy bool
 	MaxRounds     int
+	DowntimeLimit time.Duration // 0: defaultDowntimeLimit
 }
 
 // planMigration records a planned migration of vm to host to.
@@ -54,7 +55,8 @@ func (s *Server) planMigration(vm, to, reason, by string, o migrationOptions) (s
 	}
 	now := s.cfg.Now()
 	m, err := s.st.CreateMigration(store.Migration{VM: vm, From: from, To: to, State: store.MigrationPlanned,
-		Reason: reason, By: by, MaxRate: o.MaxRate, AllowPostcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Created: now, Updated: now})
+		Reason: reason, By: by, MaxRate: o.MaxRate, AllowPostcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds,
+		DowntimeLimitMS: o.DowntimeLimit.Milliseconds(), Created: now, Updated: now})
 	if err != nil {
 		return m, err
 	}

@@ -320,7 +320,8 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 	return nil
 }
 
-// stopAndCopyBudget is the part of the downtime limit the source's final
+// stopAndCopyBudget is the part of the downtime limit (the migration's,
+// or 300 ms) the source's final
 // copy may take. The rest of the downtime is fixed costs, estimated from
 // the sessions' RTTs: the backlog ahead of the final copy (the
 // migration stream's bounded queue), the one-way delay of the agents'
@@ -342,7 +343,11 @@ func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 	}
 	link := rttDst + rttSrc
 	fixed := migrationQueueDelay + link/2 + link + rttDst + 30*time.Millisecond
-	return max(defaultDowntimeLimit-fixed, defaultDowntimeLimit/6)
+	limit := defaultDowntimeLimit
+	if m.DowntimeLimitMS > 0 {
+		limit = time.Duration(m.DowntimeLimitMS) * time.Millisecond
+	}
+	return max(limit-fixed, limit/6)
 }
 
 // status asks host for its view of migration m.

@@ -51,10 +51,12 @@ type Migration struct {
 	// AllowPostcopy lets a pre-copy that has not converged after
 	// MaxRounds passes (0: the hypervisor's default) switch to post-copy;
 	// without it such a migration is given up.
-	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
-	MaxRounds     int       `json:"max_rounds,omitempty"`
-	Created       time.Time `json:"created"`
-	Updated       time.Time `json:"updated"`
+	AllowPostcopy bool `json:"allow_postcopy,omitempty"`
+	MaxRounds     int  `json:"max_rounds,omitempty"`
+	// DowntimeLimitMS is the downtime aimed at (0: 300 ms).
+	DowntimeLimitMS int64     `json:"downtime_limit_ms,omitempty"`
+	Created         time.Time `json:"created"`
+	Updated         time.Time `json:"updated"`
 
 	// Set by the orchestrator.
 	Error string `json:"error,omitempty"` // why it failed or was rolled back

@@ -77,6 +77,11 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"migrate without a destination", "POST", "/v1/migrations", tok, `{"vm":"v"}`, 400},
 		{"migrate a VM nobody runs", "POST", "/v1/migrations", tok, `{"vm":"ghost","to":"h1"}`, 404},
 		{"migrate with a negative cap", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","max_bandwidth":-1}`, 400},
+		{"migrate with negative rounds", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","max_rounds":-1}`, 400},
+		{"migrate with a thousand and one rounds", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","max_rounds":1001}`, 400},
+		{"migrate with a negative downtime", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","downtime_limit_ms":-5}`, 400},
+		{"migrate with a two-minute downtime", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","downtime_limit_ms":120000}`, 400},
+		{"migrate with post-copy as a string", "POST", "/v1/migrations", tok, `{"vm":"v","to":"h","postcopy":"yes"}`, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -712,10 +712,18 @@ func (a *Agent) postPhase(j *job) {
 func (a *Agent) postProgress(j *job, st hypervisor.MigrationStatus) {
 	var wire uint64
 	j.mu.Lock()
-	if j.link != nil {
-		wire = j.link.Stats().BytesSent
-	}
+	link := j.link
 	j.mu.Unlock()
+	if link != nil {
+		ls := link.Stats()
+		wire = ls.BytesSent
+		// The transport's view beside the hypervisor's, for finding
+		// where a slow migration's time goes.
+		a.log.Debug("agent: migration link", "id", j.order.ID, "round", st.Round, "remaining", st.Remaining,
+			"wire_sent", ls.BytesSent, "retransmitted", ls.RetransmittedBytes, "lost_packets", ls.PacketsLost,
+			"srtt", ls.SmoothedRTT, "min_rtt", ls.MinRTT, "cwnd", ls.CongestionWindow, "pacing_bps", int64(ls.PacingRate*8),
+			"inflight", ls.BytesInFlight)
+	}
 	a.post(j.order.Topic, board.KindMigrationProgress, board.MigrationProgress{Round: st.Round, Total: st.Total,
 		Remaining: st.Remaining, Transferred: st.Transferred, WireBytes: wire, DirtyRate: st.DirtyRate, Rate: st.Rate,
 		ExpectedDowntime: st.ExpectedDowntime.Microseconds(), Throttle: st.Throttle})

@@ -122,12 +122,13 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		smp := s.sample(now) // takes policyMu itself: not under it
 		s.policyMu.Lock()
 		decisions := s.engine.Observe(smp)
-		mode := s.engine.Policy().Mode
+		pol := s.engine.Policy()
+		mode := pol.Mode
 		s.policyMu.Unlock()
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
-				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", migrationOptions{}); err != nil {
+				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", migrationOptions{AllowPostcopy: pol.Postcopy}); err != nil {
 					rec.Action = "not planned: " + err.Error()
 				} else {
 					rec.Action = "migration " + m.ID + " planned"

@@ -52,6 +52,9 @@ type Policy struct {
 	HostCPUMax   float64    `json:"host_cpu_max"`
 	HostMemMax   float64    `json:"host_mem_max"`
 	AntiAffinity [][]string `json:"anti_affinity,omitempty"` // VMs in one group never share a host
+	// Postcopy lets the migrations the policy plans switch to post-copy
+	// when pre-copy has not converged (as ferry ctl migrate --postcopy).
+	Postcopy bool `json:"postcopy,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as "30s" in JSON.

@@ -225,6 +225,14 @@ func cutSite(t testing.TB, ns string) {
 	}
 }
 
+// healSite undoes cutSite.
+func healSite(t testing.TB, ns string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "ferrycut").CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
 // The WAN link goes down mid-transfer: the migration ends failed, and the
 // source VM runs on, unchanged (its pattern intact, its dirtied pages
 // agreeing with its counters).
@@ -472,4 +480,71 @@ func TestQEMUNoConvergenceWAN(t *testing.T) {
 		return guestCounters(t, east, fastDirtier.Name).Pages > c0.Pages
 	})
 	checkGuestPattern(t, east, fastDirtier.Name, fastDirtier)
+}
+
+// The WAN link goes down for 8 s while a post-copy destination still
+// pulls pages (the source stopped, the destination not yet whole): the
+// agents' SUDP link rides the outage out (it is shorter than the link's
+// idle timeout), QEMU sees a stall rather than a broken stream, and once
+// the link is back the migration completes with the guest's memory exact.
+func TestQEMUPostcopyLinkOutage(t *testing.T) {
+	requireQEMUAndRoot(t)
+	c, drv := qemuSites(t, "wan")
+	spec := fastDirtier
+	spec.Memory = 128 << 20 // a 32 MiB dirty region: ~2.7 s of pages to pull after the switch
+	if err := c.ctl(nil, "vms", "create", spec.Name, "--host", "east", "--memory", "128MiB", "--workload", "fill=0.5,dirty=64MiB/s"); err != nil {
+		t.Fatal(err)
+	}
+	east, west := drv["east"], drv["west"]
+	c.waitFor("the guest wrote its pattern", func() bool { return guestCounters(t, east, spec.Name).Status == 1 })
+	var mig struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&mig, "migrate", spec.Name, "--to", "west", "--postcopy", "--max-rounds", "3"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		st, err := west.MigrationStatus(context.Background(), spec.Name)
+		if err == nil && st.Postcopy == hypervisor.PostcopyActive {
+			break
+		}
+		if time.Now().After(deadline) {
+			// (Before its QEMU is up the destination reads as failed.)
+			t.Fatalf("waiting for the destination to switch to post-copy: %+v %v", st, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cutSite(t, c.agentNetns["west"])
+	st, err := west.MigrationStatus(context.Background(), spec.Name)
+	if err != nil || st.State != hypervisor.MigActive || st.Postcopy != hypervisor.PostcopyActive {
+		t.Fatalf("the destination is not pulling pages as the link goes down: %+v %v", st, err)
+	}
+	time.Sleep(8 * time.Second)
+	if st, err := west.MigrationStatus(context.Background(), spec.Name); err != nil || st.State != hypervisor.MigActive {
+		t.Fatalf("the destination during the outage: %+v %v", st, err)
+	}
+	healSite(t, c.agentNetns["west"])
+	m, err := c.watch(mig.ID)
+	if err != nil {
+		t.Fatalf("watch: %v (%+v)", err, m)
+	}
+	if !m.Postcopy {
+		t.Fatalf("not a post-copy migration: %+v", m)
+	}
+	c.checkCompleted(m, spec.Name, "east", "west")
+	t.Logf("post-copy across an 8 s outage: total %d ms, downtime %d ms", m.TotalMS, m.DowntimeMS)
+	checkGuestPattern(t, west, spec.Name, spec)
+	if err := west.Pause(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	l := qemu.Layout(spec)
+	cnt := guestCounters(t, west, spec.Name)
+	region, err := west.ReadMemory(context.Background(), spec.Name, l.DirtyAddr, l.DirtyLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckDirtied(region, cnt); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -482,11 +482,12 @@ func TestQEMUNoConvergenceWAN(t *testing.T) {
 	checkGuestPattern(t, east, fastDirtier.Name, fastDirtier)
 }
 
-// The WAN link goes down for 8 s while a post-copy destination still
-// pulls pages (the source stopped, the destination not yet whole): the
-// agents' SUDP link rides the outage out (it is shorter than the link's
-// idle timeout), QEMU sees a stall rather than a broken stream, and once
-// the link is back the migration completes with the guest's memory exact.
+// The WAN link goes down for 35 s while a post-copy destination still
+// pulls pages (the source stopped, the destination not yet whole): longer
+// than a link's default idle timeout (30 s), but the agents raised theirs
+// when the migration switched, so their SUDP link rides the outage out,
+// QEMU sees a stall rather than a broken stream, and once the link is back
+// the migration completes with the guest's memory exact.
 func TestQEMUPostcopyLinkOutage(t *testing.T) {
 	requireQEMUAndRoot(t)
 	c, drv := qemuSites(t, "wan")
@@ -520,7 +521,7 @@ func TestQEMUPostcopyLinkOutage(t *testing.T) {
 	if err != nil || st.State != hypervisor.MigActive || st.Postcopy != hypervisor.PostcopyActive {
 		t.Fatalf("the destination is not pulling pages as the link goes down: %+v %v", st, err)
 	}
-	time.Sleep(8 * time.Second)
+	time.Sleep(35 * time.Second)
 	if st, err := west.MigrationStatus(context.Background(), spec.Name); err != nil || st.State != hypervisor.MigActive {
 		t.Fatalf("the destination during the outage: %+v %v", st, err)
 	}
@@ -533,7 +534,7 @@ func TestQEMUPostcopyLinkOutage(t *testing.T) {
 		t.Fatalf("not a post-copy migration: %+v", m)
 	}
 	c.checkCompleted(m, spec.Name, "east", "west")
-	t.Logf("post-copy across an 8 s outage: total %d ms, downtime %d ms", m.TotalMS, m.DowntimeMS)
+	t.Logf("post-copy across a 35 s outage: total %d ms, downtime %d ms", m.TotalMS, m.DowntimeMS)
 	checkGuestPattern(t, west, spec.Name, spec)
 	if err := west.Pause(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)

@@ -68,6 +68,13 @@ const (
 	migNearPoll = 20 * time.Millisecond
 	// streamQueueDelay bounds the migration stream's unsent backlog.
 	streamQueueDelay = 30 * time.Millisecond
+	// postcopyIdleTimeout is the migration link's idle timeout once the
+	// migration is in post-copy (both agents raise theirs). Before the
+	// switch a dead link should end the migration soon, the source still
+	// running; after it neither copy is whole, and a link that outlives
+	// an outage lets the transport resume the transfer by itself, where
+	// a closed one would leave QEMU postcopy-paused.
+	postcopyIdleTimeout = 10 * time.Minute
 )
 
 type job struct {
@@ -614,6 +621,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 	// runs meanwhile): look often until the hypervisor reports it.
 	var fastUntil, ended time.Time
 	var last hypervisor.MigrationStatus
+	longIdle := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -655,7 +663,13 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 		j.mu.Lock()
 		j.status = st
 		phase := j.phase
+		link := j.link
 		j.mu.Unlock()
+		if st.Postcopy == hypervisor.PostcopyActive && !longIdle && link != nil {
+			longIdle = true
+			link.SetIdleTimeout(postcopyIdleTimeout)
+			a.log.Info("agent: migration in post-copy", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "link_idle_timeout", postcopyIdleTimeout)
+		}
 		if j.role == roleSource && time.Since(lastPost) >= progressEvery {
 			lastPost = time.Now()
 			a.postProgress(j, st)

@@ -334,6 +334,15 @@ func (c *Conn) SetMaxRate(bps float64) {
 	c.wake()
 }
 
+// SetIdleTimeout changes how long the connection lives without hearing
+// from its peer (see core.Conn.SetIdleTimeout).
+func (c *Conn) SetIdleTimeout(d time.Duration) {
+	c.mu.Lock()
+	c.cc.SetIdleTimeout(d)
+	c.mu.Unlock()
+	c.wake() // the driver's next deadline moves
+}
+
 // OpenStream opens an ordered, reliable, bidirectional byte stream, waiting
 // if the peer's stream limit is reached.
 func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {

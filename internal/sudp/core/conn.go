@@ -351,6 +351,16 @@ func (c *Conn) Stats() ConnStats {
 // SetMaxRate caps the sending rate (bytes/s; 0 removes the cap).
 func (c *Conn) SetMaxRate(bps float64) { c.rec.cc.SetMaxRate(bps) }
 
+// SetIdleTimeout changes how long the connection lives without hearing
+// from its peer (d ≤ 0: the configured default). The peer keeps its own:
+// both ends must raise theirs to ride out a longer outage.
+func (c *Conn) SetIdleTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultConfig().IdleTimeout
+	}
+	c.cfg.IdleTimeout = d
+}
+
 // Close starts a graceful close: a CLOSE frame is sent and the connection
 // drains for three probe timeouts.
 func (c *Conn) Close(now time.Time, code uint64, reason string) {

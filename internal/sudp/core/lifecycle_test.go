@@ -36,6 +36,32 @@ func TestKeepAliveAndIdleTimeout(t *testing.T) {
 	}
 }
 
+// A raised idle timeout rides out an outage longer than the configured
+// one (keepalives and probes resume once the path is back); an outage
+// longer than the raised one still ends the connection.
+func TestSetIdleTimeoutRidesOutOutage(t *testing.T) {
+	s := handshakeSim(t, 6, link{delay: 20 * time.Millisecond}, Config{IdleTimeout: 3 * time.Second, KeepAlive: time.Second})
+	for _, c := range s.conn {
+		c.SetIdleTimeout(20 * time.Second)
+	}
+	s.link.loss = 1
+	runFor(s, 10*time.Second) // past the configured 3 s
+	s.link.loss = 0
+	runFor(s, 15*time.Second) // probes back off to at most 64 PTOs, then get through
+	for side, c := range s.conn {
+		if err := c.Err(); err != nil {
+			t.Fatalf("side %d closed across a 10 s outage with a 20 s idle timeout: %v", side, err)
+		}
+	}
+	s.link.loss = 1
+	runFor(s, 25*time.Second)
+	for side, c := range s.conn {
+		if c.Err() != ErrIdleTimeout {
+			t.Fatalf("side %d after a 25 s outage: %v, want idle timeout", side, c.Err())
+		}
+	}
+}
+
 // Graceful close: CLOSE reaches the peer, both drain and end, keys wiped.
 func TestGracefulCloseSim(t *testing.T) {
 	s := handshakeSim(t, 6, link{delay: 10 * time.Millisecond}, Config{})

@@ -61,6 +61,8 @@ type fakeVM struct {
 	data    []byte
 	mig     hypervisor.MigrationStatus
 	pending bool // incoming, not yet resumed
+	// switchNow is closed by StartPostcopy (a source offering post-copy).
+	switchNow chan struct{}
 }
 
 // gate names.
@@ -68,6 +70,17 @@ const (
 	gatePrepare = "prepare" // PrepareIncoming blocks
 	gateEnd     = "end"     // a source blocks before its last bytes
 	gateResume  = "resume"  // Resume blocks
+	gateSwitch  = "switch"  // StartPostcopy blocks
+)
+
+// Post-copy in the model: a source allowed it offers to switch
+// (PostcopyReady) before its last chunk instead of stopping for it, and on
+// StartPostcopy pauses for good and sends a switch mark, then the rest.
+// A destination that read the mark may be resumed before it has the rest.
+// The stream's length word carries postcopyFlag when the mark may come.
+const (
+	postcopyFlag = 1 << 63
+	switchMark   = 0xA5
 )
 
 type fakeDriver struct {
@@ -83,8 +96,9 @@ func newFakeDriver(w *world) *fakeDriver {
 }
 
 var (
-	_ hypervisor.Driver   = (*fakeDriver)(nil)
-	_ hypervisor.Migrator = (*fakeDriver)(nil)
+	_ hypervisor.Driver           = (*fakeDriver)(nil)
+	_ hypervisor.Migrator         = (*fakeDriver)(nil)
+	_ hypervisor.PostcopyMigrator = (*fakeDriver)(nil)
 )
 
 // hold closes gate name's door: the operation waits until release.
@@ -201,8 +215,11 @@ func (d *fakeDriver) Resume(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if v.pending && !(v.mig.State == hypervisor.MigCompleted && v.mig.Verified) {
+	if v.pending && !(v.mig.State == hypervisor.MigCompleted && v.mig.Verified) && v.mig.Postcopy != hypervisor.PostcopyActive {
 		return errors.New("incoming VM without a verified image")
+	}
+	if v.switchNow != nil && v.mig.Postcopy == hypervisor.PostcopyActive { // only a source has switchNow
+		return errors.New("a source that switched to post-copy cannot run")
 	}
 	v.pending = false
 	d.setState(id, v, hypervisor.StateRunning)
@@ -252,7 +269,31 @@ const (
 	chunkEvery = 5 * time.Millisecond
 )
 
-func (d *fakeDriver) MigrateOut(ctx context.Context, id string, _ hypervisor.MigrationParams) (net.Conn, error) {
+// StartPostcopy implements hypervisor.PostcopyMigrator.
+func (d *fakeDriver) StartPostcopy(ctx context.Context, id string) error {
+	if err := d.pass(ctx, gateSwitch); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := d.vm(id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case v.mig.Postcopy == hypervisor.PostcopyActive:
+		return nil
+	case v.mig.State != hypervisor.MigActive || v.mig.Postcopy != hypervisor.PostcopyReady:
+		return fmt.Errorf("cannot switch a migration that is %s to post-copy", v.mig.State)
+	}
+	close(v.switchNow)
+	// The switch happens here, under the lock: the guest stops for good.
+	d.setState(id, v, hypervisor.StatePaused)
+	v.mig.Postcopy, v.mig.PausedAt = hypervisor.PostcopyActive, time.Now()
+	return nil
+}
+
+func (d *fakeDriver) MigrateOut(ctx context.Context, id string, p hypervisor.MigrationParams) (net.Conn, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v, err := d.vm(id)
@@ -265,6 +306,10 @@ func (d *fakeDriver) MigrateOut(ctx context.Context, id string, _ hypervisor.Mig
 	ours, theirs := net.Pipe()
 	v.mig = hypervisor.MigrationStatus{State: hypervisor.MigActive, Round: 1, Total: uint64(len(v.data)),
 		Remaining: uint64(len(v.data)), Started: time.Now()}
+	v.switchNow = nil
+	if p.Postcopy {
+		v.switchNow = make(chan struct{})
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -281,11 +326,17 @@ func (d *fakeDriver) send(id string, v *fakeVM, w net.Conn) {
 		defer d.mu.Unlock()
 		if v.mig.State == hypervisor.MigActive {
 			v.mig.State, v.mig.Error = hypervisor.MigFailed, err.Error()
-			d.setState(id, v, hypervisor.StateRunning) // resumes itself: the image is incomplete
+			if v.mig.Postcopy != hypervisor.PostcopyActive {
+				d.setState(id, v, hypervisor.StateRunning) // resumes itself: the image is incomplete
+			}
 		}
 	}
 	var hdr [8]byte
-	binary.BigEndian.PutUint64(hdr[:], uint64(len(v.data)))
+	word := uint64(len(v.data))
+	if v.switchNow != nil {
+		word |= postcopyFlag
+	}
+	binary.BigEndian.PutUint64(hdr[:], word)
 	if _, err := w.Write(hdr[:]); err != nil {
 		fail(err)
 		return
@@ -298,7 +349,32 @@ func (d *fakeDriver) send(id string, v *fakeVM, w net.Conn) {
 			return
 		}
 		end := min(off+chunk, len(v.data))
-		if end == len(v.data) {
+		if end == len(v.data) && v.switchNow != nil {
+			// Offer post-copy, and wait for the switch (or the end of the
+			// stream: the peer's close fails the migration, the guest
+			// running on).
+			d.mu.Lock()
+			v.mig.Postcopy = hypervisor.PostcopyReady
+			d.mu.Unlock()
+			broken := make(chan struct{})
+			go func() {
+				var b [1]byte
+				_, _ = w.Read(b[:]) // nothing comes back but a close
+				close(broken)
+			}()
+			select {
+			case <-v.switchNow:
+			case <-broken:
+				fail(errors.New("stream closed while offering post-copy"))
+				return
+			}
+			if _, err := w.Write([]byte{switchMark}); err != nil {
+				d.mu.Lock()
+				v.mig.State, v.mig.Error = hypervisor.MigFailed, "post-copy stream broken: "+err.Error()
+				d.mu.Unlock()
+				return
+			}
+		} else if end == len(v.data) {
 			if err := d.pass(context.Background(), gateEnd); err != nil {
 				fail(err)
 				return
@@ -368,12 +444,32 @@ func (d *fakeDriver) receive(v *fakeVM, r io.Reader) {
 		return
 	}
 	n := binary.BigEndian.Uint64(hdr[:])
+	postcopy := n&postcopyFlag != 0
+	n &^= postcopyFlag
 	if n != v.spec.Memory {
 		fail(errors.New("size mismatch"))
 		return
 	}
 	data := make([]byte, n)
-	if _, err := io.ReadFull(r, data); err != nil {
+	head := len(data)
+	if postcopy {
+		head = (len(data) - 1) / chunk * chunk // all but the last chunk
+	}
+	if _, err := io.ReadFull(r, data[:head]); err != nil {
+		fail(err)
+		return
+	}
+	if postcopy {
+		var mark [1]byte
+		if _, err := io.ReadFull(r, mark[:]); err != nil || mark[0] != switchMark {
+			fail(fmt.Errorf("no switch mark: %v", err))
+			return
+		}
+		d.mu.Lock()
+		v.mig.Postcopy = hypervisor.PostcopyActive
+		d.mu.Unlock()
+	}
+	if _, err := io.ReadFull(r, data[head:]); err != nil {
 		fail(err)
 		return
 	}
@@ -388,7 +484,9 @@ func (d *fakeDriver) receive(v *fakeVM, r io.Reader) {
 	}
 	d.mu.Lock()
 	v.data = data
-	v.state = hypervisor.StatePaused
+	if v.state != hypervisor.StateRunning { // a post-copy destination may run already
+		v.state = hypervisor.StatePaused
+	}
 	v.mig.State, v.mig.Verified, v.mig.Transferred, v.mig.Remaining, v.mig.Finished = hypervisor.MigCompleted, true, n, 0, time.Now()
 	d.mu.Unlock()
 }

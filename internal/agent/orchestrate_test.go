@@ -308,3 +308,115 @@ func (h *harness) agentOf(t *testing.T, name string) *agent.Agent {
 	}
 	return a
 }
+
+// TestPostcopyOrchestration: a migration allowed post-copy whose source
+// offers it switches, the destination runs before it has every byte, and
+// the source goes only once it has; failures while the MMC has the source
+// switching (state postcopy, where the source's hypervisor decides) end
+// on the side that hypervisor says; a committed post-copy survives an MMC
+// restart. Throughout: never two running copies, and at the end one, with
+// the VM's bytes.
+func TestPostcopyOrchestration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("orchestration: skipped in -short mode")
+	}
+	cases := []struct {
+		name    string
+		hold    struct{ host, gate string }
+		inState string // the failure is injected when the record is in this state
+		inject  func(h *harness, id string) (cancelErr error)
+		want    string
+	}{
+		{name: "clean", want: "completed"},
+		{name: "mmc-restart-while-switching", hold: struct{ host, gate string }{"h1", gateSwitch}, inState: "postcopy",
+			inject: func(h *harness, id string) error {
+				h.stopMMCNow()
+				time.Sleep(300 * time.Millisecond)
+				h.drivers["h1"].release(gateSwitch) // the source switches while the MMC is away
+				time.Sleep(300 * time.Millisecond)
+				h.startMMC()
+				return nil
+			}, want: "completed"},
+		{name: "source-dies-while-switching", hold: struct{ host, gate string }{"h1", gateSwitch}, inState: "postcopy",
+			inject: func(h *harness, id string) error {
+				h.stopAgent("h1") // its stream goes: the source gives up the offer and runs on
+				h.drivers["h1"].release(gateSwitch)
+				time.Sleep(300 * time.Millisecond)
+				h.startAgent("h1")
+				return nil
+			}, want: "failed"},
+		{name: "cancel-while-switching", hold: struct{ host, gate string }{"h1", gateSwitch}, inState: "postcopy",
+			inject: func(h *harness, id string) error {
+				_, err := h.client().CancelMigration(h.ctx, id)
+				h.drivers["h1"].release(gateSwitch)
+				return err
+			}, want: "completed"},
+		{name: "mmc-restart-after-commit", hold: struct{ host, gate string }{"h2", gateResume}, inState: "switch-over",
+			inject: func(h *harness, id string) error {
+				h.stopMMCNow()
+				time.Sleep(300 * time.Millisecond)
+				h.drivers["h2"].release(gateResume)
+				h.startMMC()
+				return nil
+			}, want: "completed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t)
+			const vm = "vm1"
+			orig, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			original, _, _ := h.drivers["h1"].content(orig.ID)
+			h.waitFor("vm1 reported", 10*time.Second, func() bool {
+				vms, _ := h.client().VMs(h.ctx)
+				return len(vms) == 1 && vms[0].Host == "h1"
+			})
+			if tc.hold.gate != "" {
+				h.drivers[tc.hold.host].hold(tc.hold.gate)
+			}
+			created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2", Postcopy: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := created.ID
+			var cancelErr error
+			if tc.inject != nil {
+				h.waitFor("migration "+tc.inState, 20*time.Second, func() bool { return h.migration(id).State == tc.inState })
+				cancelErr = tc.inject(h, id)
+			}
+			var m api.Migration
+			h.waitFor("an outcome", 60*time.Second, func() bool {
+				m = h.migration(id)
+				return m.State == "completed" || m.State == "failed" || m.State == "cancelled"
+			})
+			if m.State != tc.want {
+				t.Fatalf("outcome %s (%s), want %s", m.State, m.Error, tc.want)
+			}
+			if tc.name == "cancel-while-switching" && cancelErr == nil {
+				t.Fatal("a migration switching to post-copy was cancelled")
+			}
+			home, other := "h1", "h2"
+			if m.State == "completed" {
+				home, other = "h2", "h1"
+				if !m.Postcopy || !m.Verified || m.TotalMS <= 0 || m.PausedAt.IsZero() {
+					t.Fatalf("completed without a post-copy report: %+v", m)
+				}
+			}
+			h.waitFor("one running copy on "+home, 30*time.Second, func() bool {
+				_, st, ok := h.drivers[home].content(vm)
+				_, _, left := h.drivers[other].content(vm)
+				return ok && st == hypervisor.StateRunning && !left && h.w.copies(vm) == 1
+			})
+			data, _, _ := h.drivers[home].content(vm)
+			if !bytes.Equal(data, original) {
+				t.Fatal("the VM's bytes changed")
+			}
+			if p := h.w.problems(); len(p) > 0 {
+				t.Fatalf("invariant broken: %v", p)
+			}
+		})
+	}
+}

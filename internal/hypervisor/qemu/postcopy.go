@@ -78,7 +78,7 @@ func (d *Driver) converge(ctx context.Context, id string, mi migrateInfo, st *hy
 		st.Postcopy = hypervisor.PostcopyReady
 		return nil
 	}
-	why := fmt.Sprintf("pre-copy did not converge in %d passes over memory (the guest dirties %s/s, the link carries %s/s) and post-copy is not allowed: migration given up, the VM runs on here",
+	why := fmt.Sprintf("pre-copy did not converge in %d passes over memory (QEMU measured %s/s of pages dirtied per pass against %s/s sent) and post-copy is not allowed: migration given up, the VM runs on here",
 		p.MaxRounds, fmtRate(st.DirtyRate), fmtRate(st.Rate))
 	if err := os.WriteFile(d.path(id, "migabort"), []byte(why), 0o600); err != nil {
 		return fmt.Errorf("qemu: %w", err)

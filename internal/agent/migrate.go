@@ -758,6 +758,9 @@ func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o m
 	if err != nil {
 		return err
 	}
+	if st.Postcopy == hypervisor.PostcopyActive {
+		return fmt.Errorf("agent: %s switched to post-copy: the destination is the VM, this copy cannot run again", o.VM)
+	}
 	switch st.State {
 	case hypervisor.MigActive:
 		if err := mig.CancelMigration(ctx, o.VM); err != nil {
@@ -810,7 +813,7 @@ func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o me
 // postcopyWait bounds how long a post-copy commit waits for the
 // destination's hypervisor to take the device state the source sent as
 // it switched.
-const postcopyWait = 30 * time.Second
+const postcopyWait = 20 * time.Second // under the MMC's action timeout
 
 // commitDestination resumes the destination copy: the MMC has recorded
 // the switch-over. After pre-copy the copy must be complete and verified;
@@ -868,6 +871,10 @@ func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o mes
 	}
 	if st.State != hypervisor.MigCompleted {
 		return fmt.Errorf("agent: refusing to destroy %s: its migration is %s, not completed", o.VM, st.State)
+	}
+	if j := a.migs.get(o.ID); j != nil && j.stop != nil {
+		j.stop() // its watcher must not poll a VM that is about to go
+		<-j.done
 	}
 	if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 		return err

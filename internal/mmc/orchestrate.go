@@ -71,6 +71,9 @@ const (
 	migrationQueueDelay = 30 * time.Millisecond
 )
 
+// errCancelPending refuses a state change past a requested cancel.
+var errCancelPending = errors.New("mmc: a cancel is pending")
+
 // errEnded: the step recorded the migration's outcome itself.
 var errEnded = errors.New("mmc: migration ended")
 
@@ -394,7 +397,18 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			}
 			s.setLive(m, d, src)
 			if src.Status.Postcopy != "" && m.AllowPostcopy {
-				_, err := s.setState(m.ID, store.MigrationPostcopy, nil)
+				// Not past a cancel that came in meanwhile: the move is
+				// conditional.
+				_, err := s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+					if x.CancelRequested {
+						return errCancelPending
+					}
+					x.State, x.Updated = store.MigrationPostcopy, s.cfg.Now()
+					return nil
+				})
+				if errors.Is(err, errCancelPending) {
+					return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+				}
 				s.log.Info("mmc: migration switching to post-copy", "id", m.ID, "vm", m.VM, "round", src.Status.Round)
 				return err
 			}
@@ -421,11 +435,24 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 // (see the top of this file).
 func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	fastUntil := time.Now().Add(5 * time.Second)
 	for {
 		r, err := s.act(ctx, m.From, message.Action{Op: "migrate.postcopy", Mig: order})
 		if r.Mig != nil {
 			st := r.Mig.Status
 			switch {
+			case st.State == hypervisor.MigCompleted && st.Postcopy == "":
+				// The pre-copy finished on its own before the switch
+				// (QEMU went on iterating meanwhile): the source is
+				// paused for good, and the usual commit applies once the
+				// destination holds a verified image.
+				dst, derr := s.status(ctx, m, m.To)
+				switch {
+				case derr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified:
+					return s.commit(m)
+				case derr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed):
+					return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+				}
 			case st.Postcopy == hypervisor.PostcopyActive:
 				now := s.cfg.Now()
 				_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
@@ -440,9 +467,9 @@ func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
 			}
 		}
 		wait := retryEvery
-		if err == nil {
+		if err == nil && time.Now().Before(fastUntil) {
 			wait = 20 * time.Millisecond // switching: its agent sees it within a fast poll
-		} else {
+		} else if err != nil {
 			s.log.Warn("mmc: switching to post-copy", "id", m.ID, "host", m.From, "err", err)
 		}
 		if !sleepCtx(ctx, wait) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"strconv"
@@ -145,10 +146,13 @@ func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hyperv
 		err = d.qmp(ctx, vm.ID, func(q *qmpConn) error {
 			// Post-copy needs the capability at both ends; whether the
 			// source uses it is its parameters' choice.
+			// A host where QEMU cannot do post-copy (no userfaultfd for
+			// it: unprivileged QEMU, a seccomp profile) refuses the
+			// capability; pre-copy must still work there, so that is not
+			// an error (a source that asks for post-copy then fails at
+			// the start, its guest running on).
 			postcopy := []map[string]any{{"capability": "postcopy-ram", "state": len(localDisks(s)) == 0}}
-			if err := q.run("migrate-set-capabilities", map[string]any{"capabilities": postcopy}, nil, nil); err != nil {
-				return err
-			}
+			_ = q.run("migrate-set-capabilities", map[string]any{"capabilities": postcopy}, nil, nil)
 			if err := q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd); err != nil {
 				return err
 			}
@@ -247,8 +251,21 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	}
 	st.ExpectedDowntime = time.Duration(mi.Expected) * time.Millisecond
 	st.Throttle = float64(mi.Throttle) / 100
-	if pc := d.postcopyAt(id); !pc.IsZero() || postcopyStatus(mi.Status) {
+	// Switched to post-copy: QEMU says so, or it completed after the
+	// driver asked for the switch. migrate-start-postcopy only asks (the
+	// migration thread switches at its next pass): a migration that
+	// failed before switching has the guest running again at the source,
+	// and the request is forgotten.
+	pc := d.postcopyAt(id)
+	switch {
+	case postcopyStatus(mi.Status), mi.Status == "completed" && !pc.IsZero():
 		st.Postcopy, st.PausedAt = hypervisor.PostcopyActive, pc
+	case !pc.IsZero() && (mi.Status == "failed" || mi.Status == "cancelled") && run.Status == "running":
+		if err := os.Remove(d.path(id, "postcopy")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return st, fmt.Errorf("qemu: %w", err)
+		}
+	case !pc.IsZero() && (mi.Status == "failed" || mi.Status == "cancelled"):
+		st.Postcopy, st.PausedAt = hypervisor.PostcopyActive, pc // failed after the switch: the guest stays stopped here
 	}
 	switch {
 	case active(mi.Status):

@@ -70,11 +70,23 @@ func TestPostcopyMigration(t *testing.T) {
 	if err := src.StartPostcopy(ctx, s.Name); err != nil {
 		t.Fatal(err)
 	}
+	// QEMU itself in post-copy (an active migration reads as switched only
+	// when QEMU's state is postcopy-*), then the destination: 16 MiB at
+	// 8 MB/s leaves it seconds before it has every page.
+	waitStatus(t, src, s.Name, "the source in post-copy", func(st hypervisor.MigrationStatus) bool {
+		if st.State != hypervisor.MigActive {
+			t.Fatalf("source left the migration before the test saw it switch: %+v", st)
+		}
+		return st.Postcopy == hypervisor.PostcopyActive
+	})
 	if err := src.StartPostcopy(ctx, s.Name); err != nil {
-		t.Fatalf("a second StartPostcopy: %v", err)
+		t.Fatalf("StartPostcopy on a switched source: %v", err)
 	}
 	waitStatus(t, dst, s.Name, "the destination in post-copy", func(st hypervisor.MigrationStatus) bool {
-		return st.Postcopy == hypervisor.PostcopyActive || st.State == hypervisor.MigCompleted
+		if st.State == hypervisor.MigCompleted {
+			t.Fatalf("the destination completed before the test saw it in post-copy: %+v", st)
+		}
+		return st.Postcopy == hypervisor.PostcopyActive
 	})
 	if err := dst.Resume(ctx, s.Name); err != nil {
 		t.Fatal(err)

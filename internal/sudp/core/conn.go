@@ -352,7 +352,7 @@ func (c *Conn) Stats() ConnStats {
 func (c *Conn) SetMaxRate(bps float64) { c.rec.cc.SetMaxRate(bps) }
 
 // SetIdleTimeout changes how long the connection lives without hearing
-// from its peer (d ≤ 0: the configured default). The peer keeps its own:
+// from its peer (d ≤ 0: DefaultConfig's). The peer keeps its own:
 // both ends must raise theirs to ride out a longer outage.
 func (c *Conn) SetIdleTimeout(d time.Duration) {
 	if d <= 0 {

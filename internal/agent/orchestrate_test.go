@@ -282,20 +282,27 @@ func TestMigrationFailures(t *testing.T) {
 						t.Fatalf("completed without a full report: %+v", m)
 					}
 				}
-				h.waitFor("one running copy on "+home, 30*time.Second, func() bool {
-					_, st, ok := h.drivers[home].content(vm)
-					_, _, left := h.drivers[other].content(vm)
-					return ok && st == hypervisor.StateRunning && !left && h.w.copies(vm) == 1
-				})
-				data, _, _ := h.drivers[home].content(vm)
-				if !bytes.Equal(data, original) {
-					t.Fatal("the VM's bytes changed")
-				}
-				if p := h.w.problems(); len(p) > 0 {
-					t.Fatalf("invariant broken: %v", p)
-				}
+				h.checkOneCopy(t, vm, home, other, original)
 			})
 		}
+	}
+}
+
+// checkOneCopy: exactly one copy of vm is left, running on home with the
+// VM's original bytes, none on other, and there never were two running.
+func (h *harness) checkOneCopy(t *testing.T, vm, home, other string, original []byte) {
+	t.Helper()
+	h.waitFor("one running copy on "+home, 30*time.Second, func() bool {
+		_, st, ok := h.drivers[home].content(vm)
+		_, _, left := h.drivers[other].content(vm)
+		return ok && st == hypervisor.StateRunning && !left && h.w.copies(vm) == 1
+	})
+	data, _, _ := h.drivers[home].content(vm)
+	if !bytes.Equal(data, original) {
+		t.Fatal("the VM's bytes changed")
+	}
+	if p := h.w.problems(); len(p) > 0 {
+		t.Fatalf("invariant broken: %v", p)
 	}
 }
 
@@ -405,18 +412,7 @@ func TestPostcopyOrchestration(t *testing.T) {
 					t.Fatalf("completed without a post-copy report: %+v", m)
 				}
 			}
-			h.waitFor("one running copy on "+home, 30*time.Second, func() bool {
-				_, st, ok := h.drivers[home].content(vm)
-				_, _, left := h.drivers[other].content(vm)
-				return ok && st == hypervisor.StateRunning && !left && h.w.copies(vm) == 1
-			})
-			data, _, _ := h.drivers[home].content(vm)
-			if !bytes.Equal(data, original) {
-				t.Fatal("the VM's bytes changed")
-			}
-			if p := h.w.problems(); len(p) > 0 {
-				t.Fatalf("invariant broken: %v", p)
-			}
+			h.checkOneCopy(t, vm, home, other, original)
 		})
 	}
 }

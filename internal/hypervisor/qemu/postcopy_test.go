@@ -15,6 +15,29 @@ var fastDirtier = hypervisor.Spec{Memory: 64 << 20, VCPUs: 1, Workload: hypervis
 
 var slowLink = hypervisor.MigrationParams{MaxBandwidth: 8e6, DowntimeLimit: 100 * time.Millisecond, MaxRounds: 3}
 
+// startFastDirtier creates the fast dirtier named name on src, prepares
+// its incoming copy on dst, and starts migrating it with p, the stream
+// carried between the two; done reports the bytes each way at the end.
+func startFastDirtier(t *testing.T, src, dst *Driver, name string, p hypervisor.MigrationParams) (s hypervisor.Spec, done chan [2]int64) {
+	t.Helper()
+	ctx := context.Background()
+	s = fastDirtier
+	s.Name = name
+	if _, err := src.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	waitPattern(t, src, s)
+	_, in, err := dst.PrepareIncoming(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := src.MigrateOut(ctx, s.Name, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, pump(out, in)
+}
+
 // waitStatus polls VM id's migration until ok accepts it.
 func waitStatus(t *testing.T, d *Driver, id, what string, ok func(hypervisor.MigrationStatus) bool) hypervisor.MigrationStatus {
 	t.Helper()
@@ -41,23 +64,9 @@ func waitStatus(t *testing.T, d *Driver, id, what string, ok func(hypervisor.Mig
 func TestPostcopyMigration(t *testing.T) {
 	src, dst := newDriver(t), newDriver(t)
 	ctx := context.Background()
-	s := fastDirtier
-	s.Name = "pc"
-	if _, err := src.Create(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	waitPattern(t, src, s)
-	_, in, err := dst.PrepareIncoming(ctx, s)
-	if err != nil {
-		t.Fatal(err)
-	}
 	p := slowLink
 	p.Postcopy = true
-	out, err := src.MigrateOut(ctx, s.Name, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := pump(out, in)
+	s, done := startFastDirtier(t, src, dst, "pc", p)
 	ready := waitStatus(t, src, s.Name, "post-copy ready", func(st hypervisor.MigrationStatus) bool {
 		if st.State != hypervisor.MigActive {
 			t.Fatalf("source: %+v", st)
@@ -121,21 +130,7 @@ func TestPostcopyMigration(t *testing.T) {
 func TestNoConvergenceAborts(t *testing.T) {
 	src, dst := newDriver(t), newDriver(t)
 	ctx := context.Background()
-	s := fastDirtier
-	s.Name = "stuck"
-	if _, err := src.Create(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	waitPattern(t, src, s)
-	_, in, err := dst.PrepareIncoming(ctx, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := src.MigrateOut(ctx, s.Name, slowLink)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := pump(out, in)
+	s, done := startFastDirtier(t, src, dst, "stuck", slowLink)
 	st := waitStatus(t, src, s.Name, "the migration given up", func(st hypervisor.MigrationStatus) bool {
 		if st.Postcopy != "" {
 			t.Fatalf("post-copy offered though not allowed: %+v", st)

@@ -83,7 +83,10 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 		{"capability": "postcopy-ram", "state": p.Postcopy},
 	}
 	params = map[string]any{
-		"max-bandwidth":          bw,
+		"max-bandwidth": bw,
+		// QEMU caps post-copy separately (unlimited by default): the
+		// operator's cap is for the whole migration.
+		"max-postcopy-bandwidth": bw,
 		"downtime-limit":         max(downtime.Milliseconds(), 1),
 		"cpu-throttle-initial":   20,
 		"cpu-throttle-increment": 20,

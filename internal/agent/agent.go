@@ -463,6 +463,17 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 		actions.Wait()
 		close(results)
 	}()
+	// The monitor's report runs on a goroutine too: a slow hypervisor
+	// (QEMU answering several QMP queries per VM) must not hold up the
+	// answer to a challenge. One at a time; a tick that comes while one
+	// runs asks for another right after it.
+	reports := make(chan message.Report, 1)
+	var reporting, reportAgain bool
+	var reportWG sync.WaitGroup
+	defer func() {
+		stopActions()
+		reportWG.Wait()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -475,10 +486,27 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 			}
 			probe.Reset(a.cfg.TimeSyncInterval)
 		case <-reportT.C:
-			if err := message.Send(ctx, c, message.TypeReport, a.report(ctx)); err != nil {
+			if reporting {
+				reportAgain = true
+				continue
+			}
+			reporting = true
+			reportWG.Add(1)
+			go func() {
+				defer reportWG.Done()
+				reports <- a.report(actx)
+			}()
+		case r := <-reports:
+			reporting = false
+			if err := message.Send(ctx, c, message.TypeReport, r); err != nil {
 				return err
 			}
-			reportT.Reset(a.cfg.ReportInterval)
+			if reportAgain {
+				reportAgain = false
+				reportT.Reset(0)
+			} else {
+				reportT.Reset(a.cfg.ReportInterval)
+			}
 		case <-a.events.notify:
 			if err := sendEvents(); err != nil {
 				return err

@@ -254,21 +254,15 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	}
 	st.ExpectedDowntime = time.Duration(mi.Expected) * time.Millisecond
 	st.Throttle = float64(mi.Throttle) / 100
-	// Switched to post-copy: QEMU says so, or it completed after the
-	// driver asked for the switch. migrate-start-postcopy only asks (the
-	// migration thread switches at its next pass): a migration that
-	// failed before switching has the guest running again at the source,
-	// and the request is forgotten.
 	pc := d.postcopyAt(id)
-	switch {
-	case postcopyStatus(mi.Status), mi.Status == "completed" && !pc.IsZero():
+	switched, forget := postcopyOutcome(mi.Status, run.Status, !pc.IsZero())
+	if switched {
 		st.Postcopy, st.PausedAt = hypervisor.PostcopyActive, pc
-	case !pc.IsZero() && (mi.Status == "failed" || mi.Status == "cancelled") && run.Status == "running":
+	}
+	if forget {
 		if err := os.Remove(d.path(id, "postcopy")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return st, fmt.Errorf("qemu: %w", err)
 		}
-	case !pc.IsZero() && (mi.Status == "failed" || mi.Status == "cancelled"):
-		st.Postcopy, st.PausedAt = hypervisor.PostcopyActive, pc // failed after the switch: the guest stays stopped here
 	}
 	switch {
 	case active(mi.Status):

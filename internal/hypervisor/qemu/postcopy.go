@@ -136,6 +136,31 @@ func (d *Driver) postcopyAt(id string) time.Time {
 	return time.Time{}
 }
 
+// postcopyOutcome says whether a migration switched to post-copy, from
+// QEMU's migration and run states and whether the driver asked for the
+// switch (requested); forget: the request is void and must go. Switched:
+// QEMU says so, or it completed after the request. migrate-start-postcopy
+// only asks (the migration thread switches at its next pass): a migration
+// that failed or was cancelled before switching has the guest running
+// again at the source, and the request is forgotten; one that failed
+// after the switch leaves the guest stopped, and stays switched.
+func postcopyOutcome(migState, runState string, requested bool) (switched, forget bool) {
+	switch {
+	case postcopyStatus(migState):
+		return true, false
+	case !requested:
+		return false, false
+	case migState == "completed":
+		return true, false
+	case migState == "failed" || migState == "cancelled":
+		if runState == "running" {
+			return false, true
+		}
+		return true, false
+	}
+	return false, false // asked, not switched yet
+}
+
 func postcopyStatus(s string) bool {
 	switch s {
 	case "postcopy-active", "postcopy-paused", "postcopy-recover":

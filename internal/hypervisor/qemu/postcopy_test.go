@@ -152,3 +152,31 @@ func TestNoConvergenceAborts(t *testing.T) {
 	}
 	checkPattern(t, src, s.Name, s)
 }
+
+// TestPostcopyOutcome: which QEMU states mean a migration switched to
+// post-copy, and when the driver's request for the switch is void.
+func TestPostcopyOutcome(t *testing.T) {
+	for _, c := range []struct {
+		mig, run         string
+		requested        bool
+		switched, forget bool
+	}{
+		{"active", "running", false, false, false},
+		{"active", "running", true, false, false}, // asked, QEMU has not switched yet
+		{"postcopy-active", "running", true, true, false},
+		{"postcopy-active", "inmigrate", false, true, false}, // a destination: never asked itself
+		{"postcopy-paused", "paused", true, true, false},
+		{"postcopy-recover", "paused", true, true, false},
+		{"completed", "postmigrate", true, true, false},
+		{"completed", "postmigrate", false, false, false}, // plain pre-copy
+		{"failed", "running", true, false, true},          // failed before the switch: the guest runs again here
+		{"cancelled", "running", true, false, true},
+		{"failed", "postmigrate", true, true, false}, // failed after it: the guest stays stopped
+		{"failed", "running", false, false, false},
+	} {
+		sw, fg := postcopyOutcome(c.mig, c.run, c.requested)
+		if sw != c.switched || fg != c.forget {
+			t.Errorf("%s/%s requested=%v: switched %v forget %v, want %v %v", c.mig, c.run, c.requested, sw, fg, c.switched, c.forget)
+		}
+	}
+}

@@ -65,7 +65,9 @@ func (a *Agent) report(ctx context.Context) message.Report {
 	}
 	vms, err := a.cfg.Driver.List(ctx)
 	if err != nil {
-		a.log.Warn("agent: listing VMs", "err", err)
+		if ctx.Err() == nil {
+			a.log.Warn("agent: listing VMs", "err", err)
+		}
 		return r
 	}
 	seen := map[string]bool{}

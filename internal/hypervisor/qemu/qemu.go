@@ -337,6 +337,11 @@ func (d *Driver) List(ctx context.Context) ([]hypervisor.VM, error) {
 			continue
 		}
 		vm, err := d.vm(ctx, id)
+		if err != nil && ctx.Err() != nil {
+			// Cancelled, not an answer: a VM that was not asked is not
+			// stopped (the agent raises an alarm for a stopped VM).
+			return nil, fmt.Errorf("qemu: listing VMs: %w", ctx.Err())
+		}
 		if err != nil {
 			s, serr := d.spec(id)
 			if serr != nil {

@@ -136,6 +136,11 @@ func (d *Driver) List(ctx context.Context) ([]hypervisor.VM, error) {
 			out = append(out, *resp.VM)
 			continue
 		}
+		if ctx.Err() != nil {
+			// Cancelled, not an answer: a VM that was not asked is not
+			// stopped (the agent raises an alarm for a stopped VM).
+			return nil, fmt.Errorf("sim: listing VMs: %w", ctx.Err())
+		}
 		var s hypervisor.Spec
 		if b, err := os.ReadFile(d.specPath(id)); err == nil && json.Unmarshal(b, &s) == nil {
 			out = append(out, hypervisor.VM{ID: id, Name: s.Name, State: hypervisor.StateStopped, VCPUs: s.VCPUs, Memory: s.Memory})

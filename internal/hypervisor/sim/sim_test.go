@@ -83,6 +83,13 @@ func TestDriverLifecycle(t *testing.T) {
 	if len(vms) != 1 || vms[0].State != hypervisor.StatePaused {
 		t.Fatalf("after pause: %+v", vms)
 	}
+	// A listing cut short is an error, not a list of stopped VMs (the
+	// agent would raise false alarms).
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if vms, err := d.List(cancelled); err == nil {
+		t.Fatalf("a cancelled listing returned %+v", vms)
+	}
 
 	// The agent restarts: a new driver on the same directory finds the VM
 	// still running, with its state.

@@ -200,15 +200,7 @@ func TestMigrationFailures(t *testing.T) {
 				t.Parallel()
 				h := newHarness(t)
 				const vm = "vm1"
-				orig, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				original, _, _ := h.drivers["h1"].content(orig.ID)
-				h.waitFor("vm1 reported", 10*time.Second, func() bool {
-					vms, _ := h.client().VMs(h.ctx)
-					return len(vms) == 1 && vms[0].Host == "h1"
-				})
+				original := h.createOnH1(t, vm)
 				g := gates[phase]
 				h.drivers[g.host].hold(g.gate)
 				created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2"})
@@ -286,6 +278,22 @@ func TestMigrationFailures(t *testing.T) {
 			})
 		}
 	}
+}
+
+// createOnH1 creates a 2 MiB VM named vm on h1, waits until the MMC
+// sees it there, and returns its bytes.
+func (h *harness) createOnH1(t *testing.T, vm string) []byte {
+	t.Helper()
+	created, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	original, _, _ := h.drivers["h1"].content(created.ID)
+	h.waitFor(vm+" reported", 10*time.Second, func() bool {
+		vms, _ := h.client().VMs(h.ctx)
+		return len(vms) == 1 && vms[0].Host == "h1"
+	})
+	return original
 }
 
 // checkOneCopy: exactly one copy of vm is left, running on home with the
@@ -372,15 +380,7 @@ func TestPostcopyOrchestration(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t)
 			const vm = "vm1"
-			orig, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			original, _, _ := h.drivers["h1"].content(orig.ID)
-			h.waitFor("vm1 reported", 10*time.Second, func() bool {
-				vms, _ := h.client().VMs(h.ctx)
-				return len(vms) == 1 && vms[0].Host == "h1"
-			})
+			original := h.createOnH1(t, vm)
 			if tc.hold.gate != "" {
 				h.drivers[tc.hold.host].hold(tc.hold.gate)
 			}

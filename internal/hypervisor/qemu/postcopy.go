@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/units"
 )
 
 // The convergence ladder, as operators know it from oVirt and vMotion:
@@ -78,8 +79,8 @@ func (d *Driver) converge(ctx context.Context, id string, mi migrateInfo, st *hy
 		st.Postcopy = hypervisor.PostcopyReady
 		return nil
 	}
-	why := fmt.Sprintf("pre-copy did not converge in %d passes over memory (QEMU measured %s/s of pages dirtied per pass against %s/s sent) and post-copy is not allowed: migration given up, the VM runs on here",
-		p.MaxRounds, fmtRate(st.DirtyRate), fmtRate(st.Rate))
+	why := fmt.Sprintf("pre-copy did not converge in %d passes over memory (QEMU measured %s of pages dirtied per pass against %s sent) and post-copy is not allowed: migration given up, the VM runs on here",
+		p.MaxRounds, units.FormatRate(8*st.DirtyRate), units.FormatRate(8*st.Rate))
 	if err := os.WriteFile(d.path(id, "migabort"), []byte(why), 0o600); err != nil {
 		return fmt.Errorf("qemu: %w", err)
 	}
@@ -89,8 +90,6 @@ func (d *Driver) converge(ctx context.Context, id string, mi migrateInfo, st *hy
 	st.State, st.Error = hypervisor.MigFailed, why
 	return nil
 }
-
-func fmtRate(bps float64) string { return strconv.FormatFloat(bps/1e6, 'f', 1, 64) + " MB" }
 
 // abortReason is why converge gave up VM id's migration ("" if it did
 // not).

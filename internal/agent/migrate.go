@@ -736,7 +736,9 @@ func (a *Agent) postProgress(j *job, st hypervisor.MigrationStatus) {
 		a.log.Debug("agent: migration link", "id", j.order.ID, "round", st.Round, "remaining", st.Remaining,
 			"wire_sent", ls.BytesSent, "retransmitted", ls.RetransmittedBytes, "lost_packets", ls.PacketsLost,
 			"srtt", ls.SmoothedRTT, "min_rtt", ls.MinRTT, "cwnd", ls.CongestionWindow, "pacing_bps", int64(ls.PacingRate*8),
-			"inflight", ls.BytesInFlight)
+			"inflight", ls.BytesInFlight, "cc_state", ls.Controller.State, "btlbw_bps", int64(ls.Controller.BtlBw*8),
+			"ceiling", ls.Controller.InflightCeiling, "congestion_events", ls.Controller.CongestionEvents,
+			"random_loss", ls.Controller.RandomLoss)
 	}
 	a.post(j.order.Topic, board.KindMigrationProgress, board.MigrationProgress{Round: st.Round, Total: st.Total,
 		Remaining: st.Remaining, Transferred: st.Transferred, WireBytes: wire, DirtyRate: st.DirtyRate, Rate: st.Rate,

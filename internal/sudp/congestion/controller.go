@@ -36,6 +36,7 @@ type Stats struct {
 	Cwnd             int           // bytes
 	InflightCeiling  int           // bytes; 0 = no loss-derived ceiling
 	LossRate         float64       // recent loss rate (EWMA over rounds), 0..1
+	RandomLoss       float64       // the path's own loss the loss rule excuses, 0..1
 	MaxRate          float64       // bytes/s hard cap, 0 = none
 	Delivered        uint64        // bytes acknowledged
 	Lost             uint64        // bytes declared lost
@@ -190,11 +191,15 @@ type Controller struct {
 	prevMinRTT   time.Duration // minRTT of the previous round
 	ceiling      int           // bytes; 0 = none
 	ceilingIncr  int
-	skipRounds   int
-	lossRate     float64
-	randomLoss   float64 // the path's own loss: median loss fraction of recent rounds
-	roundLoss    [lossMedianRounds]float64
-	roundLossN   int
+	// provisional: the ceiling comes from STARTUP's exit, not from
+	// congestion in PROBE_BW, and grows by doubling increments until
+	// congestion is seen again (see growCeiling).
+	provisional bool
+	skipRounds  int
+	lossRate    float64
+	randomLoss  float64 // the path's own loss: median loss fraction of recent rounds
+	roundLoss   [lossMedianRounds]float64
+	roundLossN  int
 	// Losses and volume of the completed rounds of the current run of
 	// rounds over a standing queue: the loss rule judges the whole run, so
 	// that a modest excess over the random-loss baseline still shows once
@@ -398,6 +403,7 @@ func (c *Controller) Stats() Stats {
 		Cwnd:             c.cwnd,
 		InflightCeiling:  c.ceiling,
 		LossRate:         c.lossRate,
+		RandomLoss:       c.randomLoss,
 		MaxRate:          c.maxRate,
 		Delivered:        c.rate.delivered,
 		Lost:             c.lostTotal,
@@ -784,8 +790,10 @@ func (c *Controller) cutCeiling() {
 	if !c.filledPipe {
 		// Congestion during STARTUP: the pipe is full, stop doubling.
 		c.filledPipe = true
+		c.provisional = true
 	} else {
 		c.congestedRound = max(c.rounds, 1)
+		c.provisional = false
 	}
 }
 
@@ -803,7 +811,16 @@ func (c *Controller) growCeiling(t roundTally) {
 	}
 	mss := c.cfg.MaxDatagramSize
 	if t.maxInflight+mss >= c.ceiling {
-		if c.queueAbove(t.minRTT, queuePresentDivisor, queuePresentFloor) {
+		// A provisional ceiling is STARTUP's one guess, made at a loss
+		// that may have been the path's random loss meeting STARTUP's
+		// own queue (on a path losing 1 % it nearly always is): the
+		// cut put a lone flow at about one BDP, where RTT jitter alone
+		// leaves the link idle, and additive growth took seconds to
+		// undo it (a 64 MiB transfer at 100 Mbit/s spent its whole
+		// life under it). It grows by doubling increments instead,
+		// queue or not; real overflow soon brings a PROBE_BW cut, and
+		// AIMD from there.
+		if !c.provisional && c.queueAbove(t.minRTT, queuePresentDivisor, queuePresentFloor) {
 			c.ceiling += additiveIncrease * mss
 			c.ceilingIncr = mss
 		} else {
@@ -816,7 +833,7 @@ func (c *Controller) growCeiling(t roundTally) {
 		own = int(probeBWCwndGain*bw*mr.Seconds()) + c.quantum()
 	}
 	if own > 0 && c.ceiling > own {
-		c.ceiling = 0
+		c.ceiling, c.provisional = 0, false
 	}
 }
 

@@ -52,7 +52,12 @@ type simConfig struct {
 	mss      int
 	ackEvery int           // 1 or 2
 	ackDelay time.Duration // delayed-ACK timer when ackEvery == 2
-	duration time.Duration
+	// ackJitter delays each ACK on the return path by a further uniform
+	// [0, ackJitter), in order (an ACK never overtakes the previous one):
+	// the scheduling noise of busy hosts, which on the WAN lab adds
+	// several ms to RTT samples.
+	ackJitter time.Duration
+	duration  time.Duration
 }
 
 type flowSpec struct {
@@ -151,11 +156,12 @@ type queued struct {
 }
 
 type simFlow struct {
-	idx     int32
-	spec    flowSpec
-	cc      ccAlgo
-	pacer   Pacer
-	running bool
+	idx       int32
+	spec      flowSpec
+	cc        ccAlgo
+	pacer     Pacer
+	lastAckAt int64 // when its latest ACK reaches the sender (ackJitter keeps them in order)
+	running   bool
 
 	nextSeq      uint64
 	base         uint64 // seq of pkts[head]
@@ -566,7 +572,12 @@ func (s *sim) sendAck(fi int32, f *simFlow) {
 	}
 	f.npending = 0
 	f.delGen++
-	s.schedule(s.now+int64(s.cfg.delay), evAck, fi, a, b)
+	at := s.now + int64(s.cfg.delay)
+	if s.cfg.ackJitter > 0 {
+		at = max(at+s.rng.Int64N(int64(s.cfg.ackJitter)), f.lastAckAt)
+		f.lastAckAt = at
+	}
+	s.schedule(at, evAck, fi, a, b)
 }
 
 // ---- measurements ----

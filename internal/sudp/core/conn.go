@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/sudp/congestion"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 	"github.com/ferry-vm/ferry/internal/sudp/replay"
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
@@ -211,6 +212,9 @@ type ConnStats struct {
 	CongestionWindow                 int
 	PacingRate                       float64
 	BytesInFlight                    int
+	// Controller is the congestion controller's model (state, bandwidth
+	// estimate, loss rates, congestion events), for traces and metrics.
+	Controller congestion.Stats
 }
 
 func newConn(cfg Config, rnd io.Reader, now time.Time, client bool, localCID uint64, addr netip.AddrPort) *Conn {
@@ -345,6 +349,7 @@ func (c *Conn) Stats() ConnStats {
 	s.CongestionWindow = c.rec.cc.CongestionWindow()
 	s.PacingRate = c.rec.cc.PacingRate()
 	s.BytesInFlight = c.rec.bytesInFlight
+	s.Controller = c.rec.cc.Stats()
 	return s
 }
 

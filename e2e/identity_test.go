@@ -62,7 +62,7 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("FERRY_E2E_LOGS") != "" {
 			t.Logf("--- %s log ---\n%s", name, p.log())
 		}
 	})

@@ -238,10 +238,16 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 		var mi struct {
 			TotalTime int64 `json:"total-time"`
 			Downtime  int64 `json:"downtime"`
+			RAM       struct {
+				Transferred uint64 `json:"transferred"`
+				Passes      int    `json:"dirty-sync-count"`
+			} `json:"ram"`
 		}
 		if err := src.QMP(ctx, spec.Name, "query-migrate", nil, &mi); err != nil {
 			b.Fatal(err)
 		}
+		b.Logf("tcp-%s run: QEMU sent %d bytes in %d passes; its total %d ms, downtime %d ms", cc,
+			mi.RAM.Transferred, mi.RAM.Passes, mi.TotalTime, mi.Downtime)
 		// The source's pause: its completion (start + total-time) minus
 		// its downtime, in this process's clock.
 		paused := start.Add(time.Duration(mi.TotalTime-mi.Downtime) * time.Millisecond)
@@ -274,8 +280,8 @@ func benchFerry(b *testing.B, spec hypervisor.Spec, migrateArgs ...string) {
 			b.Fatalf("migration: %v (%+v)", err, m)
 		}
 		ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
-		b.Logf("ferry run: %d bytes on the wire; start→pause %d ms, copy %d, deliver %d, commit %d, resume %d",
-			m.BytesOnWire, ms(m.Started, m.PausedAt), ms(m.PausedAt, m.SentAt), ms(m.SentAt, m.VerifiedAt),
+		b.Logf("ferry run: QEMU sent %d bytes in %d passes, %d bytes on the wire; start→pause %d ms, copy %d, deliver %d, commit %d, resume %d",
+			m.Transferred, m.Rounds, m.BytesOnWire, ms(m.Started, m.PausedAt), ms(m.PausedAt, m.SentAt), ms(m.SentAt, m.VerifiedAt),
 			ms(m.VerifiedAt, m.CommittedAt), ms(m.CommittedAt, m.ResumedAt))
 		total = append(total, time.Duration(m.TotalMS)*time.Millisecond)
 		down = append(down, time.Duration(m.DowntimeMS)*time.Millisecond)

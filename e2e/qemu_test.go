@@ -78,7 +78,7 @@ func qemuSites(t testing.TB, profile string) (*cluster, map[string]*qemu.Driver)
 	}
 	drivers := map[string]*qemu.Driver{}
 	for _, h := range []string{"east", "west"} {
-		c.startAgent(h, "--token", tok.Token, "--site", h, "--driver", "qemu", "--report-interval", "1s")
+		c.startAgent(h, "--token", tok.Token, "--site", h, "--driver", "qemu", "--report-interval", "1s", "--log-level", e2eLogLevel())
 		d, err := qemu.New(filepath.Join(c.agentDirs[h], "qemu"), "")
 		if err != nil {
 			t.Fatal(err)
@@ -550,4 +550,14 @@ func TestQEMUPostcopyLinkOutage(t *testing.T) {
 	if err := l.CheckDirtied(region, cnt); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// e2eLogLevel is the agents' log level: FERRY_E2E_LOG_LEVEL, or info.
+// With FERRY_E2E_LOGS set as well, every process's log is printed at the
+// end of its test (to see where a slow migration's time went).
+func e2eLogLevel() string {
+	if l := os.Getenv("FERRY_E2E_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "info"
 }

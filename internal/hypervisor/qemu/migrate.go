@@ -252,7 +252,7 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 		st.DirtyRate = r.DirtyRate * float64(max(r.PageSize, pageSize))
 		st.Rate = r.Mbps * 1e6 / 8
 	}
-	st.ExpectedDowntime = time.Duration(mi.Expected) * time.Millisecond
+	st.ExpectedDowntime = expectedDowntime(st.Remaining, st.Rate, mi.Expected)
 	st.Throttle = float64(mi.Throttle) / 100
 	pc := d.postcopyAt(id)
 	switched, forget := postcopyOutcome(mi.Status, run.Status, !pc.IsZero())
@@ -352,4 +352,18 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// expectedDowntime is what hypervisor.MigrationStatus means by it: the
+// remaining memory at the current rate, the pause a stop-and-copy now would
+// take. QEMU's own expected-downtime is the dirty rate over the bandwidth,
+// near zero during the first pass: taken as is it told the agent the
+// switch-over was due from the start (it then polled QEMU every 20 ms for
+// the whole migration) and showed operators a meaningless figure. QEMU's
+// figure (ms) stands in only before a rate is known.
+func expectedDowntime(remaining uint64, rate float64, qemuMS int64) time.Duration {
+	if rate > 0 {
+		return time.Duration(min(float64(remaining)/rate, 1e6) * float64(time.Second))
+	}
+	return time.Duration(qemuMS) * time.Millisecond
 }

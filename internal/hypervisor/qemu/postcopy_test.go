@@ -180,3 +180,24 @@ func TestPostcopyOutcome(t *testing.T) {
 		}
 	}
 }
+
+func TestExpectedDowntime(t *testing.T) {
+	for _, tc := range []struct {
+		remaining uint64
+		rate      float64
+		qemuMS    int64
+		want      time.Duration
+	}{
+		// First pass: QEMU says 3 ms (its dirty rate is ~0); 100 MB
+		// remain at 12.5 MB/s.
+		{100e6, 12.5e6, 3, 8 * time.Second},
+		{1.25e6, 12.5e6, 3, 100 * time.Millisecond},
+		{0, 12.5e6, 3, 0},
+		// No rate measured yet: QEMU's figure.
+		{100e6, 0, 300, 300 * time.Millisecond},
+	} {
+		if got := expectedDowntime(tc.remaining, tc.rate, tc.qemuMS); got != tc.want {
+			t.Errorf("expectedDowntime(%d, %v, %d) = %v, want %v", tc.remaining, tc.rate, tc.qemuMS, got, tc.want)
+		}
+	}
+}

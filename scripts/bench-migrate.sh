@@ -11,6 +11,7 @@
 #
 # SIZES="1GiB 4GiB" RATES="0 10MB/s 50MB/s" override the matrix. The
 # loopback bound uses the SUDP goodput `ferry perf` measures in the same run.
+# PROFILE=1 writes the agents' CPU profiles (with KEEP=1, to keep them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-loopback}
@@ -55,7 +56,8 @@ for h in src dst; do
 	[ "$h" = dst ] && ns=("${nsb[@]}")
 	i=$((i + 1))
 	"${ns[@]}" "$FERRY" agent --data-dir "$dir/$h" --bundle "$bundle" --token "$tok" --name "$h" --site "$h" \
-		--disk-id "bench-$h" --macs "02:bb:00:00:00:0$i" --report-interval 1s --log-level info >"$dir/$h.log" 2>&1 &
+		--disk-id "bench-$h" --macs "02:bb:00:00:00:0$i" --report-interval 1s --log-level info \
+		${PROFILE:+--cpuprofile "$dir/$h.cpu"} >"$dir/$h.log" 2>&1 &
 	pids+=($!)
 done
 for _ in $(seq 300); do

@@ -12,6 +12,10 @@
 # SIZES="1GiB 4GiB" RATES="0 10MB/s 50MB/s" override the matrix. The
 # loopback bound uses the SUDP goodput `ferry perf` measures in the same run.
 # PROFILE=1 writes the agents' CPU profiles (with KEEP=1, to keep them).
+# MAX_BW=1gbit caps each migration (ferry ctl migrate --max-bandwidth) and
+# makes the cap the bandwidth of the bound: the engine's overhead at a rate
+# the machine's CPU can sustain (on loopback the uncapped bound is what one
+# ferry perf pair gets from all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-loopback}
@@ -66,7 +70,16 @@ for _ in $(seq 300); do
 	sleep 0.2
 done
 
-if [ "$mode" = loopback ]; then
+migrate_flags=()
+if [ -n "${MAX_BW:-}" ]; then
+	migrate_flags=(--max-bandwidth "$MAX_BW")
+	bandwidth=$(python3 -c '
+import re, sys
+m = re.fullmatch(r"([0-9.]+)([kmg]?)bit", sys.argv[1].lower())
+if not m:
+    sys.exit("MAX_BW: want e.g. 1gbit or 100mbit")
+print(int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)] / 8))' "$MAX_BW")
+elif [ "$mode" = loopback ]; then
 	# The bound: SUDP's own loopback goodput, measured now.
 	out=$(mktemp)
 	"$FERRY" perf server --listen 127.0.0.1:0 --json >"$out" 2>/dev/null &
@@ -80,7 +93,7 @@ if [ "$mode" = loopback ]; then
 	rm -f "$out"
 fi
 
-echo "mode $mode, bandwidth for the bound: $((bandwidth * 8 / 1000000)) Mbit/s, $(date -u +%F), $(nproc) cores"
+echo "mode $mode${MAX_BW:+, capped at $MAX_BW}, bandwidth for the bound: $((bandwidth * 8 / 1000000)) Mbit/s, $(date -u +%F), $(nproc) cores"
 echo
 # The downtime split: final copy (pause → source wrote the last byte),
 # delivery (→ destination verified), commit (→ MMC recorded it), resume.
@@ -98,7 +111,7 @@ for size in "${sizes[@]}"; do
 			sleep 0.2
 		done
 		sleep 2 # a few dirtying seconds before the migration starts
-		id=$(ctl migrate bench --to dst -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
+		id=$(ctl migrate bench --to dst "${migrate_flags[@]}" -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
 		res=$(ctl migrations watch "$id" -o json || true)
 		[ -n "${KEEP:-}" ] && echo "$res" >>"$dir/records.json"
 		python3 - "$size" "$rate" "$bandwidth" "$res" <<'EOF'

@@ -83,6 +83,10 @@ const (
 	// rounds alike; overflow comes in bursts that hit a few, and a median
 	// (unlike a mean) does not mistake those few for the path's loss.
 	lossMedianRounds = 15
+	// unknownLossThreshold: after STARTUP and before any round has
+	// measured the random loss, the loss rule needs more than this
+	// fraction of a round lost (BBRv2's loss threshold).
+	unknownLossThreshold = 0.02
 	// congestionMemoryRounds: how long a congestion cut marks the path as
 	// one whose losses may be overflow (a few seconds at WAN RTTs).
 	congestionMemoryRounds = 64
@@ -747,6 +751,19 @@ func (c *Controller) checkCongestion() {
 	// queue has stood, can be overflow.
 	lost, vol := float64(c.runLost+t.lost), float64(c.runVolume)+volume
 	if exp := c.randomLoss * vol; !c.recentlyCongested() && lost <= exp+3*math.Sqrt(exp*float64(c.cfg.MaxDatagramSize)) {
+		return
+	}
+	if c.filledPipe && c.roundLossN == 0 && float64(t.lost) <= unknownLossThreshold*volume {
+		// Past STARTUP, but no round has yet shown the path's random
+		// loss (the rounds after STARTUP drain its queue, and on a
+		// host whose RTT samples carry a few ms of noise none may
+		// qualify for a while): "any loss" would take the path's own
+		// losses for overflow, and that first cut withholds the
+		// baseline's excuse for 64 rounds, so each later random loss
+		// cuts again (traced on the WAN lab and in simulation: cuts
+		// with fewer losses than the baseline predicts). Until the
+		// baseline exists, loss is judged like BBRv2's: congestion
+		// above 2 % of a round.
 		return
 	}
 	// Standing queue: even the smallest RTT of this round and of the last

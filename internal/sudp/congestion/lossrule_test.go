@@ -41,3 +41,27 @@ func TestStartupCeilingIsProvisional(t *testing.T) {
 		t.Errorf("%d congestion events, want 1 (STARTUP's exit only)", st.CongestionEvents)
 	}
 }
+
+// A lone flow on a path with 1 % random loss whose ACKs carry 10–20 ms of
+// host noise: every round's smallest RTT sits above minRTT, so the loss
+// rule sees a "standing queue" all along and no round measures the random
+// loss for a while. Taking those losses for overflow cut the flow again and
+// again (16–24 cuts in 8 s and 24–49 % of R(1−p) at 20 ms of jitter): with
+// no baseline yet, only losses above 2 % of a round are congestion.
+func TestRTTNoiseNoCutCascade(t *testing.T) {
+	for _, jitter := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond} {
+		for seed := uint64(1); seed <= 3; seed++ {
+			cfg := simConfig{rate: refRate, delay: refDelay, queue: 2 * refBDP, loss: 0.01, seed: seed,
+				duration: 8 * time.Second, ackJitter: jitter}
+			s := newSim(cfg, bbrFlow(0))
+			s.run()
+			g := s.goodput(0, 0, cfg.duration) / (refRate * 0.99)
+			ev := ctl(s, 0).Stats().CongestionEvents
+			t.Logf("jitter %v seed %d: goodput %.1f %% of R(1-p), %d congestion events", jitter, seed, 100*g, ev)
+			if g < 0.8 || ev > 5 {
+				t.Errorf("jitter %v seed %d: goodput %.1f %% of R(1-p) with %d congestion events, want ≥ 80 %% and ≤ 5",
+					jitter, seed, 100*g, ev)
+			}
+		}
+	}
+}

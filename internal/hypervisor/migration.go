@@ -160,3 +160,12 @@ type DiskMover interface {
 	// it receives none).
 	IncomingDiskSocket(id string) string
 }
+
+// ExpectedDowntime is MigrationStatus.ExpectedDowntime for remaining bytes
+// at rate bytes/s (0 when no rate is known; at most 10⁶ s).
+func ExpectedDowntime(remaining uint64, rate float64) time.Duration {
+	if rate <= 0 {
+		return 0
+	}
+	return time.Duration(min(float64(remaining)/rate, 1e6) * float64(time.Second))
+}

@@ -411,9 +411,7 @@ func (v *VM) migrationStatus() hypervisor.MigrationStatus {
 					st.Rate = float64(st.StreamBytes) / dt
 				}
 			}
-			if st.Rate > 0 {
-				st.ExpectedDowntime = time.Duration(min(float64(st.Remaining)/st.Rate, 1e6) * float64(time.Second))
-			}
+			st.ExpectedDowntime = hypervisor.ExpectedDowntime(st.Remaining, st.Rate)
 		}
 		return st
 	}

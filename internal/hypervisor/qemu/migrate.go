@@ -363,7 +363,7 @@ func lastLine(s string) string {
 // figure (ms) stands in only before a rate is known.
 func expectedDowntime(remaining uint64, rate float64, qemuMS int64) time.Duration {
 	if rate > 0 {
-		return time.Duration(min(float64(remaining)/rate, 1e6) * float64(time.Second))
+		return hypervisor.ExpectedDowntime(remaining, rate)
 	}
 	return time.Duration(qemuMS) * time.Millisecond
 }

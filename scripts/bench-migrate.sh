@@ -72,13 +72,10 @@ done
 
 migrate_flags=()
 if [ -n "${MAX_BW:-}" ]; then
+	# The bound's bandwidth is each record's max_bandwidth (bytes/s), as
+	# ferry parsed the flag.
 	migrate_flags=(--max-bandwidth "$MAX_BW")
-	bandwidth=$(python3 -c '
-import re, sys
-m = re.fullmatch(r"([0-9.]+)([kmg]?)bit", sys.argv[1].lower())
-if not m:
-    sys.exit("MAX_BW: want e.g. 1gbit or 100mbit")
-print(int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)] / 8))' "$MAX_BW")
+	bandwidth=0
 elif [ "$mode" = loopback ]; then
 	# The bound: SUDP's own loopback goodput, measured now.
 	out=$(mktemp)
@@ -93,7 +90,11 @@ elif [ "$mode" = loopback ]; then
 	rm -f "$out"
 fi
 
-echo "mode $mode${MAX_BW:+, capped at $MAX_BW}, bandwidth for the bound: $((bandwidth * 8 / 1000000)) Mbit/s, $(date -u +%F), $(nproc) cores"
+if [ -n "${MAX_BW:-}" ]; then
+	echo "mode $mode, capped at $MAX_BW (the bound's bandwidth), $(date -u +%F), $(nproc) cores"
+else
+	echo "mode $mode, bandwidth for the bound: $((bandwidth * 8 / 1000000)) Mbit/s, $(date -u +%F), $(nproc) cores"
+fi
 echo
 # The downtime split: final copy (pause → source wrote the last byte),
 # delivery (→ destination verified), commit (→ MMC recorded it), resume.
@@ -124,6 +125,7 @@ def ms(a, b):
     a, b = at(a), at(b)
     return f"{(b - a).total_seconds() * 1000:.0f}" if a and b else "?"
 size, rate, bw, res = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+bw = res.get("max_bandwidth") or bw  # MAX_BW: the cap is the bandwidth
 units = {"GiB": 1 << 30, "MiB": 1 << 20}
 mem = next(int(float(size[:-3]) * v) for k, v in units.items() if size.endswith(k))
 bound = mem / bw

@@ -62,7 +62,16 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
-		if t.Failed() || os.Getenv("FERRY_E2E_LOGS") != "" {
+		dest := os.Getenv("FERRY_E2E_LOGS")
+		switch {
+		case filepath.IsAbs(dest):
+			// A directory: the logs go to files there, whole (a
+			// benchmark's log is truncated by the test framework).
+			f := filepath.Join(dest, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()+"-"+name)+time.Now().Format("-150405.000")+".log")
+			if err := os.WriteFile(f, []byte(p.log()), 0o644); err != nil {
+				t.Logf("writing %s's log: %v", name, err)
+			}
+		case t.Failed() || dest != "":
 			t.Logf("--- %s log ---\n%s", name, p.log())
 		}
 	})

@@ -78,7 +78,12 @@ func qemuSites(t testing.TB, profile string) (*cluster, map[string]*qemu.Driver)
 	}
 	drivers := map[string]*qemu.Driver{}
 	for _, h := range []string{"east", "west"} {
-		c.startAgent(h, "--token", tok.Token, "--site", h, "--driver", "qemu", "--report-interval", "1s", "--log-level", e2eLogLevel())
+		args := []string{"--token", tok.Token, "--site", h, "--driver", "qemu", "--report-interval", "1s", "--log-level", e2eLogLevel()}
+		if d := os.Getenv("FERRY_E2E_CPUPROFILE"); d != "" {
+			// A directory: each agent writes a CPU profile there.
+			args = append(args, "--cpuprofile", filepath.Join(d, h+time.Now().Format("-150405")+".prof"))
+		}
+		c.startAgent(h, args...)
 		d, err := qemu.New(filepath.Join(c.agentDirs[h], "qemu"), "")
 		if err != nil {
 			t.Fatal(err)
@@ -558,7 +563,10 @@ func TestQEMUPostcopyLinkOutage(t *testing.T) {
 
 // e2eLogLevel is the agents' log level: FERRY_E2E_LOG_LEVEL, or info.
 // With FERRY_E2E_LOGS set as well, every process's log is printed at the
-// end of its test (to see where a slow migration's time went).
+// end of its test (to see where a slow migration's time went), or, when
+// FERRY_E2E_LOGS is an absolute directory, written to files there.
+// FERRY_E2E_CPUPROFILE (a directory) has the QEMU sites' agents write CPU
+// profiles.
 func e2eLogLevel() string {
 	if l := os.Getenv("FERRY_E2E_LOG_LEVEL"); l != "" {
 		return l

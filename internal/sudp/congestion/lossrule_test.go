@@ -65,3 +65,28 @@ func TestRTTNoiseNoCutCascade(t *testing.T) {
 		}
 	}
 }
+
+// TestLossyNoisyPathNoCutChain: the WAN lab's link (1 % random loss, a 2 BDP
+// buffer) with 15 ms of ACK noise, one flow, twelve seeds. Two rules keep
+// random losses from cutting the flow again and again there: a baseline
+// learnt from a few rounds (which underestimates the path's loss) is not
+// trusted, and a cut on losses the baseline explains does not renew the
+// congestion memory. Before them: 2.4 cuts and 86.9 % of R(1−p) on
+// average; after: 1.3 and 89.3 %.
+func TestLossyNoisyPathNoCutChain(t *testing.T) {
+	const seeds = 12
+	var goodput, events float64
+	for seed := uint64(1); seed <= seeds; seed++ {
+		cfg := simConfig{rate: refRate, delay: refDelay, queue: 2 * refBDP, loss: 0.01, seed: seed,
+			duration: 6 * time.Second, ackJitter: 15 * time.Millisecond}
+		s := newSim(cfg, bbrFlow(0))
+		s.run()
+		goodput += s.goodput(0, 0, cfg.duration) / (refRate * 0.99)
+		events += float64(ctl(s, 0).Stats().CongestionEvents)
+	}
+	goodput, events = goodput/seeds, events/seeds
+	t.Logf("mean over %d seeds: %.1f %% of R(1-p), %.1f congestion events", seeds, 100*goodput, events)
+	if goodput < 0.88 || events > 1.6 {
+		t.Errorf("mean %.1f %% of R(1-p) with %.1f congestion events, want ≥ 88 %% and ≤ 1.6", 100*goodput, events)
+	}
+}

@@ -8,9 +8,13 @@ import (
 )
 
 // TestPacerNeverExceedsBucket checks the pacer's contract: a caller that only
-// sends when Delay returns 0 never releases more than Burst + rate·elapsed in
-// any interval. The caller here is adversarial: it polls at random instants,
-// sometimes early, sometimes late, with random packet sizes.
+// sends when Delay returns 0 never releases more than Burst + rate·T +
+// min(rate·T, rate·CatchUpLimit) in any interval of length T (the bucket,
+// plus the catch-up of time it lost by polling late), and never more than
+// Burst + rate·elapsed since it started. The caller here is adversarial: it
+// polls at random instants, sometimes early, sometimes late (up to 30 ms,
+// beyond the catch-up limit), sometimes stops as if its window were full,
+// with random packet sizes.
 func TestPacerNeverExceedsBucket(t *testing.T) {
 	rng := rand.New(rand.NewPCG(42, 7))
 	for _, rate := range []float64{50e3, 1.25e6, 12.5e6, 1.25e9} {
@@ -32,21 +36,34 @@ func TestPacerNeverExceedsBucket(t *testing.T) {
 			}
 			// Next poll: sometimes right away, sometimes at the suggested
 			// delay, sometimes much later (a late timer).
-			switch rng.IntN(3) {
+			switch rng.IntN(5) {
 			case 0:
 			case 1:
 				now = now.Add(d)
+			case 2:
+				now = now.Add(d + time.Duration(rng.IntN(30000))*time.Microsecond)
+			case 3:
+				p.Blocked()
+				now = now.Add(time.Duration(rng.IntN(3000)) * time.Microsecond)
 			default:
 				now = now.Add(time.Duration(rng.IntN(3000)) * time.Microsecond)
 			}
 		}
 		// Burst depends on packet size; the largest size bounds it.
 		burst := Burst(rate, maxSize)
+		start := log[0].at
+		var total float64
 		for i := range log {
+			total += float64(log[i].size)
+			if lim := burst + rate*log[i].at.Sub(start).Seconds(); total > lim+1e-6 {
+				t.Fatalf("rate %.0f: %.0f bytes released in the first %v, more than the rate allows (%.0f)",
+					rate, total, log[i].at.Sub(start), lim)
+			}
 			var bytes float64
 			for j := i; j < len(log); j++ {
 				bytes += float64(log[j].size)
-				allowed := burst + rate*log[j].at.Sub(log[i].at).Seconds()
+				T := log[j].at.Sub(log[i].at).Seconds()
+				allowed := burst + rate*T + min(rate*T, rate*CatchUpLimit.Seconds())
 				if bytes > allowed+1e-6 {
 					t.Fatalf("rate %.0f: %0.f bytes released in %v, bucket allows %.0f",
 						rate, bytes, log[j].at.Sub(log[i].at), allowed)
@@ -129,5 +146,63 @@ func TestPacerNoAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per call", allocs)
+	}
+}
+
+// TestPacerCatchUp: a caller woken 10 ms late (a descheduled thread) makes
+// the lost sending time up at no more than twice the rate, and has sent what
+// the rate allows soon after; one that was blocked by its window instead
+// gets no credit for the pause.
+func TestPacerCatchUp(t *testing.T) {
+	const (
+		rate = 12.5e6 // 100 Mbit/s
+		size = 1452
+	)
+	run := func(blocked bool) (sent float64, peak float64) {
+		var p Pacer
+		start := time.Unix(0, 0)
+		now := start
+		var times []time.Time
+		late := false
+		for now.Sub(start) < 100*time.Millisecond {
+			d := p.Delay(now, rate, size)
+			if d > 0 {
+				if !late && now.Sub(start) >= 40*time.Millisecond {
+					late = true
+					if blocked {
+						p.Blocked()
+					}
+					d += 10 * time.Millisecond
+				}
+				now = now.Add(d)
+				continue
+			}
+			p.OnSent(now, rate, size)
+			sent += size
+			times = append(times, now)
+		}
+		// The densest 1 ms after the late wake-up (past the bucket).
+		for i := range times {
+			n := 0
+			for j := i; j < len(times) && times[j].Sub(times[i]) < time.Millisecond; j++ {
+				n++
+			}
+			if times[i].Sub(start) > 51*time.Millisecond+3*time.Millisecond {
+				peak = max(peak, float64(n*size))
+			}
+		}
+		return sent, peak
+	}
+	sent, peak := run(false)
+	burst := Burst(rate, size)
+	if want := burst + rate*0.1; sent < want-2*size || sent > want+size {
+		t.Errorf("late caller: %.0f bytes in 100 ms, want the rate's %.0f (the 10 ms made up)", sent, want)
+	}
+	if limit := 2*rate*0.001 + 2*size; peak > limit {
+		t.Errorf("catch-up peaked at %.0f bytes in 1 ms, more than twice the rate (%.0f)", peak, limit)
+	}
+	sentBlocked, _ := run(true)
+	if want := burst + rate*0.09; sentBlocked < want-2*size || sentBlocked > want+burst+size {
+		t.Errorf("blocked caller: %.0f bytes in 100 ms, want about %.0f (no credit for the pause)", sentBlocked, want)
 	}
 }

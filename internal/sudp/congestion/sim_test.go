@@ -332,6 +332,7 @@ func (s *sim) trySend(f *simFlow) {
 	mss := s.cfg.mss
 	for f.running {
 		if f.inflight+mss > f.cc.CongestionWindow() {
+			f.pacer.Blocked()
 			return // an ACK or a loss will call again
 		}
 		if f.spec.appRate > 0 {
@@ -346,6 +347,7 @@ func (s *sim) trySend(f *simFlow) {
 				if al, ok := f.cc.(appLimiter); ok {
 					al.OnAppLimited(f.inflight)
 				}
+				f.pacer.Blocked()
 				wait := int64((float64(mss)-f.appBytes)/f.spec.appRate*1e9) + 1
 				s.wakeAt(f, s.now+wait)
 				return

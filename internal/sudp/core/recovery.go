@@ -94,6 +94,7 @@ func (r *recovery) pto() time.Duration {
 // canSend: congestion window and pacing allow one more full packet now.
 func (r *recovery) canSend(now time.Time, size int) bool {
 	if r.bytesInFlight+size > r.cc.CongestionWindow() {
+		r.pacer.Blocked()
 		return false
 	}
 	return r.pacer.Delay(now, r.cc.PacingRate(), size) == 0
@@ -102,6 +103,7 @@ func (r *recovery) canSend(now time.Time, size int) bool {
 // pacingDelay is how long until the pacer releases a packet (0 if now).
 func (r *recovery) pacingDelay(now time.Time, size int) time.Duration {
 	if r.bytesInFlight+size > r.cc.CongestionWindow() {
+		r.pacer.Blocked()
 		return -1 // window-limited: an ACK, not time, unblocks
 	}
 	return r.pacer.Delay(now, r.cc.PacingRate(), size)

@@ -123,6 +123,7 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 			// rate samples from now on understate the path, and the
 			// controller must not shrink its model on them.
 			c.rec.cc.OnAppLimited(c.rec.bytesInFlight)
+			c.rec.pacer.Blocked()
 		}
 		if !eliciting && (c.probes > 0 || c.pingPending || c.keepAliveDue(now)) {
 			b = wire.AppendPing(b)

@@ -622,6 +622,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 	var fastUntil, ended time.Time
 	var last hypervisor.MigrationStatus
 	longIdle := false
+	limit := j.order.Params.DowntimeLimit // as the driver was given it
 	for {
 		select {
 		case <-ctx.Done():
@@ -670,6 +671,10 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			link.SetIdleTimeout(postcopyIdleTimeout)
 			a.log.Info("agent: migration in post-copy", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "link_idle_timeout", postcopyIdleTimeout)
 		}
+		if j.role == roleSource && st.State == hypervisor.MigActive && st.Postcopy == "" && link != nil {
+			ls := link.Stats()
+			limit = a.tuneDowntimeLimit(ctx, j, ls.SmoothedRTT, ls.MinRTT, limit)
+		}
 		if j.role == roleSource && time.Since(lastPost) >= progressEvery {
 			lastPost = time.Now()
 			a.postProgress(j, st)
@@ -708,6 +713,47 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			return
 		}
 	}
+}
+
+// limitStep is how far the queue-aware downtime limit must move before
+// the hypervisor is told (each change is a QMP round trip).
+const limitStep = 10 * time.Millisecond
+
+// tuneDowntimeLimit keeps the hypervisor's stop-and-copy limit at
+// queueAwareLimit for the link's current queue (its smoothed and minimum
+// RTTs), if the driver can change
+// it mid-migration; it returns the limit now in force (cur if unchanged).
+func (a *Agent) tuneDowntimeLimit(ctx context.Context, j *job, srtt, minRTT, cur time.Duration) time.Duration {
+	ds, ok := j.mig.(hypervisor.DowntimeSetter)
+	budget := j.order.Params.DowntimeLimit
+	if !ok || budget <= 0 {
+		return cur
+	}
+	want := queueAwareLimit(budget, srtt, minRTT)
+	if d := want - cur; d > -limitStep && d < limitStep {
+		return cur
+	}
+	if err := ds.SetDowntimeLimit(ctx, j.order.VM, want); err != nil {
+		a.log.Warn("agent: setting the downtime limit", "id", j.order.ID, "vm", j.order.VM, "err", err)
+		return cur
+	}
+	a.log.Debug("agent: downtime limit", "id", j.order.ID, "vm", j.order.VM, "limit", want, "budget", budget,
+		"link_queue", srtt-minRTT)
+	return want
+}
+
+// queueAwareLimit is the stop-and-copy limit for a migration whose
+// budget was computed (by the MMC, from its sessions' round trips) for an
+// empty link, when the link's smoothed RTT stands above its minimum: that
+// is the queue ahead of the final copy, whose bytes wait behind it (a
+// BBR-paced bulk stream keeps up to about one BDP queued). It never goes
+// below a third of the budget, so a noisy RTT cannot stop the migration
+// from converging.
+func queueAwareLimit(budget, srtt, minRTT time.Duration) time.Duration {
+	if budget <= 0 || minRTT <= 0 || srtt <= minRTT {
+		return budget
+	}
+	return max(budget-(srtt-minRTT), budget/3)
 }
 
 // nearSwitchOver: a transfer whose remaining memory would take under a

@@ -141,6 +141,15 @@ type PostcopyMigrator interface {
 	StartPostcopy(ctx context.Context, id string) error
 }
 
+// DowntimeSetter is implemented by drivers whose downtime limit can be
+// changed while a migration runs. The source's MA lowers it by the queue
+// its link holds: the final copy's bytes wait behind that queue, which the
+// limit the MMC computed (from its sessions' round trips) cannot see.
+type DowntimeSetter interface {
+	// SetDowntimeLimit sets outgoing migration id's stop-and-copy limit.
+	SetDowntimeLimit(ctx context.Context, id string, d time.Duration) error
+}
+
 // DiskMover is implemented by drivers whose migrations also copy a VM's
 // local (not shared) disks, over a second channel beside the migration
 // stream: QEMU mirrors them to an NBD server the destination runs. Each

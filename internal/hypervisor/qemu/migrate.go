@@ -95,6 +95,12 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 	return caps, params
 }
 
+// SetDowntimeLimit changes a running migration's downtime-limit (QEMU
+// reads it at every pass's end).
+func (d *Driver) SetDowntimeLimit(ctx context.Context, id string, limit time.Duration) error {
+	return d.run(ctx, id, "migrate-set-parameters", map[string]any{"downtime-limit": max(limit.Milliseconds(), 1)}, nil)
+}
+
 // arm readies VM id for an outgoing migration on vmEnd: not migrating
 // already, capabilities and parameters set, the descriptor handed over
 // (getfd) under migrationFD.

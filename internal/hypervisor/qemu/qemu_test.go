@@ -287,6 +287,16 @@ func TestCancelledMigration(t *testing.T) {
 	}
 	done := pump(out, in)
 	time.Sleep(time.Second)
+	// The downtime limit can be changed mid-migration.
+	if err := src.SetDowntimeLimit(ctx, s.Name, 123*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	var mp struct {
+		DowntimeLimit int64 `json:"downtime-limit"`
+	}
+	if err := src.QMP(ctx, s.Name, "query-migrate-parameters", nil, &mp); err != nil || mp.DowntimeLimit != 123 {
+		t.Fatalf("downtime-limit after SetDowntimeLimit(123ms): %d, %v", mp.DowntimeLimit, err)
+	}
 	if err := src.CancelMigration(ctx, s.Name); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -197,7 +199,19 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 			b.Fatal(err)
 		}
 		// The destination resumes as soon as its image is complete.
+		// What QEMU sent by each second, to compare with Ferry's trace.
+		var bySecond []string
 		for {
+			if sec := len(bySecond) + 1; time.Since(start) >= time.Duration(sec)*time.Second {
+				var mi struct {
+					RAM struct {
+						Transferred uint64 `json:"transferred"`
+					} `json:"ram"`
+				}
+				if err := src.QMP(ctx, spec.Name, "query-migrate", nil, &mi); err == nil {
+					bySecond = append(bySecond, fmt.Sprintf("%.1f", float64(mi.RAM.Transferred)/1e6))
+				}
+			}
 			st, err := dst.MigrationStatus(ctx, spec.Name)
 			if err != nil {
 				b.Fatal(err)
@@ -247,8 +261,8 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 		if err := src.QMP(ctx, spec.Name, "query-migrate", nil, &mi); err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("tcp-%s run: QEMU sent %d bytes in %d passes; its total %d ms, downtime %d ms", cc,
-			mi.RAM.Transferred, mi.RAM.Passes, mi.TotalTime, mi.Downtime)
+		b.Logf("tcp-%s run: QEMU sent %d bytes in %d passes; its total %d ms, downtime %d ms; MB sent by each second: %s", cc,
+			mi.RAM.Transferred, mi.RAM.Passes, mi.TotalTime, mi.Downtime, strings.Join(bySecond, " "))
 		// The source's pause: its completion (start + total-time) minus
 		// its downtime, in this process's clock.
 		paused := start.Add(time.Duration(mi.TotalTime-mi.Downtime) * time.Millisecond)

@@ -779,7 +779,7 @@ func (a *Agent) postProgress(j *job, st hypervisor.MigrationStatus) {
 		wire = ls.BytesSent
 		// The transport's view beside the hypervisor's, for finding
 		// where a slow migration's time goes.
-		a.log.Debug("agent: migration link", "id", j.order.ID, "round", st.Round, "remaining", st.Remaining,
+		a.log.Debug("agent: migration link", "id", j.order.ID, "round", st.Round, "remaining", st.Remaining, "transferred", st.Transferred,
 			"wire_sent", ls.BytesSent, "retransmitted", ls.RetransmittedBytes, "lost_packets", ls.PacketsLost,
 			"srtt", ls.SmoothedRTT, "min_rtt", ls.MinRTT, "cwnd", ls.CongestionWindow, "pacing_bps", int64(ls.PacingRate*8),
 			"inflight", ls.BytesInFlight, "cc_state", ls.Controller.State, "btlbw_bps", int64(ls.Controller.BtlBw*8),

@@ -90,3 +90,39 @@ func TestLossyNoisyPathNoCutChain(t *testing.T) {
 		t.Errorf("mean %.1f %% of R(1-p) with %.1f congestion events, want ≥ 88 %% and ≤ 1.6", 100*goodput, events)
 	}
 }
+
+// TestCutFloorWithinMemory: within the congestion memory, cuts on losses
+// the random-loss baseline explains neither renew the memory nor take the
+// ceiling below half of what the cut on real evidence left; a cut on
+// losses beyond the baseline does both.
+func TestCutFloorWithinMemory(t *testing.T) {
+	c := New(Config{MaxDatagramSize: mss}, time.Unix(0, 0))
+	c.filledPipe = true
+	c.minRTT.min, c.srtt = 50*time.Millisecond, 100*time.Millisecond // cut factor 0.5
+	c.rounds = 100
+	c.tally.maxInflight = 1000 * mss
+	c.cutCeiling(true) // real evidence: 500 packets, memory from round 100
+	if c.ceiling != 500*mss || c.congestedRound != 100 || c.memoryCeiling != 500*mss {
+		t.Fatalf("after the first cut: ceiling %d, memory from round %d at %d", c.ceiling/mss, c.congestedRound, c.memoryCeiling/mss)
+	}
+	for i := range 5 {
+		c.rounds += 3
+		c.tally.maxInflight = c.ceiling
+		c.cutCeiling(false)
+		if c.ceiling < 250*mss {
+			t.Fatalf("explained cut %d took the ceiling to %d packets, below half of 500", i+1, c.ceiling/mss)
+		}
+		if c.congestedRound != 100 {
+			t.Fatalf("explained cut %d renewed the memory (round %d)", i+1, c.congestedRound)
+		}
+	}
+	if c.ceiling != 250*mss {
+		t.Fatalf("ceiling after the explained cuts %d packets, want the floor (250)", c.ceiling/mss)
+	}
+	c.rounds += 3
+	c.cutCeiling(true) // new evidence: below the floor, and a new memory
+	if c.ceiling != 125*mss || c.congestedRound != c.rounds || c.memoryCeiling != 125*mss {
+		t.Fatalf("after a cut on evidence: ceiling %d, memory from round %d (now %d) at %d",
+			c.ceiling/mss, c.congestedRound, c.rounds, c.memoryCeiling/mss)
+	}
+}

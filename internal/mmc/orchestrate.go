@@ -101,10 +101,13 @@ type drive struct {
 	wake chan struct{}
 	// verified is set when the destination's agent posts that its image
 	// is complete and verified: the commit need not wait for a status
-	// round trip (downtime).
-	verified atomic.Bool
-	mu       sync.Mutex
-	live     *api.MigrationLive
+	// round trip (downtime). verifiedCh is closed then too, cutting short
+	// a status round trip already under way.
+	verified     atomic.Bool
+	verifiedCh   chan struct{}
+	verifiedOnce sync.Once
+	mu           sync.Mutex
+	live         *api.MigrationLive
 }
 
 func (d *drive) poke() {
@@ -156,7 +159,7 @@ func (s *Server) launch(id string, resumed bool) {
 	if s.orch.ctx == nil || s.orch.running[id] != nil || s.orch.ctx.Err() != nil {
 		return
 	}
-	d := &drive{wake: make(chan struct{}, 1)}
+	d := &drive{wake: make(chan struct{}, 1), verifiedCh: make(chan struct{})}
 	s.orch.running[id] = d
 	s.orch.wg.Add(1)
 	go func() {
@@ -179,6 +182,7 @@ func (s *Server) poke(id string, verified bool) {
 	if d != nil {
 		if verified {
 			d.verified.Store(true)
+			d.verifiedOnce.Do(func() { close(d.verifiedCh) })
 		}
 		d.poke()
 	}
@@ -314,7 +318,7 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 		return err
 	}
 	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: s.stopAndCopyBudget(m), AutoConverge: true,
-		Postcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds}
+		Postcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, Compress: m.Compress}
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.start", Mig: order}); err != nil {
 		return rollback(store.MigrationFailed, "starting the transfer: %v", err)
@@ -368,6 +372,20 @@ func (s *Server) status(ctx context.Context, m store.Migration, host string) (*m
 // transfer watches a transfer until the destination holds a verified
 // image (then commits) or something fails (then rolls back).
 func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) error {
+	// The agents' status round trips are cut short when the destination
+	// posts a verified image meanwhile: the source's completion post wakes
+	// this loop just before, and a status round trip to the destination's
+	// site (one WAN RTT) would otherwise hold the commit, and the downtime,
+	// back by up to that long.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.verifiedCh:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	lastProgress := s.cfg.Now()
 	var lastMoved uint64
 	t := time.NewTicker(orchPoll)
@@ -381,11 +399,11 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		if d.verified.Load() {
 			return s.commit(m)
 		}
-		dst, dstErr := s.status(ctx, m, m.To)
-		if dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified {
+		dst, dstErr := s.status(sctx, m, m.To)
+		if d.verified.Load() || (dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified) {
 			return s.commit(m)
 		}
-		src, srcErr := s.status(ctx, m, m.From)
+		src, srcErr := s.status(sctx, m, m.From)
 		if srcErr == nil {
 			switch {
 			case src.Phase == "failed" || src.Status.State == hypervisor.MigFailed:

@@ -29,6 +29,7 @@ type migrationView struct {
 	Rounds      int     `json:"rounds"`
 	Verified    bool    `json:"verified"`
 	Postcopy    bool    `json:"postcopy"`
+	Compress    bool    `json:"compress"`
 	// The switch-over's timeline (MMC clock).
 	Started     time.Time `json:"started"`
 	PausedAt    time.Time `json:"paused_at"`

@@ -455,7 +455,7 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 
 func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	var to, rate string
-	var postcopy bool
+	var postcopy, compress bool
 	var maxRounds int
 	var downtime time.Duration
 	cmd := &cobra.Command{
@@ -465,7 +465,8 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.MigrateRequest{VM: args[0], To: to, Postcopy: postcopy, MaxRounds: maxRounds, DowntimeLimitMS: downtime.Milliseconds()}
+			req := api.MigrateRequest{VM: args[0], To: to, Postcopy: postcopy, MaxRounds: maxRounds, DowntimeLimitMS: downtime.Milliseconds(),
+				Compress: compress}
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {
@@ -489,6 +490,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&postcopy, "postcopy", false, "switch to post-copy if pre-copy has not converged after --max-rounds (QEMU; without it such a migration is given up, the VM running on)")
 	cmd.Flags().DurationVar(&downtime, "downtime-limit", 0, "downtime to aim at, from the source's pause to the destination running (default 300ms)")
 	cmd.Flags().IntVar(&maxRounds, "max-rounds", 0, "passes over memory before post-copy or giving up (0: the hypervisor's default, 30)")
+	cmd.Flags().BoolVar(&compress, "compress", false, "send pages that were sent before as deltas (QEMU XBZRLE; the simulated VM compresses with zstd): for guests that rewrite the same pages in small ways, over a slow link")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }

@@ -338,6 +338,7 @@ type Migration struct {
 	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
 	MaxRounds     int       `json:"max_rounds,omitempty"`
 	DowntimeLimit int64     `json:"downtime_limit_ms,omitempty"`
+	Compress      bool      `json:"compress,omitempty"`
 	Postcopy      bool      `json:"postcopy,omitempty"`
 	Created       time.Time `json:"created"`
 	Updated       time.Time `json:"updated"`
@@ -393,6 +394,9 @@ type MigrateRequest struct {
 	// DowntimeLimitMS is the downtime to aim at, from the source's pause
 	// to the destination running (0: 300 ms).
 	DowntimeLimitMS int64 `json:"downtime_limit_ms,omitempty"`
+	// Compress has the hypervisor send pages it sent before as deltas
+	// (QEMU's XBZRLE) or compressed (the simulated VM's zstd).
+	Compress bool `json:"compress,omitempty"`
 }
 
 // Migrate plans a migration.

@@ -485,7 +485,7 @@ func (s *Server) apiMigration(m store.Migration) api.Migration {
 		m.Progress = max(m.Progress, live.Progress)
 	}
 	return api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, State: m.State, Progress: m.Progress,
-		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, DowntimeLimit: m.DowntimeLimitMS, Postcopy: m.Postcopy,
+		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, DowntimeLimit: m.DowntimeLimitMS, Compress: m.Compress, Postcopy: m.Postcopy,
 		Created: m.Created, Updated: m.Updated,
 		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
 		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
@@ -508,7 +508,7 @@ func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := s.planMigration(req.VM, req.To, "requested by an administrator", "admin",
 		migrationOptions{MaxRate: req.MaxRate, AllowPostcopy: req.Postcopy, MaxRounds: req.MaxRounds,
-			DowntimeLimit: time.Duration(req.DowntimeLimitMS) * time.Millisecond})
+			DowntimeLimit: time.Duration(req.DowntimeLimitMS) * time.Millisecond, Compress: req.Compress})
 	if err != nil {
 		writeMigErr(w, err)
 		return

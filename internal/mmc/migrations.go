@@ -23,6 +23,7 @@ type migrationOptions struct {
 	AllowPostcopy bool
 	MaxRounds     int
 	DowntimeLimit time.Duration // 0: defaultDowntimeLimit
+	Compress      bool
 }
 
 // planMigration records a planned migration of vm to host to.
@@ -56,7 +57,7 @@ func (s *Server) planMigration(vm, to, reason, by string, o migrationOptions) (s
 	now := s.cfg.Now()
 	m, err := s.st.CreateMigration(store.Migration{VM: vm, From: from, To: to, State: store.MigrationPlanned,
 		Reason: reason, By: by, MaxRate: o.MaxRate, AllowPostcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds,
-		DowntimeLimitMS: o.DowntimeLimit.Milliseconds(), Created: now, Updated: now})
+		DowntimeLimitMS: o.DowntimeLimit.Milliseconds(), Compress: o.Compress, Created: now, Updated: now})
 	if err != nil {
 		return m, err
 	}

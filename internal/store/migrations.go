@@ -54,9 +54,11 @@ type Migration struct {
 	AllowPostcopy bool `json:"allow_postcopy,omitempty"`
 	MaxRounds     int  `json:"max_rounds,omitempty"`
 	// DowntimeLimitMS is the downtime aimed at (0: 300 ms).
-	DowntimeLimitMS int64     `json:"downtime_limit_ms,omitempty"`
-	Created         time.Time `json:"created"`
-	Updated         time.Time `json:"updated"`
+	DowntimeLimitMS int64 `json:"downtime_limit_ms,omitempty"`
+	// Compress: pages sent again go as deltas or compressed.
+	Compress bool      `json:"compress,omitempty"`
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
 
 	// Set by the orchestrator.
 	Error string `json:"error,omitempty"` // why it failed or was rolled back

@@ -125,6 +125,27 @@ func guestCounters(t testing.TB, d *qemu.Driver, id string) qemu.GuestCounters {
 	return c
 }
 
+// checkGuestMemory checks VM id of spec s on d: its pattern, then, paused
+// (and left paused), its dirtied region against its counters, which it
+// returns.
+func checkGuestMemory(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec) qemu.GuestCounters {
+	t.Helper()
+	checkGuestPattern(t, d, id, s)
+	if err := d.Pause(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	l := qemu.Layout(s)
+	cnt := guestCounters(t, d, id)
+	region, err := d.ReadMemory(context.Background(), id, l.DirtyAddr, l.DirtyLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CheckDirtied(region, cnt); err != nil {
+		t.Fatal(err)
+	}
+	return cnt
+}
+
 // checkGuestPattern compares VM id's pattern region with the stream the
 // test guest of spec s writes.
 func checkGuestPattern(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec) {
@@ -187,19 +208,7 @@ func TestQEMUMigrationWAN(t *testing.T) {
 	// On the destination: the pattern, then (paused) the dirtied
 	// region against the counters, then it runs on.
 	west := drv["west"]
-	checkGuestPattern(t, west, "guest", spec)
-	if err := west.Pause(context.Background(), "guest"); err != nil {
-		t.Fatal(err)
-	}
-	l := qemu.Layout(spec)
-	cnt := guestCounters(t, west, "guest")
-	region, err := west.ReadMemory(context.Background(), "guest", l.DirtyAddr, l.DirtyLen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.CheckDirtied(region, cnt); err != nil {
-		t.Fatal(err)
-	}
+	cnt := checkGuestMemory(t, west, "guest", spec)
 	if err := west.Resume(context.Background(), "guest"); err != nil {
 		t.Fatal(err)
 	}
@@ -293,20 +302,7 @@ func TestQEMUCompressWAN(t *testing.T) {
 	if xbzrle.Pages < 1000 {
 		t.Fatalf("%d pages went as XBZRLE deltas in %d rounds, want the dirtied region's (4096) several times over", xbzrle.Pages, m.Rounds)
 	}
-	west := drv["west"]
-	checkGuestPattern(t, west, "guest", spec)
-	if err := west.Pause(context.Background(), "guest"); err != nil {
-		t.Fatal(err)
-	}
-	l := qemu.Layout(spec)
-	cnt := guestCounters(t, west, "guest")
-	region, err := west.ReadMemory(context.Background(), "guest", l.DirtyAddr, l.DirtyLen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.CheckDirtied(region, cnt); err != nil {
-		t.Fatal(err)
-	}
+	checkGuestMemory(t, drv["west"], "guest", spec)
 }
 
 // cutSite drops every packet into and out of namespace ns (nftables), as
@@ -640,19 +636,7 @@ func TestQEMUPostcopyLinkOutage(t *testing.T) {
 	}
 	c.checkCompleted(m, spec.Name, "east", "west")
 	t.Logf("post-copy across a 35 s outage: total %d ms, downtime %d ms", m.TotalMS, m.DowntimeMS)
-	checkGuestPattern(t, west, spec.Name, spec)
-	if err := west.Pause(context.Background(), spec.Name); err != nil {
-		t.Fatal(err)
-	}
-	l := qemu.Layout(spec)
-	cnt := guestCounters(t, west, spec.Name)
-	region, err := west.ReadMemory(context.Background(), spec.Name, l.DirtyAddr, l.DirtyLen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.CheckDirtied(region, cnt); err != nil {
-		t.Fatal(err)
-	}
+	checkGuestMemory(t, west, spec.Name, spec)
 }
 
 // e2eLogLevel is the agents' log level: FERRY_E2E_LOG_LEVEL, or info.

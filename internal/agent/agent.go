@@ -87,8 +87,7 @@ type Agent struct {
 	metrics *metrics
 	host    hostSampler
 	events  *outbox
-	policy  atomic.Uint64   // policy version received from the MMC
-	stopped map[string]bool // VMs seen stopped in the last report
+	policy  atomic.Uint64 // policy version received from the MMC
 	peers   *peers
 	posts   chan message.BoardPost // blackboard entries waiting for the session
 	board   boardLog
@@ -140,7 +139,6 @@ func New(cfg Config) (*Agent, error) {
 	} else if a.events, err = openOutbox(filepath.Join(cfg.DataDir, OutboxFile)); err != nil {
 		return nil, err
 	}
-	a.stopped = map[string]bool{}
 	a.peers = newPeers()
 	a.posts = make(chan message.BoardPost, 256)
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}

@@ -25,6 +25,9 @@ var (
 	bucketEvents = []byte("events")
 	bucketMeta   = []byte("meta")
 	keyNext      = []byte("next")
+	// bucketStopped holds the VMs whose unexpected stop was raised, so a
+	// restarted agent does not raise it again.
+	bucketStopped = []byte("stopped")
 )
 
 // outbox holds events (logs and alarms) until the MMC acknowledges each,
@@ -41,9 +44,13 @@ type outbox struct {
 	notify  chan struct{}
 	dropped uint64
 	failed  uint64 // events the database refused (kept in memory)
+	// stopped: VMs whose unexpected stop was raised (see raiseStopped).
+	stopped map[string]bool
 }
 
-func newOutbox() *outbox { return &outbox{notify: make(chan struct{}, 1)} }
+func newOutbox() *outbox {
+	return &outbox{notify: make(chan struct{}, 1), stopped: map[string]bool{}}
+}
 
 // openOutbox opens (or creates) a persistent outbox at path and loads the
 // events it holds.
@@ -61,6 +68,16 @@ func openOutbox(path string) (*outbox, error) {
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
+			return err
+		}
+		stopped, err := tx.CreateBucketIfNotExists(bucketStopped)
+		if err != nil {
+			return err
+		}
+		if err := stopped.ForEach(func(k, _ []byte) error {
+			o.stopped[string(k)] = true
+			return nil
+		}); err != nil {
 			return err
 		}
 		if v := meta.Get(keyNext); len(v) == 8 {
@@ -97,6 +114,57 @@ func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) 
 
 // add queues an event.
 func (o *outbox) add(alarm bool, level, kind, msg string) {
+	o.addTx(alarm, level, kind, msg, nil)
+}
+
+// raiseStopped raises the alarm for VM id's unexpected stop, once: the
+// alarm and the record that it was raised are stored together, so an
+// agent restarted while the MMC is away (the alarm still in the outbox)
+// neither loses nor repeats it. It reports whether it raised it now.
+func (o *outbox) raiseStopped(id string) bool {
+	o.mu.Lock()
+	done := o.stopped[id]
+	o.mu.Unlock()
+	if done {
+		return false
+	}
+	o.addTx(true, "error", "vm-stopped", "VM "+id+" stopped unexpectedly", func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketStopped).Put([]byte(id), []byte{1})
+	})
+	o.mu.Lock()
+	o.stopped[id] = true
+	o.mu.Unlock()
+	return true
+}
+
+// clearStopped forgets VM id's raised stop: it runs again, or is gone, and
+// a later stop is a new alarm.
+func (o *outbox) clearStopped(id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.stopped[id] {
+		return
+	}
+	delete(o.stopped, id)
+	if o.db != nil {
+		_ = o.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketStopped).Delete([]byte(id)) })
+	}
+}
+
+// stoppedVMs returns the VMs whose stop was raised.
+func (o *outbox) stoppedVMs() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]string, 0, len(o.stopped))
+	for id := range o.stopped {
+		out = append(out, id)
+	}
+	return out
+}
+
+// addTx queues an event; extra, if not nil, runs in the same database
+// transaction.
+func (o *outbox) addTx(alarm bool, level, kind, msg string, extra func(*bolt.Tx) error) {
 	o.mu.Lock()
 	o.next++
 	e := message.Event{Seq: o.next, Time: time.Now().UnixNano(), Alarm: alarm, Level: level, Kind: kind, Message: msg}
@@ -123,6 +191,11 @@ func (o *outbox) add(alarm bool, level, kind, msg string) {
 			}
 			if err := b.Put(seqKey(e.Seq), v); err != nil {
 				return err
+			}
+			if extra != nil {
+				if err := extra(tx); err != nil {
+					return err
+				}
 			}
 			return tx.Bucket(bucketMeta).Put(keyNext, seqKey(o.next))
 		})

@@ -80,3 +80,36 @@ func TestOutboxBounded(t *testing.T) {
 		t.Fatalf("oldest kept %d, newest %q", due[0].Seq, due[len(due)-1].Message)
 	}
 }
+
+// A VM's unexpected stop is raised once, across agent restarts (the
+// restarted agent sees the same stopped VM: TestMMCOutageMinute once got
+// two alarms for it), and raised again only after it ran or went away.
+func TestStoppedAlarmOncePerStop(t *testing.T) {
+	path := filepath.Join(t.TempDir(), OutboxFile)
+	o, err := openOutbox(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.raiseStopped("vm1") || o.raiseStopped("vm1") {
+		t.Fatal("the first report of a stop raises it, the next does not")
+	}
+	o.close()
+	o, err = openOutbox(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	if o.raiseStopped("vm1") {
+		t.Fatal("a restarted agent raised the same stop again")
+	}
+	if due := o.due(); len(due) != 1 || due[0].Kind != "vm-stopped" || due[0].Message != "VM vm1 stopped unexpectedly" {
+		t.Fatalf("outbox after restart: %+v, want the one alarm", due)
+	}
+	o.clearStopped("vm1") // it ran again
+	if !o.raiseStopped("vm1") {
+		t.Fatal("a new stop after the VM ran was not raised")
+	}
+	if ids := o.stoppedVMs(); len(ids) != 1 || ids[0] != "vm1" {
+		t.Fatalf("stopped VMs %v", ids)
+	}
+}

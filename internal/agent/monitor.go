@@ -73,12 +73,12 @@ func (a *Agent) report(ctx context.Context) message.Report {
 	seen := map[string]bool{}
 	for _, vm := range vms {
 		seen[vm.ID] = true
-		// A VM that stopped without being asked to is an alarm.
-		if stopped := vm.State == hypervisor.StateStopped; stopped != a.stopped[vm.ID] {
-			if stopped {
-				a.events.add(true, "error", "vm-stopped", "VM "+vm.ID+" stopped unexpectedly")
-			}
-			a.stopped[vm.ID] = stopped
+		// A VM that stopped without being asked to is an alarm, raised
+		// once (the outbox remembers it across agent restarts).
+		if vm.State == hypervisor.StateStopped {
+			a.events.raiseStopped(vm.ID)
+		} else {
+			a.events.clearStopped(vm.ID)
 		}
 		var st hypervisor.Stats
 		if vm.State == hypervisor.StateRunning || vm.State == hypervisor.StatePaused {
@@ -86,9 +86,9 @@ func (a *Agent) report(ctx context.Context) message.Report {
 		}
 		r.VMs = append(r.VMs, message.VMReport{VM: vm, Stats: st})
 	}
-	for id := range a.stopped {
+	for _, id := range a.events.stoppedVMs() {
 		if !seen[id] {
-			delete(a.stopped, id)
+			a.events.clearStopped(id)
 		}
 	}
 	if a.cfg.HostModel != nil {

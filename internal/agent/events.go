@@ -124,16 +124,16 @@ func (o *outbox) add(alarm bool, level, kind, msg string) {
 func (o *outbox) raiseStopped(id string) bool {
 	o.mu.Lock()
 	done := o.stopped[id]
+	o.stopped[id] = true
 	o.mu.Unlock()
 	if done {
 		return false
 	}
+	// If the database refuses, the alarm still goes out from memory and
+	// only a restart could raise it a second time.
 	o.addTx(true, "error", "vm-stopped", "VM "+id+" stopped unexpectedly", func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketStopped).Put([]byte(id), []byte{1})
 	})
-	o.mu.Lock()
-	o.stopped[id] = true
-	o.mu.Unlock()
 	return true
 }
 
@@ -145,10 +145,15 @@ func (o *outbox) clearStopped(id string) {
 	if !o.stopped[id] {
 		return
 	}
-	delete(o.stopped, id)
 	if o.db != nil {
-		_ = o.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketStopped).Delete([]byte(id)) })
+		err := o.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketStopped).Delete([]byte(id)) })
+		if err != nil {
+			// Kept, so the next report tries again: a stale record would
+			// silence this VM's next stop after a restart.
+			return
+		}
 	}
+	delete(o.stopped, id)
 }
 
 // stoppedVMs returns the VMs whose stop was raised.

@@ -722,7 +722,7 @@ const limitStep = 10 * time.Millisecond
 // tuneDowntimeLimit keeps the hypervisor's stop-and-copy limit at
 // queueAwareLimit for the link's current queue (its smoothed and minimum
 // RTTs), if the driver can change
-// it mid-migration; it returns the limit now in force (cur if unchanged).
+// it mid-migration; it returns the limit it last asked for (cur if unchanged).
 func (a *Agent) tuneDowntimeLimit(ctx context.Context, j *job, srtt, minRTT, cur time.Duration) time.Duration {
 	ds, ok := j.mig.(hypervisor.DowntimeSetter)
 	budget := j.order.Params.DowntimeLimit
@@ -734,8 +734,10 @@ func (a *Agent) tuneDowntimeLimit(ctx context.Context, j *job, srtt, minRTT, cur
 		return cur
 	}
 	if err := ds.SetDowntimeLimit(ctx, j.order.VM, want); err != nil {
-		a.log.Warn("agent: setting the downtime limit", "id", j.order.ID, "vm", j.order.VM, "err", err)
-		return cur
+		// Not retried for this value (the watcher polls every 5–200 ms
+		// and would log and block on each try); a later move retries.
+		a.log.Warn("agent: setting the downtime limit", "id", j.order.ID, "vm", j.order.VM, "limit", want, "err", err)
+		return want
 	}
 	a.log.Debug("agent: downtime limit", "id", j.order.ID, "vm", j.order.VM, "limit", want, "budget", budget,
 		"link_queue", srtt-minRTT)

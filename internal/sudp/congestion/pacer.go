@@ -70,6 +70,9 @@ func (p *Pacer) refill(now time.Time, rate float64, size int) {
 		p.tokens, p.last, p.init = burst, now, true
 		return
 	}
+	// Credit is time: what 20 ms at the old rate earned must not be
+	// released at a rate that has since dropped.
+	p.credit = min(p.credit, rate*CatchUpLimit.Seconds())
 	// A clock that steps backwards must not mint tokens: only move forward.
 	if dt := now.Sub(p.last); dt > 0 {
 		// Credit is made up at up to the rate again (twice the rate in all).
@@ -91,6 +94,7 @@ func (p *Pacer) refill(now time.Time, rate float64, size int) {
 // rate bytes/s; 0 means now. A rate of 0, negative or +Inf disables pacing.
 func (p *Pacer) Delay(now time.Time, rate float64, size int) time.Duration {
 	if rate <= 0 || math.IsInf(rate, 1) || math.IsNaN(rate) {
+		p.due = time.Time{}
 		return 0
 	}
 	p.refill(now, rate, size)

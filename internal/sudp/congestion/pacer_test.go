@@ -206,3 +206,37 @@ func TestPacerCatchUp(t *testing.T) {
 		t.Errorf("blocked caller: %.0f bytes in 100 ms, want about %.0f (no credit for the pause)", sentBlocked, want)
 	}
 }
+
+// TestPacerCreditFollowsRate: credit earned at a high rate is sending time,
+// not bytes: after the rate drops, the pacer releases no more than the new
+// rate's bucket, rate and catch-up allow (the credit was capped at 20 ms
+// of the old rate and released at up to the new one).
+func TestPacerCreditFollowsRate(t *testing.T) {
+	const size = 1452
+	var p Pacer
+	now := time.Unix(0, 0)
+	hi, lo := 100e6, 1e6
+	// Drain the bucket at the high rate, then come back 30 ms late.
+	for p.Delay(now, hi, size) == 0 {
+		p.OnSent(now, hi, size)
+	}
+	now = now.Add(p.Delay(now, hi, size) + 30*time.Millisecond)
+	p.Delay(now, hi, size) // refill: the lateness is credited
+	for p.Delay(now, hi, size) == 0 {
+		p.OnSent(now, hi, size) // the bucket goes out at once
+	}
+	// The rate drops a hundredfold; send for a second at the low rate.
+	start, sent := now, 0.0
+	for now.Sub(start) < time.Second {
+		if d := p.Delay(now, lo, size); d > 0 {
+			now = now.Add(d)
+			continue
+		}
+		p.OnSent(now, lo, size)
+		sent += size
+	}
+	T := now.Sub(start).Seconds()
+	if limit := Burst(lo, size) + lo*T + lo*CatchUpLimit.Seconds() + size; sent > limit {
+		t.Fatalf("%.0f bytes in %.3f s after the rate fell to %.0f B/s, limit %.0f", sent, T, lo, limit)
+	}
+}

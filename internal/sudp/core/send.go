@@ -109,6 +109,12 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	// Congestion and pacing gate everything that elicits an ACK, except
 	// probes sent on a probe timeout.
 	canSend := c.probes > 0 || c.rec.canSend(now, c.cfg.MaxDatagramSize)
+	if !canSend && !c.WantsToSend() {
+		// Held by the pacer with nothing queued: the driver will not
+		// wait for the pacer, and the idle time until data comes is not
+		// lateness to make up.
+		c.rec.pacer.Blocked()
+	}
 	if canSend {
 		b, frames = c.appendControl(b, room, frames)
 		if len(frames) > 0 {

@@ -721,8 +721,8 @@ const limitStep = 10 * time.Millisecond
 
 // tuneDowntimeLimit keeps the hypervisor's stop-and-copy limit at
 // queueAwareLimit for the link's current queue (its smoothed and minimum
-// RTTs), if the driver can change
-// it mid-migration; it returns the limit it last asked for (cur if unchanged).
+// RTTs), if the driver can change it mid-migration; it returns the limit
+// it last asked for (cur if unchanged).
 func (a *Agent) tuneDowntimeLimit(ctx context.Context, j *job, srtt, minRTT, cur time.Duration) time.Duration {
 	ds, ok := j.mig.(hypervisor.DowntimeSetter)
 	budget := j.order.Params.DowntimeLimit

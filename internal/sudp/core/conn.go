@@ -175,6 +175,9 @@ type Conn struct {
 	lastRecv   time.Time
 	lastSend   time.Time
 	drainUntil time.Time
+	// appLimitedSince is when the window last stood open with nothing to
+	// send (zero while data flows): ConnStats.AppLimited.
+	appLimitedSince time.Time
 
 	stats ConnStats
 	frame wire.Frame
@@ -201,17 +204,22 @@ type ConnStats struct {
 	StreamBytesSent, StreamBytesRecv uint64 // first transmissions / deliveries
 	RetransmittedBytes               uint64 // stream bytes sent again
 	PacketsLost                      uint64
-	DroppedReplay                    uint64
-	DroppedAuth                      uint64
-	DroppedMalformed                 uint64
-	DatagramsSent, DatagramsRecv     uint64
-	DatagramsDropped                 uint64
-	KeyUpdates                       uint64
-	PathChanges                      uint64
-	SmoothedRTT, MinRTT              time.Duration
-	CongestionWindow                 int
-	PacingRate                       float64
-	BytesInFlight                    int
+	// AppLimited is how long the window and the pacer allowed sending
+	// but no stream had data it could send (none written, or held by
+	// the peer's flow control): time the application left the path
+	// idle. An interval is added when sending resumes.
+	AppLimited                   time.Duration
+	DroppedReplay                uint64
+	DroppedAuth                  uint64
+	DroppedMalformed             uint64
+	DatagramsSent, DatagramsRecv uint64
+	DatagramsDropped             uint64
+	KeyUpdates                   uint64
+	PathChanges                  uint64
+	SmoothedRTT, MinRTT          time.Duration
+	CongestionWindow             int
+	PacingRate                   float64
+	BytesInFlight                int
 	// Controller is the congestion controller's model (state, bandwidth
 	// estimate, loss rates, congestion events), for traces and metrics.
 	Controller congestion.Stats

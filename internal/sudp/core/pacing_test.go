@@ -27,18 +27,7 @@ func TestIdleSenderEarnsNoCatchUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write := func(n int) {
-		for buf := make([]byte, n); len(buf) > 0; {
-			k, err := cli.StreamWrite(id, buf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if k == 0 {
-				t.Fatal("stream full")
-			}
-			buf = buf[k:]
-		}
-	}
+	write := writer(t, cli, id)
 	write(29 << 10)
 	s.transmit()
 	// Until everything is acknowledged.
@@ -65,5 +54,65 @@ func TestIdleSenderEarnsNoCatchUp(t *testing.T) {
 	t.Logf("%.0f bytes in the first 20 ms after 2 s idle (limit %.0f)", sent, limit)
 	if sent > limit {
 		t.Fatalf("%.0f bytes in the first 20 ms after an idle period, more than a bucket and the rate (%.0f)", sent, limit)
+	}
+}
+
+// TestAppLimitedStat: the time the window stood open with nothing to
+// send is counted once data comes again, and a sender that always has
+// data queued adds none.
+func TestAppLimitedStat(t *testing.T) {
+	s := handshakeSim(t, 11, link{delay: 5 * time.Millisecond}, Config{})
+	cli := s.conn[0]
+	cli.SetMaxRate(10e6)
+	id, err := cli.OpenStream(false, PriorityBulk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := writer(t, cli, id)
+	run := func(d time.Duration) {
+		for start := s.now; s.now.Sub(start) < d; {
+			if !s.step() {
+				t.Fatal("the simulation ran dry")
+			}
+		}
+	}
+	write(64 << 10)
+	s.transmit()
+	for cli.Stats().StreamBytesSent < 64<<10 || cli.Stats().BytesInFlight > 0 {
+		if !s.step() {
+			t.Fatal("the simulation ran dry")
+		}
+	}
+	before := cli.Stats().AppLimited
+	s.now = s.now.Add(2 * time.Second) // nothing to send, the window open
+	write(256 << 10)
+	s.transmit()
+	idle := cli.Stats().AppLimited - before
+	if idle < 2*time.Second || idle > 2*time.Second+100*time.Millisecond {
+		t.Fatalf("app-limited for %v over a 2 s pause, want about 2 s", idle)
+	}
+	// 256 KiB at 10 MB/s: still sending 20 ms on, data always queued.
+	mid := cli.Stats().AppLimited
+	run(20 * time.Millisecond)
+	if st := cli.Stats(); st.AppLimited != mid || st.StreamBytesSent >= 256<<10+64<<10 {
+		t.Fatalf("a sender with data queued counted %v app-limited (%d bytes sent)", st.AppLimited-mid, st.StreamBytesSent)
+	}
+}
+
+// writer returns a function writing n bytes on stream id of c, which must
+// take them all.
+func writer(t *testing.T, c *Conn, id uint64) func(n int) {
+	return func(n int) {
+		t.Helper()
+		for buf := make([]byte, n); len(buf) > 0; {
+			k, err := c.StreamWrite(id, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k == 0 {
+				t.Fatal("stream full")
+			}
+			buf = buf[k:]
+		}
 	}
 }

@@ -109,11 +109,15 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	// Congestion and pacing gate everything that elicits an ACK, except
 	// probes sent on a probe timeout.
 	canSend := c.probes > 0 || c.rec.canSend(now, c.cfg.MaxDatagramSize)
-	if !canSend && !c.WantsToSend() {
-		// Held by the pacer with nothing queued: the driver will not
-		// wait for the pacer, and the idle time until data comes is not
-		// lateness to make up.
-		c.rec.pacer.Blocked()
+	if !canSend {
+		if c.WantsToSend() {
+			c.endAppLimited(now) // data came; the window holds it now
+		} else {
+			// Held by the pacer with nothing queued: the driver will
+			// not wait for the pacer, and the idle time until data
+			// comes is not lateness to make up.
+			c.rec.pacer.Blocked()
+		}
 	}
 	if canSend {
 		b, frames = c.appendControl(b, room, frames)
@@ -124,7 +128,11 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		b, frames, more = c.appendData(now, b, room, frames)
 		if more {
 			eliciting = true
+			c.endAppLimited(now)
 		} else if c.probes == 0 {
+			if c.appLimitedSince.IsZero() {
+				c.appLimitedSince = now
+			}
 			// Nothing to send although the window and the pacer allow it:
 			// rate samples from now on understate the path, and the
 			// controller must not shrink its model on them.
@@ -153,6 +161,14 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		return 0, to, false
 	}
 	return c.finishPacket(now, b, dst, eliciting, frames)
+}
+
+// endAppLimited closes an app-limited interval, if one is open.
+func (c *Conn) endAppLimited(now time.Time) {
+	if !c.appLimitedSince.IsZero() {
+		c.stats.AppLimited += now.Sub(c.appLimitedSince)
+		c.appLimitedSince = time.Time{}
+	}
 }
 
 func (c *Conn) startPacket(buf []byte) []byte {

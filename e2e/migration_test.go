@@ -34,6 +34,7 @@ type migrationView struct {
 	Started     time.Time `json:"started"`
 	PausedAt    time.Time `json:"paused_at"`
 	SentAt      time.Time `json:"sent_at"`
+	ArmedAt     time.Time `json:"armed_at"`
 	VerifiedAt  time.Time `json:"verified_at"`
 	CommittedAt time.Time `json:"committed_at"`
 	ResumedAt   time.Time `json:"resumed_at"`
@@ -106,19 +107,29 @@ func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
 	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
 		c.t.Fatalf("final report %+v", m)
 	}
-	// The timeline is in order: pause, last byte sent, verified,
-	// committed, resumed. The agents' times carry their measured clock
-	// offsets, which on one machine are off by at most a few ms.
+	// The timeline is in order: pause, last byte sent, armed, verified,
+	// resumed, and the commit recorded after the verification. The
+	// destination resumed no earlier than the MMC let it: armed (it then
+	// resumes by itself once verified, usually before the commit is
+	// recorded) or committed. The agents' times carry their measured
+	// clock offsets, which on one machine are off by at most a few ms.
 	// After post-copy: pause (the switch), committed, resumed; the last
 	// page arrives after the switch (usually after the resume, but the
 	// source pushes pages in the background meanwhile).
 	const skew = 10 * time.Millisecond
-	steps, order := []time.Time{m.PausedAt, m.SentAt, m.VerifiedAt, m.CommittedAt, m.ResumedAt}, "paused, sent, verified, committed, resumed"
+	steps, order := []time.Time{m.PausedAt, m.SentAt, m.ArmedAt, m.VerifiedAt, m.ResumedAt}, "paused, sent, armed, verified, resumed"
+	if m.ArmedAt.IsZero() && !m.Postcopy {
+		// Committed without arming (the MMC was away when the source
+		// completed): the destination waited for the commit.
+		steps, order = []time.Time{m.PausedAt, m.SentAt, m.VerifiedAt, m.CommittedAt, m.ResumedAt}, "paused, sent, verified, committed, resumed"
+	}
 	if m.Postcopy {
 		steps, order = []time.Time{m.PausedAt, m.CommittedAt, m.ResumedAt}, "paused, committed, resumed"
 		if m.VerifiedAt.Before(m.PausedAt) {
 			c.t.Fatalf("post-copy: every page in (%v) before the switch (%v)", m.VerifiedAt, m.PausedAt)
 		}
+	} else if m.CommittedAt.Before(m.VerifiedAt.Add(-skew)) {
+		c.t.Fatalf("committed (%v) before the destination verified (%v)", m.CommittedAt, m.VerifiedAt)
 	}
 	for i, at := range steps {
 		if at.IsZero() || (i > 0 && at.Before(steps[i-1].Add(-skew))) {

@@ -183,7 +183,6 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 		if err := src.QMPWithFile(ctx, spec.Name, "getfd", fd, nil, sf); err != nil {
 			b.Fatal(err)
 		}
-		sf.Close()
 		df.Close()
 		uri := "fd:tcp"
 		params := map[string]any{"max-bandwidth": int64(1) << 40, "downtime-limit": 300}
@@ -200,8 +199,13 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 		}
 		// The destination resumes as soon as its image is complete.
 		// What QEMU sent by each second, to compare with Ferry's trace.
-		var bySecond []string
+		var bySecond, acked []string
 		for {
+			if half := len(acked) + 1; time.Since(start) >= time.Duration(half)*500*time.Millisecond {
+				if ti, err := unix.GetsockoptTCPInfo(int(sf.Fd()), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+					acked = append(acked, fmt.Sprintf("%.2f/%.2f", float64(ti.Bytes_acked)/1e6, float64(ti.Delivered)*float64(ti.Snd_mss)/1e6))
+				}
+			}
 			if sec := len(bySecond) + 1; time.Since(start) >= time.Duration(sec)*time.Second {
 				var mi struct {
 					RAM struct {
@@ -250,6 +254,10 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 			b.Fatal(err)
 		}
 		resumed := time.Now()
+		if ti, err := unix.GetsockoptTCPInfo(int(sf.Fd()), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			b.Logf("TCP acked by each 0.5 s: %s; at the end %.2f MB, %d retransmitted segments", strings.Join(acked, " "), float64(ti.Bytes_acked)/1e6, ti.Total_retrans)
+		}
+		sf.Close()
 		var mi struct {
 			TotalTime int64 `json:"total-time"`
 			Downtime  int64 `json:"downtime"`
@@ -295,9 +303,9 @@ func benchFerry(b *testing.B, spec hypervisor.Spec, migrateArgs ...string) {
 			b.Fatalf("migration: %v (%+v)", err, m)
 		}
 		ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
-		b.Logf("ferry run: QEMU sent %d bytes in %d passes, %d bytes on the wire; start→pause %d ms, copy %d, deliver %d, commit %d, resume %d",
+		b.Logf("ferry run: QEMU sent %d bytes in %d passes, %d bytes on the wire; start→pause %d ms, copy %d, deliver %d, resume %d (armed %d after the last byte; commit recorded %d after the resume)",
 			m.Transferred, m.Rounds, m.BytesOnWire, ms(m.Started, m.PausedAt), ms(m.PausedAt, m.SentAt), ms(m.SentAt, m.VerifiedAt),
-			ms(m.VerifiedAt, m.CommittedAt), ms(m.CommittedAt, m.ResumedAt))
+			ms(m.VerifiedAt, m.ResumedAt), ms(m.SentAt, m.ArmedAt), ms(m.ResumedAt, m.CommittedAt))
 		total = append(total, time.Duration(m.TotalMS)*time.Millisecond)
 		down = append(down, time.Duration(m.DowntimeMS)*time.Millisecond)
 		if err := c.ctl(nil, "vms", "delete", spec.Name); err != nil {

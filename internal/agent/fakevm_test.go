@@ -71,6 +71,7 @@ const (
 	gateEnd     = "end"     // a source blocks before its last bytes
 	gateResume  = "resume"  // Resume blocks
 	gateSwitch  = "switch"  // StartPostcopy blocks
+	gateVerify  = "verify"  // a destination that read the whole stream blocks before verifying it
 )
 
 // Post-copy in the model: a source allowed it offers to switch
@@ -88,11 +89,15 @@ type fakeDriver struct {
 	mu    sync.Mutex
 	vms   map[string]*fakeVM
 	gates map[string]chan struct{}
-	wg    sync.WaitGroup
+	// waiting counts who waits at each gate; badImage makes the next
+	// verification fail.
+	waiting  map[string]int
+	badImage bool
+	wg       sync.WaitGroup
 }
 
 func newFakeDriver(w *world) *fakeDriver {
-	return &fakeDriver{w: w, vms: map[string]*fakeVM{}, gates: map[string]chan struct{}{}}
+	return &fakeDriver{w: w, vms: map[string]*fakeVM{}, gates: map[string]chan struct{}{}, waiting: map[string]int{}}
 }
 
 var (
@@ -120,16 +125,31 @@ func (d *fakeDriver) release(name string) {
 func (d *fakeDriver) pass(ctx context.Context, name string) error {
 	d.mu.Lock()
 	g := d.gates[name]
+	if g != nil {
+		d.waiting[name]++
+	}
 	d.mu.Unlock()
 	if g == nil {
 		return nil
 	}
+	defer func() {
+		d.mu.Lock()
+		d.waiting[name]--
+		d.mu.Unlock()
+	}()
 	select {
 	case <-g:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// atGate reports whether an operation waits at gate name.
+func (d *fakeDriver) atGate(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.waiting[name] > 0
 }
 
 func (d *fakeDriver) Name() string { return "fake" }
@@ -478,7 +498,12 @@ func (d *fakeDriver) receive(v *fakeVM, r io.Reader) {
 		fail(err)
 		return
 	}
-	if got := sha256.Sum256(data); !bytes.Equal(got[:], sum[:]) {
+	_ = d.pass(context.Background(), gateVerify) // tests release every gate
+	d.mu.Lock()
+	bad := d.badImage
+	d.badImage = false
+	d.mu.Unlock()
+	if got := sha256.Sum256(data); bad || !bytes.Equal(got[:], sum[:]) {
 		fail(errors.New("image does not verify"))
 		return
 	}

@@ -88,12 +88,19 @@ type job struct {
 	// while (the outcome, or a switch, is due).
 	kick chan struct{}
 
+	// commitMu serialises resuming the destination copy: the MMC's
+	// migrate.commit and an armed job's own resume may meet.
+	commitMu sync.Mutex
+
 	mu     sync.Mutex
 	phase  string
 	err    string
 	at     time.Time // when phase was reached (local clock)
 	status hypervisor.MigrationStatus
 	link   *sudp.Conn
+	// armed: the MMC recorded that the source completed; this
+	// destination resumes its copy as soon as the image verifies.
+	armed bool
 }
 
 func (j *job) setPhase(phase, err string) bool {
@@ -104,6 +111,12 @@ func (j *job) setPhase(phase, err string) bool {
 	}
 	j.phase, j.err, j.at = phase, err, time.Now()
 	return true
+}
+
+func (j *job) isArmed() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.armed
 }
 
 func (j *job) kickWatch() {
@@ -222,6 +235,8 @@ func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*message.Mi
 		err = a.rollbackSource(ctx, mig, *o)
 	case "migrate.postcopy":
 		err = a.startPostcopy(ctx, mig, *o)
+	case "migrate.arm":
+		err = a.armDestination(ctx, mig, *o)
 	case "migrate.commit":
 		err = a.commitDestination(ctx, mig, *o)
 	case "migrate.finish":
@@ -705,6 +720,12 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			if j.role == roleSource {
 				a.postProgress(j, st)
 			}
+			if next == phaseCompleted && j.role == roleDestination && j.isArmed() {
+				if err := a.commitDestination(ctx, j.mig, j.order); err != nil {
+					// The MMC's commit retries it.
+					a.log.Warn("agent: resuming the armed copy", "id", j.order.ID, "vm", j.order.VM, "err", err)
+				}
+			}
 		}
 		// The job's work is done once the stream is over and the
 		// hypervisor has reached an outcome; commit/rollback come as
@@ -783,7 +804,7 @@ func (a *Agent) postProgress(j *job, st hypervisor.MigrationStatus) {
 		// where a slow migration's time goes.
 		a.log.Debug("agent: migration link", "id", j.order.ID, "round", st.Round, "remaining", st.Remaining, "transferred", st.Transferred,
 			"wire_sent", ls.BytesSent, "retransmitted", ls.RetransmittedBytes, "lost_packets", ls.PacketsLost,
-			"srtt", ls.SmoothedRTT, "min_rtt", ls.MinRTT, "cwnd", ls.CongestionWindow, "pacing_bps", int64(ls.PacingRate*8),
+			"app_limited", ls.AppLimited, "srtt", ls.SmoothedRTT, "min_rtt", ls.MinRTT, "cwnd", ls.CongestionWindow, "pacing_bps", int64(ls.PacingRate*8),
 			"inflight", ls.BytesInFlight, "cc_state", ls.Controller.State, "btlbw_bps", int64(ls.Controller.BtlBw*8),
 			"ceiling", ls.Controller.InflightCeiling, "congestion_events", ls.Controller.CongestionEvents,
 			"random_loss", ls.Controller.RandomLoss)
@@ -870,6 +891,14 @@ const postcopyWait = 20 * time.Second // under the MMC's action timeout
 // in post-copy it must have switched (it pulls the rest as it runs, so
 // its job and link go on until it has every page).
 func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	j := a.migs.get(o.ID)
+	if j != nil {
+		j.commitMu.Lock()
+		defer j.commitMu.Unlock()
+		if ph, _ := j.get(); ph == phaseCommitted {
+			return nil // resumed already (armed, or a repeated order)
+		}
+	}
 	st, err := mig.MigrationStatus(ctx, o.VM)
 	if err != nil {
 		return err
@@ -902,8 +931,28 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 		a.endJob(o, phaseCommitted)
 		return nil
 	}
-	if j := a.migs.get(o.ID); j != nil && j.setPhase(phaseCommitted, "") {
+	if j != nil && j.setPhase(phaseCommitted, "") {
 		a.postPhase(j)
+	}
+	return nil
+}
+
+// armDestination: the MMC recorded that the source's transfer completed
+// (migrate.arm). The copy resumes the moment its image verifies — now,
+// if it already has — without waiting for the commit to come back from
+// the MMC. Without a job (this agent restarted since) there is nothing
+// to arm: the MMC commits once it sees the image verified.
+func (a *Agent) armDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+	j := a.migs.get(o.ID)
+	if j == nil || j.role != roleDestination {
+		return fmt.Errorf("agent: no incoming migration %s to arm", o.ID)
+	}
+	j.mu.Lock()
+	j.armed = true
+	verified := j.phase == phaseCompleted
+	j.mu.Unlock()
+	if verified {
+		return a.commitDestination(ctx, mig, o)
 	}
 	return nil
 }

@@ -50,7 +50,7 @@ func newHarness(t *testing.T) *harness {
 		}
 		h.stopMMCNow()
 		for _, d := range h.drivers {
-			for _, g := range []string{gatePrepare, gateEnd, gateResume} {
+			for _, g := range []string{gatePrepare, gateEnd, gateResume, gateSwitch, gateVerify} {
 				d.release(g)
 			}
 			d.wg.Wait()
@@ -176,17 +176,24 @@ func TestMigrationFailures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("orchestration failure matrix: skipped in -short mode")
 	}
-	phases := []string{"preparing", "transferring", "switch-over"}
+	// "armed": the source completed and the destination was told to
+	// resume once verified; it holds the whole stream, unverified.
+	phases := []string{"preparing", "transferring", "armed", "switch-over"}
 	gates := map[string]struct{ host, gate string }{
 		"preparing":    {"h2", gatePrepare},
 		"transferring": {"h1", gateEnd},
+		"armed":        {"h2", gateVerify},
 		"switch-over":  {"h2", gateResume},
 	}
-	failures := []string{"source-dies", "destination-dies", "link-cut", "mmc-restart", "cancel"}
+	failures := []string{"source-dies", "destination-dies", "destination-fails", "link-cut", "mmc-restart", "cancel"}
 	want := func(phase, failure string) string {
 		switch {
 		case phase == "switch-over":
 			return "completed" // committed: only forward
+		case phase == "armed" && failure == "destination-fails":
+			return "failed" // its own word that its copy cannot run
+		case phase == "armed":
+			return "completed" // only the destination decides now
 		case failure == "cancel":
 			return "cancelled"
 		case phase == "transferring" && failure == "mmc-restart":
@@ -208,7 +215,12 @@ func TestMigrationFailures(t *testing.T) {
 					t.Fatal(err)
 				}
 				id := created.ID
-				h.waitFor("migration "+phase, 20*time.Second, func() bool { return h.migration(id).State == phase })
+				h.waitFor("migration "+phase, 20*time.Second, func() bool {
+					if phase == "armed" {
+						return !h.migration(id).ArmedAt.IsZero() && h.drivers["h2"].atGate(gateVerify)
+					}
+					return h.migration(id).State == phase
+				})
 				if phase == "transferring" {
 					// Let bytes flow: the source holds only its last chunk.
 					h.waitFor("bytes flowing", 10*time.Second, func() bool {
@@ -227,6 +239,12 @@ func TestMigrationFailures(t *testing.T) {
 					h.drivers[g.host].release(g.gate)
 					time.Sleep(300 * time.Millisecond)
 					h.startAgent(host)
+					close(cancelDone)
+				case "destination-fails":
+					h.drivers["h2"].mu.Lock()
+					h.drivers["h2"].badImage = true
+					h.drivers["h2"].mu.Unlock()
+					h.drivers[g.host].release(g.gate)
 					close(cancelDone)
 				case "link-cut":
 					h.waitFor("the link", 10*time.Second, func() bool { return agent.CutLinkForTest(h.agentOf(t, "h1"), "migration/"+id) })
@@ -256,7 +274,7 @@ func TestMigrationFailures(t *testing.T) {
 					t.Fatalf("outcome %s (%s), want %s", m.State, m.Error, w)
 				}
 				if failure == "cancel" {
-					if phase == "switch-over" {
+					if phase == "switch-over" || phase == "armed" {
 						if cancelErr == nil {
 							t.Fatalf("a committed migration was cancelled: %+v", cancelled)
 						}
@@ -272,6 +290,10 @@ func TestMigrationFailures(t *testing.T) {
 					home, other = "h2", "h1"
 					if !m.Verified || m.TotalMS <= 0 || m.BytesOnWire == 0 {
 						t.Fatalf("completed without a full report: %+v", m)
+					}
+					if phase == "armed" && failure == "mmc-restart" && m.CommittedAt.Sub(m.ResumedAt) < 200*time.Millisecond {
+						// It verified while the MMC was down.
+						t.Fatalf("an armed destination waited for the commit: resumed %v, committed %v", m.ResumedAt, m.CommittedAt)
 					}
 				}
 				h.checkOneCopy(t, vm, home, other, original)

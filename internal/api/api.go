@@ -350,6 +350,7 @@ type Migration struct {
 	PausedAt        time.Time `json:"paused_at,omitzero"`
 	ResumedAt       time.Time `json:"resumed_at,omitzero"`
 	SentAt          time.Time `json:"sent_at,omitzero"`      // source wrote the stream's last byte
+	ArmedAt         time.Time `json:"armed_at,omitzero"`     // destination told to resume once verified
 	VerifiedAt      time.Time `json:"verified_at,omitzero"`  // destination verified the image
 	CommittedAt     time.Time `json:"committed_at,omitzero"` // MMC recorded the switch-over
 	Finished        time.Time `json:"finished,omitzero"`

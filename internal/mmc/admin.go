@@ -488,7 +488,7 @@ func (s *Server) apiMigration(m store.Migration) api.Migration {
 		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, DowntimeLimit: m.DowntimeLimitMS, Compress: m.Compress, Postcopy: m.Postcopy,
 		Created: m.Created, Updated: m.Updated,
 		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
-		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
+		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, ArmedAt: m.ArmedAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
 		DowntimeMS: m.DowntimeMS, BytesOnWire: m.BytesOnWire, Transferred: m.Transferred, Rounds: m.Rounds,
 		Verified: m.Verified, Cleanup: m.Cleanup, Live: live}
 }

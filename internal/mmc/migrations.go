@@ -76,7 +76,8 @@ const cancelMigrationWait = 30 * time.Second
 
 // cancelMigration asks the orchestrator to roll an open migration back
 // and waits (bounded) for the outcome. A migration past its commit
-// (switch-over) cannot be cancelled: the destination is already the VM.
+// (switch-over), or armed for it, cannot be cancelled: the destination
+// is, or is about to be, the VM.
 func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migration, error) {
 	s.migMu.Lock()
 	m, err := s.st.UpdateMigration(id, func(m *store.Migration) error {
@@ -85,6 +86,8 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 			return fmt.Errorf("%w: migration %s is %s", ErrConflict, id, m.State)
 		case m.State == store.MigrationSwitchOver:
 			return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrConflict, id)
+		case !m.ArmedAt.IsZero():
+			return fmt.Errorf("%w: migration %s has sent its last byte and its destination resumes once verified: too late to cancel", ErrConflict, id)
 		case m.State == store.MigrationPostcopy:
 			return fmt.Errorf("%w: migration %s is switching to post-copy: too late to cancel", ErrConflict, id)
 		case m.CancelRequested:
@@ -98,7 +101,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 		return m, err
 	}
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	s.poke(id, false)
+	s.poke(id, eventNone)
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
@@ -123,13 +126,4 @@ func (s *Server) migrations() ([]store.Migration, error) {
 		return x - y
 	})
 	return all, err
-}
-
-// migrationDest is the destination host of migration id ("" if unknown).
-func (s *Server) migrationDest(id string) string {
-	m, err := s.st.Migration(id)
-	if err != nil {
-		return ""
-	}
-	return m.To
 }

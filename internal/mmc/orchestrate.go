@@ -34,6 +34,20 @@ import (
 // only rolls forward: resume the destination, destroy the source, retrying
 // agents that are away until they are back.
 //
+// Arming takes the commit's round trip out of the downtime. When the
+// source reports its transfer complete (its copy paused for good, its
+// last byte in the stream), the orchestrator records armed_at and tells
+// the destination's MA to resume its copy by itself the moment the image
+// verifies; the order overtakes the stream's tail, so the destination
+// resumes without reporting to the MMC and waiting for the commit (one
+// RTT to the MMC's site). From the armed write on, the copy that is the
+// VM is the destination's as soon as it verifies, which only its MA
+// knows: the orchestrator rolls back only on the destination's own report
+// that its copy failed (such a copy cannot run), refuses a cancel, and
+// waits for a destination that is away rather than roll back on a stall.
+// The destination's "verified" or "committed" then leads to switch-over
+// as before, and migrate.commit finds the copy already running.
+//
 // Post-copy moves the commit earlier: a transfer whose pre-copy did not
 // converge, with post-copy allowed, enters postcopy, in which the MMC has
 // the source's hypervisor switch (it stops the guest and hands the device
@@ -48,7 +62,8 @@ import (
 // After an MMC restart every open migration is picked up where the store
 // says: planned starts, preparing (whose actions' outcome is unknown)
 // rolls back, transferring re-attaches to the agents (the transfer went on
-// without the MMC), switch-over and rolling-back continue.
+// without the MMC; armed stays armed), switch-over and rolling-back
+// continue.
 
 // Orchestrator timings.
 const (
@@ -99,6 +114,12 @@ type orchestrator struct {
 
 type drive struct {
 	wake chan struct{}
+	// sent is set, and sentCh closed, when the source's agent posts that
+	// its transfer completed: the destination can be armed without
+	// waiting for a status round trip.
+	sent     atomic.Bool
+	sentCh   chan struct{}
+	sentOnce sync.Once
 	// verified is set when the destination's agent posts that its image
 	// is complete and verified: the commit need not wait for a status
 	// round trip (downtime). verifiedCh is closed then too, cutting short
@@ -108,6 +129,11 @@ type drive struct {
 	verifiedOnce sync.Once
 	mu           sync.Mutex
 	live         *api.MigrationLive
+}
+
+func (d *drive) markSent() {
+	d.sent.Store(true)
+	d.sentOnce.Do(func() { close(d.sentCh) })
 }
 
 func (d *drive) poke() {
@@ -159,7 +185,7 @@ func (s *Server) launch(id string, resumed bool) {
 	if s.orch.ctx == nil || s.orch.running[id] != nil || s.orch.ctx.Err() != nil {
 		return
 	}
-	d := &drive{wake: make(chan struct{}, 1), verifiedCh: make(chan struct{})}
+	d := &drive{wake: make(chan struct{}, 1), verifiedCh: make(chan struct{}), sentCh: make(chan struct{})}
 	s.orch.running[id] = d
 	s.orch.wg.Add(1)
 	go func() {
@@ -173,14 +199,27 @@ func (s *Server) launch(id string, resumed bool) {
 	}()
 }
 
-// poke wakes the drive of migration id (a blackboard entry arrived);
-// verified says the entry was the destination reporting a verified image.
-func (s *Server) poke(id string, verified bool) {
+// migrationEvent is what a blackboard entry on a migration's topic told
+// the orchestrator.
+type migrationEvent int
+
+const (
+	eventNone     migrationEvent = iota
+	eventSent                    // the source's transfer completed
+	eventVerified                // the destination holds a verified image
+)
+
+// poke wakes the drive of migration id (a blackboard entry arrived) and
+// records what the entry said.
+func (s *Server) poke(id string, ev migrationEvent) {
 	s.orch.mu.Lock()
 	d := s.orch.running[id]
 	s.orch.mu.Unlock()
 	if d != nil {
-		if verified {
+		switch ev {
+		case eventSent:
+			d.markSent()
+		case eventVerified:
 			d.verified.Store(true)
 			d.verifiedOnce.Do(func() { close(d.verifiedCh) })
 		}
@@ -336,10 +375,12 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 // since the MMC sits near one of them), one link RTT to repair what the
 // path lost in the final copy's last round trip (at 1 % loss a final
 // copy of a few hundred packets almost always loses one, and the
-// repair of the last ones costs a round trip), the destination's report
-// reaching the MMC and the commit reaching the destination (its RTT),
-// 30 ms for the commit's fsync, scheduling and the socket pairs between
-// the agents and their hypervisors (128 KiB each: 10 ms at 100 Mbit/s).
+// repair of the last ones costs a round trip), and 30 ms for the
+// arming's fsync, scheduling and the socket pairs between the agents and
+// their hypervisors (128 KiB each: 10 ms at 100 Mbit/s). The arming
+// itself travels beside the stream's tail (source to MMC to destination,
+// about the link's one-way delay), so the destination resumes without a
+// round trip to the MMC.
 func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 	var rttDst, rttSrc time.Duration
 	if ss := s.sessionByHost(m.To); ss != nil {
@@ -349,7 +390,7 @@ func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 		rttSrc = ss.c.Stats().SmoothedRTT
 	}
 	link := rttDst + rttSrc
-	fixed := migrationQueueDelay + link/2 + link + rttDst + 30*time.Millisecond
+	fixed := migrationQueueDelay + link/2 + link + 30*time.Millisecond
 	limit := defaultDowntimeLimit
 	if m.DowntimeLimitMS > 0 {
 		limit = time.Duration(m.DowntimeLimitMS) * time.Millisecond
@@ -370,28 +411,39 @@ func (s *Server) status(ctx context.Context, m store.Migration, host string) (*m
 }
 
 // transfer watches a transfer until the destination holds a verified
-// image (then commits) or something fails (then rolls back).
+// image (then commits) or something fails (then rolls back). Once the
+// source reports its transfer complete, the destination is armed (see the
+// top of this file): from then on only the destination's own failure
+// rolls back.
 func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) error {
-	// The agents' status round trips are cut short when the destination
-	// posts a verified image meanwhile: the source's completion post wakes
-	// this loop just before, and a status round trip to the destination's
-	// site (one WAN RTT) would otherwise hold the commit, and the downtime,
-	// back by up to that long.
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-d.verifiedCh:
-			cancel()
-		case <-sctx.Done():
+	armed := !m.ArmedAt.IsZero()
+	// The agents' status round trips are cut short when the source posts
+	// its completion (before the destination is armed) or the destination
+	// a verified image: a status round trip to the destination's site
+	// (one WAN RTT) would otherwise hold the arming or the commit back by
+	// up to that long.
+	roundTrip := func(cutOnSent bool) (context.Context, context.CancelFunc) {
+		rctx, cancel := context.WithCancel(ctx)
+		var sent chan struct{}
+		if cutOnSent {
+			sent = d.sentCh
 		}
-	}()
+		go func() {
+			select {
+			case <-d.verifiedCh:
+			case <-sent:
+			case <-rctx.Done():
+			}
+			cancel()
+		}()
+		return rctx, cancel
+	}
 	lastProgress := s.cfg.Now()
 	var lastMoved uint64
 	t := time.NewTicker(orchPoll)
 	defer t.Stop()
 	for {
-		if cur, err := s.st.Migration(m.ID); err == nil && cur.CancelRequested {
+		if cur, err := s.st.Migration(m.ID); err == nil && cur.CancelRequested && !armed {
 			return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
 		}
 		// The destination first: once it holds a verified image the
@@ -399,11 +451,34 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		if d.verified.Load() {
 			return s.commit(m)
 		}
-		dst, dstErr := s.status(sctx, m, m.To)
+		if !armed && d.sent.Load() {
+			rctx, cancel := roundTrip(false)
+			err := s.arm(rctx, &m)
+			cancel()
+			if err != nil {
+				return err
+			}
+			armed = true
+			continue
+		}
+		rctx, cancel := roundTrip(!armed)
+		dst, dstErr := s.status(rctx, m, m.To)
+		cancel()
 		if d.verified.Load() || (dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified) {
 			return s.commit(m)
 		}
-		src, srcErr := s.status(sctx, m, m.From)
+		if dstErr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed) {
+			// Armed or not: a destination whose copy failed cannot run.
+			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+		}
+		var src *message.MigrationReport
+		srcErr := errArmed
+		if !armed {
+			// Once armed only the destination decides.
+			rctx, cancel := roundTrip(true)
+			src, srcErr = s.status(rctx, m, m.From)
+			cancel()
+		}
 		if srcErr == nil {
 			switch {
 			case src.Phase == "failed" || src.Status.State == hypervisor.MigFailed:
@@ -412,6 +487,9 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 				return rollback(store.MigrationFailed, "source: transfer cancelled")
 			case src.Phase == "none" && src.Status.State == "":
 				return rollback(store.MigrationFailed, "source: no migration running (agent restarted?)")
+			case src.Status.State == hypervisor.MigCompleted && src.Status.Postcopy == "":
+				d.markSent() // its post may have been lost (an MMC restart)
+				continue
 			}
 			s.setLive(m, d, src)
 			if src.Status.Postcopy != "" && m.AllowPostcopy {
@@ -434,10 +512,14 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 				lastMoved, lastProgress = moved, s.cfg.Now()
 			}
 		}
-		if dstErr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed) {
-			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
-		}
-		if s.cfg.Now().Sub(lastProgress) > stallTimeout {
+		switch {
+		case s.cfg.Now().Sub(lastProgress) <= stallTimeout:
+		case armed:
+			// The destination may have resumed: an agent that is away,
+			// or a link that died in the last round trip, is waited for.
+			s.log.Warn("mmc: armed migration waits for its destination", "id", m.ID, "host", m.To, "err", errText(dstErr))
+			lastProgress = s.cfg.Now()
+		default:
 			return rollback(store.MigrationFailed, "no progress for %v (source: %v; destination: %v)", stallTimeout, errText(srcErr), errText(dstErr))
 		}
 		select {
@@ -447,6 +529,41 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		case <-t.C:
 		}
 	}
+}
+
+// errArmed stands for the source's status, not asked once the
+// destination is armed.
+var errArmed = errors.New("mmc: not asked (the destination is armed)")
+
+// arm records that the source's transfer completed and tells the
+// destination to resume by itself as soon as its image verifies, which
+// takes the report to the MMC and the commit back out of the downtime.
+// The write comes first and is conditional on no cancel being pending: a
+// destination may be told only what the store already says. A
+// destination that does not get the order (away, or an older agent) is
+// committed the usual way once it reports its image verified.
+func (s *Server) arm(ctx context.Context, m *store.Migration) error {
+	now := s.cfg.Now()
+	cur, err := s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+		if x.CancelRequested {
+			return errCancelPending
+		}
+		x.ArmedAt, x.Updated = now, now
+		return nil
+	})
+	if errors.Is(err, errCancelPending) {
+		return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+	}
+	if err != nil {
+		return err
+	}
+	*m = cur
+	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.arm", Mig: order}); err != nil && ctx.Err() == nil {
+		s.log.Warn("mmc: arming the destination", "id", m.ID, "host", m.To, "err", err)
+	}
+	s.log.Debug("mmc: migration armed", "id", m.ID, "vm", m.VM, "to", m.To)
+	return nil
 }
 
 // postcopy has the source switch to post-copy and commits once it has

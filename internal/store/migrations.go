@@ -74,7 +74,12 @@ type Migration struct {
 	// finding where downtime goes (MMC clock): the source wrote the
 	// stream's last byte, the destination verified the image, the MMC
 	// recorded the commit.
-	SentAt      time.Time `json:"sent_at,omitzero"`
+	SentAt time.Time `json:"sent_at,omitzero"`
+	// ArmedAt: the source's transfer had completed (its copy paused for
+	// good) and the destination was told to resume by itself once its
+	// image verifies. From this write on the orchestrator rolls back only
+	// on the destination's own report that its copy failed.
+	ArmedAt     time.Time `json:"armed_at,omitzero"`
 	VerifiedAt  time.Time `json:"verified_at,omitzero"`
 	CommittedAt time.Time `json:"committed_at,omitzero"`
 	// Postcopy: the migration switched to post-copy (the destination ran

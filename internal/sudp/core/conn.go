@@ -178,6 +178,9 @@ type Conn struct {
 	// appLimitedSince is when the window last stood open with nothing to
 	// send (zero while data flows): ConnStats.AppLimited.
 	appLimitedSince time.Time
+	// tail is the end of the last bulk stream that finished (tail.go).
+	tail       streamTail
+	noTailDups bool // tests: compare without
 
 	stats ConnStats
 	frame wire.Frame

@@ -14,6 +14,7 @@ type sentPacket struct {
 	size        int
 	outstanding bool // neither acknowledged nor declared lost
 	eliciting   bool
+	duplicated  bool // its stream data was sent again ahead of any loss (tail)
 	cc          congestion.PacketState
 	frames      []sentFrame
 }
@@ -126,6 +127,7 @@ func (r *recovery) onSent(now time.Time, pn uint64, size int, eliciting bool, fr
 	slot.pn = pn
 	slot.size = size
 	slot.eliciting = eliciting
+	slot.duplicated = false
 	slot.outstanding = eliciting
 	if eliciting {
 		slot.cc = r.cc.OnPacketSent(now, size, r.bytesInFlight)

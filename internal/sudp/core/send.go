@@ -126,6 +126,9 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		}
 		var more bool
 		b, frames, more = c.appendData(now, b, room, frames)
+		if !more && c.probes == 0 && c.duplicateTail() {
+			b, frames, more = c.appendData(now, b, room, frames)
+		}
 		if more {
 			eliciting = true
 			c.endAppLimited(now)
@@ -316,7 +319,7 @@ func (c *Conn) appendData(now time.Time, b []byte, room int, frames []sentFrame)
 		for len(q) > 0 && room-len(b) > 32 {
 			s := q[0]
 			var wrote bool
-			b, frames, wrote = c.appendStream(s, b, room, frames)
+			b, frames, wrote = c.appendStream(now, s, b, room, frames)
 			if wrote {
 				added = true
 			}
@@ -351,7 +354,7 @@ func (c *Conn) streamCanSendNow(s *stream) bool {
 	return s.sent < s.maxSend && c.connSent < c.connMaxSend
 }
 
-func (c *Conn) appendStream(s *stream, b []byte, room int, frames []sentFrame) ([]byte, []sentFrame, bool) {
+func (c *Conn) appendStream(now time.Time, s *stream, b []byte, room int, frames []sentFrame) ([]byte, []sentFrame, bool) {
 	if s.ss == sendReset {
 		if !s.resetSent && room-len(b) > 1+8+8+8 {
 			s.resetSent = true
@@ -387,6 +390,7 @@ func (c *Conn) appendStream(s *stream, b []byte, room int, frames []sentFrame) (
 		if s.ss == sendFinQ && !s.finSent && s.sent == s.written {
 			b = wire.AppendStreamHeader(b, s.id, s.sent, 0, true)
 			s.finSent = true
+			c.firstFin(now, s)
 			frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: s.sent, fin: true})
 			return b, frames, true
 		}
@@ -408,6 +412,7 @@ func (c *Conn) appendStream(s *stream, b []byte, room int, frames []sentFrame) (
 	c.stats.StreamBytesSent += uint64(n)
 	if fin {
 		s.finSent = true
+		c.firstFin(now, s)
 	}
 	frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: off, n: n, fin: fin})
 	return b, frames, true

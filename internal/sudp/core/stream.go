@@ -67,6 +67,7 @@ const (
 type stream struct {
 	id       uint64
 	prio     Priority
+	finNoted bool // its FIN's tail was recorded (tail.go)
 	queued   bool // in the scheduler's queue of its priority
 	incoming bool // opened by the peer
 

@@ -88,12 +88,16 @@ const (
 	// fraction of a round lost (BBRv2's loss threshold).
 	unknownLossThreshold = 0.02
 	// minBaselineRounds: a non-zero random-loss baseline from fewer rounds
-	// than this is not trusted yet (the median of a few small per-round
-	// loss counts sits well below the mean: 0.28 % from three rounds of a
-	// path losing 1 %, traced on the WAN lab), and the unknown-loss
-	// threshold applies instead. A zero baseline is trusted from the first
-	// round: on a path with no random loss every loss is overflow.
-	minBaselineRounds = 8
+	// than this (a full median window) is not trusted yet, and the
+	// unknown-loss threshold applies instead. The median of a few small
+	// per-round loss counts sits well below the mean, and a run of rounds
+	// over a "standing queue" of host noise multiplies the error: traced on
+	// the WAN lab, 0.28 % from three rounds of a path losing 1 %, and
+	// 0.64 % from eight, which cut a flow to 1 BDP for three seconds (with
+	// 8 rounds, 3 of 10 migrations had such cuts; with 15, none of 8). A
+	// zero baseline is trusted from the first round: on a path with no
+	// random loss every loss is overflow.
+	minBaselineRounds = lossMedianRounds
 	// congestionMemoryRounds: how long a congestion cut marks the path as
 	// one whose losses may be overflow (a few seconds at WAN RTTs).
 	congestionMemoryRounds = 64

@@ -126,3 +126,32 @@ func TestCutFloorWithinMemory(t *testing.T) {
 			c.ceiling/mss, c.congestedRound, c.rounds, c.memoryCeiling/mss)
 	}
 }
+
+// TestBaselineTrustedOnlyWhenFull: a random-loss baseline from fewer
+// rounds than the median window does not excuse, nor convict, losses
+// below the unknown-loss threshold; from a full window it is the judge.
+func TestBaselineTrustedOnlyWhenFull(t *testing.T) {
+	for _, tc := range []struct {
+		rounds int
+		cut    bool
+	}{
+		{8, false}, // 0.64 % from 8 rounds: not trusted, 1 % < 2 %
+		{minBaselineRounds - 1, false},
+		{minBaselineRounds, true}, // trusted: 1 % over a long standing queue is excess
+	} {
+		c := New(Config{MaxDatagramSize: mss}, time.Unix(0, 0))
+		c.filledPipe = true
+		c.minRTT.min, c.srtt = 50*time.Millisecond, 70*time.Millisecond
+		c.randomLoss, c.roundLossN = 0.0064, tc.rounds
+		c.rounds = 200
+		// Twenty rounds of 450 packets over a standing queue, losing the
+		// path's 1 %: 90 losses where the baseline expects 61 (+3σ: 84).
+		c.runVolume, c.runLost = 20*450*mss, 85*mss
+		c.prevMinRTT = 60 * time.Millisecond
+		c.tally = roundTally{acked: 445 * mss, lost: 5 * mss, maxInflight: 600 * mss, minRTT: 60 * time.Millisecond}
+		c.checkCongestion()
+		if got := c.congEvents > 0; got != tc.cut {
+			t.Errorf("baseline from %d rounds: cut %v, want %v", tc.rounds, got, tc.cut)
+		}
+	}
+}

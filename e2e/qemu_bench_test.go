@@ -183,6 +183,10 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 		if err := src.QMPWithFile(ctx, spec.Name, "getfd", fd, nil, sf); err != nil {
 			b.Fatal(err)
 		}
+		// The benchmark keeps its copy of the sending socket open to read
+		// TCP_INFO (what the path delivered, not what QEMU wrote into the
+		// socket buffer); the destination completes on QEMU's own end of
+		// stream, not on the connection's FIN.
 		df.Close()
 		uri := "fd:tcp"
 		params := map[string]any{"max-bandwidth": int64(1) << 40, "downtime-limit": 300}
@@ -198,7 +202,9 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 			b.Fatal(err)
 		}
 		// The destination resumes as soon as its image is complete.
-		// What QEMU sent by each second, to compare with Ferry's trace.
+		// What QEMU sent by each second, and what TCP delivered by each
+		// half second (acknowledged / SACKed included), to compare with
+		// Ferry's link trace.
 		var bySecond, acked []string
 		for {
 			if half := len(acked) + 1; time.Since(start) >= time.Duration(half)*500*time.Millisecond {
@@ -244,6 +250,7 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 			b.Logf("run %d: not done after %v (%d bytes sent, %d still dirty, throttle %d %%): capped",
 				i+1, tcpCap, mi.RAM.Transferred, mi.RAM.Remaining, mi.Throttle)
 			capped++
+			sf.Close()
 			total = append(total, tcpCap)
 			down = append(down, 0)
 			_ = src.Destroy(ctx, spec.Name)

@@ -107,17 +107,21 @@ func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
 	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
 		c.t.Fatalf("final report %+v", m)
 	}
-	// The timeline is in order: pause, last byte sent, armed, verified,
-	// resumed, and the commit recorded after the verification. The
-	// destination resumed no earlier than the MMC let it: armed (it then
-	// resumes by itself once verified, usually before the commit is
-	// recorded) or committed. The agents' times carry their measured
-	// clock offsets, which on one machine are off by at most a few ms.
+	// The timeline is in order: pause, last byte sent, verified, resumed,
+	// and the commit recorded after the verification. The destination
+	// resumed no earlier than the MMC let it: armed after the last byte
+	// (it then resumes by itself once verified, or at once if it had
+	// verified before the order came) or committed. The agents' times
+	// carry their measured clock offsets, which on one machine are off
+	// by at most a few ms.
 	// After post-copy: pause (the switch), committed, resumed; the last
 	// page arrives after the switch (usually after the resume, but the
 	// source pushes pages in the background meanwhile).
 	const skew = 10 * time.Millisecond
-	steps, order := []time.Time{m.PausedAt, m.SentAt, m.ArmedAt, m.VerifiedAt, m.ResumedAt}, "paused, sent, armed, verified, resumed"
+	steps, order := []time.Time{m.PausedAt, m.SentAt, m.VerifiedAt, m.ResumedAt}, "paused, sent, verified, resumed"
+	if !m.ArmedAt.IsZero() && (m.ArmedAt.Before(m.SentAt.Add(-skew)) || m.ResumedAt.Before(m.ArmedAt.Add(-skew))) {
+		c.t.Fatalf("armed at %v: before the last byte (%v) or after the resume (%v)", m.ArmedAt, m.SentAt, m.ResumedAt)
+	}
 	if m.ArmedAt.IsZero() && !m.Postcopy {
 		// Committed without arming (the MMC was away when the source
 		// completed): the destination waited for the commit.

@@ -113,6 +113,19 @@ func (j *job) setPhase(phase, err string) bool {
 	return true
 }
 
+// movePhase is setPhase only if the phase is still from: the watcher
+// decides on a phase it read before polling the hypervisor, and an
+// action (a commit, a rollback) may have moved it meanwhile.
+func (j *job) movePhase(from, to, err string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.phase != from || from == to {
+		return false
+	}
+	j.phase, j.err, j.at = to, err, time.Now()
+	return true
+}
+
 func (j *job) isArmed() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -714,7 +727,7 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 		if next == phase && pumpDone && pumpErr != nil && phase == phasePreparing {
 			next, why = phaseFailed, pumpErr.Error()
 		}
-		if next != phase && j.setPhase(next, why) {
+		if j.movePhase(phase, next, why) {
 			a.log.Info("agent: migration phase", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "phase", next, "err", why)
 			a.postPhase(j)
 			if j.role == roleSource {

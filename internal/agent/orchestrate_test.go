@@ -302,6 +302,45 @@ func TestMigrationFailures(t *testing.T) {
 	}
 }
 
+// TestArmedDestinationGoneWaits: an armed migration whose destination
+// agent restarted (its job, and what it knew, gone) and whose copy then
+// shows failed cannot tell whether that copy ran first, so the MMC does
+// not roll back: the VM stays paused at the source, never two running.
+func TestArmedDestinationGoneWaits(t *testing.T) {
+	h := newHarness(t)
+	const vm = "vm1"
+	h.createOnH1(t, vm)
+	h.drivers["h2"].hold(gateVerify)
+	created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("armed", 20*time.Second, func() bool {
+		return !h.migration(created.ID).ArmedAt.IsZero() && h.drivers["h2"].atGate(gateVerify)
+	})
+	h.stopAgent("h2")
+	h.drivers["h2"].mu.Lock()
+	h.drivers["h2"].badImage = true
+	h.drivers["h2"].mu.Unlock()
+	h.drivers["h2"].release(gateVerify)
+	h.startAgent("h2")
+	h.waitOnline("h2")
+	h.waitFor("the destination's failure reported", 10*time.Second, func() bool {
+		st, err := h.drivers["h2"].MigrationStatus(h.ctx, vm)
+		return err == nil && st.State == hypervisor.MigFailed
+	})
+	time.Sleep(3 * time.Second) // several of the orchestrator's polls
+	if m := h.migration(created.ID); m.State != "transferring" {
+		t.Fatalf("an armed migration with an ambiguous destination ended %s (%s)", m.State, m.Error)
+	}
+	if n := h.w.copies(vm); n != 0 {
+		t.Fatalf("%d running copies, want none (paused at the source)", n)
+	}
+	if p := h.w.problems(); len(p) > 0 {
+		t.Fatalf("invariant broken: %v", p)
+	}
+}
+
 // createOnH1 creates a 2 MiB VM named vm on h1, waits until the MMC
 // sees it there, and returns its bytes.
 func (h *harness) createOnH1(t *testing.T, vm string) []byte {

@@ -86,7 +86,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 			return fmt.Errorf("%w: migration %s is %s", ErrConflict, id, m.State)
 		case m.State == store.MigrationSwitchOver:
 			return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrConflict, id)
-		case !m.ArmedAt.IsZero():
+		case !m.ArmedAt.IsZero() && m.State == store.MigrationTransferring:
 			return fmt.Errorf("%w: migration %s has sent its last byte and its destination resumes once verified: too late to cancel", ErrConflict, id)
 		case m.State == store.MigrationPostcopy:
 			return fmt.Errorf("%w: migration %s is switching to post-copy: too late to cancel", ErrConflict, id)

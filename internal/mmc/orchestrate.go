@@ -438,6 +438,11 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		}()
 		return rctx, cancel
 	}
+	if armed {
+		// Re-attached after an MMC restart: the order may not have left.
+		s.sendArm(ctx, m)
+	}
+	dstWarned := false
 	lastProgress := s.cfg.Now()
 	var lastMoved uint64
 	t := time.NewTicker(orchPoll)
@@ -467,9 +472,22 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		if d.verified.Load() || (dstErr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified) {
 			return s.commit(m)
 		}
-		if dstErr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed) {
-			// Armed or not: a destination whose copy failed cannot run.
+		switch {
+		case dstErr != nil:
+		case dst.Phase == "failed":
+			// Armed or not: the destination's job saw its copy fail
+			// before it verified (it never moves to failed after), so
+			// the copy never ran.
 			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+		case dst.Status.State == hypervisor.MigFailed && !armed:
+			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+		case dst.Status.State == hypervisor.MigFailed && !dstWarned:
+			// Armed, and no job to say what happened (the agent
+			// restarted): a QEMU that is gone may have run first.
+			// Only an operator can tell; the VM stays paused.
+			s.log.Error("mmc: armed migration's destination copy is gone and its agent cannot say whether it ran; the VM stays paused at the source",
+				"id", m.ID, "host", m.To, "err", firstNonEmpty(dst.Error, dst.Status.Error))
+			dstWarned = true
 		}
 		var src *message.MigrationReport
 		srcErr := errArmed
@@ -558,12 +576,19 @@ func (s *Server) arm(ctx context.Context, m *store.Migration) error {
 		return err
 	}
 	*m = cur
+	s.sendArm(ctx, *m)
+	s.log.Debug("mmc: migration armed", "id", m.ID, "vm", m.VM, "to", m.To)
+	return nil
+}
+
+// sendArm tells the destination of an armed migration to resume once
+// verified (idempotent; a destination that does not get it is committed
+// the usual way).
+func (s *Server) sendArm(ctx context.Context, m store.Migration) {
 	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.arm", Mig: order}); err != nil && ctx.Err() == nil {
 		s.log.Warn("mmc: arming the destination", "id", m.ID, "host", m.To, "err", err)
 	}
-	s.log.Debug("mmc: migration armed", "id", m.ID, "vm", m.VM, "to", m.To)
-	return nil
 }
 
 // postcopy has the source switch to post-copy and commits once it has

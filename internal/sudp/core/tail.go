@@ -21,11 +21,14 @@ import "time"
 // repair of a loss among them.
 const tailShare = 2 // 1/2 of SRTT
 
-// streamTail is the span of send times whose packets carry the tail of
-// the bulk stream id, which sent its FIN at to.
+// streamTail is the tail of the bulk stream id: the packets sent from
+// from up to its FIN's packet, number finPN (packets after it, the
+// duplicates included, are not the tail).
 type streamTail struct {
-	id       uint64
-	from, to time.Time
+	id    uint64
+	from  time.Time
+	finPN uint64
+	set   bool
 }
 
 // firstFin records the tail of bulk stream s, whose FIN went out now
@@ -35,7 +38,8 @@ func (c *Conn) firstFin(now time.Time, s *stream) {
 		return
 	}
 	s.finNoted = true
-	c.tail = streamTail{id: s.id, from: now.Add(-c.rec.srtt / tailShare), to: now}
+	// The FIN is in the packet being built, which takes the next number.
+	c.tail = streamTail{id: s.id, from: now.Add(-c.rec.srtt / tailShare), finPN: c.nextPN, set: true}
 }
 
 // duplicateTail queues the stream data of the newest tail packet that is
@@ -43,7 +47,7 @@ func (c *Conn) firstFin(now time.Time, s *stream) {
 // anything.
 func (c *Conn) duplicateTail() bool {
 	t := c.tail
-	if t.to.IsZero() || c.noTailDups {
+	if !t.set || c.noTailDups {
 		return false
 	}
 	s := c.streams[t.id]
@@ -54,22 +58,19 @@ func (c *Conn) duplicateTail() bool {
 	r := &c.rec
 	for i := len(r.pkts) - 1; i >= r.head; i-- {
 		p := &r.pkts[i]
-		at := p.cc.SentTime
-		if at.After(t.to) || !p.outstanding || p.duplicated {
+		if p.pn > t.finPN || !p.outstanding || p.duplicated {
 			continue
 		}
-		if at.Before(t.from) {
+		if p.cc.SentTime.Before(t.from) {
 			break
 		}
 		p.duplicated = true
-		queued := false
 		for j := range p.frames {
 			if f := &p.frames[j]; f.kind == sfStream && f.id == t.id {
 				s.onLost(f.off, f.n, f.fin)
-				queued = true
 			}
 		}
-		if queued {
+		if s.hasSendData() { // not if all of it was acknowledged meanwhile
 			c.schedule(s)
 			return true
 		}

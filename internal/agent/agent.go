@@ -217,6 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.acceptPeers(pctx)
 	}()
 	a.migs.start(pctx)
+	a.pruneResumed(time.Now())
 	defer func() {
 		stopPeers()
 		a.peers.closeAll()

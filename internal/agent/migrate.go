@@ -284,6 +284,7 @@ func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o messag
 		}
 		j.mu.Unlock()
 	}
+	rep.MayHaveRun = a.mayHaveResumed(o.ID)
 	for _, t := range []*time.Time{&rep.Status.PausedAt, &rep.Status.Started, &rep.Status.Finished} {
 		if !t.IsZero() {
 			*t = t.Add(off)
@@ -936,6 +937,9 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 	case postcopy && st.Postcopy == hypervisor.PostcopyActive && st.State == hypervisor.MigActive:
 	default:
 		return fmt.Errorf("agent: %s is not a verified incoming copy (state %s)", o.VM, st.State)
+	}
+	if err := a.markResuming(o.ID); err != nil {
+		return err // not resumed: what may have run must be on record first
 	}
 	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -291,6 +292,11 @@ func TestMigrationFailures(t *testing.T) {
 					if !m.Verified || m.TotalMS <= 0 || m.BytesOnWire == 0 {
 						t.Fatalf("completed without a full report: %+v", m)
 					}
+					// The destination recorded that its copy may run
+					// before it resumed it.
+					if _, err := os.Stat(filepath.Join(h.dir, "h2", "migrations", id+".resumed")); err != nil {
+						t.Fatalf("no resume record on the destination: %v", err)
+					}
 					if phase == "armed" && failure == "mmc-restart" && m.CommittedAt.Sub(m.ResumedAt) < 200*time.Millisecond {
 						// It verified while the MMC was down.
 						t.Fatalf("an armed destination waited for the commit: resumed %v, committed %v", m.ResumedAt, m.CommittedAt)
@@ -302,42 +308,65 @@ func TestMigrationFailures(t *testing.T) {
 	}
 }
 
-// TestArmedDestinationGoneWaits: an armed migration whose destination
-// agent restarted (its job, and what it knew, gone) and whose copy then
-// shows failed cannot tell whether that copy ran first, so the MMC does
-// not roll back: the VM stays paused at the source, never two running.
-func TestArmedDestinationGoneWaits(t *testing.T) {
-	h := newHarness(t)
-	const vm = "vm1"
-	h.createOnH1(t, vm)
-	h.drivers["h2"].hold(gateVerify)
-	created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.waitFor("armed", 20*time.Second, func() bool {
-		return !h.migration(created.ID).ArmedAt.IsZero() && h.drivers["h2"].atGate(gateVerify)
-	})
-	h.stopAgent("h2")
-	h.drivers["h2"].mu.Lock()
-	h.drivers["h2"].badImage = true
-	h.drivers["h2"].mu.Unlock()
-	h.drivers["h2"].release(gateVerify)
-	h.startAgent("h2")
-	h.waitOnline("h2")
-	h.waitFor("the destination's failure reported", 10*time.Second, func() bool {
-		st, err := h.drivers["h2"].MigrationStatus(h.ctx, vm)
-		return err == nil && st.State == hypervisor.MigFailed
-	})
-	time.Sleep(3 * time.Second) // several of the orchestrator's polls
-	if m := h.migration(created.ID); m.State != "transferring" {
-		t.Fatalf("an armed migration with an ambiguous destination ended %s (%s)", m.State, m.Error)
-	}
-	if n := h.w.copies(vm); n != 0 {
-		t.Fatalf("%d running copies, want none (paused at the source)", n)
-	}
-	if p := h.w.problems(); len(p) > 0 {
-		t.Fatalf("invariant broken: %v", p)
+// TestArmedDestinationGone: an armed migration whose destination agent
+// restarted (its job gone) and whose copy then shows failed. If the agent
+// never recorded resuming the copy, the copy never ran and the MMC rolls
+// back: the VM runs on at the source. If it did record it (it may have
+// resumed, then lost the copy), the MMC cannot tell whether the copy ran
+// and does not roll back: the VM stays paused at the source, never two
+// running.
+func TestArmedDestinationGone(t *testing.T) {
+	for _, mayHaveRun := range []bool{false, true} {
+		t.Run(fmt.Sprintf("may-have-run=%v", mayHaveRun), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t)
+			const vm = "vm1"
+			original := h.createOnH1(t, vm)
+			h.drivers["h2"].hold(gateVerify)
+			created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := created.ID
+			h.waitFor("armed", 20*time.Second, func() bool {
+				return !h.migration(id).ArmedAt.IsZero() && h.drivers["h2"].atGate(gateVerify)
+			})
+			h.stopAgent("h2")
+			if mayHaveRun {
+				dir := filepath.Join(h.dir, "h2", "migrations")
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, id+".resumed"), []byte("test\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h.drivers["h2"].mu.Lock()
+			h.drivers["h2"].badImage = true
+			h.drivers["h2"].mu.Unlock()
+			h.drivers["h2"].release(gateVerify)
+			h.startAgent("h2")
+			h.waitOnline("h2")
+			if !mayHaveRun {
+				h.waitFor("the rollback", 30*time.Second, func() bool { return h.migration(id).State == "failed" })
+				h.checkOneCopy(t, vm, "h1", "h2", original)
+				return
+			}
+			h.waitFor("the destination's failure reported", 10*time.Second, func() bool {
+				st, err := h.drivers["h2"].MigrationStatus(h.ctx, vm)
+				return err == nil && st.State == hypervisor.MigFailed
+			})
+			time.Sleep(3 * time.Second) // several of the orchestrator's polls
+			if m := h.migration(id); m.State != "transferring" {
+				t.Fatalf("an armed migration whose destination may have run ended %s (%s)", m.State, m.Error)
+			}
+			if n := h.w.copies(vm); n != 0 {
+				t.Fatalf("%d running copies, want none (paused at the source)", n)
+			}
+			if p := h.w.problems(); len(p) > 0 {
+				t.Fatalf("invariant broken: %v", p)
+			}
+		})
 	}
 }
 

@@ -220,6 +220,10 @@ type MigrationReport struct {
 	// At is when the phase was reached (agent clock, Unix ns): the
 	// destination's resume time on migrate.commit.
 	At int64 `cbor:"5,keyasint,omitempty"`
+	// MayHaveRun: this agent recorded, before resuming it, that the
+	// copy may run (kept across agent restarts). A destination without
+	// the record never resumed its copy.
+	MayHaveRun bool `cbor:"6,keyasint,omitempty"`
 }
 
 // Introduction is the MMC introducing two agents to each other for one job

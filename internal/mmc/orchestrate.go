@@ -479,12 +479,15 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			// before it verified (it never moves to failed after), so
 			// the copy never ran.
 			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
-		case dst.Status.State == hypervisor.MigFailed && !armed:
+		case dst.Status.State == hypervisor.MigFailed && (!armed || !dst.MayHaveRun):
+			// Armed or not, a copy its agent never recorded resuming
+			// never ran.
 			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
 		case dst.Status.State == hypervisor.MigFailed && !dstWarned:
 			// Armed, and no job to say what happened (the agent
-			// restarted): a QEMU that is gone may have run first.
-			// Only an operator can tell; the VM stays paused.
+			// restarted) but a record that it may have resumed the
+			// copy: a QEMU that is gone may have run first. Only an
+			// operator can tell; the VM stays paused.
 			s.log.Error("mmc: armed migration's destination copy is gone and its agent cannot say whether it ran; the VM stays paused at the source",
 				"id", m.ID, "host", m.To, "err", firstNonEmpty(dst.Error, dst.Status.Error))
 			dstWarned = true

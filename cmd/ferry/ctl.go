@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/mmc"
 	"github.com/ferry-vm/ferry/internal/units"
 )
@@ -465,8 +466,8 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.MigrateRequest{VM: args[0], To: to, Postcopy: postcopy, MaxRounds: maxRounds, DowntimeLimitMS: downtime.Milliseconds(),
-				Compress: compress}
+			req := api.MigrateRequest{VM: args[0], To: to, Options: migration.Options{AllowPostcopy: postcopy, MaxRounds: maxRounds,
+				DowntimeLimitMS: downtime.Milliseconds(), Compress: compress}}
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {

@@ -77,7 +77,7 @@ func watchMigration(ctx context.Context, cl *api.Client, id string, w io.Writer,
 			}
 			lastLine = line
 		}
-		if !migrationOpen(m.State) {
+		if !m.State.Open() {
 			if w != nil && tty {
 				fmt.Fprintln(w)
 			}
@@ -89,10 +89,6 @@ func watchMigration(ctx context.Context, cl *api.Client, id string, w io.Writer,
 		case <-t.C:
 		}
 	}
-}
-
-func migrationOpen(state string) bool {
-	return state != "completed" && state != "cancelled" && state != "failed"
 }
 
 // progressLine is one line of progress: bar, state and the transfer's

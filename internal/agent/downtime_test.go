@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
-	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 func TestQueueAwareLimit(t *testing.T) {
@@ -46,7 +46,7 @@ func TestTuneDowntimeLimit(t *testing.T) {
 	a := &Agent{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	rec := &limitRecorder{}
 	ms := time.Millisecond
-	j := &job{mig: rec, order: message.MigrationOrder{ID: "m1", VM: "vm1", Params: hypervisor.MigrationParams{DowntimeLimit: 150 * ms}}}
+	j := &job{mig: rec, order: migration.Order{ID: "m1", VM: "vm1", Params: hypervisor.MigrationParams{DowntimeLimit: 150 * ms}}}
 	cur := j.order.Params.DowntimeLimit
 	for _, step := range []struct {
 		srtt time.Duration

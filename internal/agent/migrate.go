@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
@@ -32,23 +33,7 @@ import (
 // jobs (and with them the stream: the hypervisor sees the descriptor
 // close); it answers for the migration from the hypervisor's own status.
 
-// Job phases, as reported to the MMC.
 const (
-	phaseNone         = "none"         // no job here (e.g. after an agent restart)
-	phasePreparing    = "preparing"    // destination: incoming VM up, waiting for the stream
-	phaseTransferring = "transferring" // bytes flowing
-	phaseCompleted    = "completed"    // source: all sent, VM paused; destination: image verified, VM paused
-	phaseCommitted    = "committed"    // destination resumed: it is the VM now
-	phaseFinished     = "finished"     // source copy destroyed after the commit
-	phaseFailed       = "failed"       // see the error; source: VM running again unless it had completed
-	phaseCancelled    = "cancelled"    // source: cancelled, VM running
-	phaseRolledBack   = "rolled-back"  // source: VM running again
-	phaseAborted      = "aborted"      // destination copy destroyed
-)
-
-const (
-	roleSource      = "source"
-	roleDestination = "destination"
 	// linkWait bounds how long a job waits for the direct link (the
 	// destination for the source's stream, the source for the link the
 	// MMC's introduction opened).
@@ -78,8 +63,8 @@ const (
 )
 
 type job struct {
-	order message.MigrationOrder
-	role  string
+	order migration.Order
+	role  migration.Role
 	mig   hypervisor.Migrator
 	conn  net.Conn // the hypervisor's stream, the MA's end
 	stop  context.CancelFunc
@@ -93,7 +78,7 @@ type job struct {
 	commitMu sync.Mutex
 
 	mu     sync.Mutex
-	phase  string
+	phase  migration.Phase
 	err    string
 	at     time.Time // when phase was reached (local clock)
 	status hypervisor.MigrationStatus
@@ -103,7 +88,7 @@ type job struct {
 	armed bool
 }
 
-func (j *job) setPhase(phase, err string) bool {
+func (j *job) setPhase(phase migration.Phase, err string) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.phase == phase {
@@ -116,7 +101,7 @@ func (j *job) setPhase(phase, err string) bool {
 // movePhase is setPhase only if the phase is still from: the watcher
 // decides on a phase it read before polling the hypervisor, and an
 // action (a commit, a rollback) may have moved it meanwhile.
-func (j *job) movePhase(from, to, err string) bool {
+func (j *job) movePhase(from, to migration.Phase, err string) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.phase != from || from == to {
@@ -139,7 +124,7 @@ func (j *job) kickWatch() {
 	}
 }
 
-func (j *job) get() (phase string, st hypervisor.MigrationStatus) {
+func (j *job) get() (phase migration.Phase, st hypervisor.MigrationStatus) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.phase, j.status
@@ -185,7 +170,7 @@ func (m *migrations) add(j *job) (*job, error) {
 	}
 	n := 0
 	for _, o := range m.jobs {
-		if ph, _ := o.get(); !final(ph) {
+		if ph, _ := o.get(); !ph.Final() {
 			n++
 		}
 	}
@@ -195,7 +180,7 @@ func (m *migrations) add(j *job) (*job, error) {
 	// Forget finished jobs beyond the bound (their outcome is at the MMC).
 	if len(m.jobs) >= 4*maxJobs {
 		for id, o := range m.jobs {
-			if ph, _ := o.get(); final(ph) {
+			if ph, _ := o.get(); ph.Final() {
 				delete(m.jobs, id)
 			}
 		}
@@ -207,14 +192,6 @@ func (m *migrations) add(j *job) (*job, error) {
 	j.kick = make(chan struct{}, 1)
 	m.jobs[j.order.ID] = j
 	return nil, nil
-}
-
-func final(phase string) bool {
-	switch phase {
-	case phaseFinished, phaseFailed, phaseCancelled, phaseRolledBack, phaseAborted, phaseCommitted:
-		return true
-	}
-	return false
 }
 
 // migrator returns the driver's migration interface.
@@ -229,7 +206,7 @@ func (a *Agent) migrator() (hypervisor.Migrator, error) {
 // actMigrate carries out a migrate.* action and reports the migration as
 // this agent sees it. Every op is idempotent: the MMC repeats them after
 // losing a result (its restart, a lost session).
-func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*message.MigrationReport, error) {
+func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*migration.Report, error) {
 	o := act.Mig
 	if o == nil {
 		return nil, errMissing("a migration order")
@@ -264,12 +241,12 @@ func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*message.Mi
 }
 
 // migReport describes migration o on this agent, in the MMC's clock.
-func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) message.MigrationReport {
+func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o migration.Order) migration.Report {
 	off := a.clock.offset()
 	j := a.migs.get(o.ID)
-	var rep message.MigrationReport
+	var rep migration.Report
 	if j == nil {
-		rep.Phase = phaseNone
+		rep.Phase = migration.PhaseNone
 		if st, err := mig.MigrationStatus(ctx, o.VM); err == nil {
 			rep.Status = st
 		} else {
@@ -295,7 +272,7 @@ func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o messag
 
 // prepareIncoming starts the destination VM waiting for the stream and a
 // job that joins it to the link once the source opens its stream.
-func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	if o.Spec == nil {
 		return errMissing("the VM's spec")
 	}
@@ -306,7 +283,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	if err != nil {
 		return fmt.Errorf("agent: prepare incoming %s: %w", o.VM, err)
 	}
-	j := &job{order: o, role: roleDestination, mig: mig, conn: conn, phase: phasePreparing, at: time.Now()}
+	j := &job{order: o, role: migration.Destination, mig: mig, conn: conn, phase: migration.PhasePreparing, at: time.Now()}
 	j.order.VM = vm.ID
 	if old, err := a.migs.add(j); old != nil || err != nil {
 		conn.Close()
@@ -445,7 +422,7 @@ func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener
 
 // startOutgoing starts the hypervisor's migration of the VM and a job
 // carrying it over the link.
-func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	if j := a.migs.get(o.ID); j != nil {
 		return nil
 	}
@@ -505,7 +482,7 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o me
 		s.Reset(1)
 		return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
 	}
-	j := &job{order: o, role: roleSource, mig: mig, conn: conn, phase: phaseTransferring, at: time.Now(), link: l.c}
+	j := &job{order: o, role: migration.Source, mig: mig, conn: conn, phase: migration.PhaseTransferring, at: time.Now(), link: l.c}
 	if old, err := a.migs.add(j); old != nil || err != nil {
 		conn.Close()
 		stopDisks()
@@ -566,8 +543,8 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 		if err == nil {
 			j.mu.Lock()
 			j.link = lc
-			if j.phase == phasePreparing {
-				j.phase, j.at = phaseTransferring, time.Now()
+			if j.phase == migration.PhasePreparing {
+				j.phase, j.at = migration.PhaseTransferring, time.Now()
 			}
 			j.mu.Unlock()
 			a.postPhase(j)
@@ -581,7 +558,7 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 		defer a.migs.wg.Done()
 		defer close(j.done)
 		a.watchJob(ctx, j, pumped, j.kick)
-		if ph, _ := j.get(); ph == phaseCommitted {
+		if ph, _ := j.get(); ph == migration.PhaseCommitted {
 			// A post-copy destination, committed while it still pulled
 			// pages: now it has them all.
 			a.peers.closeLink(j.order.Topic)
@@ -700,11 +677,11 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			link.SetIdleTimeout(postcopyIdleTimeout)
 			a.log.Info("agent: migration in post-copy", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "link_idle_timeout", postcopyIdleTimeout)
 		}
-		if j.role == roleSource && st.State == hypervisor.MigActive && st.Postcopy == "" && link != nil {
+		if j.role == migration.Source && st.State == hypervisor.MigActive && st.Postcopy == "" && link != nil {
 			ls := link.Stats()
 			limit = a.tuneDowntimeLimit(ctx, j, ls.SmoothedRTT, ls.MinRTT, limit)
 		}
-		if j.role == roleSource && time.Since(lastPost) >= progressEvery {
+		if j.role == migration.Source && time.Since(lastPost) >= progressEvery {
 			lastPost = time.Now()
 			a.postProgress(j, st)
 		}
@@ -713,28 +690,28 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 		case hypervisor.MigCompleted:
 			// A destination is complete only with a verified image: the
 			// MMC commits on this phase.
-			if (phase == phasePreparing || phase == phaseTransferring) && (j.role == roleSource || st.Verified) {
-				next = phaseCompleted
+			if (phase == migration.PhasePreparing || phase == migration.PhaseTransferring) && (j.role == migration.Source || st.Verified) {
+				next = migration.PhaseCompleted
 			}
 		case hypervisor.MigFailed:
-			if !final(phase) && phase != phaseCompleted {
-				next, why = phaseFailed, st.Error
+			if !phase.Final() && phase != migration.PhaseCompleted {
+				next, why = migration.PhaseFailed, st.Error
 			}
 		case hypervisor.MigCancelled:
-			if !final(phase) {
-				next = phaseCancelled
+			if !phase.Final() {
+				next = migration.PhaseCancelled
 			}
 		}
-		if next == phase && pumpDone && pumpErr != nil && phase == phasePreparing {
-			next, why = phaseFailed, pumpErr.Error()
+		if next == phase && pumpDone && pumpErr != nil && phase == migration.PhasePreparing {
+			next, why = migration.PhaseFailed, pumpErr.Error()
 		}
 		if j.movePhase(phase, next, why) {
 			a.log.Info("agent: migration phase", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "phase", next, "err", why)
 			a.postPhase(j)
-			if j.role == roleSource {
+			if j.role == migration.Source {
 				a.postProgress(j, st)
 			}
-			if next == phaseCompleted && j.role == roleDestination && j.isArmed() {
+			if next == migration.PhaseCompleted && j.role == migration.Destination && j.isArmed() {
 				if err := a.commitDestination(ctx, j.mig, j.order); err != nil {
 					// The MMC's commit retries it.
 					a.log.Warn("agent: resuming the armed copy", "id", j.order.ID, "vm", j.order.VM, "err", err)
@@ -838,7 +815,7 @@ func truncate(s string, n int) string {
 // rollbackSource makes the source copy the running VM again: it cancels
 // a transfer in progress, or resumes a VM paused after a completed one
 // (the MMC decided against the commit).
-func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	st, err := mig.MigrationStatus(ctx, o.VM)
 	if err != nil {
 		return err
@@ -860,13 +837,13 @@ func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o m
 		j.stop()
 		<-j.done
 	}
-	a.endJob(o, phaseRolledBack)
+	a.endJob(o, migration.PhaseRolledBack)
 	return nil
 }
 
 // endJob records migration o's final phase on this agent (posting it
 // once) and closes its link.
-func (a *Agent) endJob(o message.MigrationOrder, phase string) {
+func (a *Agent) endJob(o migration.Order, phase migration.Phase) {
 	if j := a.migs.get(o.ID); j != nil && j.setPhase(phase, "") {
 		a.postPhase(j)
 	}
@@ -876,7 +853,7 @@ func (a *Agent) endJob(o message.MigrationOrder, phase string) {
 // startPostcopy switches the source's migration to post-copy: the MMC
 // has recorded that it may (the source's hypervisor stops the guest for
 // good and the destination becomes the VM once this succeeds).
-func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	pm, ok := mig.(hypervisor.PostcopyMigrator)
 	if !ok {
 		return errors.New("agent: this hypervisor driver has no post-copy")
@@ -904,12 +881,12 @@ const postcopyWait = 20 * time.Second // under the MMC's action timeout
 // the switch-over. After pre-copy the copy must be complete and verified;
 // in post-copy it must have switched (it pulls the rest as it runs, so
 // its job and link go on until it has every page).
-func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	j := a.migs.get(o.ID)
 	if j != nil {
 		j.commitMu.Lock()
 		defer j.commitMu.Unlock()
-		if ph, _ := j.get(); ph == phaseCommitted {
+		if ph, _ := j.get(); ph == migration.PhaseCommitted {
 			return nil // resumed already (armed, or a repeated order)
 		}
 	}
@@ -945,10 +922,10 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 		return err
 	}
 	if !postcopy {
-		a.endJob(o, phaseCommitted)
+		a.endJob(o, migration.PhaseCommitted)
 		return nil
 	}
-	if j != nil && j.setPhase(phaseCommitted, "") {
+	if j != nil && j.setPhase(migration.PhaseCommitted, "") {
 		a.postPhase(j)
 	}
 	return nil
@@ -959,14 +936,14 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 // if it already has — without waiting for the commit to come back from
 // the MMC. Without a job (this agent restarted since) there is nothing
 // to arm: the MMC commits once it sees the image verified.
-func (a *Agent) armDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) armDestination(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	j := a.migs.get(o.ID)
-	if j == nil || j.role != roleDestination {
+	if j == nil || j.role != migration.Destination {
 		return fmt.Errorf("agent: no incoming migration %s to arm", o.ID)
 	}
 	j.mu.Lock()
 	j.armed = true
-	verified := j.phase == phaseCompleted
+	verified := j.phase == migration.PhaseCompleted
 	j.mu.Unlock()
 	if verified {
 		return a.commitDestination(ctx, mig, o)
@@ -977,7 +954,7 @@ func (a *Agent) armDestination(ctx context.Context, mig hypervisor.Migrator, o m
 // finishSource destroys the source copy after the commit. It refuses a
 // VM that is running: only a copy paused after a completed transfer may
 // go.
-func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	st, err := mig.MigrationStatus(ctx, o.VM)
 	if errors.Is(err, hypervisor.ErrNotFound) {
 		return nil // already gone
@@ -995,13 +972,13 @@ func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o mes
 	if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 		return err
 	}
-	a.endJob(o, phaseFinished)
+	a.endJob(o, migration.PhaseFinished)
 	return nil
 }
 
 // abortDestination destroys the destination copy of a migration that was
 // rolled back. It refuses a copy that runs (it was committed).
-func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o message.MigrationOrder) error {
+func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
 	if j := a.migs.get(o.ID); j != nil {
 		j.stop()
 		<-j.done
@@ -1021,6 +998,6 @@ func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o
 			return err
 		}
 	}
-	a.endJob(o, phaseAborted)
+	a.endJob(o, migration.PhaseAborted)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/mmc"
 )
 
@@ -220,7 +221,7 @@ func TestMigrationFailures(t *testing.T) {
 					if phase == "armed" {
 						return !h.migration(id).ArmedAt.IsZero() && h.drivers["h2"].atGate(gateVerify)
 					}
-					return h.migration(id).State == phase
+					return string(h.migration(id).State) == phase
 				})
 				if phase == "transferring" {
 					// Let bytes flow: the source holds only its last chunk.
@@ -271,7 +272,7 @@ func TestMigrationFailures(t *testing.T) {
 					m = h.migration(id)
 					return m.State == "completed" || m.State == "failed" || m.State == "cancelled"
 				})
-				if w := want(phase, failure); m.State != w {
+				if w := want(phase, failure); string(m.State) != w {
 					t.Fatalf("outcome %s (%s), want %s", m.State, m.Error, w)
 				}
 				if failure == "cancel" {
@@ -474,14 +475,14 @@ func TestPostcopyOrchestration(t *testing.T) {
 			if tc.hold.gate != "" {
 				h.drivers[tc.hold.host].hold(tc.hold.gate)
 			}
-			created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2", Postcopy: true})
+			created, err := h.client().Migrate(h.ctx, api.MigrateRequest{VM: vm, To: "h2", Options: migration.Options{AllowPostcopy: true}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			id := created.ID
 			var cancelErr error
 			if tc.inject != nil {
-				h.waitFor("migration "+tc.inState, 20*time.Second, func() bool { return h.migration(id).State == tc.inState })
+				h.waitFor("migration "+tc.inState, 20*time.Second, func() bool { return string(h.migration(id).State) == tc.inState })
 				cancelErr = tc.inject(h, id)
 			}
 			var m api.Migration
@@ -489,7 +490,7 @@ func TestPostcopyOrchestration(t *testing.T) {
 				m = h.migration(id)
 				return m.State == "completed" || m.State == "failed" || m.State == "cancelled"
 			})
-			if m.State != tc.want {
+			if string(m.State) != tc.want {
 				t.Fatalf("outcome %s (%s), want %s", m.State, m.Error, tc.want)
 			}
 			if tc.name == "cancel-while-switching" && cancelErr == nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 // Agent is an agent as the admin API shows it. It never carries key
@@ -323,44 +324,10 @@ func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit in
 	return out, c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
 }
 
-// Migration is a migration record (see store.Migration for the states).
+// Migration is a migration record as the API shows it: the stored
+// record, and the live progress of a transfer in flight.
 type Migration struct {
-	ID       string  `json:"id"`
-	VM       string  `json:"vm"`
-	From     string  `json:"from"`
-	To       string  `json:"to"`
-	State    string  `json:"state"`
-	Progress float64 `json:"progress"`
-	Reason   string  `json:"reason"`
-	By       string  `json:"by"`
-	MaxRate  float64 `json:"max_bandwidth,omitempty"` // bytes/s
-	// AllowPostcopy and MaxRounds as requested; Postcopy: it switched.
-	AllowPostcopy bool      `json:"allow_postcopy,omitempty"`
-	MaxRounds     int       `json:"max_rounds,omitempty"`
-	DowntimeLimit int64     `json:"downtime_limit_ms,omitempty"`
-	Compress      bool      `json:"compress,omitempty"`
-	Postcopy      bool      `json:"postcopy,omitempty"`
-	Created       time.Time `json:"created"`
-	Updated       time.Time `json:"updated"`
-
-	Error           string    `json:"error,omitempty"`
-	CancelRequested bool      `json:"cancel_requested,omitempty"`
-	Outcome         string    `json:"outcome,omitempty"`
-	Started         time.Time `json:"started,omitzero"`
-	PausedAt        time.Time `json:"paused_at,omitzero"`
-	ResumedAt       time.Time `json:"resumed_at,omitzero"`
-	SentAt          time.Time `json:"sent_at,omitzero"`      // source wrote the stream's last byte
-	ArmedAt         time.Time `json:"armed_at,omitzero"`     // destination told to resume once verified
-	VerifiedAt      time.Time `json:"verified_at,omitzero"`  // destination verified the image
-	CommittedAt     time.Time `json:"committed_at,omitzero"` // MMC recorded the switch-over
-	Finished        time.Time `json:"finished,omitzero"`
-	TotalMS         int64     `json:"total_ms"`
-	DowntimeMS      int64     `json:"downtime_ms"`
-	BytesOnWire     uint64    `json:"bytes_on_wire"`
-	Transferred     uint64    `json:"transferred,omitempty"`
-	Rounds          int       `json:"rounds,omitempty"`
-	Verified        bool      `json:"verified"`
-	Cleanup         []string  `json:"cleanup,omitempty"`
+	migration.Record
 	// Live is the progress of a migration in flight.
 	Live *MigrationLive `json:"live,omitempty"`
 }
@@ -381,23 +348,11 @@ type MigrationLive struct {
 	ETASeconds         float64 `json:"eta_s"`
 }
 
-// MigrateRequest asks for a migration.
+// MigrateRequest asks for a migration of VM to host To.
 type MigrateRequest struct {
-	VM      string  `json:"vm"`
-	To      string  `json:"to"`
-	MaxRate float64 `json:"max_bandwidth,omitempty"` // bytes/s; 0 = no cap
-	// Postcopy allows post-copy when pre-copy has not converged after
-	// MaxRounds passes over memory (0: the hypervisor's default, 30);
-	// without it such a migration is given up, the VM running on at the
-	// source.
-	Postcopy  bool `json:"postcopy,omitempty"`
-	MaxRounds int  `json:"max_rounds,omitempty"`
-	// DowntimeLimitMS is the downtime to aim at, from the source's pause
-	// to the destination running (0: 300 ms).
-	DowntimeLimitMS int64 `json:"downtime_limit_ms,omitempty"`
-	// Compress has the hypervisor send pages it sent before as deltas
-	// (QEMU's XBZRLE) or compressed (the simulated VM's zstd).
-	Compress bool `json:"compress,omitempty"`
+	VM string `json:"vm"`
+	To string `json:"to"`
+	migration.Options
 }
 
 // Migrate plans a migration.

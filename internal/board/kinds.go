@@ -5,6 +5,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 // Entry kinds. Each has a body type; Check decodes against it.
@@ -43,16 +44,16 @@ func (n *Note) check() error { return identity.CheckLabel(n.Text, 1024) }
 
 // MigrationPhase is the body of KindMigrationPhase.
 type MigrationPhase struct {
-	Role  string `cbor:"1,keyasint" json:"role"` // source or destination
-	Phase string `cbor:"2,keyasint" json:"phase"`
-	Error string `cbor:"3,keyasint,omitempty" json:"error,omitempty"`
+	Role  migration.Role  `cbor:"1,keyasint" json:"role"`
+	Phase migration.Phase `cbor:"2,keyasint" json:"phase"`
+	Error string          `cbor:"3,keyasint,omitempty" json:"error,omitempty"`
 }
 
 func (p *MigrationPhase) check() error {
-	if p.Role != "source" && p.Role != "destination" {
+	if p.Role != migration.Source && p.Role != migration.Destination {
 		return fmt.Errorf("role %q", p.Role)
 	}
-	if err := identity.CheckLabel(p.Phase, 32); err != nil {
+	if err := identity.CheckLabel(string(p.Phase), 32); err != nil {
 		return err
 	}
 	return identity.CheckLabel(p.Error, 1024)

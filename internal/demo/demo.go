@@ -202,7 +202,7 @@ func script(ctx context.Context, c *cluster, v *view, timeout time.Duration) (Su
 	}
 	for _, x := range ms {
 		sum.Migrations = append(sum.Migrations, MigrationSummary{ID: x.ID, VM: x.VM, From: x.From, To: x.To, Reason: x.Reason,
-			State: x.State, By: x.By, TotalMS: x.TotalMS, DowntimeMS: x.DowntimeMS, BytesOnWire: x.BytesOnWire,
+			State: string(x.State), By: x.By, TotalMS: x.TotalMS, DowntimeMS: x.DowntimeMS, BytesOnWire: x.BytesOnWire,
 			Verified: x.Verified, Error: x.Error})
 		switch x.State {
 		case "completed":

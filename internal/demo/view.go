@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/units"
 )
 
@@ -27,14 +28,14 @@ type view struct {
 	start         time.Time
 	events        []string
 	seenDecisions map[string]bool
-	migStates     map[string]string
+	migStates     map[string]migration.State
 	lastRound     map[string]int
 	footer        string // shown under every frame (--keep)
 }
 
 func newView(w io.Writer, tty bool, admin, policy string) *view {
 	return &view{w: w, tty: tty, admin: admin, policy: policy, start: time.Now(),
-		seenDecisions: map[string]bool{}, migStates: map[string]string{}, lastRound: map[string]int{}}
+		seenDecisions: map[string]bool{}, migStates: map[string]migration.State{}, lastRound: map[string]int{}}
 }
 
 func (v *view) event(format string, args ...any) {
@@ -95,7 +96,7 @@ func (v *view) observe(s snapshot) {
 		prev := slices.Index(migSteps, v.migStates[m.ID])
 		if cur := slices.Index(migSteps, m.State); cur > prev+1 {
 			for _, st := range migSteps[prev+1 : cur] {
-				v.migEvent(api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, By: m.By, State: st})
+				v.migEvent(api.Migration{Record: migration.Record{ID: m.ID, VM: m.VM, From: m.From, To: m.To, By: m.By, State: st}})
 			}
 		}
 		v.migStates[m.ID] = m.State
@@ -104,7 +105,7 @@ func (v *view) observe(s snapshot) {
 }
 
 // migSteps are a successful migration's states in order.
-var migSteps = []string{"planned", "preparing", "transferring", "switch-over", "completed"}
+var migSteps = []migration.State{migration.Planned, migration.Preparing, migration.Transferring, migration.SwitchOver, migration.Completed}
 
 func (v *view) migEvent(m api.Migration) {
 	switch m.State {

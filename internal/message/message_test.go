@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -142,7 +143,7 @@ func FuzzUnmarshal(f *testing.F) {
 // is the difference of two of them).
 func TestTimePrecision(t *testing.T) {
 	at := time.Date(2026, 11, 26, 2, 30, 0, 123456789, time.UTC)
-	b, err := Marshal(TypeActionResult, ActionResult{ID: 1, OK: true, Mig: &MigrationReport{Status: hypervisor.MigrationStatus{PausedAt: at}}})
+	b, err := Marshal(TypeActionResult, ActionResult{ID: 1, OK: true, Mig: &migration.Report{Status: hypervisor.MigrationStatus{PausedAt: at}}})
 	if err != nil {
 		t.Fatal(err)
 	}

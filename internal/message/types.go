@@ -5,6 +5,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 // EnrolRequest is an unknown agent's first message: who it is and,
@@ -169,7 +170,7 @@ type Action struct {
 	Spec     *hypervisor.Spec     `cbor:"4,keyasint,omitempty"`
 	Workload *hypervisor.Workload `cbor:"5,keyasint,omitempty"`
 	Intro    *Introduction        `cbor:"6,keyasint,omitempty"`
-	Mig      *MigrationOrder      `cbor:"7,keyasint,omitempty"`
+	Mig      *migration.Order     `cbor:"7,keyasint,omitempty"`
 }
 
 func (m *Action) check() error {
@@ -179,51 +180,14 @@ func (m *Action) check() error {
 		}
 	}
 	if m.Mig != nil {
-		return m.Mig.check()
-	}
-	return nil
-}
-
-// MigrationOrder is the migration part of a migrate.* action: which
-// migration (its id is also its blackboard topic and the name of the
-// direct link), which VM, and for the destination the VM's spec, for the
-// source the parameters.
-type MigrationOrder struct {
-	ID     string                     `cbor:"1,keyasint"` // e.g. m7
-	Topic  string                     `cbor:"2,keyasint"` // e.g. migration/m7
-	VM     string                     `cbor:"3,keyasint"`
-	Spec   *hypervisor.Spec           `cbor:"4,keyasint,omitempty"`
-	Params hypervisor.MigrationParams `cbor:"5,keyasint"`
-}
-
-func (m *MigrationOrder) check() error {
-	for _, s := range []string{m.ID, m.Topic, m.VM} {
-		if err := identity.CheckLabel(s, 128); err != nil {
-			return err
+		for _, s := range []string{m.Mig.ID, m.Mig.Topic, m.Mig.VM} {
+			if err := identity.CheckLabel(s, 128); err != nil {
+				return err
+			}
 		}
-	}
-	if m.Params.MaxBandwidth < 0 || m.Params.DowntimeLimit < 0 || m.Params.MaxRounds < 0 {
-		return errors.New("migration parameters must not be negative")
+		return m.Mig.Check()
 	}
 	return nil
-}
-
-// MigrationReport is an agent's view of one migration, returned by the
-// migrate.* actions: the job's phase on this agent, the hypervisor's
-// progress, and the direct link's wire counters.
-type MigrationReport struct {
-	Phase  string                     `cbor:"1,keyasint"` // see the agent's job phases
-	Error  string                     `cbor:"2,keyasint,omitempty"`
-	Status hypervisor.MigrationStatus `cbor:"3,keyasint"`
-	// WireBytes counts UDP payload bytes this agent sent on the link.
-	WireBytes uint64 `cbor:"4,keyasint"`
-	// At is when the phase was reached (agent clock, Unix ns): the
-	// destination's resume time on migrate.commit.
-	At int64 `cbor:"5,keyasint,omitempty"`
-	// MayHaveRun: this agent recorded, before resuming it, that the
-	// copy may run (kept across agent restarts). A destination without
-	// the record never resumed its copy.
-	MayHaveRun bool `cbor:"6,keyasint,omitempty"`
 }
 
 // Introduction is the MMC introducing two agents to each other for one job
@@ -292,11 +256,11 @@ type BoardRead struct {
 
 // ActionResult answers an Action.
 type ActionResult struct {
-	ID    uint64           `cbor:"1,keyasint"`
-	OK    bool             `cbor:"2,keyasint"`
-	Error string           `cbor:"3,keyasint,omitempty"`
-	VM    *hypervisor.VM   `cbor:"4,keyasint,omitempty"`
-	Mig   *MigrationReport `cbor:"5,keyasint,omitempty"`
+	ID    uint64            `cbor:"1,keyasint"`
+	OK    bool              `cbor:"2,keyasint"`
+	Error string            `cbor:"3,keyasint,omitempty"`
+	VM    *hypervisor.VM    `cbor:"4,keyasint,omitempty"`
+	Mig   *migration.Report `cbor:"5,keyasint,omitempty"`
 }
 
 // Policy pushes the MMC's policy (a JSON document, see package policy) to

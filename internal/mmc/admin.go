@@ -22,6 +22,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
@@ -261,6 +262,8 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusNotFound, "no such agent")
 	case errors.Is(err, ErrConflict):
 		writeErr(w, http.StatusConflict, err.Error())
+	case errors.Is(err, ErrInvalid):
+		writeErr(w, http.StatusBadRequest, err.Error())
 	default:
 		writeErr(w, http.StatusInternalServerError, err.Error())
 	}
@@ -479,18 +482,12 @@ func (s *Server) handleMigration(w http.ResponseWriter, r *http.Request) {
 
 // apiMigration is a record as the API shows it, with the live progress
 // of a transfer in flight.
-func (s *Server) apiMigration(m store.Migration) api.Migration {
+func (s *Server) apiMigration(m migration.Record) api.Migration {
 	live := s.live(m.ID)
 	if live != nil {
 		m.Progress = max(m.Progress, live.Progress)
 	}
-	return api.Migration{ID: m.ID, VM: m.VM, From: m.From, To: m.To, State: m.State, Progress: m.Progress,
-		Reason: m.Reason, By: m.By, MaxRate: m.MaxRate, AllowPostcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, DowntimeLimit: m.DowntimeLimitMS, Compress: m.Compress, Postcopy: m.Postcopy,
-		Created: m.Created, Updated: m.Updated,
-		Error: m.Error, CancelRequested: m.CancelRequested, Outcome: m.Outcome, Started: m.Started,
-		PausedAt: m.PausedAt, ResumedAt: m.ResumedAt, SentAt: m.SentAt, ArmedAt: m.ArmedAt, VerifiedAt: m.VerifiedAt, CommittedAt: m.CommittedAt, Finished: m.Finished, TotalMS: m.TotalMS,
-		DowntimeMS: m.DowntimeMS, BytesOnWire: m.BytesOnWire, Transferred: m.Transferred, Rounds: m.Rounds,
-		Verified: m.Verified, Cleanup: m.Cleanup, Live: live}
+	return api.Migration{Record: m, Live: live}
 }
 
 func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
@@ -501,14 +498,11 @@ func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
 		return
 	}
-	if req.VM == "" || req.To == "" || req.MaxRate < 0 || req.MaxRounds < 0 || req.MaxRounds > 1000 ||
-		req.DowntimeLimitMS < 0 || req.DowntimeLimitMS > 60_000 {
-		writeErr(w, http.StatusBadRequest, "vm and to are required; max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000")
+	if req.VM == "" || req.To == "" {
+		writeErr(w, http.StatusBadRequest, "vm and to are required")
 		return
 	}
-	m, err := s.planMigration(req.VM, req.To, "requested by an administrator", "admin",
-		migrationOptions{MaxRate: req.MaxRate, AllowPostcopy: req.Postcopy, MaxRounds: req.MaxRounds,
-			DowntimeLimit: time.Duration(req.DowntimeLimitMS) * time.Millisecond, Compress: req.Compress})
+	m, err := s.planMigration(req.VM, req.To, "requested by an administrator", "admin", req.Options)
 	if err != nil {
 		writeMigErr(w, err)
 		return
@@ -531,6 +525,8 @@ func writeMigErr(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ErrConflict):
 		writeErr(w, http.StatusConflict, err.Error())
+	case errors.Is(err, ErrInvalid):
+		writeErr(w, http.StatusBadRequest, err.Error())
 	default:
 		writeErr(w, http.StatusInternalServerError, err.Error())
 	}

@@ -2,12 +2,14 @@ package mmc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -17,47 +19,36 @@ import (
 // ErrBusy is a migration request for a VM that already has one open.
 var ErrBusy = fmt.Errorf("%w: VM already has an open migration", ErrConflict)
 
-// migrationOptions are a migration's parameters as requested.
-type migrationOptions struct {
-	MaxRate       float64 // bytes/s, 0: no cap
-	AllowPostcopy bool
-	MaxRounds     int
-	DowntimeLimit time.Duration // 0: defaultDowntimeLimit
-	Compress      bool
-}
+// ErrInvalid is a request no migration can be made of.
+var ErrInvalid = errors.New("mmc: invalid request")
 
 // planMigration records a planned migration of vm to host to.
-func (s *Server) planMigration(vm, to, reason, by string, o migrationOptions) (store.Migration, error) {
+func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (migration.Record, error) {
+	if err := o.Check(); err != nil {
+		return migration.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	from, ok := s.hostOfVM(vm)
 	if !ok {
-		return store.Migration{}, fmt.Errorf("%w: VM %s is on no online host", store.ErrNotFound, vm)
+		return migration.Record{}, fmt.Errorf("%w: VM %s is on no online host", store.ErrNotFound, vm)
 	}
 	if from == to {
-		return store.Migration{}, fmt.Errorf("%w: VM %s is already on %s", ErrConflict, vm, to)
+		return migration.Record{}, fmt.Errorf("%w: VM %s is already on %s", ErrConflict, vm, to)
 	}
 	if s.sessionByHost(to) == nil {
-		return store.Migration{}, fmt.Errorf("%w: %s", ErrHostOffline, to)
+		return migration.Record{}, fmt.Errorf("%w: %s", ErrHostOffline, to)
 	}
 	for _, v := range s.vms() {
 		if v.ID == vm && v.Host == to {
-			return store.Migration{}, fmt.Errorf("%w: %s already has a VM named %s", ErrConflict, to, vm)
-		}
-	}
-	s.migMu.Lock()
-	defer s.migMu.Unlock()
-	all, err := s.st.Migrations()
-	if err != nil {
-		return store.Migration{}, err
-	}
-	for _, m := range all {
-		if m.VM == vm && store.MigrationOpen(m.State) {
-			return store.Migration{}, ErrBusy
+			return migration.Record{}, fmt.Errorf("%w: %s already has a VM named %s", ErrConflict, to, vm)
 		}
 	}
 	now := s.cfg.Now()
-	m, err := s.st.CreateMigration(store.Migration{VM: vm, From: from, To: to, State: store.MigrationPlanned,
-		Reason: reason, By: by, MaxRate: o.MaxRate, AllowPostcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds,
-		DowntimeLimitMS: o.DowntimeLimit.Milliseconds(), Compress: o.Compress, Created: now, Updated: now})
+	// The store refuses a second open migration of the VM.
+	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, State: migration.Planned,
+		Reason: reason, By: by, Options: o, Created: now, Updated: now})
+	if errors.Is(err, store.ErrConflict) {
+		return m, fmt.Errorf("%w: %w", ErrBusy, err)
+	}
 	if err != nil {
 		return m, err
 	}
@@ -78,25 +69,11 @@ const cancelMigrationWait = 30 * time.Second
 // and waits (bounded) for the outcome. A migration past its commit
 // (switch-over), or armed for it, cannot be cancelled: the destination
 // is, or is about to be, the VM.
-func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migration, error) {
-	s.migMu.Lock()
-	m, err := s.st.UpdateMigration(id, func(m *store.Migration) error {
-		switch {
-		case !store.MigrationOpen(m.State):
-			return fmt.Errorf("%w: migration %s is %s", ErrConflict, id, m.State)
-		case m.State == store.MigrationSwitchOver:
-			return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrConflict, id)
-		case !m.ArmedAt.IsZero() && m.State == store.MigrationTransferring:
-			return fmt.Errorf("%w: migration %s has sent its last byte and its destination resumes once verified: too late to cancel", ErrConflict, id)
-		case m.State == store.MigrationPostcopy:
-			return fmt.Errorf("%w: migration %s is switching to post-copy: too late to cancel", ErrConflict, id)
-		case m.CancelRequested:
-			return fmt.Errorf("%w: migration %s is already being cancelled", ErrConflict, id)
-		}
-		m.CancelRequested, m.Updated = true, s.cfg.Now()
-		return nil
-	})
-	s.migMu.Unlock()
+func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.Record, error) {
+	m, err := s.st.CancelMigration(id, s.cfg.Now())
+	if errors.Is(err, store.ErrConflict) {
+		return m, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
 	if err != nil {
 		return m, err
 	}
@@ -107,7 +84,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if m, err = s.st.Migration(id); err != nil || !store.MigrationOpen(m.State) {
+		if m, err = s.st.Migration(id); err != nil || !m.State.Open() {
 			return m, err
 		}
 		select {
@@ -118,9 +95,9 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (store.Migr
 	}
 }
 
-func (s *Server) migrations() ([]store.Migration, error) {
+func (s *Server) migrations() ([]migration.Record, error) {
 	all, err := s.st.Migrations()
-	slices.SortFunc(all, func(a, b store.Migration) int {
+	slices.SortFunc(all, func(a, b migration.Record) int {
 		x, _ := strconv.Atoi(strings.TrimPrefix(a.ID, "m"))
 		y, _ := strconv.Atoi(strings.TrimPrefix(b.ID, "m"))
 		return x - y

@@ -13,6 +13,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -94,13 +95,13 @@ var errEnded = errors.New("mmc: migration ended")
 
 // errRollback carries the reason a migration is rolled back.
 type errRollback struct {
-	outcome string // store.MigrationCancelled or store.MigrationFailed
+	outcome migration.State
 	reason  string
 }
 
 func (e *errRollback) Error() string { return e.reason }
 
-func rollback(outcome, format string, args ...any) error {
+func rollback(outcome migration.State, format string, args ...any) error {
 	return &errRollback{outcome: outcome, reason: fmt.Sprintf(format, args...)}
 }
 
@@ -158,7 +159,7 @@ func (s *Server) runOrchestrator(ctx context.Context) {
 		s.log.Error("mmc: loading migrations", "err", err)
 	}
 	for _, m := range all {
-		if store.MigrationOpen(m.State) {
+		if m.State.Open() {
 			s.policyMu.Lock()
 			s.engine.Started(m.VM, m.Created)
 			s.policyMu.Unlock()
@@ -247,8 +248,8 @@ func (s *Server) live(id string) *api.MigrationLive {
 func topicOf(id string) string { return "migration/" + id }
 
 // setState persists a state change (and whatever else fn sets).
-func (s *Server) setState(id, state string, fn func(*store.Migration)) (store.Migration, error) {
-	return s.st.UpdateMigration(id, func(m *store.Migration) error {
+func (s *Server) setState(id string, state migration.State, fn func(*migration.Record)) (migration.Record, error) {
+	return s.mutateMigration(id, func(m *migration.Record) error {
 		m.State, m.Updated = state, s.cfg.Now()
 		if fn != nil {
 			fn(m)
@@ -266,28 +267,28 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 			s.log.Error("mmc: migration vanished", "id", id, "err", err)
 			return
 		}
-		if !store.MigrationOpen(m.State) {
+		if !m.State.Open() {
 			return
 		}
 		switch m.State {
-		case store.MigrationPlanned:
+		case migration.Planned:
 			err = s.prepare(ctx, m)
-		case store.MigrationPreparing:
+		case migration.Preparing:
 			if resumed {
-				err = rollback(store.MigrationFailed, "the MMC restarted while preparing the destination")
+				err = rollback(migration.Failed, "the MMC restarted while preparing the destination")
 			} else {
 				err = s.startTransfer(ctx, m)
 			}
-		case store.MigrationTransferring:
+		case migration.Transferring:
 			err = s.transfer(ctx, m, d)
-		case store.MigrationPostcopy:
+		case migration.Postcopy:
 			err = s.postcopy(ctx, m)
-		case store.MigrationSwitchOver:
+		case migration.SwitchOver:
 			err = s.switchOver(ctx, m)
-		case store.MigrationRollingBack:
+		case migration.RollingBack:
 			err = s.rollBack(ctx, m)
 		default:
-			err = rollback(store.MigrationFailed, "unknown state %q", m.State)
+			err = rollback(migration.Failed, "unknown state %q", m.State)
 		}
 		resumed = false
 		var rb *errRollback
@@ -295,7 +296,7 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 		case ctx.Err() != nil:
 			return
 		case errors.As(err, &rb):
-			if _, err := s.setState(id, store.MigrationRollingBack, func(m *store.Migration) {
+			if _, err := s.setState(id, migration.RollingBack, func(m *migration.Record) {
 				m.Outcome, m.Error = rb.outcome, rb.reason
 			}); err != nil {
 				s.log.Error("mmc: persisting a rollback", "id", id, "err", err)
@@ -314,53 +315,53 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 
 // prepare checks the plan, introduces the agents and has the destination
 // start its incoming VM.
-func (s *Server) prepare(ctx context.Context, m store.Migration) error {
+func (s *Server) prepare(ctx context.Context, m migration.Record) error {
 	if m.CancelRequested {
-		return rollback(store.MigrationCancelled, "cancelled before it started")
+		return rollback(migration.Cancelled, "cancelled before it started")
 	}
 	src, dst := s.sessionByHost(m.From), s.sessionByHost(m.To)
 	if src == nil || dst == nil {
-		return rollback(store.MigrationFailed, "%s or %s is offline", m.From, m.To)
+		return rollback(migration.Failed, "%s or %s is offline", m.From, m.To)
 	}
 	spec, ok := s.specOf(m.VM, m.From)
 	if !ok {
-		return rollback(store.MigrationFailed, "VM %s is no longer on %s", m.VM, m.From)
+		return rollback(migration.Failed, "VM %s is no longer on %s", m.VM, m.From)
 	}
 	if h, ok := s.hostOfVM(m.VM); ok && h != m.From {
-		return rollback(store.MigrationFailed, "VM %s is reported by %s too", m.VM, h)
+		return rollback(migration.Failed, "VM %s is reported by %s too", m.VM, h)
 	}
-	if _, err := s.setState(m.ID, store.MigrationPreparing, nil); err != nil {
+	if _, err := s.setState(m.ID, migration.Preparing, nil); err != nil {
 		return err
 	}
 	topic := topicOf(m.ID)
 	if err := s.Introduce(ctx, topic, dst.id, src.id); err != nil {
-		return rollback(store.MigrationFailed, "introducing the agents: %v", err)
+		return rollback(migration.Failed, "introducing the agents: %v", err)
 	}
-	order := &message.MigrationOrder{ID: m.ID, Topic: topic, VM: m.VM, Spec: &spec}
+	order := &migration.Order{ID: m.ID, Topic: topic, VM: m.VM, Spec: &spec}
 	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.prepare", Mig: order}); err != nil {
-		return rollback(store.MigrationFailed, "preparing the destination: %v", err)
+		return rollback(migration.Failed, "preparing the destination: %v", err)
 	}
 	return s.startTransfer(ctx, m)
 }
 
 // startTransfer has the source start sending.
-func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
+func (s *Server) startTransfer(ctx context.Context, m migration.Record) error {
 	m, err := s.st.Migration(m.ID) // a cancel may have come in while preparing
 	if err != nil {
 		return err
 	}
 	if m.CancelRequested {
-		return rollback(store.MigrationCancelled, "cancelled")
+		return rollback(migration.Cancelled, "cancelled")
 	}
 	now := s.cfg.Now()
-	if _, err := s.setState(m.ID, store.MigrationTransferring, func(m *store.Migration) { m.Started = now }); err != nil {
+	if _, err := s.setState(m.ID, migration.Transferring, func(m *migration.Record) { m.Started = now }); err != nil {
 		return err
 	}
 	params := hypervisor.MigrationParams{MaxBandwidth: m.MaxRate, DowntimeLimit: s.stopAndCopyBudget(m), AutoConverge: true,
 		Postcopy: m.AllowPostcopy, MaxRounds: m.MaxRounds, Compress: m.Compress}
-	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
+	order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM, Params: params}
 	if _, err := s.act(ctx, m.From, message.Action{Op: "migrate.start", Mig: order}); err != nil {
-		return rollback(store.MigrationFailed, "starting the transfer: %v", err)
+		return rollback(migration.Failed, "starting the transfer: %v", err)
 	}
 	s.log.Info("mmc: migration transferring", "id", m.ID, "vm", m.VM, "from", m.From, "to", m.To)
 	return nil
@@ -381,7 +382,7 @@ func (s *Server) startTransfer(ctx context.Context, m store.Migration) error {
 // itself travels beside the stream's tail (source to MMC to destination,
 // about the link's one-way delay), so the destination resumes without a
 // round trip to the MMC.
-func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
+func (s *Server) stopAndCopyBudget(m migration.Record) time.Duration {
 	var rttDst, rttSrc time.Duration
 	if ss := s.sessionByHost(m.To); ss != nil {
 		rttDst = ss.c.Stats().SmoothedRTT
@@ -399,8 +400,8 @@ func (s *Server) stopAndCopyBudget(m store.Migration) time.Duration {
 }
 
 // status asks host for its view of migration m.
-func (s *Server) status(ctx context.Context, m store.Migration, host string) (*message.MigrationReport, error) {
-	r, err := s.act(ctx, host, message.Action{Op: "migrate.status", Mig: &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}})
+func (s *Server) status(ctx context.Context, m migration.Record, host string) (*migration.Report, error) {
+	r, err := s.act(ctx, host, message.Action{Op: "migrate.status", Mig: &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}})
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +416,7 @@ func (s *Server) status(ctx context.Context, m store.Migration, host string) (*m
 // source reports its transfer complete, the destination is armed (see the
 // top of this file): from then on only the destination's own failure
 // rolls back.
-func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) error {
+func (s *Server) transfer(ctx context.Context, m migration.Record, d *drive) error {
 	armed := !m.ArmedAt.IsZero()
 	// The agents' status round trips are cut short when the source posts
 	// its completion (before the destination is armed) or the destination
@@ -449,7 +450,7 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 	defer t.Stop()
 	for {
 		if cur, err := s.st.Migration(m.ID); err == nil && cur.CancelRequested && !armed {
-			return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+			return rollback(migration.Cancelled, "cancelled by %s", "the administrator")
 		}
 		// The destination first: once it holds a verified image the
 		// commit should not wait for another round trip.
@@ -478,11 +479,11 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			// Armed or not: the destination's job saw its copy fail
 			// before it verified (it never moves to failed after), so
 			// the copy never ran.
-			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+			return rollback(migration.Failed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
 		case dst.Status.State == hypervisor.MigFailed && (!armed || !dst.MayHaveRun):
 			// Armed or not, a copy its agent never recorded resuming
 			// never ran.
-			return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+			return rollback(migration.Failed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
 		case dst.Status.State == hypervisor.MigFailed && !dstWarned:
 			// Armed, and no job to say what happened (the agent
 			// restarted) but a record that it may have resumed the
@@ -492,7 +493,7 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 				"id", m.ID, "host", m.To, "err", firstNonEmpty(dst.Error, dst.Status.Error))
 			dstWarned = true
 		}
-		var src *message.MigrationReport
+		var src *migration.Report
 		srcErr := errArmed
 		if !armed {
 			// Once armed only the destination decides.
@@ -503,11 +504,11 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 		if srcErr == nil {
 			switch {
 			case src.Phase == "failed" || src.Status.State == hypervisor.MigFailed:
-				return rollback(store.MigrationFailed, "source: %s", firstNonEmpty(src.Error, src.Status.Error, "failed"))
+				return rollback(migration.Failed, "source: %s", firstNonEmpty(src.Error, src.Status.Error, "failed"))
 			case src.Status.State == hypervisor.MigCancelled:
-				return rollback(store.MigrationFailed, "source: transfer cancelled")
+				return rollback(migration.Failed, "source: transfer cancelled")
 			case src.Phase == "none" && src.Status.State == "":
-				return rollback(store.MigrationFailed, "source: no migration running (agent restarted?)")
+				return rollback(migration.Failed, "source: no migration running (agent restarted?)")
 			case src.Status.State == hypervisor.MigCompleted && src.Status.Postcopy == "":
 				d.markSent() // its post may have been lost (an MMC restart)
 				continue
@@ -516,15 +517,15 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			if src.Status.Postcopy != "" && m.AllowPostcopy {
 				// Not past a cancel that came in meanwhile: the move is
 				// conditional.
-				_, err := s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+				_, err := s.mutateMigration(m.ID, func(x *migration.Record) error {
 					if x.CancelRequested {
 						return errCancelPending
 					}
-					x.State, x.Updated = store.MigrationPostcopy, s.cfg.Now()
+					x.State, x.Updated = migration.Postcopy, s.cfg.Now()
 					return nil
 				})
 				if errors.Is(err, errCancelPending) {
-					return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+					return rollback(migration.Cancelled, "cancelled by %s", "the administrator")
 				}
 				s.log.Info("mmc: migration switching to post-copy", "id", m.ID, "vm", m.VM, "round", src.Status.Round)
 				return err
@@ -541,7 +542,7 @@ func (s *Server) transfer(ctx context.Context, m store.Migration, d *drive) erro
 			s.log.Warn("mmc: armed migration waits for its destination", "id", m.ID, "host", m.To, "err", errText(dstErr))
 			lastProgress = s.cfg.Now()
 		default:
-			return rollback(store.MigrationFailed, "no progress for %v (source: %v; destination: %v)", stallTimeout, errText(srcErr), errText(dstErr))
+			return rollback(migration.Failed, "no progress for %v (source: %v; destination: %v)", stallTimeout, errText(srcErr), errText(dstErr))
 		}
 		select {
 		case <-ctx.Done():
@@ -563,9 +564,9 @@ var errArmed = errors.New("mmc: not asked (the destination is armed)")
 // destination may be told only what the store already says. A
 // destination that does not get the order (away, or an older agent) is
 // committed the usual way once it reports its image verified.
-func (s *Server) arm(ctx context.Context, m *store.Migration) error {
+func (s *Server) arm(ctx context.Context, m *migration.Record) error {
 	now := s.cfg.Now()
-	cur, err := s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+	cur, err := s.mutateMigration(m.ID, func(x *migration.Record) error {
 		if x.CancelRequested {
 			return errCancelPending
 		}
@@ -573,7 +574,7 @@ func (s *Server) arm(ctx context.Context, m *store.Migration) error {
 		return nil
 	})
 	if errors.Is(err, errCancelPending) {
-		return rollback(store.MigrationCancelled, "cancelled by %s", "the administrator")
+		return rollback(migration.Cancelled, "cancelled by %s", "the administrator")
 	}
 	if err != nil {
 		return err
@@ -587,8 +588,8 @@ func (s *Server) arm(ctx context.Context, m *store.Migration) error {
 // sendArm tells the destination of an armed migration to resume once
 // verified (idempotent; a destination that does not get it is committed
 // the usual way).
-func (s *Server) sendArm(ctx context.Context, m store.Migration) {
-	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+func (s *Server) sendArm(ctx context.Context, m migration.Record) {
+	order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	if _, err := s.act(ctx, m.To, message.Action{Op: "migrate.arm", Mig: order}); err != nil && ctx.Err() == nil {
 		s.log.Warn("mmc: arming the destination", "id", m.ID, "host", m.To, "err", err)
 	}
@@ -596,8 +597,8 @@ func (s *Server) sendArm(ctx context.Context, m store.Migration) {
 
 // postcopy has the source switch to post-copy and commits once it has
 // (see the top of this file).
-func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
-	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+func (s *Server) postcopy(ctx context.Context, m migration.Record) error {
+	order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	fastUntil := time.Now().Add(5 * time.Second)
 	for {
 		r, err := s.act(ctx, m.From, message.Action{Op: "migrate.postcopy", Mig: order})
@@ -614,11 +615,11 @@ func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
 				case derr == nil && dst.Status.State == hypervisor.MigCompleted && dst.Status.Verified:
 					return s.commit(m)
 				case derr == nil && (dst.Phase == "failed" || dst.Status.State == hypervisor.MigFailed):
-					return rollback(store.MigrationFailed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
+					return rollback(migration.Failed, "destination: %s", firstNonEmpty(dst.Error, dst.Status.Error, "failed"))
 				}
 			case st.Postcopy == hypervisor.PostcopyActive:
 				now := s.cfg.Now()
-				_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
+				_, err := s.setState(m.ID, migration.SwitchOver, func(x *migration.Record) {
 					x.Postcopy, x.CommittedAt, x.PausedAt = true, now, st.PausedAt
 				})
 				if err == nil {
@@ -626,7 +627,7 @@ func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
 				}
 				return err
 			case r.Mig.Phase == "failed" || st.State == hypervisor.MigFailed || st.State == hypervisor.MigCancelled:
-				return rollback(store.MigrationFailed, "source, switching to post-copy: %s", firstNonEmpty(r.Mig.Error, st.Error, st.State))
+				return rollback(migration.Failed, "source, switching to post-copy: %s", firstNonEmpty(r.Mig.Error, st.Error, st.State))
 			}
 		}
 		wait := retryEvery
@@ -642,7 +643,7 @@ func (s *Server) postcopy(ctx context.Context, m store.Migration) error {
 }
 
 // setLive records a transfer's progress for the API.
-func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationReport) {
+func (s *Server) setLive(m migration.Record, d *drive, src *migration.Report) {
 	st := src.Status
 	l := &api.MigrationLive{Round: st.Round, Total: st.Total, Remaining: st.Remaining, Transferred: st.Transferred,
 		WireBytes: src.WireBytes, DirtyRate: st.DirtyRate, Rate: st.Rate,
@@ -660,15 +661,15 @@ func (s *Server) setLive(m store.Migration, d *drive, src *message.MigrationRepo
 	d.live = l
 	d.mu.Unlock()
 	if l.Progress-m.Progress >= 0.05 {
-		_, _ = s.st.UpdateMigration(m.ID, func(m *store.Migration) error { m.Progress = l.Progress; return nil })
+		_, _ = s.mutateMigration(m.ID, func(m *migration.Record) error { m.Progress = l.Progress; return nil })
 	}
 }
 
 // commit records the switch-over: from this write on the destination is
 // the VM.
-func (s *Server) commit(m store.Migration) error {
+func (s *Server) commit(m migration.Record) error {
 	now := s.cfg.Now()
-	_, err := s.setState(m.ID, store.MigrationSwitchOver, func(x *store.Migration) {
+	_, err := s.setState(m.ID, migration.SwitchOver, func(x *migration.Record) {
 		x.Verified, x.Progress, x.CommittedAt = true, 1, now
 	})
 	if err != nil {
@@ -681,8 +682,8 @@ func (s *Server) commit(m store.Migration) error {
 // switchOver rolls a committed migration forward: resume the destination
 // (retrying until its agent answers), then destroy the source (left as a
 // cleanup if its agent is away: its copy stays paused, not running).
-func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
-	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+func (s *Server) switchOver(ctx context.Context, m migration.Record) error {
+	order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	// A post-copy destination resumes as soon as it is in post-copy (its
 	// agent waits for that).
 	order.Params.Postcopy = m.Postcopy
@@ -729,7 +730,7 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 		cleanup = append(cleanup, "finish:"+m.From)
 	}
 	now := s.cfg.Now()
-	done, err := s.setState(m.ID, store.MigrationCompleted, func(x *store.Migration) {
+	done, err := s.setState(m.ID, migration.Completed, func(x *migration.Record) {
 		x.ResumedAt, x.Finished, x.VerifiedAt = resumed, now, verified
 		x.BytesOnWire = dstWire
 		if srcErr == nil {
@@ -765,7 +766,7 @@ func (s *Server) switchOver(ctx context.Context, m store.Migration) error {
 // returns when that was and the bytes its agent sent. A post-copy cut off
 // from its source pauses (QEMU: postcopy-paused) and waits; nothing here
 // can roll it back or forward, so the wait has no end but the MMC's.
-func (s *Server) postcopyDone(ctx context.Context, m store.Migration) (time.Time, uint64, error) {
+func (s *Server) postcopyDone(ctx context.Context, m migration.Record) (time.Time, uint64, error) {
 	lastWarn := time.Now()
 	for {
 		r, err := s.status(ctx, m, m.To)
@@ -775,7 +776,7 @@ func (s *Server) postcopyDone(ctx context.Context, m store.Migration) (time.Time
 				return r.Status.Finished, r.WireBytes, nil
 			case hypervisor.MigFailed:
 				// Neither copy is a VM any more. Say so; destroy nothing.
-				done, err := s.setState(m.ID, store.MigrationFailed, func(x *store.Migration) {
+				done, err := s.setState(m.ID, migration.Failed, func(x *migration.Record) {
 					x.Error = "post-copy failed at the destination (" + firstNonEmpty(r.Error, r.Status.Error, "failed") +
 						"): the guest's memory was split between the hosts; both copies are kept for inspection"
 					x.Finished = s.cfg.Now()
@@ -803,8 +804,8 @@ func (s *Server) postcopyDone(ctx context.Context, m store.Migration) (time.Time
 // a complete transfer resumes only when told); the destination's abort is
 // left as a cleanup if its agent is away (its copy is never resumed
 // without a commit, so it is harmless until then).
-func (s *Server) rollBack(ctx context.Context, m store.Migration) error {
-	order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+func (s *Server) rollBack(ctx context.Context, m migration.Record) error {
+	order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 	for {
 		_, err := s.act(ctx, m.From, message.Action{Op: "migrate.rollback", Mig: order})
 		if err == nil {
@@ -821,11 +822,11 @@ func (s *Server) rollBack(ctx context.Context, m store.Migration) error {
 		cleanup = append(cleanup, "abort:"+m.To)
 	}
 	outcome := m.Outcome
-	if outcome != store.MigrationCancelled {
-		outcome = store.MigrationFailed
+	if outcome != migration.Cancelled {
+		outcome = migration.Failed
 	}
 	now := s.cfg.Now()
-	done, err := s.setState(m.ID, outcome, func(x *store.Migration) {
+	done, err := s.setState(m.ID, outcome, func(x *migration.Record) {
 		x.Finished = now
 		x.Cleanup = append(x.Cleanup, cleanup...)
 	})
@@ -839,19 +840,19 @@ func (s *Server) rollBack(ctx context.Context, m store.Migration) error {
 
 // finished ends a migration's bookkeeping: the policy's in-flight count,
 // the blackboard topic, the audit trail.
-func (s *Server) finished(ctx context.Context, m store.Migration) {
+func (s *Server) finished(ctx context.Context, m migration.Record) {
 	s.policyMu.Lock()
 	s.engine.Finished(m.VM)
 	s.policyMu.Unlock()
-	_ = s.postAsMMC(ctx, topicOf(m.ID), board.KindNote, board.Note{Text: "migration " + m.State})
+	_ = s.postAsMMC(ctx, topicOf(m.ID), board.KindNote, board.Note{Text: "migration " + string(m.State)})
 	s.board.Close(topicOf(m.ID))
 	detail := fmt.Sprintf("%s %s → %s", m.VM, m.From, m.To)
-	if m.State == store.MigrationCompleted {
+	if m.State == migration.Completed {
 		detail += fmt.Sprintf(": total %d ms, downtime %d ms, %d bytes on the wire", m.TotalMS, m.DowntimeMS, m.BytesOnWire)
 	} else if m.Error != "" {
 		detail += ": " + m.Error
 	}
-	s.audit.add(store.AuditEntry{Actor: "orchestrator", Action: "migration." + m.State, Target: m.ID, Outcome: "ok", Detail: detail})
+	s.audit.add(store.AuditEntry{Actor: "orchestrator", Action: "migration." + string(m.State), Target: m.ID, Outcome: "ok", Detail: detail})
 }
 
 // cleanup retries the agent actions left over from finished migrations
@@ -867,12 +868,12 @@ func (s *Server) cleanup(ctx context.Context) {
 			if !ok || s.sessionByHost(host) == nil {
 				continue
 			}
-			order := &message.MigrationOrder{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
+			order := &migration.Order{ID: m.ID, Topic: topicOf(m.ID), VM: m.VM}
 			if _, err := s.act(ctx, host, message.Action{Op: "migrate." + op, Mig: order}); err != nil {
 				s.log.Warn("mmc: migration cleanup", "id", m.ID, "op", op, "host", host, "err", err)
 				continue
 			}
-			_, _ = s.st.UpdateMigration(m.ID, func(x *store.Migration) error {
+			_, _ = s.mutateMigration(m.ID, func(x *migration.Record) error {
 				x.Cleanup = slices.DeleteFunc(x.Cleanup, func(e string) bool { return e == c })
 				return nil
 			})
@@ -921,4 +922,24 @@ func errText(err error) string {
 		return "reachable"
 	}
 	return err.Error()
+}
+
+// mutateMigration applies fn to the stored record and writes it back
+// conditional on the version read, reading again if another write came
+// first.
+func (s *Server) mutateMigration(id string, fn func(*migration.Record) error) (migration.Record, error) {
+	for {
+		m, err := s.st.Migration(id)
+		if err != nil {
+			return m, err
+		}
+		v := m.Version
+		if err := fn(&m); err != nil {
+			return m, err
+		}
+		m, err = s.st.UpdateMigration(m, v)
+		if !errors.Is(err, store.ErrStale) {
+			return m, err
+		}
+	}
 }

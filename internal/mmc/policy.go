@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -128,7 +129,7 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
-				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", migrationOptions{AllowPostcopy: pol.Postcopy}); err != nil {
+				if m, err := s.planMigration(d.VM, d.To, d.Reason, "policy", migration.Options{AllowPostcopy: pol.Postcopy}); err != nil {
 					rec.Action = "not planned: " + err.Error()
 				} else {
 					rec.Action = "migration " + m.ID + " planned"

@@ -6,123 +6,175 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferry-vm/ferry/internal/migration"
 )
 
 var bucketMigrations = []byte("migrations")
 
-// Migration states. The orchestrator moves a migration from planned
-// through preparing (destination VM waiting for the stream), transferring
-// and switch-over (the commit: from here on the destination is the
-// authoritative copy) to completed; before switch-over any failure or a
-// cancel rolls it back (rolling-back, then cancelled or failed), with the
-// source the authoritative copy throughout.
-const (
-	MigrationPlanned      = "planned"
-	MigrationPreparing    = "preparing"
-	MigrationTransferring = "transferring"
-	MigrationPostcopy     = "postcopy"
-	MigrationSwitchOver   = "switch-over"
-	MigrationRollingBack  = "rolling-back"
-	MigrationCompleted    = "completed"
-	MigrationCancelled    = "cancelled"
-	MigrationFailed       = "failed"
-)
+// Migration commands. The orchestrator writes a migration only through
+// MigrationUpdate, conditional on the version it read; an
+// administrator's cancel is MigrationCancel, checked against the stored
+// record. So a cancel that lands between the orchestrator's read and its
+// write makes that write stale, and the orchestrator decides again with
+// the cancel in view: nothing is written past a cancel unseen.
 
-// MigrationOpen reports whether a migration in state is still in progress.
-func MigrationOpen(state string) bool {
-	switch state {
-	case MigrationCompleted, MigrationCancelled, MigrationFailed:
-		return false
+// MigrationCreate stores a new migration with the next id ("m1", "m2",
+// …), version 1, on condition that its VM has no open migration.
+type MigrationCreate struct {
+	Record migration.Record `json:"record"`
+}
+
+// MigrationUpdate replaces a migration's record on condition that the
+// stored version is IfVersion (ErrStale otherwise); the stored version
+// becomes IfVersion+1.
+type MigrationUpdate struct {
+	Record    migration.Record `json:"record"`
+	IfVersion uint64           `json:"if_version"`
+}
+
+// MigrationCancel records an administrator's cancel on condition that
+// migration.CheckCancel allows it (ErrConflict wrapping its reason).
+type MigrationCancel struct {
+	ID string    `json:"id"`
+	At time.Time `json:"at"`
+}
+
+// MigrationCleanupDone removes one entry from a migration's cleanups
+// (the agent carried it out).
+type MigrationCleanupDone struct {
+	ID    string `json:"id"`
+	Entry string `json:"entry"`
+}
+
+func init() {
+	register(func() Command { return &MigrationCreate{} })
+	register(func() Command { return &MigrationUpdate{} })
+	register(func() Command { return &MigrationCancel{} })
+	register(func() Command { return &MigrationCleanupDone{} })
+}
+
+// Kind implements Command.
+func (*MigrationCreate) Kind() CommandKind      { return "migration.create" }
+func (*MigrationUpdate) Kind() CommandKind      { return "migration.update" }
+func (*MigrationCancel) Kind() CommandKind      { return "migration.cancel" }
+func (*MigrationCleanupDone) Kind() CommandKind { return "migration.cleanup-done" }
+
+func (c *MigrationCreate) apply(tx *bolt.Tx) (any, error) {
+	m := c.Record
+	b, err := tx.CreateBucketIfNotExists(bucketMigrations)
+	if err != nil {
+		return nil, err
 	}
-	return true
+	if err := b.ForEach(func(_, v []byte) error {
+		var o migration.Record
+		if err := json.Unmarshal(v, &o); err != nil {
+			return err
+		}
+		if o.VM == m.VM && o.State.Open() {
+			return fmt.Errorf("%w: VM %s already has an open migration (%s)", ErrConflict, m.VM, o.ID)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	n, err := b.NextSequence()
+	if err != nil {
+		return nil, err
+	}
+	m.ID, m.Version = fmt.Sprintf("m%d", n), 1
+	return m, putMigration(tx, m)
 }
 
-// Migration is the persisted record of one migration.
-type Migration struct {
-	ID       string  `json:"id"`
-	VM       string  `json:"vm"`
-	From     string  `json:"from"`
-	To       string  `json:"to"`
-	State    string  `json:"state"`
-	Progress float64 `json:"progress"`
-	Reason   string  `json:"reason"`
-	By       string  `json:"by"` // "admin" or "policy"
-	MaxRate  float64 `json:"max_bandwidth,omitempty"`
-	// AllowPostcopy lets a pre-copy that has not converged after
-	// MaxRounds passes (0: the hypervisor's default) switch to post-copy;
-	// without it such a migration is given up.
-	AllowPostcopy bool `json:"allow_postcopy,omitempty"`
-	MaxRounds     int  `json:"max_rounds,omitempty"`
-	// DowntimeLimitMS is the downtime aimed at (0: 300 ms).
-	DowntimeLimitMS int64 `json:"downtime_limit_ms,omitempty"`
-	// Compress: pages sent again go as deltas or compressed.
-	Compress bool      `json:"compress,omitempty"`
-	Created  time.Time `json:"created"`
-	Updated  time.Time `json:"updated"`
-
-	// Set by the orchestrator.
-	Error string `json:"error,omitempty"` // why it failed or was rolled back
-	// CancelRequested makes a cancel survive an MMC restart between the
-	// request and the rollback.
-	CancelRequested bool `json:"cancel_requested,omitempty"`
-	// Outcome is the final state a rollback ends in (cancelled or failed).
-	Outcome   string    `json:"outcome,omitempty"`
-	Started   time.Time `json:"started,omitzero"`    // transfer started
-	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
-	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)
-	// The switch-over's timeline between PausedAt and ResumedAt, for
-	// finding where downtime goes (MMC clock): the source wrote the
-	// stream's last byte, the destination verified the image, the MMC
-	// recorded the commit.
-	SentAt time.Time `json:"sent_at,omitzero"`
-	// ArmedAt: the source's transfer had completed (its copy paused for
-	// good) and the destination was told to resume by itself once its
-	// image verifies. From this write on the orchestrator rolls back only
-	// on the destination's own report that its copy failed.
-	ArmedAt     time.Time `json:"armed_at,omitzero"`
-	VerifiedAt  time.Time `json:"verified_at,omitzero"`
-	CommittedAt time.Time `json:"committed_at,omitzero"`
-	// Postcopy: the migration switched to post-copy (the destination ran
-	// from CommittedAt while it pulled the rest of the memory).
-	Postcopy bool      `json:"postcopy,omitempty"`
-	Finished time.Time `json:"finished,omitzero"`
-	// Final report.
-	TotalMS     int64  `json:"total_ms,omitempty"`
-	DowntimeMS  int64  `json:"downtime_ms,omitempty"`
-	BytesOnWire uint64 `json:"bytes_on_wire,omitempty"`
-	Transferred uint64 `json:"transferred,omitempty"` // page bytes, before compression
-	Rounds      int    `json:"rounds,omitempty"`
-	Verified    bool   `json:"verified"`
-	// Cleanup lists agents still to be told to drop their side after the
-	// outcome was decided (offline at the time): "abort:HOST" or
-	// "finish:HOST" or "resume:HOST".
-	Cleanup []string `json:"cleanup,omitempty"`
+func (c *MigrationUpdate) apply(tx *bolt.Tx) (any, error) {
+	cur, err := getMigration(tx, c.Record.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur.Version != c.IfVersion {
+		return nil, fmt.Errorf("%w: migration %s is at version %d, not %d", ErrStale, cur.ID, cur.Version, c.IfVersion)
+	}
+	m := c.Record
+	m.Version = cur.Version + 1
+	return m, putMigration(tx, m)
 }
 
-// CreateMigration stores a new migration with the next id ("m1", "m2", …).
-func (s *Store) CreateMigration(m Migration) (Migration, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketMigrations)
-		if err != nil {
-			return err
+func (c *MigrationCancel) apply(tx *bolt.Tx) (any, error) {
+	m, err := getMigration(tx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := migration.CheckCancel(m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	m.CancelRequested, m.Updated = true, c.At
+	m.Version++
+	return m, putMigration(tx, m)
+}
+
+func (c *MigrationCleanupDone) apply(tx *bolt.Tx) (any, error) {
+	m, err := getMigration(tx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	kept := m.Cleanup[:0:0]
+	for _, e := range m.Cleanup {
+		if e != c.Entry {
+			kept = append(kept, e)
 		}
-		n, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		m.ID = fmt.Sprintf("m%d", n)
-		raw, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(m.ID), raw)
-	})
-	return m, err
+	}
+	m.Cleanup = kept
+	m.Version++
+	return m, putMigration(tx, m)
+}
+
+func putMigration(tx *bolt.Tx, m migration.Record) error {
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMigrations).Put([]byte(m.ID), raw)
+}
+
+// CreateMigration applies MigrationCreate.
+func (s *Store) CreateMigration(m migration.Record) (migration.Record, error) {
+	return applyAs[migration.Record](s, &MigrationCreate{Record: m})
+}
+
+// UpdateMigration applies MigrationUpdate: m replaces the record stored
+// at version ifVersion.
+func (s *Store) UpdateMigration(m migration.Record, ifVersion uint64) (migration.Record, error) {
+	return applyAs[migration.Record](s, &MigrationUpdate{Record: m, IfVersion: ifVersion})
+}
+
+// CancelMigration applies MigrationCancel.
+func (s *Store) CancelMigration(id string, at time.Time) (migration.Record, error) {
+	return applyAs[migration.Record](s, &MigrationCancel{ID: id, At: at})
+}
+
+// CleanupDone applies MigrationCleanupDone.
+func (s *Store) CleanupDone(id, entry string) error {
+	_, err := s.Apply(&MigrationCleanupDone{ID: id, Entry: entry})
+	return err
+}
+
+// applyAs applies c and returns its result as an R.
+func applyAs[R any](s *Store, c Command) (R, error) {
+	var zero R
+	v, err := s.Apply(c)
+	if err != nil {
+		return zero, err
+	}
+	r, ok := v.(R)
+	if !ok {
+		return zero, fmt.Errorf("store: %s returned %T", c.Kind(), v)
+	}
+	return r, nil
 }
 
 // Migration returns one migration record.
-func (s *Store) Migration(id string) (Migration, error) {
-	var m Migration
+func (s *Store) Migration(id string) (migration.Record, error) {
+	var m migration.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
 		m, err = getMigration(tx, id)
@@ -131,8 +183,8 @@ func (s *Store) Migration(id string) (Migration, error) {
 	return m, err
 }
 
-func getMigration(tx *bolt.Tx, id string) (Migration, error) {
-	var m Migration
+func getMigration(tx *bolt.Tx, id string) (migration.Record, error) {
+	var m migration.Record
 	b := tx.Bucket(bucketMigrations)
 	if b == nil {
 		return m, fmt.Errorf("%w: migration %s", ErrNotFound, id)
@@ -145,15 +197,15 @@ func getMigration(tx *bolt.Tx, id string) (Migration, error) {
 }
 
 // Migrations lists every migration record.
-func (s *Store) Migrations() ([]Migration, error) {
-	var out []Migration
+func (s *Store) Migrations() ([]migration.Record, error) {
+	var out []migration.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMigrations)
 		if b == nil {
 			return nil
 		}
 		return b.ForEach(func(_, v []byte) error {
-			var m Migration
+			var m migration.Record
 			if err := json.Unmarshal(v, &m); err != nil {
 				return err
 			}
@@ -162,24 +214,4 @@ func (s *Store) Migrations() ([]Migration, error) {
 		})
 	})
 	return out, err
-}
-
-// UpdateMigration applies fn to a stored migration in one transaction.
-func (s *Store) UpdateMigration(id string, fn func(*Migration) error) (Migration, error) {
-	var m Migration
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if m, err = getMigration(tx, id); err != nil {
-			return err
-		}
-		if err := fn(&m); err != nil {
-			return err
-		}
-		out, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMigrations).Put([]byte(id), out)
-	})
-	return m, err
 }

@@ -1,0 +1,118 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Every write to the store is a Command: a typed value that names what
+// it does, carries everything its effect depends on (times included: a
+// command never reads the clock), states the conditions under which it
+// applies, and is applied through one entry point, Store.Apply, in one
+// bbolt transaction. A command is encodable (EncodeCommand,
+// DecodeCommand) so that a replicated log can carry it and every replica
+// apply the same value to the same state with the same result — the
+// shape of Nomad's FSM, where every write is a typed message through one
+// raftApply. The convenience methods (CreateMigration, …) only build a
+// command and call Apply.
+
+// CommandKind names a command on the wire. Never reuse one.
+type CommandKind string
+
+// Command is one write.
+type Command interface {
+	// Kind is the command's wire name.
+	Kind() CommandKind
+	// apply makes the change inside tx and returns the command's result
+	// (the record as written, where there is one). It must be
+	// deterministic: same state, same command, same result.
+	apply(tx *bolt.Tx) (any, error)
+}
+
+// ErrStale is a write conditional on a version that is no longer the
+// stored one: someone else wrote first. Read again and decide again.
+var ErrStale = errors.New("store: stale write (the record changed since it was read)")
+
+// ErrConflict is a command whose conditions do not hold (e.g. a second
+// open migration of one VM).
+var ErrConflict = errors.New("store: conflict")
+
+// ErrBadCommand wraps every DecodeCommand failure.
+var ErrBadCommand = errors.New("store: malformed command")
+
+// MaxCommandSize bounds an encoded command.
+const MaxCommandSize = 1 << 20
+
+// commands maps each kind to a constructor of its zero value, for
+// decoding. Commands are pointer types (so the decoder can fill them).
+var commands = map[CommandKind]func() Command{}
+
+// register adds a command kind (at package init only: the table is
+// never written after).
+func register(f func() Command) {
+	k := f().Kind()
+	if _, dup := commands[k]; dup {
+		panic("store: command kind registered twice: " + string(k))
+	}
+	commands[k] = f
+}
+
+// Apply carries out one command in one transaction.
+func (s *Store) Apply(c Command) (any, error) {
+	var out any
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		out, err = c.apply(tx)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: %s: %w", c.Kind(), err)
+	}
+	return out, nil
+}
+
+// envelope is a command on the wire.
+type envelope struct {
+	Kind CommandKind     `json:"kind"`
+	Body json.RawMessage `json:"body"`
+}
+
+// EncodeCommand encodes c for a log.
+func EncodeCommand(c Command) ([]byte, error) {
+	body, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("store: encode %s: %w", c.Kind(), err)
+	}
+	out, err := json.Marshal(envelope{Kind: c.Kind(), Body: body})
+	if err != nil {
+		return nil, err
+	}
+	if len(out) > MaxCommandSize {
+		return nil, fmt.Errorf("store: %s is %d bytes, limit %d", c.Kind(), len(out), MaxCommandSize)
+	}
+	return out, nil
+}
+
+// DecodeCommand decodes what EncodeCommand produced. Unknown kinds,
+// unknown fields and oversized input are refused.
+func DecodeCommand(b []byte) (Command, error) {
+	if len(b) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes", ErrBadCommand, len(b))
+	}
+	var e envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	mk, ok := commands[e.Kind]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown kind %q", ErrBadCommand, e.Kind)
+	}
+	c := mk()
+	if err := strictUnmarshal(e.Body, c); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadCommand, e.Kind, err)
+	}
+	return c, nil
+}

@@ -685,33 +685,18 @@ func (a *Agent) watchJob(ctx context.Context, j *job, pumped <-chan error, kick 
 			lastPost = time.Now()
 			a.postProgress(j, st)
 		}
-		next, why := phase, ""
-		switch st.State {
-		case hypervisor.MigCompleted:
-			// A destination is complete only with a verified image: the
-			// MMC commits on this phase.
-			if (phase == migration.PhasePreparing || phase == migration.PhaseTransferring) && (j.role == migration.Source || st.Verified) {
-				next = migration.PhaseCompleted
-			}
-		case hypervisor.MigFailed:
-			if !phase.Final() && phase != migration.PhaseCompleted {
-				next, why = migration.PhaseFailed, st.Error
-			}
-		case hypervisor.MigCancelled:
-			if !phase.Final() {
-				next = migration.PhaseCancelled
-			}
+		var streamErr error
+		if pumpDone {
+			streamErr = pumpErr
 		}
-		if next == phase && pumpDone && pumpErr != nil && phase == migration.PhasePreparing {
-			next, why = migration.PhaseFailed, pumpErr.Error()
-		}
+		next, why := migration.JobPhase(j.role, phase, st, streamErr)
 		if j.movePhase(phase, next, why) {
 			a.log.Info("agent: migration phase", "id", j.order.ID, "role", j.role, "vm", j.order.VM, "phase", next, "err", why)
 			a.postPhase(j)
 			if j.role == migration.Source {
 				a.postProgress(j, st)
 			}
-			if next == migration.PhaseCompleted && j.role == migration.Destination && j.isArmed() {
+			if migration.ResumeOnVerify(j.role, phase, next, j.isArmed()) {
 				if err := a.commitDestination(ctx, j.mig, j.order); err != nil {
 					// The MMC's commit retries it.
 					a.log.Warn("agent: resuming the armed copy", "id", j.order.ID, "vm", j.order.VM, "err", err)
@@ -820,15 +805,16 @@ func (a *Agent) rollbackSource(ctx context.Context, mig hypervisor.Migrator, o m
 	if err != nil {
 		return err
 	}
-	if st.Postcopy == hypervisor.PostcopyActive {
-		return fmt.Errorf("agent: %s switched to post-copy: the destination is the VM, this copy cannot run again", o.VM)
+	verb, err := migration.RollbackVerb(st)
+	if err != nil {
+		return fmt.Errorf("agent: %s: %w", o.VM, err)
 	}
-	switch st.State {
-	case hypervisor.MigActive:
+	switch verb {
+	case migration.CancelTransfer:
 		if err := mig.CancelMigration(ctx, o.VM); err != nil {
 			return err
 		}
-	case hypervisor.MigCompleted:
+	case migration.ResumeCopy:
 		if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 			return err
 		}
@@ -872,11 +858,6 @@ func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o mi
 	return nil
 }
 
-// postcopyWait bounds how long a post-copy commit waits for the
-// destination's hypervisor to take the device state the source sent as
-// it switched.
-const postcopyWait = 20 * time.Second // under the MMC's action timeout
-
 // commitDestination resumes the destination copy: the MMC has recorded
 // the switch-over. After pre-copy the copy must be complete and verified;
 // in post-copy it must have switched (it pulls the rest as it runs, so
@@ -894,10 +875,10 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 	if err != nil {
 		return err
 	}
-	postcopy := o.Params.Postcopy
-	for deadline := time.Now().Add(postcopyWait); postcopy && st.Postcopy != hypervisor.PostcopyActive && st.State == hypervisor.MigActive; {
+	pulling, wait, err := migration.CommitCheck(st, o.Params.Postcopy)
+	for deadline := time.Now().Add(migration.PostcopyCommitWait); wait; pulling, wait, err = migration.CommitCheck(st, o.Params.Postcopy) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent: %s did not switch to post-copy in %v", o.VM, postcopyWait)
+			return fmt.Errorf("agent: %s did not switch to post-copy in %v", o.VM, migration.PostcopyCommitWait)
 		}
 		select {
 		case <-ctx.Done():
@@ -908,12 +889,8 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 			return err
 		}
 	}
-	switch {
-	case st.State == hypervisor.MigCompleted && st.Verified:
-		postcopy = false // nothing left to pull
-	case postcopy && st.Postcopy == hypervisor.PostcopyActive && st.State == hypervisor.MigActive:
-	default:
-		return fmt.Errorf("agent: %s is not a verified incoming copy (state %s)", o.VM, st.State)
+	if err != nil {
+		return fmt.Errorf("agent: %s: %w", o.VM, err)
 	}
 	if err := a.markResuming(o.ID); err != nil {
 		return err // not resumed: what may have run must be on record first
@@ -921,7 +898,7 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 		return err
 	}
-	if !postcopy {
+	if !pulling {
 		a.endJob(o, migration.PhaseCommitted)
 		return nil
 	}
@@ -962,8 +939,8 @@ func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o mig
 	if err != nil {
 		return err
 	}
-	if st.State != hypervisor.MigCompleted {
-		return fmt.Errorf("agent: refusing to destroy %s: its migration is %s, not completed", o.VM, st.State)
+	if err := migration.FinishCheck(st); err != nil {
+		return fmt.Errorf("agent: %s: %w", o.VM, err)
 	}
 	if j := a.migs.get(o.ID); j != nil && j.stop != nil {
 		j.stop() // its watcher must not poll a VM that is about to go
@@ -991,8 +968,8 @@ func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o
 		if vm.ID != o.VM {
 			continue
 		}
-		if vm.State == hypervisor.StateRunning {
-			return fmt.Errorf("agent: refusing to destroy %s: it is running (committed?)", o.VM)
+		if err := migration.AbortCheck(vm.State); err != nil {
+			return fmt.Errorf("agent: %s: %w", o.VM, err)
 		}
 		if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 			return err

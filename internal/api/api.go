@@ -334,19 +334,7 @@ type Migration struct {
 
 // MigrationLive is a transfer's progress as the source's hypervisor
 // reports it.
-type MigrationLive struct {
-	Progress           float64 `json:"progress"`
-	Round              int     `json:"round"`
-	Total              uint64  `json:"total"`
-	Remaining          uint64  `json:"remaining"`
-	Transferred        uint64  `json:"transferred"`
-	WireBytes          uint64  `json:"wire_bytes"`
-	DirtyRate          float64 `json:"dirty_rate"`
-	Rate               float64 `json:"rate"`
-	ExpectedDowntimeMS int64   `json:"expected_downtime_ms"`
-	Throttle           float64 `json:"throttle,omitempty"`
-	ETASeconds         float64 `json:"eta_s"`
-}
+type MigrationLive = migration.Live
 
 // MigrateRequest asks for a migration of VM to host To.
 type MigrateRequest struct {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -39,38 +40,15 @@ func (s *Server) handlePost(ctx context.Context, ss *session, p message.BoardPos
 	}
 	s.metrics.boardPosts.Inc()
 	s.relay(ctx, p.Topic, e, to)
-	if id, ok := strings.CutPrefix(p.Topic, "migration/"); ok {
-		s.poke(id, s.migrationEvent(id, ss.name, p))
+	if id, ok := strings.CutPrefix(p.Topic, "migration/"); ok && p.Kind == board.KindMigrationPhase {
+		// Only the agents' own authenticated sessions speak for their
+		// host; the machine checks the host's role in the migration.
+		if v, err := board.Decode(p.Kind, p.Body); err == nil {
+			ph := v.(board.MigrationPhase)
+			s.notify(id, migration.Posted{Host: ss.name, Role: ph.Role, Phase: ph.Phase})
+		}
 	}
 	return nil
-}
-
-// migrationEvent reads what a post on a migration's topic tells the
-// orchestrator at once. Only the agents' own authenticated sessions
-// count: the source's "completed" (its last byte is in the stream and its
-// copy paused for good), the destination's "completed" (its image is
-// complete and verified; its MA posts it only then) or "committed" (it
-// resumed its copy, which it does only once verified).
-func (s *Server) migrationEvent(id, host string, p message.BoardPost) migrationEvent {
-	if p.Kind != board.KindMigrationPhase {
-		return eventNone
-	}
-	v, err := board.Decode(p.Kind, p.Body)
-	if err != nil {
-		return eventNone
-	}
-	ph := v.(board.MigrationPhase)
-	m, err := s.st.Migration(id)
-	if err != nil {
-		return eventNone
-	}
-	switch {
-	case host == m.To && ph.Role == "destination" && (ph.Phase == "completed" || ph.Phase == "committed"):
-		return eventVerified
-	case host == m.From && ph.Role == "source" && ph.Phase == "completed":
-		return eventSent
-	}
-	return eventNone
 }
 
 // postAsMMC records an entry from the MMC itself (e.g. orchestration

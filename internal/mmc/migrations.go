@@ -78,7 +78,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.
 		return m, err
 	}
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	s.poke(id, eventNone)
+	s.notify(id, migration.Changed{Rec: m})
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)

@@ -158,7 +158,6 @@ type Server struct {
 
 	board *board.Board
 
-	migMu     sync.Mutex // serialises migration planning (one open migration per VM)
 	orch      orchestrator
 	policyMu  sync.Mutex // guards engine
 	engine    *policy.Engine

@@ -101,6 +101,17 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		_ = c.CloseWithError(CodeRevoked, "agent revoked")
 		return
 	}
+	if holder, ok := s.hostAgent[a.Name]; !ok || holder != pub {
+		// Two approved agents of one name exist only in a database
+		// written before approvals checked names: the first approved
+		// keeps the host, and this one gets no session as that host.
+		s.mu.Unlock()
+		s.metrics.refused.WithLabelValues("name-taken").Inc()
+		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.name-taken", Target: id, Source: src, Outcome: "denied",
+			Detail: fmt.Sprintf("host name %q is held by another approved agent", a.Name)})
+		refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
+		return
+	}
 	old := s.sessions[id]
 	s.sessions[id] = ss
 	s.mu.Unlock()

@@ -116,13 +116,13 @@ func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), agents)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tHOSTNAME\tSITE\tSTATE\tONLINE\tADDRESS\tDISK ID\tMACS")
+			fmt.Fprintln(tw, "ID\tHOSTNAME\tNAME\tSITE\tSTATE\tONLINE\tADDRESS\tDISK ID\tMACS\tREFUSED")
 			for _, a := range agents {
 				addr := a.LastAddr
 				if addr == "" {
 					addr = a.EnrolAddr
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\n", a.ID, a.Hostname, a.Site, a.State, a.Online, addr, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", a.ID, a.Hostname, a.Name, a.Site, a.State, a.Online, addr, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","), a.Refusal)
 			}
 			return tw.Flush()
 		}

@@ -40,6 +40,9 @@ type Agent struct {
 	DecidedBy  string         `json:"decided_by,omitempty"`
 	LastSeen   *time.Time     `json:"last_seen,omitempty"`
 	LastAddr   string         `json:"last_addr,omitempty"`
+	// Refusal says why the agent's latest approval was refused (its host
+	// name is held by another agent); empty once approved.
+	Refusal string `json:"refusal,omitempty"`
 }
 
 // TokenRequest asks for a join token.

@@ -108,7 +108,7 @@ func (s *Server) view(a store.Agent) api.Agent {
 	v := api.Agent{
 		ID: a.ID, Hostname: a.Facts.Hostname, Name: a.Name, Site: a.Site, State: string(a.State),
 		Online: s.online(a.ID), PublicKey: handshake.EncodeKey(a.PublicKey), Facts: a.Facts, LastFacts: a.LastFacts,
-		EnrolledAt: a.EnrolledAt, EnrolAddr: a.EnrolAddr, DecidedBy: a.DecidedBy, LastAddr: a.LastAddr,
+		EnrolledAt: a.EnrolledAt, EnrolAddr: a.EnrolAddr, DecidedBy: a.DecidedBy, LastAddr: a.LastAddr, Refusal: a.Refusal,
 	}
 	if !a.DecidedAt.IsZero() {
 		t := a.DecidedAt
@@ -260,7 +260,7 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeErr(w, http.StatusNotFound, "no such agent")
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, ErrConflict), errors.Is(err, store.ErrConflict):
 		writeErr(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrInvalid):
 		writeErr(w, http.StatusBadRequest, err.Error())

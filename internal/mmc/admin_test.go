@@ -32,7 +32,7 @@ func newTestServer(t *testing.T) (*Server, *httptest.Server) {
 func TestAdminAPIBadInput(t *testing.T) {
 	s, hs := newTestServer(t)
 	now := time.Now()
-	if err := s.st.PutAgent(store.Agent{ID: "a1", State: store.StatePending, Facts: identity.Facts{Hostname: "h1"}, EnrolledAt: now}); err != nil {
+	if err := s.st.CreateAgent(store.Agent{ID: "a1", State: store.StatePending, Facts: identity.Facts{Hostname: "h1"}, EnrolledAt: now}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.loadAgents(); err != nil {

@@ -3,7 +3,6 @@ package mmc
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -50,6 +49,10 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		a, err = s.newEnrolment(c, id, pub, req, now)
+		if errors.Is(err, store.ErrNameTaken) {
+			refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
+			return
+		}
 		if err != nil {
 			return // answered and audited
 		}
@@ -64,7 +67,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		// A known key: remember this handshake, so that after a restart a
 		// recording of it is still a replay.
 		if t := c.Session().PeerTime; t.After(a.LastHandshake) {
-			if a, err = s.st.UpdateAgent(id, func(a *store.Agent) error { a.LastHandshake = t; return nil }); err != nil {
+			if a, err = s.st.AgentHandshakeSeen(id, t); err != nil {
 				return
 			}
 			s.setAgent(a)
@@ -88,6 +91,15 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		case store.StateRejected, store.StateRevoked:
 			_ = message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(a.State), AgentID: a.ID, Reason: "enrolment " + string(a.State)})
 			return
+		case store.StatePending:
+			if a.Refusal != "" {
+				// Its approval was refused (the name is taken): tell
+				// the agent why rather than let it wait unknowing; an
+				// administrator's approval, once the name is free,
+				// clears the refusal.
+				refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
+				return
+			}
 		}
 		if err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StatePending), AgentID: a.ID, Facts: a.Facts}); err != nil {
 			return
@@ -210,15 +222,9 @@ func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Read
 	case <-ctx.Done():
 		return
 	}
-	a, err = s.st.UpdateAgent(a.ID, func(a *store.Agent) error {
-		// Only the code this session delivered is confirmed: a newer
-		// approval's code must not be wiped by a stale session.
-		if subtle.ConstantTimeCompare(a.PendingCode, code) == 1 {
-			clear(a.PendingCode)
-			a.PendingCode = nil
-		}
-		return nil
-	})
+	// Only the code this session delivered is confirmed: a newer
+	// approval's code must not be wiped by a stale session.
+	a, err = s.st.ConfirmCode(a.ID, code)
 	if err != nil {
 		s.log.Error("mmc: store", "err", err)
 		return
@@ -228,51 +234,81 @@ func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Read
 }
 
 // decide records an administrator's (or a token's) decision and wakes the
-// agent's enrolment session, if one is waiting.
+// agent's enrolment session, if one is waiting. An approval is refused
+// (store.ErrNameTaken) if another approved agent holds the agent's host
+// name: the refusal is on the agent's record, raised as an alarm and
+// audited, and the waiting enrolment session tells the agent why.
 func (s *Server) decide(id string, to store.AgentState, by, source string) (store.Agent, error) {
-	now := s.cfg.Now()
+	cmd := store.AgentDecide{ID: id, To: to, By: by, At: s.cfg.Now()}
 	var code identity.Code
-	a, err := s.st.UpdateAgent(id, func(a *store.Agent) error {
-		switch {
-		case to == store.StateApproved && a.State == store.StatePending:
-			var err error
-			if code, err = identity.NewCode(s.cfg.Rand); err != nil {
-				return err
-			}
-			a.PSK = identity.DerivePSK(code, s.clusterID, a.Facts)
-			a.ReauthKey = identity.DeriveReauthKey(code, s.clusterID)
-			a.AgentIDDigest = agentIDDigest(code, a.Facts)
-			a.PendingCode = append([]byte(nil), code[:]...)
-		case to == store.StateRejected && a.State == store.StatePending:
-		case to == store.StateRevoked && a.State != store.StateRejected && a.State != store.StateRevoked:
-			clear(a.PSK[:])
-			clear(a.ReauthKey[:])
-			clear(a.PendingCode)
-			a.PendingCode = nil
-		default:
-			return fmt.Errorf("%w: agent %s is %s", ErrConflict, id, a.State)
+	defer clear(code[:])
+	if to == store.StateApproved {
+		// The credentials derive from the facts recorded at enrolment,
+		// which no command changes afterwards.
+		cur, err := s.st.Agent(id)
+		if err != nil {
+			return cur, err
 		}
-		a.State, a.DecidedAt, a.DecidedBy = to, now, by
-		return nil
-	})
-	clear(code[:])
+		if code, err = identity.NewCode(s.cfg.Rand); err != nil {
+			return cur, err
+		}
+		cmd.Credentials = &store.AgentCredentials{
+			PSK:           identity.DerivePSK(code, s.clusterID, cur.Facts),
+			ReauthKey:     identity.DeriveReauthKey(code, s.clusterID),
+			AgentIDDigest: agentIDDigest(code, cur.Facts),
+			Code:          code[:],
+		}
+	}
+	a, err := s.st.DecideAgent(cmd)
+	if errors.Is(err, store.ErrNameTaken) {
+		s.setAgent(a)
+		s.nameTaken(a, by, source)
+		s.wake(id)
+		return a, err
+	}
 	if err != nil {
 		return a, err
 	}
 	s.setAgent(a)
 	s.audit.add(store.AuditEntry{Actor: actorOf(by), Action: "agent." + verbOf(to), Target: id, Source: source, Outcome: "ok", Detail: "by " + by})
 	s.log.Info("mmc: agent "+verbOf(to), "agent", id, "by", by)
+	s.wake(id)
+	s.mu.RLock()
+	sess := s.sessions[id]
+	s.mu.RUnlock()
+	if to == store.StateRevoked && sess != nil {
+		sess.end(CodeRevoked, "agent revoked")
+	}
+	return a, nil
+}
+
+// wake tells the enrolment sessions waiting for a decision about id that
+// there is one.
+func (s *Server) wake(id string) {
 	s.mu.Lock()
 	for w := range s.waiters[id] {
 		close(w)
 	}
 	delete(s.waiters, id)
-	sess := s.sessions[id]
 	s.mu.Unlock()
-	if to == store.StateRevoked && sess != nil {
-		sess.end(CodeRevoked, "agent revoked")
+}
+
+// nameTaken makes a refused approval visible: an alarm, an audit entry
+// and a log line, each with the reason on the agent's record.
+func (s *Server) nameTaken(a store.Agent, by, source string) {
+	s.metrics.refused.WithLabelValues("name-taken").Inc()
+	if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: a.ID, Host: a.Name, Alarm: true, Level: "error", Kind: "host-name-taken",
+		Message: fmt.Sprintf("agent %s (hostname %s, enrolled from %s) not approved: %s", a.ID, a.Facts.Hostname, a.EnrolAddr, a.Refusal)}); err != nil {
+		s.log.Error("mmc: storing an alarm", "err", err)
 	}
-	return a, nil
+	s.audit.add(store.AuditEntry{Actor: actorOf(by), Action: "agent.approve", Target: a.ID, Source: source, Outcome: "denied", Detail: a.Refusal})
+	s.log.Warn("mmc: ALARM host name taken; agent not approved", "agent", a.ID, "name", a.Name, "by", by, "why", a.Refusal)
+}
+
+// nameTakenReason is what an agent refused for its name is told (not
+// which agent holds the name).
+func nameTakenReason(name string) string {
+	return fmt.Sprintf("host name %q is held by another agent, so this agent is not approved; enrol with another --name, or ask the administrator (ferry ctl agents list shows the refusal)", name)
 }
 
 // ErrConflict is a decision that does not apply to the agent's state.

@@ -10,7 +10,6 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/message"
-	"github.com/ferry-vm/ferry/internal/store"
 )
 
 // actionTimeout bounds how long the MMC waits for an agent to carry out an
@@ -20,16 +19,21 @@ const actionTimeout = 30 * time.Second
 // ErrHostOffline is an action for a host without a live session.
 var ErrHostOffline = errors.New("mmc: host offline")
 
-// sessionByHost finds the live session of the host named name.
+// sessionByHost finds the live session of the host named name: the
+// session of the one approved agent holding that name (hostAgent), never
+// of another agent that claims it.
 func (s *Server) sessionByHost(name string) *session {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for _, ss := range s.sessions {
-		if ss.name == name {
-			return ss
-		}
+	pub, ok := s.hostAgent[name]
+	if !ok {
+		return nil
 	}
-	return nil
+	e := s.byKey[pub]
+	if e == nil {
+		return nil
+	}
+	return s.sessions[e.id]
 }
 
 // act sends an action to a host's agent and waits for its result.
@@ -83,25 +87,22 @@ func (s *Server) hosts() []api.Host {
 	s.policyMu.Lock()
 	current := s.engine.Policy().Version
 	s.policyMu.Unlock()
-	type approved struct{ id, name, site string }
-	s.mu.RLock()
-	agents := make([]approved, 0, len(s.byKey))
-	for _, e := range s.byKey {
-		if e.state == store.StateApproved {
-			agents = append(agents, approved{e.id, e.name, e.site})
-		}
+	type holder struct {
+		id, name, site string
+		ss             *session
 	}
-	// One pass over the sessions, not one per agent (sessionByHost is a
-	// linear scan: quadratic in the number of hosts).
-	byName := make(map[string]*session, len(s.sessions))
-	for _, ss := range s.sessions {
-		byName[ss.name] = ss
+	s.mu.RLock()
+	agents := make([]holder, 0, len(s.hostAgent))
+	for name, pub := range s.hostAgent {
+		if e := s.byKey[pub]; e != nil {
+			agents = append(agents, holder{e.id, name, e.site, s.sessions[e.id]})
+		}
 	}
 	s.mu.RUnlock()
 	out := make([]api.Host, 0, len(agents))
 	for _, a := range agents {
 		h := api.Host{ID: a.name, Agent: a.id, Site: a.site}
-		if ss := byName[a.name]; ss != nil {
+		if ss := a.ss; ss != nil {
 			h.Online = true
 			ss.mu.Lock()
 			h.PolicyVersion = ss.policyAck

@@ -12,6 +12,7 @@
 package mmc
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -25,6 +26,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -153,6 +155,10 @@ type Server struct {
 	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
 	sessions map[string]*session                   // live, by agent id
 	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
+	// hostAgent maps a host name to the key of the one approved agent
+	// holding it (see indexName): actions and migrations for a host go
+	// to that agent's session only.
+	hostAgent map[string][32]byte
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
 
@@ -172,6 +178,7 @@ type agentEntry struct {
 	psk         [32]byte
 	codePending bool // approved, registration code not yet confirmed by the agent
 	notAfter    time.Time
+	decidedAt   time.Time // orders approvals for the host-name index
 }
 
 // New opens the data directory (creating keys, cluster id and admin token
@@ -208,6 +215,7 @@ func New(cfg Config) (*Server, error) {
 		tokenRL:   ratelimit.New(cfg.TokenFailures),
 		byKey:     make(map[[32]byte]*agentEntry),
 		sessions:  make(map[string]*session),
+		hostAgent: make(map[string][32]byte),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
 		board:     board.New(board.Config{}),
 	}
@@ -295,23 +303,75 @@ func (s *Server) loadAgents() error {
 	if err != nil {
 		return err
 	}
+	// In the order of approval, so that of two approved agents of one
+	// name (a database written before approvals checked names) the
+	// first approved holds it, on every start.
+	slices.SortFunc(agents, func(a, b store.Agent) int {
+		return cmp.Or(a.DecidedAt.Compare(b.DecidedAt), strings.Compare(a.ID, b.ID))
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, a := range agents {
-		s.byKey[a.PublicKey] = entryOf(a)
+		s.publish(a)
 	}
 	return nil
 }
 
 func entryOf(a store.Agent) *agentEntry {
-	return &agentEntry{id: a.ID, name: a.Name, site: a.Site, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0, notAfter: a.LastHandshake}
+	return &agentEntry{id: a.ID, name: a.Name, site: a.Site, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0,
+		notAfter: a.LastHandshake, decidedAt: a.DecidedAt}
 }
 
-// setAgent publishes a stored record to the handshake snapshot.
+// setAgent publishes a stored record to the handshake snapshot and the
+// host-name index.
 func (s *Server) setAgent(a store.Agent) {
 	s.mu.Lock()
-	s.byKey[a.PublicKey] = entryOf(a)
+	s.publish(a)
 	s.mu.Unlock()
+}
+
+// publish is setAgent with s.mu held.
+func (s *Server) publish(a store.Agent) {
+	e := entryOf(a)
+	s.byKey[a.PublicKey] = e
+	s.indexName(a.PublicKey, e)
+}
+
+// indexName brings the holder of e's host name up to date after e
+// changed (s.mu held). The holder keeps the name while it is approved;
+// an approved agent takes a name nobody holds; when the holder stops
+// being approved, the earliest approved other agent of that name (only a
+// database from before approvals checked names has one) takes it over.
+// So a lookup is one map access, and the same records give the same
+// holder.
+func (s *Server) indexName(pub [32]byte, e *agentEntry) {
+	holder, held := s.hostAgent[e.name]
+	if held && holder != pub {
+		if h := s.byKey[holder]; h != nil && h.state == store.StateApproved && h.name == e.name {
+			return // held by another approved agent
+		}
+	}
+	if e.state == store.StateApproved {
+		s.hostAgent[e.name] = pub
+		return
+	}
+	if !held || holder != pub {
+		return
+	}
+	delete(s.hostAgent, e.name)
+	var next *agentEntry
+	var nextPub [32]byte
+	for k, o := range s.byKey {
+		if o.state != store.StateApproved || o.name != e.name {
+			continue
+		}
+		if next == nil || cmp.Or(o.decidedAt.Compare(next.decidedAt), strings.Compare(o.id, next.id)) < 0 {
+			next, nextPub = o, k
+		}
+	}
+	if next != nil {
+		s.hostAgent[e.name] = nextPub
+	}
 }
 
 // Bundle returns the bootstrap bundle agents are started with.

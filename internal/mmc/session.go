@@ -3,7 +3,6 @@ package mmc
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -24,8 +23,6 @@ const (
 	CodeProtocol     = message.CodeProtocol
 	CodeReplaced     = message.CodeReplaced
 )
-
-var errNotApproved = errors.New("mmc: agent no longer approved")
 
 // session is one live, authenticated agent session.
 type session struct {
@@ -88,18 +85,9 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 			Detail: "changed: " + strings.Join(ch.Volatile, ", ") + " ips=" + strings.Join(hello.Facts.IPs, ",")})
 	}
 	now := s.cfg.Now()
-	a, err = s.st.UpdateAgent(id, func(a *store.Agent) error {
-		if a.State != store.StateApproved {
-			return errNotApproved
-		}
-		a.LastFacts, a.LastSeen, a.LastAddr = hello.Facts.Normalize(), now, src
-		if t := c.Session().PeerTime; t.After(a.LastHandshake) {
-			a.LastHandshake = t
-		}
-		return nil
-	})
+	a, err = s.st.AgentLoggedIn(store.AgentLogin{ID: id, Facts: hello.Facts.Normalize(), At: now, Addr: src, HandshakeAt: c.Session().PeerTime})
 	if err != nil {
-		return
+		return // no longer approved
 	}
 	s.setAgent(a)
 	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult)}
@@ -111,6 +99,17 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if e := s.byKey[pub]; e == nil || e.state != store.StateApproved {
 		s.mu.Unlock()
 		_ = c.CloseWithError(CodeRevoked, "agent revoked")
+		return
+	}
+	if holder, ok := s.hostAgent[a.Name]; !ok || holder != pub {
+		// Two approved agents of one name exist only in a database
+		// written before approvals checked names: the first approved
+		// keeps the host, and this one gets no session as that host.
+		s.mu.Unlock()
+		s.metrics.refused.WithLabelValues("name-taken").Inc()
+		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.name-taken", Target: id, Source: src, Outcome: "denied",
+			Detail: fmt.Sprintf("host name %q is held by another approved agent", a.Name)})
+		refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
 		return
 	}
 	old := s.sessions[id]

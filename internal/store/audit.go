@@ -20,27 +20,40 @@ type AuditEntry struct {
 	Detail  string    `json:"detail,omitempty"`
 }
 
-// AppendAudit appends entries to the audit log in one transaction, giving
-// each the next sequence number.
-func (s *Store) AppendAudit(entries ...AuditEntry) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAudit)
-		for _, e := range entries {
-			n, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			e.Seq = n
-			raw, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(seqKey(n), raw); err != nil {
-				return err
-			}
+// AuditAppend appends entries to the audit log, giving each the next
+// sequence number (the entries' Seq is ignored).
+type AuditAppend struct {
+	Entries []AuditEntry `json:"entries"`
+}
+
+func init() { register(func() Command { return &AuditAppend{} }) }
+
+// Kind implements Command.
+func (*AuditAppend) Kind() CommandKind { return "audit.append" }
+
+func (c *AuditAppend) apply(tx *bolt.Tx) (any, error) {
+	b := tx.Bucket(bucketAudit)
+	for _, e := range c.Entries {
+		n, err := b.NextSequence()
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
+		e.Seq = n
+		raw, err := json.Marshal(e)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Put(seqKey(n), raw); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// AppendAudit applies AuditAppend.
+func (s *Store) AppendAudit(entries ...AuditEntry) error {
+	_, err := s.Apply(&AuditAppend{Entries: entries})
+	return err
 }
 
 // Audit returns up to limit entries with Seq > after, oldest first.

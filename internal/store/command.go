@@ -60,16 +60,35 @@ func register(f func() Command) {
 	commands[k] = f
 }
 
-// Apply carries out one command in one transaction.
+// recorded is a refusal that is itself state: apply wrote what the
+// refusal leaves on record (e.g. the reason on an agent), and Apply
+// commits that and still reports the refusal, with apply's result.
+type recorded struct{ err error }
+
+func (r recorded) Error() string { return r.err.Error() }
+func (r recorded) Unwrap() error { return r.err }
+
+// Apply carries out one command in one transaction. On error nothing is
+// written and the result is nil, except for a refusal the command
+// records (ErrNameTaken): then its write is committed and the result is
+// the record as written.
 func (s *Store) Apply(c Command) (any, error) {
 	var out any
+	var refused error
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		var err error
 		out, err = c.apply(tx)
+		if r, ok := err.(recorded); ok {
+			refused = r.err
+			return nil
+		}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", c.Kind(), err)
+	}
+	if refused != nil {
+		return out, fmt.Errorf("store: %s: %w", c.Kind(), refused)
 	}
 	return out, nil
 }

@@ -1,12 +1,15 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/migration"
 )
 
@@ -26,11 +29,29 @@ func TestCommandEncoding(t *testing.T) {
 	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
 	rec := migration.Record{ID: "m1", VM: "vm1", From: "h1", To: "h2", State: migration.Transferring,
 		Options: migration.Options{MaxRate: 1e6, Compress: true}, Created: at, Cleanup: []string{"abort:h2"}}
+	facts := identity.Facts{Hostname: "h1", IPs: []string{"192.0.2.1"}, MACs: []string{"02:00:00:00:00:01"}, MachineID: "m", DiskID: "d"}
+	agent := Agent{ID: "a1", PublicKey: [32]byte{1}, Name: "h1", Site: "s", State: StatePending, Facts: facts, LastFacts: facts,
+		EnrolledAt: at, LastHandshake: at, EnrolAddr: "192.0.2.1:7000", Refusal: "r", RefusedAt: at}
 	samples := []Command{
 		&MigrationCreate{Record: rec},
 		&MigrationUpdate{Record: rec, IfVersion: 3},
 		&MigrationCancel{ID: "m1", At: at},
 		&MigrationCleanupDone{ID: "m1", Entry: "abort:h2"},
+		&AgentCreate{Agent: agent},
+		&AgentLogin{ID: "a1", Facts: facts, At: at, Addr: "192.0.2.1:7000", HandshakeAt: at},
+		&AgentHandshake{ID: "a1", At: at},
+		&AgentDecide{ID: "a1", To: StateApproved, By: "token:0123456789abcdef", At: at, Credentials: creds(3)},
+		&AgentDecide{ID: "a1", To: StateRevoked, By: "admin", At: at},
+		&AgentCodeConfirmed{ID: "a1", CodeHash: [32]byte{4}},
+		&TokenCreate{Token: Token{ID: "0123456789abcdef", Hash: [32]byte{5}, Created: at, Expires: at.Add(time.Hour), UsesLeft: 2, CreatedBy: "admin"}},
+		&TokenUse{ID: "0123456789abcdef", SecretHash: [32]byte{5}, At: at},
+		&AuditAppend{Entries: []AuditEntry{{Time: at, Actor: "admin", Action: "agent.approve", Target: "a1", Source: "127.0.0.1:1", Outcome: "ok", Detail: "by admin"}}},
+		&EventAdd{Event: Event{Time: at, AgentAt: at, Agent: "a1", Host: "h1", AgentSeq: 7, Alarm: true, Level: "error", Kind: "host-name-taken", Message: "m"}},
+		&PolicyPut{Doc: json.RawMessage(`{"version":2,"mode":"auto"}`)},
+		&VMPut{Spec: hypervisor.Spec{Name: "web", Memory: 64 << 20, VCPUs: 2, Machine: "q35",
+			Disks: []hypervisor.Disk{{Path: "/var/lib/ferry/web.qcow2", Format: "qcow2", Boot: true}}, NICs: []hypervisor.NIC{{Tap: "tap0", MAC: "52:54:00:12:34:56"}}}},
+		&VMDelete{Name: "web"},
+		&MetaEnsure{Key: "cluster", Value: "c1"},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {
@@ -111,6 +132,21 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"migration.cancel","body":{"id":"m1","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"migration.update","body":{"record":{"id":"m1","state":"planned"},"if_version":1}}`))
 	f.Add([]byte(`{"kind":"migration.cleanup-done","body":{"id":"m1","entry":"abort:h2"}}`))
+	f.Add([]byte(`{"kind":"migration.create","body":{"record":{"vm":"vm1","from":"h1","to":"h2","state":"planned"}}}`))
+	f.Add([]byte(`{"kind":"agent.create","body":{"agent":{"id":"a1","public_key":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32],"name":"h1","site":"s","state":"pending","facts":{"hostname":"h1","ips":["192.0.2.1"],"macs":[],"machine_id":"","disk_id":"d"},"enrolled_at":"2026-12-06T10:00:00Z"}}}`))
+	f.Add([]byte(`{"kind":"agent.login","body":{"id":"a1","facts":{"hostname":"h1","ips":null},"at":"2026-12-06T10:00:00Z","addr":"192.0.2.1:7000","handshake_at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"agent.handshake","body":{"id":"a1","at":"2026-12-06T10:00:00.5Z"}}`))
+	f.Add([]byte(`{"kind":"agent.decide","body":{"id":"a1","to":"approved","by":"admin","at":"2026-12-06T10:00:00Z","credentials":{"psk":[1],"reauth_key":[2],"agent_id_digest":[3],"code":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}}`))
+	f.Add([]byte(`{"kind":"agent.decide","body":{"id":"a1","to":"revoked","by":"admin","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"agent.code-confirmed","body":{"id":"a1","code_hash":[255,0,7]}}`))
+	f.Add([]byte(`{"kind":"token.create","body":{"token":{"id":"0123456789abcdef","hash":[5],"created":"2026-12-06T10:00:00Z","expires":"2026-12-06T11:00:00Z","uses_left":2,"used":0}}}`))
+	f.Add([]byte(`{"kind":"token.use","body":{"id":"0123456789abcdef","secret_hash":[5],"at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"audit.append","body":{"entries":[{"seq":0,"time":"2026-12-06T10:00:00Z","actor":"admin","action":"agent.approve","outcome":"ok"}]}}`))
+	f.Add([]byte(`{"kind":"event.add","body":{"event":{"seq":0,"time":"2026-12-06T10:00:00Z","agent":"a1","host":"h1","agent_seq":3,"alarm":true,"level":"error","kind":"host-name-taken","message":"m"}}}`))
+	f.Add([]byte(`{"kind":"policy.put","body":{"doc":{"version":1,"mode":"dry-run"}}}`))
+	f.Add([]byte(`{"kind":"vm.put","body":{"spec":{"name":"web","memory":67108864,"vcpus":1,"workload":{}}}}`))
+	f.Add([]byte(`{"kind":"vm.delete","body":{"name":"web"}}`))
+	f.Add([]byte(`{"kind":"meta.ensure","body":{"key":"cluster","value":"c1"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {

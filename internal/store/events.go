@@ -38,54 +38,65 @@ func seenKey(agent string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// AddEvent stores an event once: an agent event already stored (same
-// agent and AgentSeq — a resend after a lost acknowledgement) is skipped.
-// It reports whether the event was new.
+// EventAdd stores an event once: an agent event already stored (same
+// agent and AgentSeq — a resend after a lost acknowledgement) is
+// skipped. Beyond MaxEvents the oldest are dropped. Its result is
+// whether the event was new.
+type EventAdd struct {
+	Event Event `json:"event"`
+}
+
+func init() { register(func() Command { return &EventAdd{} }) }
+
+// Kind implements Command.
+func (*EventAdd) Kind() CommandKind { return "event.add" }
+
+func (c *EventAdd) apply(tx *bolt.Tx) (any, error) {
+	e := c.Event
+	b, err := tx.CreateBucketIfNotExists(bucketEvents)
+	if err != nil {
+		return nil, err
+	}
+	seen, err := tx.CreateBucketIfNotExists(bucketEventsSeen)
+	if err != nil {
+		return nil, err
+	}
+	if e.AgentSeq > 0 {
+		k := seenKey(e.Agent, e.AgentSeq)
+		if seen.Get(k) != nil {
+			return false, nil
+		}
+		if err := seen.Put(k, []byte{1}); err != nil {
+			return nil, err
+		}
+	}
+	n, err := b.NextSequence()
+	if err != nil {
+		return nil, err
+	}
+	e.Seq = n
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Put(seqKey(n), raw); err != nil {
+		return nil, err
+	}
+	// Retention: drop the oldest beyond MaxEvents.
+	if n > MaxEvents {
+		cur := b.Cursor()
+		for k, _ := cur.First(); k != nil && binary.BigEndian.Uint64(k) <= n-MaxEvents; k, _ = cur.Next() {
+			if err := cur.Delete(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return true, nil
+}
+
+// AddEvent applies EventAdd and reports whether the event was new.
 func (s *Store) AddEvent(e Event) (bool, error) {
-	added := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketEvents)
-		if err != nil {
-			return err
-		}
-		seen, err := tx.CreateBucketIfNotExists(bucketEventsSeen)
-		if err != nil {
-			return err
-		}
-		if e.AgentSeq > 0 {
-			k := seenKey(e.Agent, e.AgentSeq)
-			if seen.Get(k) != nil {
-				return nil
-			}
-			if err := seen.Put(k, []byte{1}); err != nil {
-				return err
-			}
-		}
-		n, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		e.Seq = n
-		raw, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(seqKey(n), raw); err != nil {
-			return err
-		}
-		added = true
-		// Retention: drop the oldest beyond MaxEvents.
-		if n > MaxEvents {
-			c := b.Cursor()
-			for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= n-MaxEvents; k, _ = c.Next() {
-				if err := c.Delete(); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	return added, err
+	return applyAs[bool](s, &EventAdd{Event: e})
 }
 
 // Events returns up to limit events with Seq > after (oldest first),

@@ -1,11 +1,18 @@
 // Package store is the MMC's embedded database (go.etcd.io/bbolt): agents
-// and their credentials, join tokens, the audit log and cluster metadata.
+// and their credentials, join tokens, the audit log, logs and alarms,
+// the policy document, VM definitions, migration records and cluster
+// metadata.
 //
 // Values are JSON so that an operator can inspect a copy with standard
-// tools. Every change is one bbolt transaction, made through a method named
-// after what it does; when MMC replication arrives (hashicorp/raft, see
-// ROADMAP.md) these methods become the commands of the replicated log and
-// their bodies its Apply.
+// tools. Reads are methods (Agent, Tokens, Events, …). Every write is a
+// typed Command (command.go) applied through Store.Apply in one bbolt
+// transaction: it carries everything its effect depends on (times
+// included), states its conditions explicitly and checks them inside
+// that transaction, and is encodable, so that MMC replication
+// (hashicorp/raft) can put the same commands in its log and every
+// replica's FSM apply them with the same result. The write methods
+// (CreateAgent, UseToken, AddEvent, …) only build a command and apply it;
+// no write takes a closure.
 package store
 
 import (
@@ -72,18 +79,29 @@ func (s *Store) Meta(key string) (string, error) {
 	return v, err
 }
 
-// EnsureMeta sets key to val unless it is already set, and returns the
-// value in force (for ids created once, on first start).
+// MetaEnsure sets Key to Value unless it is already set; its result is
+// the value in force (for ids created once, on first start).
+type MetaEnsure struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+func init() { register(func() Command { return &MetaEnsure{} }) }
+
+// Kind implements Command.
+func (*MetaEnsure) Kind() CommandKind { return "meta.ensure" }
+
+func (c *MetaEnsure) apply(tx *bolt.Tx) (any, error) {
+	b := tx.Bucket(bucketMeta)
+	if cur := b.Get([]byte(c.Key)); cur != nil {
+		return string(cur), nil
+	}
+	return c.Value, b.Put([]byte(c.Key), []byte(c.Value))
+}
+
+// EnsureMeta applies MetaEnsure and returns the value in force.
 func (s *Store) EnsureMeta(key, val string) (string, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMeta)
-		if cur := b.Get([]byte(key)); cur != nil {
-			val = string(cur)
-			return nil
-		}
-		return b.Put([]byte(key), []byte(val))
-	})
-	return val, err
+	return applyAs[string](s, &MetaEnsure{Key: key, Value: val})
 }
 
 func get[T any](tx *bolt.Tx, bucket []byte, id string) (T, error) {

@@ -25,10 +25,10 @@ func open(t *testing.T) (*Store, string) {
 func TestAgentsSurviveReopen(t *testing.T) {
 	s, path := open(t)
 	a := Agent{ID: "a1", Name: "h1", State: StatePending, PublicKey: [32]byte{1}, Facts: identity.Facts{Hostname: "h1", DiskID: "d1"}}
-	if err := s.PutAgent(a); err != nil {
+	if err := s.CreateAgent(a); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.UpdateAgent("a1", func(a *Agent) error { a.State = StateApproved; a.PSK = [32]byte{7}; return nil }); err != nil {
+	if _, err := s.DecideAgent(AgentDecide{ID: "a1", To: StateApproved, By: "admin", At: time.Now(), Credentials: creds(7)}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -46,9 +46,6 @@ func TestAgentsSurviveReopen(t *testing.T) {
 	}
 	if err := s2.CreateAgent(Agent{ID: "a1", State: StatePending}); !errors.Is(err, ErrExists) {
 		t.Fatalf("CreateAgent over an existing record: %v", err)
-	}
-	if _, err := s2.UpdateAgent("a1", func(a *Agent) error { a.ID = "other"; return nil }); err == nil {
-		t.Fatal("update that renames the record accepted")
 	}
 }
 
@@ -151,13 +148,13 @@ func TestPolicyVersions(t *testing.T) {
 	if doc, err := s.Policy(); err != nil || doc != nil {
 		t.Fatalf("fresh store: %q %v", doc, err)
 	}
-	if err := s.PutPolicy([]byte(`{"version":2}`)); !errors.Is(err, ErrExists) {
+	if err := s.PutPolicy([]byte(`{"version":2}`)); !errors.Is(err, ErrStale) {
 		t.Fatalf("skipping a version: %v", err)
 	}
 	if err := s.PutPolicy([]byte(`{"version":1,"mode":"auto"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutPolicy([]byte(`{"version":1}`)); !errors.Is(err, ErrExists) {
+	if err := s.PutPolicy([]byte(`{"version":1}`)); !errors.Is(err, ErrStale) {
 		t.Fatalf("reusing a version: %v", err)
 	}
 	if doc, _ := s.Policy(); string(doc) != `{"version":1,"mode":"auto"}` {

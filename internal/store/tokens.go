@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -29,43 +30,71 @@ var (
 	ErrTokenInvalid = errors.New("store: join token invalid")
 )
 
-// PutToken stores a new token.
+// TokenCreate stores a new token on condition that its id is not on
+// record.
+type TokenCreate struct {
+	Token Token `json:"token"`
+}
+
+// TokenUse consumes one use of a token on condition that it exists, the
+// presented secret hashes to the stored hash (SecretHash: the hash, so
+// the command never carries the secret), it has not expired at At and
+// has a use left — checked and consumed in one transaction, so two
+// agents racing with a single-use token cannot both get in.
+type TokenUse struct {
+	ID         string    `json:"id"`
+	SecretHash [32]byte  `json:"secret_hash"`
+	At         time.Time `json:"at"`
+}
+
+func init() {
+	register(func() Command { return &TokenCreate{} })
+	register(func() Command { return &TokenUse{} })
+}
+
+// Kind implements Command.
+func (*TokenCreate) Kind() CommandKind { return "token.create" }
+func (*TokenUse) Kind() CommandKind    { return "token.use" }
+
+func (c *TokenCreate) apply(tx *bolt.Tx) (any, error) {
+	if tx.Bucket(bucketTokens).Get([]byte(c.Token.ID)) != nil {
+		return nil, fmt.Errorf("%w: token %s", ErrExists, c.Token.ID)
+	}
+	return c.Token, put(tx, bucketTokens, c.Token.ID, c.Token)
+}
+
+func (c *TokenUse) apply(tx *bolt.Tx) (any, error) {
+	t, err := get[Token](tx, bucketTokens, c.ID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenInvalid)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(t.Hash[:], c.SecretHash[:]) != 1 {
+		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenInvalid)
+	}
+	if !c.At.Before(t.Expires) {
+		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenExpired)
+	}
+	if t.UsesLeft <= 0 {
+		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenUsedUp)
+	}
+	t.UsesLeft--
+	t.Used++
+	return t, put(tx, bucketTokens, t.ID, t)
+}
+
+// PutToken applies TokenCreate.
 func (s *Store) PutToken(t Token) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketTokens, t.ID, t) })
+	_, err := s.Apply(&TokenCreate{Token: t})
+	return err
 }
 
 // Tokens lists the tokens (hashes only).
 func (s *Store) Tokens() ([]Token, error) { return list[Token](s, bucketTokens) }
 
-// UseToken checks a presented token and, if it is valid, consumes one use,
-// in one transaction: two agents racing with a single-use token cannot both
-// get in.
+// UseToken applies TokenUse for a presented secret.
 func (s *Store) UseToken(id string, secret []byte, now time.Time) (Token, error) {
-	var t Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		t, err = get[Token](tx, bucketTokens, id)
-		if errors.Is(err, ErrNotFound) {
-			return ErrTokenInvalid
-		}
-		if err != nil {
-			return err
-		}
-		if !identity.TokenMatches(t.Hash, secret) {
-			return ErrTokenInvalid
-		}
-		if !now.Before(t.Expires) {
-			return ErrTokenExpired
-		}
-		if t.UsesLeft <= 0 {
-			return ErrTokenUsedUp
-		}
-		t.UsesLeft--
-		t.Used++
-		return put(tx, bucketTokens, id, t)
-	})
-	if err != nil {
-		return t, fmt.Errorf("token %s: %w", id, err)
-	}
-	return t, nil
+	return applyAs[Token](s, &TokenUse{ID: id, SecretHash: identity.TokenHash(secret), At: now})
 }

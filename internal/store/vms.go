@@ -16,19 +16,49 @@ import (
 
 var bucketVMs = []byte("vms")
 
-// PutVM stores (or replaces) VM s.Name's definition.
-func (s *Store) PutVM(spec hypervisor.Spec) error {
-	raw, err := json.Marshal(spec)
+// VMPut stores (or replaces) VM Spec.Name's definition.
+type VMPut struct {
+	Spec hypervisor.Spec `json:"spec"`
+}
+
+// VMDelete forgets VM Name's definition (no error if there is none).
+type VMDelete struct {
+	Name string `json:"name"`
+}
+
+func init() {
+	register(func() Command { return &VMPut{} })
+	register(func() Command { return &VMDelete{} })
+}
+
+// Kind implements Command.
+func (*VMPut) Kind() CommandKind    { return "vm.put" }
+func (*VMDelete) Kind() CommandKind { return "vm.delete" }
+
+func (c *VMPut) apply(tx *bolt.Tx) (any, error) {
+	raw, err := json.Marshal(c.Spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketVMs)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(spec.Name), raw)
-	})
+	b, err := tx.CreateBucketIfNotExists(bucketVMs)
+	if err != nil {
+		return nil, err
+	}
+	return nil, b.Put([]byte(c.Spec.Name), raw)
+}
+
+func (c *VMDelete) apply(tx *bolt.Tx) (any, error) {
+	b := tx.Bucket(bucketVMs)
+	if b == nil {
+		return nil, nil
+	}
+	return nil, b.Delete([]byte(c.Name))
+}
+
+// PutVM applies VMPut.
+func (s *Store) PutVM(spec hypervisor.Spec) error {
+	_, err := s.Apply(&VMPut{Spec: spec})
+	return err
 }
 
 // VM returns VM name's definition (ErrNotFound if there is none).
@@ -51,13 +81,8 @@ func (s *Store) VM(name string) (hypervisor.Spec, error) {
 	return spec, err
 }
 
-// DeleteVM forgets VM name's definition (no error if there is none).
+// DeleteVM applies VMDelete.
 func (s *Store) DeleteVM(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketVMs)
-		if b == nil {
-			return nil
-		}
-		return b.Delete([]byte(name))
-	})
+	_, err := s.Apply(&VMDelete{Name: name})
+	return err
 }

@@ -325,7 +325,7 @@ func (a *Agent) enrol(ctx context.Context) error {
 		return err
 	}
 	defer closeConn(c)
-	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Token: a.cfg.Token}); err != nil {
+	if err := message.Send(ctx, c, message.EnrolRequest{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Token: a.cfg.Token}); err != nil {
 		return err
 	}
 	for {
@@ -365,7 +365,7 @@ func (a *Agent) enrol(ctx context.Context) error {
 		}
 		a.state = st
 		a.log.Info("agent: enrolment approved", "agent", rep.AgentID)
-		_ = message.Send(ctx, c, message.TypeEnrolAck, message.EnrolAck{})
+		_ = message.Send(ctx, c, message.EnrolAck{})
 		// The MMC closes the session once it has the acknowledgement;
 		// closing first could lose it (it would only cost a retry).
 		select {
@@ -400,7 +400,7 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	defer closeConn(c)
-	if err := message.Send(ctx, c, message.TypeHello, message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}); err != nil {
+	if err := message.Send(ctx, c, message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}); err != nil {
 		return err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -438,7 +438,7 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 	a.events.restart()
 	sendEvents := func() error {
 		for _, ev := range a.events.due() {
-			if err := message.Send(ctx, c, message.TypeEvent, ev); err != nil {
+			if err := message.Send(ctx, c, ev); err != nil {
 				return err
 			}
 		}
@@ -473,6 +473,17 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 		stopActions()
 		reportWG.Wait()
 	}()
+	handlers := a.sessionHandlers(c, reauthKey, hs, func(act message.Action) {
+		actions.Add(1)
+		go func() {
+			defer actions.Done()
+			res := a.act(actx, act)
+			select {
+			case results <- res:
+			case <-actx.Done():
+			}
+		}()
+	})
 	for {
 		select {
 		case <-ctx.Done():
@@ -480,7 +491,7 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 		case <-rd.Done:
 			return sessionEnded(c, rd.Err())
 		case <-probe.C:
-			if err := message.Send(ctx, c, message.TypeTimeRequest, message.TimeRequest{T1: time.Now().UnixNano()}); err != nil {
+			if err := message.Send(ctx, c, message.TimeRequest{T1: time.Now().UnixNano()}); err != nil {
 				return err
 			}
 			probe.Reset(a.cfg.TimeSyncInterval)
@@ -497,7 +508,7 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 			}()
 		case r := <-reports:
 			reporting = false
-			if err := message.Send(ctx, c, message.TypeReport, r); err != nil {
+			if err := message.Send(ctx, c, r); err != nil {
 				return err
 			}
 			if reportAgain {
@@ -511,80 +522,73 @@ func (a *Agent) serve(ctx context.Context, c *sudp.Conn, reauthKey [32]byte) err
 				return err
 			}
 		case p := <-a.posts:
-			if err := message.Send(ctx, c, message.TypeBoardPost, p); err != nil {
+			if err := message.Send(ctx, c, p); err != nil {
 				return err
 			}
 		case res := <-results:
 			if !res.OK {
 				a.events.add(false, "warn", "action-failed", fmt.Sprintf("action %d failed: %s", res.ID, res.Error))
 			}
-			if err := message.Send(ctx, c, message.TypeActionResult, res); err != nil {
+			if err := message.Send(ctx, c, res); err != nil {
 				return err
 			}
 			reportT.Reset(0)
 		case e := <-rd.C:
-			switch e.Type {
-			case message.TypeChallenge:
-				ch, err := message.Decode[message.Challenge](e)
-				if err != nil {
-					return err
-				}
-				var nonce [identity.NonceLen]byte
-				copy(nonce[:], ch.Nonce)
-				mac := identity.ReauthMAC(reauthKey, hs, ch.Seq, nonce)
-				if err := message.Send(ctx, c, message.TypeChallengeAnswer, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
-					return err
-				}
-				a.metrics.reauths.Inc()
-			case message.TypeTimeReply:
-				t4 := time.Now()
-				r, err := message.Decode[message.TimeReply](e)
-				if err != nil {
-					return err
-				}
-				a.clock.sample(time.Unix(0, r.T1), time.Unix(0, r.T2), time.Unix(0, r.T3), t4)
-			case message.TypePolicy:
-				p, err := message.Decode[message.Policy](e)
-				if err != nil {
-					return err
-				}
-				a.policy.Store(p.Version)
-				if err := message.Send(ctx, c, message.TypePolicyAck, message.PolicyAck{Version: p.Version}); err != nil {
-					return err
-				}
-				a.log.Info("agent: policy", "version", p.Version)
-			case message.TypeEventAck:
-				ack, err := message.Decode[message.EventAck](e)
-				if err != nil {
-					return err
-				}
-				a.events.ack(ack.Seq)
-			case message.TypeAction:
-				act, err := message.Decode[message.Action](e)
-				if err != nil {
-					return err
-				}
-				actions.Add(1)
-				go func() {
-					defer actions.Done()
-					res := a.act(actx, act)
-					select {
-					case results <- res:
-					case <-actx.Done():
-					}
-				}()
-			case message.TypeBoardEntry:
-				be, err := message.Decode[message.BoardEntry](e)
-				if err != nil {
-					return err
-				}
-				a.board.add(be)
-			case message.TypeRefused:
-				r, _ := message.Decode[message.Refused](e)
-				return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)
-			default:
+			err := handlers.Dispatch(ctx, e)
+			if errors.Is(err, message.ErrUnexpected) {
+				// A newer MMC may send what this agent does not know.
 				a.log.Warn("agent: ignoring unexpected message", "type", e.Type.String())
+				continue
+			}
+			if err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// sessionHandlers is what this agent accepts from the MMC on a logged-in
+// session; startAction runs an action on a goroutine the session owns.
+func (a *Agent) sessionHandlers(c *sudp.Conn, reauthKey, hs [32]byte, startAction func(message.Action)) message.Handlers {
+	h := message.Handlers{}
+	message.On(h, func(ctx context.Context, ch message.Challenge) error {
+		var nonce [identity.NonceLen]byte
+		copy(nonce[:], ch.Nonce)
+		mac := identity.ReauthMAC(reauthKey, hs, ch.Seq, nonce)
+		if err := message.Send(ctx, c, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
+			return err
+		}
+		a.metrics.reauths.Inc()
+		return nil
+	})
+	message.On(h, func(ctx context.Context, r message.TimeReply) error {
+		// T4 is when the reply was decoded: the clock estimate's error
+		// bound (RTT/2) covers that.
+		a.clock.sample(time.Unix(0, r.T1), time.Unix(0, r.T2), time.Unix(0, r.T3), time.Now())
+		return nil
+	})
+	message.On(h, func(ctx context.Context, p message.Policy) error {
+		a.policy.Store(p.Version)
+		if err := message.Send(ctx, c, message.PolicyAck{Version: p.Version}); err != nil {
+			return err
+		}
+		a.log.Info("agent: policy", "version", p.Version)
+		return nil
+	})
+	message.On(h, func(ctx context.Context, ack message.EventAck) error {
+		a.events.ack(ack.Seq)
+		return nil
+	})
+	message.On(h, func(ctx context.Context, act message.Action) error {
+		startAction(act)
+		return nil
+	})
+	message.On(h, func(ctx context.Context, be message.BoardEntry) error {
+		a.board.add(be)
+		return nil
+	})
+	message.On(h, func(ctx context.Context, r message.Refused) error {
+		return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)
+	})
+	return h
 }

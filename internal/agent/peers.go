@@ -184,7 +184,7 @@ func (a *Agent) admitPeer(ctx context.Context, c *sudp.Conn) error {
 	if !ok {
 		return errors.New("unexpected peer id")
 	}
-	hello, _, err := message.First[message.PeerHello](ctx, c, message.TypePeerHello, peerHelloTimeout)
+	hello, _, err := message.First[message.PeerHello](ctx, c, peerHelloTimeout)
 	if err != nil {
 		return err
 	}
@@ -192,7 +192,7 @@ func (a *Agent) admitPeer(ctx context.Context, c *sudp.Conn) error {
 	if !ok || hello.Topic != topic || hello.From != e.peerID {
 		return fmt.Errorf("hello for %q from %q does not match the introduction", hello.Topic, hello.From)
 	}
-	if err := message.Send(ctx, c, message.TypePeerHello, message.PeerHello{Topic: topic, From: a.ID()}); err != nil {
+	if err := message.Send(ctx, c, message.PeerHello{Topic: topic, From: a.ID()}); err != nil {
 		return err
 	}
 	if err := a.peers.addLink(&link{topic: topic, peerID: e.peerID, c: c}); err != nil {
@@ -215,11 +215,11 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	if err != nil {
 		return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, in.PeerAddr, err)
 	}
-	if err := message.Send(dctx, c, message.TypePeerHello, message.PeerHello{Topic: in.Topic, From: a.ID()}); err != nil {
+	if err := message.Send(dctx, c, message.PeerHello{Topic: in.Topic, From: a.ID()}); err != nil {
 		_ = c.Close()
 		return err
 	}
-	hello, _, err := message.First[message.PeerHello](dctx, c, message.TypePeerHello, peerHelloTimeout)
+	hello, _, err := message.First[message.PeerHello](dctx, c, peerHelloTimeout)
 	if err != nil || hello.Topic != in.Topic || hello.From != in.PeerID {
 		_ = c.Close()
 		return fmt.Errorf("agent: peer %s: bad hello (%v)", in.PeerID, err)

@@ -16,8 +16,6 @@ import (
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
-
-	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
 // Version is the envelope version this code speaks.
@@ -132,8 +130,9 @@ var decMode, _ = cbor.DecOptions{
 	ExtraReturnErrors: cbor.ExtraDecErrorNone, // unknown fields are skipped: newer peers may add some
 }.DecMode()
 
-// Marshal encodes body as a message of type t.
-func Marshal(t Type, body any) ([]byte, error) {
+// Marshal encodes body as a message of its type.
+func Marshal(body Body) ([]byte, error) {
+	t := body.Type()
 	b, err := encMode.Marshal(body)
 	if err != nil {
 		return nil, fmt.Errorf("message: encode %v: %w", t, err)
@@ -193,18 +192,26 @@ func DecodeBody[T any](b []byte) (T, error) {
 	return v, nil
 }
 
-// Send sends one message on c.
-func Send(ctx context.Context, c *sudp.Conn, t Type, body any) error {
-	b, err := Marshal(t, body)
+// Transport is what the codec needs of a connection: whole messages
+// each way, control messages ahead of bulk data (an SUDP connection;
+// anything else in tests).
+type Transport interface {
+	SendControl(ctx context.Context, b []byte) error
+	ReceiveMessage(ctx context.Context, max int) ([]byte, error)
+}
+
+// Send sends one message on t.
+func Send(ctx context.Context, t Transport, body Body) error {
+	b, err := Marshal(body)
 	if err != nil {
 		return err
 	}
-	return c.SendMessage(ctx, b, sudp.PriorityControl)
+	return t.SendControl(ctx, b)
 }
 
-// Receive waits for the next message on c and decodes its envelope.
-func Receive(ctx context.Context, c *sudp.Conn) (Envelope, error) {
-	b, err := c.ReceiveMessage(ctx, MaxSize)
+// Receive waits for the next message on t and decodes its envelope.
+func Receive(ctx context.Context, t Transport) (Envelope, error) {
+	b, err := t.ReceiveMessage(ctx, MaxSize)
 	if err != nil {
 		return Envelope{}, err
 	}

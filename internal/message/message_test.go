@@ -14,11 +14,11 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	req := EnrolRequest{Facts: identity.Facts{Hostname: "h1", MACs: []string{"02:00:00:00:00:01"}, DiskID: "d"}, Name: "h1", Site: "a", Token: "fjt1.x"}
-	b, err := Marshal(TypeEnrolRequest, req)
+	b, err := Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, _ := Marshal(TypeEnrolRequest, req)
+	b2, _ := Marshal(req)
 	if !bytes.Equal(b, b2) {
 		t.Fatal("encoding is not deterministic")
 	}
@@ -33,9 +33,9 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestRejects(t *testing.T) {
-	good, _ := Marshal(TypeChallenge, Challenge{Seq: 1, Nonce: make([]byte, identity.NonceLen)})
-	badNonce, _ := Marshal(TypeChallenge, Challenge{Seq: 1, Nonce: make([]byte, 3)})
-	noHost, _ := Marshal(TypeEnrolRequest, EnrolRequest{})
+	good, _ := Marshal(Challenge{Seq: 1, Nonce: make([]byte, identity.NonceLen)})
+	badNonce, _ := Marshal(Challenge{Seq: 1, Nonce: make([]byte, 3)})
+	noHost, _ := Marshal(EnrolRequest{})
 	v2 := bytes.Clone(good)
 	v2[2] = 2 // envelope version field: {1: 1, ...} → {1: 2, ...}
 	tests := []struct {
@@ -107,7 +107,7 @@ func TestEveryTypeHasADecoder(t *testing.T) {
 func FuzzUnmarshal(f *testing.F) {
 	for _, m := range []struct {
 		t Type
-		v any
+		v Body
 	}{
 		{TypeEnrolRequest, EnrolRequest{Facts: identity.Facts{Hostname: "h", IPs: []string{"10.0.0.1"}}, Token: "t"}},
 		{TypeEnrolReply, EnrolReply{State: "approved", Code: make([]byte, 32)}},
@@ -121,7 +121,7 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
 		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},
 	} {
-		b, _ := Marshal(m.t, m.v)
+		b, _ := Marshal(m.v)
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -143,7 +143,7 @@ func FuzzUnmarshal(f *testing.F) {
 // is the difference of two of them).
 func TestTimePrecision(t *testing.T) {
 	at := time.Date(2026, 11, 26, 2, 30, 0, 123456789, time.UTC)
-	b, err := Marshal(TypeActionResult, ActionResult{ID: 1, OK: true, Mig: &migration.Report{Status: hypervisor.MigrationStatus{PausedAt: at}}})
+	b, err := Marshal(ActionResult{ID: 1, OK: true, Mig: &migration.Report{Status: hypervisor.MigrationStatus{PausedAt: at}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
 // Reader receives a connection's messages on its own goroutine and hands
@@ -20,7 +18,7 @@ type Reader struct {
 }
 
 // NewReader starts reading c.
-func NewReader(ctx context.Context, c *sudp.Conn) *Reader {
+func NewReader(ctx context.Context, c Transport) *Reader {
 	ctx, cancel := context.WithCancel(ctx)
 	msgs := make(chan Envelope)
 	done := make(chan struct{})
@@ -55,9 +53,10 @@ func (r *Reader) Stop() {
 }
 
 // First waits up to timeout for a session's first message, which must be
-// of type want, and decodes it. kind classifies a failure for counting:
+// a T, and decodes it. kind classifies a failure for counting:
 // "malformed", "unexpected", or "" when the peer merely went away.
-func First[T any](ctx context.Context, c *sudp.Conn, want Type, timeout time.Duration) (v T, kind string, err error) {
+func First[T Body](ctx context.Context, c Transport, timeout time.Duration) (v T, kind string, err error) {
+	want := v.Type()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	env, err := Receive(ctx, c)

@@ -76,7 +76,7 @@ func (s *Server) relay(ctx context.Context, topic string, e board.Entry, to []st
 			continue // offline: it reads the topic when it is back (BoardRead)
 		}
 		rctx, cancel := context.WithTimeout(ctx, relayTimeout)
-		if err := message.Send(rctx, ss.c, message.TypeBoardEntry, msg); err != nil {
+		if err := message.Send(rctx, ss.c, msg); err != nil {
 			s.log.Debug("mmc: board relay failed", "to", id, "topic", topic, "err", err)
 		}
 		cancel()
@@ -93,7 +93,7 @@ func (s *Server) handleRead(ctx context.Context, ss *session, r message.BoardRea
 		return err
 	}
 	for _, e := range entries {
-		if err := message.Send(ctx, ss.c, message.TypeBoardEntry, message.BoardEntry{Topic: r.Topic, Seq: e.Seq,
+		if err := message.Send(ctx, ss.c, message.BoardEntry{Topic: r.Topic, Seq: e.Seq,
 			Time: e.Time.UnixNano(), From: e.From, Kind: e.Kind, Body: e.Body}); err != nil {
 			return err
 		}

@@ -31,7 +31,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		refuse(ctx, c, CodeProtocol, "too many enrolments in progress; retry later", true)
 		return
 	}
-	req, kind, err := message.First[message.EnrolRequest](ctx, c, message.TypeEnrolRequest, firstMessageTimeout)
+	req, kind, err := message.First[message.EnrolRequest](ctx, c, firstMessageTimeout)
 	if err != nil {
 		if kind != "" {
 			s.badInput(c, "key:"+id, "enrol."+kind, err)
@@ -89,7 +89,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 			s.deliverCode(ctx, c, rd, a)
 			return
 		case store.StateRejected, store.StateRevoked:
-			_ = message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(a.State), AgentID: a.ID, Reason: "enrolment " + string(a.State)})
+			_ = message.Send(ctx, c, message.EnrolReply{State: string(a.State), AgentID: a.ID, Reason: "enrolment " + string(a.State)})
 			return
 		case store.StatePending:
 			if a.Refusal != "" {
@@ -101,7 +101,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 				return
 			}
 		}
-		if err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StatePending), AgentID: a.ID, Facts: a.Facts}); err != nil {
+		if err := message.Send(ctx, c, message.EnrolReply{State: string(store.StatePending), AgentID: a.ID, Facts: a.Facts}); err != nil {
 			return
 		}
 		select {
@@ -205,7 +205,7 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 // switch the key to full sessions.
 func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Reader, a store.Agent) {
 	code := a.PendingCode
-	err := message.Send(ctx, c, message.TypeEnrolReply, message.EnrolReply{State: string(store.StateApproved), AgentID: a.ID, Code: code, Facts: a.Facts})
+	err := message.Send(ctx, c, message.EnrolReply{State: string(store.StateApproved), AgentID: a.ID, Code: code, Facts: a.Facts})
 	if err != nil {
 		return
 	}

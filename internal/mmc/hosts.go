@@ -59,7 +59,7 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 		delete(ss.pending, a.ID)
 		ss.mu.Unlock()
 	}()
-	if err := message.Send(ctx, ss.c, message.TypeAction, a); err != nil {
+	if err := message.Send(ctx, ss.c, a); err != nil {
 		return message.ActionResult{}, fmt.Errorf("mmc: send %s to %s: %w", a.Op, host, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, actionTimeout)

@@ -30,7 +30,7 @@ func TestHostNameTaken(t *testing.T) {
 	tok := token(t, s, 2)
 	for attempt := range 2 {
 		c := b.dial(identity.EnrolPSK(b.bundle.ClusterID))
-		if err := message.Send(context.Background(), c, message.TypeEnrolRequest, message.EnrolRequest{Facts: b.facts, Token: tok}); err != nil {
+		if err := message.Send(context.Background(), c, message.EnrolRequest{Facts: b.facts, Token: tok}); err != nil {
 			t.Fatal(err)
 		}
 		e := b.recv(c)

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -55,7 +56,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if err != nil || a.State != store.StateApproved || a.PublicKey != pub {
 		return // revoked between handshake and now
 	}
-	hello, kind, err := message.First[message.Hello](ctx, c, message.TypeHello, firstMessageTimeout)
+	hello, kind, err := message.First[message.Hello](ctx, c, firstMessageTimeout)
 	if err != nil {
 		if kind != "" {
 			s.badInput(c, "agent:"+id, "login."+kind, err)
@@ -132,7 +133,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	s.metrics.logins.Inc()
 	s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login", Target: id, Source: src, Outcome: "ok"})
 	s.log.Info("mmc: agent online", "agent", id, "hostname", hello.Facts.Hostname, "from", src)
-	if err := message.Send(ctx, c, message.TypeWelcome, message.Welcome{AgentID: id}); err != nil {
+	if err := message.Send(ctx, c, message.Welcome{AgentID: id}); err != nil {
 		return
 	}
 	s.pushPolicy(ctx, ss)
@@ -150,14 +151,16 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 		rd.Stop()
 	}()
 
-	var seq uint64
-	var nonce [identity.NonceLen]byte
-	outstanding := false
+	ch := &challenger{key: reauthKey, hs: ss.hs}
 	next := time.NewTimer(s.reauthDelay())
 	defer next.Stop()
 	deadline := time.NewTimer(time.Hour)
 	deadline.Stop()
 	defer deadline.Stop()
+	handlers := s.agentHandlers(ss, ch, func() {
+		deadline.Stop()
+		next.Reset(s.reauthDelay())
+	})
 	for {
 		select {
 		case <-ctx.Done():
@@ -167,110 +170,137 @@ func (s *Server) sessionLoop(ctx context.Context, ss *session, reauthKey [32]byt
 		case <-rd.Done:
 			return
 		case <-next.C:
-			seq++
-			if _, err := rand.Read(nonce[:]); err != nil {
+			msg, err := ch.next()
+			if err != nil {
 				return
 			}
-			if err := message.Send(ctx, c, message.TypeChallenge, message.Challenge{Seq: seq, Nonce: nonce[:]}); err != nil {
+			if err := message.Send(ctx, c, msg); err != nil {
 				return
 			}
-			outstanding = true
 			deadline.Reset(s.cfg.ReauthTimeout)
 		case <-deadline.C:
 			s.reauthFailed(ss, "no answer within "+s.cfg.ReauthTimeout.String())
 			return
 		case e := <-rd.C:
-			switch e.Type {
-			case message.TypeChallengeAnswer:
-				ans, err := message.Decode[message.ChallengeAnswer](e)
-				if err != nil || !outstanding || ans.Seq != seq || !identity.VerifyReauth(reauthKey, ss.hs, seq, nonce, ans.MAC) {
-					s.reauthFailed(ss, "wrong answer")
-					return
-				}
-				outstanding = false
-				deadline.Stop()
-				s.metrics.reauths.Inc()
-				next.Reset(s.reauthDelay())
-			case message.TypeReport:
-				r, err := message.Decode[message.Report](e)
-				if err != nil {
+			if err := handlers.Dispatch(ctx, e); err != nil {
+				var bad *badMessage
+				switch {
+				case errors.As(err, &bad):
+					s.badInput(c, "agent:"+ss.id, bad.action, bad.err)
+				case errors.Is(err, message.ErrUnexpected):
+					s.badInput(c, "agent:"+ss.id, "session.unexpected", err)
+				case errors.Is(err, message.ErrMalformed):
 					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
-					return
 				}
-				ss.mu.Lock()
-				ss.report, ss.reportAt = &r, s.cfg.Now()
-				ss.mu.Unlock()
-				s.metrics.reports.Inc()
-			case message.TypeActionResult:
-				r, err := message.Decode[message.ActionResult](e)
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
-					return
-				}
-				ss.mu.Lock()
-				ch := ss.pending[r.ID]
-				delete(ss.pending, r.ID)
-				ss.mu.Unlock()
-				if ch != nil {
-					ch <- r // buffered: never blocks
-				}
-			case message.TypePolicyAck:
-				a, err := message.Decode[message.PolicyAck](e)
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
-					return
-				}
-				ss.mu.Lock()
-				ss.policyAck = a.Version
-				ss.mu.Unlock()
-			case message.TypeEvent:
-				ev, err := message.Decode[message.Event](e)
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
-					return
-				}
-				if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
-					AgentSeq: ev.Seq, Alarm: ev.Alarm, Level: ev.Level, Kind: ev.Kind, Message: ev.Message}); err != nil {
-					s.log.Error("mmc: storing an event", "err", err)
-					continue // not acknowledged: the agent resends it
-				}
-				if err := message.Send(ctx, c, message.TypeEventAck, message.EventAck{Seq: ev.Seq}); err != nil {
-					return
-				}
-			case message.TypeBoardPost:
-				p, err := message.Decode[message.BoardPost](e)
-				if err == nil {
-					err = s.handlePost(ctx, ss, p)
-				}
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "board.post", err)
-					return
-				}
-			case message.TypeBoardRead:
-				r, err := message.Decode[message.BoardRead](e)
-				if err == nil {
-					err = s.handleRead(ctx, ss, r)
-				}
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "board.read", err)
-					return
-				}
-			case message.TypeTimeRequest:
-				t2 := s.cfg.Now()
-				req, err := message.Decode[message.TimeRequest](e)
-				if err != nil {
-					s.badInput(c, "agent:"+ss.id, "session.malformed", err)
-					return
-				}
-				if err := message.Send(ctx, c, message.TypeTimeReply, message.TimeReply{T1: req.T1, T2: t2.UnixNano(), T3: s.cfg.Now().UnixNano()}); err != nil {
-					return
-				}
-			default:
-				s.badInput(c, "agent:"+ss.id, "session.unexpected", fmt.Errorf("unexpected %v", e.Type))
 				return
 			}
 		}
 	}
+}
+
+// badMessage ends a session for something no correct agent sends,
+// audited and counted as action.
+type badMessage struct {
+	action string
+	err    error
+}
+
+func (b *badMessage) Error() string { return b.action + ": " + b.err.Error() }
+
+// errEnded: a handler ended the session itself (and said why).
+var errEnded = errors.New("mmc: session ended")
+
+// challenger is a session's re-authentication state: the outstanding
+// challenge, if any.
+type challenger struct {
+	key         [32]byte
+	hs          [32]byte
+	seq         uint64
+	nonce       [identity.NonceLen]byte
+	outstanding bool
+}
+
+// next draws a fresh challenge.
+func (c *challenger) next() (message.Challenge, error) {
+	c.seq++
+	if _, err := rand.Read(c.nonce[:]); err != nil {
+		return message.Challenge{}, err
+	}
+	c.outstanding = true
+	return message.Challenge{Seq: c.seq, Nonce: c.nonce[:]}, nil
+}
+
+// check verifies an answer to the outstanding challenge.
+func (c *challenger) check(a message.ChallengeAnswer) bool {
+	ok := c.outstanding && a.Seq == c.seq && identity.VerifyReauth(c.key, c.hs, c.seq, c.nonce, a.MAC)
+	c.outstanding = false
+	return ok
+}
+
+// agentHandlers is what an approved agent's session accepts; answered
+// runs on every correct challenge answer. Every other message type ends
+// the session as unexpected.
+func (s *Server) agentHandlers(ss *session, ch *challenger, answered func()) message.Handlers {
+	c := ss.c
+	h := message.Handlers{}
+	message.On(h, func(ctx context.Context, ans message.ChallengeAnswer) error {
+		if !ch.check(ans) {
+			s.reauthFailed(ss, "wrong answer")
+			return errEnded
+		}
+		s.metrics.reauths.Inc()
+		answered()
+		return nil
+	})
+	message.On(h, func(ctx context.Context, r message.Report) error {
+		ss.mu.Lock()
+		ss.report, ss.reportAt = &r, s.cfg.Now()
+		ss.mu.Unlock()
+		s.metrics.reports.Inc()
+		return nil
+	})
+	message.On(h, func(ctx context.Context, r message.ActionResult) error {
+		ss.mu.Lock()
+		ch := ss.pending[r.ID]
+		delete(ss.pending, r.ID)
+		ss.mu.Unlock()
+		if ch != nil {
+			ch <- r // buffered: never blocks
+		}
+		return nil
+	})
+	message.On(h, func(ctx context.Context, a message.PolicyAck) error {
+		ss.mu.Lock()
+		ss.policyAck = a.Version
+		ss.mu.Unlock()
+		return nil
+	})
+	message.On(h, func(ctx context.Context, ev message.Event) error {
+		if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
+			AgentSeq: ev.Seq, Alarm: ev.Alarm, Level: ev.Level, Kind: ev.Kind, Message: ev.Message}); err != nil {
+			s.log.Error("mmc: storing an event", "err", err)
+			return nil // not acknowledged: the agent resends it
+		}
+		return message.Send(ctx, c, message.EventAck{Seq: ev.Seq})
+	})
+	message.On(h, func(ctx context.Context, p message.BoardPost) error {
+		if err := s.handlePost(ctx, ss, p); err != nil {
+			return &badMessage{"board.post", err}
+		}
+		return nil
+	})
+	message.On(h, func(ctx context.Context, r message.BoardRead) error {
+		if err := s.handleRead(ctx, ss, r); err != nil {
+			return &badMessage{"board.read", err}
+		}
+		return nil
+	})
+	message.On(h, func(ctx context.Context, req message.TimeRequest) error {
+		// T2: the request arrived (decoded) now.
+		t2 := s.cfg.Now()
+		return message.Send(ctx, c, message.TimeReply{T1: req.T1, T2: t2.UnixNano(), T3: s.cfg.Now().UnixNano()})
+	})
+	return h
 }
 
 func (s *Server) reauthFailed(ss *session, why string) {
@@ -297,7 +327,7 @@ func (s *Server) reauthDelay() time.Duration {
 // refuse tells the peer why it is being turned away, gives the message a
 // moment to arrive (the peer closes on reading it), then closes with code.
 func refuse(ctx context.Context, c *sudp.Conn, code uint64, reason string, retry bool) {
-	_ = message.Send(ctx, c, message.TypeRefused, message.Refused{Reason: reason, Retry: retry})
+	_ = message.Send(ctx, c, message.Refused{Reason: reason, Retry: retry})
 	select {
 	case <-c.Done():
 	case <-time.After(2 * time.Second):

@@ -80,7 +80,7 @@ func (a *fakeAgent) enrolWithToken(token string) {
 	ctx := context.Background()
 	c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
 	defer c.Close()
-	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts, Token: token}); err != nil {
+	if err := message.Send(ctx, c, message.EnrolRequest{Facts: a.facts, Token: token}); err != nil {
 		a.t.Fatal(err)
 	}
 	rep, err := message.Decode[message.EnrolReply](a.recv(c))
@@ -88,7 +88,7 @@ func (a *fakeAgent) enrolWithToken(token string) {
 		a.t.Fatalf("enrol: %+v %v", rep, err)
 	}
 	copy(a.code[:], rep.Code)
-	if err := message.Send(ctx, c, message.TypeEnrolAck, message.EnrolAck{}); err != nil {
+	if err := message.Send(ctx, c, message.EnrolAck{}); err != nil {
 		a.t.Fatal(err)
 	}
 	<-c.Done() // the MMC closes once it has the ack
@@ -98,7 +98,7 @@ func (a *fakeAgent) enrolWithToken(token string) {
 func (a *fakeAgent) login() *sudp.Conn {
 	a.t.Helper()
 	c := a.dial(identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts))
-	if err := message.Send(context.Background(), c, message.TypeHello, message.Hello{Facts: a.facts}); err != nil {
+	if err := message.Send(context.Background(), c, message.Hello{Facts: a.facts}); err != nil {
 		a.t.Fatal(err)
 	}
 	if e := a.recv(c); e.Type != message.TypeWelcome {
@@ -150,7 +150,7 @@ func TestReauthFailures(t *testing.T) {
 				if mode == "wrong" {
 					mac[0] ^= 1
 				}
-				if err := message.Send(ctx, c, message.TypeChallengeAnswer, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
+				if err := message.Send(ctx, c, message.ChallengeAnswer{Seq: ch.Seq, MAC: mac[:]}); err != nil {
 					t.Fatal(err)
 				}
 				if mode != "right" {
@@ -225,7 +225,7 @@ func TestEnrolmentSessionIsRestricted(t *testing.T) {
 	// Pending: enrol without a token.
 	c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
 	ctx := context.Background()
-	if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts}); err != nil {
+	if err := message.Send(ctx, c, message.EnrolRequest{Facts: a.facts}); err != nil {
 		t.Fatal(err)
 	}
 	if rep, err := message.Decode[message.EnrolReply](a.recv(c)); err != nil || rep.State != "pending" {
@@ -235,7 +235,7 @@ func TestEnrolmentSessionIsRestricted(t *testing.T) {
 	// The pending key tries to act as an approved agent on a new session.
 	for _, m := range []struct {
 		typ  message.Type
-		body any
+		body message.Body
 	}{
 		{message.TypeHello, message.Hello{Facts: a.facts}},
 		{message.TypeTimeRequest, message.TimeRequest{T1: 1}},
@@ -245,7 +245,7 @@ func TestEnrolmentSessionIsRestricted(t *testing.T) {
 		if c.Session().LoginState != LoginPending {
 			t.Fatalf("login state %d, want pending", c.Session().LoginState)
 		}
-		if err := message.Send(ctx, c, m.typ, m.body); err != nil {
+		if err := message.Send(ctx, c, m.body); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -296,7 +296,7 @@ func TestRevokeBeforeHello(t *testing.T) {
 	}
 	// The MMC may already have closed the session (it saw the revocation
 	// first); if not, the Hello must not get a Welcome.
-	if err := message.Send(context.Background(), c, message.TypeHello, message.Hello{Facts: a.facts}); err == nil {
+	if err := message.Send(context.Background(), c, message.Hello{Facts: a.facts}); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if e, err := message.Receive(ctx, c); err == nil {
@@ -316,7 +316,7 @@ func TestPendingLimit(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		a := newFakeAgent(t, s)
 		c := a.dial(identity.EnrolPSK(a.bundle.ClusterID))
-		if err := message.Send(ctx, c, message.TypeEnrolRequest, message.EnrolRequest{Facts: a.facts}); err != nil {
+		if err := message.Send(ctx, c, message.EnrolRequest{Facts: a.facts}); err != nil {
 			t.Fatal(err)
 		}
 		e := a.recv(c)

@@ -402,6 +402,12 @@ func (c *Conn) OpenMessage(ctx context.Context, prio Priority) (*Stream, error) 
 
 // SendMessage sends one reliable message and returns once it is buffered
 // (not necessarily delivered).
+// SendControl is SendMessage at PriorityControl: what the control
+// message layer (package message) sends.
+func (c *Conn) SendControl(ctx context.Context, msg []byte) error {
+	return c.SendMessage(ctx, msg, PriorityControl)
+}
+
 func (c *Conn) SendMessage(ctx context.Context, msg []byte, prio Priority) error {
 	s, err := c.OpenMessage(ctx, prio)
 	if err != nil {

@@ -333,10 +333,12 @@ func (a *Agent) finishDestroy(ctx context.Context, id string, x *expectedStop) {
 // an incoming copy), with the monitor's judgement of id held off until it
 // returns. An incoming copy (reason expectIncoming) is recorded first; any
 // other new VM's stop is an alarm, whatever was recorded about an earlier
-// VM of that name.
+// VM of that name. A create that fails (the name is taken: a repeated
+// order, or a copy still being destroyed) leaves what was recorded before.
 func (a *Agent) createVM(id, reason, migration string, create func() error) error {
 	a.expect.begin(id)
 	defer a.expect.end(id)
+	prev, _ := a.expect.lookup(id)
 	var x *expectedStop
 	if reason != "" {
 		if err := a.expect.expect(id, reason, migration, time.Now()); err != nil {
@@ -346,6 +348,10 @@ func (a *Agent) createVM(id, reason, migration string, create func() error) erro
 	}
 	err := create()
 	switch {
+	case err != nil && prev != nil:
+		if rerr := a.expect.expect(id, prev.Reason, prev.Migration, prev.At); rerr != nil {
+			a.log.Warn("agent: restoring a VM's expected stop", "vm", id, "err", rerr)
+		}
 	case err != nil && x != nil:
 		a.expect.forget(id, x) // no copy came to be
 	case err == nil && x == nil:

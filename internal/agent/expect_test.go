@@ -109,6 +109,9 @@ func (s *vmStub) List(context.Context) ([]hypervisor.VM, error) {
 }
 
 func (s *vmStub) Create(_ context.Context, sp hypervisor.Spec) (hypervisor.VM, error) {
+	if s.has(sp.Name) {
+		return hypervisor.VM{}, fmt.Errorf("stub: VM %s already exists", sp.Name)
+	}
 	// As the simulated driver: the VM is listed (stopped) before it runs.
 	s.set(sp.Name, hypervisor.StateStopped)
 	if s.during != nil {
@@ -247,6 +250,29 @@ func TestNoAlarmMidCreateOrDestroy(t *testing.T) {
 	a.report(ctx)
 	if got := stopAlarms(a); len(got) != 1 {
 		t.Fatalf("alarms for the new web's stop: %q, want one", got)
+	}
+
+	// A copy whose destroy was cut short is still there, stopped, when an
+	// incoming copy of the same name is ordered: the prepare fails, and
+	// what was recorded about the old copy stays.
+	d.cutShort = true
+	if err := a.destroyVM(ctx, "web", expectDeleted, ""); !errors.Is(err, errCutShort) {
+		t.Fatalf("destroy cut short: %v", err)
+	}
+	d.cutShort = false
+	err := a.createVM("web", expectIncoming, "m2", func() error {
+		_, err := d.Create(ctx, hypervisor.Spec{Name: "web"})
+		return err
+	})
+	if err == nil {
+		t.Fatal("created a VM over a stopped one")
+	}
+	if x, _ := a.expect.lookup("web"); x == nil || x.Reason != expectDeleted {
+		t.Fatalf("record after the failed prepare: %+v, want the deletion's", x)
+	}
+	a.report(ctx)
+	if got := stopAlarms(a); len(got) != 1 || d.has("web") {
+		t.Fatalf("after the failed prepare: alarms %q, web there %v; want the one old alarm and web destroyed", got, d.has("web"))
 	}
 }
 

@@ -76,6 +76,12 @@ func (c *cluster) watch(id string) (migrationView, error) {
 // and waits until both are online. It returns a function that (re)starts
 // an agent with the same identity, and the agents' processes.
 func (c *cluster) startSites(t *testing.T) (start func(host string), procs map[string]*proc) {
+	return c.startSitesEvery(t, 300*time.Millisecond)
+}
+
+// startSitesEvery is startSites with the agents' monitor reporting every
+// interval.
+func (c *cluster) startSitesEvery(t *testing.T, interval time.Duration) (start func(host string), procs map[string]*proc) {
 	var tok struct {
 		Token string `json:"token"`
 	}
@@ -84,7 +90,7 @@ func (c *cluster) startSites(t *testing.T) (start func(host string), procs map[s
 	}
 	procs = map[string]*proc{}
 	start = func(h string) {
-		procs[h] = c.startAgent(h, "--token", tok.Token, "--site", map[string]string{"h1": "east", "h2": "west"}[h], "--report-interval", "300ms")
+		procs[h] = c.startAgent(h, "--token", tok.Token, "--site", map[string]string{"h1": "east", "h2": "west"}[h], "--report-interval", interval.String())
 	}
 	start("h1")
 	start("h2")

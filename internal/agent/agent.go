@@ -87,7 +87,8 @@ type Agent struct {
 	metrics *metrics
 	host    hostSampler
 	events  *outbox
-	policy  atomic.Uint64 // policy version received from the MMC
+	expect  *expectedStops // why a VM may stop without an alarm (expect.go)
+	policy  atomic.Uint64  // policy version received from the MMC
 	peers   *peers
 	posts   chan message.BoardPost // blackboard entries waiting for the session
 	board   boardLog
@@ -137,6 +138,10 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.VolatileEvents {
 		a.events = newOutbox()
 	} else if a.events, err = openOutbox(filepath.Join(cfg.DataDir, OutboxFile)); err != nil {
+		return nil, err
+	}
+	if a.expect, err = openExpectedStops(a.events.db); err != nil {
+		_ = a.events.close()
 		return nil, err
 	}
 	a.peers = newPeers()

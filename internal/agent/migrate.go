@@ -279,7 +279,15 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	if j := a.migs.get(o.ID); j != nil {
 		return nil
 	}
-	vm, conn, err := mig.PrepareIncoming(ctx, *o.Spec)
+	// The copy is recorded as incoming before it exists: until it runs,
+	// its stop (QEMU exits when its stream fails) is the migration's
+	// failure, not a VM's crash.
+	var vm hypervisor.VM
+	var conn net.Conn
+	err := a.createVM(o.Spec.Name, expectIncoming, o.ID, func() (err error) {
+		vm, conn, err = mig.PrepareIncoming(ctx, *o.Spec)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("agent: prepare incoming %s: %w", o.VM, err)
 	}
@@ -895,6 +903,8 @@ func (a *Agent) commitDestination(ctx context.Context, mig hypervisor.Migrator, 
 	if err := a.markResuming(o.ID); err != nil {
 		return err // not resumed: what may have run must be on record first
 	}
+	// From here the copy is the VM: its stop is an alarm.
+	a.expect.forget(o.VM, nil)
 	if err := a.cfg.Driver.Resume(ctx, o.VM); err != nil {
 		return err
 	}
@@ -946,7 +956,7 @@ func (a *Agent) finishSource(ctx context.Context, mig hypervisor.Migrator, o mig
 		j.stop() // its watcher must not poll a VM that is about to go
 		<-j.done
 	}
-	if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+	if err := a.destroyVM(ctx, o.VM, expectMigrated, o.ID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 		return err
 	}
 	a.endJob(o, migration.PhaseFinished)
@@ -971,7 +981,7 @@ func (a *Agent) abortDestination(ctx context.Context, mig hypervisor.Migrator, o
 		if err := migration.AbortCheck(vm.State); err != nil {
 			return fmt.Errorf("agent: %s: %w", o.VM, err)
 		}
-		if err := a.cfg.Driver.Destroy(ctx, o.VM); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+		if err := a.destroyVM(ctx, o.VM, expectAborted, o.ID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 			return err
 		}
 	}

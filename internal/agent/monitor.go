@@ -63,6 +63,7 @@ func (a *Agent) report(ctx context.Context) message.Report {
 	if a.cfg.Driver == nil {
 		return r
 	}
+	seen := time.Now()
 	vms, err := a.cfg.Driver.List(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -70,25 +71,23 @@ func (a *Agent) report(ctx context.Context) message.Report {
 		}
 		return r
 	}
-	seen := map[string]bool{}
+	listed := map[string]bool{}
 	for _, vm := range vms {
-		seen[vm.ID] = true
+		listed[vm.ID] = true
 		// A VM that stopped without being asked to is an alarm, raised
-		// once (the outbox remembers it across agent restarts).
-		if vm.State == hypervisor.StateStopped {
-			a.events.raiseStopped(vm.ID)
-		} else {
-			a.events.clearStopped(vm.ID)
-		}
+		// once (the outbox remembers it across agent restarts); one this
+		// agent destroys on an order is not (expect.go).
+		a.judge(ctx, vm.ID, true, vm.State, seen)
 		var st hypervisor.Stats
 		if vm.State == hypervisor.StateRunning || vm.State == hypervisor.StatePaused {
 			st, _ = a.cfg.Driver.Stats(ctx, vm.ID)
 		}
 		r.VMs = append(r.VMs, message.VMReport{VM: vm, Stats: st})
 	}
-	for _, id := range a.events.stoppedVMs() {
-		if !seen[id] {
-			a.events.clearStopped(id)
+	for _, id := range append(a.events.stoppedVMs(), a.expect.ids()...) {
+		if !listed[id] {
+			a.judge(ctx, id, false, "", seen)
+			listed[id] = true // judged once
 		}
 	}
 	if a.cfg.HostModel != nil {
@@ -173,13 +172,17 @@ func (a *Agent) actVM(ctx context.Context, act message.Action) (*hypervisor.VM, 
 		if act.Spec == nil {
 			return nil, errMissing("spec")
 		}
-		vm, err := d.Create(ctx, *act.Spec)
+		var vm hypervisor.VM
+		err := a.createVM(act.Spec.Name, "", "", func() (err error) {
+			vm, err = d.Create(ctx, *act.Spec)
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
 		return &vm, nil
 	case "vm.delete":
-		return nil, d.Destroy(ctx, act.VM)
+		return nil, a.destroyVM(ctx, act.VM, expectDeleted, "")
 	case "vm.pause":
 		return nil, d.Pause(ctx, act.VM)
 	case "vm.resume":

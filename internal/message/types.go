@@ -2,11 +2,78 @@ package message
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/migration"
 )
+
+// Type identifies a message body on the wire.
+type Type uint16
+
+// Body is a message body: it knows its own type, so a sender never names
+// it separately (and cannot name the wrong one).
+type Body interface{ Type() Type }
+
+// Message types. Numbers are wire values: never reuse one. Adding a kind
+// is a constant and its name here, the body type with its Type method
+// (and a check method if it has fields to bound) below, and a handler on
+// the side that receives it.
+const (
+	TypeEnrolRequest    Type = 1
+	TypeEnrolReply      Type = 2
+	TypeHello           Type = 3
+	TypeWelcome         Type = 4
+	TypeRefused         Type = 5
+	TypeChallenge       Type = 6
+	TypeChallengeAnswer Type = 7
+	TypeTimeRequest     Type = 8
+	TypeTimeReply       Type = 9
+	TypeEnrolAck        Type = 10
+	TypeReport          Type = 11
+	TypeAction          Type = 12
+	TypeActionResult    Type = 13
+	TypePolicy          Type = 14
+	TypePolicyAck       Type = 15
+	TypeEvent           Type = 16
+	TypeEventAck        Type = 17
+	TypeBoardPost       Type = 18
+	TypeBoardEntry      Type = 19
+	TypeBoardRead       Type = 20
+	TypePeerHello       Type = 21
+)
+
+var typeNames = map[Type]string{
+	TypeEnrolRequest:    "enrol-request",
+	TypeEnrolReply:      "enrol-reply",
+	TypeHello:           "hello",
+	TypeWelcome:         "welcome",
+	TypeRefused:         "refused",
+	TypeChallenge:       "challenge",
+	TypeChallengeAnswer: "challenge-answer",
+	TypeTimeRequest:     "time-request",
+	TypeTimeReply:       "time-reply",
+	TypeEnrolAck:        "enrol-ack",
+	TypeReport:          "report",
+	TypeAction:          "action",
+	TypeActionResult:    "action-result",
+	TypePolicy:          "policy",
+	TypePolicyAck:       "policy-ack",
+	TypeEvent:           "event",
+	TypeEventAck:        "event-ack",
+	TypeBoardPost:       "board-post",
+	TypeBoardEntry:      "board-entry",
+	TypeBoardRead:       "board-read",
+	TypePeerHello:       "peer-hello",
+}
+
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type-%d", uint16(t))
+}
 
 // EnrolRequest is an unknown agent's first message: who it is and,
 // optionally, a join token that pre-approves it.
@@ -16,6 +83,9 @@ type EnrolRequest struct {
 	Site  string         `cbor:"3,keyasint"`
 	Token string         `cbor:"4,keyasint,omitempty"`
 }
+
+// Type implements Body.
+func (EnrolRequest) Type() Type { return TypeEnrolRequest }
 
 func (m *EnrolRequest) check() error {
 	for _, s := range []string{m.Name, m.Site, m.Token} {
@@ -37,6 +107,9 @@ type EnrolReply struct {
 	Reason  string         `cbor:"5,keyasint,omitempty"`
 }
 
+// Type implements Body.
+func (EnrolReply) Type() Type { return TypeEnrolReply }
+
 func (m *EnrolReply) check() error {
 	if m.Code != nil && len(m.Code) != identity.CodeLen {
 		return errors.New("registration code has the wrong length")
@@ -48,6 +121,9 @@ func (m *EnrolReply) check() error {
 // then forgets the code and admits the key to full sessions.
 type EnrolAck struct{}
 
+// Type implements Body.
+func (EnrolAck) Type() Type { return TypeEnrolAck }
+
 // Hello is an enrolled agent's first message in a session: its current
 // facts, checked against the enrolled ones.
 type Hello struct {
@@ -56,6 +132,9 @@ type Hello struct {
 	Site    string         `cbor:"3,keyasint"`
 	Version string         `cbor:"4,keyasint"`
 }
+
+// Type implements Body.
+func (Hello) Type() Type { return TypeHello }
 
 func (m *Hello) check() error {
 	for _, s := range []string{m.Name, m.Site, m.Version} {
@@ -71,11 +150,17 @@ type Welcome struct {
 	AgentID string `cbor:"1,keyasint"`
 }
 
+// Type implements Body.
+func (Welcome) Type() Type { return TypeWelcome }
+
 // Refused ends a session with a reason the agent logs.
 type Refused struct {
 	Reason string `cbor:"1,keyasint"`
 	Retry  bool   `cbor:"2,keyasint,omitempty"` // a temporary condition: try again later
 }
+
+// Type implements Body.
+func (Refused) Type() Type { return TypeRefused }
 
 // Challenge is the MMC's periodic re-authentication challenge: an
 // increasing identifier and a fresh nonce.
@@ -83,6 +168,9 @@ type Challenge struct {
 	Seq   uint64 `cbor:"1,keyasint"`
 	Nonce []byte `cbor:"2,keyasint"`
 }
+
+// Type implements Body.
+func (Challenge) Type() Type { return TypeChallenge }
 
 func (m *Challenge) check() error {
 	if len(m.Nonce) != identity.NonceLen {
@@ -97,6 +185,9 @@ type ChallengeAnswer struct {
 	MAC []byte `cbor:"2,keyasint"`
 }
 
+// Type implements Body.
+func (ChallengeAnswer) Type() Type { return TypeChallengeAnswer }
+
 // TimeRequest and TimeReply are the NTP-style exchange: T1 is the agent's
 // send time, T2 the MMC's receive time, T3 the MMC's send time (Unix
 // nanoseconds); the agent notes T4 on receipt.
@@ -104,12 +195,18 @@ type TimeRequest struct {
 	T1 int64 `cbor:"1,keyasint"`
 }
 
+// Type implements Body.
+func (TimeRequest) Type() Type { return TypeTimeRequest }
+
 // TimeReply answers a TimeRequest.
 type TimeReply struct {
 	T1 int64 `cbor:"1,keyasint"`
 	T2 int64 `cbor:"2,keyasint"`
 	T3 int64 `cbor:"3,keyasint"`
 }
+
+// Type implements Body.
+func (TimeReply) Type() Type { return TypeTimeReply }
 
 // Close codes with which the MMC ends agent sessions (SUDP application
 // error codes); an agent treats CodeRevoked and CodeFactsChanged as final.
@@ -146,6 +243,9 @@ type Report struct {
 	VMs  []VMReport `cbor:"3,keyasint"`
 }
 
+// Type implements Body.
+func (Report) Type() Type { return TypeReport }
+
 func (m *Report) check() error {
 	if len(m.VMs) > 4096 {
 		return errors.New("too many VMs in one report")
@@ -172,6 +272,9 @@ type Action struct {
 	Intro    *Introduction        `cbor:"6,keyasint,omitempty"`
 	Mig      *migration.Order     `cbor:"7,keyasint,omitempty"`
 }
+
+// Type implements Body.
+func (Action) Type() Type { return TypeAction }
 
 func (m *Action) check() error {
 	if m.Intro != nil {
@@ -227,6 +330,9 @@ type BoardPost struct {
 	Body  []byte `cbor:"3,keyasint"` // CBOR of the kind's type
 }
 
+// Type implements Body.
+func (BoardPost) Type() Type { return TypeBoardPost }
+
 func (m *BoardPost) check() error {
 	if err := identity.CheckLabel(m.Topic, 128); err != nil {
 		return err
@@ -247,12 +353,18 @@ type BoardEntry struct {
 	Body  []byte `cbor:"6,keyasint"`
 }
 
+// Type implements Body.
+func (BoardEntry) Type() Type { return TypeBoardEntry }
+
 // BoardRead asks the MMC for a topic's entries after Seq (answered with
 // BoardEntry messages).
 type BoardRead struct {
 	Topic string `cbor:"1,keyasint"`
 	After uint64 `cbor:"2,keyasint"`
 }
+
+// Type implements Body.
+func (BoardRead) Type() Type { return TypeBoardRead }
 
 // ActionResult answers an Action.
 type ActionResult struct {
@@ -263,6 +375,9 @@ type ActionResult struct {
 	Mig   *migration.Report `cbor:"5,keyasint,omitempty"`
 }
 
+// Type implements Body.
+func (ActionResult) Type() Type { return TypeActionResult }
+
 // Policy pushes the MMC's policy (a JSON document, see package policy) to
 // an agent; the agent answers with PolicyAck for the version it enforces.
 type Policy struct {
@@ -270,10 +385,16 @@ type Policy struct {
 	Doc     []byte `cbor:"2,keyasint"`
 }
 
+// Type implements Body.
+func (Policy) Type() Type { return TypePolicy }
+
 // PolicyAck names the policy version an agent enforces.
 type PolicyAck struct {
 	Version uint64 `cbor:"1,keyasint"`
 }
+
+// Type implements Body.
+func (PolicyAck) Type() Type { return TypePolicyAck }
 
 // Event is a log line or an alarm from an agent. Seq numbers an agent's
 // events so that the MMC can acknowledge them and drop resent duplicates:
@@ -287,6 +408,9 @@ type Event struct {
 	Kind    string `cbor:"5,keyasint"` // e.g. clock-offset, vm-stopped
 	Message string `cbor:"6,keyasint"`
 }
+
+// Type implements Body.
+func (Event) Type() Type { return TypeEvent }
 
 func (m *Event) check() error {
 	if err := identity.CheckLabel(m.Kind, 64); err != nil {
@@ -305,6 +429,9 @@ type EventAck struct {
 	Seq uint64 `cbor:"1,keyasint"`
 }
 
+// Type implements Body.
+func (EventAck) Type() Type { return TypeEventAck }
+
 // PeerHello is the first message each way on a direct agent-to-agent
 // connection: it names the job the MMC introduced them for, so each side
 // knows the connection serves that job and no other.
@@ -312,6 +439,9 @@ type PeerHello struct {
 	Topic string `cbor:"1,keyasint"`
 	From  string `cbor:"2,keyasint"` // sender's agent id
 }
+
+// Type implements Body.
+func (PeerHello) Type() Type { return TypePeerHello }
 
 func (m *PeerHello) check() error {
 	if err := identity.CheckLabel(m.Topic, 128); err != nil {

@@ -84,115 +84,6 @@ const (
 	progressStep = 0.05
 )
 
-// Env is what the MMC knows of the world when a drive starts, checked
-// before a planned migration changes anything.
-type Env struct {
-	SrcOnline, DstOnline bool
-	// Spec is the VM's definition; nil if the source does not hold it.
-	Spec *hypervisor.Spec
-	// OtherHost is a host other than the source that reports the VM
-	// ("" if none).
-	OtherHost string
-}
-
-// Input is what happened.
-type Input interface{ input() }
-
-// Start begins a drive. Resumed: the migration was found open when the
-// MMC started.
-type Start struct {
-	Resumed bool
-	Env     Env
-}
-
-// Tick: the time NextTimeout asked for has come.
-type Tick struct{}
-
-// Posted: an agent, on its own authenticated session, posted its job's
-// phase on the migration's topic.
-type Posted struct {
-	Host  string
-	Role  Role
-	Phase Phase
-}
-
-// Reply is the outcome of the Send numbered Seq. Report may be set with
-// Err too (an agent that refused an op still says where it stands).
-type Reply struct {
-	Seq    uint64
-	Report *Report
-	Err    error
-}
-
-// Introduced is the outcome of Introduce, with the agents' round-trip
-// times to the MMC measured then.
-type Introduced struct {
-	Err            error
-	SrcRTT, DstRTT time.Duration
-}
-
-// Persisted is the outcome of Persist: the record as written; or Stale
-// with the record as it now stands (another write came first); or Err.
-type Persisted struct {
-	Rec   Record
-	Stale bool
-	Err   error
-}
-
-// Changed: the record was written elsewhere (an administrator's cancel).
-type Changed struct{ Rec Record }
-
-func (Start) input()      {}
-func (Tick) input()       {}
-func (Posted) input()     {}
-func (Reply) input()      {}
-func (Introduced) input() {}
-func (Persisted) input()  {}
-func (Changed) input()    {}
-
-// Command is what the driver is to do.
-type Command interface{ command() }
-
-// Persist writes Rec if the stored version is still IfVersion; its
-// outcome comes back as Persisted.
-type Persist struct {
-	Rec       Record
-	IfVersion uint64
-}
-
-// Send sends Op to Host's agent; its outcome comes back as Reply{Seq}.
-type Send struct {
-	Seq   uint64
-	Host  string
-	Op    Op
-	Order Order
-}
-
-// Introduce puts the two agents in touch for the migration's link (the
-// listener expects the dialer); its outcome comes back as Introduced.
-type Introduce struct{ Listener, Dialer string }
-
-// Note posts text on the migration's topic for operators.
-type Note struct{ Text string }
-
-// Log is a line for the MMC's log.
-type Log struct {
-	Level slog.Level
-	Msg   string
-	Args  []any
-}
-
-// Ended: the migration reached its outcome (Rec, as persisted): the
-// driver closes its books (policy, topic, audit).
-type Ended struct{ Rec Record }
-
-func (Persist) command()   {}
-func (Send) command()      {}
-func (Introduce) command() {}
-func (Note) command()      {}
-func (Log) command()       {}
-func (Ended) command()     {}
-
 // Machine is one migration's orchestration: the record as last persisted
 // and what the drive has learnt since it started. It is not safe for
 // concurrent use; one driver goroutine steps it.
@@ -203,10 +94,14 @@ type Machine struct {
 	done    bool
 	writing bool      // a Persist is out: nothing is decided until its outcome
 	retryAt time.Time // a failed write is decided again then
-	wake    time.Time // NextTimeout
-	seq     uint64
-	pending map[uint64]sent
-	out     []Command // built by a Step
+	// bestEffort: the write out only records progress; its failure
+	// holds nothing up.
+	bestEffort   bool
+	progressNext time.Time // a failed progress write is tried again then
+	wake         time.Time // NextTimeout
+	seq          uint64
+	pending      map[uint64]sent
+	out          []Command // built by a Step
 
 	// preparing
 	resumedPreparing bool
@@ -239,6 +134,7 @@ type Machine struct {
 	switchedAt      time.Time // the source's pause, once it switched
 	switched        bool
 	askDst          bool // the pre-copy finished on its own: the destination decides
+	askDstSince     time.Time
 	switchFail      string
 
 	// switch-over
@@ -335,8 +231,11 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 	case Persisted:
 		m.persisted(in, now)
 	case Changed:
-		if in.Rec.ID == m.rec.ID && in.Rec.Version > m.rec.Version {
+		if in.Rec.ID == m.rec.ID && in.Rec.Version > m.rec.Version && !m.writing {
+			// (While a write is out it comes back stale with this record.)
+			prev := m.rec
 			m.rec = in.Rec
+			m.entered(prev, now)
 		}
 	}
 	if m.started && !m.done {
@@ -372,7 +271,7 @@ func (m *Machine) send(host string, op Op, o Order) {
 
 func (m *Machine) inflight(host string, op Op) bool {
 	for _, p := range m.pending {
-		if p.host == host && p.op == op {
+		if p.host == host && p.op == op && p.state == m.rec.State {
 			return true
 		}
 	}
@@ -398,11 +297,23 @@ func (m *Machine) persisted(in Persisted, now time.Time) {
 		return
 	}
 	m.writing = false
+	bestEffort := m.bestEffort
+	m.bestEffort = false
 	switch {
+	case in.Stale && in.Rec.Version > m.rec.Version:
+		// Someone wrote first (a cancel) — or, where a write's outcome
+		// was reported lost, this machine's own write landed: either
+		// way what is on record now is what to act from.
+		prev := m.rec
+		m.rec = in.Rec
+		m.entered(prev, now)
 	case in.Stale:
-		if in.Rec.Version > m.rec.Version {
-			m.rec = in.Rec
-		}
+		// A re-read that is not newer: decide again later, not in a
+		// tight loop.
+		m.retryAt = now.Add(RetryEvery)
+	case in.Err != nil && bestEffort:
+		// A progress figure: tried again later; nothing waits for it.
+		m.progressNext = now.Add(RetryEvery)
 	case in.Err != nil:
 		m.log(slog.LevelError, "migration: persisting", "state", m.rec.State, "err", in.Err)
 		m.retryAt = now.Add(RetryEvery)
@@ -444,7 +355,7 @@ func (m *Machine) entered(prev Record, now time.Time) {
 			m.log(slog.LevelError, "migration failed", "err", r.Error)
 		}
 	}
-	if !r.State.Open() {
+	if !r.State.Open() && prev.State.Open() {
 		m.done = true
 		m.wake = time.Time{}
 		m.emit(Ended{Rec: r})
@@ -458,7 +369,7 @@ func (m *Machine) posted(p Posted) {
 	case p.Host == m.rec.To && p.Role == Destination && (p.Phase == PhaseCompleted || p.Phase == PhaseCommitted):
 		// Its agent posts completed only with a verified image, and
 		// resumes (committed) only once verified.
-		if m.rec.State == Transferring {
+		if m.rec.State == Transferring || (m.rec.State == Postcopy && m.askDst) {
 			m.verified = true
 		}
 	case p.Host == m.rec.From && p.Role == Source && p.Phase == PhaseCompleted:
@@ -543,6 +454,7 @@ func (m *Machine) transferReply(p sent, r *Report, errs string, now time.Time) {
 			return
 		}
 		m.startNeeded = false
+		m.progressAt = now // the stall clock runs from the transfer's start
 		m.log(slog.LevelInfo, "migration transferring", "from", m.rec.From, "to", m.rec.To)
 	case p.op != OpStatus:
 	case p.host == m.rec.To:
@@ -612,8 +524,13 @@ func (m *Machine) switchReply(p sent, r *Report, errs string, now time.Time) {
 				// The pre-copy finished on its own before the switch
 				// (QEMU went on iterating meanwhile): the source is
 				// paused for good, and the usual commit applies once the
-				// destination holds a verified image.
-				m.askDst = true
+				// destination holds a verified image. Its copy is paused:
+				// ask the destination now, not at the next retry.
+				if !m.askDst {
+					m.askDst, m.askDstSince = true, now
+					m.switchNext = now
+					return
+				}
 			case st.Postcopy == hypervisor.PostcopyActive:
 				m.switched, m.switchedAt = true, st.PausedAt
 			case r.Phase == PhaseFailed || st.State == hypervisor.MigFailed || st.State == hypervisor.MigCancelled:
@@ -684,310 +601,4 @@ func (m *Machine) switchOverReply(p sent, r *Report, errs string, now time.Time)
 			m.cleanup = append(m.cleanup, CleanupEntry(OpFinish, p.host))
 		}
 	}
-}
-
-// advance decides from what the machine knows now.
-func (m *Machine) advance(now time.Time) {
-	m.wake = time.Time{}
-	if m.writing {
-		return
-	}
-	if !m.retryAt.IsZero() {
-		if now.Before(m.retryAt) {
-			m.at(m.retryAt)
-			return
-		}
-		m.retryAt = time.Time{}
-	}
-	switch m.rec.State {
-	case Planned:
-		m.plan(now)
-	case Preparing:
-		m.prepare(now)
-	case Transferring:
-		m.transfer(now)
-	case Postcopy:
-		m.postcopy(now)
-	case SwitchOver:
-		m.switchOver(now)
-	case RollingBack:
-		m.rollBack(now)
-	default:
-		m.rollback(Failed, now, "unknown state %q", m.rec.State)
-	}
-}
-
-func (m *Machine) plan(now time.Time) {
-	r, e := m.rec, m.env
-	switch {
-	case r.CancelRequested:
-		m.rollback(Cancelled, now, "cancelled before it started")
-	case !e.SrcOnline || !e.DstOnline:
-		m.rollback(Failed, now, "%s or %s is offline", r.From, r.To)
-	case e.Spec == nil:
-		m.rollback(Failed, now, "VM %s is no longer on %s", r.VM, r.From)
-	case e.OtherHost != "" && e.OtherHost != r.From:
-		m.rollback(Failed, now, "VM %s is reported by %s too", r.VM, e.OtherHost)
-	default:
-		r.State = Preparing
-		m.persist(r, now)
-	}
-}
-
-func (m *Machine) prepare(now time.Time) {
-	r := m.rec
-	switch {
-	case m.resumedPreparing:
-		m.rollback(Failed, now, "the MMC restarted while preparing the destination")
-	case m.intro == introNone:
-		m.intro = introAsked
-		m.emit(Introduce{Listener: r.To, Dialer: r.From})
-	case m.intro == introAsked:
-	case m.introErr != "":
-		m.rollback(Failed, now, "introducing the agents: %s", m.introErr)
-	case m.prepErr != "":
-		m.rollback(Failed, now, "preparing the destination: %s", m.prepErr)
-	case !m.prepared:
-		o := m.order()
-		o.Spec = m.env.Spec
-		m.send(r.To, OpPrepare, o)
-	case r.CancelRequested:
-		m.rollback(Cancelled, now, "cancelled")
-	default:
-		r.State, r.Started = Transferring, now
-		m.persist(r, now)
-	}
-}
-
-// StopAndCopy is the part of the downtime limit the source's final copy
-// may take. The rest of the downtime is fixed costs, estimated from the
-// agents' round-trip times to the MMC: the backlog ahead of the final
-// copy (the migration stream's bounded queue), the one-way delay of the
-// agents' link (half its RTT, which is about the sum of their RTTs to the
-// MMC, since the MMC sits near one of them), one link RTT to repair what
-// the path lost in the final copy's last round trip (at 1 % loss a final
-// copy of a few hundred packets almost always loses one, and the repair
-// of the last ones costs a round trip), and 30 ms for the arming's fsync,
-// scheduling and the socket pairs between the agents and their
-// hypervisors. The arming itself travels beside the stream's tail, so the
-// destination resumes without a round trip to the MMC. It never goes
-// below a sixth of the limit.
-func StopAndCopy(limit, srcRTT, dstRTT time.Duration) time.Duration {
-	link := srcRTT + dstRTT
-	fixed := QueueDelay + link/2 + link + 30*time.Millisecond
-	return max(limit-fixed, limit/6)
-}
-
-func (m *Machine) transfer(now time.Time) {
-	r := m.rec
-	armed := r.Armed()
-	if m.progressAt.IsZero() {
-		m.progressAt = now
-	}
-	if m.startNeeded {
-		if m.startErr != "" {
-			m.rollback(Failed, now, "starting the transfer: %s", m.startErr)
-			return
-		}
-		o := m.order()
-		o.Params = r.Params(StopAndCopy(r.DowntimeLimit(), m.srcRTT, m.dstRTT))
-		m.send(r.From, OpStart, o)
-		return
-	}
-	switch {
-	case r.CancelRequested && !armed:
-		m.rollback(Cancelled, now, "cancelled by the administrator")
-		return
-	case m.verified:
-		// The commit: from this write on the destination is the VM.
-		r.State, r.Verified, r.Progress, r.CommittedAt = SwitchOver, true, 1, now
-		m.persist(r, now)
-		return
-	case m.dstFail != "":
-		m.rollback(Failed, now, "%s", m.dstFail)
-		return
-	case !armed && m.srcFail != "":
-		m.rollback(Failed, now, "%s", m.srcFail)
-		return
-	case !armed && m.sentAll:
-		r.ArmedAt = now
-		m.persist(r, now)
-		return
-	case !armed && m.switchReady:
-		r.State = Postcopy
-		m.persist(r, now)
-		return
-	case armed && !m.armSent:
-		// Sent once per drive: after an MMC restart the order may not
-		// have left.
-		m.armSent = true
-		m.send(r.To, OpArm, m.order())
-	case !armed && m.live != nil && m.live.Progress-r.Progress >= progressStep:
-		r.Progress = m.live.Progress
-		m.persist(r, now)
-		return
-	}
-	if now.Sub(m.progressAt) > StallTimeout {
-		if armed {
-			// The destination may have resumed: an agent that is away,
-			// or a link that died in the last round trip, is waited for.
-			m.log(slog.LevelWarn, "armed migration waits for its destination", "host", r.To, "err", errText(m.dstErr))
-			m.progressAt = now
-		} else {
-			m.rollback(Failed, now, "no progress for %v (source: %s; destination: %s)", StallTimeout, errText(m.srcErr), errText(m.dstErr))
-			return
-		}
-	}
-	if !now.Before(m.nextPoll) {
-		m.nextPoll = now.Add(PollEvery)
-		m.send(r.To, OpStatus, m.order())
-		if !armed {
-			m.send(r.From, OpStatus, m.order())
-		}
-	}
-	m.at(m.nextPoll)
-	m.at(m.progressAt.Add(StallTimeout).Add(time.Nanosecond))
-}
-
-func (m *Machine) postcopy(now time.Time) {
-	r := m.rec
-	if m.switchFastUntil.IsZero() {
-		m.switchFastUntil = now.Add(switchFastFor)
-	}
-	switch {
-	case m.switchFail != "":
-		m.rollback(Failed, now, "%s", m.switchFail)
-		return
-	case m.askDst && m.verified:
-		r.State, r.Verified, r.Progress, r.CommittedAt = SwitchOver, true, 1, now
-		m.persist(r, now)
-		return
-	case m.switched:
-		r.State, r.Postcopy, r.CommittedAt, r.PausedAt = SwitchOver, true, now, m.switchedAt
-		m.persist(r, now)
-		return
-	}
-	if !now.Before(m.switchNext) {
-		m.send(r.From, OpPostcopy, m.order())
-		if m.askDst {
-			m.send(r.To, OpStatus, m.order())
-		}
-	}
-	if !m.inflight(r.From, OpPostcopy) {
-		m.at(m.switchNext)
-	}
-}
-
-func (m *Machine) switchOver(now time.Time) {
-	r := m.rec
-	if !m.resumed {
-		if !now.Before(m.commitNext) {
-			o := m.order()
-			// A post-copy destination resumes as soon as it is in
-			// post-copy (its agent waits for that).
-			o.Params.Postcopy = r.Postcopy
-			m.send(r.To, OpCommit, o)
-		}
-		if !m.inflight(r.To, OpCommit) {
-			m.at(m.commitNext)
-		}
-		return
-	}
-	if r.Postcopy && !m.pulled {
-		// The source holds the pages the destination has not pulled
-		// yet. A post-copy cut off from its source pauses and waits;
-		// nothing here can roll it back or forward.
-		if m.pullFailed != "" {
-			// Neither copy is a VM any more. Say so; destroy nothing.
-			r.State, r.Finished = Failed, now
-			r.Error = "post-copy failed at the destination (" + m.pullFailed +
-				"): the guest's memory was split between the hosts; both copies are kept for inspection"
-			m.persist(r, now)
-			return
-		}
-		if m.pullWarn.IsZero() {
-			m.pullWarn = now
-		}
-		if !now.Before(m.pullNext) {
-			m.send(r.To, OpStatus, m.order())
-		}
-		if !m.inflight(r.To, OpStatus) {
-			m.at(m.pullNext)
-		}
-		return
-	}
-	if !m.srcDone {
-		// The source's figures (pause time, rounds, bytes) for the
-		// report, read before its copy goes; an agent that is away (it
-		// may not yet have noticed an MMC restart) gets a while.
-		if !m.srcAsked {
-			m.srcAsked, m.srcUntil = true, now.Add(SourceReportWait)
-		}
-		if !now.Before(m.srcNext) {
-			m.send(r.From, OpStatus, m.order())
-		}
-		if !m.inflight(r.From, OpStatus) {
-			m.at(m.srcNext)
-		}
-		return
-	}
-	if !m.finishDone {
-		if !m.finishAsked {
-			m.finishAsked = true
-			m.send(r.From, OpFinish, m.order())
-		}
-		return
-	}
-	r.State, r.ResumedAt, r.Finished, r.VerifiedAt, r.BytesOnWire = Completed, m.resumedAt, now, m.verifiedAt, m.dstWire
-	if src := m.srcReport; src != nil {
-		r.PausedAt, r.Rounds, r.Transferred = src.Status.PausedAt, src.Status.Round, src.Status.Transferred
-		if src.Status.State == hypervisor.MigCompleted {
-			r.SentAt = src.Status.Finished
-		}
-		r.BytesOnWire += src.WireBytes
-	}
-	end := m.resumedAt
-	if r.Postcopy {
-		end = m.verifiedAt // the last page arrived
-		r.Verified = !m.verifiedAt.IsZero()
-	}
-	if !r.Started.IsZero() && !end.IsZero() {
-		r.TotalMS = end.Sub(r.Started).Milliseconds()
-	}
-	if !r.PausedAt.IsZero() {
-		r.DowntimeMS = max(0, m.resumedAt.Sub(r.PausedAt).Milliseconds())
-	}
-	r.Cleanup = append(append([]string(nil), r.Cleanup...), m.cleanup...)
-	m.persist(r, now)
-}
-
-// rollBack makes the source the running copy again and has the
-// destination drop its copy. The source must answer (a copy paused after
-// a complete transfer resumes only when told); the destination's abort is
-// left as a cleanup if its agent is away (its copy is never resumed
-// without a commit, so it is harmless until then).
-func (m *Machine) rollBack(now time.Time) {
-	r := m.rec
-	if !m.rolledBack {
-		if !now.Before(m.rollbackNext) {
-			m.send(r.From, OpRollback, m.order())
-		}
-		if !m.inflight(r.From, OpRollback) {
-			m.at(m.rollbackNext)
-		}
-		return
-	}
-	if !m.abortDone {
-		if !m.abortAsked {
-			m.abortAsked = true
-			m.send(r.To, OpAbort, m.order())
-		}
-		return
-	}
-	r.State, r.Finished = Failed, now
-	if r.Outcome == Cancelled {
-		r.State = Cancelled
-	}
-	r.Cleanup = append(append([]string(nil), r.Cleanup...), m.cleanup...)
-	m.persist(r, now)
 }

@@ -125,26 +125,39 @@ type Record struct {
 // Armed reports whether the destination was told to resume by itself.
 func (r Record) Armed() bool { return !r.ArmedAt.IsZero() }
 
-// ErrNotCancellable wraps every reason CheckCancel refuses.
+// ErrNotCancellable matches every reason CheckCancel refuses.
 var ErrNotCancellable = errors.New("migration: cannot be cancelled")
+
+// NotCancellable is CheckCancel's refusal: its text is the reason alone.
+type NotCancellable struct{ Reason string }
+
+func (e *NotCancellable) Error() string { return e.Reason }
+
+// Is makes a refusal match ErrNotCancellable.
+func (e *NotCancellable) Is(target error) bool { return target == ErrNotCancellable }
 
 // CheckCancel says whether an administrator may cancel r now. A
 // migration past its commit (switch-over), armed for it, or switching
 // to post-copy cannot be: the destination is, or is about to be, the VM.
 func CheckCancel(r Record) error {
+	why := ""
 	switch {
 	case !r.State.Open():
-		return fmt.Errorf("%w: migration %s is %s", ErrNotCancellable, r.ID, r.State)
+		why = fmt.Sprintf("migration %s is %s", r.ID, r.State)
 	case r.State == SwitchOver:
-		return fmt.Errorf("%w: migration %s is committed (switch-over): too late to cancel", ErrNotCancellable, r.ID)
+		why = fmt.Sprintf("migration %s is committed (switch-over): too late to cancel", r.ID)
 	case r.Armed() && r.State == Transferring:
-		return fmt.Errorf("%w: migration %s has sent its last byte and its destination resumes once verified: too late to cancel", ErrNotCancellable, r.ID)
+		why = fmt.Sprintf("migration %s has sent its last byte and its destination resumes once verified: too late to cancel", r.ID)
 	case r.State == Postcopy:
-		return fmt.Errorf("%w: migration %s is switching to post-copy: too late to cancel", ErrNotCancellable, r.ID)
+		why = fmt.Sprintf("migration %s is switching to post-copy: too late to cancel", r.ID)
+	case r.State == RollingBack:
+		why = fmt.Sprintf("migration %s is already rolling back", r.ID)
 	case r.CancelRequested:
-		return fmt.Errorf("%w: migration %s is already being cancelled", ErrNotCancellable, r.ID)
+		why = fmt.Sprintf("migration %s is already being cancelled", r.ID)
+	default:
+		return nil
 	}
-	return nil
+	return &NotCancellable{Reason: why}
 }
 
 // A cleanup is an order left over from a decided migration whose agent

@@ -59,11 +59,13 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 		delete(ss.pending, a.ID)
 		ss.mu.Unlock()
 	}()
+	// The timeout covers the send too: opening a message stream to a
+	// peer that stopped reading has no deadline of its own.
+	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
+	defer cancel()
 	if err := message.Send(ctx, ss.c, a); err != nil {
 		return message.ActionResult{}, fmt.Errorf("mmc: send %s to %s: %w", a.Op, host, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
-	defer cancel()
 	select {
 	case r := <-ch:
 		if !r.OK {

@@ -47,7 +47,7 @@ func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (
 	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, State: migration.Planned,
 		Reason: reason, By: by, Options: o, Created: now, Updated: now})
 	if errors.Is(err, store.ErrConflict) {
-		return m, fmt.Errorf("%w: %w", ErrBusy, err)
+		return m, ErrBusy
 	}
 	if err != nil {
 		return m, err
@@ -71,8 +71,8 @@ const cancelMigrationWait = 30 * time.Second
 // is, or is about to be, the VM.
 func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.Record, error) {
 	m, err := s.st.CancelMigration(id, s.cfg.Now())
-	if errors.Is(err, store.ErrConflict) {
-		return m, fmt.Errorf("%w: %w", ErrConflict, err)
+	if nc := (*migration.NotCancellable)(nil); errors.As(err, &nc) {
+		return m, conflict{nc}
 	}
 	if err != nil {
 		return m, err
@@ -104,3 +104,11 @@ func (s *Server) migrations() ([]migration.Record, error) {
 	})
 	return all, err
 }
+
+// conflict is a request refused for the state things are in; its text
+// is the reason alone.
+type conflict struct{ reason error }
+
+func (c conflict) Error() string        { return c.reason.Error() }
+func (c conflict) Unwrap() error        { return c.reason }
+func (c conflict) Is(target error) bool { return target == ErrConflict }

@@ -34,11 +34,44 @@ type orchestrator struct {
 
 // drive is one migration's driver.
 type drive struct {
-	in   chan migration.Input
+	in   chan migration.Input // from the drive's own order goroutines
 	done chan struct{}
 
 	mu   sync.Mutex
 	live *migration.Live
+	// mail holds inputs from outside the drive (agents' posted phases,
+	// an administrator's cancel): posting never blocks an agent's session
+	// loop on a busy drive. A machine needs only the latest of each kind
+	// of news, so the box is bounded.
+	mail []migration.Input
+	wake chan struct{} // capacity 1: mail is waiting
+}
+
+// maxMail bounds a drive's mailbox; beyond it the oldest input goes (the
+// machine also learns what posts say from its status requests).
+const maxMail = 32
+
+// post leaves in in the drive's mailbox without blocking.
+func (d *drive) post(in migration.Input) {
+	d.mu.Lock()
+	if len(d.mail) >= maxMail {
+		d.mail = d.mail[1:]
+	}
+	d.mail = append(d.mail, in)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeMail empties the mailbox.
+func (d *drive) takeMail() []migration.Input {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.mail
+	d.mail = nil
+	return m
 }
 
 // deliver hands in to the drive; false if it has ended.
@@ -94,7 +127,7 @@ func (s *Server) launch(id string, resumed bool) {
 	if s.orch.ctx == nil || s.orch.running[id] != nil || s.orch.ctx.Err() != nil {
 		return
 	}
-	d := &drive{in: make(chan migration.Input, 16), done: make(chan struct{})}
+	d := &drive{in: make(chan migration.Input, 16), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	s.orch.running[id] = d
 	s.orch.wg.Add(1)
 	go func() {
@@ -109,13 +142,14 @@ func (s *Server) launch(id string, resumed bool) {
 	}()
 }
 
-// notify hands an input to migration id's drive, if one runs.
+// notify leaves an input for migration id's drive, if one runs; it never
+// blocks.
 func (s *Server) notify(id string, in migration.Input) {
 	s.orch.mu.Lock()
-	d, ctx := s.orch.running[id], s.orch.ctx
+	d := s.orch.running[id]
 	s.orch.mu.Unlock()
 	if d != nil {
-		d.deliver(ctx, in)
+		d.post(in)
 	}
 }
 
@@ -154,6 +188,13 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 		for len(queue) > 0 {
 			c := queue[0]
 			queue = queue[1:]
+			if _, ok := c.(migration.Persist); ok && len(queue) > 0 {
+				// The machine decides nothing behind a write; a batch
+				// that does is a bug that could order an agent ahead of
+				// the record.
+				s.log.Error("mmc: migration machine emitted commands after a write; dropped", "id", id, "dropped", len(queue))
+				queue = nil
+			}
 			if in := s.execute(ctx, d, m.Record(), c); in != nil {
 				step(in)
 			}
@@ -182,6 +223,10 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 			return
 		case in := <-d.in:
 			step(in)
+		case <-d.wake:
+			for _, in := range d.takeMail() {
+				step(in)
+			}
 		case <-wake:
 			step(migration.Tick{})
 		}

@@ -115,6 +115,11 @@ func TestMigrationVersions(t *testing.T) {
 	if cur, err = s.UpdateMigration(cur, cur.Version); err != nil {
 		t.Fatal(err)
 	}
+	reopened := cur
+	reopened.State = migration.RollingBack
+	if _, err := s.UpdateMigration(reopened, cur.Version); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a decided outcome rewritten: %v", err)
+	}
 	if err := s.CleanupDone("m1", "abort:h2"); err != nil {
 		t.Fatal(err)
 	}

@@ -26,8 +26,8 @@ type MigrationCreate struct {
 }
 
 // MigrationUpdate replaces a migration's record on condition that the
-// stored version is IfVersion (ErrStale otherwise); the stored version
-// becomes IfVersion+1.
+// stored version is IfVersion (ErrStale otherwise) and its outcome is
+// not yet decided (ErrConflict); the stored version becomes IfVersion+1.
 type MigrationUpdate struct {
 	Record    migration.Record `json:"record"`
 	IfVersion uint64           `json:"if_version"`
@@ -93,6 +93,10 @@ func (c *MigrationUpdate) apply(tx *bolt.Tx) (any, error) {
 	}
 	if cur.Version != c.IfVersion {
 		return nil, fmt.Errorf("%w: migration %s is at version %d, not %d", ErrStale, cur.ID, cur.Version, c.IfVersion)
+	}
+	if !cur.State.Open() {
+		// An outcome is final: nothing rewrites it.
+		return nil, fmt.Errorf("%w: migration %s is %s", ErrConflict, cur.ID, cur.State)
 	}
 	m := c.Record
 	m.Version = cur.Version + 1

@@ -1,0 +1,179 @@
+package migration
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+)
+
+// Cases from the review of the rewrite: what a re-read record, a lost
+// write or a slow store must not do.
+
+// A write whose outcome was reported lost but that landed: the re-read
+// shows the machine's own terminal state. It ends once (one Ended) and
+// orders nothing more.
+func TestLostTerminalWriteEndsOnce(t *testing.T) {
+	rec := transferringRec()
+	rec.State, rec.Outcome, rec.Error = RollingBack, Failed, "source: failed"
+	b := newBench(t, rec)
+	out := b.step(Start{Resumed: true})
+	sendTo(t, out, OpRollback, wSrc)
+	out = b.step(Reply{Seq: sendsIn(out, OpRollback)[0].Seq, Report: &Report{}})
+	abort := sendTo(t, out, OpAbort, wDst)
+	out = b.step(Reply{Seq: abort.Seq, Report: &Report{}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.State != Failed {
+		t.Fatalf("no final write: %s", describe(out))
+	}
+	// The write lands, but its outcome is lost.
+	landed := p.Rec
+	landed.Version = p.IfVersion + 1
+	out = b.step(Persisted{Err: errors.New("outcome unknown")})
+	b.now = b.now.Add(RetryEvery)
+	out = append(out, b.step(Tick{})...)
+	if p, ok := lastPersist(out); !ok || p.IfVersion != rec.Version {
+		t.Fatalf("the retry: %s", describe(out))
+	}
+	out = b.step(Persisted{Rec: landed, Stale: true})
+	ended := 0
+	for _, c := range out {
+		switch c.(type) {
+		case Ended:
+			ended++
+		case Send, Persist:
+			t.Fatalf("a closed migration ordered %s", describe(out))
+		}
+	}
+	if ended != 1 || !b.m.Done() {
+		t.Fatalf("%d Ended, done %v: %s", ended, b.m.Done(), describe(out))
+	}
+}
+
+// A re-read showing transferring that this drive's own (lost) write put
+// there: the source is started, not left waiting.
+func TestLostTransferringWriteStartsTheSource(t *testing.T) {
+	rec := transferringRec()
+	rec.State = Preparing
+	b := newBench(t, rec)
+	out := b.step(Start{})
+	if len(out) != 1 {
+		t.Fatalf("want an introduction first: %s", describe(out))
+	}
+	out = b.step(Introduced{})
+	prep := sendTo(t, out, OpPrepare, wDst)
+	out = b.step(Reply{Seq: prep.Seq, Report: &Report{}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.State != Transferring {
+		t.Fatalf("no transferring write: %s", describe(out))
+	}
+	landed := p.Rec
+	landed.Version = p.IfVersion + 1
+	b.step(Persisted{Err: errors.New("outcome unknown")})
+	b.now = b.now.Add(RetryEvery)
+	b.step(Tick{})
+	out = b.step(Persisted{Rec: landed, Stale: true})
+	sendTo(t, out, OpStart, wSrc)
+}
+
+// A failed progress write holds nothing up: the arm write follows at
+// once when the source completes.
+func TestFailedProgressWriteDelaysNothing(t *testing.T) {
+	b := newBench(t, transferringRec())
+	out := b.step(Start{Resumed: true})
+	st := sendTo(t, out, OpStatus, wSrc)
+	sendTo(t, out, OpStatus, wDst)
+	out = b.step(Reply{Seq: st.Seq, Report: &Report{Phase: PhaseTransferring,
+		Status: hypervisor.MigrationStatus{State: hypervisor.MigActive, Total: 100, Remaining: 50, Transferred: 50}}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.Progress < 0.49 {
+		t.Fatalf("no progress write: %s", describe(out))
+	}
+	b.step(Persisted{Err: errors.New("disk full")})
+	out = b.step(Posted{Host: wSrc, Role: Source, Phase: PhaseCompleted})
+	if p, ok := lastPersist(out); !ok || !p.Rec.Armed() {
+		t.Fatalf("the arm waited for the failed progress write: %s", describe(out))
+	}
+}
+
+// In post-copy, a source whose pre-copy finished on its own is paused:
+// the destination is asked at once, and its verified post commits.
+func TestPostcopyFinishedPrecopyAsksAtOnce(t *testing.T) {
+	rec := transferringRec()
+	rec.State, rec.AllowPostcopy = Postcopy, true
+	b := newBench(t, rec)
+	out := b.step(Start{Resumed: true})
+	pc := sendTo(t, out, OpPostcopy, wSrc)
+	out = b.step(Reply{Seq: pc.Seq, Report: &Report{Phase: PhaseCompleted,
+		Status: hypervisor.MigrationStatus{State: hypervisor.MigCompleted}}})
+	sendTo(t, out, OpStatus, wDst)
+	out = b.step(Posted{Host: wDst, Role: Destination, Phase: PhaseCompleted})
+	if p, ok := lastPersist(out); !ok || p.Rec.State != SwitchOver || !p.Rec.Verified {
+		t.Fatalf("no commit on the destination's verified post: %s", describe(out))
+	}
+}
+
+// A destination that never shows a verified image after the source's
+// pre-copy finished in post-copy is rolled back after StallTimeout (it
+// was neither armed nor committed), not waited for forever.
+func TestPostcopyFinishedPrecopyStalls(t *testing.T) {
+	rec := transferringRec()
+	rec.State, rec.AllowPostcopy = Postcopy, true
+	b := newBench(t, rec)
+	out := b.step(Start{Resumed: true})
+	pc := sendTo(t, out, OpPostcopy, wSrc)
+	out = b.step(Reply{Seq: pc.Seq, Report: &Report{Phase: PhaseCompleted,
+		Status: hypervisor.MigrationStatus{State: hypervisor.MigCompleted}}})
+	st := sendTo(t, out, OpStatus, wDst)
+	b.step(Reply{Seq: st.Seq, Err: errors.New("host offline")})
+	for i := 0; i < 1000 && !b.m.NextTimeout().IsZero(); i++ {
+		b.now = b.m.NextTimeout()
+		out = b.step(Tick{})
+		for _, s := range sendsIn(out, OpPostcopy) {
+			b.step(Reply{Seq: s.Seq, Report: &Report{Phase: PhaseCompleted, Status: hypervisor.MigrationStatus{State: hypervisor.MigCompleted}}})
+		}
+		for _, s := range sendsIn(out, OpStatus) {
+			b.step(Reply{Seq: s.Seq, Err: errors.New("host offline")})
+		}
+		if p, ok := lastPersist(out); ok {
+			if p.Rec.State != RollingBack || b.now.Sub(t0) < StallTimeout {
+				t.Fatalf("at %v: %s", b.now.Sub(t0), describe(out))
+			}
+			return
+		}
+	}
+	t.Fatal("waited for the destination forever")
+}
+
+// A status request still out from transferring does not hold back the
+// switch-over's request for the source's figures.
+func TestOldRequestDoesNotBlockANewState(t *testing.T) {
+	b := newBench(t, transferringRec())
+	out := b.step(Start{Resumed: true})
+	sendTo(t, out, OpStatus, wSrc) // never answered
+	out = b.land(b.step(Posted{Host: wDst, Role: Destination, Phase: PhaseCompleted}))
+	commit := sendTo(t, out, OpCommit, wDst)
+	out = b.step(Reply{Seq: commit.Seq, Report: &Report{Phase: PhaseCommitted, At: t0.UnixNano()}})
+	sendTo(t, out, OpStatus, wSrc)
+}
+
+// A cancel that lands while the start order is out wins over the start's
+// failure.
+func TestCancelBeatsAFailedStart(t *testing.T) {
+	rec := transferringRec()
+	rec.State = Preparing
+	b := newBench(t, rec)
+	b.step(Start{})
+	out := b.step(Introduced{})
+	prep := sendTo(t, out, OpPrepare, wDst)
+	out = b.land(b.step(Reply{Seq: prep.Seq, Report: &Report{}}))
+	start := sendTo(t, out, OpStart, wSrc)
+	cancelled := b.rec
+	cancelled.CancelRequested, cancelled.Version = true, cancelled.Version+1
+	b.rec = cancelled
+	b.step(Changed{Rec: cancelled})
+	out = b.step(Reply{Seq: start.Seq, Err: errors.New("no link")})
+	if p, ok := lastPersist(out); !ok || p.Rec.Outcome != Cancelled {
+		t.Fatalf("want a cancelled rollback: %s", describe(out))
+	}
+}

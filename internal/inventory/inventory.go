@@ -436,3 +436,16 @@ func (inv *Inventory) view(p Placement) VM {
 	}
 	return v
 }
+
+// Agent returns what the inventory knows of agent id.
+func (inv *Inventory) Agent(id string) (Agent, bool) {
+	a := inv.agents[id]
+	if a == nil {
+		return Agent{}, false
+	}
+	return a.Agent, true
+}
+
+// Migrating reports whether VM name has a migration open or cleanups
+// left (its copies on two hosts are expected meanwhile).
+func (inv *Inventory) Migrating(name string) bool { return inv.migrating(name) }

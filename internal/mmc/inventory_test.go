@@ -220,3 +220,22 @@ func startMMCIn(t *testing.T, dir string) *Server {
 	t.Cleanup(func() { cancel(); <-done })
 	return s
 }
+
+// Orders go to the agents the migration record names for its hosts; a
+// record from before agent ids (or a host it does not name) falls back
+// to the name's holder ("").
+func TestMigrationOrdersGoToRecordedAgents(t *testing.T) {
+	s := &Server{}
+	rec := migration.Record{From: "h1", To: "h2", FromAgent: "a1", ToAgent: "a2"}
+	for _, tc := range []struct {
+		rec        migration.Record
+		host, want string
+	}{
+		{rec, "h1", "a1"}, {rec, "h2", "a2"}, {rec, "h3", ""},
+		{migration.Record{From: "h1", To: "h2"}, "h1", ""},
+	} {
+		if got := s.agentFor(tc.rec, tc.host); got != tc.want {
+			t.Errorf("agentFor(%+v, %s) = %q, want %q", tc.rec, tc.host, got, tc.want)
+		}
+	}
+}

@@ -371,18 +371,23 @@ func TestArmedDestinationGone(t *testing.T) {
 	}
 }
 
-// createOnH1 creates a 2 MiB VM named vm on h1, waits until the MMC
-// sees it there, and returns its bytes.
+// createOnH1 creates a 2 MiB VM named vm on h1 through the MMC's API (so
+// that it is in the MMC's inventory; h1's driver gets the vm.create
+// order), waits until the MMC sees it running there, and returns its
+// bytes.
 func (h *harness) createOnH1(t *testing.T, vm string) []byte {
 	t.Helper()
-	created, err := h.drivers["h1"].Create(h.ctx, hypervisor.Spec{Name: vm, Memory: 2 << 20, VCPUs: 1})
+	created, err := h.client().CreateVM(h.ctx, api.VMCreate{Name: vm, Host: "h1", Memory: 2 << 20, VCPUs: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	original, _, _ := h.drivers["h1"].content(created.ID)
+	original, _, ok := h.drivers["h1"].content(created.ID)
+	if !ok {
+		t.Fatalf("h1's driver has no VM %s after its creation", created.ID)
+	}
 	h.waitFor(vm+" reported", 10*time.Second, func() bool {
 		vms, _ := h.client().VMs(h.ctx)
-		return len(vms) == 1 && vms[0].Host == "h1"
+		return len(vms) == 1 && vms[0].Host == "h1" && vms[0].State == string(hypervisor.StateRunning)
 	})
 	return original
 }

@@ -71,14 +71,21 @@ func (o Options) Params(stopAndCopy time.Duration) hypervisor.MigrationParams {
 // race (an administrator's cancel, say) is refused rather than
 // overwriting it.
 type Record struct {
-	ID       string  `json:"id"`
-	VM       string  `json:"vm"`
-	From     string  `json:"from"`
-	To       string  `json:"to"`
-	State    State   `json:"state"`
-	Progress float64 `json:"progress"`
-	Reason   string  `json:"reason"`
-	By       string  `json:"by"` // "admin" or "policy"
+	ID   string `json:"id"`
+	VM   string `json:"vm"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// FromAgent and ToAgent are the agent ids holding From and To when
+	// the migration was planned: orders go to these agents, not to
+	// whoever holds the names later, and the commit places the VM on
+	// ToAgent in the MMC's inventory. Empty in records written before
+	// the inventory (the names are used then).
+	FromAgent string  `json:"from_agent,omitempty"`
+	ToAgent   string  `json:"to_agent,omitempty"`
+	State     State   `json:"state"`
+	Progress  float64 `json:"progress"`
+	Reason    string  `json:"reason"`
+	By        string  `json:"by"` // "admin" or "policy"
 	Options
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`

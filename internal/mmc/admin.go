@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/policy"
@@ -269,12 +270,43 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 	}
 }
 
-func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.hosts())
+// The API's types are made here, at the edge, from the MMC's own views.
+
+func apiHost(h hostView) api.Host {
+	out := api.Host{ID: h.ID, Agent: h.Agent, Site: h.Site, Online: h.Online, CPU: h.CPU, Mem: h.Mem, Net: h.Net,
+		SwapIn: h.SwapIn, SwapOut: h.SwapOut, Cores: h.Cores, MemBytes: h.MemBytes, VMs: h.VMs,
+		PolicyVersion: h.PolicyVersion, PolicyLag: h.PolicyLag}
+	if !h.ReportedAt.IsZero() {
+		t := h.ReportedAt
+		out.ReportedAt = &t
+	}
+	return out
 }
 
+func apiVM(v inventory.VM) api.VM {
+	return api.VM{ID: v.Name, Host: v.Host, State: v.State, CPU: v.CPU, Mem: v.Mem, Net: v.Net, Dirty: v.Dirty,
+		VCPUs: v.VCPUs, Memory: v.Memory}
+}
+
+func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
+	hosts := s.hosts()
+	out := make([]api.Host, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, apiHost(h))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleVMs lists the inventory: every VM the MMC has a record of, on the
+// host it places it on, with the state that host reports (or unknown,
+// unmanaged, unplaced: see package inventory).
 func (s *Server) handleVMs(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.vms())
+	vms := s.vmsView()
+	out := make([]api.VM, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, apiVM(v))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
@@ -304,46 +336,103 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "vcpus must be 1–256 and memory at most 1 TiB")
 		return
 	}
-	if _, taken := s.hostOfVM(req.Name); taken {
-		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists")
-		return
-	}
 	if len(req.Disks) > 16 || len(req.NICs) > 16 {
 		writeErr(w, http.StatusBadRequest, "at most 16 disks and 16 NICs")
 		return
 	}
+	s.invMu.Lock()
+	reporters := s.inv.Reporters(req.Name)
+	s.invMu.Unlock()
+	if len(reporters) > 0 {
+		// Not on record (the store refuses those), but a host runs one.
+		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists (reported by a host; see ferry ctl alarms)")
+		return
+	}
+	agent, ok := s.holderOf(req.Host)
+	if !ok || s.sessionByAgent(agent) == nil {
+		writeActErr(w, fmt.Errorf("%w: %s", ErrHostOffline, req.Host))
+		return
+	}
 	spec := hypervisor.Spec{Name: req.Name, Memory: req.Memory, VCPUs: req.VCPUs, Workload: wl,
 		Machine: req.Machine, Kernel: req.Kernel, Disks: req.Disks, NICs: req.NICs}
-	res, err := s.act(r.Context(), req.Host, message.Action{Op: "vm.create", Spec: &spec})
+	// The record first, placed on the agent the order goes to: of two
+	// creations of one name the store lets one through, and the other
+	// sends no order.
+	rec, err := s.st.CreateVM(store.VM{Name: req.Name, Agent: agent, Spec: spec, Created: s.cfg.Now()})
+	if errors.Is(err, store.ErrVMExists) {
+		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists")
+		return
+	}
 	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.setVM(rec)
+	res, err := s.actOn(r.Context(), agent, req.Host, message.Action{Op: "vm.create", Spec: &spec})
+	if err != nil {
+		// Not created: the record goes (if still the one written here).
+		if derr := s.st.DeleteVM(req.Name, agent); derr != nil {
+			s.log.Error("mmc: removing the record of a VM not created", "vm", req.Name, "err", derr)
+		}
+		s.refreshVM(req.Name)
 		writeActErr(w, err)
 		return
 	}
-	if res.VM != nil && len(res.VM.Disks) == len(spec.Disks) {
+	if res.VM != nil && len(res.VM.Disks) == len(spec.Disks) && len(spec.Disks) > 0 {
 		spec.Disks = res.VM.Disks // with the sizes the driver found
+		if rec, err = s.st.DefineVM(req.Name, agent, spec); err != nil {
+			s.log.Error("mmc: storing a VM's disk sizes", "vm", spec.Name, "err", err)
+		} else {
+			s.setVM(rec)
+		}
 	}
-	if err := s.st.PutVM(spec); err != nil {
-		s.log.Error("mmc: storing a VM definition", "vm", spec.Name, "err", err)
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + req.Host + " (agent " + agent + ")"})
+	id := req.Name
+	if res.VM != nil {
+		id = res.VM.ID
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + req.Host})
-	writeJSON(w, http.StatusCreated, api.Created{ID: res.VM.ID})
+	writeJSON(w, http.StatusCreated, api.Created{ID: id})
 }
 
+// handleDeleteVM sends the delete order to the agent the record places
+// the VM on, then deletes the record. A VM no agent manages (its agent
+// revoked, or a record never placed) has no one to order: its record is
+// forgotten, and the administrator told that nothing was destroyed.
 func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	host, ok := s.hostOfVM(id)
+	v, ok := s.vmView(id)
 	if !ok {
-		writeErr(w, http.StatusNotFound, "no such VM on any online host")
+		writeErr(w, http.StatusNotFound, "no such VM in the inventory")
 		return
 	}
-	if _, err := s.act(r.Context(), host, message.Action{Op: "vm.delete", VM: id}); err != nil {
+	s.invMu.Lock()
+	migrating := s.inv.Migrating(id)
+	s.invMu.Unlock()
+	if migrating {
+		writeErr(w, http.StatusConflict, "VM "+id+" has a migration open or not cleaned up yet; delete it once that ended")
+		return
+	}
+	if v.State == inventory.StateUnmanaged || v.State == inventory.StateUnplaced {
+		if err := s.st.DeleteVM(id, v.Agent); err != nil {
+			s.refreshVM(id)
+			writeStoreErr(w, err)
+			return
+		}
+		s.refreshVM(id)
+		s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.forget", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+			Detail: fmt.Sprintf("record removed; VM %s (host %q) not destroyed: no managed agent holds it", v.State, v.Host)})
+		writeJSON(w, http.StatusOK, api.Created{ID: id})
+		return
+	}
+	if _, err := s.actOn(r.Context(), v.Agent, v.Host, message.Action{Op: "vm.delete", VM: id}); err != nil {
 		writeActErr(w, err)
 		return
 	}
-	if err := s.st.DeleteVM(id); err != nil {
-		s.log.Error("mmc: forgetting a VM definition", "vm", id, "err", err)
+	if err := s.st.DeleteVM(id, v.Agent); err != nil {
+		s.log.Error("mmc: deleting a VM record", "vm", id, "err", err)
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + host})
+	s.refreshVM(id)
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + v.Host + " (agent " + v.Agent + ")"})
 	writeJSON(w, http.StatusOK, api.Created{ID: id})
 }
 
@@ -363,12 +452,12 @@ func (s *Server) handleSetWorkload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	host, ok := s.hostOfVM(id)
+	v, ok := s.vmView(id)
 	if !ok {
-		writeErr(w, http.StatusNotFound, "no such VM on any online host")
+		writeErr(w, http.StatusNotFound, "no such VM in the inventory")
 		return
 	}
-	if _, err := s.act(r.Context(), host, message.Action{Op: "vm.set-workload", VM: id, Workload: &wl}); err != nil {
+	if _, err := s.actOn(r.Context(), v.Agent, v.Host, message.Action{Op: "vm.set-workload", VM: id, Workload: &wl}); err != nil {
 		writeActErr(w, err)
 		return
 	}

@@ -279,6 +279,10 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 	if to == store.StateRevoked && sess != nil {
 		sess.end(CodeRevoked, "agent revoked")
 	}
+	if to == store.StateRevoked {
+		// Once: the store refuses to revoke an agent twice.
+		s.revoked(a)
+	}
 	return a, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/message"
 )
 
@@ -34,15 +33,6 @@ func (s *Server) sessionByHost(name string) *session {
 		return nil
 	}
 	return s.sessions[e.id]
-}
-
-// act sends an action to a host's agent and waits for its result.
-func (s *Server) act(ctx context.Context, host string, a message.Action) (message.ActionResult, error) {
-	ss := s.sessionByHost(host)
-	if ss == nil {
-		return message.ActionResult{}, fmt.Errorf("%w: %s", ErrHostOffline, host)
-	}
-	return s.actSession(ctx, ss, a)
 }
 
 // actSession sends an action on a session and waits for its result.
@@ -79,13 +69,29 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 	}
 }
 
+// hostView is a host as the MMC sees it: the approved agent holding the
+// name, and its session's latest report. The policy engine and the API
+// read it (admin.go turns it into api.Host).
+type hostView struct {
+	ID, Agent, Site string
+	Online          bool
+	CPU, Mem, Net   float64
+	SwapIn, SwapOut float64
+	Cores           int
+	MemBytes        uint64
+	VMs             int
+	ReportedAt      time.Time
+	PolicyVersion   uint64
+	PolicyLag       bool
+}
+
 // hosts lists approved agents as hosts, with their latest report.
 //
 // It reads the in-memory snapshot (byKey, kept in step with the store by
 // setAgent), not the store: the policy engine calls it every few seconds,
 // and a store scan decodes every agent record (12% of the MMC's CPU at
 // 1 000 agents).
-func (s *Server) hosts() []api.Host {
+func (s *Server) hosts() []hostView {
 	s.policyMu.Lock()
 	current := s.engine.Policy().Version
 	s.policyMu.Unlock()
@@ -101,9 +107,9 @@ func (s *Server) hosts() []api.Host {
 		}
 	}
 	s.mu.RUnlock()
-	out := make([]api.Host, 0, len(agents))
+	out := make([]hostView, 0, len(agents))
 	for _, a := range agents {
-		h := api.Host{ID: a.name, Agent: a.id, Site: a.site}
+		h := hostView{ID: a.name, Agent: a.id, Site: a.site}
 		if ss := a.ss; ss != nil {
 			h.Online = true
 			ss.mu.Lock()
@@ -113,50 +119,12 @@ func (s *Server) hosts() []api.Host {
 				h.CPU, h.Mem, h.Net = r.Host.CPU, r.Host.Mem, r.Host.Net
 				h.SwapIn, h.SwapOut, h.Cores, h.MemBytes = r.Host.SwapIn, r.Host.SwapOut, r.Host.Cores, r.Host.MemSize
 				h.VMs = len(r.VMs)
-				t := ss.reportAt
-				h.ReportedAt = &t
+				h.ReportedAt = ss.reportAt
 			}
 			ss.mu.Unlock()
 		}
 		out = append(out, h)
 	}
-	slices.SortFunc(out, func(a, b api.Host) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b hostView) int { return strings.Compare(a.ID, b.ID) })
 	return out
-}
-
-// vms lists the VMs of every online host's latest report.
-func (s *Server) vms() []api.VM {
-	s.mu.RLock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	s.mu.RUnlock()
-	out := []api.VM{}
-	for _, ss := range sessions {
-		ss.mu.Lock()
-		if r := ss.report; r != nil {
-			for _, v := range r.VMs {
-				vm := api.VM{ID: v.VM.ID, Host: ss.name, State: string(v.VM.State), CPU: v.Stats.CPU,
-					Net: v.Stats.NetTx + v.Stats.NetRx, VCPUs: v.VM.VCPUs, Memory: v.VM.Memory, Dirty: v.Stats.Dirty}
-				if v.Stats.MemTotal > 0 {
-					vm.Mem = float64(v.Stats.MemUsed) / float64(v.Stats.MemTotal)
-				}
-				out = append(out, vm)
-			}
-		}
-		ss.mu.Unlock()
-	}
-	slices.SortFunc(out, func(a, b api.VM) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// hostOfVM finds which online host reports VM id.
-func (s *Server) hostOfVM(id string) (string, bool) {
-	for _, v := range s.vms() {
-		if v.ID == id {
-			return v.Host, true
-		}
-	}
-	return "", false
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -97,7 +98,7 @@ func TestHostNameTaken(t *testing.T) {
 // database from before approvals checked names has several, handed over
 // on revocation, never to a pending agent.
 func TestHostNameIndex(t *testing.T) {
-	s := &Server{byKey: map[[32]byte]*agentEntry{}, hostAgent: map[string][32]byte{}}
+	s := &Server{byKey: map[[32]byte]*agentEntry{}, hostAgent: map[string][32]byte{}, inv: inventory.New()}
 	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
 	agent := func(id string, st store.AgentState, at time.Time) store.Agent {
 		return store.Agent{ID: id, PublicKey: [32]byte{id[0]}, Name: "h1", State: st, DecidedAt: at}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -22,36 +23,53 @@ var ErrBusy = fmt.Errorf("%w: VM already has an open migration", ErrConflict)
 // ErrInvalid is a request no migration can be made of.
 var ErrInvalid = errors.New("mmc: invalid request")
 
-// planMigration records a planned migration of vm to host to.
+// planMigration records a planned migration of vm to host to. The source
+// is where the inventory places the VM (not which host reports it), and
+// the record names both hosts' agents: its orders go to them, and its
+// commit places the VM on the destination's.
 func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (migration.Record, error) {
 	if err := o.Check(); err != nil {
 		return migration.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	from, ok := s.hostOfVM(vm)
-	if !ok {
-		return migration.Record{}, fmt.Errorf("%w: VM %s is on no online host", store.ErrNotFound, vm)
+	s.invMu.Lock()
+	v, known := s.inv.VM(vm)
+	reporters := s.inv.Reporters(vm)
+	s.invMu.Unlock()
+	switch {
+	case !known:
+		return migration.Record{}, fmt.Errorf("%w: VM %s is not in the inventory", store.ErrNotFound, vm)
+	case v.State == inventory.StateUnplaced:
+		return migration.Record{}, fmt.Errorf("%w: VM %s is not placed yet (a record from before the inventory, placed at its host's first report)", ErrConflict, vm)
+	case v.State == inventory.StateUnmanaged:
+		return migration.Record{}, fmt.Errorf("%w: VM %s is unmanaged (the agent of %s was revoked)", ErrConflict, vm, v.Host)
+	case s.sessionByAgent(v.Agent) == nil:
+		return migration.Record{}, fmt.Errorf("%w: %s (source of %s)", ErrHostOffline, v.Host, vm)
 	}
-	if from == to {
-		return migration.Record{}, fmt.Errorf("%w: VM %s is already on %s", ErrConflict, vm, to)
-	}
-	if s.sessionByHost(to) == nil {
+	from, fromAgent := v.Host, v.Agent
+	toAgent, ok := s.holderOf(to)
+	if !ok || s.sessionByAgent(toAgent) == nil {
 		return migration.Record{}, fmt.Errorf("%w: %s", ErrHostOffline, to)
 	}
-	for _, v := range s.vms() {
-		if v.ID == vm && v.Host == to {
-			return migration.Record{}, fmt.Errorf("%w: %s already has a VM named %s", ErrConflict, to, vm)
-		}
+	if toAgent == fromAgent {
+		return migration.Record{}, fmt.Errorf("%w: VM %s is already on %s", ErrConflict, vm, to)
+	}
+	if slices.Contains(reporters, toAgent) {
+		return migration.Record{}, fmt.Errorf("%w: %s already has a VM named %s", ErrConflict, to, vm)
 	}
 	now := s.cfg.Now()
 	// The store refuses a second open migration of the VM.
-	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, State: migration.Planned,
-		Reason: reason, By: by, Options: o, Created: now, Updated: now})
-	if errors.Is(err, store.ErrConflict) {
+	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, FromAgent: fromAgent, ToAgent: toAgent,
+		State: migration.Planned, Reason: reason, By: by, Options: o, Created: now, Updated: now})
+	if errors.Is(err, store.ErrOpenMigration) {
 		return m, ErrBusy
+	}
+	if errors.Is(err, store.ErrConflict) {
+		return m, fmt.Errorf("%w: %w", ErrConflict, err)
 	}
 	if err != nil {
 		return m, err
 	}
+	s.noteMigration(m)
 	s.policyMu.Lock()
 	s.engine.Started(vm, now)
 	s.policyMu.Unlock()
@@ -77,6 +95,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.
 	if err != nil {
 		return m, err
 	}
+	s.noteMigration(m)
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
 	s.notify(id, migration.Changed{Rec: m})
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
@@ -162,6 +163,13 @@ type Server struct {
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
 
+	// invMu guards inv, the MMC's inventory of VMs: the store's VM
+	// records and migrations mirrored (every change goes to the store
+	// first, then here), the agents' latest reports checked against
+	// them. Lock order: s.mu before invMu.
+	invMu sync.Mutex
+	inv   *inventory.Inventory
+
 	board *board.Board
 
 	orch      orchestrator
@@ -218,10 +226,15 @@ func New(cfg Config) (*Server, error) {
 		hostAgent: make(map[string][32]byte),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
 		board:     board.New(board.Config{}),
+		inv:       inventory.New(),
 	}
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)
 	if err := s.loadAgents(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := s.loadInventory(); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -330,11 +343,15 @@ func (s *Server) setAgent(a store.Agent) {
 	s.mu.Unlock()
 }
 
-// publish is setAgent with s.mu held.
+// publish is setAgent with s.mu held. The inventory learns whether the
+// agent is still managed: a revoked agent's VMs are listed unmanaged.
 func (s *Server) publish(a store.Agent) {
 	e := entryOf(a)
 	s.byKey[a.PublicKey] = e
 	s.indexName(a.PublicKey, e)
+	s.invMu.Lock()
+	s.inv.SetAgent(inventory.Agent{ID: a.ID, Host: a.Name, Site: a.Site, Managed: a.State == store.StateApproved})
+	s.invMu.Unlock()
 }
 
 // indexName brings the holder of e's host name up to date after e

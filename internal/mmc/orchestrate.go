@@ -248,13 +248,22 @@ func (s *Server) execute(ctx context.Context, d *drive, rec migration.Record, c 
 			}
 			return migration.Persisted{Rec: cur, Stale: true}
 		}
+		if err == nil {
+			// The commit's write placed the VM on the destination's
+			// agent (in its transaction): mirror that, and what the
+			// record now expects of each host.
+			s.noteMigration(out)
+			s.refreshVM(out.VM)
+		}
 		return migration.Persisted{Rec: out, Err: err}
 	case migration.Send:
 		s.orch.wg.Add(1)
 		go func() {
 			defer s.orch.wg.Done()
 			o := c.Order
-			r, err := s.act(ctx, c.Host, message.Action{Op: string(c.Op), Mig: &o})
+			// To the agent the record names for the host (the one that
+			// holds the copy), not to whoever holds the name now.
+			r, err := s.actOn(ctx, s.agentFor(rec, c.Host), c.Host, message.Action{Op: string(c.Op), Mig: &o})
 			if err == nil && r.Mig == nil {
 				err = fmt.Errorf("mmc: %s sent no migration report", c.Host)
 			}
@@ -265,10 +274,11 @@ func (s *Server) execute(ctx context.Context, d *drive, rec migration.Record, c 
 		go func() {
 			defer s.orch.wg.Done()
 			in := migration.Introduced{}
-			if err := s.Introduce(ctx, topic, s.agentOfHost(c.Listener), s.agentOfHost(c.Dialer)); err != nil {
+			listener, dialer := s.liveAgent(s.agentFor(rec, c.Listener), c.Listener), s.liveAgent(s.agentFor(rec, c.Dialer), c.Dialer)
+			if err := s.Introduce(ctx, topic, listener, dialer); err != nil {
 				in.Err = err
 			}
-			in.SrcRTT, in.DstRTT = s.rttOf(rec.From), s.rttOf(rec.To)
+			in.SrcRTT, in.DstRTT = s.rttOf(rec.FromAgent, rec.From), s.rttOf(rec.ToAgent, rec.To)
 			d.deliver(ctx, in)
 		}()
 	case migration.Note:
@@ -281,32 +291,50 @@ func (s *Server) execute(ctx context.Context, d *drive, rec migration.Record, c 
 	return nil
 }
 
-// envOf is what a planned migration's checks need from the MMC's view.
+// envOf is what a planned migration's checks need from the MMC's view:
+// whether its agents are online, the VM's definition if the source's
+// agent reports the VM, and another host reporting it.
 func (s *Server) envOf(m migration.Record) migration.Env {
-	e := migration.Env{SrcOnline: s.sessionByHost(m.From) != nil, DstOnline: s.sessionByHost(m.To) != nil}
-	if spec, ok := s.specOf(m.VM, m.From); ok {
-		e.Spec = &spec
-	}
-	for _, v := range s.vms() {
-		if v.ID == m.VM && v.Host != m.From {
-			e.OtherHost = v.Host
+	from, _ := s.migrationAgents(m)
+	e := migration.Env{SrcOnline: s.sessionFor(m.FromAgent, m.From) != nil, DstOnline: s.sessionFor(m.ToAgent, m.To) != nil}
+	s.invMu.Lock()
+	o, reported := s.inv.Reported(from, m.VM)
+	var other string
+	for _, a := range s.inv.Reporters(m.VM) {
+		if a != from {
+			other = a
 			break
 		}
 	}
+	if other != "" {
+		if a, ok := s.inv.Agent(other); ok {
+			other = a.Host
+		}
+	}
+	s.invMu.Unlock()
+	if reported {
+		if def, err := s.st.VM(m.VM); err == nil {
+			e.Spec = &def.Spec
+		} else {
+			e.Spec = &hypervisor.Spec{Name: m.VM, Memory: o.Memory, VCPUs: o.VCPUs}
+		}
+	}
+	e.OtherHost = other
 	return e
 }
 
-// agentOfHost is the agent id of host's live session ("" if offline).
-func (s *Server) agentOfHost(host string) string {
-	if ss := s.sessionByHost(host); ss != nil {
+// liveAgent is the agent id of the session orders for host go to ("" if
+// offline).
+func (s *Server) liveAgent(agent, host string) string {
+	if ss := s.sessionFor(agent, host); ss != nil {
 		return ss.id
 	}
 	return ""
 }
 
-// rttOf is host's session's smoothed round-trip time (0 if offline).
-func (s *Server) rttOf(host string) time.Duration {
-	if ss := s.sessionByHost(host); ss != nil {
+// rttOf is the session's smoothed round-trip time (0 if offline).
+func (s *Server) rttOf(agent, host string) time.Duration {
+	if ss := s.sessionFor(agent, host); ss != nil {
 		return ss.c.Stats().SmoothedRTT
 	}
 	return 0
@@ -340,32 +368,21 @@ func (s *Server) cleanup(ctx context.Context) {
 	for _, m := range all {
 		for _, c := range m.Cleanup {
 			op, host, ok := migration.ParseCleanup(c)
-			if !ok || s.sessionByHost(host) == nil {
+			agent := s.agentFor(m, host)
+			if !ok || s.sessionFor(agent, host) == nil {
 				continue
 			}
 			order := &migration.Order{ID: m.ID, Topic: migration.Topic(m.ID), VM: m.VM}
-			if _, err := s.act(ctx, host, message.Action{Op: string(op), Mig: order}); err != nil {
+			if _, err := s.actOn(ctx, agent, host, message.Action{Op: string(op), Mig: order}); err != nil {
 				s.log.Warn("mmc: migration cleanup", "id", m.ID, "op", op, "host", host, "err", err)
 				continue
 			}
-			if err := s.st.CleanupDone(m.ID, c); err != nil {
+			done, err := s.st.CleanupDone(m.ID, c)
+			if err != nil {
 				s.log.Warn("mmc: recording a migration cleanup", "id", m.ID, "err", err)
+				continue
 			}
+			s.noteMigration(done)
 		}
 	}
-}
-
-// specOf is VM vm's definition if the MMC created it, else its spec as
-// host last reported it (a VM the agent adopted); false if host does
-// not report it.
-func (s *Server) specOf(vm, host string) (hypervisor.Spec, bool) {
-	for _, v := range s.vms() {
-		if v.ID == vm && v.Host == host {
-			if def, err := s.st.VM(vm); err == nil {
-				return def, true
-			}
-			return hypervisor.Spec{Name: v.ID, Memory: v.Memory, VCPUs: v.VCPUs}, true
-		}
-	}
-	return hypervisor.Spec{}, false
 }

@@ -94,7 +94,11 @@ func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
 	return p, nil
 }
 
-// sample turns the latest reports into the policy engine's input.
+// sample turns the MMC's model — its host views and its inventory, whose
+// VMs are where the MMC placed them, with the load their hosts report —
+// into the policy engine's input. Only a VM its placed host reports
+// running counts as running (an unknown, unmanaged or unplaced VM is
+// never moved by policy).
 func (s *Server) sample(now time.Time) policy.Sample {
 	hosts := s.hosts()
 	smp := policy.Sample{At: now}
@@ -102,8 +106,11 @@ func (s *Server) sample(now time.Time) policy.Sample {
 		smp.Hosts = append(smp.Hosts, policy.Host{ID: h.ID, Site: h.Site, Online: h.Online, CPU: h.CPU, Mem: h.Mem,
 			SwapOut: h.SwapOut, Cores: h.Cores, MemBytes: h.MemBytes})
 	}
-	for _, v := range s.vms() {
-		smp.VMs = append(smp.VMs, policy.VM{ID: v.ID, Host: v.Host, Running: v.State == string(hypervisor.StateRunning),
+	for _, v := range s.vmsView() {
+		if v.Host == "" {
+			continue
+		}
+		smp.VMs = append(smp.VMs, policy.VM{ID: v.Name, Host: v.Host, Running: v.State == string(hypervisor.StateRunning),
 			CPU: v.CPU, VCPUs: v.VCPUs, Memory: v.Memory, Net: v.Net})
 	}
 	return smp

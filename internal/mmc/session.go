@@ -115,6 +115,9 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	}
 	old := s.sessions[id]
 	s.sessions[id] = ss
+	s.invMu.Lock()
+	s.inv.SetOnline(id, true)
+	s.invMu.Unlock()
 	s.mu.Unlock()
 	if old != nil {
 		old.end(CodeReplaced, "replaced by a newer session")
@@ -123,6 +126,12 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		s.mu.Lock()
 		if s.sessions[id] == ss {
 			delete(s.sessions, id)
+			// Only the current session's end takes the agent offline in
+			// the inventory (a replaced one ends after its successor
+			// registered).
+			s.invMu.Lock()
+			s.inv.SetOnline(id, false)
+			s.invMu.Unlock()
 		}
 		s.mu.Unlock()
 		ss.end(0, "")
@@ -257,6 +266,7 @@ func (s *Server) agentHandlers(ss *session, ch *challenger, answered func()) mes
 		ss.report, ss.reportAt = &r, s.cfg.Now()
 		ss.mu.Unlock()
 		s.metrics.reports.Inc()
+		s.observe(ss, &r)
 		return nil
 	})
 	message.On(h, func(ctx context.Context, r message.ActionResult) error {

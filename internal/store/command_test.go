@@ -27,11 +27,13 @@ func openTest(t *testing.T) *Store {
 // no encoder produces.
 func TestCommandEncoding(t *testing.T) {
 	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
-	rec := migration.Record{ID: "m1", VM: "vm1", From: "h1", To: "h2", State: migration.Transferring,
+	rec := migration.Record{ID: "m1", VM: "vm1", From: "h1", To: "h2", FromAgent: "a1", ToAgent: "a2", State: migration.Transferring,
 		Options: migration.Options{MaxRate: 1e6, Compress: true}, Created: at, Cleanup: []string{"abort:h2"}}
 	facts := identity.Facts{Hostname: "h1", IPs: []string{"192.0.2.1"}, MACs: []string{"02:00:00:00:00:01"}, MachineID: "m", DiskID: "d"}
 	agent := Agent{ID: "a1", PublicKey: [32]byte{1}, Name: "h1", Site: "s", State: StatePending, Facts: facts, LastFacts: facts,
 		EnrolledAt: at, LastHandshake: at, EnrolAddr: "192.0.2.1:7000", Refusal: "r", RefusedAt: at}
+	spec := hypervisor.Spec{Name: "web", Memory: 64 << 20, VCPUs: 2, Machine: "q35",
+		Disks: []hypervisor.Disk{{Path: "/var/lib/ferry/web.qcow2", Format: "qcow2", Boot: true}}, NICs: []hypervisor.NIC{{Tap: "tap0", MAC: "52:54:00:12:34:56"}}}
 	samples := []Command{
 		&MigrationCreate{Record: rec},
 		&MigrationUpdate{Record: rec, IfVersion: 3},
@@ -48,9 +50,11 @@ func TestCommandEncoding(t *testing.T) {
 		&AuditAppend{Entries: []AuditEntry{{Time: at, Actor: "admin", Action: "agent.approve", Target: "a1", Source: "127.0.0.1:1", Outcome: "ok", Detail: "by admin"}}},
 		&EventAdd{Event: Event{Time: at, AgentAt: at, Agent: "a1", Host: "h1", AgentSeq: 7, Alarm: true, Level: "error", Kind: "host-name-taken", Message: "m"}},
 		&PolicyPut{Doc: json.RawMessage(`{"version":2,"mode":"auto"}`)},
-		&VMPut{Spec: hypervisor.Spec{Name: "web", Memory: 64 << 20, VCPUs: 2, Machine: "q35",
-			Disks: []hypervisor.Disk{{Path: "/var/lib/ferry/web.qcow2", Format: "qcow2", Boot: true}}, NICs: []hypervisor.NIC{{Tap: "tap0", MAC: "52:54:00:12:34:56"}}}},
+		&VMCreate{VM: VM{Name: "web", Agent: "a1", Created: at, Spec: spec}},
+		&VMDefine{Name: "web", IfAgent: "a1", Spec: spec},
+		&VMDelete{Name: "web", IfAgent: "a1"},
 		&VMDelete{Name: "web"},
+		&VMAdopt{Name: "web", Agent: "a1", At: at},
 		&MetaEnsure{Key: "cluster", Value: "c1"},
 	}
 	seen := map[CommandKind]bool{}
@@ -120,7 +124,7 @@ func TestMigrationVersions(t *testing.T) {
 	if _, err := s.UpdateMigration(reopened, cur.Version); !errors.Is(err, ErrConflict) {
 		t.Fatalf("a decided outcome rewritten: %v", err)
 	}
-	if err := s.CleanupDone("m1", "abort:h2"); err != nil {
+	if _, err := s.CleanupDone("m1", "abort:h2"); err != nil {
 		t.Fatal(err)
 	}
 	if cur, _ = s.Migration("m1"); !reflect.DeepEqual(cur.Cleanup, []string{"finish:h1"}) {
@@ -149,8 +153,12 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"audit.append","body":{"entries":[{"seq":0,"time":"2026-12-06T10:00:00Z","actor":"admin","action":"agent.approve","outcome":"ok"}]}}`))
 	f.Add([]byte(`{"kind":"event.add","body":{"event":{"seq":0,"time":"2026-12-06T10:00:00Z","agent":"a1","host":"h1","agent_seq":3,"alarm":true,"level":"error","kind":"host-name-taken","message":"m"}}}`))
 	f.Add([]byte(`{"kind":"policy.put","body":{"doc":{"version":1,"mode":"dry-run"}}}`))
-	f.Add([]byte(`{"kind":"vm.put","body":{"spec":{"name":"web","memory":67108864,"vcpus":1,"workload":{}}}}`))
+	f.Add([]byte(`{"kind":"vm.create","body":{"vm":{"name":"web","agent":"a1","spec":{"name":"web","memory":67108864,"vcpus":1,"workload":{}},"created":"2026-12-06T10:00:00Z"}}}`))
+	f.Add([]byte(`{"kind":"vm.define","body":{"name":"web","if_agent":"a1","spec":{"name":"web","memory":67108864,"vcpus":1,"workload":{},"disks":[{"path":"/d","size":1}]}}}`))
 	f.Add([]byte(`{"kind":"vm.delete","body":{"name":"web"}}`))
+	f.Add([]byte(`{"kind":"vm.delete","body":{"name":"web","if_agent":"a1"}}`))
+	f.Add([]byte(`{"kind":"vm.adopt","body":{"name":"web","agent":"a1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"migration.update","body":{"record":{"id":"m1","vm":"vm1","from":"h1","to":"h2","from_agent":"a1","to_agent":"a2","state":"switch-over"},"if_version":4}}`))
 	f.Add([]byte(`{"kind":"meta.ensure","body":{"key":"cluster","value":"c1"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)

@@ -12,6 +12,9 @@ import (
 
 var bucketMigrations = []byte("migrations")
 
+// ErrOpenMigration is a MigrationCreate for a VM with an open migration.
+var ErrOpenMigration = fmt.Errorf("%w: open migration", ErrConflict)
+
 // Migration commands. The orchestrator writes a migration only through
 // MigrationUpdate, conditional on the version it read; an
 // administrator's cancel is MigrationCancel, checked against the stored
@@ -20,7 +23,9 @@ var bucketMigrations = []byte("migrations")
 // the cancel in view: nothing is written past a cancel unseen.
 
 // MigrationCreate stores a new migration with the next id ("m1", "m2",
-// …), version 1, on condition that its VM has no open migration.
+// …), version 1, on condition that its VM has no open migration and,
+// for a record naming its source's agent (FromAgent), that the VM is on
+// record placed on that agent.
 type MigrationCreate struct {
 	Record migration.Record `json:"record"`
 }
@@ -28,6 +33,10 @@ type MigrationCreate struct {
 // MigrationUpdate replaces a migration's record on condition that the
 // stored version is IfVersion (ErrStale otherwise) and its outcome is
 // not yet decided (ErrConflict); the stored version becomes IfVersion+1.
+// The update that moves the record to switch-over (the commit) also
+// places the VM on the destination's agent in the inventory, in the same
+// transaction: there is no moment at which the migration is committed
+// and the inventory still names the source.
 type MigrationUpdate struct {
 	Record    migration.Record `json:"record"`
 	IfVersion uint64           `json:"if_version"`
@@ -72,11 +81,20 @@ func (c *MigrationCreate) apply(tx *bolt.Tx) (any, error) {
 			return err
 		}
 		if o.VM == m.VM && o.State.Open() {
-			return fmt.Errorf("%w: VM %s already has an open migration (%s)", ErrConflict, m.VM, o.ID)
+			return fmt.Errorf("%w: VM %s already has one (%s)", ErrOpenMigration, m.VM, o.ID)
 		}
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if m.FromAgent != "" {
+		v, err := getVM(tx, m.VM)
+		if err != nil {
+			return nil, fmt.Errorf("%w: VM %s: %w", ErrConflict, m.VM, err)
+		}
+		if v.Agent != m.FromAgent {
+			return nil, fmt.Errorf("%w: VM %s is placed on %q, not on the source's agent %s", ErrConflict, m.VM, v.Agent, m.FromAgent)
+		}
 	}
 	n, err := b.NextSequence()
 	if err != nil {
@@ -100,6 +118,11 @@ func (c *MigrationUpdate) apply(tx *bolt.Tx) (any, error) {
 	}
 	m := c.Record
 	m.Version = cur.Version + 1
+	if m.State == migration.SwitchOver && cur.State != migration.SwitchOver {
+		if err := placeOnCommit(tx, m); err != nil {
+			return nil, err
+		}
+	}
 	return m, putMigration(tx, m)
 }
 
@@ -156,10 +179,10 @@ func (s *Store) CancelMigration(id string, at time.Time) (migration.Record, erro
 	return applyAs[migration.Record](s, &MigrationCancel{ID: id, At: at})
 }
 
-// CleanupDone applies MigrationCleanupDone.
-func (s *Store) CleanupDone(id, entry string) error {
-	_, err := s.Apply(&MigrationCleanupDone{ID: id, Entry: entry})
-	return err
+// CleanupDone applies MigrationCleanupDone and returns the record as
+// written.
+func (s *Store) CleanupDone(id, entry string) (migration.Record, error) {
+	return applyAs[migration.Record](s, &MigrationCleanupDone{ID: id, Entry: entry})
 }
 
 // applyAs applies c and returns its result as an R.

@@ -572,7 +572,7 @@ func (s *Server) handleMigration(w http.ResponseWriter, r *http.Request) {
 // apiMigration is a record as the API shows it, with the live progress
 // of a transfer in flight.
 func (s *Server) apiMigration(m migration.Record) api.Migration {
-	live := s.live(m.ID)
+	live := s.orch.live(m.ID)
 	if live != nil {
 		m.Progress = max(m.Progress, live.Progress)
 	}

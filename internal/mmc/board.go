@@ -45,7 +45,7 @@ func (s *Server) handlePost(ctx context.Context, ss *session, p message.BoardPos
 		// host; the machine checks the host's role in the migration.
 		if v, err := board.Decode(p.Kind, p.Body); err == nil {
 			ph := v.(board.MigrationPhase)
-			s.notify(id, migration.Posted{Host: ss.name, Role: ph.Role, Phase: ph.Phase})
+			s.orch.notify(id, migration.Posted{Host: ss.name, Role: ph.Role, Phase: ph.Phase})
 		}
 	}
 	return nil

@@ -75,7 +75,7 @@ func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (
 	s.policyMu.Unlock()
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.plan", Target: m.ID, Outcome: "ok", Detail: fmt.Sprintf("%s %s → %s: %s", vm, from, to, reason)})
 	s.log.Info("mmc: migration planned", "id", m.ID, "vm", vm, "from", from, "to", to, "by", by, "reason", reason)
-	s.launch(m.ID, false)
+	s.orch.launch(m.ID, false)
 	return m, nil
 }
 
@@ -97,7 +97,7 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.
 	}
 	s.noteMigration(m)
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	s.notify(id, migration.Changed{Rec: m})
+	s.orch.notify(id, migration.Changed{Rec: m})
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)

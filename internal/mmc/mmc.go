@@ -172,7 +172,7 @@ type Server struct {
 
 	board *board.Board
 
-	orch      orchestrator
+	orch      *orchestrator
 	policyMu  sync.Mutex // guards engine
 	engine    *policy.Engine
 	decisions decisionLog
@@ -230,6 +230,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)
+	s.orch = newOrchestrator(st, serverFleet{s}, cfg.Logger, cfg.Now)
 	if err := s.loadAgents(); err != nil {
 		st.Close()
 		return nil, err
@@ -493,7 +494,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		s.runOrchestrator(ctx)
+		s.orch.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()

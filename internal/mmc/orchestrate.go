@@ -3,13 +3,10 @@ package mmc
 import (
 	"context"
 	"errors"
-	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/ferry-vm/ferry/internal/board"
-	"github.com/ferry-vm/ferry/internal/hypervisor"
-	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -24,12 +21,42 @@ import (
 // a decision (a destination's verified image is acted on while a status
 // request to the source is still out).
 
-// orchestrator tracks the running drives.
+// fleet is what the orchestrator needs of the rest of the MMC: the
+// agents (orders, introductions), the blackboard, the view a start's
+// checks read, and the books a migration's writes and end keep.
+type fleet interface {
+	// order sends op for host's copy to the agent rec names for host
+	// and returns its report.
+	order(ctx context.Context, rec migration.Record, host string, op migration.Op, o migration.Order) (*migration.Report, error)
+	// reachable: host's agent, as rec names it, has a live session.
+	reachable(rec migration.Record, host string) bool
+	// introduce puts the two agents in touch for the migration's link
+	// and measures their round trips to the MMC.
+	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, err error)
+	note(ctx context.Context, topic, text string)
+	env(rec migration.Record) migration.Env
+	// resumed: an open migration found at startup; recorded: a write
+	// landed; ended: the migration reached its outcome.
+	resumed(rec migration.Record)
+	recorded(rec migration.Record)
+	ended(ctx context.Context, rec migration.Record)
+}
+
+// orchestrator runs one drive per open migration.
 type orchestrator struct {
+	st    *store.Store
+	fleet fleet
+	log   *slog.Logger
+	now   func() time.Time
+
 	mu      sync.Mutex
-	ctx     context.Context // the server's, once Run started
+	ctx     context.Context // run's, once it started
 	running map[string]*drive
 	wg      sync.WaitGroup
+}
+
+func newOrchestrator(st *store.Store, f fleet, log *slog.Logger, now func() time.Time) *orchestrator {
+	return &orchestrator{st: st, fleet: f, log: log, now: now, running: map[string]*drive{}}
 }
 
 // drive is one migration's driver.
@@ -85,26 +112,21 @@ func (d *drive) deliver(ctx context.Context, in migration.Input) bool {
 	return false
 }
 
-// runOrchestrator resumes the open migrations, retries pending cleanups,
-// and waits for every drive when ctx ends.
-func (s *Server) runOrchestrator(ctx context.Context) {
-	s.orch.mu.Lock()
-	s.orch.ctx = ctx
-	if s.orch.running == nil {
-		s.orch.running = map[string]*drive{}
-	}
-	s.orch.mu.Unlock()
-	defer s.orch.wg.Wait()
-	all, err := s.st.Migrations()
+// run resumes the open migrations, retries pending cleanups, and waits
+// for every drive when ctx ends.
+func (o *orchestrator) run(ctx context.Context) {
+	o.mu.Lock()
+	o.ctx = ctx
+	o.mu.Unlock()
+	defer o.wg.Wait()
+	all, err := o.st.Migrations()
 	if err != nil {
-		s.log.Error("mmc: loading migrations", "err", err)
+		o.log.Error("mmc: loading migrations", "err", err)
 	}
 	for _, m := range all {
 		if m.State.Open() {
-			s.policyMu.Lock()
-			s.engine.Started(m.VM, m.Created)
-			s.policyMu.Unlock()
-			s.launch(m.ID, true)
+			o.fleet.resumed(m)
+			o.launch(m.ID, true)
 		}
 	}
 	t := time.NewTicker(5 * time.Second)
@@ -115,49 +137,50 @@ func (s *Server) runOrchestrator(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.cleanup(ctx)
+		o.cleanup(ctx)
 	}
 }
 
 // launch starts the drive of migration id unless one runs. resumed marks
 // a migration found open at startup.
-func (s *Server) launch(id string, resumed bool) {
-	s.orch.mu.Lock()
-	defer s.orch.mu.Unlock()
-	if s.orch.ctx == nil || s.orch.running[id] != nil || s.orch.ctx.Err() != nil {
+func (o *orchestrator) launch(id string, resumed bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ctx == nil || o.running[id] != nil || o.ctx.Err() != nil {
 		return
 	}
 	d := &drive{in: make(chan migration.Input, 16), done: make(chan struct{}), wake: make(chan struct{}, 1)}
-	s.orch.running[id] = d
-	s.orch.wg.Add(1)
+	o.running[id] = d
+	o.wg.Add(1)
+	ctx := o.ctx
 	go func() {
-		defer s.orch.wg.Done()
+		defer o.wg.Done()
 		defer func() {
-			s.orch.mu.Lock()
-			delete(s.orch.running, id)
-			s.orch.mu.Unlock()
+			o.mu.Lock()
+			delete(o.running, id)
+			o.mu.Unlock()
 			close(d.done)
 		}()
-		s.drive(s.orch.ctx, id, d, resumed)
+		o.drive(ctx, id, d, resumed)
 	}()
 }
 
 // notify leaves an input for migration id's drive, if one runs; it never
 // blocks.
-func (s *Server) notify(id string, in migration.Input) {
-	s.orch.mu.Lock()
-	d := s.orch.running[id]
-	s.orch.mu.Unlock()
+func (o *orchestrator) notify(id string, in migration.Input) {
+	o.mu.Lock()
+	d := o.running[id]
+	o.mu.Unlock()
 	if d != nil {
 		d.post(in)
 	}
 }
 
 // live returns a running migration's latest progress.
-func (s *Server) live(id string) *migration.Live {
-	s.orch.mu.Lock()
-	d := s.orch.running[id]
-	s.orch.mu.Unlock()
+func (o *orchestrator) live(id string) *migration.Live {
+	o.mu.Lock()
+	d := o.running[id]
+	o.mu.Unlock()
 	if d == nil {
 		return nil
 	}
@@ -168,18 +191,18 @@ func (s *Server) live(id string) *migration.Live {
 
 // drive steps migration id's machine until it reaches an outcome (or ctx
 // ends: a later start picks it up where the record says).
-func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
-	rec, err := s.st.Migration(id)
+func (o *orchestrator) drive(ctx context.Context, id string, d *drive, resumed bool) {
+	rec, err := o.st.Migration(id)
 	if err != nil {
-		s.log.Error("mmc: migration vanished", "id", id, "err", err)
+		o.log.Error("mmc: migration vanished", "id", id, "err", err)
 		return
 	}
 	m := migration.New(rec)
 	var queue []migration.Command
-	step := func(in migration.Input) { queue = append(queue, m.Step(in, s.cfg.Now())...) }
+	step := func(in migration.Input) { queue = append(queue, m.Step(in, o.now())...) }
 	var env migration.Env
 	if rec.State == migration.Planned {
-		env = s.envOf(rec)
+		env = o.fleet.env(rec)
 	}
 	step(migration.Start{Resumed: resumed, Env: env})
 	timer := time.NewTimer(time.Hour)
@@ -192,10 +215,10 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 				// The machine decides nothing behind a write; a batch
 				// that does is a bug that could order an agent ahead of
 				// the record.
-				s.log.Error("mmc: migration machine emitted commands after a write; dropped", "id", id, "dropped", len(queue))
+				o.log.Error("mmc: migration machine emitted commands after a write; dropped", "id", id, "dropped", len(queue))
 				queue = nil
 			}
-			if in := s.execute(ctx, d, m.Record(), c); in != nil {
+			if in := o.execute(ctx, d, m.Record(), c); in != nil {
 				step(in)
 			}
 		}
@@ -214,7 +237,7 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 		}
 		wake := timer.C
 		if next := m.NextTimeout(); !next.IsZero() {
-			timer.Reset(max(0, next.Sub(s.cfg.Now())))
+			timer.Reset(max(0, next.Sub(o.now())))
 		} else {
 			wake = nil
 		}
@@ -236,153 +259,70 @@ func (s *Server) drive(ctx context.Context, id string, d *drive, resumed bool) {
 // execute carries out one command. A store write's outcome is returned
 // at once (the machine decides nothing behind a write); orders and
 // introductions report back through d.in.
-func (s *Server) execute(ctx context.Context, d *drive, rec migration.Record, c migration.Command) migration.Input {
-	topic := migration.Topic(rec.ID)
+func (o *orchestrator) execute(ctx context.Context, d *drive, rec migration.Record, c migration.Command) migration.Input {
 	switch c := c.(type) {
 	case migration.Persist:
-		out, err := s.st.UpdateMigration(c.Rec, c.IfVersion)
+		out, err := o.st.UpdateMigration(c.Rec, c.IfVersion)
 		if errors.Is(err, store.ErrStale) {
-			cur, rerr := s.st.Migration(rec.ID)
+			cur, rerr := o.st.Migration(rec.ID)
 			if rerr != nil {
 				return migration.Persisted{Err: rerr}
 			}
 			return migration.Persisted{Rec: cur, Stale: true}
 		}
 		if err == nil {
-			// The commit's write placed the VM on the destination's
-			// agent (in its transaction): mirror that, and what the
-			// record now expects of each host.
-			s.noteMigration(out)
-			s.refreshVM(out.VM)
+			o.fleet.recorded(out)
 		}
 		return migration.Persisted{Rec: out, Err: err}
 	case migration.Send:
-		s.orch.wg.Add(1)
+		o.wg.Add(1)
 		go func() {
-			defer s.orch.wg.Done()
-			o := c.Order
-			// To the agent the record names for the host (the one that
-			// holds the copy), not to whoever holds the name now.
-			r, err := s.actOn(ctx, s.agentFor(rec, c.Host), c.Host, message.Action{Op: string(c.Op), Mig: &o})
-			if err == nil && r.Mig == nil {
-				err = fmt.Errorf("mmc: %s sent no migration report", c.Host)
-			}
-			d.deliver(ctx, migration.Reply{Seq: c.Seq, Report: r.Mig, Err: err})
+			defer o.wg.Done()
+			r, err := o.fleet.order(ctx, rec, c.Host, c.Op, c.Order)
+			d.deliver(ctx, migration.Reply{Seq: c.Seq, Report: r, Err: err})
 		}()
 	case migration.Introduce:
-		s.orch.wg.Add(1)
+		o.wg.Add(1)
 		go func() {
-			defer s.orch.wg.Done()
-			in := migration.Introduced{}
-			listener, dialer := s.liveAgent(s.agentFor(rec, c.Listener), c.Listener), s.liveAgent(s.agentFor(rec, c.Dialer), c.Dialer)
-			if err := s.Introduce(ctx, topic, listener, dialer); err != nil {
-				in.Err = err
-			}
-			in.SrcRTT, in.DstRTT = s.rttOf(rec.FromAgent, rec.From), s.rttOf(rec.ToAgent, rec.To)
+			defer o.wg.Done()
+			var in migration.Introduced
+			in.SrcRTT, in.DstRTT, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
 			d.deliver(ctx, in)
 		}()
 	case migration.Note:
-		_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: truncate(c.Text)})
+		o.fleet.note(ctx, migration.Topic(rec.ID), c.Text)
 	case migration.Log:
-		s.log.Log(ctx, c.Level, "mmc: "+c.Msg, c.Args...)
+		o.log.Log(ctx, c.Level, "mmc: "+c.Msg, c.Args...)
 	case migration.Ended:
-		s.finished(ctx, c.Rec)
+		o.fleet.ended(ctx, c.Rec)
 	}
 	return nil
 }
 
-// envOf is what a planned migration's checks need from the MMC's view:
-// whether its agents are online, the VM's definition if the source's
-// agent reports the VM, and another host reporting it.
-func (s *Server) envOf(m migration.Record) migration.Env {
-	from, _ := s.migrationAgents(m)
-	e := migration.Env{SrcOnline: s.sessionFor(m.FromAgent, m.From) != nil, DstOnline: s.sessionFor(m.ToAgent, m.To) != nil}
-	s.invMu.Lock()
-	o, reported := s.inv.Reported(from, m.VM)
-	var other string
-	for _, a := range s.inv.Reporters(m.VM) {
-		if a != from {
-			other = a
-			break
-		}
-	}
-	if other != "" {
-		if a, ok := s.inv.Agent(other); ok {
-			other = a.Host
-		}
-	}
-	s.invMu.Unlock()
-	if reported {
-		if def, err := s.st.VM(m.VM); err == nil {
-			e.Spec = &def.Spec
-		} else {
-			e.Spec = &hypervisor.Spec{Name: m.VM, Memory: o.Memory, VCPUs: o.VCPUs}
-		}
-	}
-	e.OtherHost = other
-	return e
-}
-
-// liveAgent is the agent id of the session orders for host go to ("" if
-// offline).
-func (s *Server) liveAgent(agent, host string) string {
-	if ss := s.sessionFor(agent, host); ss != nil {
-		return ss.id
-	}
-	return ""
-}
-
-// rttOf is the session's smoothed round-trip time (0 if offline).
-func (s *Server) rttOf(agent, host string) time.Duration {
-	if ss := s.sessionFor(agent, host); ss != nil {
-		return ss.c.Stats().SmoothedRTT
-	}
-	return 0
-}
-
-// finished ends a migration's bookkeeping: the policy's in-flight count,
-// the blackboard topic, the audit trail.
-func (s *Server) finished(ctx context.Context, m migration.Record) {
-	s.policyMu.Lock()
-	s.engine.Finished(m.VM)
-	s.policyMu.Unlock()
-	topic := migration.Topic(m.ID)
-	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "migration " + string(m.State)})
-	s.board.Close(topic)
-	detail := fmt.Sprintf("%s %s → %s", m.VM, m.From, m.To)
-	if m.State == migration.Completed {
-		detail += fmt.Sprintf(": total %d ms, downtime %d ms, %d bytes on the wire", m.TotalMS, m.DowntimeMS, m.BytesOnWire)
-	} else if m.Error != "" {
-		detail += ": " + m.Error
-	}
-	s.audit.add(store.AuditEntry{Actor: "orchestrator", Action: "migration." + string(m.State), Target: m.ID, Outcome: "ok", Detail: detail})
-}
-
 // cleanup retries the orders left over from finished migrations whose
 // agents were away.
-func (s *Server) cleanup(ctx context.Context) {
-	all, err := s.st.Migrations()
+func (o *orchestrator) cleanup(ctx context.Context) {
+	all, err := o.st.Migrations()
 	if err != nil {
 		return
 	}
 	for _, m := range all {
 		for _, c := range m.Cleanup {
 			op, host, ok := migration.ParseCleanup(c)
-			agent := s.agentFor(m, host)
-			if !ok || s.sessionFor(agent, host) == nil {
+			if !ok || !o.fleet.reachable(m, host) {
 				continue
 			}
-			order := &migration.Order{ID: m.ID, Topic: migration.Topic(m.ID), VM: m.VM}
-			if _, err := s.actOn(ctx, agent, host, message.Action{Op: string(op), Mig: order}); err != nil {
-				s.log.Warn("mmc: migration cleanup", "id", m.ID, "op", op, "host", host, "err", err)
+			order := migration.Order{ID: m.ID, Topic: migration.Topic(m.ID), VM: m.VM}
+			if _, err := o.fleet.order(ctx, m, host, op, order); err != nil {
+				o.log.Warn("mmc: migration cleanup", "id", m.ID, "op", op, "host", host, "err", err)
 				continue
 			}
-			done, err := s.st.CleanupDone(m.ID, c)
+			done, err := o.st.CleanupDone(m.ID, c)
 			if err != nil {
-				s.log.Warn("mmc: recording a migration cleanup", "id", m.ID, "err", err)
+				o.log.Warn("mmc: recording a migration cleanup", "id", m.ID, "err", err)
 				continue
 			}
-			s.noteMigration(done)
+			o.fleet.recorded(done)
 		}
 	}
 }

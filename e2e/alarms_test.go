@@ -49,27 +49,7 @@ func TestRoutineOperationsRaiseNoAlarm(t *testing.T) {
 	// Cancelled mid-transfer: 64 MiB dirtied at 20 MB/s through a
 	// 16 Mbit/s cap cannot finish first. The destination's copy is
 	// aborted (destroyed), the source's resumes.
-	if err := c.ctl(nil, "vms", "create", "db", "--host", "h1", "--memory", "64MiB", "--workload", "dirty=20MB/s"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("db running on h1", func() bool { return c.vmState("h1", "db") == "running" })
-	if err := c.ctl(&created, "migrate", "db", "--to", "h2", "--max-bandwidth", "16mbit"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("db transferring", func() bool {
-		var ms []migrationView
-		c.ctl(&ms, "migrations", "list")
-		for _, x := range ms {
-			if x.ID == created.ID {
-				return x.State == "transferring" && x.Progress > 0
-			}
-		}
-		return false
-	})
-	var cancelled migrationView
-	if err := c.ctl(&cancelled, "migrations", "cancel", created.ID); err != nil || cancelled.State != "cancelled" {
-		t.Fatalf("cancel: %+v %v", cancelled, err)
-	}
+	c.cancelMidTransfer(t, "db", "h1", "h2")
 	c.waitFor("db running on h1 only", func() bool { return c.vmState("h1", "db") == "running" && c.vmState("h2", "db") == "" })
 
 	// Deleted by the administrator.

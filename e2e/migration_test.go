@@ -180,29 +180,7 @@ func TestLiveMigration(t *testing.T) {
 	c.checkCompleted(m, "web", "h1", "h2")
 	t.Logf("web h1→h2: total %d ms, downtime %d ms, %d bytes on the wire, %d rounds", m.TotalMS, m.DowntimeMS, m.BytesOnWire, m.Rounds)
 
-	// Cancel: 64 MiB being dirtied at 20 MB/s through a 16 Mbit/s cap
-	// cannot finish in the time the test takes to cancel it.
-	if err := c.ctl(nil, "vms", "create", "db", "--host", "h1", "--memory", "64MiB", "--workload", "dirty=20MB/s"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("db reported on h1", func() bool { return c.vmState("h1", "db") == "running" })
-	if err := c.ctl(&created, "migrate", "db", "--to", "h2", "--max-bandwidth", "16mbit"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("db transferring", func() bool {
-		var ms []migrationView
-		c.ctl(&ms, "migrations", "list")
-		for _, x := range ms {
-			if x.ID == created.ID {
-				return x.State == "transferring" && x.Progress > 0
-			}
-		}
-		return false
-	})
-	var cancelled migrationView
-	if err := c.ctl(&cancelled, "migrations", "cancel", created.ID); err != nil || cancelled.State != "cancelled" {
-		t.Fatalf("cancel: %+v %v", cancelled, err)
-	}
+	created.ID = c.cancelMidTransfer(t, "db", "h1", "h2")
 	if err := c.ctl(nil, "migrations", "cancel", created.ID); err == nil {
 		t.Fatal("cancelled twice")
 	}
@@ -314,4 +292,36 @@ func runDemo(t *testing.T, extra ...string) {
 		t.Fatalf("migration %+v", m)
 	}
 	t.Logf("demo: %s %s → %s in %d ms, downtime %d ms, %d bytes on the wire", m.VM, m.From, m.To, m.TotalMS, m.DowntimeMS, m.BytesOnWire)
+}
+
+// cancelMidTransfer creates VM vm on from, migrates it to to and cancels
+// the migration mid-transfer (64 MiB dirtied at 20 MB/s through a
+// 16 Mbit/s cap cannot finish first); it returns the migration's id.
+func (c *cluster) cancelMidTransfer(t *testing.T, vm, from, to string) string {
+	t.Helper()
+	if err := c.ctl(nil, "vms", "create", vm, "--host", from, "--memory", "64MiB", "--workload", "dirty=20MB/s"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(vm+" running on "+from, func() bool { return c.vmState(from, vm) == "running" })
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&created, "migrate", vm, "--to", to, "--max-bandwidth", "16mbit"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(vm+" transferring", func() bool {
+		var ms []migrationView
+		c.ctl(&ms, "migrations", "list")
+		for _, x := range ms {
+			if x.ID == created.ID {
+				return x.State == "transferring" && x.Progress > 0
+			}
+		}
+		return false
+	})
+	var cancelled migrationView
+	if err := c.ctl(&cancelled, "migrations", "cancel", created.ID); err != nil || cancelled.State != "cancelled" {
+		t.Fatalf("cancel: %+v %v", cancelled, err)
+	}
+	return created.ID
 }

@@ -221,16 +221,11 @@ func (m *Machine) postcopy(now time.Time) {
 func (m *Machine) switchOver(now time.Time) {
 	r := m.rec
 	if !m.resumed {
-		if !now.Before(m.commitNext) {
-			o := m.order()
-			// A post-copy destination resumes as soon as it is in
-			// post-copy (its agent waits for that).
-			o.Params.Postcopy = r.Postcopy
-			m.send(r.To, OpCommit, o)
-		}
-		if !m.inflight(r.To, OpCommit) {
-			m.at(m.commitNext)
-		}
+		o := m.order()
+		// A post-copy destination resumes as soon as it is in post-copy
+		// (its agent waits for that).
+		o.Params.Postcopy = r.Postcopy
+		m.sendWhenDue(r.To, OpCommit, o, m.commitNext, now)
 		return
 	}
 	if r.Postcopy && !m.pulled {
@@ -248,12 +243,7 @@ func (m *Machine) switchOver(now time.Time) {
 		if m.pullWarn.IsZero() {
 			m.pullWarn = now
 		}
-		if !now.Before(m.pullNext) {
-			m.send(r.To, OpStatus, m.order())
-		}
-		if !m.inflight(r.To, OpStatus) {
-			m.at(m.pullNext)
-		}
+		m.sendWhenDue(r.To, OpStatus, m.order(), m.pullNext, now)
 		return
 	}
 	if !m.srcDone {
@@ -263,12 +253,7 @@ func (m *Machine) switchOver(now time.Time) {
 		if !m.srcAsked {
 			m.srcAsked, m.srcUntil = true, now.Add(SourceReportWait)
 		}
-		if !now.Before(m.srcNext) {
-			m.send(r.From, OpStatus, m.order())
-		}
-		if !m.inflight(r.From, OpStatus) {
-			m.at(m.srcNext)
-		}
+		m.sendWhenDue(r.From, OpStatus, m.order(), m.srcNext, now)
 		return
 	}
 	if !m.finishDone {
@@ -309,12 +294,7 @@ func (m *Machine) switchOver(now time.Time) {
 func (m *Machine) rollBack(now time.Time) {
 	r := m.rec
 	if !m.rolledBack {
-		if !now.Before(m.rollbackNext) {
-			m.send(r.From, OpRollback, m.order())
-		}
-		if !m.inflight(r.From, OpRollback) {
-			m.at(m.rollbackNext)
-		}
+		m.sendWhenDue(r.From, OpRollback, m.order(), m.rollbackNext, now)
 		return
 	}
 	if !m.abortDone {

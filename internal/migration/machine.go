@@ -269,6 +269,17 @@ func (m *Machine) send(host string, op Op, o Order) {
 	m.emit(Send{Seq: m.seq, Host: host, Op: op, Order: o})
 }
 
+// sendWhenDue sends op to host once next has come (unless one is out),
+// and otherwise asks for a Tick then.
+func (m *Machine) sendWhenDue(host string, op Op, o Order, next, now time.Time) {
+	if !now.Before(next) {
+		m.send(host, op, o)
+	}
+	if !m.inflight(host, op) {
+		m.at(next)
+	}
+}
+
 func (m *Machine) inflight(host string, op Op) bool {
 	for _, p := range m.pending {
 		if p.host == host && p.op == op && p.state == m.rec.State {

@@ -6,13 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ferry-vm/ferry/internal/board"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/board"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -475,10 +476,7 @@ func writeActErr(w http.ResponseWriter, err error) {
 }
 
 func (s *Server) handleGetPolicy(w http.ResponseWriter, r *http.Request) {
-	s.policyMu.Lock()
-	p := s.engine.Policy()
-	s.policyMu.Unlock()
-	writeJSON(w, http.StatusOK, p)
+	writeJSON(w, http.StatusOK, s.pol.current())
 }
 
 func (s *Server) handleSetPolicy(w http.ResponseWriter, r *http.Request) {
@@ -525,7 +523,7 @@ func (s *Server) handleBoardEntries(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDecisions(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.decisions.list())
+	writeJSON(w, http.StatusOK, s.pol.decisions.list())
 }
 
 func (s *Server) handleEvents(alarms bool) http.HandlerFunc {

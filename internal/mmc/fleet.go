@@ -86,9 +86,7 @@ func (f serverFleet) env(m migration.Record) migration.Env {
 // resumed counts an open migration found at startup in the policy
 // engine's in-flight migrations.
 func (f serverFleet) resumed(m migration.Record) {
-	f.s.policyMu.Lock()
-	f.s.engine.Started(m.VM, m.Created)
-	f.s.policyMu.Unlock()
+	f.s.pol.started(m.VM, m.Created)
 }
 
 // recorded mirrors a landed write in the inventory: a commit's write
@@ -103,9 +101,7 @@ func (f serverFleet) recorded(m migration.Record) {
 // blackboard topic, the audit trail.
 func (f serverFleet) ended(ctx context.Context, m migration.Record) {
 	s := f.s
-	s.policyMu.Lock()
-	s.engine.Finished(m.VM)
-	s.policyMu.Unlock()
+	s.pol.finished(m.VM)
 	topic := migration.Topic(m.ID)
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "migration " + string(m.State)})
 	s.board.Close(topic)

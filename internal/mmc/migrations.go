@@ -70,9 +70,7 @@ func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (
 		return m, err
 	}
 	s.noteMigration(m)
-	s.policyMu.Lock()
-	s.engine.Started(vm, now)
-	s.policyMu.Unlock()
+	s.pol.started(vm, now)
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.plan", Target: m.ID, Outcome: "ok", Detail: fmt.Sprintf("%s %s → %s: %s", vm, from, to, reason)})
 	s.log.Info("mmc: migration planned", "id", m.ID, "vm", vm, "from", from, "to", to, "by", by, "reason", reason)
 	s.orch.launch(m.ID, false)

@@ -19,7 +19,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/ferry-vm/ferry/internal/board"
 	"io"
 	"log/slog"
 	"net"
@@ -31,9 +30,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/board"
+
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/inventory"
-	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -172,10 +172,8 @@ type Server struct {
 
 	board *board.Board
 
-	orch      *orchestrator
-	policyMu  sync.Mutex // guards engine
-	engine    *policy.Engine
-	decisions decisionLog
+	orch *orchestrator
+	pol  *policyLoop
 }
 
 // agentEntry is what the handshake path needs about an agent.
@@ -239,12 +237,7 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	pol, err := s.loadPolicy()
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	if s.engine, err = policy.New(pol); err != nil {
+	if s.pol, err = newPolicyLoop(st); err != nil {
 		st.Close()
 		return nil, err
 	}

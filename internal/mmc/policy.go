@@ -48,39 +48,95 @@ func (l *decisionLog) list() []DecisionRecord {
 	return append([]DecisionRecord{}, l.buf...)
 }
 
-// loadPolicy reads the stored policy, or the default.
-func (s *Server) loadPolicy() (policy.Policy, error) {
-	doc, err := s.st.Policy()
-	if err != nil || doc == nil {
-		return policy.Default(), err
-	}
-	var p policy.Policy
-	if err := json.Unmarshal(doc, &p); err != nil {
-		return p, fmt.Errorf("mmc: stored policy: %w", err)
-	}
-	return p, p.Validate()
+// policyLoop owns the policy engine (internal/policy, pure): the policy
+// in force and its stored versions, the migrations the engine counts as
+// in flight, and its recent decisions. Its lock is the engine's only one.
+type policyLoop struct {
+	st *store.Store
+
+	mu        sync.Mutex
+	engine    *policy.Engine
+	decisions decisionLog
 }
 
-// setPolicy validates, versions and stores p, and puts it in force.
-func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
-	if err := p.Validate(); err != nil {
-		return p, err
+// newPolicyLoop puts the stored policy (or the default) in force.
+func newPolicyLoop(st *store.Store) (*policyLoop, error) {
+	p := policy.Default()
+	doc, err := st.Policy()
+	if err != nil {
+		return nil, err
 	}
-	s.policyMu.Lock()
-	p.Version = s.engine.Policy().Version + 1
+	if doc != nil {
+		if err := json.Unmarshal(doc, &p); err != nil {
+			return nil, fmt.Errorf("mmc: stored policy: %w", err)
+		}
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("mmc: stored policy: %w", err)
+		}
+	}
+	e, err := policy.New(p)
+	if err != nil {
+		return nil, err
+	}
+	return &policyLoop{st: st, engine: e}, nil
+}
+
+// current is the policy in force.
+func (l *policyLoop) current() policy.Policy {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.engine.Policy()
+}
+
+// set validates p, gives it the next version, stores it and puts it in
+// force; it returns the policy and its stored document.
+func (l *policyLoop) set(p policy.Policy) (policy.Policy, []byte, error) {
+	if err := p.Validate(); err != nil {
+		return p, nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p.Version = l.engine.Policy().Version + 1
 	doc, err := json.Marshal(p)
 	if err == nil {
-		err = s.st.PutPolicy(doc)
+		err = l.st.PutPolicy(doc)
 	}
 	if err == nil {
-		err = s.engine.SetPolicy(p)
+		err = l.engine.SetPolicy(p)
 	}
-	s.policyMu.Unlock()
+	return p, doc, err
+}
+
+// started and finished keep the engine's count of migrations in flight
+// (its cap and cool-downs).
+func (l *policyLoop) started(vm string, at time.Time) {
+	l.mu.Lock()
+	l.engine.Started(vm, at)
+	l.mu.Unlock()
+}
+
+func (l *policyLoop) finished(vm string) {
+	l.mu.Lock()
+	l.engine.Finished(vm)
+	l.mu.Unlock()
+}
+
+// observe runs the engine on a sample; it returns its decisions and the
+// policy they were made under.
+func (l *policyLoop) observe(smp policy.Sample) ([]policy.Decision, policy.Policy) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.engine.Observe(smp), l.engine.Policy()
+}
+
+// setPolicy puts p in force and pushes it to every agent.
+func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
+	p, doc, err := s.pol.set(p)
 	if err != nil {
 		return p, err
 	}
-	// Push to every agent, outside policyMu: a slow agent must not hold
-	// up the engine or the API.
+	// Push to every agent, outside the engine's lock: a slow agent must
+	// not hold up the engine or the API.
 	s.mu.RLock()
 	sessions := make([]*session, 0, len(s.sessions))
 	for _, ss := range s.sessions {
@@ -127,12 +183,8 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		now := s.cfg.Now()
-		smp := s.sample(now) // takes policyMu itself: not under it
-		s.policyMu.Lock()
-		decisions := s.engine.Observe(smp)
-		pol := s.engine.Policy()
+		decisions, pol := s.pol.observe(s.sample(now))
 		mode := pol.Mode
-		s.policyMu.Unlock()
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
@@ -142,7 +194,7 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 					rec.Action = "migration " + m.ID + " planned"
 				}
 			}
-			s.decisions.add(rec)
+			s.pol.decisions.add(rec)
 			s.log.Info("policy: decision", "vm", d.VM, "from", d.From, "to", d.To, "mode", mode, "action", rec.Action, "reason", d.Reason)
 			s.audit.add(store.AuditEntry{Actor: "policy", Action: "policy.decision", Target: d.VM, Outcome: "ok",
 				Detail: fmt.Sprintf("%s → %s (%s, %s): %s", d.From, d.To, mode, rec.Action, d.Reason)})
@@ -152,9 +204,7 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 
 // pushPolicy sends the policy in force to one agent session.
 func (s *Server) pushPolicy(ctx context.Context, ss *session) {
-	s.policyMu.Lock()
-	p := s.engine.Policy()
-	s.policyMu.Unlock()
+	p := s.pol.current()
 	doc, err := json.Marshal(p)
 	if err != nil {
 		return

@@ -34,16 +34,7 @@ func (*AuditAppend) Kind() CommandKind { return "audit.append" }
 func (c *AuditAppend) apply(tx *bolt.Tx) (any, error) {
 	b := tx.Bucket(bucketAudit)
 	for _, e := range c.Entries {
-		n, err := b.NextSequence()
-		if err != nil {
-			return nil, err
-		}
-		e.Seq = n
-		raw, err := json.Marshal(e)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.Put(seqKey(n), raw); err != nil {
+		if _, err := appendSeq(b, func(n uint64) any { e.Seq = n; return e }); err != nil {
 			return nil, err
 		}
 	}

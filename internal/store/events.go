@@ -70,16 +70,8 @@ func (c *EventAdd) apply(tx *bolt.Tx) (any, error) {
 			return nil, err
 		}
 	}
-	n, err := b.NextSequence()
+	n, err := appendSeq(b, func(n uint64) any { e.Seq = n; return e })
 	if err != nil {
-		return nil, err
-	}
-	e.Seq = n
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.Put(seqKey(n), raw); err != nil {
 		return nil, err
 	}
 	// Retention: drop the oldest beyond MaxEvents.

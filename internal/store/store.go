@@ -144,3 +144,17 @@ func seqKey(n uint64) []byte {
 	binary.BigEndian.PutUint64(b[:], n)
 	return b[:]
 }
+
+// appendSeq stores the value entry(n) builds under the bucket's next
+// sequence number n, and returns n.
+func appendSeq(b *bolt.Bucket, entry func(n uint64) any) (uint64, error) {
+	n, err := b.NextSequence()
+	if err != nil {
+		return 0, err
+	}
+	raw, err := json.Marshal(entry(n))
+	if err != nil {
+		return 0, err
+	}
+	return n, b.Put(seqKey(n), raw)
+}

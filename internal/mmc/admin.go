@@ -109,7 +109,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 func (s *Server) view(a store.Agent) api.Agent {
 	v := api.Agent{
 		ID: a.ID, Hostname: a.Facts.Hostname, Name: a.Name, Site: a.Site, State: string(a.State),
-		Online: s.online(a.ID), PublicKey: handshake.EncodeKey(a.PublicKey), Facts: a.Facts, LastFacts: a.LastFacts,
+		Online: s.reg.online(a.ID), PublicKey: handshake.EncodeKey(a.PublicKey), Facts: a.Facts, LastFacts: a.LastFacts,
 		EnrolledAt: a.EnrolledAt, EnrolAddr: a.EnrolAddr, DecidedBy: a.DecidedBy, LastAddr: a.LastAddr, Refusal: a.Refusal,
 	}
 	if !a.DecidedAt.IsZero() {
@@ -349,8 +349,8 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, "a VM named "+req.Name+" already exists (reported by a host; see ferry ctl alarms)")
 		return
 	}
-	agent, ok := s.holderOf(req.Host)
-	if !ok || s.sessionByAgent(agent) == nil {
+	agent, ok := s.reg.holder(req.Host)
+	if !ok || s.reg.session(agent) == nil {
 		writeActErr(w, fmt.Errorf("%w: %s", ErrHostOffline, req.Host))
 		return
 	}

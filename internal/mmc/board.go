@@ -69,9 +69,7 @@ func (s *Server) postAsMMC(ctx context.Context, topic, kind string, v any) error
 func (s *Server) relay(ctx context.Context, topic string, e board.Entry, to []string) {
 	msg := message.BoardEntry{Topic: topic, Seq: e.Seq, Time: e.Time.UnixNano(), From: e.From, Kind: e.Kind, Body: e.Body}
 	for _, id := range to {
-		s.mu.RLock()
-		ss := s.sessions[id]
-		s.mu.RUnlock()
+		ss := s.reg.session(id)
 		if ss == nil {
 			continue // offline: it reads the topic when it is back (BoardRead)
 		}
@@ -107,9 +105,7 @@ func (s *Server) handleRead(ctx context.Context, ss *session, r message.BoardRea
 // then has dialer connect. It returns once dialer reports the connection
 // up, or with the first failure.
 func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) error {
-	s.mu.RLock()
-	ls, ds := s.sessions[listener], s.sessions[dialer]
-	s.mu.RUnlock()
+	ls, ds := s.reg.session(listener), s.reg.session(dialer)
 	if ls == nil || ds == nil {
 		return fmt.Errorf("%w: both agents must be online to be introduced", ErrHostOffline)
 	}

@@ -43,7 +43,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 
 	// Subscribe before reading the state, so a decision made between the
 	// read and the wait is not missed.
-	wake, unsubscribe := s.subscribe(id)
+	wake, unsubscribe := s.reg.subscribe(id)
 	defer unsubscribe()
 	a, err := s.st.Agent(id)
 	switch {
@@ -70,7 +70,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 			if a, err = s.st.AgentHandshakeSeen(id, t); err != nil {
 				return
 			}
-			s.setAgent(a)
+			s.reg.publish(a)
 		}
 	}
 
@@ -115,7 +115,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 			return
 		}
 		unsubscribe()
-		wake, unsubscribe = s.subscribe(id)
+		wake, unsubscribe = s.reg.subscribe(id)
 		if a, err = s.st.Agent(id); err != nil {
 			return
 		}
@@ -142,7 +142,7 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 			return a, err
 		}
 		decidedBy = "token:" + tid
-	} else if n := s.pendingCount(); n >= s.cfg.MaxPending {
+	} else if n := s.reg.pendingCount(); n >= s.cfg.MaxPending {
 		s.metrics.refused.WithLabelValues("pending-full").Inc()
 		s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.request", Target: id, Source: src.String(), Outcome: "denied",
 			Detail: fmt.Sprintf("%d enrolments already pending (limit %d)", n, s.cfg.MaxPending)})
@@ -154,7 +154,7 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 		s.log.Info("mmc: enrolment", "agent", id, "err", err)
 		return a, err
 	}
-	s.setAgent(a)
+	s.reg.publish(a)
 	s.metrics.enrolments.Inc()
 	s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.request", Target: id, Source: src.String(), Outcome: "ok",
 		Detail: fmt.Sprintf("hostname=%s name=%s site=%s ips=%s macs=%s disk=%s", a.Facts.Hostname, a.Name, a.Site,
@@ -166,19 +166,6 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 	return a, nil
 }
 
-// pendingCount is the number of agents waiting for a decision.
-func (s *Server) pendingCount() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	n := 0
-	for _, e := range s.byKey {
-		if e.state == store.StatePending {
-			n++
-		}
-	}
-	return n
-}
-
 var errThrottled = errors.New("too many token attempts from this source")
 
 // checkToken validates and consumes a join token, throttled per source.
@@ -187,9 +174,9 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 	if err != nil {
 		return "", err
 	}
-	s.mu.Lock()
+	s.tokenMu.Lock()
 	ok := s.tokenRL.Allow(now, src)
-	s.mu.Unlock()
+	s.tokenMu.Unlock()
 	if !ok {
 		s.metrics.throttled.Inc()
 		return tid, errThrottled
@@ -229,7 +216,7 @@ func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Read
 		s.log.Error("mmc: store", "err", err)
 		return
 	}
-	s.setAgent(a)
+	s.reg.publish(a)
 	s.audit.add(store.AuditEntry{Actor: "agent:" + a.ID, Action: "enrol.code-delivered", Target: a.ID, Source: c.RemoteAddr().String(), Outcome: "ok"})
 }
 
@@ -261,21 +248,21 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 	}
 	a, err := s.st.DecideAgent(cmd)
 	if errors.Is(err, store.ErrNameTaken) {
-		s.setAgent(a)
+		s.reg.publish(a)
 		s.nameTaken(a, by, source)
-		s.wake(id)
+		s.reg.wake(id)
 		return a, err
 	}
 	if err != nil {
 		return a, err
 	}
-	s.setAgent(a)
+	s.reg.publish(a)
 	s.audit.add(store.AuditEntry{Actor: actorOf(by), Action: "agent." + verbOf(to), Target: id, Source: source, Outcome: "ok", Detail: "by " + by})
 	s.log.Info("mmc: agent "+verbOf(to), "agent", id, "by", by)
-	s.wake(id)
-	s.mu.RLock()
-	sess := s.sessions[id]
-	s.mu.RUnlock()
+	s.reg.wake(id)
+	// After the publish: a session registered before the revocation is
+	// found here, and none registers after it (registry.register).
+	sess := s.reg.session(id)
 	if to == store.StateRevoked && sess != nil {
 		sess.end(CodeRevoked, "agent revoked")
 	}
@@ -284,17 +271,6 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 		s.revoked(a)
 	}
 	return a, nil
-}
-
-// wake tells the enrolment sessions waiting for a decision about id that
-// there is one.
-func (s *Server) wake(id string) {
-	s.mu.Lock()
-	for w := range s.waiters[id] {
-		close(w)
-	}
-	delete(s.waiters, id)
-	s.mu.Unlock()
 }
 
 // nameTaken makes a refused approval visible: an alarm, an audit entry
@@ -317,29 +293,6 @@ func nameTakenReason(name string) string {
 
 // ErrConflict is a decision that does not apply to the agent's state.
 var ErrConflict = errors.New("mmc: conflict")
-
-// subscribe returns a channel closed at the next decision about id, and
-// the function that withdraws it (every session withdraws its own, so the
-// map holds only live waiters).
-func (s *Server) subscribe(id string) (<-chan struct{}, func()) {
-	w := make(chan struct{})
-	s.mu.Lock()
-	if s.waiters[id] == nil {
-		s.waiters[id] = make(map[chan struct{}]struct{})
-	}
-	s.waiters[id][w] = struct{}{}
-	s.mu.Unlock()
-	return w, func() {
-		s.mu.Lock()
-		if ws := s.waiters[id]; ws != nil {
-			delete(ws, w)
-			if len(ws) == 0 {
-				delete(s.waiters, id)
-			}
-		}
-		s.mu.Unlock()
-	}
-}
 
 // agentIDDigest is SHA-256 of the paper's Agent_Id = M | IP | MAC | disk-id.
 func agentIDDigest(m identity.Code, f identity.Facts) [32]byte {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/identity"
-	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -64,7 +63,7 @@ func TestHostNameTaken(t *testing.T) {
 		t.Fatalf("%d denied approvals of b audited, want 1", denied)
 	}
 
-	ss := s.sessionByHost("fake")
+	ss := s.reg.sessionByHost("fake")
 	if ss == nil || ss.id != aID {
 		t.Fatalf("sessionByHost(fake) = %+v, want the session of %s", ss, aID)
 	}
@@ -80,10 +79,10 @@ func TestHostNameTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for s.sessionByHost("fake") != nil && time.Now().Before(deadline) {
+	for s.reg.sessionByHost("fake") != nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if s.sessionByHost("fake") != nil {
+	if s.reg.sessionByHost("fake") != nil {
 		t.Fatal("a revoked agent still holds its host")
 	}
 	if rec, err = s.decide(bID, store.StateApproved, "admin", "test"); err != nil || rec.Refusal != "" {
@@ -91,46 +90,5 @@ func TestHostNameTaken(t *testing.T) {
 	}
 	if hosts = s.hosts(); len(hosts) != 1 || hosts[0].Agent != bID {
 		t.Fatalf("hosts after the handover %+v", hosts)
-	}
-}
-
-// The host-name index: one holder per name, the earliest approved when a
-// database from before approvals checked names has several, handed over
-// on revocation, never to a pending agent.
-func TestHostNameIndex(t *testing.T) {
-	s := &Server{byKey: map[[32]byte]*agentEntry{}, hostAgent: map[string][32]byte{}, inv: inventory.New()}
-	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
-	agent := func(id string, st store.AgentState, at time.Time) store.Agent {
-		return store.Agent{ID: id, PublicKey: [32]byte{id[0]}, Name: "h1", State: st, DecidedAt: at}
-	}
-	holder := func() string {
-		if pub, ok := s.hostAgent["h1"]; ok {
-			return s.byKey[pub].id
-		}
-		return ""
-	}
-	s.setAgent(agent("p", store.StatePending, time.Time{}))
-	if h := holder(); h != "" {
-		t.Fatalf("a pending agent holds the name: %q", h)
-	}
-	// Published in either order, the earliest approval holds the name.
-	s.setAgent(agent("late", store.StateApproved, t0.Add(time.Hour)))
-	s.setAgent(agent("early", store.StateApproved, t0))
-	s.setAgent(agent("mid", store.StateApproved, t0.Add(time.Minute)))
-	if h := holder(); h != "late" {
-		t.Fatalf("holder %q: the first published keeps it while approved", h)
-	}
-	s.setAgent(agent("late", store.StateRevoked, t0.Add(2*time.Hour)))
-	if h := holder(); h != "early" {
-		t.Fatalf("after the holder's revocation %q holds h1, want early", h)
-	}
-	s.setAgent(agent("mid", store.StateApproved, t0.Add(time.Minute))) // a login of a non-holder
-	if h := holder(); h != "early" {
-		t.Fatalf("a non-holder's update took the name: %q", h)
-	}
-	s.setAgent(agent("early", store.StateRevoked, t0.Add(3*time.Hour)))
-	s.setAgent(agent("mid", store.StateRevoked, t0.Add(3*time.Hour)))
-	if h := holder(); h != "" {
-		t.Fatalf("no approved agent left, yet %q holds h1", h)
 	}
 }

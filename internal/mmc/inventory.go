@@ -92,10 +92,10 @@ func (s *Server) refreshVM(name string) {
 func (s *Server) migrationAgents(m migration.Record) (from, to string) {
 	from, to = m.FromAgent, m.ToAgent
 	if from == "" {
-		from, _ = s.holderOf(m.From)
+		from, _ = s.reg.holder(m.From)
 	}
 	if to == "" {
-		to, _ = s.holderOf(m.To)
+		to, _ = s.reg.holder(m.To)
 	}
 	return from, to
 }
@@ -134,35 +134,30 @@ func (s *Server) noteMigration(m migration.Record) {
 	s.invMu.Unlock()
 }
 
-// holderOf is the agent id of the approved agent holding host name.
-func (s *Server) holderOf(name string) (string, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	pub, ok := s.hostAgent[name]
-	if !ok {
-		return "", false
-	}
-	if e := s.byKey[pub]; e != nil {
-		return e.id, true
-	}
-	return "", false
+// invMirror keeps the inventory's view of the agents in step with the
+// registry's (registryMirror): whether each is managed (a revoked agent's
+// VMs are listed unmanaged) and online.
+type invMirror struct{ s *Server }
+
+func (m invMirror) agentChanged(a store.Agent) {
+	m.s.invMu.Lock()
+	m.s.inv.SetAgent(inventory.Agent{ID: a.ID, Host: a.Name, Site: a.Site, Managed: a.State == store.StateApproved})
+	m.s.invMu.Unlock()
 }
 
-// sessionByAgent is agent id's live session (nil if offline; only
-// approved agents have one).
-func (s *Server) sessionByAgent(id string) *session {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.sessions[id]
+func (m invMirror) onlineChanged(id string, online bool) {
+	m.s.invMu.Lock()
+	m.s.inv.SetOnline(id, online)
+	m.s.invMu.Unlock()
 }
 
 // sessionFor is the session orders go to: the recorded agent's if there
 // is one, else (records from before agent ids) the host name's holder's.
 func (s *Server) sessionFor(agent, host string) *session {
 	if agent != "" {
-		return s.sessionByAgent(agent)
+		return s.reg.session(agent)
 	}
-	return s.sessionByHost(host)
+	return s.reg.sessionByHost(host)
 }
 
 // actOn sends an action to the recorded agent (or host, see sessionFor).

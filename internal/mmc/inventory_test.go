@@ -47,7 +47,7 @@ func twoAgents(t *testing.T, s *Server) (a, b *fakeAgent, ca, cb *sudp.Conn) {
 	b.enrolWithToken(token(t, s, 1))
 	cb = b.login()
 	t.Cleanup(func() { cb.Close() })
-	waitUntil(t, "both online", func() bool { return s.online(s.byKeyID(a)) && s.online(s.byKeyID(b)) })
+	waitUntil(t, "both online", func() bool { return s.reg.online(s.byKeyID(a)) && s.reg.online(s.byKeyID(b)) })
 	return a, b, ca, cb
 }
 

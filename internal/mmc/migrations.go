@@ -42,12 +42,12 @@ func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (
 		return migration.Record{}, fmt.Errorf("%w: VM %s is not placed yet (a record from before the inventory, placed at its host's first report)", ErrConflict, vm)
 	case v.State == inventory.StateUnmanaged:
 		return migration.Record{}, fmt.Errorf("%w: VM %s is unmanaged (the agent of %s was revoked)", ErrConflict, vm, v.Host)
-	case s.sessionByAgent(v.Agent) == nil:
+	case s.reg.session(v.Agent) == nil:
 		return migration.Record{}, fmt.Errorf("%w: %s (source of %s)", ErrHostOffline, v.Host, vm)
 	}
 	from, fromAgent := v.Host, v.Agent
-	toAgent, ok := s.holderOf(to)
-	if !ok || s.sessionByAgent(toAgent) == nil {
+	toAgent, ok := s.reg.holder(to)
+	if !ok || s.reg.session(toAgent) == nil {
 		return migration.Record{}, fmt.Errorf("%w: %s", ErrHostOffline, to)
 	}
 	if toAgent == fromAgent {

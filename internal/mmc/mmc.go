@@ -5,14 +5,14 @@
 //
 // Concurrency: the SUDP endpoint's handshake Lookup reads an in-memory
 // snapshot of the agents (it runs on the endpoint's reader goroutine and
-// must not touch the disk); every change goes to the store first and then
-// to that snapshot. Each agent session has one goroutine (plus a reader it
+// must not touch the disk), held with the live sessions by the registry
+// (registry.go); every change goes to the store first and then to that
+// snapshot. Each agent session has one goroutine (plus a reader it
 // owns); audit entries raised on the handshake path are queued to a writer
 // goroutine.
 package mmc
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -25,7 +25,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -152,21 +151,21 @@ type Server struct {
 	adminLn   net.Listener
 	adminTLS  *tls.Config // nil: plain HTTP (loopback only)
 
-	mu       sync.RWMutex
-	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
-	sessions map[string]*session                   // live, by agent id
-	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
-	// hostAgent maps a host name to the key of the one approved agent
-	// holding it (see indexName): actions and migrations for a host go
-	// to that agent's session only.
-	hostAgent map[string][32]byte
+	// reg holds the agents as the handshake, the sessions and the host
+	// index see them (registry.go).
+	reg *registry
+
+	// tokenMu guards tokenRL, which is not safe for concurrent use:
+	// enrolment sessions check tokens concurrently.
+	tokenMu sync.Mutex
 
 	enrolSlots chan struct{} // a token per enrolment session in progress
 
 	// invMu guards inv, the MMC's inventory of VMs: the store's VM
 	// records and migrations mirrored (every change goes to the store
 	// first, then here), the agents' latest reports checked against
-	// them. Lock order: s.mu before invMu.
+	// them. Lock order: the registry's lock before invMu (the registry
+	// mirrors its changes into the inventory with its lock held).
 	invMu sync.Mutex
 	inv   *inventory.Inventory
 
@@ -174,17 +173,6 @@ type Server struct {
 
 	orch *orchestrator
 	pol  *policyLoop
-}
-
-// agentEntry is what the handshake path needs about an agent.
-type agentEntry struct {
-	id          string
-	name, site  string // for the host list, read without the store
-	state       store.AgentState
-	psk         [32]byte
-	codePending bool // approved, registration code not yet confirmed by the agent
-	notAfter    time.Time
-	decidedAt   time.Time // orders approvals for the host-name index
 }
 
 // New opens the data directory (creating keys, cluster id and admin token
@@ -219,13 +207,10 @@ func New(cfg Config) (*Server, error) {
 		adminTok:  []byte(adminTok),
 		metrics:   newMetrics(),
 		tokenRL:   ratelimit.New(cfg.TokenFailures),
-		byKey:     make(map[[32]byte]*agentEntry),
-		sessions:  make(map[string]*session),
-		hostAgent: make(map[string][32]byte),
-		waiters:   make(map[string]map[chan struct{}]struct{}),
 		board:     board.New(board.Config{}),
 		inv:       inventory.New(),
 	}
+	s.reg = newRegistry(invMirror{s})
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics)
 	s.orch = newOrchestrator(st, serverFleet{s}, cfg.Logger, cfg.Now)
@@ -310,79 +295,8 @@ func (s *Server) loadAgents() error {
 	if err != nil {
 		return err
 	}
-	// In the order of approval, so that of two approved agents of one
-	// name (a database written before approvals checked names) the
-	// first approved holds it, on every start.
-	slices.SortFunc(agents, func(a, b store.Agent) int {
-		return cmp.Or(a.DecidedAt.Compare(b.DecidedAt), strings.Compare(a.ID, b.ID))
-	})
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range agents {
-		s.publish(a)
-	}
+	s.reg.load(agents)
 	return nil
-}
-
-func entryOf(a store.Agent) *agentEntry {
-	return &agentEntry{id: a.ID, name: a.Name, site: a.Site, state: a.State, psk: a.PSK, codePending: a.State == store.StateApproved && len(a.PendingCode) > 0,
-		notAfter: a.LastHandshake, decidedAt: a.DecidedAt}
-}
-
-// setAgent publishes a stored record to the handshake snapshot and the
-// host-name index.
-func (s *Server) setAgent(a store.Agent) {
-	s.mu.Lock()
-	s.publish(a)
-	s.mu.Unlock()
-}
-
-// publish is setAgent with s.mu held. The inventory learns whether the
-// agent is still managed: a revoked agent's VMs are listed unmanaged.
-func (s *Server) publish(a store.Agent) {
-	e := entryOf(a)
-	s.byKey[a.PublicKey] = e
-	s.indexName(a.PublicKey, e)
-	s.invMu.Lock()
-	s.inv.SetAgent(inventory.Agent{ID: a.ID, Host: a.Name, Site: a.Site, Managed: a.State == store.StateApproved})
-	s.invMu.Unlock()
-}
-
-// indexName brings the holder of e's host name up to date after e
-// changed (s.mu held). The holder keeps the name while it is approved;
-// an approved agent takes a name nobody holds; when the holder stops
-// being approved, the earliest approved other agent of that name (only a
-// database from before approvals checked names has one) takes it over.
-// So a lookup is one map access, and the same records give the same
-// holder.
-func (s *Server) indexName(pub [32]byte, e *agentEntry) {
-	holder, held := s.hostAgent[e.name]
-	if held && holder != pub {
-		if h := s.byKey[holder]; h != nil && h.state == store.StateApproved && h.name == e.name {
-			return // held by another approved agent
-		}
-	}
-	if e.state == store.StateApproved {
-		s.hostAgent[e.name] = pub
-		return
-	}
-	if !held || holder != pub {
-		return
-	}
-	delete(s.hostAgent, e.name)
-	var next *agentEntry
-	var nextPub [32]byte
-	for k, o := range s.byKey {
-		if o.state != store.StateApproved || o.name != e.name {
-			continue
-		}
-		if next == nil || cmp.Or(o.decidedAt.Compare(next.decidedAt), strings.Compare(o.id, next.id)) < 0 {
-			next, nextPub = o, k
-		}
-	}
-	if next != nil {
-		s.hostAgent[e.name] = nextPub
-	}
 }
 
 // Bundle returns the bootstrap bundle agents are started with.
@@ -414,15 +328,9 @@ func (s *Server) Addr() netip.AddrPort { return s.ep.LocalAddr() }
 // lookup is the handshake's view of a static key. It runs on the endpoint's
 // reader goroutine: memory only, and audit entries are queued.
 func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
-	s.mu.RLock()
-	a := s.byKey[pub]
-	var e agentEntry
-	if a != nil {
-		e = *a
-	}
-	s.mu.RUnlock()
+	e, known := s.reg.lookup(pub)
 	switch {
-	case a == nil:
+	case !known:
 		return handshake.Peer{ID: enrolPrefix + identity.NodeID(pub), PSK: s.enrolPSK, Allowed: true, LoginState: LoginEnrolling}, nil
 	case e.state == store.StatePending:
 		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter}, nil
@@ -449,12 +357,10 @@ func (s *Server) rejected(from netip.AddrPort, err error) {
 		s.audit.async(store.AuditEntry{Actor: "key:" + id, Action: "login.replay", Target: id, Source: from.String(), Outcome: "denied", Detail: "replayed handshake initiation"})
 	case errors.As(err, &pe) && errors.Is(err, handshake.ErrPeerNotAllowed):
 		id := identity.NodeID(pe.Peer)
-		s.mu.RLock()
 		state := "unknown"
-		if a := s.byKey[pe.Peer]; a != nil {
-			state = string(a.state)
+		if e, ok := s.reg.lookup(pe.Peer); ok {
+			state = string(e.state)
 		}
-		s.mu.RUnlock()
 		s.metrics.refused.WithLabelValues(state).Inc()
 		s.audit.async(store.AuditEntry{Actor: "key:" + id, Action: "login.refused", Target: id, Source: from.String(), Outcome: "denied", Detail: "agent is " + state})
 	case errors.Is(err, handshake.ErrDecrypt):

@@ -137,13 +137,7 @@ func (s *Server) setPolicy(p policy.Policy, by string) (policy.Policy, error) {
 	}
 	// Push to every agent, outside the engine's lock: a slow agent must
 	// not hold up the engine or the API.
-	s.mu.RLock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	s.mu.RUnlock()
-	for _, ss := range sessions {
+	for _, ss := range s.reg.live() {
 		s.pushPolicyDoc(context.Background(), ss, p.Version, doc)
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "policy.set", Target: fmt.Sprintf("v%d", p.Version), Source: by, Outcome: "ok", Detail: string(doc)})

@@ -90,50 +90,31 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if err != nil {
 		return // no longer approved
 	}
-	s.setAgent(a)
+	s.reg.publish(a)
 	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult)}
-	// Register only if the agent is still approved, in the same critical
-	// section that decide publishes revocations through: a revocation
-	// either sees this session (and ends it) or happened before (and we
-	// stop here).
-	s.mu.Lock()
-	if e := s.byKey[pub]; e == nil || e.state != store.StateApproved {
-		s.mu.Unlock()
+	// Register only if the agent is still approved, atomically with the
+	// check (registry.register): a revocation either sees this session
+	// (and decide ends it) or happened before (and we stop here).
+	old, err := s.reg.register(pub, ss)
+	switch {
+	case errors.Is(err, errNotApproved):
 		_ = c.CloseWithError(CodeRevoked, "agent revoked")
 		return
-	}
-	if holder, ok := s.hostAgent[a.Name]; !ok || holder != pub {
+	case errors.Is(err, errNotHolder):
 		// Two approved agents of one name exist only in a database
 		// written before approvals checked names: the first approved
 		// keeps the host, and this one gets no session as that host.
-		s.mu.Unlock()
 		s.metrics.refused.WithLabelValues("name-taken").Inc()
 		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.name-taken", Target: id, Source: src, Outcome: "denied",
 			Detail: fmt.Sprintf("host name %q is held by another approved agent", a.Name)})
 		refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
 		return
 	}
-	old := s.sessions[id]
-	s.sessions[id] = ss
-	s.invMu.Lock()
-	s.inv.SetOnline(id, true)
-	s.invMu.Unlock()
-	s.mu.Unlock()
 	if old != nil {
 		old.end(CodeReplaced, "replaced by a newer session")
 	}
 	defer func() {
-		s.mu.Lock()
-		if s.sessions[id] == ss {
-			delete(s.sessions, id)
-			// Only the current session's end takes the agent offline in
-			// the inventory (a replaced one ends after its successor
-			// registered).
-			s.invMu.Lock()
-			s.inv.SetOnline(id, false)
-			s.invMu.Unlock()
-		}
-		s.mu.Unlock()
+		s.reg.unregister(ss)
 		ss.end(0, "")
 		s.metrics.online.Dec()
 		s.log.Info("mmc: agent offline", "agent", id)
@@ -352,11 +333,4 @@ func (s *Server) badInput(c *sudp.Conn, actor, action string, err error) {
 	s.metrics.badMessages.WithLabelValues(action).Inc()
 	s.audit.add(store.AuditEntry{Actor: actor, Action: action, Source: c.RemoteAddr().String(), Outcome: "denied", Detail: err.Error()})
 	_ = c.CloseWithError(CodeProtocol, "protocol error")
-}
-
-// online reports whether an agent has a live session.
-func (s *Server) online(id string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.sessions[id] != nil
 }

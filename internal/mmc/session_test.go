@@ -158,7 +158,7 @@ func TestReauthFailures(t *testing.T) {
 				}
 			}
 			if mode == "right" {
-				if !s.online(s.byKeyID(a)) {
+				if !s.reg.online(s.byKeyID(a)) {
 					t.Fatal("session ended although every answer was right")
 				}
 				return
@@ -267,7 +267,7 @@ func TestEnrolmentSessionIsRestricted(t *testing.T) {
 		t.Fatal("a pending key logged in with a guessed psk")
 	}
 	ag, err := s.st.Agent(s.byKeyID(a))
-	if err != nil || ag.State != store.StatePending || s.online(ag.ID) {
+	if err != nil || ag.State != store.StatePending || s.reg.online(ag.ID) {
 		t.Fatalf("after the attempts: %+v %v", ag, err)
 	}
 	entries, _ := s.st.Audit(0, 0)
@@ -303,7 +303,7 @@ func TestRevokeBeforeHello(t *testing.T) {
 			t.Fatalf("revoked agent got %v", e.Type)
 		}
 	}
-	if s.online(s.byKeyID(a)) {
+	if s.reg.online(s.byKeyID(a)) {
 		t.Fatal("revoked agent registered as online")
 	}
 }

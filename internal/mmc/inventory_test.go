@@ -172,7 +172,13 @@ func TestLegacyVMAdopted(t *testing.T) {
 	a, b, ca, cb := twoAgents(t, s)
 	aID := s.byKeyID(a)
 	a.report(ca, "old")
-	waitUntil(t, "the adoption", func() bool { rec, _ := s.st.VM("old"); return rec.Agent == aID })
+	// Adopted in the store, then in the MMC's inventory: b's report is
+	// checked against the latter.
+	waitUntil(t, "the adoption", func() bool {
+		rec, _ := s.st.VM("old")
+		vm, ok := s.vmView("old")
+		return rec.Agent == aID && ok && vm.State != inventory.StateUnplaced
+	})
 	b.report(cb, "old")
 	waitUntil(t, "vm-misplaced", func() bool { return len(alarmsOf(t, s)) == 1 })
 	a.report(ca, "old")

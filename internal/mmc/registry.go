@@ -93,6 +93,13 @@ func (r *registry) publish(a store.Agent) {
 }
 
 func (r *registry) publishLocked(a store.Agent) {
+	if cur := r.byKey[a.PublicKey]; cur != nil && final(cur.state) && !final(a.State) {
+		// A rejection or revocation is final in the store (agent.decide
+		// moves nothing out of it), so a record read before it — a login
+		// publishing its facts after a concurrent revocation landed —
+		// must not make the snapshot say approved again.
+		return
+	}
 	e := entryOf(a)
 	r.byKey[a.PublicKey] = e
 	r.indexName(a.PublicKey, e)
@@ -317,4 +324,9 @@ func (r *registry) wake(id string) {
 	}
 	delete(r.waiters, id)
 	r.mu.Unlock()
+}
+
+// final reports whether an agent state is one no decision leaves.
+func final(st store.AgentState) bool {
+	return st == store.StateRejected || st == store.StateRevoked
 }

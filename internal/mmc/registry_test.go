@@ -228,3 +228,26 @@ func TestRegistryWaiters(t *testing.T) {
 		t.Fatalf("%d agents still have waiters after every session withdrew", n)
 	}
 }
+
+// A record read before a revocation (a login publishing its facts while
+// the revocation lands) never makes the snapshot say approved again: the
+// handshake keeps refusing the key and no session registers.
+func TestRegistryRevocationIsFinal(t *testing.T) {
+	r := newRegistry(nil)
+	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	approved := testAgent("a1", "h1", store.StateApproved, t0)
+	r.publish(approved)
+	revoked := approved
+	revoked.State = store.StateRevoked
+	r.publish(revoked)
+	r.publish(approved) // the stale login record
+	if e, ok := r.lookup(approved.PublicKey); !ok || e.state != store.StateRevoked {
+		t.Fatalf("the handshake snapshot says %+v for a revoked key", e)
+	}
+	if _, err := r.register(approved.PublicKey, &session{id: "a1", name: "h1"}); err == nil {
+		t.Fatal("a session of a revoked agent registered")
+	}
+	if id, ok := r.holder("h1"); ok {
+		t.Fatalf("the revoked agent %s still holds h1", id)
+	}
+}

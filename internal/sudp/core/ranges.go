@@ -28,14 +28,20 @@ func (s *rangeSet) add(lo, hi uint64) {
 		}
 		return
 	}
-	// General case: find the first interval with hi >= lo.
-	i := 0
-	for i < n && s.r[i].hi < lo {
-		i++
-	}
+	// General case: binary search for the first interval with hi >= lo,
+	// then the first with lo > hi. A peer chooses where its stream frames
+	// land, so this must not cost time in proportion to the set's size
+	// (what the peer sent before): only the insertion's copy does, and
+	// the receive budget bounds the set.
+	i := searchHi(s.r, lo)
 	j := i
 	for j < n && s.r[j].lo <= hi {
 		j++
+		if j-i > 8 {
+			// Covers many intervals: skip the rest by search.
+			j = i + searchLo(s.r[i:], hi)
+			break
+		}
 	}
 	if i == j {
 		s.r = append(s.r, span{})
@@ -47,6 +53,34 @@ func (s *rangeSet) add(lo, hi uint64) {
 	nh := max(hi, s.r[j-1].hi)
 	s.r[i] = span{nl, nh}
 	s.r = append(s.r[:i+1], s.r[j:]...)
+}
+
+// searchHi returns the index of the first interval with hi >= v.
+func searchHi(r []span, v uint64) int {
+	lo, hi := 0, len(r)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r[m].hi < v {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// searchLo returns the index of the first interval with lo > v.
+func searchLo(r []span, v uint64) int {
+	lo, hi := 0, len(r)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r[m].lo <= v {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // remove deletes [lo, hi).
@@ -84,12 +118,19 @@ func (s *rangeSet) first() (span, bool) {
 
 // trimBelow drops everything below v.
 func (s *rangeSet) trimBelow(v uint64) {
+	// Reslice rather than copy down: the application reads once per
+	// delivered chunk, and a copy would cost the whole set each time. The
+	// dead prefix is dropped when append next reallocates.
 	i := 0
 	for i < len(s.r) && s.r[i].hi <= v {
 		i++
+		if i > 8 {
+			i = searchHi(s.r, v+1)
+			break
+		}
 	}
 	if i > 0 {
-		s.r = append(s.r[:0], s.r[i:]...)
+		s.r = s.r[i:]
 	}
 	if len(s.r) > 0 && s.r[0].lo < v {
 		s.r[0].lo = v

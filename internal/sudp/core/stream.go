@@ -91,9 +91,10 @@ type stream struct {
 
 	// receive side
 	rs         recvState
-	rbuf       ring
-	readOff    uint64   // next offset the application reads
-	got        rangeSet // received ranges above readOff
+	rbuf       recvBuf
+	pool       *pagePool // the connection's receive memory
+	readOff    uint64    // next offset the application reads
+	got        rangeSet  // received ranges above readOff
 	finalSize  uint64
 	maxRecv    uint64 // limit we advertised
 	window     uint64
@@ -205,8 +206,7 @@ func (s *stream) recvData(off uint64, data []byte, fin bool) error {
 	if len(data) == 0 {
 		return nil
 	}
-	s.rbuf.ensure(end)
-	s.rbuf.write(off, data)
+	s.rbuf.write(s.pool, off, data)
 	s.got.add(off, end)
 	return nil
 }
@@ -231,9 +231,8 @@ func (s *stream) readable() int {
 func (s *stream) read(p []byte) (int, bool) {
 	n := min(len(p), s.readable())
 	if n > 0 {
-		s.rbuf.read(s.readOff, p[:n])
+		s.rbuf.read(s.pool, s.readOff, p[:n])
 		s.readOff += uint64(n)
-		s.rbuf.release(s.readOff)
 		s.got.trimBelow(s.readOff)
 	}
 	fin := s.rs == recvFinKnown && s.readOff == s.finalSize

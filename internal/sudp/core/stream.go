@@ -238,6 +238,7 @@ func (s *stream) read(p []byte) (int, bool) {
 	fin := s.rs == recvFinKnown && s.readOff == s.finalSize
 	if fin {
 		s.rs = recvDone
+		s.rbuf.drop(s.pool) // the last page, partly read, is not needed either
 	}
 	// Re-advertise when the application has consumed half the window.
 	if s.rs == recvOpen && s.maxRecv-s.readOff < s.window/2 {

@@ -66,7 +66,7 @@ type Config struct {
 	KeyRejectAfter time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64
-	// The receive budget (docs/protocol.md §7.1). Flow control bounds how
+	// The receive budget (docs/protocol.md §7.5.1). Flow control bounds how
 	// far ahead of the application a peer may send; these bound what the
 	// pattern of its data may cost. A peer that crosses one is closed
 	// with CodeRecvBudget.

@@ -396,7 +396,7 @@ func (c *Conn) onStreamFrame(f *wire.Stream) error {
 	if err != nil {
 		return err
 	}
-	// The receive budget (docs/protocol.md §7): flow control bounds how
+	// The receive budget (docs/protocol.md §7.5.1): flow control bounds how
 	// far ahead a peer may send, these bound what its pattern costs us.
 	if c.recvRanges > c.cfg.MaxRecvRanges {
 		return fmt.Errorf("%w: %d disjoint ranges (limit %d)", errRecvRanges, c.recvRanges, c.cfg.MaxRecvRanges)

@@ -252,9 +252,9 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 	if s.rs == recvDone {
 		return 0, true, nil
 	}
-	ranges := len(s.got.r)
+	ranges := s.got.len()
 	n, fin = s.read(p)
-	c.recvRanges -= ranges - len(s.got.r)
+	c.recvRanges -= ranges - s.got.len()
 	if s.sendMaxSD {
 		c.pendingCtl = append(c.pendingCtl, id)
 	}
@@ -320,7 +320,7 @@ func (c *Conn) maybeFree(s *stream) {
 		return
 	}
 	delete(c.streams, s.id)
-	c.recvRanges -= len(s.got.r)
+	c.recvRanges -= s.got.len()
 	s.rbuf.drop(s.pool)
 	if s.wasReset {
 		// Remember why, so a later write reports it rather than an

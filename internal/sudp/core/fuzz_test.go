@@ -198,7 +198,7 @@ func FuzzStreamFrames(f *testing.F) {
 			}
 			ranges, pages := 0, 0
 			for _, st := range c.streams {
-				ranges += len(st.got.r)
+				ranges += st.got.len()
 				pages += len(st.rbuf.pages)
 			}
 			if ranges != c.recvRanges || pages != c.pages.held {

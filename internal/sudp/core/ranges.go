@@ -29,10 +29,9 @@ func (s *rangeSet) add(lo, hi uint64) {
 		return
 	}
 	// General case: binary search for the first interval with hi >= lo,
-	// then the first with lo > hi. A peer chooses where its stream frames
-	// land, so this must not cost time in proportion to the set's size
-	// (what the peer sent before): only the insertion's copy does, and
-	// the receive budget bounds the set.
+	// then the first with lo > hi (acknowledged ranges arrive from the
+	// peer's ACK frames). Received stream data, where the peer picks every
+	// offset, uses spanSet instead, which does not move the whole set.
 	i := searchHi(s.r, lo)
 	j := i
 	for j < n && s.r[j].lo <= hi {

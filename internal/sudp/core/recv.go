@@ -390,9 +390,9 @@ func (c *Conn) onStreamFrame(f *wire.Stream) error {
 	}
 	before, _ := s.highestReceived()
 	before = max(before, s.readOff)
-	ranges := len(s.got.r)
+	ranges := s.got.len()
 	err = s.recvData(f.Offset, f.Data, f.Fin)
-	c.recvRanges += len(s.got.r) - ranges
+	c.recvRanges += s.got.len() - ranges
 	if err != nil {
 		return err
 	}

@@ -25,9 +25,14 @@ func (s *sim) sendFrames(frames []byte) {
 }
 
 // tinyFramePacket appends n one-byte STREAM frames at offsets lo, lo+2, ...
-func tinyFramePacket(b []byte, lo uint64, n int) []byte {
+// (in descending order if down).
+func tinyFramePacket(b []byte, lo uint64, n int, down bool) []byte {
 	for k := 0; k < n; k++ {
-		b = wire.AppendStreamHeader(b, attackStream, lo+2*uint64(k), 1, false)
+		off := lo + 2*uint64(k)
+		if down {
+			off = lo + 2*uint64(n-1-k)
+		}
+		b = wire.AppendStreamHeader(b, attackStream, off, 1, false)
 		b = append(b, 'x')
 	}
 	return b
@@ -52,6 +57,13 @@ func recvBudgetClose(t *testing.T, c *Conn) {
 // the code costs. On the old code the last block's packets each scanned
 // ~12,000 ranges 64 times (over 100× the first block's).
 func TestRecvBudgetTinyFrames(t *testing.T) {
+	t.Run("ascending", func(t *testing.T) { testTinyFrames(t, false) })
+	// Descending: each frame lands below every range held, where a sorted
+	// slice would move all of them.
+	t.Run("descending", func(t *testing.T) { testTinyFrames(t, true) })
+}
+
+func testTinyFrames(t *testing.T, descending bool) {
 	s := establishedSim(t)
 	c := s.conn[1]
 	bound := c.cfg.MaxRecvRanges
@@ -66,7 +78,11 @@ func TestRecvBudgetTinyFrames(t *testing.T) {
 	closedAt := -1
 	over := false
 	for i := 0; i < packets; i++ {
-		pkt = tinyFramePacket(pkt[:0], uint64(2*i*perPacket+1), perPacket)
+		lo := uint64(2*i*perPacket + 1)
+		if descending {
+			lo = top - uint64(2*(i+1)*perPacket+1)
+		}
+		pkt = tinyFramePacket(pkt[:0], lo, perPacket, descending)
 		sealed := s.sealFromClient(pkt)
 		start := time.Now()
 		c.HandleDatagram(s.now, s.addr[0], sealed)

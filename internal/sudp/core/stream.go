@@ -94,7 +94,7 @@ type stream struct {
 	rbuf       recvBuf
 	pool       *pagePool // the connection's receive memory
 	readOff    uint64    // next offset the application reads
-	got        rangeSet  // received ranges above readOff
+	got        spanSet   // received ranges above readOff
 	finalSize  uint64
 	maxRecv    uint64 // limit we advertised
 	window     uint64
@@ -212,10 +212,8 @@ func (s *stream) recvData(off uint64, data []byte, fin bool) error {
 }
 
 func (s *stream) highestReceived() (uint64, bool) {
-	if len(s.got.r) == 0 {
-		return 0, false
-	}
-	return s.got.r[len(s.got.r)-1].hi, true
+	l, ok := s.got.last()
+	return l.hi, ok
 }
 
 // readable is the number of contiguous bytes ready for the application.

@@ -199,7 +199,7 @@ func FuzzStreamFrames(f *testing.F) {
 			ranges, pages := 0, 0
 			for _, st := range c.streams {
 				ranges += st.got.len()
-				pages += len(st.rbuf.pages)
+				pages += st.rbuf.held()
 			}
 			if ranges != c.recvRanges || pages != c.pages.held {
 				t.Fatalf("accounting: %d ranges counted, %d held; %d pages counted, %d held", c.recvRanges, ranges, c.pages.held, pages)

@@ -51,32 +51,85 @@ func (p *pagePool) put(pg *recvPage) {
 func (p *pagePool) over() bool { return p.held > p.limit }
 
 // recvBuf holds a stream's received bytes at and above the read offset.
+// The pages from the read offset's up to the first missing one form a dense
+// queue: in-order data appends to it and reads pop from it, with no lookup.
+// A page beyond a missing one (a loss spanning a whole page, or a peer's
+// jump) waits in a map until the queue reaches it.
 type recvBuf struct {
-	pages map[uint64]*recvPage // by offset / recvPageSize
-	// last is the page the previous write ended in: in-order data lands
-	// there (or in the next page) without a map lookup.
-	lastNo uint64
-	last   *recvPage
+	head   uint64               // page number of seq[0]: the read offset's
+	seq    []*recvPage          // pages head, head+1, ..., all present
+	base   []*recvPage          // seq's backing array, reused from its start
+	sparse map[uint64]*recvPage // pages above head+len(seq)
 }
 
-// page returns page no, allocating it from pool.
+// held is the number of pages the stream holds.
+func (b *recvBuf) held() int { return len(b.seq) + len(b.sparse) }
+
+// page returns page no (at or above the read offset's), allocating it from
+// pool.
 func (b *recvBuf) page(pool *pagePool, no uint64) *recvPage {
-	if b.last != nil && b.lastNo == no {
-		return b.last
+	i := no - b.head
+	if i < uint64(len(b.seq)) {
+		return b.seq[i]
 	}
-	pg := b.pages[no]
-	if pg == nil {
-		if b.pages == nil {
-			b.pages = make(map[uint64]*recvPage)
+	if i > uint64(len(b.seq)) {
+		pg := b.sparse[no]
+		if pg == nil {
+			if b.sparse == nil {
+				b.sparse = make(map[uint64]*recvPage)
+			}
+			pg = pool.get()
+			b.sparse[no] = pg
 		}
-		pg = pool.get()
-		b.pages[no] = pg
+		return pg
 	}
-	b.lastNo, b.last = no, pg
+	pg := b.takeSparse(no)
+	if pg == nil {
+		pg = pool.get()
+	}
+	b.push(pg)
+	// The queue reached pages that arrived ahead of it.
+	for len(b.sparse) > 0 {
+		next := b.takeSparse(b.head + uint64(len(b.seq)))
+		if next == nil {
+			break
+		}
+		b.push(next)
+	}
 	return pg
 }
 
-// write copies p to offset off.
+// push appends to the queue. Reads pop from its front, so when the backing
+// array is full at the end the queue moves back to its start (a bulk stream
+// cycles through one array without allocating).
+func (b *recvBuf) push(pg *recvPage) {
+	if len(b.seq) == cap(b.seq) && len(b.seq) <= len(b.base)*3/4 {
+		// At least a quarter of the array is free: moving the queue
+		// costs at most three pointer copies per push until the next.
+		n := copy(b.base, b.seq)
+		clear(b.base[n:])
+		b.seq = b.base[:n]
+	}
+	if len(b.seq) == cap(b.seq) {
+		b.base = make([]*recvPage, max(2*len(b.base), 8))
+		n := copy(b.base, b.seq)
+		b.seq = b.base[:n]
+	}
+	b.seq = append(b.seq, pg)
+}
+
+func (b *recvBuf) takeSparse(no uint64) *recvPage {
+	if len(b.sparse) == 0 {
+		return nil
+	}
+	pg := b.sparse[no]
+	if pg != nil {
+		delete(b.sparse, no)
+	}
+	return pg
+}
+
+// write copies p to offset off (at or above the read offset).
 func (b *recvBuf) write(pool *pagePool, off uint64, p []byte) {
 	for len(p) > 0 {
 		pg := b.page(pool, off/recvPageSize)
@@ -87,33 +140,34 @@ func (b *recvBuf) write(pool *pagePool, off uint64, p []byte) {
 }
 
 // read copies the bytes at offset off (the read offset) into p; the caller
-// knows they are present. Each page read to its end goes back to pool: the
-// stream never reads below its read offset again.
+// knows they are present, so they are in the queue. Each page read to its
+// end goes back to pool: the stream never reads below its read offset again.
 func (b *recvBuf) read(pool *pagePool, off uint64, p []byte) {
 	for len(p) > 0 {
-		no := off / recvPageSize
-		pg := b.last
-		if pg == nil || b.lastNo != no {
-			pg = b.pages[no]
-		}
+		pg := b.seq[off/recvPageSize-b.head]
 		n := copy(p, pg[off%recvPageSize:])
 		p = p[n:]
 		off += uint64(n)
 		if off%recvPageSize == 0 {
-			delete(b.pages, no)
+			// Only the queue's first page can be finished.
+			b.seq[0] = nil
+			b.seq = b.seq[1:]
+			b.head++
 			pool.put(pg)
-			if b.last == pg {
-				b.last = nil
-			}
 		}
 	}
 }
 
-// drop returns every page to pool (the stream was reset or stopped).
+// drop returns every page to pool (the stream was reset, stopped or read
+// to its end: nothing is written to it again).
 func (b *recvBuf) drop(pool *pagePool) {
-	for no, pg := range b.pages {
-		delete(b.pages, no)
+	for i, pg := range b.seq {
+		b.seq[i] = nil
 		pool.put(pg)
 	}
-	b.last = nil
+	b.seq, b.base = nil, nil
+	for no, pg := range b.sparse {
+		delete(b.sparse, no)
+		pool.put(pg)
+	}
 }

@@ -322,6 +322,7 @@ func (c *Conn) maybeFree(s *stream) {
 	delete(c.streams, s.id)
 	c.recvRanges -= s.got.len()
 	s.rbuf.drop(s.pool)
+	c.pages.trim()
 	if s.wasReset {
 		// Remember why, so a later write reports it rather than an
 		// unknown stream. Bounded: the oldest entries are dropped.

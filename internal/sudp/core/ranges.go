@@ -117,19 +117,12 @@ func (s *rangeSet) first() (span, bool) {
 
 // trimBelow drops everything below v.
 func (s *rangeSet) trimBelow(v uint64) {
-	// Reslice rather than copy down: the application reads once per
-	// delivered chunk, and a copy would cost the whole set each time. The
-	// dead prefix is dropped when append next reallocates.
 	i := 0
 	for i < len(s.r) && s.r[i].hi <= v {
 		i++
-		if i > 8 {
-			i = searchHi(s.r, v+1)
-			break
-		}
 	}
 	if i > 0 {
-		s.r = s.r[i:]
+		s.r = append(s.r[:0], s.r[i:]...)
 	}
 	if len(s.r) > 0 && s.r[0].lo < v {
 		s.r[0].lo = v

@@ -16,21 +16,27 @@ const recvPageSize = 4096
 
 type recvPage [recvPageSize]byte
 
-// maxFreePages bounds the pages a connection keeps for reuse: a bulk
-// stream frees pages at the rate it fills them, so a few suffice to make
-// the steady state allocation-free, and an idle connection pins little.
-const maxFreePages = 64
+// minFreePages is how many free pages a connection always may keep.
+const minFreePages = 16
 
 // pagePool is a connection's receive memory: the count of pages held by its
-// streams (the budget) and a few free pages for reuse.
+// streams (the budget) and free pages for reuse. A bulk stream whose reader
+// lags holds many pages and frees them in bursts when the reader catches
+// up; keeping them (up to the most the streams held at once, so never more
+// memory than the budget allowed) spares the allocator and the collector a
+// page per 4 KiB received. The old single buffer per stream kept its whole
+// size for the stream's life; the pool gives its excess back when a stream
+// ends (trim).
 type pagePool struct {
 	free  []*recvPage
 	held  int // pages held by streams
+	peak  int // most pages held at once since the last trim
 	limit int // most pages the streams may hold
 }
 
 func (p *pagePool) get() *recvPage {
 	p.held++
+	p.peak = max(p.peak, p.held)
 	if n := len(p.free); n > 0 {
 		pg := p.free[n-1]
 		p.free[n-1] = nil
@@ -42,9 +48,18 @@ func (p *pagePool) get() *recvPage {
 
 func (p *pagePool) put(pg *recvPage) {
 	p.held--
-	if len(p.free) < maxFreePages {
+	if p.held+len(p.free) < max(p.peak, minFreePages) {
 		p.free = append(p.free, pg)
 	}
+}
+
+// trim gives back the free pages beyond a few, when a stream ended.
+func (p *pagePool) trim() {
+	if len(p.free) > minFreePages {
+		clear(p.free[minFreePages:])
+		p.free = p.free[:minFreePages]
+	}
+	p.peak = p.held
 }
 
 // over reports whether the streams hold more than the budget.

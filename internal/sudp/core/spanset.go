@@ -12,6 +12,10 @@ package core
 type spanSet struct {
 	blocks [][]span
 	n      int
+	// spare is the last block emptied by a read: a reader that keeps up
+	// empties the set after nearly every packet, and the next one reuses
+	// it instead of allocating.
+	spare []span
 }
 
 const spanBlock = 64
@@ -40,7 +44,12 @@ func (s *spanSet) add(lo, hi uint64) {
 	}
 	nb := len(s.blocks)
 	if nb == 0 {
-		s.blocks = append(s.blocks, append(make([]span, 0, spanBlock), span{lo, hi}))
+		blk := s.spare
+		if blk == nil {
+			blk = make([]span, 0, spanBlock)
+		}
+		s.spare = nil
+		s.blocks = append(s.blocks, append(blk, span{lo, hi}))
 		s.n = 1
 		return
 	}
@@ -195,13 +204,18 @@ func (s *spanSet) trimBelow(v uint64) {
 		if blk[len(blk)-1].hi > v {
 			break
 		}
+		if len(s.blocks) == 1 {
+			// Everything read: keep the arrays for the next packet.
+			s.spare = blk[:0]
+			s.blocks, s.n = s.blocks[:0], 0
+			return
+		}
 		// A whole block read: reslice, the backing array is dropped
 		// when append next reallocates.
 		s.n -= len(blk)
 		s.blocks = s.blocks[1:]
 	}
 	if len(s.blocks) == 0 {
-		s.blocks, s.n = nil, 0
 		return
 	}
 	blk := s.blocks[0]

@@ -207,7 +207,8 @@ func (c *Conn) run() {
 		if closed {
 			c.notifyLocked()
 		}
-		closing := c.cc.Err() != nil
+		closeErr := c.cc.Err()
+		closing := closeErr != nil
 		c.mu.Unlock()
 
 		sent := batch.Len() > 0
@@ -219,7 +220,10 @@ func (c *Conn) run() {
 		}
 		c.ep.putBatch(maxSize, batch)
 		if closing {
-			c.closeOnce.Do(func() { close(c.closeSent) })
+			c.closeOnce.Do(func() {
+				c.logClose(closeErr)
+				close(c.closeSent)
+			})
 		}
 		if closed {
 			c.ep.removeConn(c)
@@ -495,3 +499,14 @@ func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
 
 var _ net.Error = timeoutError{}
+
+// logClose reports a connection we closed because its peer crossed the
+// receive budget: a peer holding a session may be hostile, and the operator
+// should see which one (the metric says how often).
+func (c *Conn) logClose(err error) {
+	var ce *core.CloseError
+	if errors.As(err, &ce) && !ce.Remote && ce.Code == core.CodeRecvBudget {
+		c.ep.log.Warn("sudp: closing connection: peer exceeded the receive budget",
+			"peer", c.RemoteAddr(), "peer_id", c.Session().PeerID, "reason", ce.Reason)
+	}
+}

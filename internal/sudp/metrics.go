@@ -14,6 +14,7 @@ type totals struct {
 	dropReplay, dropAuth, dropMalformed            uint64
 	datagramsSent, datagramsRecv, datagramsDropped uint64
 	keyUpdates, pathChanges                        uint64
+	recvBudgetRanges, recvBudgetMemory             uint64
 }
 
 func (t *totals) add(s *core.ConnStats) {
@@ -33,6 +34,8 @@ func (t *totals) add(s *core.ConnStats) {
 	t.datagramsDropped += s.DatagramsDropped
 	t.keyUpdates += s.KeyUpdates
 	t.pathChanges += s.PathChanges
+	t.recvBudgetRanges += s.RecvBudgetRanges
+	t.recvBudgetMemory += s.RecvBudgetMemory
 }
 
 // Totals returns the endpoint's connection counters summed over live and
@@ -60,6 +63,7 @@ type Collector struct {
 
 	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
 	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
+	recvBudget                                              *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -81,13 +85,15 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 		datagrams:     d("datagrams_total", "Best-effort messages, by event.", "event"),
 		keyUpdates:    d("key_updates_total", "Traffic key generations moved to (both directions)."),
 		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding)."),
+		recvBudget: d("receive_budget_closes_total", "Connections closed because the peer crossed the receive budget (close code 6), by bound: "+
+			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget} {
 		ch <- d
 	}
 }
@@ -128,6 +134,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.datagrams, t.datagramsDropped, "dropped")
 	counter(c.keyUpdates, t.keyUpdates)
 	counter(c.pathChanges, t.pathChanges)
+	counter(c.recvBudget, t.recvBudgetRanges, "ranges")
+	counter(c.recvBudget, t.recvBudgetMemory, "memory")
 }
 
 var _ prometheus.Collector = (*Collector)(nil)

@@ -40,7 +40,7 @@ func (c *Conn) OpenStream(uni bool, prio Priority) (uint64, error) {
 	if prio >= numPriorities {
 		prio = numPriorities - 1
 	}
-	s := &stream{id: id, prio: prio, maxSend: InitialStreamWindow, sendLimit: c.cfg.StreamSendBuffer}
+	s := &stream{id: id, prio: prio, maxSend: InitialStreamWindow, sendLimit: c.cfg.StreamSendBuffer, pool: &c.pages}
 	if uni {
 		s.rs = recvNone
 	} else {
@@ -215,7 +215,7 @@ func (c *Conn) StreamStopReading(id uint64, code uint64) {
 		_ = c.settleFinalSize(s, s.finalSize)
 	}
 	s.rs = recvReset
-	s.rbuf = ring{} // s.got stays: it records what the connection counted
+	s.rbuf.drop(s.pool) // s.got stays: it records what the connection counted
 	s.stopCode = code
 	c.pendingCtl = append(c.pendingCtl, id)
 	c.maybeSendMaxData()
@@ -252,7 +252,9 @@ func (c *Conn) StreamRead(id uint64, p []byte) (n int, fin bool, err error) {
 	if s.rs == recvDone {
 		return 0, true, nil
 	}
+	ranges := s.got.len()
 	n, fin = s.read(p)
+	c.recvRanges -= ranges - s.got.len()
 	if s.sendMaxSD {
 		c.pendingCtl = append(c.pendingCtl, id)
 	}
@@ -318,6 +320,9 @@ func (c *Conn) maybeFree(s *stream) {
 		return
 	}
 	delete(c.streams, s.id)
+	c.recvRanges -= s.got.len()
+	s.rbuf.drop(s.pool)
+	c.pages.trim()
 	if s.wasReset {
 		// Remember why, so a later write reports it rather than an
 		// unknown stream. Bounded: the oldest entries are dropped.

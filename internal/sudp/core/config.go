@@ -66,6 +66,23 @@ type Config struct {
 	KeyRejectAfter time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64
+	// The receive budget (docs/protocol.md §7.5.1). Flow control bounds how
+	// far ahead of the application a peer may send; these bound what the
+	// pattern of its data may cost. A peer that crosses one is closed
+	// with CodeRecvBudget.
+	//
+	// MaxRecvRanges bounds the disjoint ranges of received data over all
+	// of a connection's streams (holes left by loss or reordering). The
+	// default, ConnWindow / (2 × MaxDatagramSize), is the most a peer
+	// that respects flow control can produce by losing every other
+	// packet of a full window: no loss pattern of an honest sender
+	// reaches it.
+	MaxRecvRanges int
+	// MaxRecvBuffer bounds the memory (in 4 KiB pages) holding received,
+	// unread stream data. The default, ConnWindow plus two pages per
+	// stream the peer may open, is what flow control already allows; a
+	// lower value trades peak throughput for a tighter bound.
+	MaxRecvBuffer int
 }
 
 // DefaultConfig returns the defaults used for zero fields.
@@ -133,6 +150,14 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeyUpdateInterval == 0 {
 		c.KeyUpdateInterval = d.KeyUpdateInterval
+	}
+	if c.MaxRecvRanges <= 0 {
+		c.MaxRecvRanges = max(1024, int(c.ConnWindow/uint64(2*c.MaxDatagramSize)))
+	}
+	if c.MaxRecvBuffer <= 0 {
+		// The data a peer may have unread spans at most ConnWindow
+		// bytes, and each stream's first and last pages may be partial.
+		c.MaxRecvBuffer = int(c.ConnWindow) + 2*2*int(c.MaxStreams)*recvPageSize
 	}
 	if c.KeyRejectAfter < c.KeyUpdateInterval {
 		c.KeyRejectAfter = c.KeyUpdateInterval * 3 / 2

@@ -20,6 +20,8 @@ var (
 	ErrClosed           = errors.New("sudp: connection closed")
 	errFlowControl      = errors.New("sudp: peer exceeded flow-control limit")
 	errFinalSize        = errors.New("sudp: inconsistent stream final size")
+	errRecvRanges       = errors.New("sudp: peer exceeded the receive budget of disjoint ranges")
+	errRecvMemory       = errors.New("sudp: peer exceeded the receive memory budget")
 )
 
 // CloseError is how a connection ended when a CLOSE frame was exchanged.
@@ -45,6 +47,7 @@ const (
 	CodeStreamLimit       = 3
 	CodeInternal          = 4
 	CodeKeyExpired        = 5     // a key generation outlived its hard limit
+	CodeRecvBudget        = 6     // the peer's data exceeded the receive budget (ranges or memory)
 	CodeApplication       = 0x100 // and above: application-defined
 )
 
@@ -162,6 +165,11 @@ type Conn struct {
 	connMaxRecv uint64
 	sendMaxData bool
 
+	// receive budget: disjoint received ranges over all streams, and
+	// the pages holding received data (recvbuf.go)
+	recvRanges int
+	pages      pagePool
+
 	dg datagrams
 
 	// control frames to send
@@ -219,10 +227,14 @@ type ConnStats struct {
 	DatagramsDropped             uint64
 	KeyUpdates                   uint64
 	PathChanges                  uint64
-	SmoothedRTT, MinRTT          time.Duration
-	CongestionWindow             int
-	PacingRate                   float64
-	BytesInFlight                int
+	// RecvBudgetRanges and RecvBudgetMemory count closes with
+	// CodeRecvBudget: the peer left too many holes in its streams, or made
+	// us hold too much memory.
+	RecvBudgetRanges, RecvBudgetMemory uint64
+	SmoothedRTT, MinRTT                time.Duration
+	CongestionWindow                   int
+	PacingRate                         float64
+	BytesInFlight                      int
 	// Controller is the congestion controller's model (state, bandwidth
 	// estimate, loss rates, congestion events), for traces and metrics.
 	Controller congestion.Stats
@@ -244,6 +256,7 @@ func newConn(cfg Config, rnd io.Reader, now time.Time, client bool, localCID uin
 		lastRecv:       now,
 		lastSend:       now,
 	}
+	c.pages.limit = (cfg.MaxRecvBuffer + recvPageSize - 1) / recvPageSize
 	c.rec.init(cfg, now)
 	c.dg.init(cfg)
 	return c
@@ -403,6 +416,22 @@ func (c *Conn) closeLocal(now time.Time, code uint64, reason string, err error) 
 	}
 	c.err = err
 	c.drainUntil = now.Add(3 * c.rec.pto())
+}
+
+// frameError closes the connection for a frame that broke the rules:
+// exceeding the receive budget has its own code and counter, so an operator
+// can tell a peer that floods ranges or memory from one that is buggy.
+func (c *Conn) frameError(now time.Time, err error) {
+	switch {
+	case errors.Is(err, errRecvRanges):
+		c.stats.RecvBudgetRanges++
+	case errors.Is(err, errRecvMemory):
+		c.stats.RecvBudgetMemory++
+	default:
+		c.protocolError(now, err)
+		return
+	}
+	c.closeLocal(now, CodeRecvBudget, err.Error(), nil)
 }
 
 func (c *Conn) protocolError(now time.Time, err error) {

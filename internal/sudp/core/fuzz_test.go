@@ -2,6 +2,7 @@ package core
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"time"
 
@@ -97,5 +98,117 @@ func FuzzAuthenticatedFrames(f *testing.F) {
 		pkt := s.sealFromClient(payload)
 		s.conn[1].HandleDatagram(s.now, s.addr[0], pkt)
 		s.healthy(t)
+	})
+}
+
+// fuzzStreams are the streams FuzzStreamFrames writes to: three of the
+// client's bidirectional streams and one unidirectional (unused by
+// establishedSim).
+var fuzzStreams = [4]uint64{40, 44, 46, 48}
+
+// fuzzByte is what the fuzzed peer sends at offset off of stream id, so what
+// is delivered can be checked whatever order it arrived in.
+func fuzzByte(id, off uint64) byte { return byte(off*31 + off>>8 + id) }
+
+// FuzzStreamFrames drives an established connection with sequences of
+// packets of STREAM frames (any offsets, lengths, FIN), RESET_STREAMs and
+// reads, under a small receive budget. After every packet: the disjoint
+// ranges held stay within MaxRecvRanges and the pages within MaxRecvBuffer
+// (or the connection was closed for crossing them), the counters agree with
+// the streams, and every byte read is the byte sent at its offset.
+func FuzzStreamFrames(f *testing.F) {
+	f.Add([]byte{0x00, 0, 0, 100, 0x10, 0, 1, 50, 0x70, 255})                                 // in order, then a read
+	f.Add([]byte{0x00, 0, 9, 10, 0x00, 0, 5, 10, 0x00, 0, 1, 10, 0x00, 0, 0, 255, 0x70, 255}) // descending, hole filled
+	f.Add([]byte{0x08, 0, 0, 20, 0x70, 255, 0x60, 0, 0, 0})                                   // FIN, read to end
+	f.Add([]byte{0x00, 1, 0, 10, 0x61, 2, 0, 0, 0x00, 1, 0, 10})                              // data, reset
+	f.Add([]byte{0x00, 3, 0, 1, 0x00, 3, 2, 1, 0x00, 3, 4, 1, 0x00, 3, 6, 1, 0x00, 3, 8, 1})  // tiny frames, every other
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		cfg := Config{MaxRecvRanges: 24, MaxRecvBuffer: 48 << 10}
+		s := handshakeSim(t, 1, link{delay: time.Millisecond}, cfg)
+		c := s.conn[1]
+		var readOff [4]uint64
+		buf := make([]byte, 4096)
+		var pkt []byte
+		for len(ops) > 0 && c.Err() == nil {
+			op := ops[0]
+			ops = ops[1:]
+			si := int(op>>4) & 3
+			id := fuzzStreams[si]
+			switch {
+			case op>>6 == 1 && op&0x30 == 0x30: // 0x70..0x7f: read
+				n := 1
+				if len(ops) > 0 {
+					n = int(ops[0])*16 + 1
+					ops = ops[1:]
+				}
+				for i := range fuzzStreams {
+					sid := fuzzStreams[i]
+					got, _, err := c.StreamRead(sid, buf[:min(n, len(buf))])
+					if err != nil {
+						continue // reset, or not opened yet
+					}
+					for k := 0; k < got; k++ {
+						if want := fuzzByte(sid, readOff[i]+uint64(k)); buf[k] != want {
+							t.Fatalf("stream %d offset %d: read %#x, sent %#x", sid, readOff[i]+uint64(k), buf[k], want)
+						}
+					}
+					readOff[i] += uint64(got)
+				}
+				continue
+			case op>>6 == 1: // 0x40..0x6f: RESET_STREAM with a final size
+				if len(ops) < 3 {
+					return
+				}
+				final := uint64(ops[1])<<8 | uint64(ops[2])
+				ops = ops[3:]
+				pkt = wire.AppendReset(pkt[:0], id, 1, final*16)
+			default: // STREAM frames: [op off_hi off_lo len]; bit 3 of op is FIN, bit 7 repeats the frame 8 times at a stride
+				if len(ops) < 3 {
+					return
+				}
+				off := (uint64(ops[0])<<8 | uint64(ops[1])) * 7
+				n := int(ops[2]) * 5
+				ops = ops[3:]
+				fin := op&0x08 != 0
+				reps := 1
+				if op&0x80 != 0 {
+					reps = 8
+				}
+				pkt = pkt[:0]
+				for r := 0; r < reps && len(pkt)+n+32 < 1300; r++ {
+					o := off + uint64(r)*uint64(2*n+1)
+					pkt = wire.AppendStreamHeader(pkt, id, o, n, fin && r == reps-1)
+					for k := 0; k < n; k++ {
+						pkt = append(pkt, fuzzByte(id, o+uint64(k)))
+					}
+				}
+				if len(pkt) == 0 {
+					continue
+				}
+			}
+			s.sendFrames(pkt)
+			if c.Err() != nil {
+				break
+			}
+			if c.recvRanges > cfg.MaxRecvRanges {
+				t.Fatalf("%d ranges held, bound %d", c.recvRanges, cfg.MaxRecvRanges)
+			}
+			if c.pages.held > c.pages.limit {
+				t.Fatalf("%d pages held, bound %d", c.pages.held, c.pages.limit)
+			}
+			ranges, pages := 0, 0
+			for _, st := range c.streams {
+				ranges += st.got.len()
+				pages += st.rbuf.held()
+			}
+			if ranges != c.recvRanges || pages != c.pages.held {
+				t.Fatalf("accounting: %d ranges counted, %d held; %d pages counted, %d held", c.recvRanges, ranges, c.pages.held, pages)
+			}
+		}
+		// A connection closed for its budget says so.
+		var ce *CloseError
+		if errors.As(c.Err(), &ce) && ce.Code == CodeRecvBudget && c.Stats().RecvBudgetRanges+c.Stats().RecvBudgetMemory != 1 {
+			t.Fatalf("budget close not counted: %+v", c.Stats())
+		}
 	})
 }

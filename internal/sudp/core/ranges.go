@@ -28,14 +28,19 @@ func (s *rangeSet) add(lo, hi uint64) {
 		}
 		return
 	}
-	// General case: find the first interval with hi >= lo.
-	i := 0
-	for i < n && s.r[i].hi < lo {
-		i++
-	}
+	// General case: binary search for the first interval with hi >= lo,
+	// then the first with lo > hi (acknowledged ranges arrive from the
+	// peer's ACK frames). Received stream data, where the peer picks every
+	// offset, uses spanSet instead, which does not move the whole set.
+	i := searchHi(s.r, lo)
 	j := i
 	for j < n && s.r[j].lo <= hi {
 		j++
+		if j-i > 8 {
+			// Covers many intervals: skip the rest by search.
+			j = i + searchLo(s.r[i:], hi)
+			break
+		}
 	}
 	if i == j {
 		s.r = append(s.r, span{})
@@ -47,6 +52,34 @@ func (s *rangeSet) add(lo, hi uint64) {
 	nh := max(hi, s.r[j-1].hi)
 	s.r[i] = span{nl, nh}
 	s.r = append(s.r[:i+1], s.r[j:]...)
+}
+
+// searchHi returns the index of the first interval with hi >= v.
+func searchHi(r []span, v uint64) int {
+	lo, hi := 0, len(r)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r[m].hi < v {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// searchLo returns the index of the first interval with lo > v.
+func searchLo(r []span, v uint64) int {
+	lo, hi := 0, len(r)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r[m].lo <= v {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // remove deletes [lo, hi).

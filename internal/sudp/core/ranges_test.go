@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -86,6 +87,41 @@ func TestRingGrowthAndWrap(t *testing.T) {
 			r.read(lo, got)
 			if !bytes.Equal(got, model[lo:hi]) {
 				t.Fatalf("step %d: ring content differs in [%d,%d)", step, lo, hi)
+			}
+		}
+	}
+}
+
+// TestSpanSetMatchesRangeSet drives the received-ranges set and the plain
+// sorted slice with the same random insertions and trims, across block
+// splits and merges, and checks they agree and the blocks keep their shape.
+func TestSpanSetMatchesRangeSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	for round := 0; round < 60; round++ {
+		var a spanSet
+		var b rangeSet
+		var floor uint64
+		space := uint64(64 + rng.IntN(20000))
+		for op := 0; op < 3000; op++ {
+			if rng.IntN(50) == 0 {
+				floor += uint64(rng.IntN(int(space/8) + 1))
+				a.trimBelow(floor)
+				b.trimBelow(floor)
+			} else {
+				lo := floor + uint64(rng.IntN(int(space)))
+				hi := lo + 1 + uint64(rng.IntN(1+rng.IntN(64)))
+				a.add(lo, hi)
+				b.add(lo, hi)
+			}
+			var flat []span
+			for i, blk := range a.blocks {
+				if len(blk) == 0 || len(blk) > spanBlock || (i < len(a.blocks)-1 && len(blk) < spanBlock/4) {
+					t.Fatalf("round %d op %d: block %d of %d has %d intervals", round, op, i, len(a.blocks), len(blk))
+				}
+				flat = append(flat, blk...)
+			}
+			if a.len() != len(flat) || !slices.Equal(flat, b.r) {
+				t.Fatalf("round %d op %d: spanSet %v (n=%d), rangeSet %v", round, op, flat, a.len(), b.r)
 			}
 		}
 	}

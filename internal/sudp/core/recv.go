@@ -90,7 +90,7 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 
 	eliciting, err := c.handleFrames(now, from, payload)
 	if err != nil {
-		c.protocolError(now, err)
+		c.frameError(now, err)
 		return
 	}
 	if h.PN > c.largestRecvPN || c.recvd.empty() {
@@ -278,7 +278,7 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 				if s.stopQueued {
 					s.resetSeen = true // the application already gave it up
 				}
-				s.rbuf = ring{}
+				s.rbuf.drop(s.pool)
 				c.maybeSendMaxData()
 				c.maybeFree(s)
 			}
@@ -390,8 +390,19 @@ func (c *Conn) onStreamFrame(f *wire.Stream) error {
 	}
 	before, _ := s.highestReceived()
 	before = max(before, s.readOff)
-	if err := s.recvData(f.Offset, f.Data, f.Fin); err != nil {
+	ranges := s.got.len()
+	err = s.recvData(f.Offset, f.Data, f.Fin)
+	c.recvRanges += s.got.len() - ranges
+	if err != nil {
 		return err
+	}
+	// The receive budget (docs/protocol.md §7.5.1): flow control bounds how
+	// far ahead a peer may send, these bound what its pattern costs us.
+	if c.recvRanges > c.cfg.MaxRecvRanges {
+		return fmt.Errorf("%w: %d disjoint ranges (limit %d)", errRecvRanges, c.recvRanges, c.cfg.MaxRecvRanges)
+	}
+	if c.pages.over() {
+		return fmt.Errorf("%w: %d bytes in pages (limit %d)", errRecvMemory, c.pages.held*recvPageSize, c.pages.limit*recvPageSize)
 	}
 	after, _ := s.highestReceived()
 	after = max(after, s.readOff)
@@ -433,7 +444,7 @@ func (c *Conn) peerStream(id uint64) (*stream, error) {
 	}
 	for n := c.peerOpened[kind]; n <= seq; n++ {
 		sid := n<<2 | id&3
-		s := &stream{id: sid, incoming: true, prio: PriorityNormal, window: c.cfg.StreamWindow, maxRecv: InitialStreamWindow}
+		s := &stream{id: sid, incoming: true, prio: PriorityNormal, window: c.cfg.StreamWindow, maxRecv: InitialStreamWindow, pool: &c.pages}
 		if kind == 1 {
 			s.ss = sendNone
 		} else {

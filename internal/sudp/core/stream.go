@@ -91,9 +91,10 @@ type stream struct {
 
 	// receive side
 	rs         recvState
-	rbuf       ring
-	readOff    uint64   // next offset the application reads
-	got        rangeSet // received ranges above readOff
+	rbuf       recvBuf
+	pool       *pagePool // the connection's receive memory
+	readOff    uint64    // next offset the application reads
+	got        spanSet   // received ranges above readOff
 	finalSize  uint64
 	maxRecv    uint64 // limit we advertised
 	window     uint64
@@ -205,17 +206,14 @@ func (s *stream) recvData(off uint64, data []byte, fin bool) error {
 	if len(data) == 0 {
 		return nil
 	}
-	s.rbuf.ensure(end)
-	s.rbuf.write(off, data)
+	s.rbuf.write(s.pool, off, data)
 	s.got.add(off, end)
 	return nil
 }
 
 func (s *stream) highestReceived() (uint64, bool) {
-	if len(s.got.r) == 0 {
-		return 0, false
-	}
-	return s.got.r[len(s.got.r)-1].hi, true
+	l, ok := s.got.last()
+	return l.hi, ok
 }
 
 // readable is the number of contiguous bytes ready for the application.
@@ -231,14 +229,14 @@ func (s *stream) readable() int {
 func (s *stream) read(p []byte) (int, bool) {
 	n := min(len(p), s.readable())
 	if n > 0 {
-		s.rbuf.read(s.readOff, p[:n])
+		s.rbuf.read(s.pool, s.readOff, p[:n])
 		s.readOff += uint64(n)
-		s.rbuf.release(s.readOff)
 		s.got.trimBelow(s.readOff)
 	}
 	fin := s.rs == recvFinKnown && s.readOff == s.finalSize
 	if fin {
 		s.rs = recvDone
+		s.rbuf.drop(s.pool) // the last page, partly read, is not needed either
 	}
 	// Re-advertise when the application has consumed half the window.
 	if s.rs == recvOpen && s.maxRecv-s.readOff < s.window/2 {

@@ -597,13 +597,19 @@ func (m *Machine) switchOverReply(p sent, r *Report, errs string, now time.Time)
 			m.log(slog.LevelWarn, "migration: post-copy still pulling pages", "err", errs)
 		}
 	case p.op == OpStatus && p.host == m.rec.From:
-		if errs == "" && r != nil {
+		switch {
+		case errs == "" && r != nil && r.Phase == PhaseTransferring && r.Status.State != hypervisor.MigCompleted && now.Before(m.srcUntil):
+			// Its agent has not yet seen its hypervisor finish (a short
+			// migration can be committed before the source's watcher
+			// polls): its figures are not final yet; ask again shortly.
+			m.srcNext = now.Add(switchFastPoll)
+		case errs == "" && r != nil:
 			m.srcReport, m.srcDone = r, true
-			return
-		}
-		m.srcNext = now.Add(sourceReportRetry)
-		if !now.Before(m.srcUntil) {
-			m.srcDone = true // complete without its figures
+		default:
+			m.srcNext = now.Add(sourceReportRetry)
+			if !now.Before(m.srcUntil) {
+				m.srcDone = true // complete without its figures
+			}
 		}
 	case p.op == OpFinish:
 		m.finishDone = true

@@ -3,6 +3,7 @@ package migration
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 )
@@ -175,5 +176,33 @@ func TestCancelBeatsAFailedStart(t *testing.T) {
 	out = b.step(Reply{Seq: start.Seq, Err: errors.New("no link")})
 	if p, ok := lastPersist(out); !ok || p.Rec.Outcome != Cancelled {
 		t.Fatalf("want a cancelled rollback: %s", describe(out))
+	}
+}
+
+// A migration short enough to be committed before the source's agent has
+// polled its hypervisor: the source's first answer has no final figures,
+// so it is asked again, and the record carries the final ones.
+func TestSourceFiguresAreFinal(t *testing.T) {
+	b := newBench(t, transferringRec())
+	b.step(Start{Resumed: true})
+	out := b.land(b.step(Posted{Host: wDst, Role: Destination, Phase: PhaseCompleted}))
+	commit := sendTo(t, out, OpCommit, wDst)
+	out = b.step(Reply{Seq: commit.Seq, Report: &Report{Phase: PhaseCommitted, At: t0.UnixNano()}})
+	st := sendTo(t, out, OpStatus, wSrc)
+	out = b.step(Reply{Seq: st.Seq, Report: &Report{Phase: PhaseTransferring}})
+	if len(persistsIn(out)) > 0 || len(sendsIn(out, OpFinish)) > 0 {
+		t.Fatalf("completed on figures that are not final: %s", describe(out))
+	}
+	b.now = b.m.NextTimeout()
+	out = b.step(Tick{})
+	st = sendTo(t, out, OpStatus, wSrc)
+	paused := t0.Add(-time.Second)
+	out = b.step(Reply{Seq: st.Seq, Report: &Report{Phase: PhaseCompleted,
+		Status: hypervisor.MigrationStatus{State: hypervisor.MigCompleted, Round: 3, Transferred: 1 << 20, PausedAt: paused}}})
+	fin := sendTo(t, out, OpFinish, wSrc)
+	out = b.step(Reply{Seq: fin.Seq, Report: &Report{}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.State != Completed || p.Rec.Rounds != 3 || !p.Rec.PausedAt.Equal(paused) {
+		t.Fatalf("final record without the source's figures: %s", describe(out))
 	}
 }

@@ -86,6 +86,17 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		c.path.validated = true
 		c.respPending = nil
 	}
+	if c.state == stateClosing || c.state == stateDraining {
+		// A closed connection does no more work for its peer (RFC 9000
+		// §10.2): a closing one only answers with its CLOSE, a draining
+		// one with nothing. Frames a peer sends after the close — a
+		// hostile peer still flooding the receive budget that closed it
+		// — are neither processed nor counted again.
+		if c.state == stateClosing {
+			c.closePending = true
+		}
+		return
+	}
 	c.notePath(now, from, h.PN, len(pkt))
 
 	eliciting, err := c.handleFrames(now, from, payload)
@@ -105,10 +116,6 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 			c.ackDeadline = now.Add(maxAckDelay)
 		}
 		c.ackEliciting++
-	}
-	if c.state == stateClosing {
-		// Answer a peer that keeps talking with another CLOSE.
-		c.closePending = true
 	}
 }
 

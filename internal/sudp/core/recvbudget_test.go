@@ -115,6 +115,11 @@ func testTinyFrames(t *testing.T, descending bool) {
 	if want := (bound + 1) / perPacket; closedAt != want {
 		t.Errorf("closed at packet %d, want %d (the one crossing %d ranges)", closedAt, want, bound)
 	}
+	// The peer goes on flooding after the close: its packets are answered
+	// with the CLOSE, not processed, and the close is counted once.
+	for i := 0; i < 10; i++ {
+		c.HandleDatagram(s.now, s.addr[0], s.sealFromClient(tinyFramePacket(pkt[:0], uint64(2*(i+1)*perPacket+1), perPacket, descending)))
+	}
 	if st := c.Stats(); st.RecvBudgetRanges != 1 || st.RecvBudgetMemory != 0 || st.DroppedMalformed != 0 {
 		t.Errorf("counted ranges=%d memory=%d malformed=%d, want 1, 0, 0", st.RecvBudgetRanges, st.RecvBudgetMemory, st.DroppedMalformed)
 	}

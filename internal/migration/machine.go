@@ -68,6 +68,9 @@ const (
 	SourceReportWait = time.Minute
 	// sourceReportRetry paces that wait's status requests.
 	sourceReportRetry = RetryEvery / 4
+	// finalFiguresWait bounds how long a switch-over asks again for the
+	// figures of a source whose agent has not yet seen its transfer end.
+	finalFiguresWait = 2 * time.Second
 	// switchFastPoll/switchFastFor: right after entering postcopy the
 	// source is asked often (its agent sees the switch within a fast
 	// poll).
@@ -598,10 +601,12 @@ func (m *Machine) switchOverReply(p sent, r *Report, errs string, now time.Time)
 		}
 	case p.op == OpStatus && p.host == m.rec.From:
 		switch {
-		case errs == "" && r != nil && r.Phase == PhaseTransferring && r.Status.State != hypervisor.MigCompleted && now.Before(m.srcUntil):
+		case errs == "" && r != nil && r.Phase == PhaseTransferring && r.Status.State != hypervisor.MigCompleted &&
+			now.Before(m.srcUntil.Add(finalFiguresWait-SourceReportWait)):
 			// Its agent has not yet seen its hypervisor finish (a short
 			// migration can be committed before the source's watcher
-			// polls): its figures are not final yet; ask again shortly.
+			// polls): its figures are not final yet; ask again shortly,
+			// for a while (a source that never says, completes without).
 			m.srcNext = now.Add(switchFastPoll)
 		case errs == "" && r != nil:
 			m.srcReport, m.srcDone = r, true

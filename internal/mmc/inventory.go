@@ -184,10 +184,18 @@ func (s *Server) observe(ss *session, r *message.Report) {
 	s.invMu.Lock()
 	findings := s.inv.Observe(ss.id, obs)
 	s.invMu.Unlock()
+	written, more := 0, 0
 	for _, f := range findings {
 		switch f.Kind {
 		case inventory.KindUnknown, inventory.KindMisplaced:
 			s.metrics.vmAlarms.WithLabelValues(f.Kind).Inc()
+			if written == maxAlarmsPerReport {
+				// A report may name thousands of VMs; each alarm is a
+				// store write. Beyond the first few, one summary.
+				more++
+				continue
+			}
+			written++
 			s.alarm(store.Event{Agent: f.Agent, Host: f.Host, Alarm: true, Level: "error", Kind: f.Kind, Message: f.Message()})
 			s.log.Warn("mmc: ALARM "+f.Kind, "vm", f.VM, "agent", f.Agent, "host", f.Host, "placed_agent", f.PlacedAgent)
 		case inventory.KindCleared:
@@ -196,7 +204,16 @@ func (s *Server) observe(ss *session, r *message.Report) {
 			s.adopt(f)
 		}
 	}
+	if more > 0 {
+		s.alarm(store.Event{Agent: ss.id, Host: ss.name, Alarm: true, Level: "error", Kind: inventory.KindUnknown,
+			Message: fmt.Sprintf("%d more VMs reported by %s disagree with the inventory (not listed one by one)", more, ss.name)})
+		s.log.Warn("mmc: ALARM more VMs disagree with the inventory", "agent", ss.id, "host", ss.name, "count", more)
+	}
 }
+
+// maxAlarmsPerReport bounds the inventory alarms one report writes one by
+// one; the rest are summed up in one.
+const maxAlarmsPerReport = 8
 
 // adopt places a legacy record on the agent that reported it, once: the
 // store refuses it if anything placed the VM meanwhile.

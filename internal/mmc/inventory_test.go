@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // report sends a monitor report holding vms ("name" or "name=state").
@@ -243,5 +245,27 @@ func TestMigrationOrdersGoToRecordedAgents(t *testing.T) {
 		if got := s.agentFor(tc.rec, tc.host); got != tc.want {
 			t.Errorf("agentFor(%+v, %s) = %q, want %q", tc.rec, tc.host, got, tc.want)
 		}
+	}
+}
+
+// A report naming many VMs the inventory does not know writes a bounded
+// number of alarms (each is a store write), the rest summed up in one;
+// every one is still counted in the metric.
+func TestInventoryAlarmsPerReportBounded(t *testing.T) {
+	s := startMMC(t, Config{})
+	_, b, _, cb := twoAgents(t, s)
+	var names []string
+	for i := range 100 {
+		names = append(names, fmt.Sprintf("stray%03d", i))
+	}
+	b.report(cb, names...)
+	waitUntil(t, "the summary alarm", func() bool { return len(alarmsOf(t, s)) >= maxAlarmsPerReport+1 })
+	time.Sleep(200 * time.Millisecond)
+	alarms := alarmsOf(t, s)
+	if len(alarms) != maxAlarmsPerReport+1 || !strings.Contains(alarms[len(alarms)-1].Message, fmt.Sprintf("%d more VMs", 100-maxAlarmsPerReport)) {
+		t.Fatalf("%d alarms, last %+v; want %d and a summary of the other %d", len(alarms), alarms[len(alarms)-1], maxAlarmsPerReport+1, 100-maxAlarmsPerReport)
+	}
+	if n := testutil.ToFloat64(s.metrics.vmAlarms.WithLabelValues(inventory.KindUnknown)); n != 100 {
+		t.Fatalf("counted %v vm-unknown, want 100", n)
 	}
 }

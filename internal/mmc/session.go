@@ -41,6 +41,7 @@ type session struct {
 	nextID    uint64
 	pending   map[uint64]chan message.ActionResult
 	policyAck uint64 // policy version the agent acknowledged
+	events    eventBudget
 }
 
 func (ss *session) end(code uint64, reason string) {
@@ -91,7 +92,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		return // no longer approved
 	}
 	s.reg.publish(a)
-	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult)}
+	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult), events: newEventBudget(now)}
 	// Register only if the agent is still approved, atomically with the
 	// check (registry.register): a revocation either sees this session
 	// (and decide ends it) or happened before (and we stop here).
@@ -267,6 +268,21 @@ func (s *Server) agentHandlers(ss *session, ch *challenger, answered func()) mes
 		return nil
 	})
 	message.On(h, func(ctx context.Context, ev message.Event) error {
+		now := s.cfg.Now()
+		ss.mu.Lock()
+		admitted := ss.events.admit(now)
+		dropped := ss.events.dueSummary(now)
+		ss.mu.Unlock()
+		if dropped > 0 {
+			s.alarm(store.Event{Agent: ss.id, Host: ss.name, Alarm: true, Level: "warn", Kind: kindEventsDropped,
+				Message: fmt.Sprintf("%d events from this agent dropped: more than %d a second (burst %d)", dropped, eventRate, eventBurst)})
+		}
+		if !admitted {
+			s.metrics.eventsDropped.Inc()
+			// Acknowledged all the same: an agent that resent what the
+			// MMC refused would only flood again.
+			return message.Send(ctx, c, message.EventAck{Seq: ev.Seq})
+		}
 		if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
 			AgentSeq: ev.Seq, Alarm: ev.Alarm, Level: ev.Level, Kind: ev.Kind, Message: ev.Message}); err != nil {
 			s.log.Error("mmc: storing an event", "err", err)

@@ -1,12 +1,16 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/ferry-vm/ferry/internal/identity"
 )
@@ -255,4 +259,78 @@ func TestTokenCreateOnce(t *testing.T) {
 	if err := s.PutToken(Token{ID: "t1", UsesLeft: 100}); !errors.Is(err, ErrExists) {
 		t.Fatalf("a second token with one id: %v", err)
 	}
+}
+
+// Deduplicating an agent's events costs one entry an agent, however many
+// events it sends: an authenticated agent cannot grow the database past
+// the event log's retention by numbering events afresh.
+func TestEventDedupBounded(t *testing.T) {
+	s := openTest(t)
+	for seq := uint64(1); seq <= 300; seq++ {
+		if added, err := s.AddEvent(Event{Agent: "a", AgentSeq: seq, Kind: "log"}); err != nil || !added {
+			t.Fatalf("event %d: added %v, %v", seq, added, err)
+		}
+	}
+	for _, seq := range []uint64{1, 150, 300} {
+		if added, _ := s.AddEvent(Event{Agent: "a", AgentSeq: seq, Kind: "log"}); added {
+			t.Fatalf("resent event %d stored again", seq)
+		}
+	}
+	if added, _ := s.AddEvent(Event{Agent: "b", AgentSeq: 1, Kind: "log"}); !added {
+		t.Fatal("another agent's first event was taken for a resend")
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketEventsSeenV1) != nil {
+			t.Error("the per-event set still exists")
+		}
+		if n := tx.Bucket(bucketEventsHigh).Stats().KeyN; n != 2 {
+			t.Errorf("deduplication holds %d entries for 2 agents", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A database of an earlier version (one key an event seen) opens with its
+// deduplication kept and the per-event set gone.
+func TestEventsSeenFolded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mmc.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket(bucketEventsSeenV1)
+		if err != nil {
+			return err
+		}
+		for _, seq := range []uint64{3, 9, 4} {
+			k := append([]byte("agent-a\x00"), binary.BigEndian.AppendUint64(nil, seq)...)
+			if err := b.Put(k, []byte{1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for seq, want := range map[uint64]bool{9: false, 5: false, 10: true} {
+		if added, err := s.AddEvent(Event{Agent: "agent-a", AgentSeq: seq}); err != nil || added != want {
+			t.Errorf("event %d after the upgrade: added %v (want %v), %v", seq, added, want, err)
+		}
+	}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketEventsSeenV1) != nil {
+			t.Error("the per-event set survived the upgrade")
+		}
+		return nil
+	})
 }

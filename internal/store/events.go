@@ -9,8 +9,15 @@ import (
 )
 
 var (
-	bucketEvents     = []byte("events")
-	bucketEventsSeen = []byte("events-seen")
+	bucketEvents = []byte("events")
+	// bucketEventsHigh holds, per agent, the highest AgentSeq stored: the
+	// agent's numbering is the deduplication (one entry an agent, however
+	// many events it sends).
+	bucketEventsHigh = []byte("events-high")
+	// bucketEventsSeenV1 is the set of (agent, seq) pairs earlier versions
+	// kept, one key an event and never pruned; Open folds it into
+	// bucketEventsHigh and deletes it.
+	bucketEventsSeenV1 = []byte("events-seen")
 )
 
 // MaxEvents is the retention of the event log (logs and alarms): beyond
@@ -31,17 +38,14 @@ type Event struct {
 	Message  string    `json:"message"`
 }
 
-func seenKey(agent string, seq uint64) []byte {
-	k := make([]byte, 0, len(agent)+9)
-	k = append(k, agent...)
-	k = append(k, 0)
-	return binary.BigEndian.AppendUint64(k, seq)
-}
-
-// EventAdd stores an event once: an agent event already stored (same
-// agent and AgentSeq — a resend after a lost acknowledgement) is
-// skipped. Beyond MaxEvents the oldest are dropped. Its result is
-// whether the event was new.
+// EventAdd stores an event once: an agent event numbered at or below the
+// highest already stored for that agent (a resend after a lost
+// acknowledgement) is skipped. That needs no more than the agent already
+// guarantees — it numbers events in order and sends (and resends) them in
+// order over one session, where the MMC handles them in order — and it
+// keeps the deduplication at one entry an agent: a set of every number
+// seen would grow with each event an agent ever sent. Beyond MaxEvents the
+// oldest events are dropped. Its result is whether the event was new.
 type EventAdd struct {
 	Event Event `json:"event"`
 }
@@ -57,16 +61,15 @@ func (c *EventAdd) apply(tx *bolt.Tx) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	seen, err := tx.CreateBucketIfNotExists(bucketEventsSeen)
+	high, err := tx.CreateBucketIfNotExists(bucketEventsHigh)
 	if err != nil {
 		return nil, err
 	}
 	if e.AgentSeq > 0 {
-		k := seenKey(e.Agent, e.AgentSeq)
-		if seen.Get(k) != nil {
+		if v := high.Get([]byte(e.Agent)); len(v) == 8 && e.AgentSeq <= binary.BigEndian.Uint64(v) {
 			return false, nil
 		}
-		if err := seen.Put(k, []byte{1}); err != nil {
+		if err := high.Put([]byte(e.Agent), binary.BigEndian.AppendUint64(nil, e.AgentSeq)); err != nil {
 			return nil, err
 		}
 	}
@@ -84,6 +87,34 @@ func (c *EventAdd) apply(tx *bolt.Tx) (any, error) {
 		}
 	}
 	return true, nil
+}
+
+// foldEventsSeen replaces the per-event set of earlier versions with the
+// per-agent high-water mark (the highest number seen of each agent).
+func foldEventsSeen(tx *bolt.Tx) error {
+	seen := tx.Bucket(bucketEventsSeenV1)
+	if seen == nil {
+		return nil
+	}
+	high, err := tx.CreateBucketIfNotExists(bucketEventsHigh)
+	if err != nil {
+		return err
+	}
+	err = seen.ForEach(func(k, _ []byte) error {
+		// key: agent id, 0, big-endian seq
+		if len(k) < 9 || k[len(k)-9] != 0 {
+			return nil
+		}
+		agent, seq := k[:len(k)-9], binary.BigEndian.Uint64(k[len(k)-8:])
+		if v := high.Get(agent); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
+			return nil
+		}
+		return high.Put(agent, binary.BigEndian.AppendUint64(nil, seq))
+	})
+	if err != nil {
+		return err
+	}
+	return tx.DeleteBucket(bucketEventsSeenV1)
 }
 
 // AddEvent applies EventAdd and reports whether the event was new.

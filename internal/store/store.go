@@ -57,7 +57,7 @@ func Open(path string) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return foldEventsSeen(tx)
 	})
 	if err != nil {
 		db.Close()

@@ -133,7 +133,7 @@ const (
 // prune removes the entries older than maxAge and those beyond the newest
 // maxEntries (a limit ≤ 0 is none), in batches (each one transaction),
 // and audits what it removed once. It returns how many went.
-func (a *auditor) prune(maxAge time.Duration, maxEntries int) (int, error) {
+func (a *auditor) prune(ctx context.Context, maxAge time.Duration, maxEntries int) (int, error) {
 	if maxAge <= 0 && maxEntries <= 0 {
 		return 0, nil
 	}
@@ -155,6 +155,10 @@ func (a *auditor) prune(maxAge time.Duration, maxEntries int) (int, error) {
 		if !res.More {
 			break
 		}
+		if err := ctx.Err(); err != nil {
+			// Stopping: what was removed so far is audited below.
+			break
+		}
 	}
 	if removed > 0 {
 		a.m.auditPruned.Add(float64(removed))
@@ -171,19 +175,10 @@ func (a *auditor) prune(maxAge time.Duration, maxEntries int) (int, error) {
 	return removed, nil
 }
 
-// run writes queued entries, the throttle's summaries and prunes the log
-// until ctx ends.
-func (a *auditor) run(ctx context.Context, maxAge time.Duration, maxEntries int) {
+// run writes queued entries and the throttle's summaries until ctx ends.
+func (a *auditor) run(ctx context.Context) {
 	flush := time.NewTicker(a.throttle.cfg.Window)
 	defer flush.Stop()
-	pruneNow := func() {
-		if _, err := a.prune(maxAge, maxEntries); err != nil {
-			a.log.Error("mmc: audit retention", "err", err)
-		}
-	}
-	pruneNow()
-	prune := time.NewTicker(auditPruneInterval)
-	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -192,8 +187,24 @@ func (a *auditor) run(ctx context.Context, maxAge time.Duration, maxEntries int)
 			a.add(e)
 		case <-flush.C:
 			a.flushSuppressed()
-		case <-prune.C:
-			pruneNow()
+		}
+	}
+}
+
+// runRetention prunes the log at start and every auditPruneInterval until
+// ctx ends. Apart from run: the first pruning of a log that grew large
+// takes many transactions, and the queue must not wait for them.
+func (a *auditor) runRetention(ctx context.Context, maxAge time.Duration, maxEntries int) {
+	t := time.NewTicker(auditPruneInterval)
+	defer t.Stop()
+	for {
+		if _, err := a.prune(ctx, maxAge, maxEntries); err != nil && ctx.Err() == nil {
+			a.log.Error("mmc: audit retention", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -2,6 +2,7 @@ package mmc
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,7 +205,7 @@ func TestAuditRetention(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	removed, err := s.audit.prune(30*24*time.Hour, 1000)
+	removed, err := s.audit.prune(t.Context(), 30*24*time.Hour, 1000)
 	if err != nil || removed != 19 {
 		t.Fatalf("age prune removed %d (%v), want 19", removed, err)
 	}
@@ -215,7 +216,7 @@ func TestAuditRetention(t *testing.T) {
 	if n, e := countAudit(t, s, "audit.prune"); n != 1 || !strings.Contains(e.Detail, "removed 19 entries") {
 		t.Fatalf("%d prune entries, %+v", n, e)
 	}
-	removed, err = s.audit.prune(-1, 10)
+	removed, err = s.audit.prune(t.Context(), -1, 10)
 	if err != nil || removed != 22 {
 		t.Fatalf("count prune removed %d (%v), want 22", removed, err)
 	}
@@ -223,7 +224,7 @@ func TestAuditRetention(t *testing.T) {
 		t.Fatalf("%d prune entries after two prunes, want 2", n)
 	}
 	// Nothing to remove: nothing audited.
-	if removed, err = s.audit.prune(30*24*time.Hour, 1000); err != nil || removed != 0 {
+	if removed, err = s.audit.prune(t.Context(), 30*24*time.Hour, 1000); err != nil || removed != 0 {
 		t.Fatalf("third prune removed %d (%v)", removed, err)
 	}
 	if n, _ := countAudit(t, s, "audit.prune"); n != 2 {
@@ -364,5 +365,40 @@ func TestKeyFileOutsideDataDir(t *testing.T) {
 	s.close()
 	if _, err := os.Stat(filepath.Join(dir, identity.KeyFile)); err != nil {
 		t.Fatalf("default key file: %v", err)
+	}
+}
+
+// A running MMC prunes at start with its configured limits.
+func TestRunPrunesAuditAtStart(t *testing.T) {
+	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-", AuditMaxEntries: 5, AuditMaxAge: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := s.st.AppendAudit(store.AuditEntry{Time: time.Unix(int64(i), 0), Actor: "admin", Action: fmt.Sprint("e", i), Outcome: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, err := s.st.Audit(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) == 6 && entries[0].Action == "e15" && entries[5].Action == "audit.prune" &&
+			strings.Contains(entries[5].Detail, "removed 15 entries beyond the newest 5") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not pruned at start: %d entries, %+v", len(entries), entries[len(entries)-1])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

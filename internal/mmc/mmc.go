@@ -405,10 +405,14 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
-		s.audit.run(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries)
+		s.audit.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries)
 	}()
 	go func() {
 		defer wg.Done()

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,11 +23,66 @@ import (
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/mmc"
+	"github.com/ferry-vm/ferry/internal/termsafe"
 	"github.com/ferry-vm/ferry/internal/units"
 )
 
+// q makes a string that came from the MMC — and so, often, from an agent
+// or an enrolling host — safe to print in human output (JSON output is
+// escaped by the encoder).
+func q(s string) string { return termsafe.String(s) }
+
 type ctlFlags struct {
 	admin, tokenFile, output, caFile string
+	insecureHTTP                     bool
+}
+
+// adminURL decides where ctl sends the admin token: raw is --admin (or
+// $FERRY_ADMIN; "" is the default, loopback). A bare host:port means
+// http://host:port. Plain HTTP is refused unless the host is loopback —
+// the token would cross the network in clear text, readable and reusable
+// by anyone on the path — or insecure is set (--insecure-http). The MMC
+// serves its admin API over TLS whenever it is not bound to loopback, so
+// https://HOST:PORT with --ca-file is the way to reach a remote one.
+func adminURL(raw string, insecure bool) (string, error) {
+	if raw == "" {
+		raw = "http://" + mmc.DefaultAdmin
+	}
+	if !strings.Contains(raw, "://") {
+		raw = "http://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("--admin %q: %w", raw, err)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return "", fmt.Errorf("--admin %q: no host", raw)
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("--admin %q: no user info in the URL; the token comes from --token-file or $FERRY_TOKEN", raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return raw, nil
+	case "http":
+		if insecure || isLoopbackHost(u.Hostname()) {
+			return raw, nil
+		}
+		return "", fmt.Errorf("--admin %s: plain HTTP to a host that is not loopback would send the admin token in clear text; "+
+			"use https://%s with --ca-file (the MMC serves TLS on any non-loopback address), or --insecure-http if the path is protected otherwise", raw, u.Host)
+	default:
+		return "", fmt.Errorf("--admin %q: scheme must be https (or http to loopback)", raw)
+	}
+}
+
+// isLoopbackHost: "localhost" or a loopback address. A name that merely
+// resolves to loopback is not trusted to keep doing so.
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func (c *ctlFlags) client() (*api.Client, error) {
@@ -33,11 +90,9 @@ func (c *ctlFlags) client() (*api.Client, error) {
 	if admin == "" {
 		admin = os.Getenv("FERRY_ADMIN")
 	}
-	if admin == "" {
-		admin = "http://" + mmc.DefaultAdmin
-	}
-	if !strings.Contains(admin, "://") {
-		admin = "http://" + admin
+	admin, err := adminURL(admin, c.insecureHTTP)
+	if err != nil {
+		return nil, err
 	}
 	tok := os.Getenv("FERRY_TOKEN")
 	if c.tokenFile != "" || tok == "" {
@@ -83,6 +138,7 @@ func newCtlCmd() *cobra.Command {
 	pf.StringVar(&c.admin, "admin", "", "admin API URL (default $FERRY_ADMIN or http://"+mmc.DefaultAdmin+")")
 	pf.StringVar(&c.tokenFile, "token-file", "", "admin token file (default $FERRY_TOKEN, or "+filepath.Join(defaultMMCDir, mmc.AdminTokenFile)+")")
 	pf.StringVar(&c.caFile, "ca-file", "", "certificate the admin API's TLS certificate must chain to (default $FERRY_CA; the MMC's self-signed one is DATA/"+mmc.AdminCertFile+")")
+	pf.BoolVar(&c.insecureHTTP, "insecure-http", false, "allow plain http:// to a host that is not loopback (sends the admin token in clear text)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output: table or json")
 	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
 		if c.output != "table" && c.output != "json" {
@@ -122,7 +178,8 @@ func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
 				if addr == "" {
 					addr = a.EnrolAddr
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", a.ID, a.Hostname, a.Name, a.Site, a.State, a.Online, addr, a.Facts.DiskID, strings.Join(a.Facts.MACs, ","), a.Refusal)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", q(a.ID), q(a.Hostname), q(a.Name), q(a.Site), q(a.State), a.Online, q(addr),
+					q(a.Facts.DiskID), termsafe.Strings(a.Facts.MACs, ","), q(a.Refusal))
 			}
 			return tw.Flush()
 		}
@@ -148,7 +205,7 @@ func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
 				if c.json() {
 					return printJSON(cmd.OutOrStdout(), a)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "agent %s (%s): %s\n", a.ID, a.Hostname, a.State)
+				fmt.Fprintf(cmd.OutOrStdout(), "agent %s (%s): %s\n", q(a.ID), q(a.Hostname), q(a.State))
 				return nil
 			},
 		})
@@ -182,7 +239,46 @@ func newCtlTokensCmd(c *ctlFlags) *cobra.Command {
 	}
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
 	create.Flags().IntVar(&uses, "uses", 1, "number of enrolments it approves")
-	cmd.AddCommand(create)
+	cmd.AddCommand(create, &cobra.Command{
+		Use: "list", Short: "List join tokens (ids, expiry, uses; never the secrets)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			toks, err := cl.Tokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), toks)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tEXPIRES\tUSES LEFT\tUSED\tBY")
+			for _, t := range toks {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", q(t.ID), q(t.State), t.Created.Format(time.RFC3339), t.Expires.Format(time.RFC3339),
+					t.UsesLeft, t.Used, q(t.CreatedBy))
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use: "revoke ID", Short: "Revoke a join token: it approves no more enrolments", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			t, err := cl.RevokeToken(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), t)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token %s revoked (%d use(s) were left)\n", q(t.ID), t.UsesLeft)
+			return nil
+		},
+	})
 	return cmd
 }
 
@@ -208,7 +304,7 @@ func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tSOURCE\tOUTCOME\tDETAIL")
 			for _, e := range entries {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, e.Source, e.Outcome, e.Detail)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Actor), q(e.Action), q(e.Target), q(e.Source), q(e.Outcome), q(e.Detail))
 			}
 			return tw.Flush()
 		},
@@ -237,7 +333,7 @@ func newCtlHostsCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSITE\tONLINE\tCPU\tMEM\tNET\tVMS")
 			for _, h := range hosts {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%.0f%%\t%.0f%%\t%s\t%d\n", h.ID, h.Site, h.Online, 100*h.CPU, 100*h.Mem, units.FormatRate(8*h.Net), h.VMs)
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%.0f%%\t%.0f%%\t%s\t%d\n", q(h.ID), q(h.Site), h.Online, 100*h.CPU, 100*h.Mem, units.FormatRate(8*h.Net), h.VMs)
 			}
 			return tw.Flush()
 		},
@@ -264,7 +360,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tHOST\tSTATE\tCPU\tMEM\tNET\tDIRTY\tVCPUS\tMEMORY")
 			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%.0f%%\t%s\t%s/s\t%d\t%s\n", v.ID, v.Host, v.State, 100*v.CPU, 100*v.Mem,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%.0f%%\t%s\t%s/s\t%d\t%s\n", q(v.ID), q(v.Host), q(v.State), 100*v.CPU, 100*v.Mem,
 					units.FormatRate(8*v.Net), units.FormatBytes(uint64(v.Dirty)), v.VCPUs, units.FormatBytes(v.Memory))
 			}
 			return tw.Flush()
@@ -305,7 +401,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "VM %s started on %s\n", out.ID, req.Host)
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s started on %s\n", q(out.ID), q(req.Host))
 			return nil
 		},
 	}
@@ -331,7 +427,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), api.Created{ID: args[0]})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "VM %s: workload %s\n", args[0], args[1])
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s: workload %s\n", q(args[0]), q(args[1]))
 			return nil
 		},
 	}, &cobra.Command{
@@ -347,7 +443,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), api.Created{ID: args[0]})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "VM %s destroyed\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s destroyed\n", q(args[0]))
 			return nil
 		},
 	})
@@ -411,7 +507,7 @@ func newCtlPolicyCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tVM\tFROM\tTO\tMODE\tACTION\tREASON")
 			for _, d := range ds {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), d.VM, d.From, d.To, d.Mode, d.Action, d.Reason)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), q(d.VM), q(d.From), q(d.To), q(string(d.Mode)), q(string(d.Action)), q(d.Reason))
 			}
 			return tw.Flush()
 		},
@@ -444,7 +540,7 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tHOST\tLEVEL\tALARM\tKIND\tMESSAGE")
 			for _, e := range evs {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Host, e.Level, e.Alarm, e.Kind, e.Message)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Host), q(e.Level), e.Alarm, q(e.Kind), q(e.Message))
 			}
 			return tw.Flush()
 		},
@@ -482,7 +578,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "migration %s of %s to %s planned\n", out.ID, args[0], to)
+			fmt.Fprintf(cmd.OutOrStdout(), "migration %s of %s to %s planned\n", q(out.ID), q(args[0]), q(to))
 			return nil
 		},
 	}
@@ -515,7 +611,7 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tVM\tFROM\tTO\tSTATE\tPROGRESS\tBY\tREASON")
 			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\n", m.ID, m.VM, m.From, m.To, m.State, 100*m.Progress, m.By, m.Reason)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\n", q(m.ID), q(m.VM), q(m.From), q(m.To), q(string(m.State)), 100*m.Progress, q(m.By), q(m.Reason))
 			}
 			return tw.Flush()
 		},
@@ -533,7 +629,7 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), m)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "migration %s: %s\n", m.ID, m.State)
+			fmt.Fprintf(cmd.OutOrStdout(), "migration %s: %s\n", q(m.ID), q(string(m.State)))
 			return nil
 		},
 	}, newCtlWatchCmd(c))
@@ -560,7 +656,7 @@ func newCtlBoardCmd(c *ctlFlags) *cobra.Command {
 					return printJSON(cmd.OutOrStdout(), topics)
 				}
 				for _, t := range topics {
-					fmt.Fprintln(cmd.OutOrStdout(), t)
+					fmt.Fprintln(cmd.OutOrStdout(), q(t))
 				}
 				return nil
 			}
@@ -575,7 +671,8 @@ func newCtlBoardCmd(c *ctlFlags) *cobra.Command {
 			fmt.Fprintln(tw, "SEQ\tTIME\tFROM\tKIND\tBODY")
 			for _, e := range entries {
 				b, _ := json.Marshal(e.Body)
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339Nano), e.From, e.Kind, b)
+				// JSON escapes controls but not bidi overrides.
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339Nano), q(e.From), q(e.Kind), q(string(b)))
 			}
 			return tw.Flush()
 		},

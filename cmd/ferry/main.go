@@ -5,16 +5,25 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ferry-vm/ferry/internal/termsafe"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry:", err)
+		printError(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// printError prints a command's error. Errors can quote the MMC, which
+// can quote an agent: escaped.
+func printError(w io.Writer, err error) {
+	fmt.Fprintln(w, "ferry:", termsafe.String(err.Error()))
 }

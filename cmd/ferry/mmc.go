@@ -26,9 +26,12 @@ func newMMCCmd(g *globalFlags) *cobra.Command {
 		Short: "Run the Migration Management Center",
 		Long: `Run the Migration Management Center (MMC).
 
-On first start it creates, in --data-dir: its static key (node.key), the
-cluster id, the admin API token (admin.token, mode 0600) and the bootstrap
-bundle agents are started with (also printed by 'ferry mmc bundle').`,
+On first start it creates, in --data-dir: its static key (node.key, or
+--key-file), the cluster id, the admin API token (admin.token, mode 0600)
+and the bootstrap bundle agents are started with (also printed by 'ferry
+mmc bundle'). Keep the key out of the data directory with --key-file, so
+that backups of the directory (the database) hold no key that can
+impersonate the MMC.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = g.logger()
@@ -45,6 +48,7 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", defaultMMCDir, "state directory (keys, database, admin token)")
+	f.StringVar(&cfg.KeyFile, "key-file", "", "the MMC's static private key (default DATA/node.key; created 0600 on first start)")
 	f.StringVar(&cfg.Listen, "listen", mmc.DefaultListen, "SUDP address agents connect to")
 	f.StringVar(&cfg.Admin, "admin", mmc.DefaultAdmin, "admin API address (HTTP); '-' disables it")
 	f.StringVar(&cfg.AdminTLS, "admin-tls", mmc.TLSAuto, "admin API TLS: auto (on unless --admin is loopback), on, off (loopback only)")
@@ -55,6 +59,8 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 	f.DurationVar(&cfg.ReauthMax, "reauth-max", 90*time.Second, "longest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthTimeout, "reauth-timeout", 10*time.Second, "time an agent has to answer a challenge")
 	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
+	f.DurationVar(&cfg.AuditMaxAge, "audit-max-age", mmc.DefaultAuditMaxAge, "audit entries older than this are pruned (hourly; negative: kept forever)")
+	f.IntVar(&cfg.AuditMaxEntries, "audit-max-entries", mmc.DefaultAuditMaxEntries, "the audit log keeps at most this many entries, the newest (negative: no limit)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())

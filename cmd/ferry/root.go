@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"log/slog"
 	"os"
 	"runtime/pprof"
@@ -51,10 +52,17 @@ func newRootCmd() *cobra.Command {
 }
 
 // logger writes structured logs to stderr, so stdout stays for results.
-func (g *globalFlags) logger() *slog.Logger {
+func (g *globalFlags) logger() *slog.Logger { return g.loggerTo(os.Stderr) }
+
+// loggerTo is logger writing to w. slog's text handler quotes any value
+// (and message) holding a space, '"', '=' or a rune that is not printable
+// — controls, ESC, C1, bidi overrides — with strconv.Quote, so strings an
+// agent sent cannot drive the terminal a log is watched on
+// (TestLogLinesEscapeNetworkStrings).
+func (g *globalFlags) loggerTo(w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		lvl = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl}))
 }

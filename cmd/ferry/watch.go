@@ -98,7 +98,7 @@ func progressLine(m api.Migration) string {
 	p := min(max(m.Progress, 0), 1)
 	n := int(p * width)
 	bar := strings.Repeat("█", n) + strings.Repeat("░", width-n)
-	s := fmt.Sprintf("%s %s→%s %s %3.0f%% %-12s", m.VM, m.From, m.To, bar, 100*p, m.State)
+	s := fmt.Sprintf("%s %s→%s %s %3.0f%% %-12s", q(m.VM), q(m.From), q(m.To), bar, 100*p, q(string(m.State)))
 	if l := m.Live; l != nil && m.State == "transferring" {
 		s += fmt.Sprintf(" round %d  left %s  %s/s  dirty %s/s  downtime≈%dms  eta %.0fs",
 			l.Round, units.FormatBytes(l.Remaining), units.FormatBytes(uint64(l.Rate)),
@@ -111,9 +111,9 @@ func progressLine(m api.Migration) string {
 }
 
 func printMigrationReport(w io.Writer, m api.Migration) {
-	fmt.Fprintf(w, "migration %s of %s from %s to %s: %s\n", m.ID, m.VM, m.From, m.To, m.State)
+	fmt.Fprintf(w, "migration %s of %s from %s to %s: %s\n", q(m.ID), q(m.VM), q(m.From), q(m.To), q(string(m.State)))
 	if m.Error != "" {
-		fmt.Fprintf(w, "  reason:        %s\n", m.Error)
+		fmt.Fprintf(w, "  reason:        %s\n", q(m.Error))
 	}
 	if m.State == "completed" {
 		fmt.Fprintf(w, "  total time:    %d ms\n  downtime:      %d ms\n  bytes on wire: %s (%d rounds, %s of memory pages)\n  verified:      %v\n",

@@ -59,6 +59,20 @@ type Token struct {
 	Uses    int       `json:"uses"`
 }
 
+// TokenInfo is a join token as listed: never its secret nor the secret's
+// hash. State is active, expired, used-up or revoked.
+type TokenInfo struct {
+	ID        string     `json:"id"`
+	State     string     `json:"state"`
+	Created   time.Time  `json:"created"`
+	Expires   time.Time  `json:"expires"`
+	UsesLeft  int        `json:"uses_left"`
+	Used      int        `json:"used"`
+	CreatedBy string     `json:"created_by,omitempty"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+	RevokedBy string     `json:"revoked_by,omitempty"`
+}
+
 // AuditEntry is one audit-log record.
 type AuditEntry struct {
 	Seq     uint64    `json:"seq"`
@@ -244,6 +258,18 @@ func (c *Client) AgentAction(ctx context.Context, id, action string) (Agent, err
 func (c *Client) CreateToken(ctx context.Context, ttl time.Duration, uses int) (Token, error) {
 	var out Token
 	return out, c.do(ctx, http.MethodPost, "/v1/tokens", TokenRequest{TTL: ttl.String(), Uses: uses}, &out)
+}
+
+// Tokens lists the join tokens (never their secrets).
+func (c *Client) Tokens(ctx context.Context) ([]TokenInfo, error) {
+	var out []TokenInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/tokens", nil, &out)
+}
+
+// RevokeToken revokes a join token: it approves no more enrolments.
+func (c *Client) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+	var out TokenInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/tokens/"+url.PathEscape(id)+"/revoke", struct{}{}, &out)
 }
 
 // Audit returns audit entries after seq (limit 0 = server default).

@@ -24,13 +24,18 @@ const KeyFile = "node.key"
 // by group or others is refused rather than used: a private key that may
 // have leaked must be replaced by the operator, not silently trusted.
 func LoadOrCreateKey(dir string, rng io.Reader) (noise.DHKey, error) {
-	path := filepath.Join(dir, KeyFile)
+	return LoadOrCreateKeyFile(filepath.Join(dir, KeyFile), rng)
+}
+
+// LoadOrCreateKeyFile is LoadOrCreateKey for a key kept at path, wherever
+// that is (its directory is created 0700 if missing).
+func LoadOrCreateKeyFile(path string, rng io.Reader) (noise.DHKey, error) {
 	k, err := loadKey(path)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return k, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return noise.DHKey{}, fmt.Errorf("identity: create data directory: %w", err)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return noise.DHKey{}, fmt.Errorf("identity: create the key's directory: %w", err)
 	}
 	k, err = handshake.GenerateKeypair(rng)
 	if err != nil {

@@ -46,6 +46,8 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/agents/{id}", s.auth(s.handleAgent))
 	mux.HandleFunc("POST /v1/agents/{id}/{action}", s.auth(s.handleAgentAction))
 	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
+	mux.HandleFunc("GET /v1/tokens", s.auth(s.handleTokens))
+	mux.HandleFunc("POST /v1/tokens/{id}/revoke", s.auth(s.handleRevokeToken))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
 	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
 	mux.HandleFunc("GET /v1/migrations", s.auth(s.handleMigrations))
@@ -206,6 +208,59 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: r.RemoteAddr, Outcome: "ok",
 		Detail: fmt.Sprintf("ttl=%v uses=%d", ttl, req.Uses)})
 	writeJSON(w, http.StatusCreated, api.Token{Token: tok, ID: id, Expires: t.Expires, Uses: req.Uses})
+}
+
+// apiToken is a token as listed: its hash stays in the store.
+func apiToken(t store.Token, now time.Time) api.TokenInfo {
+	v := api.TokenInfo{ID: t.ID, Created: t.Created, Expires: t.Expires, UsesLeft: t.UsesLeft, Used: t.Used, CreatedBy: t.CreatedBy,
+		RevokedBy: t.RevokedBy}
+	switch {
+	case !t.Revoked.IsZero():
+		v.State = "revoked"
+		r := t.Revoked
+		v.Revoked = &r
+	case !now.Before(t.Expires):
+		v.State = "expired"
+	case t.UsesLeft <= 0:
+		v.State = "used-up"
+	default:
+		v.State = "active"
+	}
+	return v
+}
+
+func (s *Server) handleTokens(w http.ResponseWriter, r *http.Request) {
+	toks, err := s.st.Tokens()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	now := s.cfg.Now()
+	out := make([]api.TokenInfo, 0, len(toks))
+	for _, t := range toks {
+		out = append(out, apiToken(t, now))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	now := s.cfg.Now()
+	t, err := s.st.RevokeToken(id, "admin", now)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeErr(w, http.StatusNotFound, "no such token")
+		return
+	case errors.Is(err, store.ErrConflict):
+		writeErr(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.revoke", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+		Detail: fmt.Sprintf("%d use(s) left, expiring %s", t.UsesLeft, t.Expires.Format(time.RFC3339))})
+	writeJSON(w, http.StatusOK, apiToken(t, now))
 }
 
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {

@@ -15,6 +15,8 @@ type metrics struct {
 	factAlarms      prometheus.Counter
 	auditDropped    prometheus.Counter
 	auditSuppressed prometheus.Counter
+	auditThrottled  prometheus.Counter
+	auditPruned     prometheus.Counter
 	boardPosts      prometheus.Counter
 	boardDropped    prometheus.Counter
 	reports         prometheus.Counter
@@ -39,6 +41,8 @@ func newMetrics() *metrics {
 		factAlarms:      c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
 		auditDropped:    c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
 		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
+		auditThrottled:  c("audit_throttled_total", "Refusals of unauthenticated parties (wrong admin token, unknown or refused keys) not written to the audit log because their source, or all sources together, reached the per-minute limit; summed up in audit.suppressed entries."),
+		auditPruned:     c("audit_pruned_total", "Audit entries removed by the retention limits (age, count)."),
 		boardPosts:      c("board_posts_total", "Blackboard entries recorded from agents."),
 		boardDropped:    c("board_posts_dropped_total", "Blackboard entries posted on a topic that had ended or was unknown."),
 		reports:         c("reports_total", "Load reports received from agents."),
@@ -56,5 +60,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.refused, m.badMessages, m.vmAlarms}
 }

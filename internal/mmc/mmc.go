@@ -63,6 +63,10 @@ const (
 // Config configures an MMC.
 type Config struct {
 	DataDir string
+	// KeyFile is the MMC's static private key (default DataDir/node.key):
+	// kept apart from the data directory, a backup of that directory
+	// holds no key that can impersonate the MMC.
+	KeyFile string
 	Listen  string // SUDP address
 	Admin   string // admin API address ("" = DefaultAdmin; "-" = none)
 	// AdminTLS is TLSAuto (default: TLS unless Admin is loopback), TLSOn
@@ -89,9 +93,14 @@ type Config struct {
 	// Anyone holding the bundle can start an enrolment: these bound what
 	// that costs the MMC.
 	MaxPending, MaxEnrolSessions int
-	Logger                       *slog.Logger
-	Rand                         io.Reader
-	Now                          func() time.Time
+	// AuditMaxAge and AuditMaxEntries bound the audit log's retention
+	// (0: DefaultAuditMaxAge, DefaultAuditMaxEntries; negative: no limit);
+	// it is pruned at start and hourly.
+	AuditMaxAge     time.Duration
+	AuditMaxEntries int
+	Logger          *slog.Logger
+	Rand            io.Reader
+	Now             func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -124,6 +133,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxEnrolSessions <= 0 {
 		c.MaxEnrolSessions = 256
+	}
+	if c.AuditMaxAge == 0 {
+		c.AuditMaxAge = DefaultAuditMaxAge
+	}
+	if c.AuditMaxEntries == 0 {
+		c.AuditMaxEntries = DefaultAuditMaxEntries
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -182,7 +197,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("mmc: no data directory")
 	}
-	static, err := identity.LoadOrCreateKey(cfg.DataDir, cfg.Rand)
+	keyFile := cfg.KeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, identity.KeyFile)
+	}
+	static, err := identity.LoadOrCreateKeyFile(keyFile, cfg.Rand)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +231,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.reg = newRegistry(invMirror{s})
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
-	s.audit = newAuditor(st, cfg.Logger, s.metrics)
+	s.audit = newAuditor(st, cfg.Logger, s.metrics, cfg.Now)
 	s.orch = newOrchestrator(st, serverFleet{s}, cfg.Logger, cfg.Now)
 	if err := s.loadAgents(); err != nil {
 		st.Close()
@@ -386,10 +405,14 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries)
 	}()
 	go func() {
 		defer wg.Done()

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -62,4 +64,79 @@ func (s *Store) Audit(after uint64, limit int) ([]AuditEntry, error) {
 		return nil
 	})
 	return out, err
+}
+
+// AuditPrune removes the oldest audit entries: those with a time before
+// Before (unless Before is zero) and those beyond the newest MaxEntries
+// (unless it is 0), at most Limit of them (0: no bound) so that one
+// transaction stays small on a log that grew large. Pruning only ever
+// removes a prefix of the log: it stops at the first entry that is
+// recent enough and within the count, so the log stays contiguous in
+// its sequence numbers (an entry written out of time order — queued, or
+// by a clock set back — waits for the entries before it). Its result is
+// an AuditPruned.
+type AuditPrune struct {
+	Before     time.Time `json:"before,omitzero"`
+	MaxEntries uint64    `json:"max_entries,omitempty"`
+	Limit      int       `json:"limit,omitempty"`
+}
+
+// AuditPruned is what an AuditPrune removed.
+type AuditPruned struct {
+	Removed int    `json:"removed"`
+	Left    uint64 `json:"left"` // entries still in the log
+	More    bool   `json:"more"` // Limit stopped it: apply it again
+}
+
+func init() { register(func() Command { return &AuditPrune{} }) }
+
+// Kind implements Command.
+func (*AuditPrune) Kind() CommandKind { return "audit.prune" }
+
+func (c *AuditPrune) apply(tx *bolt.Tx) (any, error) {
+	b := tx.Bucket(bucketAudit)
+	cur := b.Cursor()
+	k, v := cur.First()
+	if k == nil {
+		return AuditPruned{}, nil
+	}
+	// The log is contiguous: its length follows from the first and the
+	// last sequence number, without a walk over it.
+	first := binary.BigEndian.Uint64(k)
+	last := b.Sequence()
+	left := last - first + 1
+	var out AuditPruned
+	// Each deletion seeks the first key again: a bbolt cursor moved on
+	// after a Delete can skip a key.
+	for ; k != nil; k, v = cur.First() {
+		if c.Limit > 0 && out.Removed >= c.Limit {
+			out.More = true
+			break
+		}
+		tooMany := c.MaxEntries > 0 && left > c.MaxEntries
+		if !tooMany {
+			if c.Before.IsZero() {
+				break
+			}
+			var e AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return nil, fmt.Errorf("store: decode audit entry %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			if !e.Time.Before(c.Before) {
+				break
+			}
+		}
+		if err := cur.Delete(); err != nil {
+			return nil, err
+		}
+		out.Removed++
+		left--
+	}
+	out.Left = left
+	return out, nil
+}
+
+// PruneAudit applies AuditPrune.
+func (s *Store) PruneAudit(c AuditPrune) (AuditPruned, error) {
+	return applyAs[AuditPruned](s, &c)
 }

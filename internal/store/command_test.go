@@ -56,6 +56,9 @@ func TestCommandEncoding(t *testing.T) {
 		&VMDelete{Name: "web"},
 		&VMAdopt{Name: "web", Agent: "a1", At: at},
 		&MetaEnsure{Key: "cluster", Value: "c1"},
+		&TokenRevoke{ID: "0123456789abcdef", By: "admin", At: at},
+		&AuditPrune{Before: at, MaxEntries: 100000, Limit: 10000},
+		&AuditPrune{MaxEntries: 5},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {
@@ -160,6 +163,9 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"vm.adopt","body":{"name":"web","agent":"a1","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"migration.update","body":{"record":{"id":"m1","vm":"vm1","from":"h1","to":"h2","from_agent":"a1","to_agent":"a2","state":"switch-over"},"if_version":4}}`))
 	f.Add([]byte(`{"kind":"meta.ensure","body":{"key":"cluster","value":"c1"}}`))
+	f.Add([]byte(`{"kind":"token.revoke","body":{"id":"0123456789abcdef","by":"admin","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"audit.prune","body":{"before":"2026-09-07T10:00:00Z","max_entries":100000,"limit":10000}}`))
+	f.Add([]byte(`{"kind":"audit.prune","body":{"max_entries":5}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {

@@ -20,6 +20,11 @@ type Token struct {
 	UsesLeft  int       `json:"uses_left"`
 	Used      int       `json:"used"`
 	CreatedBy string    `json:"created_by,omitempty"`
+	// Revoked is when an administrator revoked the token (zero: not
+	// revoked); a revoked token approves no enrolment, whatever its
+	// expiry and uses left.
+	Revoked   time.Time `json:"revoked,omitzero"`
+	RevokedBy string    `json:"revoked_by,omitempty"`
 }
 
 // Token errors, distinguished for the audit log; callers must not tell the
@@ -28,6 +33,7 @@ var (
 	ErrTokenExpired = errors.New("store: join token expired")
 	ErrTokenUsedUp  = errors.New("store: join token used up")
 	ErrTokenInvalid = errors.New("store: join token invalid")
+	ErrTokenRevoked = errors.New("store: join token revoked")
 )
 
 // TokenCreate stores a new token on condition that its id is not on
@@ -74,6 +80,9 @@ func (c *TokenUse) apply(tx *bolt.Tx) (any, error) {
 	if subtle.ConstantTimeCompare(t.Hash[:], c.SecretHash[:]) != 1 {
 		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenInvalid)
 	}
+	if !t.Revoked.IsZero() {
+		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenRevoked)
+	}
 	if !c.At.Before(t.Expires) {
 		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenExpired)
 	}
@@ -97,4 +106,35 @@ func (s *Store) Tokens() ([]Token, error) { return list[Token](s, bucketTokens) 
 // UseToken applies TokenUse for a presented secret.
 func (s *Store) UseToken(id string, secret []byte, now time.Time) (Token, error) {
 	return applyAs[Token](s, &TokenUse{ID: id, SecretHash: identity.TokenHash(secret), At: now})
+}
+
+// TokenRevoke revokes a token on condition that it exists and is not
+// revoked already; its record stays (listed as revoked) so that the audit
+// log's references to it keep their meaning.
+type TokenRevoke struct {
+	ID string    `json:"id"`
+	By string    `json:"by"`
+	At time.Time `json:"at"`
+}
+
+func init() { register(func() Command { return &TokenRevoke{} }) }
+
+// Kind implements Command.
+func (*TokenRevoke) Kind() CommandKind { return "token.revoke" }
+
+func (c *TokenRevoke) apply(tx *bolt.Tx) (any, error) {
+	t, err := get[Token](tx, bucketTokens, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !t.Revoked.IsZero() {
+		return nil, fmt.Errorf("%w: token %s was revoked at %s", ErrConflict, c.ID, t.Revoked.Format(time.RFC3339))
+	}
+	t.Revoked, t.RevokedBy = c.At, c.By
+	return t, put(tx, bucketTokens, t.ID, t)
+}
+
+// RevokeToken applies TokenRevoke and returns the token as revoked.
+func (s *Store) RevokeToken(id, by string, at time.Time) (Token, error) {
+	return applyAs[Token](s, &TokenRevoke{ID: id, By: by, At: at})
 }

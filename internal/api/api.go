@@ -5,6 +5,7 @@
 package api
 
 import (
+	"errors"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 
 	"bytes"
@@ -210,10 +211,14 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
+	hc := http.Client{Timeout: 30 * time.Second}
+	if c.HTTP != nil {
+		hc = *c.HTTP
 	}
+	// The MMC never redirects. Following one would send the admin token
+	// to wherever it points: Go keeps Authorization on a redirect to the
+	// same host, even from https to plain http.
+	hc.CheckRedirect = refuseRedirect
 	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("admin API: %w", err)
@@ -237,6 +242,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	return nil
 }
+
+// ErrRedirect is returned for a redirect from the admin API, which the
+// client does not follow.
+var ErrRedirect = errors.New("admin API: refusing to follow a redirect (the MMC never sends one)")
+
+func refuseRedirect(*http.Request, []*http.Request) error { return ErrRedirect }
 
 // Agents lists agents, optionally only those in one state.
 func (c *Client) Agents(ctx context.Context, state string) ([]Agent, error) {

@@ -63,7 +63,7 @@ type Collector struct {
 
 	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
 	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
-	recvBudget                                              *prometheus.Desc
+	recvBudget, handshakeState                              *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -87,13 +87,15 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding)."),
 		recvBudget: d("receive_budget_closes_total", "Connections closed because the peer crossed the receive budget (close code 6), by bound: "+
 			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
+		handshakeState: d("handshake_state_dropped_total", "Handshake state dropped to stay bounded, by reason: unconfirmed_evicted (MaxUnconfirmed reached), "+
+			"unconfirmed_expired (the peer never proved its keys), replay_evicted (an unregistered key's replay timestamp forgotten early).", "reason"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState} {
 		ch <- d
 	}
 }
@@ -136,6 +138,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.pathChanges, t.pathChanges)
 	counter(c.recvBudget, t.recvBudgetRanges, "ranges")
 	counter(c.recvBudget, t.recvBudgetMemory, "memory")
+	counter(c.handshakeState, es.UnconfirmedEvicted, "unconfirmed_evicted")
+	counter(c.handshakeState, es.UnconfirmedExpired, "unconfirmed_expired")
+	counter(c.handshakeState, hs.ReplayEvicted, "replay_evicted")
 }
 
 var _ prometheus.Collector = (*Collector)(nil)

@@ -281,6 +281,7 @@ func newClientConn(cfg Config, rnd io.Reader, now time.Time, localCID uint64, ad
 func newServerConn(cfg Config, rnd io.Reader, now time.Time, addr netip.AddrPort, s *handshake.Session, resp []byte, initLen int) (*Conn, error) {
 	c := newConn(cfg, rnd, now, false, s.LocalCID, addr)
 	c.path.recvBytes = uint64(initLen)
+	c.hsStart = now // the peer must confirm within HandshakeTimeout
 	if err := c.install(s, now); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ func (c *Conn) NextTimeout() time.Time {
 	}
 	set(c.lastRecv.Add(c.cfg.IdleTimeout))
 	if !c.confirmed && !c.client {
+		set(c.hsStart.Add(c.cfg.HandshakeTimeout))
 		return t
 	}
 	// Deadlines for sending only matter when the path lets us send; on an
@@ -77,6 +78,13 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		if !now.Before(c.drainUntil) {
 			c.forget()
 		}
+		return
+	}
+	if !c.client && !c.confirmed && !now.Before(c.hsStart.Add(c.cfg.HandshakeTimeout)) {
+		// The peer never proved it holds the keys: whoever sent the
+		// initiation (perhaps a replay) gets no more of our memory.
+		c.err = ErrHandshakeTimeout
+		c.forget()
 		return
 	}
 	if !now.Before(c.lastRecv.Add(c.cfg.IdleTimeout)) {

@@ -105,8 +105,8 @@ type Conn struct {
 
 	localCID, remoteCID uint64
 	path                path
-	probe               *pathProbe
-	confirmed           bool // peer proved it holds the session keys
+	pathProbes          []pathProbe // candidate addresses being validated (path.go)
+	confirmed           bool        // peer proved it holds the session keys
 	session             Session
 
 	// client handshake
@@ -200,13 +200,6 @@ type pathResp struct {
 	data [8]byte
 }
 
-type pathProbe struct {
-	path     path
-	data     [8]byte
-	sent     bool
-	deadline time.Time
-}
-
 // ConnStats are a connection's counters. Every dropped packet is counted
 // under the reason it was dropped.
 type ConnStats struct {
@@ -227,6 +220,11 @@ type ConnStats struct {
 	DatagramsDropped             uint64
 	KeyUpdates                   uint64
 	PathChanges                  uint64
+	// PathProbes counts new peer addresses challenged (a NAT rebinding,
+	// or a copy of a packet raced from elsewhere); PathProbesFailed those
+	// abandoned unproven: no answer in time, or the validated path kept
+	// delivering newer packets. PathChanges counts the proven moves.
+	PathProbes, PathProbesFailed uint64
 	// RecvBudgetRanges and RecvBudgetMemory count closes with
 	// CodeRecvBudget: the peer left too many holes in its streams, or made
 	// us hold too much memory.

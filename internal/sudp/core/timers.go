@@ -49,9 +49,7 @@ func (c *Conn) NextTimeout() time.Time {
 	if c.recvPrev != nil {
 		set(c.prevDiscardAt)
 	}
-	if c.probe != nil {
-		set(c.probe.deadline)
-	}
+	set(c.pathProbeDeadline())
 	set(c.dg.nextExpiry())
 	return t
 }
@@ -96,13 +94,7 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		c.recvPrev.zero()
 		c.recvPrev = nil
 	}
-	if p := c.probe; p != nil && !now.Before(p.deadline) {
-		// The new address never answered its challenge: go back.
-		if !c.path.validated && p.path.addr.IsValid() {
-			c.path = p.path
-		}
-		c.probe = nil
-	}
+	c.expirePathProbes(now)
 	c.dg.expire(now, &c.stats)
 	r := &c.rec
 	if !r.lossTime.IsZero() && !now.Before(r.lossTime) {

@@ -237,7 +237,11 @@ type Stats struct {
 	Unconfirmed        int
 	UnconfirmedEvicted uint64
 	UnconfirmedExpired uint64
-	Handshake          handshake.Stats
+	// ResetsSent counts stateless resets sent for unknown connection ids;
+	// ResetsLimited those withheld by the rate limits.
+	ResetsSent    uint64
+	ResetsLimited uint64
+	Handshake     handshake.Stats
 }
 
 // Stats returns the endpoint's counters.
@@ -254,6 +258,8 @@ func (e *Endpoint) Stats() Stats {
 		Unconfirmed:        e.ep.Unconfirmed(),
 		UnconfirmedEvicted: s.UnconfirmedEvicted.Load(),
 		UnconfirmedExpired: s.UnconfirmedExpired.Load(),
+		ResetsSent:         s.ResetsSent.Load(),
+		ResetsLimited:      s.ResetsLimited.Load(),
 		Handshake:          e.ep.HandshakeStats(),
 	}
 }
@@ -368,6 +374,15 @@ func (e *Endpoint) route(now time.Time, d *socket.Datagram) *Conn {
 		return nil
 	}
 	if cc == nil {
+		// Data for a connection we do not have (we restarted, or it
+		// ended): tell the peer with a stateless reset.
+		if reset := e.ep.StatelessReset(now, d.From, d.Data); reset != nil {
+			b := socket.NewBatch(len(reset))
+			b.To = d.From
+			copy(b.Next(len(reset)), reset)
+			b.Commit(len(reset))
+			_ = e.sock.Send(b)
+		}
 		return nil
 	}
 	return e.conns[cc]

@@ -15,6 +15,7 @@ type totals struct {
 	datagramsSent, datagramsRecv, datagramsDropped uint64
 	keyUpdates, pathChanges                        uint64
 	pathProbes, pathProbesFailed                   uint64
+	statelessResets                                uint64
 	recvBudgetRanges, recvBudgetMemory             uint64
 }
 
@@ -37,6 +38,7 @@ func (t *totals) add(s *core.ConnStats) {
 	t.pathChanges += s.PathChanges
 	t.pathProbes += s.PathProbes
 	t.pathProbesFailed += s.PathProbesFailed
+	t.statelessResets += s.StatelessResets
 	t.recvBudgetRanges += s.RecvBudgetRanges
 	t.recvBudgetMemory += s.RecvBudgetMemory
 }
@@ -66,7 +68,7 @@ type Collector struct {
 
 	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
 	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
-	recvBudget, handshakeState, pathValidation              *prometheus.Desc
+	recvBudget, handshakeState, pathValidation, resets      *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -90,6 +92,8 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding), each proven by a PATH_RESPONSE."),
 		pathValidation: d("path_validations_total", "New peer addresses challenged, by result: started, or failed (no answer in time, "+
 			"or the validated path kept delivering newer packets: a copy raced from elsewhere).", "result"),
+		resets: d("stateless_resets_total", "Stateless resets: sent (data for an unknown connection id), rate_limited (withheld), "+
+			"received (a connection ended because its peer lost it).", "event"),
 		recvBudget: d("receive_budget_closes_total", "Connections closed because the peer crossed the receive budget (close code 6), by bound: "+
 			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
 		handshakeState: d("handshake_state_dropped_total", "Handshake state dropped to stay bounded, by reason: unconfirmed_evicted (MaxUnconfirmed reached), "+
@@ -100,7 +104,7 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState, c.pathValidation} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState, c.pathValidation, c.resets} {
 		ch <- d
 	}
 }
@@ -143,6 +147,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.pathChanges, t.pathChanges)
 	counter(c.pathValidation, t.pathProbes, "started")
 	counter(c.pathValidation, t.pathProbesFailed, "failed")
+	counter(c.resets, es.ResetsSent, "sent")
+	counter(c.resets, es.ResetsLimited, "rate_limited")
+	counter(c.resets, t.statelessResets, "received")
 	counter(c.recvBudget, t.recvBudgetRanges, "ranges")
 	counter(c.recvBudget, t.recvBudgetMemory, "memory")
 	counter(c.handshakeState, es.UnconfirmedEvicted, "unconfirmed_evicted")

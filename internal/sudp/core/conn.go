@@ -106,8 +106,15 @@ type Conn struct {
 	localCID, remoteCID uint64
 	path                path
 	pathProbes          []pathProbe // candidate addresses being validated (path.go)
-	confirmed           bool        // peer proved it holds the session keys
-	session             Session
+
+	// stateless reset (reset.go): our token for localCID, sent once in a
+	// RESET_TOKEN frame, and the peer's
+	resetToken     [wire.ResetTokenLen]byte
+	resetTokenSend bool
+	peerResetToken [wire.ResetTokenLen]byte
+	peerResetKnown bool
+	confirmed      bool // peer proved it holds the session keys
+	session        Session
 
 	// client handshake
 	init        *handshake.Initiator
@@ -225,6 +232,9 @@ type ConnStats struct {
 	// abandoned unproven: no answer in time, or the validated path kept
 	// delivering newer packets. PathChanges counts the proven moves.
 	PathProbes, PathProbesFailed uint64
+	// StatelessResets is 1 if the connection ended on the peer's
+	// stateless reset (ErrStatelessReset).
+	StatelessResets uint64
 	// RecvBudgetRanges and RecvBudgetMemory count closes with
 	// CodeRecvBudget: the peer left too many holes in its streams, or made
 	// us hold too much memory.

@@ -64,6 +64,10 @@ type EndpointStats struct {
 	// never proved its keys within the handshake timeout.
 	UnconfirmedEvicted atomic.Uint64
 	UnconfirmedExpired atomic.Uint64
+	// ResetsSent counts stateless resets sent for unknown connection ids,
+	// ResetsLimited those withheld by the rate limits.
+	ResetsSent    atomic.Uint64
+	ResetsLimited atomic.Uint64
 }
 
 // Endpoint demultiplexes datagrams to connections by connection id and runs
@@ -82,7 +86,12 @@ type Endpoint struct {
 	// oldest is found in O(1) when MaxUnconfirmed is reached. Entries
 	// that left unconfirmed are skipped when met (and compacted away).
 	unconfirmedOrder []*Conn
-	stats            EndpointStats
+	// stateless reset (reset.go): our tokens, and the peers' tokens by
+	// which a reset finds its connection
+	reset        *resetter
+	resetTokens  map[[wire.ResetTokenLen]byte]*Conn
+	resetTokenOf map[*Conn][wire.ResetTokenLen]byte
+	stats        EndpointStats
 }
 
 // NewEndpoint builds an endpoint.
@@ -93,11 +102,18 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if cfg.MaxUnconfirmed <= 0 {
 		cfg.MaxUnconfirmed = DefaultMaxUnconfirmed
 	}
+	rs, err := newResetter(cfg.Static.Private)
+	if err != nil {
+		return nil, fmt.Errorf("sudp: reset key: %w", err)
+	}
 	e := &Endpoint{
-		cfg:         cfg,
-		rand:        cfg.Rand,
-		conns:       make(map[uint64]*Conn),
-		unconfirmed: make(map[[32]byte]*Conn),
+		cfg:          cfg,
+		rand:         cfg.Rand,
+		conns:        make(map[uint64]*Conn),
+		unconfirmed:  make(map[[32]byte]*Conn),
+		reset:        rs,
+		resetTokens:  make(map[[wire.ResetTokenLen]byte]*Conn),
+		resetTokenOf: make(map[*Conn][wire.ResetTokenLen]byte),
 	}
 	if cfg.Lookup != nil {
 		r, err := handshake.NewResponder(handshake.ResponderConfig{
@@ -162,6 +178,7 @@ func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk
 	if err != nil {
 		return nil, err
 	}
+	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	e.conns[cid] = c
 	return c, nil
 }
@@ -192,6 +209,11 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 		return nil, false
 	}
 	c = e.conns[cid]
+	if c == nil && pkt[0] == wire.TypeData {
+		if rc := e.resetTarget(pkt); rc != nil {
+			return rc, false // perhaps the peer's stateless reset
+		}
+	}
 	if c == nil {
 		e.stats.UnknownCID.Add(1)
 	}
@@ -230,8 +252,10 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
 		delete(e.conns, old.localCID)
+		e.forgetResetToken(old)
 		replaced = old
 		e.stats.Replaced.Add(1)
 	} else if len(e.unconfirmed) >= e.cfg.MaxUnconfirmed {
@@ -259,6 +283,7 @@ func (e *Endpoint) Remove(c *Conn) {
 	if e.conns[c.localCID] == c {
 		delete(e.conns, c.localCID)
 	}
+	e.forgetResetToken(c)
 	if e.unconfirmed[c.session.PeerStatic] == c {
 		delete(e.unconfirmed, c.session.PeerStatic)
 		if errors.Is(c.err, ErrHandshakeTimeout) {
@@ -278,6 +303,7 @@ func (e *Endpoint) evictOldestUnconfirmed() *Conn {
 		}
 		delete(e.unconfirmed, c.session.PeerStatic)
 		delete(e.conns, c.localCID)
+		e.forgetResetToken(c)
 		e.stats.UnconfirmedEvicted.Add(1)
 		return c
 	}

@@ -44,6 +44,9 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 	}
 	h, err := wire.ParseHeader(pkt)
 	if err != nil || h.DstCID != c.localCID {
+		if c.statelessReset(pkt) {
+			return
+		}
 		c.stats.DroppedMalformed++
 		return
 	}
@@ -211,6 +214,8 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 			c.queuePathResponse(from, f.PathData)
 		case wire.FramePathResponse:
 			c.onPathResponse(from, f.PathData)
+		case wire.FrameResetToken:
+			c.onResetToken(f.Token)
 		case wire.FrameKeyUpdate:
 			if f.Value > c.recvCur.gen {
 				return false, fmt.Errorf("sudp: KEY_UPDATE to generation %d in generation %d", f.Value, c.recvCur.gen)

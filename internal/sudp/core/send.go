@@ -25,6 +25,7 @@ const (
 	sfReset
 	sfStop
 	sfDatagram
+	sfResetToken
 )
 
 // maxDatagramFrameHeader bounds a DATAGRAM frame's header (type + 4 varints).
@@ -254,6 +255,7 @@ func (c *Conn) keepAliveDue(now time.Time) bool {
 // appendControl adds flow-control and stream-control frames.
 func (c *Conn) appendControl(b []byte, room int, frames []sentFrame) ([]byte, []sentFrame) {
 	const maxCtl = 1 + 8 + 8
+	b, frames = c.appendResetToken(b, room, frames)
 	if c.sendMaxData && room-len(b) > maxCtl {
 		c.sendMaxData = false
 		b = wire.AppendValue(b, wire.FrameMaxData, c.connMaxRecv)

@@ -8,7 +8,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
-// Path validation (docs/protocol.md §6.3), after RFC 9000 §9.3. A packet
+// Path validation (docs/protocol.md §10.6), after RFC 9000 §9.3. A packet
 // that authenticates but comes from a new address proves only that its
 // sender saw it: an attacker who copies a packet and races it from another
 // address must not move the connection. So a new address is a candidate:

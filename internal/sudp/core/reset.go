@@ -15,7 +15,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
-// Stateless reset (docs/protocol.md §4.2, after RFC 9000 §10.3). An
+// Stateless reset (docs/protocol.md §4.1, after RFC 9000 §10.3). An
 // endpoint that crashed or restarted has lost its connections; its peers
 // would notice only at their idle timeout. Instead, an endpoint answers a
 // data packet for a connection id it does not know with a stateless reset

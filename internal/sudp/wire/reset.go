@@ -1,6 +1,6 @@
 package wire
 
-// Stateless reset (docs/protocol.md §4.2). An endpoint that receives a data
+// Stateless reset (docs/protocol.md §4.1). An endpoint that receives a data
 // packet for a connection id it does not know — it restarted and lost its
 // state — answers with a packet shaped like a data packet whose last 16
 // bytes are the reset token of that connection id. Only the endpoint's
@@ -11,7 +11,7 @@ package wire
 //
 //	0        1        2                                   len-16     len
 //	+--------+--------+-----------------------------------+----------+
-//	|  0x04  | 0000000K| unpredictable bytes (≥ 16)       | token    |
+//	|  0x04  |0000000K| unpredictable bytes (≥ 16)        | token    |
 //	+--------+--------+-----------------------------------+----------+
 const (
 	// ResetTokenLen is the size of a stateless reset token.

@@ -350,7 +350,8 @@ func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
 	e, known := s.reg.lookup(pub)
 	switch {
 	case !known:
-		return handshake.Peer{ID: enrolPrefix + identity.NodeID(pub), PSK: s.enrolPSK, Allowed: true, LoginState: LoginEnrolling}, nil
+		// Any key may enrol: its replay state is bounded (Unregistered).
+		return handshake.Peer{ID: enrolPrefix + identity.NodeID(pub), PSK: s.enrolPSK, Allowed: true, LoginState: LoginEnrolling, Unregistered: true}, nil
 	case e.state == store.StatePending:
 		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter}, nil
 	case e.state == store.StateApproved && e.codePending:

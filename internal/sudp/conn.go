@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/sudp/core"
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
 // Priority re-exports the scheduling classes for callers of this package.
@@ -33,6 +34,9 @@ type Conn struct {
 	confirmedNow bool
 	accepted     bool
 	done         bool
+	// resetTokenLearned: the peer's stateless reset token was handed to
+	// the endpoint, so that the peer's reset finds this connection
+	resetTokenLearned bool
 
 	wakeCh    chan struct{}
 	stop      chan struct{}
@@ -75,8 +79,19 @@ func (c *Conn) afterInput() {
 		c.accepted = true
 	}
 	c.confirmedNow = false
+	var tok [wire.ResetTokenLen]byte
+	learn := false
+	if !c.resetTokenLearned {
+		tok, learn = c.cc.PeerResetToken()
+		c.resetTokenLearned = learn
+	}
 	c.notifyLocked()
 	c.mu.Unlock()
+	if learn {
+		c.ep.mu.Lock()
+		c.ep.ep.LearnResetToken(c.cc, tok)
+		c.ep.mu.Unlock()
+	}
 	if deliver {
 		c.ep.deliverAccepted(c)
 	}

@@ -38,6 +38,9 @@ type Config struct {
 	RequireCookie bool
 	LoadThreshold int
 	RateLimit     ratelimit.Config
+	// MaxUnconfirmed bounds connections whose peer has not yet proven its
+	// keys (zero: core.DefaultMaxUnconfirmed); see core.EndpointConfig.
+	MaxUnconfirmed int
 	// Conn tunes each connection.
 	Conn core.Config
 	// SmallBuffers opens the socket for a low rate (no receive offload,
@@ -93,13 +96,14 @@ func Listen(cfg Config) (*Endpoint, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ep, err := core.NewEndpoint(core.EndpointConfig{
-		Static:        cfg.Static,
-		ClusterID:     cfg.ClusterID,
-		Lookup:        cfg.Lookup,
-		RequireCookie: cfg.RequireCookie,
-		LoadThreshold: cfg.LoadThreshold,
-		RateLimit:     cfg.RateLimit,
-		Conn:          cfg.Conn,
+		Static:         cfg.Static,
+		ClusterID:      cfg.ClusterID,
+		Lookup:         cfg.Lookup,
+		RequireCookie:  cfg.RequireCookie,
+		LoadThreshold:  cfg.LoadThreshold,
+		RateLimit:      cfg.RateLimit,
+		MaxUnconfirmed: cfg.MaxUnconfirmed,
+		Conn:           cfg.Conn,
 	})
 	if err != nil {
 		return nil, err
@@ -227,7 +231,17 @@ type Stats struct {
 	Malformed        uint64
 	HandshakeDropped uint64
 	Accepted         uint64
-	Handshake        handshake.Stats
+	// Unconfirmed is how many connections wait for their peer to prove
+	// its keys; UnconfirmedEvicted and UnconfirmedExpired count those
+	// dropped at MaxUnconfirmed and after the handshake timeout.
+	Unconfirmed        int
+	UnconfirmedEvicted uint64
+	UnconfirmedExpired uint64
+	// ResetsSent counts stateless resets sent for unknown connection ids;
+	// ResetsLimited those withheld by the rate limits.
+	ResetsSent    uint64
+	ResetsLimited uint64
+	Handshake     handshake.Stats
 }
 
 // Stats returns the endpoint's counters.
@@ -236,12 +250,17 @@ func (e *Endpoint) Stats() Stats {
 	defer e.mu.Unlock()
 	s := e.ep.Stats()
 	return Stats{
-		Conns:            e.ep.Conns(),
-		UnknownCID:       s.UnknownCID.Load(),
-		Malformed:        s.Malformed.Load(),
-		HandshakeDropped: s.HandshakeDropped.Load(),
-		Accepted:         s.Accepted.Load(),
-		Handshake:        e.ep.HandshakeStats(),
+		Conns:              e.ep.Conns(),
+		UnknownCID:         s.UnknownCID.Load(),
+		Malformed:          s.Malformed.Load(),
+		HandshakeDropped:   s.HandshakeDropped.Load(),
+		Accepted:           s.Accepted.Load(),
+		Unconfirmed:        e.ep.Unconfirmed(),
+		UnconfirmedEvicted: s.UnconfirmedEvicted.Load(),
+		UnconfirmedExpired: s.UnconfirmedExpired.Load(),
+		ResetsSent:         s.ResetsSent.Load(),
+		ResetsLimited:      s.ResetsLimited.Load(),
+		Handshake:          e.ep.HandshakeStats(),
 	}
 }
 
@@ -355,6 +374,15 @@ func (e *Endpoint) route(now time.Time, d *socket.Datagram) *Conn {
 		return nil
 	}
 	if cc == nil {
+		// Data for a connection we do not have (we restarted, or it
+		// ended): tell the peer with a stateless reset.
+		if reset := e.ep.StatelessReset(now, d.From, d.Data); reset != nil {
+			b := socket.NewBatch(len(reset))
+			b.To = d.From
+			copy(b.Next(len(reset)), reset)
+			b.Commit(len(reset))
+			_ = e.sock.Send(b)
+		}
 		return nil
 	}
 	return e.conns[cc]

@@ -14,6 +14,8 @@ type totals struct {
 	dropReplay, dropAuth, dropMalformed            uint64
 	datagramsSent, datagramsRecv, datagramsDropped uint64
 	keyUpdates, pathChanges                        uint64
+	pathProbes, pathProbesFailed                   uint64
+	statelessResets                                uint64
 	recvBudgetRanges, recvBudgetMemory             uint64
 }
 
@@ -34,6 +36,9 @@ func (t *totals) add(s *core.ConnStats) {
 	t.datagramsDropped += s.DatagramsDropped
 	t.keyUpdates += s.KeyUpdates
 	t.pathChanges += s.PathChanges
+	t.pathProbes += s.PathProbes
+	t.pathProbesFailed += s.PathProbesFailed
+	t.statelessResets += s.StatelessResets
 	t.recvBudgetRanges += s.RecvBudgetRanges
 	t.recvBudgetMemory += s.RecvBudgetMemory
 }
@@ -63,7 +68,7 @@ type Collector struct {
 
 	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
 	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
-	recvBudget                                              *prometheus.Desc
+	recvBudget, handshakeState, pathValidation, resets      *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -84,16 +89,22 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 		handshakes:    d("handshakes_total", "Handshake initiations handled by the responder, by result.", "result"),
 		datagrams:     d("datagrams_total", "Best-effort messages, by event.", "event"),
 		keyUpdates:    d("key_updates_total", "Traffic key generations moved to (both directions)."),
-		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding)."),
+		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding), each proven by a PATH_RESPONSE."),
+		pathValidation: d("path_validations_total", "New peer addresses challenged, by result: started, or failed (no answer in time, "+
+			"or the validated path kept delivering newer packets: a copy raced from elsewhere).", "result"),
+		resets: d("stateless_resets_total", "Stateless resets: sent (data for an unknown connection id), rate_limited (withheld), "+
+			"received (a connection ended because its peer lost it).", "event"),
 		recvBudget: d("receive_budget_closes_total", "Connections closed because the peer crossed the receive budget (close code 6), by bound: "+
 			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
+		handshakeState: d("handshake_state_dropped_total", "Handshake state dropped to stay bounded, by reason: unconfirmed_evicted (MaxUnconfirmed reached), "+
+			"unconfirmed_expired (the peer never proved its keys), replay_evicted (an unregistered key's replay timestamp forgotten early).", "reason"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState, c.pathValidation, c.resets} {
 		ch <- d
 	}
 }
@@ -134,8 +145,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.datagrams, t.datagramsDropped, "dropped")
 	counter(c.keyUpdates, t.keyUpdates)
 	counter(c.pathChanges, t.pathChanges)
+	counter(c.pathValidation, t.pathProbes, "started")
+	counter(c.pathValidation, t.pathProbesFailed, "failed")
+	counter(c.resets, es.ResetsSent, "sent")
+	counter(c.resets, es.ResetsLimited, "rate_limited")
+	counter(c.resets, t.statelessResets, "received")
 	counter(c.recvBudget, t.recvBudgetRanges, "ranges")
 	counter(c.recvBudget, t.recvBudgetMemory, "memory")
+	counter(c.handshakeState, es.UnconfirmedEvicted, "unconfirmed_evicted")
+	counter(c.handshakeState, es.UnconfirmedExpired, "unconfirmed_expired")
+	counter(c.handshakeState, hs.ReplayEvicted, "replay_evicted")
 }
 
 var _ prometheus.Collector = (*Collector)(nil)

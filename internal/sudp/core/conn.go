@@ -105,9 +105,16 @@ type Conn struct {
 
 	localCID, remoteCID uint64
 	path                path
-	probe               *pathProbe
-	confirmed           bool // peer proved it holds the session keys
-	session             Session
+	pathProbes          []pathProbe // candidate addresses being validated (path.go)
+
+	// stateless reset (reset.go): our token for localCID, sent once in a
+	// RESET_TOKEN frame, and the peer's
+	resetToken     [wire.ResetTokenLen]byte
+	resetTokenSend bool
+	peerResetToken [wire.ResetTokenLen]byte
+	peerResetKnown bool
+	confirmed      bool // peer proved it holds the session keys
+	session        Session
 
 	// client handshake
 	init        *handshake.Initiator
@@ -200,13 +207,6 @@ type pathResp struct {
 	data [8]byte
 }
 
-type pathProbe struct {
-	path     path
-	data     [8]byte
-	sent     bool
-	deadline time.Time
-}
-
 // ConnStats are a connection's counters. Every dropped packet is counted
 // under the reason it was dropped.
 type ConnStats struct {
@@ -227,6 +227,14 @@ type ConnStats struct {
 	DatagramsDropped             uint64
 	KeyUpdates                   uint64
 	PathChanges                  uint64
+	// PathProbes counts new peer addresses challenged (a NAT rebinding,
+	// or a copy of a packet raced from elsewhere); PathProbesFailed those
+	// abandoned unproven: no answer in time, or the validated path kept
+	// delivering newer packets. PathChanges counts the proven moves.
+	PathProbes, PathProbesFailed uint64
+	// StatelessResets is 1 if the connection ended on the peer's
+	// stateless reset (ErrStatelessReset).
+	StatelessResets uint64
 	// RecvBudgetRanges and RecvBudgetMemory count closes with
 	// CodeRecvBudget: the peer left too many holes in its streams, or made
 	// us hold too much memory.
@@ -281,6 +289,7 @@ func newClientConn(cfg Config, rnd io.Reader, now time.Time, localCID uint64, ad
 func newServerConn(cfg Config, rnd io.Reader, now time.Time, addr netip.AddrPort, s *handshake.Session, resp []byte, initLen int) (*Conn, error) {
 	c := newConn(cfg, rnd, now, false, s.LocalCID, addr)
 	c.path.recvBytes = uint64(initLen)
+	c.hsStart = now // the peer must confirm within HandshakeTimeout
 	if err := c.install(s, now); err != nil {
 		return nil, err
 	}

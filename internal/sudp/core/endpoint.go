@@ -38,7 +38,19 @@ type EndpointConfig struct {
 	Conn Config
 	// Rand is the randomness source (crypto/rand when nil).
 	Rand io.Reader
+	// MaxUnconfirmed bounds the connections that completed the handshake
+	// but whose peer has not yet proven it holds the keys (zero:
+	// DefaultMaxUnconfirmed). Past it the oldest such connection is
+	// dropped; confirmed connections are never touched. Each expires
+	// after Conn.HandshakeTimeout if it never confirms.
+	MaxUnconfirmed int
 }
+
+// DefaultMaxUnconfirmed is the default bound on unconfirmed connections: an
+// honest peer confirms within one round trip, so even thousands of agents
+// reconnecting at once after an MMC restart stay well inside it, while a
+// flood of fresh keys costs at most this many connections.
+const DefaultMaxUnconfirmed = 1024
 
 // EndpointStats counts what the endpoint dropped before a connection saw it.
 type EndpointStats struct {
@@ -47,6 +59,15 @@ type EndpointStats struct {
 	HandshakeDropped atomic.Uint64 // initiations rejected (see handshake stats)
 	Accepted         atomic.Uint64 // connections accepted
 	Replaced         atomic.Uint64 // unconfirmed connections superseded
+	// UnconfirmedEvicted counts unconfirmed connections dropped because
+	// MaxUnconfirmed was reached; UnconfirmedExpired those whose peer
+	// never proved its keys within the handshake timeout.
+	UnconfirmedEvicted atomic.Uint64
+	UnconfirmedExpired atomic.Uint64
+	// ResetsSent counts stateless resets sent for unknown connection ids,
+	// ResetsLimited those withheld by the rate limits.
+	ResetsSent    atomic.Uint64
+	ResetsLimited atomic.Uint64
 }
 
 // Endpoint demultiplexes datagrams to connections by connection id and runs
@@ -61,7 +82,16 @@ type Endpoint struct {
 	// has not yet proven key possession; a retried initiation replaces it,
 	// so a peer holds at most one such connection.
 	unconfirmed map[[32]byte]*Conn
-	stats       EndpointStats
+	// unconfirmedOrder lists unconfirmed connections oldest first, so the
+	// oldest is found in O(1) when MaxUnconfirmed is reached. Entries
+	// that left unconfirmed are skipped when met (and compacted away).
+	unconfirmedOrder []*Conn
+	// stateless reset (reset.go): our tokens, and the peers' tokens by
+	// which a reset finds its connection
+	reset        *resetter
+	resetTokens  map[[wire.ResetTokenLen]byte]*Conn
+	resetTokenOf map[*Conn][wire.ResetTokenLen]byte
+	stats        EndpointStats
 }
 
 // NewEndpoint builds an endpoint.
@@ -69,11 +99,21 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
+	if cfg.MaxUnconfirmed <= 0 {
+		cfg.MaxUnconfirmed = DefaultMaxUnconfirmed
+	}
+	rs, err := newResetter(cfg.Static.Private)
+	if err != nil {
+		return nil, fmt.Errorf("sudp: reset key: %w", err)
+	}
 	e := &Endpoint{
-		cfg:         cfg,
-		rand:        cfg.Rand,
-		conns:       make(map[uint64]*Conn),
-		unconfirmed: make(map[[32]byte]*Conn),
+		cfg:          cfg,
+		rand:         cfg.Rand,
+		conns:        make(map[uint64]*Conn),
+		unconfirmed:  make(map[[32]byte]*Conn),
+		reset:        rs,
+		resetTokens:  make(map[[wire.ResetTokenLen]byte]*Conn),
+		resetTokenOf: make(map[*Conn][wire.ResetTokenLen]byte),
 	}
 	if cfg.Lookup != nil {
 		r, err := handshake.NewResponder(handshake.ResponderConfig{
@@ -138,6 +178,7 @@ func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk
 	if err != nil {
 		return nil, err
 	}
+	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	e.conns[cid] = c
 	return c, nil
 }
@@ -168,6 +209,11 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 		return nil, false
 	}
 	c = e.conns[cid]
+	if c == nil && pkt[0] == wire.TypeData {
+		if rc := e.resetTarget(pkt); rc != nil {
+			return rc, false // perhaps the peer's stateless reset
+		}
+	}
 	if c == nil {
 		e.stats.UnknownCID.Add(1)
 	}
@@ -181,9 +227,10 @@ var ErrNotAccepting = errors.New("sudp: endpoint does not accept connections")
 // straight back (a cookie reply; no state kept) or a new connection whose
 // first transmit is the handshake response.
 //
-// replaced, when not nil, is an older unconfirmed connection of the same
-// peer that the new one supersedes: the endpoint has forgotten it and the
-// driver must stop driving it.
+// replaced, when not nil, is an older unconfirmed connection that the new
+// one supersedes — the same peer's, or the oldest of all when
+// MaxUnconfirmed is reached: the endpoint has forgotten it and the driver
+// must stop driving it.
 func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []byte) (reply []byte, c, replaced *Conn, err error) {
 	if e.responder == nil {
 		e.stats.HandshakeDropped.Add(1)
@@ -205,12 +252,18 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
 		delete(e.conns, old.localCID)
+		e.forgetResetToken(old)
 		replaced = old
 		e.stats.Replaced.Add(1)
+	} else if len(e.unconfirmed) >= e.cfg.MaxUnconfirmed {
+		replaced = e.evictOldestUnconfirmed()
 	}
 	e.unconfirmed[c.session.PeerStatic] = c
+	e.unconfirmedOrder = append(e.unconfirmedOrder, c)
+	e.compactUnconfirmed()
 	e.conns[cid] = c
 	e.stats.Accepted.Add(1)
 	return nil, c, replaced, nil
@@ -230,9 +283,60 @@ func (e *Endpoint) Remove(c *Conn) {
 	if e.conns[c.localCID] == c {
 		delete(e.conns, c.localCID)
 	}
+	e.forgetResetToken(c)
 	if e.unconfirmed[c.session.PeerStatic] == c {
 		delete(e.unconfirmed, c.session.PeerStatic)
+		if errors.Is(c.err, ErrHandshakeTimeout) {
+			e.stats.UnconfirmedExpired.Add(1)
+		}
 	}
+}
+
+// evictOldestUnconfirmed forgets the oldest unconfirmed connection.
+func (e *Endpoint) evictOldestUnconfirmed() *Conn {
+	for len(e.unconfirmedOrder) > 0 {
+		c := e.unconfirmedOrder[0]
+		e.unconfirmedOrder[0] = nil
+		e.unconfirmedOrder = e.unconfirmedOrder[1:]
+		if e.unconfirmed[c.session.PeerStatic] != c {
+			continue // confirmed, replaced or removed since
+		}
+		delete(e.unconfirmed, c.session.PeerStatic)
+		delete(e.conns, c.localCID)
+		e.forgetResetToken(c)
+		e.stats.UnconfirmedEvicted.Add(1)
+		return c
+	}
+	return nil
+}
+
+// compactUnconfirmed drops the order's stale entries once they outnumber
+// the live ones, so the list stays O(MaxUnconfirmed) and each initiation
+// costs amortised O(1).
+func (e *Endpoint) compactUnconfirmed() {
+	if len(e.unconfirmedOrder) <= 2*len(e.unconfirmed)+16 {
+		return
+	}
+	live := make([]*Conn, 0, 2*len(e.unconfirmed)+16)
+	for _, c := range e.unconfirmedOrder {
+		if e.unconfirmed[c.session.PeerStatic] == c {
+			live = append(live, c)
+		}
+	}
+	e.unconfirmedOrder = live
+}
+
+// Unconfirmed returns the number of connections whose peer has not yet
+// proven it holds the keys.
+func (e *Endpoint) Unconfirmed() int { return len(e.unconfirmed) }
+
+// ReplayEntries reports the responder's replay tables (registered keys,
+// and unregistered keys still remembered); zero if not accepting.
+func (e *Endpoint) ReplayEntries() (registered, unregistered int) {
+	if e.responder == nil {
+		return 0, 0
+	}
+	return e.responder.ReplayEntries()
 }
 
 // Conns returns the number of connections.

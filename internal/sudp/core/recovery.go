@@ -307,6 +307,8 @@ func (c *Conn) onFramesLost(frames []sentFrame) {
 			}
 		case sfDatagram:
 			c.stats.DatagramsDropped++
+		case sfResetToken:
+			c.resetTokenSend = true
 		}
 	}
 }

@@ -3,7 +3,6 @@ package core
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"time"
 
@@ -45,6 +44,9 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 	}
 	h, err := wire.ParseHeader(pkt)
 	if err != nil || h.DstCID != c.localCID {
+		if c.statelessReset(pkt) {
+			return
+		}
 		c.stats.DroppedMalformed++
 		return
 	}
@@ -176,35 +178,6 @@ func (c *Conn) promoteRecvKey(now time.Time, pn uint64) {
 	c.stats.KeyUpdates++
 }
 
-// notePath handles a packet from an address other than the current one. Only
-// the newest packets may move the connection (an old, reordered packet from a
-// previous address must not), and a new address gets validated with a
-// PATH_CHALLENGE before it gets more than three times what it sent.
-func (c *Conn) notePath(now time.Time, from netip.AddrPort, pn uint64, n int) {
-	if from == c.path.addr {
-		c.path.recvBytes += uint64(n)
-		return
-	}
-	if c.probe != nil && c.probe.path.addr == from {
-		c.probe.path.recvBytes += uint64(n)
-		return
-	}
-	if pn < c.largestRecvPN {
-		return
-	}
-	var data [8]byte
-	if _, err := io.ReadFull(c.rand, data[:]); err != nil {
-		return
-	}
-	// Switch at once (NAT rebinding keeps the old address dead), but with
-	// the anti-amplification budget until the challenge is answered. The old
-	// path is kept to fall back to if validation fails.
-	old := c.path
-	c.probe = &pathProbe{path: old, data: data, deadline: now.Add(3 * c.rec.pto())}
-	c.path = path{addr: from, recvBytes: uint64(n)}
-	c.stats.PathChanges++
-}
-
 func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) (bool, error) {
 	eliciting := false
 	acks := 0
@@ -241,6 +214,8 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 			c.queuePathResponse(from, f.PathData)
 		case wire.FramePathResponse:
 			c.onPathResponse(from, f.PathData)
+		case wire.FrameResetToken:
+			c.onResetToken(f.Token)
 		case wire.FrameKeyUpdate:
 			if f.Value > c.recvCur.gen {
 				return false, fmt.Errorf("sudp: KEY_UPDATE to generation %d in generation %d", f.Value, c.recvCur.gen)
@@ -303,43 +278,6 @@ func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) 
 		eliciting = true
 	}
 	return eliciting, nil
-}
-
-// maxPathResponses bounds queued PATH_RESPONSEs: a peer may challenge a
-// path, not make us a reflector.
-const maxPathResponses = 4
-
-// queuePathResponse answers a challenge on the current path or the one
-// being validated, keeping only the newest challenge per address.
-func (c *Conn) queuePathResponse(from netip.AddrPort, data [8]byte) {
-	if from != c.path.addr && (c.probe == nil || from != c.probe.path.addr) {
-		c.stats.DroppedMalformed++
-		return
-	}
-	for i := range c.pathRespQ {
-		if c.pathRespQ[i].to == from {
-			c.pathRespQ[i].data = data
-			return
-		}
-	}
-	if len(c.pathRespQ) >= maxPathResponses {
-		c.stats.DroppedMalformed++
-		return
-	}
-	c.pathRespQ = append(c.pathRespQ, pathResp{to: from, data: data})
-}
-
-func (c *Conn) onPathResponse(from netip.AddrPort, data [8]byte) {
-	p := c.probe
-	if p == nil || !p.sent || data != p.data {
-		return
-	}
-	// The probe validated the current path (after a migration we challenge
-	// the new address).
-	if from == c.path.addr {
-		c.path.validated = true
-		c.probe = nil
-	}
 }
 
 // settleFinalSize does the connection-level accounting of a stream whose

@@ -25,6 +25,7 @@ const (
 	sfReset
 	sfStop
 	sfDatagram
+	sfResetToken
 )
 
 // maxDatagramFrameHeader bounds a DATAGRAM frame's header (type + 4 varints).
@@ -68,18 +69,11 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	}
 	c.maybeUpdateKey(now)
 
+	if n, to, ok := c.sendPathChallenge(now, buf); ok {
+		return n, to, ok
+	}
 	dst := c.path.addr
 	budget := min(c.cfg.MaxDatagramSize, len(buf), c.path.budget())
-	if p := c.probe; p != nil && !p.sent && c.state == stateEstablished {
-		// Challenge the current (new) address.
-		p.sent = true
-		b := c.startPacket(buf)
-		b = wire.AppendPath(b, wire.FramePathChallenge, p.data)
-		if c.ackPending && budget > 2*wire.DataOverhead+64 {
-			b = c.appendAck(now, b, budget-wire.TagSize)
-		}
-		return c.finishPacket(now, b, dst, true, nil)
-	}
 	if budget < wire.DataOverhead+64 {
 		return 0, to, false
 	}
@@ -213,18 +207,20 @@ func (c *Conn) sendPathResponse(now time.Time, buf []byte) (int, netip.AddrPort,
 	c.pathRespQ = c.pathRespQ[1:]
 	p := &c.path
 	if r.to != p.addr {
-		if c.probe == nil || c.probe.path.addr != r.to {
+		pp := c.findPathProbe(r.to)
+		if pp == nil {
 			return 0, r.to, false
 		}
-		p = &c.probe.path
+		p = &pp.path
 	}
-	const size = wire.DataOverhead + 9
-	if p.budget() < size {
+	if p.budget() < pathChallengeSize {
 		return 0, r.to, false // would exceed 3x what that address sent
 	}
 	b := c.startPacket(buf)
 	b = wire.AppendPath(b, wire.FramePathResponse, r.data)
-	n, to, ok := c.finishPacket(now, b, r.to, true, nil)
+	// Only a response on the validated path counts for recovery: one to a
+	// candidate address may go unanswered (see sendPathChallenge).
+	n, to, ok := c.finishPacket(now, b, r.to, p == &c.path, nil)
 	if p != &c.path {
 		p.sentBytes += uint64(n)
 	}
@@ -259,6 +255,7 @@ func (c *Conn) keepAliveDue(now time.Time) bool {
 // appendControl adds flow-control and stream-control frames.
 func (c *Conn) appendControl(b []byte, room int, frames []sentFrame) ([]byte, []sentFrame) {
 	const maxCtl = 1 + 8 + 8
+	b, frames = c.appendResetToken(b, room, frames)
 	if c.sendMaxData && room-len(b) > maxCtl {
 		c.sendMaxData = false
 		b = wire.AppendValue(b, wire.FrameMaxData, c.connMaxRecv)

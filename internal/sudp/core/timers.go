@@ -28,6 +28,7 @@ func (c *Conn) NextTimeout() time.Time {
 	}
 	set(c.lastRecv.Add(c.cfg.IdleTimeout))
 	if !c.confirmed && !c.client {
+		set(c.hsStart.Add(c.cfg.HandshakeTimeout))
 		return t
 	}
 	// Deadlines for sending only matter when the path lets us send; on an
@@ -48,9 +49,7 @@ func (c *Conn) NextTimeout() time.Time {
 	if c.recvPrev != nil {
 		set(c.prevDiscardAt)
 	}
-	if c.probe != nil {
-		set(c.probe.deadline)
-	}
+	set(c.pathProbeDeadline())
 	set(c.dg.nextExpiry())
 	return t
 }
@@ -79,6 +78,13 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		}
 		return
 	}
+	if !c.client && !c.confirmed && !now.Before(c.hsStart.Add(c.cfg.HandshakeTimeout)) {
+		// The peer never proved it holds the keys: whoever sent the
+		// initiation (perhaps a replay) gets no more of our memory.
+		c.err = ErrHandshakeTimeout
+		c.forget()
+		return
+	}
 	if !now.Before(c.lastRecv.Add(c.cfg.IdleTimeout)) {
 		c.err = ErrIdleTimeout
 		c.forget()
@@ -88,13 +94,7 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		c.recvPrev.zero()
 		c.recvPrev = nil
 	}
-	if p := c.probe; p != nil && !now.Before(p.deadline) {
-		// The new address never answered its challenge: go back.
-		if !c.path.validated && p.path.addr.IsValid() {
-			c.path = p.path
-		}
-		c.probe = nil
-	}
+	c.expirePathProbes(now)
 	c.dg.expire(now, &c.stats)
 	r := &c.rec
 	if !r.lossTime.IsZero() && !now.Before(r.lossTime) {

@@ -32,6 +32,12 @@ type Peer struct {
 	// has on record for this peer (persisted across restarts, unlike the
 	// responder's own memory): an initiation not newer than it is a replay.
 	NotAfter time.Time
+	// Unregistered marks a key the lookup accepted without having it on
+	// record (an enrolment by a fresh key: anyone holding the cluster's
+	// enrolment psk may present any number of them). Its replay
+	// timestamp goes to a bounded, expiring table instead of the
+	// permanent one, which stays bounded by the registered peers.
+	Unregistered bool
 }
 
 // ResponderConfig configures a Responder.
@@ -58,6 +64,11 @@ type ResponderConfig struct {
 	// RateLimit limits initiations per source address; zero fields take
 	// the ratelimit package defaults.
 	RateLimit ratelimit.Config
+	// MaxUnregistered and UnregisteredTTL bound the replay table of
+	// unregistered keys (Peer.Unregistered); zero means
+	// DefaultMaxUnregistered and DefaultUnregisteredTTL.
+	MaxUnregistered int
+	UnregisteredTTL time.Duration
 }
 
 // Stats counts what a Responder did with the initiations it was given.
@@ -77,12 +88,16 @@ type Stats struct {
 	Replays        uint64 // ErrReplay
 	BadPayload     uint64 // ErrBadPayload
 	Internal       uint64 // ErrInternal
+	// ReplayEvicted counts unregistered keys whose timestamp was forgotten
+	// before it expired because the table was full (a flood of fresh
+	// keys); not an outcome of an initiation.
+	ReplayEvicted uint64
 }
 
 type counters struct {
 	initiations, sessions, malformed, badVersion, badMAC1, cookieReplies,
 	rateLimited, decryptFailed, unknownPeer, peerNotAllowed, replays,
-	badPayload, internal atomic.Uint64
+	badPayload, internal, replayEvicted atomic.Uint64
 }
 
 // Responder answers handshake initiations. It is the MMC side of the paper's
@@ -105,10 +120,13 @@ type Responder struct {
 	limiter *ratelimit.Limiter
 
 	// greatest accepted timestamp per static key. Entries are added only
-	// for peers the lookup accepted and only once a handshake completed, so
-	// the map is bounded by the number of enrolled peers, and a forged or
-	// refused initiation cannot grow it.
-	timestamps map[[32]byte]timestamp
+	// for registered peers the lookup accepted and only once a handshake
+	// completed, so the map is bounded by the number of enrolled peers,
+	// and a forged or refused initiation cannot grow it. Unregistered keys
+	// (any fresh key, for enrolment) go to the bounded, expiring
+	// unregistered table instead.
+	timestamps   map[[32]byte]timestamp
+	unregistered *replayCache
 
 	stats counters
 }
@@ -142,6 +160,7 @@ func NewResponder(cfg ResponderConfig) (*Responder, error) {
 		loadThreshold: float64(cfg.LoadThreshold),
 		limiter:       ratelimit.New(cfg.RateLimit),
 		timestamps:    make(map[[32]byte]timestamp),
+		unregistered:  newReplayCache(cfg.MaxUnregistered, cfg.UnregisteredTTL),
 	}
 	k := labelledKey(LabelMAC1, r.static.Public)
 	r.mac1 = newMAC(k[:])
@@ -169,7 +188,15 @@ func (r *Responder) Stats() Stats {
 		Replays:        c.replays.Load(),
 		BadPayload:     c.badPayload.Load(),
 		Internal:       c.internal.Load(),
+		ReplayEvicted:  c.replayEvicted.Load(),
 	}
+}
+
+// ReplayEntries returns how many keys' timestamps the responder holds:
+// registered peers, and unregistered keys still remembered. Like
+// HandleInitiation it must not run concurrently with it.
+func (r *Responder) ReplayEntries() (registered, unregistered int) {
+	return len(r.timestamps), r.unregistered.len()
 }
 
 // HandleInitiation processes an initiation received at now from src. The
@@ -305,7 +332,11 @@ func (r *Responder) handleInitiation(now time.Time, src netip.AddrPort, pkt []by
 	if !ok {
 		return nil, nil, ErrBadPayload
 	}
-	if last, seen := r.timestamps[peerStatic]; seen && !ts.after(last) {
+	last, seen := r.timestamps[peerStatic]
+	if peer.Unregistered {
+		last, seen = r.unregistered.get(now, peerStatic)
+	}
+	if seen && !ts.after(last) {
 		return nil, nil, &PeerError{Peer: peerStatic, Err: ErrReplay}
 	}
 	if floor, ok := timestampOf(peer.NotAfter); ok && !peer.NotAfter.IsZero() && !ts.after(floor) {
@@ -339,7 +370,13 @@ func (r *Responder) handleInitiation(now time.Time, src netip.AddrPort, pkt []by
 	newMAC(k[:]).compute(out[respMAC1Offset:], out[:respMAC1Offset])
 	clear(out[respMAC2Offset:])
 
-	r.timestamps[peerStatic] = ts
+	if peer.Unregistered {
+		if r.unregistered.put(now, peerStatic, ts) {
+			r.stats.replayEvicted.Add(1)
+		}
+	} else {
+		r.timestamps[peerStatic] = ts
+	}
 
 	sess := &Session{
 		LocalCID:   localCID,

@@ -60,6 +60,12 @@ func AppendPath(b []byte, typ byte, data [8]byte) []byte {
 	return append(b, data[:]...)
 }
 
+// AppendResetToken appends a RESET_TOKEN frame.
+func AppendResetToken(b []byte, token [ResetTokenLen]byte) []byte {
+	b = append(b, FrameResetToken)
+	return append(b, token[:]...)
+}
+
 // AppendValue appends a frame whose body is one varint (KEY_UPDATE, MAX_DATA).
 func AppendValue(b []byte, typ byte, v uint64) []byte {
 	b = append(b, typ)

@@ -23,6 +23,7 @@ const (
 	FrameDatagram       = 0x0b
 	FrameMaxStreamsBidi = 0x0c
 	FrameMaxStreamsUni  = 0x0d
+	FrameResetToken     = 0x0e // the sender's stateless reset token (reset.go)
 	FrameStream         = 0x10 // 0x10 | FIN bit
 	FrameStreamFin      = 0x11
 )
@@ -84,6 +85,8 @@ type Frame struct {
 	Reason    []byte
 	// PATH_CHALLENGE / PATH_RESPONSE
 	PathData [8]byte
+	// RESET_TOKEN
+	Token [ResetTokenLen]byte
 	// KEY_UPDATE: generation; MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS: limit;
 	// RESET_STREAM: final size.
 	Value uint64
@@ -138,6 +141,13 @@ func (p *Parser) Next(f *Frame) (bool, error) {
 		}
 		copy(f.PathData[:], b[:8])
 		b = b[8:]
+	case FrameResetToken:
+		if len(b) < ResetTokenLen {
+			err = ErrFrame
+			break
+		}
+		copy(f.Token[:], b[:ResetTokenLen])
+		b = b[ResetTokenLen:]
 	case FrameKeyUpdate, FrameMaxData, FrameMaxStreamsBidi, FrameMaxStreamsUni:
 		f.Value, b, err = varint(b)
 	case FrameMaxStreamData:

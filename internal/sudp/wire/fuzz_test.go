@@ -15,6 +15,7 @@ func FuzzParseFrames(f *testing.F) {
 	f.Add(append(AppendStreamHeader(nil, 4, 100, 3, true), "abc"...))
 	f.Add(AppendDatagram(nil, 1, 0, 2, []byte("xy")))
 	f.Add(AppendReset(AppendValue(nil, FrameMaxData, 1<<40), 8, 1, 9))
+	f.Add(AppendResetToken(AppendPing(nil), [ResetTokenLen]byte{1, 2, 3}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Parser
 		p.Reset(b)

@@ -55,6 +55,8 @@ bundle agents are started with (also printed by 'ferry mmc bundle').`,
 	f.DurationVar(&cfg.ReauthMax, "reauth-max", 90*time.Second, "longest interval between re-authentication challenges")
 	f.DurationVar(&cfg.ReauthTimeout, "reauth-timeout", 10*time.Second, "time an agent has to answer a challenge")
 	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
+	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
+	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())

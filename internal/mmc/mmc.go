@@ -92,6 +92,12 @@ type Config struct {
 	Logger                       *slog.Logger
 	Rand                         io.Reader
 	Now                          func() time.Time
+
+	// EnrolWait bounds how long a pending enrolment session waits for a
+	// decision before the MMC tells the agent to ask again (default 1
+	// min); PendingTTL how long a pending record waits for one before it
+	// expires and its key may enrol afresh (default 24 h).
+	EnrolWait, PendingTTL time.Duration
 }
 
 func (c *Config) defaults() {
@@ -124,6 +130,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxEnrolSessions <= 0 {
 		c.MaxEnrolSessions = 256
+	}
+	if c.EnrolWait <= 0 {
+		c.EnrolWait = time.Minute
+	}
+	if c.PendingTTL <= 0 {
+		c.PendingTTL = 24 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -386,10 +398,14 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.runExpiry(ctx)
 	}()
 	go func() {
 		defer wg.Done()

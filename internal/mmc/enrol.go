@@ -288,6 +288,7 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 	if to == store.StateRevoked {
 		// Once: the store refuses to revoke an agent twice.
 		s.revoked(a)
+		s.revokeLinks(a)
 	}
 	return a, nil
 }

@@ -7,8 +7,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 )
@@ -154,5 +156,58 @@ func TestPendingExpiry(t *testing.T) {
 	}
 	if _, err := s.decide(s.byKeyID(honest), store.StateApproved, "admin", "test"); err != nil {
 		t.Fatalf("approving the honest host: %v", err)
+	}
+}
+
+// TestRevocationCancelsMigrations: revoking an agent cancels the open
+// migrations it takes part in, through the orchestrator's cancel (the
+// machine rolls back); one past its commit is left to finish, and the
+// others are untouched.
+func TestRevocationCancelsMigrations(t *testing.T) {
+	s := startMMC(t, Config{})
+	bad, good := newFakeAgent(t, s), newFakeAgent(t, s)
+	good.facts.Hostname = "good"
+	bad.enrolWithToken(token(t, s, 1))
+	good.enrolWithToken(token(t, s, 1))
+	badID, goodID := s.byKeyID(bad), s.byKeyID(good)
+	mk := func(vm, from, fromAgent, to, toAgent string, state migration.State) string {
+		t.Helper()
+		if _, err := s.st.CreateVM(store.VM{Name: vm, Agent: fromAgent, Spec: hypervisor.Spec{Name: vm, Memory: 1 << 20, VCPUs: 1}, Created: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, FromAgent: fromAgent, To: to, ToAgent: toAgent, State: migration.Planned, Created: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.State = state
+		if m, err = s.st.UpdateMigration(m, m.Version); err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+	toBad := mk("vm1", "good", goodID, "fake", badID, migration.Transferring)
+	fromBad := mk("vm2", "fake", badID, "good", goodID, migration.Transferring)
+	committed := mk("vm3", "good", goodID, "fake", badID, migration.SwitchOver)
+	if _, err := s.decide(badID, store.StateRevoked, "admin", "test"); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]bool{toBad: true, fromBad: true, committed: false} {
+		m, err := s.st.Migration(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.CancelRequested != want {
+			t.Errorf("%s (%s): cancel requested %v, want %v", id, m.State, m.CancelRequested, want)
+		}
+	}
+	entries, _ := s.st.Audit(0, 0)
+	n := 0
+	for _, e := range entries {
+		if e.Action == "migration.cancel" && e.Actor == "mmc" {
+			n++
+		}
+	}
+	if n != 3 { // two cancelled, one refused (past its commit)
+		t.Fatalf("%d migration.cancel audit entries by the MMC, want 3", n)
 	}
 }

@@ -35,6 +35,10 @@ type registry struct {
 	// holding it (see indexName): actions and migrations for a host go
 	// to that agent's session only.
 	hostAgent map[string][32]byte
+
+	// intros remembers introductions between agents (links.go); it
+	// has a lock of its own.
+	intros *introductions
 }
 
 // registryMirror is what follows the registry's changes (the inventory:
@@ -68,6 +72,7 @@ func newRegistry(m registryMirror) *registry {
 		sessions:  make(map[string]*session),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
 		enrolWait: make(map[string]*enrolClaim),
+		intros:    newIntroductions(),
 		hostAgent: make(map[string][32]byte),
 	}
 }

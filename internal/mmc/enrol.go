@@ -114,10 +114,11 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		if m.Done() {
 			return
 		}
-		timer.Reset(time.Hour)
+		wait := time.Hour // no deadline: only an event moves the session on
 		if d := m.Deadline(); !d.IsZero() {
-			timer.Reset(max(d.Sub(s.cfg.Now()), 0))
+			wait = max(d.Sub(s.cfg.Now()), 0)
 		}
+		timer.Reset(wait)
 		select {
 		case e := <-rd.C:
 			act = m.Message(e, nil)
@@ -166,8 +167,8 @@ func (s *Server) enrolLookup(c *sudp.Conn, id string, pub [32]byte) (enrolView, 
 }
 
 // newEnrolment records a new agent: pending, or approved at once with a
-// valid join token. Nothing is stored for a request with a bad token, nor
-// beyond the limit of pending enrolments.
+// valid join token. Nothing is stored for a request with a bad token (the
+// limit of pending enrolments is the session core's to enforce, before).
 func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message.EnrolRequest, now time.Time) (store.Agent, error) {
 	src := c.RemoteAddr()
 	a := store.Agent{

@@ -129,9 +129,8 @@ func (m *enrolSession) Message(env message.Envelope, err error) enrolAction {
 	case phaseDelivering:
 		if err == nil && env.Type == message.TypeEnrolAck {
 			code := m.code
-			m.code = nil
-			a := m.end(enrolAction{Op: enrolConfirm, Code: code})
-			return a
+			m.code = nil // handed to the action: end must not wipe it
+			return m.end(enrolAction{Op: enrolConfirm, Code: code})
 		}
 		if err != nil {
 			return m.bad("enrol.malformed", err)

@@ -61,6 +61,8 @@ impersonate the MMC.`,
 	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
 	f.DurationVar(&cfg.AuditMaxAge, "audit-max-age", mmc.DefaultAuditMaxAge, "audit entries older than this are pruned (hourly; negative: kept forever)")
 	f.IntVar(&cfg.AuditMaxEntries, "audit-max-entries", mmc.DefaultAuditMaxEntries, "the audit log keeps at most this many entries, the newest (negative: no limit)")
+	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
+	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())

@@ -28,3 +28,11 @@ func CutLinkForTest(a *Agent, topic string) bool {
 	_ = l.c.CloseWithError(1, "link cut by a test")
 	return true
 }
+
+// LinkForTest is the open direct link of topic (nil if none).
+func LinkForTest(a *Agent, topic string) *sudp.Conn {
+	if l := a.peers.link(topic); l != nil {
+		return l.c
+	}
+	return nil
+}

@@ -31,6 +31,9 @@ type metrics struct {
 	offset  prometheus.Gauge
 	delay   prometheus.Gauge
 	alarm   prometheus.Gauge
+	// peerWithdrawn counts direct links closed because the MMC revoked
+	// the peer.
+	peerWithdrawn prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -43,9 +46,11 @@ func newMetrics() *metrics {
 		offset:  g("clock_offset_seconds", "Estimated MMC clock minus local clock (best of recent probes)."),
 		delay:   g("clock_probe_delay_seconds", "Round-trip delay of the probe behind the offset estimate (twice its error bound)."),
 		alarm:   g("clock_alarm", "1 while the clock offset exceeds the alarm threshold."),
+		peerWithdrawn: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_peer_links_withdrawn_total",
+			Help: "Direct agent-to-agent links closed because the MMC revoked the peer."}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn}
 }

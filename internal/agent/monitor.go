@@ -146,6 +146,17 @@ func (a *Agent) act(ctx context.Context, act message.Action) message.ActionResul
 
 // actPeer carries out an introduction (see peers.go).
 func (a *Agent) actPeer(ctx context.Context, act message.Action) error {
+	if act.Op == "peer.withdraw" {
+		if act.Withdraw == nil {
+			return errMissing("withdrawal")
+		}
+		var key [32]byte
+		copy(key[:], act.Withdraw.PeerKey)
+		n := a.peers.withdraw(act.Withdraw.PeerID, key)
+		a.metrics.peerWithdrawn.Add(float64(n))
+		a.log.Warn("agent: the MMC revoked a peer; its direct links are closed and it is refused", "peer", act.Withdraw.PeerID, "links_closed", n)
+		return nil
+	}
 	if act.Intro == nil {
 		return errMissing("introduction")
 	}

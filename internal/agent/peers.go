@@ -22,8 +22,9 @@ import (
 // Lookup, and a ticket admits one connection only.
 
 const (
-	maxExpected      = 64 // introductions waiting for their connection
-	maxLinks         = 64 // open direct connections
+	maxExpected      = 64   // introductions waiting for their connection
+	maxLinks         = 64   // open direct connections
+	maxWithdrawn     = 1024 // keys the MMC withdrew, remembered (oldest forgotten first)
 	peerHelloTimeout = 10 * time.Second
 	peerPrefix       = "peer:" // handshake.Peer.ID of an introduced peer
 )
@@ -49,11 +50,57 @@ type peers struct {
 	mu     sync.Mutex
 	expect map[[32]byte]*expectation // by the peer's static key
 	links  map[string]*link          // by topic
-	now    func() time.Time
+	// withdrawn are the keys of agents the MMC revoked (peer.withdraw):
+	// no introduction of them is taken, no connection from them
+	// admitted. order is their arrival, to forget the oldest first.
+	withdrawn map[[32]byte]struct{}
+	order     [][32]byte
+	now       func() time.Time
 }
 
 func newPeers() *peers {
-	return &peers{expect: map[[32]byte]*expectation{}, links: map[string]*link{}, now: time.Now}
+	return &peers{expect: map[[32]byte]*expectation{}, links: map[string]*link{}, withdrawn: map[[32]byte]struct{}{}, now: time.Now}
+}
+
+var errWithdrawn = errors.New("agent: the MMC withdrew this peer (revoked)")
+
+// withdraw forgets every introduction of key, refuses it from now on,
+// and closes the links with the agent (by its id or key) at once; it
+// returns the links it closed. The MMC sends it when it revokes that
+// agent: a revoked agent must not keep a direct path into this host.
+func (p *peers) withdraw(id string, key [32]byte) int {
+	p.mu.Lock()
+	if _, ok := p.withdrawn[key]; !ok {
+		if len(p.order) >= maxWithdrawn {
+			delete(p.withdrawn, p.order[0])
+			p.order = p.order[1:]
+		}
+		p.withdrawn[key] = struct{}{}
+		p.order = append(p.order, key)
+	}
+	if e := p.expect[key]; e != nil {
+		clear(e.ticket[:])
+		delete(p.expect, key)
+	}
+	var doomed []*link
+	for topic, l := range p.links {
+		if l.peerID == id || l.c.Session().PeerStatic == key {
+			doomed = append(doomed, l)
+			delete(p.links, topic)
+		}
+	}
+	p.mu.Unlock()
+	for _, l := range doomed {
+		_ = l.c.CloseWithError(message.CodeRevoked, "peer revoked by the MMC")
+	}
+	return len(doomed)
+}
+
+func (p *peers) isWithdrawn(key [32]byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.withdrawn[key]
+	return ok
 }
 
 // add registers an introduction on the listening side.
@@ -64,6 +111,9 @@ func (p *peers) add(in *message.Introduction, mmcOffset time.Duration) error {
 	copy(e.ticket[:], in.Ticket)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.withdrawn[key]; ok {
+		return errWithdrawn
+	}
 	p.expireLocked()
 	if len(p.expect) >= maxExpected {
 		return errors.New("agent: too many introductions waiting")
@@ -89,6 +139,9 @@ func (p *peers) expireLocked() {
 func (p *peers) lookup(pub [32]byte) (handshake.Peer, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.withdrawn[pub]; ok {
+		return handshake.Peer{}, errWithdrawn
+	}
 	e := p.expect[pub]
 	if e == nil || p.now().After(e.expires) {
 		return handshake.Peer{}, errNoIntro
@@ -113,6 +166,10 @@ func (p *peers) claim(pub [32]byte, topic string) (*expectation, bool) {
 func (p *peers) addLink(l *link) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.withdrawn[l.c.Session().PeerStatic]; ok {
+		// Withdrawn while the connection was being set up.
+		return errWithdrawn
+	}
 	if len(p.links) >= maxLinks {
 		return errors.New("agent: too many open peer connections")
 	}
@@ -209,6 +266,9 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	copy(key[:], in.PeerKey)
 	copy(ticket[:], in.Ticket)
 	defer clear(ticket[:])
+	if a.peers.isWithdrawn(key) {
+		return fmt.Errorf("agent: dial peer %s: %w", in.PeerID, errWithdrawn)
+	}
 	dctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
 	defer cancel()
 	c, err := a.ep.Dial(dctx, in.PeerAddr, key, ticket)

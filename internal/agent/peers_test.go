@@ -67,3 +67,37 @@ func TestPeersOneTimeTicket(t *testing.T) {
 		t.Fatal("unbounded introductions")
 	}
 }
+
+// TestPeersWithdraw: a key the MMC withdrew loses its introduction, is
+// refused at the handshake, and cannot be introduced again.
+func TestPeersWithdraw(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := newPeers()
+	p.now = func() time.Time { return now }
+	if err := p.add(intro("migration/m1", 7, 9, now.Add(time.Minute)), 0); err != nil {
+		t.Fatal(err)
+	}
+	var key [32]byte
+	key[0] = 7
+	if n := p.withdraw("peer-a", key); n != 0 {
+		t.Fatalf("closed %d links, there were none", n)
+	}
+	if _, err := p.lookup(key); err == nil {
+		t.Fatal("a withdrawn key still passes the handshake")
+	}
+	if err := p.add(intro("migration/m2", 7, 10, now.Add(time.Minute)), 0); err == nil {
+		t.Fatal("a withdrawn key was introduced again")
+	}
+	if err := p.add(intro("migration/m3", 8, 10, now.Add(time.Minute)), 0); err != nil {
+		t.Fatalf("another key: %v", err)
+	}
+	// The memory of withdrawn keys is bounded.
+	for i := range maxWithdrawn + 10 {
+		var k [32]byte
+		k[1], k[2] = byte(i), byte(i>>8)
+		p.withdraw("x", k)
+	}
+	if len(p.withdrawn) != maxWithdrawn || len(p.order) != maxWithdrawn {
+		t.Fatalf("%d withdrawn keys remembered, bound %d", len(p.withdrawn), maxWithdrawn)
+	}
+}

@@ -183,6 +183,10 @@ func (inv *Inventory) SetAgent(a Agent) {
 	cur.Online = online && a.Managed
 }
 
+// DeleteAgent forgets an agent whose record was deleted (a pending
+// enrolment that expired: it never held VMs nor had a session).
+func (inv *Inventory) DeleteAgent(id string) { delete(inv.agents, id) }
+
 // SetOnline records that agent id's session started or ended. A new
 // session starts with no report: until its first one, its VMs' state is
 // unknown.

@@ -117,6 +117,7 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeTimeReply, TimeReply{T1: 1, T2: 2, T3: 3}},
 		{TypeReport, Report{Time: 1, VMs: []VMReport{{}}}},
 		{TypeAction, Action{ID: 1, Op: "peer.dial", Intro: &Introduction{Topic: "migration/m1", PeerKey: make([]byte, 32), Ticket: make([]byte, 32)}}},
+		{TypeAction, Action{ID: 2, Op: "peer.withdraw", Withdraw: &Withdrawal{PeerID: "0123456789abcdef", PeerKey: make([]byte, 32)}}},
 		{TypeEvent, Event{Seq: 1, Kind: "k", Level: "info", Message: "m"}},
 		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
 		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},

@@ -271,12 +271,21 @@ type Action struct {
 	Workload *hypervisor.Workload `cbor:"5,keyasint,omitempty"`
 	Intro    *Introduction        `cbor:"6,keyasint,omitempty"`
 	Mig      *migration.Order     `cbor:"7,keyasint,omitempty"`
+	Withdraw *Withdrawal          `cbor:"8,keyasint,omitempty"` // peer.withdraw
 }
 
 // Type implements Body.
 func (Action) Type() Type { return TypeAction }
 
 func (m *Action) check() error {
+	if m.Withdraw != nil {
+		if len(m.Withdraw.PeerKey) != 32 {
+			return errors.New("withdrawal: key must be 32 bytes")
+		}
+		if err := identity.CheckLabel(m.Withdraw.PeerID, 128); err != nil {
+			return err
+		}
+	}
 	if m.Intro != nil {
 		if err := m.Intro.check(); err != nil {
 			return err
@@ -291,6 +300,15 @@ func (m *Action) check() error {
 		return m.Mig.Check()
 	}
 	return nil
+}
+
+// Withdrawal is the MMC withdrawing an agent it revoked from another it
+// introduced it to (peer.withdraw): close every direct link with that
+// agent at once, drop any introduction of its key, and admit no new
+// connection from it.
+type Withdrawal struct {
+	PeerID  string `cbor:"1,keyasint"`
+	PeerKey []byte `cbor:"2,keyasint"` // X25519 static public key
 }
 
 // Introduction is the MMC introducing two agents to each other for one job

@@ -116,6 +116,16 @@ func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) 
 	defer clear(ticket[:])
 	expires := s.cfg.Now().Add(introTTL).UnixNano()
 	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
+	// Remembered before either is told: a revocation from now on
+	// reaches the other (links.go).
+	s.reg.intros.add(listener, dialer, s.cfg.Now())
+	for _, k := range [][32]byte{lkey, dkey} {
+		// A revocation published before the add above did not see
+		// it: refuse to introduce a revoked agent.
+		if e, ok := s.reg.lookup(k); !ok || e.state != store.StateApproved {
+			return fmt.Errorf("%w: agent %s is not approved", ErrConflict, e.id)
+		}
+	}
 	s.board.Open(topic, listener, dialer)
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: fmt.Sprintf("introducing %s (%s) to %s (%s)", dialer, ds.name, listener, ls.name)})
 	// The tickets travel only inside the two agents' authenticated,

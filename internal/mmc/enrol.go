@@ -21,110 +21,154 @@ const firstMessageTimeout = 10 * time.Second
 
 // serveEnrol handles a session of a key that is unknown, pending, or
 // approved but not yet in possession of its registration code. Such a
-// session may only enrol: any other message ends it.
+// session may only enrol: any other message ends it. The decisions are
+// enrolSession's (enrolcore.go); this drives it with the connection, the
+// store and the clock.
+//
+// An enrolment slot (MaxEnrolSessions) is held only while the request is
+// read and recorded; a session waiting for a decision holds none, is the
+// only waiting session of its key (a newer one replaces it), and lasts
+// at most EnrolWait. So pending keys cannot keep honest hosts from
+// enrolling, nor keep sessions open for ever.
 func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [32]byte) {
 	select {
 	case s.enrolSlots <- struct{}{}:
-		defer func() { <-s.enrolSlots }()
 	default:
 		s.metrics.refused.WithLabelValues("enrol-busy").Inc()
 		refuse(ctx, c, CodeProtocol, "too many enrolments in progress; retry later", true)
 		return
 	}
-	req, kind, err := message.First[message.EnrolRequest](ctx, c, firstMessageTimeout)
-	if err != nil {
-		if kind != "" {
-			s.badInput(c, "key:"+id, "enrol."+kind, err)
-		}
-		return
-	}
-	req.Facts = req.Facts.Normalize()
-	now := s.cfg.Now()
-
-	// Subscribe before reading the state, so a decision made between the
-	// read and the wait is not missed.
-	wake, unsubscribe := s.reg.subscribe(id)
-	defer unsubscribe()
-	a, err := s.st.Agent(id)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		a, err = s.newEnrolment(c, id, pub, req, now)
-		if errors.Is(err, store.ErrNameTaken) {
-			refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
-			return
-		}
-		if err != nil {
-			return // answered and audited
-		}
-	case err != nil:
-		s.log.Error("mmc: store", "err", err)
-		return
-	case a.PublicKey != pub:
-		// Two keys whose 64-bit ids collide: never mix their records.
-		s.badInput(c, "key:"+id, "enrol.id-collision", errors.New("agent id in use by another key"))
-		return
-	default:
-		// A known key: remember this handshake, so that after a restart a
-		// recording of it is still a replay.
-		if t := c.Session().PeerTime; t.After(a.LastHandshake) {
-			if a, err = s.st.AgentHandshakeSeen(id, t); err != nil {
-				return
-			}
-			s.reg.publish(a)
+	slot := true
+	releaseSlot := func() {
+		if slot {
+			slot = false
+			<-s.enrolSlots
 		}
 	}
+	defer releaseSlot()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
-	// Wait for a decision while the agent stays connected; it reconnects
-	// and asks again if the session drops. Anything it sends meanwhile is
-	// a protocol violation.
+	m := newEnrolSession(pub, s.enrolLimits(), s.cfg.Now())
 	rd := message.NewReader(ctx, c)
 	defer rd.Stop()
+	var wake <-chan struct{}
+	unsubscribe := func() {}
+	defer func() { unsubscribe() }()
+	releaseWait := func() {}
+	defer func() { releaseWait() }()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+
+	var act enrolAction
 	for {
-		switch a.State {
-		case store.StateApproved:
-			if len(a.PendingCode) != identity.CodeLen {
-				refuse(ctx, c, CodeProtocol, "already enrolled", false)
+		switch act.Op {
+		case enrolLookup:
+			// Subscribe before reading the state, so a decision made
+			// between the read and the wait is not missed.
+			unsubscribe()
+			wake, unsubscribe = s.reg.subscribe(id)
+			v, ok := s.enrolLookup(c, id, pub)
+			if !ok {
 				return
 			}
-			s.deliverCode(ctx, c, rd, a)
-			return
-		case store.StateRejected, store.StateRevoked:
-			_ = message.Send(ctx, c, message.EnrolReply{State: string(a.State), AgentID: a.ID, Reason: "enrolment " + string(a.State)})
-			return
-		case store.StatePending:
-			if a.Refusal != "" {
-				// Its approval was refused (the name is taken): tell
-				// the agent why rather than let it wait unknowing; an
-				// administrator's approval, once the name is free,
-				// clears the refusal.
+			act = m.Record(v, s.cfg.Now())
+			continue
+		case enrolCreate:
+			a, err := s.newEnrolment(c, id, pub, m.Request(), s.cfg.Now())
+			if errors.Is(err, store.ErrNameTaken) {
 				refuse(ctx, c, CodeProtocol, nameTakenReason(a.Name), false)
 				return
 			}
-		}
-		if err := message.Send(ctx, c, message.EnrolReply{State: string(store.StatePending), AgentID: a.ID, Facts: a.Facts}); err != nil {
+			if err != nil {
+				return // answered and audited
+			}
+			act = m.Record(enrolView{Found: true, Agent: a}, s.cfg.Now())
+			continue
+		case enrolReply, enrolFinal:
+			if err := message.Send(ctx, c, act.Reply); err != nil || act.Op == enrolFinal {
+				return
+			}
+			if m.Waiting() && slot {
+				releaseSlot()
+				releaseWait = s.reg.claimEnrolWait(id, cancel)
+			}
+		case enrolRefuse:
+			if act.Metric != "" {
+				s.metrics.refused.WithLabelValues(act.Metric).Inc()
+			}
+			if act.Audit != "" {
+				s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.request", Target: id, Source: c.RemoteAddr().String(), Outcome: "denied", Detail: act.Audit})
+			}
+			refuse(ctx, c, CodeProtocol, act.Reason, act.Retry)
+			return
+		case enrolBad:
+			s.badInput(c, "key:"+id, act.Audit, act.Err)
+			return
+		case enrolConfirm:
+			s.confirmCode(c, id, act.Code)
+			return
+		case enrolEnd:
 			return
 		}
+		if m.Done() {
+			return
+		}
+		wait := time.Hour // no deadline: only an event moves the session on
+		if d := m.Deadline(); !d.IsZero() {
+			wait = max(d.Sub(s.cfg.Now()), 0)
+		}
+		timer.Reset(wait)
 		select {
-		case <-wake:
 		case e := <-rd.C:
-			s.badInput(c, "key:"+id, "enrol.unexpected", fmt.Errorf("%v while waiting for a decision", e.Type))
-			return
+			act = m.Message(e, nil)
 		case <-rd.Done:
-			return
+			if err := rd.Err(); errors.Is(err, message.ErrMalformed) {
+				act = m.Message(message.Envelope{}, err)
+				continue
+			}
+			return // the agent went away; it comes back if it cares
+		case <-wake:
+			wake = nil
+			act = m.Wake()
+		case <-timer.C:
+			act = m.Timeout(s.cfg.Now())
 		case <-ctx.Done():
-			return
-		}
-		unsubscribe()
-		wake, unsubscribe = s.reg.subscribe(id)
-		if a, err = s.st.Agent(id); err != nil {
 			return
 		}
 	}
 }
 
+// enrolLimits are the bounds of one enrolment session.
+func (s *Server) enrolLimits() enrolLimits {
+	return enrolLimits{MaxPending: s.cfg.MaxPending, Request: firstMessageTimeout, Wait: s.cfg.EnrolWait, Ack: firstMessageTimeout}
+}
+
+// enrolLookup reads the key's record for an enrolment session; ok is
+// false if the store failed (logged).
+func (s *Server) enrolLookup(c *sudp.Conn, id string, pub [32]byte) (enrolView, bool) {
+	a, err := s.st.Agent(id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return enrolView{Pending: s.reg.pendingCount()}, true
+	case err != nil:
+		s.log.Error("mmc: store", "err", err)
+		return enrolView{}, false
+	}
+	if t := c.Session().PeerTime; a.PublicKey == pub && t.After(a.LastHandshake) {
+		// A known key: remember this handshake, so that after a restart
+		// a recording of it is still a replay.
+		if a, err = s.st.AgentHandshakeSeen(id, t); err != nil {
+			return enrolView{}, false
+		}
+		s.reg.publish(a)
+	}
+	return enrolView{Found: true, Agent: a}, true
+}
+
 // newEnrolment records a new agent: pending, or approved at once with a
-// valid join token. Nothing is stored for a request with a bad token, nor
-// beyond the limit of pending enrolments.
+// valid join token. Nothing is stored for a request with a bad token (the
+// limit of pending enrolments is the session core's to enforce, before).
 func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message.EnrolRequest, now time.Time) (store.Agent, error) {
 	src := c.RemoteAddr()
 	a := store.Agent{
@@ -142,12 +186,6 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 			return a, err
 		}
 		decidedBy = "token:" + tid
-	} else if n := s.reg.pendingCount(); n >= s.cfg.MaxPending {
-		s.metrics.refused.WithLabelValues("pending-full").Inc()
-		s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.request", Target: id, Source: src.String(), Outcome: "denied",
-			Detail: fmt.Sprintf("%d enrolments already pending (limit %d)", n, s.cfg.MaxPending)})
-		refuse(context.Background(), c, CodeProtocol, "too many pending enrolments; retry later", true)
-		return a, errors.New("too many pending enrolments")
 	}
 	if err := s.st.CreateAgent(a); err != nil {
 		// A concurrent enrolment of the same key won the race.
@@ -187,31 +225,13 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 	return tid, nil
 }
 
-// deliverCode sends an approved agent its registration code and waits for
-// the agent to confirm it stored it; only then does the MMC forget M and
-// switch the key to full sessions.
-func (s *Server) deliverCode(ctx context.Context, c *sudp.Conn, rd *message.Reader, a store.Agent) {
-	code := a.PendingCode
-	err := message.Send(ctx, c, message.EnrolReply{State: string(store.StateApproved), AgentID: a.ID, Code: code, Facts: a.Facts})
-	if err != nil {
-		return
-	}
-	select {
-	case e := <-rd.C:
-		if e.Type != message.TypeEnrolAck {
-			s.badInput(c, "key:"+a.ID, "enrol.unexpected", fmt.Errorf("%v instead of an enrolment ack", e.Type))
-			return
-		}
-	case <-rd.Done:
-		return // the agent will come back for it
-	case <-time.After(firstMessageTimeout):
-		return
-	case <-ctx.Done():
-		return
-	}
-	// Only the code this session delivered is confirmed: a newer
-	// approval's code must not be wiped by a stale session.
-	a, err = s.st.ConfirmCode(a.ID, code)
+// confirmCode records that the agent confirmed it stored the code this
+// session delivered; only then does the MMC forget M and switch the key
+// to full sessions. Only that code is confirmed: a newer approval's code
+// must not be wiped by a stale session.
+func (s *Server) confirmCode(c *sudp.Conn, id string, code []byte) {
+	defer clear(code)
+	a, err := s.st.ConfirmCode(id, code)
 	if err != nil {
 		s.log.Error("mmc: store", "err", err)
 		return
@@ -269,6 +289,7 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 	if to == store.StateRevoked {
 		// Once: the store refuses to revoke an agent twice.
 		s.revoked(a)
+		s.revokeLinks(a)
 	}
 	return a, nil
 }

@@ -145,6 +145,12 @@ func (m invMirror) agentChanged(a store.Agent) {
 	m.s.invMu.Unlock()
 }
 
+func (m invMirror) agentRemoved(id string) {
+	m.s.invMu.Lock()
+	m.s.inv.DeleteAgent(id)
+	m.s.invMu.Unlock()
+}
+
 func (m invMirror) onlineChanged(id string, online bool) {
 	m.s.invMu.Lock()
 	m.s.inv.SetOnline(id, online)

@@ -21,6 +21,8 @@ type metrics struct {
 	boardDropped    prometheus.Counter
 	reports         prometheus.Counter
 	eventsDropped   prometheus.Counter
+	pendingExpired  prometheus.Counter
+	peerWithdrawals prometheus.Counter
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
@@ -47,6 +49,8 @@ func newMetrics() *metrics {
 		boardDropped:    c("board_posts_dropped_total", "Blackboard entries posted on a topic that had ended or was unknown."),
 		reports:         c("reports_total", "Load reports received from agents."),
 		eventsDropped:   c("agent_events_dropped_total", "Agents' events (log lines, alarms) not stored: the agent sent more than its rate allows."),
+		pendingExpired:  c("pending_expired_total", "Pending enrolments that expired without a decision (agent.expire)."),
+		peerWithdrawals: c("peer_withdrawals_total", "Agents told to close their direct links with a revoked agent."),
 		vmAlarms: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_vm_alarms_total",
 			Help: "Inventory alarms raised: a VM reported that the MMC has no record of (vm-unknown), reported by another agent than the one it is placed on (vm-misplaced), or left unmanaged by a revocation (vm-unmanaged)."}, []string{"kind"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
@@ -60,5 +64,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.refused, m.badMessages, m.vmAlarms}
 }

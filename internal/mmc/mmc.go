@@ -89,7 +89,8 @@ type Config struct {
 	// reports (default 5 s).
 	PolicyInterval time.Duration
 	// MaxPending bounds enrolments waiting for a decision (default 1000);
-	// MaxEnrolSessions the enrolment sessions open at once (default 256).
+	// MaxEnrolSessions the enrolment requests being read and recorded at
+	// once (default 256; a session waiting for a decision holds none).
 	// Anyone holding the bundle can start an enrolment: these bound what
 	// that costs the MMC.
 	MaxPending, MaxEnrolSessions int
@@ -101,6 +102,12 @@ type Config struct {
 	Logger          *slog.Logger
 	Rand            io.Reader
 	Now             func() time.Time
+
+	// EnrolWait bounds how long a pending enrolment session waits for a
+	// decision before the MMC tells the agent to ask again (default 1
+	// min); PendingTTL how long a pending record waits for one before it
+	// expires and its key may enrol afresh (default 24 h).
+	EnrolWait, PendingTTL time.Duration
 }
 
 func (c *Config) defaults() {
@@ -139,6 +146,12 @@ func (c *Config) defaults() {
 	}
 	if c.AuditMaxEntries == 0 {
 		c.AuditMaxEntries = DefaultAuditMaxEntries
+	}
+	if c.EnrolWait <= 0 {
+		c.EnrolWait = time.Minute
+	}
+	if c.PendingTTL <= 0 {
+		c.PendingTTL = 24 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -406,7 +419,7 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(4)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
@@ -414,6 +427,10 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries)
+	}()
+	go func() {
+		defer wg.Done()
+		s.runExpiry(ctx)
 	}()
 	go func() {
 		defer wg.Done()

@@ -28,16 +28,24 @@ type registry struct {
 	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
 	sessions map[string]*session                   // live, by agent id
 	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
+	// enrolWait holds, per key, the one enrolment session waiting for a
+	// decision (claimEnrolWait): a newer session of the key ends it.
+	enrolWait map[string]*enrolClaim
 	// hostAgent maps a host name to the key of the one approved agent
 	// holding it (see indexName): actions and migrations for a host go
 	// to that agent's session only.
 	hostAgent map[string][32]byte
+
+	// intros remembers introductions between agents (links.go); it
+	// has a lock of its own.
+	intros *introductions
 }
 
 // registryMirror is what follows the registry's changes (the inventory:
 // whether an agent is managed, whether it is online).
 type registryMirror interface {
 	agentChanged(store.Agent)
+	agentRemoved(id string)
 	onlineChanged(id string, online bool)
 }
 
@@ -63,6 +71,8 @@ func newRegistry(m registryMirror) *registry {
 		byKey:     make(map[[32]byte]*agentEntry),
 		sessions:  make(map[string]*session),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
+		enrolWait: make(map[string]*enrolClaim),
+		intros:    newIntroductions(),
 		hostAgent: make(map[string][32]byte),
 	}
 }
@@ -324,6 +334,53 @@ func (r *registry) wake(id string) {
 	}
 	delete(r.waiters, id)
 	r.mu.Unlock()
+}
+
+// enrolClaim is an enrolment session waiting for a decision.
+type enrolClaim struct{ stop func() }
+
+// claimEnrolWait makes the calling session the one enrolment session of
+// id waiting for a decision, ending (stop) the one it replaces: a key
+// holds at most one waiting session, however many it opens. The returned
+// function withdraws the claim if it is still the current one.
+func (r *registry) claimEnrolWait(id string, stop func()) func() {
+	cl := &enrolClaim{stop: stop}
+	r.mu.Lock()
+	old := r.enrolWait[id]
+	r.enrolWait[id] = cl
+	r.mu.Unlock()
+	if old != nil {
+		old.stop()
+	}
+	return func() {
+		r.mu.Lock()
+		if r.enrolWait[id] == cl {
+			delete(r.enrolWait, id)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// enrolWaiting is the number of enrolment sessions waiting for a decision.
+func (r *registry) enrolWaiting() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.enrolWait)
+}
+
+// remove forgets an expired pending record (its key is unknown again).
+// Only a pending record is removed: a decision published meanwhile
+// stays.
+func (r *registry) remove(a store.Agent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.byKey[a.PublicKey]; e == nil || e.state != store.StatePending || e.id != a.ID {
+		return
+	}
+	delete(r.byKey, a.PublicKey)
+	if r.mirror != nil {
+		r.mirror.agentRemoved(a.ID)
+	}
 }
 
 // final reports whether an agent state is one no decision leaves.

@@ -26,6 +26,8 @@ func (m *fakeMirror) agentChanged(a store.Agent) {
 	m.mu.Unlock()
 }
 
+func (m *fakeMirror) agentRemoved(string) {}
+
 func (m *fakeMirror) onlineChanged(id string, online bool) {
 	m.mu.Lock()
 	m.online[id] = online

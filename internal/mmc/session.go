@@ -128,6 +128,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		return
 	}
 	s.pushPolicy(ctx, ss)
+	s.sendOwedWithdrawals(ctx, ss)
 	s.sessionLoop(ctx, ss, a.ReauthKey)
 }
 

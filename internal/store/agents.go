@@ -154,6 +154,7 @@ func init() {
 	register(func() Command { return &AgentHandshake{} })
 	register(func() Command { return &AgentDecide{} })
 	register(func() Command { return &AgentCodeConfirmed{} })
+	register(func() Command { return &AgentExpire{} })
 }
 
 // Kind implements Command.
@@ -162,6 +163,7 @@ func (*AgentLogin) Kind() CommandKind         { return "agent.login" }
 func (*AgentHandshake) Kind() CommandKind     { return "agent.handshake" }
 func (*AgentDecide) Kind() CommandKind        { return "agent.decide" }
 func (*AgentCodeConfirmed) Kind() CommandKind { return "agent.code-confirmed" }
+func (*AgentExpire) Kind() CommandKind        { return "agent.expire" }
 
 func (c *AgentCreate) apply(tx *bolt.Tx) (any, error) {
 	if c.Agent.ID == "" {
@@ -280,6 +282,36 @@ func (c *AgentCodeConfirmed) apply(tx *bolt.Tx) (any, error) {
 	a.PendingCode = nil
 	return a, put(tx, bucketAgents, a.ID, a)
 }
+
+// AgentExpire deletes a pending agent record that waited too long for a
+// decision, on condition that it is still pending and was enrolled at or
+// before EnrolledBefore: an approval or rejection that landed first wins,
+// and so does a newer enrolment of the same key. Anyone holding the
+// bundle can create pending records, so they must not last for ever: an
+// expired key is unknown again and may enrol afresh (the audit log keeps
+// the trail). At is when the MMC expired it, for the audit.
+type AgentExpire struct {
+	ID             string    `json:"id"`
+	EnrolledBefore time.Time `json:"enrolled_before"`
+	At             time.Time `json:"at"`
+}
+
+func (c *AgentExpire) apply(tx *bolt.Tx) (any, error) {
+	a, err := get[Agent](tx, bucketAgents, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	if a.State != StatePending {
+		return nil, fmt.Errorf("%w: agent %s is %s, not pending", ErrConflict, a.ID, a.State)
+	}
+	if a.EnrolledAt.After(c.EnrolledBefore) {
+		return nil, fmt.Errorf("%w: agent %s enrolled at %s, after %s", ErrConflict, a.ID, a.EnrolledAt.Format(time.RFC3339), c.EnrolledBefore.Format(time.RFC3339))
+	}
+	return a, tx.Bucket(bucketAgents).Delete([]byte(a.ID))
+}
+
+// ExpireAgent applies AgentExpire and returns the record it deleted.
+func (s *Store) ExpireAgent(c AgentExpire) (Agent, error) { return applyAs[Agent](s, &c) }
 
 // CreateAgent applies AgentCreate.
 func (s *Store) CreateAgent(a Agent) error {

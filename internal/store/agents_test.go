@@ -334,3 +334,43 @@ func TestEventsSeenFolded(t *testing.T) {
 		return nil
 	})
 }
+
+// AgentExpire deletes a pending record enrolled at or before the cutoff,
+// and nothing else: a decided agent, or a newer enrolment of the key,
+// stays; an expired key can be created again.
+func TestAgentExpire(t *testing.T) {
+	s := openTest(t)
+	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	for _, id := range []string{"old", "new", "ok"} {
+		enrolled := at
+		if id == "new" {
+			enrolled = at.Add(time.Hour)
+		}
+		if err := s.CreateAgent(Agent{ID: id, Name: id, State: StatePending, EnrolledAt: enrolled}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := decide(s, "ok", StateApproved); err != nil {
+		t.Fatal(err)
+	}
+	cut := AgentExpire{EnrolledBefore: at, At: at.Add(24 * time.Hour)}
+	for id, want := range map[string]error{"old": nil, "new": ErrConflict, "ok": ErrConflict, "gone": ErrNotFound} {
+		c := cut
+		c.ID = id
+		a, err := s.ExpireAgent(c)
+		if !errors.Is(err, want) || (want == nil && a.ID != id) {
+			t.Errorf("expire %s: %+v %v, want %v", id, a, err, want)
+		}
+	}
+	if _, err := s.Agent("old"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired record still there: %v", err)
+	}
+	for _, id := range []string{"new", "ok"} {
+		if _, err := s.Agent(id); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if err := s.CreateAgent(Agent{ID: "old", Name: "old", State: StatePending, EnrolledAt: at.Add(25 * time.Hour)}); err != nil {
+		t.Fatalf("an expired key enrols again: %v", err)
+	}
+}

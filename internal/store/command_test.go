@@ -45,6 +45,7 @@ func TestCommandEncoding(t *testing.T) {
 		&AgentDecide{ID: "a1", To: StateApproved, By: "token:0123456789abcdef", At: at, Credentials: creds(3)},
 		&AgentDecide{ID: "a1", To: StateRevoked, By: "admin", At: at},
 		&AgentCodeConfirmed{ID: "a1", CodeHash: [32]byte{4}},
+		&AgentExpire{ID: "a1", EnrolledBefore: at, At: at.Add(time.Hour)},
 		&TokenCreate{Token: Token{ID: "0123456789abcdef", Hash: [32]byte{5}, Created: at, Expires: at.Add(time.Hour), UsesLeft: 2, CreatedBy: "admin"}},
 		&TokenUse{ID: "0123456789abcdef", SecretHash: [32]byte{5}, At: at},
 		&AuditAppend{Entries: []AuditEntry{{Time: at, Actor: "admin", Action: "agent.approve", Target: "a1", Source: "127.0.0.1:1", Outcome: "ok", Detail: "by admin"}}},

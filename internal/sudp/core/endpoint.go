@@ -138,6 +138,7 @@ func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk
 	if err != nil {
 		return nil, err
 	}
+	c.enableRehandshake(e.cfg.Static)
 	e.conns[cid] = c
 	return c, nil
 }
@@ -161,7 +162,7 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 		cid = binary.BigEndian.Uint64(pkt[12:20])
 	case wire.TypeCookieReply:
 		cid = binary.BigEndian.Uint64(pkt[4:12])
-	case wire.TypeData:
+	case wire.TypeData, wire.TypeRekey:
 		cid = binary.BigEndian.Uint64(pkt[2:10])
 	default:
 		e.stats.Malformed.Add(1)
@@ -205,6 +206,7 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	c.enableRehandshake(e.cfg.Static)
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
 		delete(e.conns, old.localCID)
 		replaced = old

@@ -15,6 +15,9 @@ type totals struct {
 	datagramsSent, datagramsRecv, datagramsDropped uint64
 	keyUpdates, pathChanges                        uint64
 	recvBudgetRanges, recvBudgetMemory             uint64
+	rekeyDone, rekeyStarted, rekeyReplay           uint64
+	rekeyRejected, rekeyCollision, rekeyLimited    uint64
+	keyExpiredWaits                                uint64
 }
 
 func (t *totals) add(s *core.ConnStats) {
@@ -36,6 +39,13 @@ func (t *totals) add(s *core.ConnStats) {
 	t.pathChanges += s.PathChanges
 	t.recvBudgetRanges += s.RecvBudgetRanges
 	t.recvBudgetMemory += s.RecvBudgetMemory
+	t.rekeyDone += s.Rehandshakes
+	t.rekeyStarted += s.RehandshakesStarted
+	t.rekeyReplay += s.RehandshakeReplays
+	t.rekeyRejected += s.RehandshakeRejected
+	t.rekeyCollision += s.RehandshakeCollisions
+	t.rekeyLimited += s.RehandshakeLimited
+	t.keyExpiredWaits += s.KeyExpiredWaits
 }
 
 // Totals returns the endpoint's connection counters summed over live and
@@ -63,7 +73,7 @@ type Collector struct {
 
 	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
 	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
-	recvBudget                                              *prometheus.Desc
+	recvBudget, rehandshakes, keyExpiredWaits               *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -87,13 +97,17 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 		pathChanges:   d("path_changes_total", "Peer address changes (NAT rebinding)."),
 		recvBudget: d("receive_budget_closes_total", "Connections closed because the peer crossed the receive budget (close code 6), by bound: "+
 			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
+		rehandshakes: d("rehandshakes_total", "Re-handshake (fresh DH rekey) events: completed, started (our initiations), "+
+			"replay (message of an epoch already begun), rejected (failed authentication), collision (initiations crossed), "+
+			"rate_limited (Noise work refused).", "event"),
+		keyExpiredWaits: d("key_expired_waits_total", "Times a send key reached its hard limit and sending waited for a re-handshake (an outage)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.rehandshakes, c.keyExpiredWaits} {
 		ch <- d
 	}
 }
@@ -136,6 +150,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.pathChanges, t.pathChanges)
 	counter(c.recvBudget, t.recvBudgetRanges, "ranges")
 	counter(c.recvBudget, t.recvBudgetMemory, "memory")
+	counter(c.rehandshakes, t.rekeyDone, "completed")
+	counter(c.rehandshakes, t.rekeyStarted, "started")
+	counter(c.rehandshakes, t.rekeyReplay, "replay")
+	counter(c.rehandshakes, t.rekeyRejected, "rejected")
+	counter(c.rehandshakes, t.rekeyCollision, "collision")
+	counter(c.rehandshakes, t.rekeyLimited, "rate_limited")
+	counter(c.keyExpiredWaits, t.keyExpiredWaits)
 }
 
 var _ prometheus.Collector = (*Collector)(nil)

@@ -150,6 +150,21 @@ func (c *Conn) sendKeyExpired(now time.Time) bool {
 	return k.used && c.nextPN-k.firstPN >= max(2*c.cfg.KeyUpdatePackets, 1<<23)
 }
 
+// checkKeyExpiry notes when the send key reaches its hard limit. A
+// connection that cannot re-handshake (no static key) closes then, as it
+// has no other way to a fresh key.
+func (c *Conn) checkKeyExpiry(now time.Time) {
+	if c.keyExpired || !c.sendKeyExpired(now) {
+		return
+	}
+	if len(c.rk.static.Private) == 0 {
+		c.closeLocal(now, CodeKeyExpired, "key generation expired before the peer acknowledged it", nil)
+		return
+	}
+	c.keyExpired = true
+	c.stats.KeyExpiredWaits++
+}
+
 // rekeyInProgress: an initiation of ours awaits its answer, or the peer's
 // awaits proof that it arrived.
 func (c *Conn) rekeyInProgress() bool { return c.rk.hs != nil || c.rk.respPkt != nil }

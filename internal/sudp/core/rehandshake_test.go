@@ -171,8 +171,7 @@ func TestExpiredSenderAfterOutageClosed(t *testing.T) {
 	c, srv := s.conn[0], s.conn[1]
 	// The client neither updates nor re-handshakes nor respects the limit.
 	c.cfg.KeyUpdateInterval, c.cfg.KeyRejectAfter, c.cfg.RehandshakeInterval = time.Hour, 2*time.Hour, -1
-	c.rk.static = noise.DHKey{}
-	srv.rk.static = noise.DHKey{} // and the server does not offer one
+	c.rk.static = noise.DHKey{} // (it ignores the server's re-handshake)
 	outageEnd := s.now.Add(5 * time.Minute)
 	s.drop = func(int) bool { return s.now.Before(outageEnd) }
 	advance(s, 5*time.Minute)
@@ -184,8 +183,28 @@ func TestExpiredSenderAfterOutageClosed(t *testing.T) {
 		advance(s, 50*time.Millisecond)
 	}
 	var ce *CloseError
-	if err := srv.Err(); !errors.As(err, &ce) || ce.Code != CodeKeyExpired || ce.Remote {
-		t.Fatalf("server: %v, want a local close with CodeKeyExpired", err)
+	if err := srv.Err(); !errors.As(err, &ce) || ce.Code != CodeKeyExpired || ce.Remote || ce.Reason != "peer did not update its key" {
+		t.Fatalf("server: %v, want a local close with CodeKeyExpired for the peer's key", err)
+	}
+	if st := srv.Stats(); st.KeyExpiredWaits == 0 || st.RehandshakesStarted == 0 {
+		t.Fatalf("the server's own key did not wait for a re-handshake during the outage: %+v", st)
+	}
+}
+
+// TestKeyExpiryWithoutRehandshakeCloses: a connection that cannot
+// re-handshake (no static key) still closes with CodeKeyExpired when its
+// send key cannot be updated, as it has no other way to a fresh key.
+func TestKeyExpiryWithoutRehandshakeCloses(t *testing.T) {
+	s := handshakeSim(t, 39, link{delay: 10 * time.Millisecond}, Config{IdleTimeout: 10 * time.Minute})
+	c := s.conn[0]
+	c.rk.static = noise.DHKey{}
+	s.drop = func(int) bool { return true }
+	// The generation acknowledged before the outage is updated at 2 min;
+	// the next one can never be, and expires 3 min later.
+	advance(s, 6*time.Minute)
+	var ce *CloseError
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != CodeKeyExpired || ce.Remote {
+		t.Fatalf("client: %v, want a local close with CodeKeyExpired", err)
 	}
 }
 
@@ -501,5 +520,42 @@ func TestRehandshakeRateLimit(t *testing.T) {
 	}
 	if srv.Err() != nil || srv.rk.epoch != 0 {
 		t.Fatal("junk changed the connection")
+	}
+}
+
+// TestNoDataUnderExpiredKey: data the application writes while the send key
+// is expired (mid-outage, with the congestion window open) waits for the
+// re-handshake instead of leaving under the expired key, and arrives once
+// the path is back.
+func TestNoDataUnderExpiredKey(t *testing.T) {
+	s := handshakeSim(t, 40, link{delay: 10 * time.Millisecond}, Config{IdleTimeout: 15 * time.Minute})
+	c, srv := s.conn[0], s.conn[1]
+	checkNoExpiredSends(t, s)
+	outageEnd := s.now.Add(8 * time.Minute)
+	s.drop = func(int) bool { return s.now.Before(outageEnd) }
+	advance(s, 6*time.Minute) // past the hard limit of the generation after the 2-min update
+	if !c.keyExpired {
+		t.Fatal("the client's key has not expired")
+	}
+	id, err := c.OpenStream(true, PriorityNormal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("written while the key was expired")
+	if _, err := c.StreamWrite(id, msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StreamCloseWrite(id); err != nil {
+		t.Fatal(err)
+	}
+	advance(s, 3*time.Minute) // the path returns at 8 min
+	sid, ok := srv.AcceptStream(true)
+	if !ok {
+		t.Fatalf("message not delivered after the outage (client %v, server %v)", c.Err(), srv.Err())
+	}
+	buf := make([]byte, 100)
+	n, fin, err := srv.StreamRead(sid, buf)
+	if err != nil || !fin || !bytes.Equal(buf[:n], msg) {
+		t.Fatalf("read %q fin=%v err=%v", buf[:n], fin, err)
 	}
 }

@@ -458,9 +458,9 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 		return
 	}
 	k := c.sendKey
-	if !c.keyExpired && c.sendKeyExpired(now) {
-		c.keyExpired = true
-		c.stats.KeyExpiredWaits++
+	c.checkKeyExpiry(now)
+	if c.state != stateEstablished && c.state != stateHandshake {
+		return
 	}
 	if !k.used {
 		return

@@ -93,9 +93,9 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		c.forget()
 		return
 	}
-	if !c.keyExpired && c.sendKeyExpired(now) {
-		c.keyExpired = true
-		c.stats.KeyExpiredWaits++
+	c.checkKeyExpiry(now)
+	if c.state != stateEstablished {
+		return
 	}
 	c.rekeyTimeout(now)
 	if c.recvPrev != nil && !now.Before(c.prevDiscardAt) {

@@ -177,8 +177,15 @@ func (c *Conn) rekeyDueAt() time.Time {
 		return time.Time{}
 	}
 	near := c.sendKeyStart.Add((c.cfg.KeyUpdateInterval + c.cfg.KeyRejectAfter) / 2)
-	if c.cfg.RehandshakeInterval > 0 {
-		if t := c.rk.last.Add(c.cfg.RehandshakeInterval); t.Before(near) {
+	if iv := c.cfg.RehandshakeInterval; iv > 0 {
+		if !c.client {
+			// The periodic one is the client's to start; the server's
+			// comes a quarter interval later, as a backstop, so the two
+			// rarely collide (they would at every interval otherwise:
+			// both count from the same completion).
+			iv += iv / 4
+		}
+		if t := c.rk.last.Add(iv); t.Before(near) {
 			return t
 		}
 	}

@@ -559,3 +559,40 @@ func TestNoDataUnderExpiredKey(t *testing.T) {
 		t.Fatalf("read %q fin=%v err=%v", buf[:n], fin, err)
 	}
 }
+
+// TestStuckUpdateRehandshakes: when the peer's acknowledgements are lost (a
+// one-way outage), the sender cannot update its key along the hash chain;
+// as the generation nears its hard limit a re-handshake (whose messages
+// still get through here) gives it a fresh key before the limit, so it
+// never has to stop sending.
+func TestStuckUpdateRehandshakes(t *testing.T) {
+	cfg := Config{RehandshakeInterval: -1, IdleTimeout: 10 * time.Minute}
+	s := handshakeSim(t, 41, link{delay: 10 * time.Millisecond}, cfg)
+	c := s.conn[0]
+	checkNoExpiredSends(t, s)
+	// Everything the server sends but its re-handshake messages is lost.
+	s.dropPkt = func(from int, b []byte) bool { return from == 1 && b[0] == wire.TypeData }
+	start := s.now
+	var firstRekey time.Duration
+	// (The generation acknowledged before the loss began is updated at
+	// 2 min; the next one is stuck.)
+	for s.now.Sub(start) < 7*time.Minute {
+		if id, err := c.OpenStream(false, PriorityNormal); err == nil {
+			c.StreamWrite(id, []byte("tick"))
+			c.StreamCloseWrite(id)
+		}
+		keyStart := c.sendKeyStart
+		advance(s, time.Second)
+		if firstRekey == 0 && c.Stats().Rehandshakes > 0 {
+			firstRekey = s.now.Sub(keyStart)
+		}
+	}
+	st := c.Stats()
+	t.Logf("first re-handshake %v into the stuck generation; %d re-handshakes in 7 min, %d key updates", firstRekey, st.Rehandshakes, st.KeyUpdates)
+	if c.Err() != nil || st.Rehandshakes == 0 || st.KeyExpiredWaits != 0 {
+		t.Fatalf("err %v, re-handshakes %d, expired-key waits %d", c.Err(), st.Rehandshakes, st.KeyExpiredWaits)
+	}
+	if firstRekey < c.cfg.KeyUpdateInterval || firstRekey >= c.cfg.KeyRejectAfter {
+		t.Fatalf("first re-handshake %v into the generation; want between the update (%v) and the hard limit (%v)", firstRekey, c.cfg.KeyUpdateInterval, c.cfg.KeyRejectAfter)
+	}
+}

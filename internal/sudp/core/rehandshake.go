@@ -144,10 +144,25 @@ func (c *Conn) sendKeyExpired(now time.Time) bool {
 	if k == nil {
 		return false
 	}
-	if now.Sub(c.sendKeyStart) >= c.cfg.KeyRejectAfter {
+	if now.Sub(c.sendKeyStart) >= c.cfg.KeyRejectAfter || c.epochExpired(now) {
 		return true
 	}
 	return k.used && c.nextPN-k.firstPN >= max(2*c.cfg.KeyUpdatePackets, 1<<23)
+}
+
+// epochExpired reports whether the newest Diffie–Hellman (the handshake or
+// the last re-handshake) is older than RehandshakeInterval + KeyRejectAfter:
+// every key descending from it by the hash chain is then past its limit.
+// Without this, an on-path attacker who holds a leaked traffic key could
+// drop the re-handshake messages (their type byte is visible) and keep
+// following the hash chain; with it, traffic stops instead, as WireGuard's
+// does at RejectAfterTime.
+func (c *Conn) epochExpired(now time.Time) bool {
+	iv := c.cfg.RehandshakeInterval
+	if iv <= 0 || len(c.rk.static.Private) == 0 {
+		return false
+	}
+	return now.Sub(c.rk.last) >= iv+c.cfg.KeyRejectAfter
 }
 
 // checkKeyExpiry notes when the send key reaches its hard limit. A

@@ -596,3 +596,53 @@ func TestStuckUpdateRehandshakes(t *testing.T) {
 		t.Fatalf("first re-handshake %v into the generation; want between the update (%v) and the hard limit (%v)", firstRekey, c.cfg.KeyUpdateInterval, c.cfg.KeyRejectAfter)
 	}
 }
+
+// TestRehandshakeSuppressed: an on-path attacker who holds a leaked
+// traffic key drops every re-handshake message (their type byte is
+// visible) to keep the hash chain — which the key follows — going. The
+// ends stop sending once the newest Diffie–Hellman is
+// RehandshakeInterval + KeyRejectAfter old, instead of protecting traffic
+// with keys the attacker can derive; when the messages get through again,
+// they rekey and the stream completes.
+func TestRehandshakeSuppressed(t *testing.T) {
+	cfg := Config{KeyUpdateInterval: 200 * time.Millisecond, RehandshakeInterval: time.Second, IdleTimeout: time.Minute}
+	s := handshakeSim(t, 42, link{delay: 10 * time.Millisecond, rate: 20e6, queue: 20_000}, cfg)
+	c, srv := s.conn[0], s.conn[1]
+	leak := keyCopy{secret: c.sendKey.secret, gen: c.sendKey.gen}
+	epochStart := c.rk.last
+	limit := cfg.RehandshakeInterval + c.cfg.KeyRejectAfter
+	suppressUntil := s.now.Add(5 * time.Second)
+	s.dropPkt = func(from int, b []byte) bool { return b[0] == wire.TypeRekey && s.now.Before(suppressUntil) }
+	var late, leaked, lateLeaked int
+	s.onSend = func(side int, b []byte) {
+		if side != 0 || b[0] != wire.TypeData || c.state != stateEstablished {
+			return
+		}
+		opened := leak.opens(t, b, 12)
+		if opened {
+			leaked++
+		}
+		if s.now.Sub(epochStart) >= limit && c.rk.epoch == 0 {
+			late++
+			if opened {
+				lateLeaked++
+			}
+		}
+	}
+	const n = 20 << 20
+	if read := streamTransfer(t, s, n, 30*time.Second, nil); read != n {
+		t.Fatalf("read %d of %d (client %v, server %v)", read, n, c.Err(), srv.Err())
+	}
+	st := c.Stats()
+	t.Logf("leaked key opened %d client packets, %d of them after the epoch limit; expired-key waits %d; re-handshakes %d (started %d); done %v after the suppression ended",
+		leaked, lateLeaked, st.KeyExpiredWaits, st.Rehandshakes, st.RehandshakesStarted, s.now.Sub(suppressUntil))
+	if leaked == 0 {
+		t.Fatal("the leaked key opened nothing: the test does not model the hash chain's exposure")
+	}
+	if late != 0 || st.KeyExpiredWaits == 0 {
+		t.Fatalf("%d data packets sent past the epoch limit %v (expired-key waits %d)", late, limit, st.KeyExpiredWaits)
+	}
+	if st.Rehandshakes == 0 || s.now.Before(suppressUntil) {
+		t.Fatalf("the transfer did not wait for the re-handshake (%d done)", st.Rehandshakes)
+	}
+}

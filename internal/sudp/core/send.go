@@ -473,10 +473,9 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 	if !c.sendGenAcked {
 		// A side that only sends ACKs never has a packet acknowledged:
 		// make the next packet ack-eliciting so the update can proceed.
-		// (Only with nothing ack-eliciting in flight: otherwise its ACK
-		// or probe timeout comes, and during an outage every call here
-		// would add a PING to the path.)
-		if c.rec.ackElicitingInFlight == 0 {
+		// At most one per PTO: during an outage every call here would
+		// otherwise add a PING to the path.
+		if c.rec.ackElicitingInFlight == 0 || now.Sub(c.rec.lastElicitingSent) >= c.rec.pto() {
 			c.pingPending = true
 		}
 		return
@@ -491,6 +490,6 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 	c.sendKeyBytes = 0
 	c.sendGenAcked = false
 	c.keyUpdateFrame = true
-	c.keyExpired = false
+	c.keyExpired = c.epochExpired(now) // a hash-chain step does not renew an expired epoch
 	c.stats.KeyUpdates++
 }

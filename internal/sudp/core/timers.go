@@ -46,6 +46,9 @@ func (c *Conn) NextTimeout() time.Time {
 	}
 	if c.sendKey != nil && !c.keyExpired {
 		set(c.sendKeyStart.Add(c.cfg.KeyRejectAfter))
+		if iv := c.cfg.RehandshakeInterval; iv > 0 && len(c.rk.static.Private) != 0 {
+			set(c.rk.last.Add(iv + c.cfg.KeyRejectAfter))
+		}
 	}
 	if c.rk.hs != nil {
 		set(c.rk.initNext)

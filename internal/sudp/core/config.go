@@ -76,7 +76,11 @@ type Config struct {
 	// key stops opening packets at the next one. A re-handshake also
 	// starts whenever the send key nears KeyRejectAfter (its update is
 	// stuck), and is how a connection whose keys all expired during an
-	// outage rekeys when the peer is heard again. Negative: only those.
+	// outage rekeys when the peer is heard again. Keys that descend from
+	// a Diffie–Hellman older than RehandshakeInterval + KeyRejectAfter
+	// are expired (nothing is sent under them), so dropping the
+	// re-handshake does not keep a leaked key useful. Negative: no
+	// periodic re-handshake and no such limit.
 	RehandshakeInterval time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64

@@ -54,8 +54,14 @@ const (
 	// switch a dead link should end the migration soon, the source still
 	// running; after it neither copy is whole, and a link that outlives
 	// an outage lets the transport resume the transfer by itself, where
-	// a closed one would leave QEMU postcopy-paused.
-	postcopyIdleTimeout = 10 * time.Minute
+	// a closed one would leave QEMU postcopy-paused. 10 minutes of
+	// total silence must be survivable: the idle timer counts from the
+	// last packet before the outage, and the first one after it may come
+	// up to one re-handshake retry interval (5 s) late, hence the margin.
+	// (The transport's key hard limit no longer ends the link first: an
+	// expired key waits for a re-handshake, sudp/core
+	// TestOutageRekeyOnReturn.)
+	postcopyIdleTimeout = 11 * time.Minute
 )
 
 type job struct {

@@ -17,6 +17,9 @@ type totals struct {
 	pathProbes, pathProbesFailed                   uint64
 	statelessResets                                uint64
 	recvBudgetRanges, recvBudgetMemory             uint64
+	rekeyDone, rekeyStarted, rekeyReplay           uint64
+	rekeyRejected, rekeyCollision, rekeyLimited    uint64
+	keyExpiredWaits                                uint64
 }
 
 func (t *totals) add(s *core.ConnStats) {
@@ -41,6 +44,13 @@ func (t *totals) add(s *core.ConnStats) {
 	t.statelessResets += s.StatelessResets
 	t.recvBudgetRanges += s.RecvBudgetRanges
 	t.recvBudgetMemory += s.RecvBudgetMemory
+	t.rekeyDone += s.Rehandshakes
+	t.rekeyStarted += s.RehandshakesStarted
+	t.rekeyReplay += s.RehandshakeReplays
+	t.rekeyRejected += s.RehandshakeRejected
+	t.rekeyCollision += s.RehandshakeCollisions
+	t.rekeyLimited += s.RehandshakeLimited
+	t.keyExpiredWaits += s.KeyExpiredWaits
 }
 
 // Totals returns the endpoint's connection counters summed over live and
@@ -66,9 +76,9 @@ func (e *Endpoint) totals() (totals, int) {
 type Collector struct {
 	ep *Endpoint
 
-	conns, packets, bytes, streamBytes, retransmitted, lost *prometheus.Desc
-	dropped, handshakes, datagrams, keyUpdates, pathChanges *prometheus.Desc
-	recvBudget, handshakeState, pathValidation, resets      *prometheus.Desc
+	conns, packets, bytes, streamBytes, retransmitted, lost                           *prometheus.Desc
+	dropped, handshakes, datagrams, keyUpdates, pathChanges                           *prometheus.Desc
+	recvBudget, handshakeState, pathValidation, resets, rehandshakes, keyExpiredWaits *prometheus.Desc
 }
 
 // NewCollector returns a collector for ep; constLabels (e.g. the role)
@@ -98,13 +108,17 @@ func NewCollector(ep *Endpoint, constLabels prometheus.Labels) *Collector {
 			"ranges (too many holes in its streams) or memory (too much received data held).", "bound"),
 		handshakeState: d("handshake_state_dropped_total", "Handshake state dropped to stay bounded, by reason: unconfirmed_evicted (MaxUnconfirmed reached), "+
 			"unconfirmed_expired (the peer never proved its keys), replay_evicted (an unregistered key's replay timestamp forgotten early).", "reason"),
+		rehandshakes: d("rehandshakes_total", "Re-handshake (fresh DH rekey) events: completed, started (our initiations), "+
+			"replay (message of an epoch already begun), rejected (failed authentication), collision (initiations crossed), "+
+			"rate_limited (Noise work refused).", "event"),
+		keyExpiredWaits: d("key_expired_waits_total", "Times a send key reached its hard limit and sending waited for a re-handshake (an outage)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.packets, c.bytes, c.streamBytes, c.retransmitted, c.lost,
-		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState, c.pathValidation, c.resets} {
+		c.dropped, c.handshakes, c.datagrams, c.keyUpdates, c.pathChanges, c.recvBudget, c.handshakeState, c.pathValidation, c.resets, c.rehandshakes, c.keyExpiredWaits} {
 		ch <- d
 	}
 }
@@ -155,6 +169,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.handshakeState, es.UnconfirmedEvicted, "unconfirmed_evicted")
 	counter(c.handshakeState, es.UnconfirmedExpired, "unconfirmed_expired")
 	counter(c.handshakeState, hs.ReplayEvicted, "replay_evicted")
+	counter(c.rehandshakes, t.rekeyDone, "completed")
+	counter(c.rehandshakes, t.rekeyStarted, "started")
+	counter(c.rehandshakes, t.rekeyReplay, "replay")
+	counter(c.rehandshakes, t.rekeyRejected, "rejected")
+	counter(c.rehandshakes, t.rekeyCollision, "collision")
+	counter(c.rehandshakes, t.rekeyLimited, "rate_limited")
+	counter(c.keyExpiredWaits, t.keyExpiredWaits)
 }
 
 var _ prometheus.Collector = (*Collector)(nil)

@@ -61,9 +61,27 @@ type Config struct {
 	KeyUpdateInterval time.Duration
 	// KeyRejectAfter is the hard limit on one key generation's age
 	// (WireGuard's RejectAfterTime): a connection whose peer still sends
-	// under a generation this old, or that could not move its own sending
-	// past one, is closed with CodeKeyExpired. Default 1.5 × KeyUpdateInterval.
+	// under a generation this old is closed with CodeKeyExpired. Default
+	// 1.5 × KeyUpdateInterval.
+	//
+	// Our own send key past the limit does not close the connection: it
+	// stops sending (nothing is protected by an expired key) and rekeys
+	// by a re-handshake, which needs no traffic key. A connection that
+	// loses its path thus waits for it as long as IdleTimeout allows and
+	// rekeys when the peer is heard again.
 	KeyRejectAfter time.Duration
+	// RehandshakeInterval is how often a connection replaces its traffic
+	// secrets with a fresh Diffie–Hellman between the two static keys
+	// (a re-handshake, docs/protocol.md §6.3), so that a leaked traffic
+	// key stops opening packets at the next one. A re-handshake also
+	// starts whenever the send key nears KeyRejectAfter (its update is
+	// stuck), and is how a connection whose keys all expired during an
+	// outage rekeys when the peer is heard again. Keys that descend from
+	// a Diffie–Hellman older than RehandshakeInterval + KeyRejectAfter
+	// are expired (nothing is sent under them), so dropping the
+	// re-handshake does not keep a leaked key useful. Negative: no
+	// periodic re-handshake and no such limit.
+	RehandshakeInterval time.Duration
 	// MaxRate caps the sending rate in bytes per second (0: no cap).
 	MaxRate float64
 	// The receive budget (docs/protocol.md §7.5.1). Flow control bounds how
@@ -88,19 +106,20 @@ type Config struct {
 // DefaultConfig returns the defaults used for zero fields.
 func DefaultConfig() Config {
 	return Config{
-		MaxDatagramSize:    1452,
-		StreamWindow:       16 << 20,
-		ConnWindow:         24 << 20,
-		MaxStreams:         256,
-		StreamSendBuffer:   16 << 20,
-		DatagramQueue:      1 << 20,
-		MaxDatagramMessage: 1 << 20,
-		IdleTimeout:        30 * time.Second,
-		KeepAlive:          10 * time.Second,
-		HandshakeTimeout:   20 * time.Second,
-		KeyUpdatePackets:   1 << 22,
-		KeyUpdateBytes:     4 << 30,
-		KeyUpdateInterval:  2 * time.Minute,
+		MaxDatagramSize:     1452,
+		StreamWindow:        16 << 20,
+		ConnWindow:          24 << 20,
+		MaxStreams:          256,
+		StreamSendBuffer:    16 << 20,
+		DatagramQueue:       1 << 20,
+		MaxDatagramMessage:  1 << 20,
+		IdleTimeout:         30 * time.Second,
+		KeepAlive:           10 * time.Second,
+		HandshakeTimeout:    20 * time.Second,
+		KeyUpdatePackets:    1 << 22,
+		KeyUpdateBytes:      4 << 30,
+		KeyUpdateInterval:   2 * time.Minute,
+		RehandshakeInterval: 2 * time.Minute,
 	}
 }
 
@@ -150,6 +169,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeyUpdateInterval == 0 {
 		c.KeyUpdateInterval = d.KeyUpdateInterval
+	}
+	if c.RehandshakeInterval == 0 {
+		c.RehandshakeInterval = d.RehandshakeInterval
 	}
 	if c.MaxRecvRanges <= 0 {
 		c.MaxRecvRanges = max(1024, int(c.ConnWindow/uint64(2*c.MaxDatagramSize)))

@@ -136,6 +136,11 @@ type Conn struct {
 	prevDiscardAt  time.Time
 	replay         replay.Filter
 	keyUpdateFrame bool
+	// keyExpired: the send key passed its hard limit; nothing is sent
+	// under it (only re-handshake messages, which need no traffic key)
+	// until a re-handshake or an update replaces it.
+	keyExpired bool
+	rk         rekeyState
 
 	// packet numbers and acknowledgements we owe
 	nextPN           uint64
@@ -235,6 +240,19 @@ type ConnStats struct {
 	// StatelessResets is 1 if the connection ended on the peer's
 	// stateless reset (ErrStatelessReset).
 	StatelessResets uint64
+	// Re-handshakes (rehandshake.go): Rehandshakes counts completed
+	// ones (each end counts each once), RehandshakesStarted our
+	// initiations. Replays are messages of an epoch already begun (a
+	// replay or a late copy: no effect), Rejected ones that failed
+	// authentication (not the peer's static key, not this connection),
+	// Collisions initiations that crossed the peer's, Limited messages
+	// over the rate of Noise work. KeyExpiredWaits counts the times the
+	// send key reached its hard limit and sending waited for a rekey.
+	Rehandshakes, RehandshakesStarted       uint64
+	RehandshakeReplays, RehandshakeRejected uint64
+	RehandshakeCollisions                   uint64
+	RehandshakeLimited                      uint64
+	KeyExpiredWaits                         uint64
 	// RecvBudgetRanges and RecvBudgetMemory count closes with
 	// CodeRecvBudget: the peer left too many holes in its streams, or made
 	// us hold too much memory.
@@ -311,6 +329,7 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 	}
 	c.sendKey, c.recvCur = sk, rk
 	c.sendKeyStart, c.recvKeyStart = now, now
+	c.rk.last = now
 	c.remoteCID = s.RemoteCID
 	if s.RTT > 0 {
 		c.rec.onHandshakeRTT(s.RTT)
@@ -456,6 +475,7 @@ func (c *Conn) forget() {
 	c.recvPrev.zero()
 	c.recvNext.zero()
 	c.sendKey, c.recvCur, c.recvPrev, c.recvNext = nil, nil, nil, nil
+	c.forgetRekey()
 }
 
 // Abandon drops the connection without telling the peer and wipes its keys.

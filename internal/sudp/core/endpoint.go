@@ -179,6 +179,7 @@ func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk
 		return nil, err
 	}
 	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
+	c.enableRehandshake(e.cfg.Static)
 	e.conns[cid] = c
 	return c, nil
 }
@@ -202,7 +203,7 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 		cid = binary.BigEndian.Uint64(pkt[12:20])
 	case wire.TypeCookieReply:
 		cid = binary.BigEndian.Uint64(pkt[4:12])
-	case wire.TypeData:
+	case wire.TypeData, wire.TypeRekey:
 		cid = binary.BigEndian.Uint64(pkt[2:10])
 	default:
 		e.stats.Malformed.Add(1)
@@ -253,6 +254,7 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 		return nil, nil, nil, err
 	}
 	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
+	c.enableRehandshake(e.cfg.Static)
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
 		delete(e.conns, old.localCID)
 		e.forgetResetToken(old)

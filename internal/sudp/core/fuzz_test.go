@@ -59,6 +59,16 @@ func FuzzEndpointDatagram(f *testing.F) {
 	f.Add(make([]byte, 152))
 	f.Add(append([]byte{wire.TypeInitiation, 1, 0, 0}, make([]byte, 148)...))
 	f.Add(append([]byte{wire.TypeCookieReply, 1, 0, 0}, make([]byte, 64)...))
+	// A genuine re-handshake initiation from the client.
+	forceRekey(s.conn[0])
+	rekeyBuf := make([]byte, 2048)
+	n, _, ok := s.conn[0].PollTransmit(s.now, rekeyBuf)
+	if !ok || rekeyBuf[0] != wire.TypeRekey {
+		f.Fatal("no re-handshake initiation to seed")
+	}
+	goodRekey := rekeyBuf[:n]
+	f.Add(goodRekey)
+	f.Add(wire.AppendRekey(nil, wire.RekeyHeader{Kind: wire.RekeyResponse, DstCID: s.conn[1].localCID, Epoch: 1}, make([]byte, wire.RekeyNoiseSize)))
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		s := establishedSim(t)
 		ep := s.ep[1]
@@ -73,6 +83,10 @@ func FuzzEndpointDatagram(f *testing.F) {
 			// sealed seed is genuinely authentic; nothing else may pass.
 			if c.Stats().PacketsReceived != before && !bytes.Equal(pkt, good) {
 				t.Fatalf("unauthenticated datagram accepted: %x", pkt)
+			}
+			// Likewise only the genuine initiation starts a re-handshake.
+			if c.rk.epoch != 0 && !bytes.Equal(pkt, goodRekey) {
+				t.Fatalf("unauthenticated re-handshake accepted: %x", pkt)
 			}
 		}
 		s.healthy(t)

@@ -33,6 +33,9 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 			}
 		}
 		return
+	case wire.TypeRekey:
+		c.handleRekey(now, from, pkt)
+		return
 	case wire.TypeData:
 	default:
 		c.stats.DroppedMalformed++
@@ -54,13 +57,8 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		c.stats.DroppedReplay++
 		return
 	}
-	k, promote := c.recvKeyFor(h)
+	k, payload := c.openPacket(h, pkt)
 	if k == nil {
-		c.stats.DroppedAuth++
-		return
-	}
-	payload, err := k.open(pkt, wire.DataHeaderSize, h.PN)
-	if err != nil {
 		c.stats.DroppedAuth++
 		return
 	}
@@ -68,8 +66,8 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		c.stats.DroppedReplay++
 		return
 	}
-	if promote {
-		c.promoteRecvKey(now, h.PN)
+	if k != c.recvCur && k != c.recvPrev {
+		c.promoteRecvKey(now, h.PN, k)
 	}
 	if k == c.recvCur && now.Sub(c.recvKeyStart) >= c.cfg.KeyRejectAfter {
 		// The peer kept one key past the hard limit (it must update at
@@ -146,36 +144,82 @@ func (c *Conn) handleResponse(now time.Time, pkt []byte) {
 	c.pingPending = true
 }
 
-// recvKeyFor picks the key generation for a packet: the phase bit says
-// current or not; a packet number below the current generation's first one
-// belongs to the previous generation, above it to the next.
-func (c *Conn) recvKeyFor(h wire.Header) (*keySet, bool) {
+// recvKeysFor picks the key generations that may have protected a packet,
+// in the order to try them: the phase bit says current or not; a packet
+// number below the current generation's first one belongs to the previous
+// generation, above it to the next. The next generation is either the
+// hash chain's or, after a re-handshake, the new epoch's (rekeyed keys
+// follow no phase pattern: the peer may switch to them from any
+// generation), so both are candidates. Trying two keys at most bounds
+// what a forged packet costs.
+func (c *Conn) recvKeysFor(h wire.Header) (a, b *keySet) {
+	pending := c.rk.recvPending
 	if h.KeyPhase == c.recvCur.phase() {
-		return c.recvCur, false
+		return c.recvCur, pending
 	}
 	if c.recvCur.used && h.PN < c.recvCur.firstPN {
-		return c.recvPrev, false
+		return c.recvPrev, nil
 	}
 	if c.recvNext == nil {
 		n, err := c.recvCur.next()
 		if err != nil {
-			return nil, false
+			return pending, nil
 		}
 		c.recvNext = n
 	}
-	return c.recvNext, true
+	if pending != nil {
+		return pending, c.recvNext
+	}
+	return c.recvNext, nil
 }
 
-func (c *Conn) promoteRecvKey(now time.Time, pn uint64) {
+// openPacket decrypts pkt in place with the first candidate key that
+// authenticates it, and returns that key (nil: none did).
+func (c *Conn) openPacket(h wire.Header, pkt []byte) (*keySet, []byte) {
+	a, b := c.recvKeysFor(h)
+	if a == nil {
+		return nil, nil
+	}
+	if b == nil {
+		payload, err := a.open(pkt, wire.DataHeaderSize, h.PN)
+		if err != nil {
+			return nil, nil
+		}
+		return a, payload
+	}
+	// A failed open wipes the buffer it decrypted into (crypto/cipher
+	// releases no unauthenticated plaintext): keep the ciphertext for the
+	// second try.
+	c.rk.scratch = append(c.rk.scratch[:0], pkt...)
+	if payload, err := a.open(pkt, wire.DataHeaderSize, h.PN); err == nil {
+		return a, payload
+	}
+	copy(pkt, c.rk.scratch)
+	payload, err := b.open(pkt, wire.DataHeaderSize, h.PN)
+	if err != nil {
+		return nil, nil
+	}
+	return b, payload
+}
+
+// promoteRecvKey makes k — the hash chain's next generation or a
+// re-handshake's — the current receive generation.
+func (c *Conn) promoteRecvKey(now time.Time, pn uint64, k *keySet) {
 	c.recvPrev.zero()
 	c.recvPrev = c.recvCur
-	c.recvCur = c.recvNext
+	c.recvCur = k
+	if k == c.rk.recvPending {
+		c.rk.recvPending = nil
+		c.recvNext.zero() // the old chain's: never used now
+		c.onRekeyConfirmed(now)
+	} else {
+		c.stats.KeyUpdates++
+	}
 	c.recvNext = nil
 	c.recvCur.firstPN = pn
 	c.recvCur.used = true
 	c.recvKeyStart = now
 	c.prevDiscardAt = now.Add(keyDiscardPTOs * c.rec.pto())
-	c.stats.KeyUpdates++
 }
 
 func (c *Conn) handleFrames(now time.Time, from netip.AddrPort, payload []byte) (bool, error) {

@@ -62,12 +62,23 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	if !c.confirmedForSend() {
 		return 0, to, false
 	}
+	if c.state == stateEstablished {
+		c.maybeStartRekey(now)
+		if n, to, ok := c.pollRekey(buf); ok {
+			return n, to, ok
+		}
+	}
+	c.maybeUpdateKey(now)
+	if c.keyExpired && c.state != stateClosing {
+		// Nothing is protected by a key past its hard limit: not data,
+		// not a keepalive, not a probe. A re-handshake replaces it.
+		return 0, to, false
+	}
 	for len(c.pathRespQ) > 0 {
 		if n, to, ok := c.sendPathResponse(now, buf); ok {
 			return n, to, ok
 		}
 	}
-	c.maybeUpdateKey(now)
 
 	if n, to, ok := c.sendPathChallenge(now, buf); ok {
 		return n, to, ok
@@ -424,7 +435,8 @@ func (c *Conn) schedule(s *stream) {
 	c.sched[s.prio] = append(c.sched[s.prio], s)
 }
 
-// maybeUpdateKey moves the send direction to the next key generation after
+// maybeUpdateKey moves the send direction to the next key generation: to a
+// re-handshake's key as soon as one is ready, or along the hash chain after
 // the configured packets or time, once the peer has acknowledged a packet of
 // the current generation (so it holds the current keys and the phase bit
 // cannot be ambiguous).
@@ -432,9 +444,21 @@ func (c *Conn) schedule(s *stream) {
 // Past KeyRejectAfter (or 2^23 packets, AES-GCM's confidentiality bound per
 // RFC 9001 §6.6, or twice the packet limit if larger) on one generation — the
 // update could not happen because the peer never acknowledged a packet of
-// it — the connection is closed rather than keep using the key.
+// it, typically because the path is gone — the key is expired: nothing more
+// is sent under it, and the re-handshake (started as the limit neared)
+// provides the next key when the peer is heard again. The connection lives
+// as long as its IdleTimeout allows.
 func (c *Conn) maybeUpdateKey(now time.Time) {
+	if c.rk.sendPending != nil {
+		c.switchToRekeyed(now)
+		c.keyExpired = false
+		return
+	}
 	k := c.sendKey
+	c.checkKeyExpiry(now)
+	if c.state != stateEstablished && c.state != stateHandshake {
+		return
+	}
 	if !k.used {
 		return
 	}
@@ -444,13 +468,13 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 		return
 	}
 	if !c.sendGenAcked {
-		if now.Sub(c.sendKeyStart) >= c.cfg.KeyRejectAfter || c.nextPN-k.firstPN >= max(2*c.cfg.KeyUpdatePackets, 1<<23) {
-			c.closeLocal(now, CodeKeyExpired, "key generation expired before the peer acknowledged it", nil)
-			return
-		}
 		// A side that only sends ACKs never has a packet acknowledged:
 		// make the next packet ack-eliciting so the update can proceed.
-		c.pingPending = true
+		// At most one per PTO: during an outage every call here would
+		// otherwise add a PING to the path.
+		if c.rec.ackElicitingInFlight == 0 || now.Sub(c.rec.lastElicitingSent) >= c.rec.pto() {
+			c.pingPending = true
+		}
 		return
 	}
 	n, err := k.next()
@@ -463,5 +487,6 @@ func (c *Conn) maybeUpdateKey(now time.Time) {
 	c.sendKeyBytes = 0
 	c.sendGenAcked = false
 	c.keyUpdateFrame = true
+	c.keyExpired = c.epochExpired(now) // a hash-chain step does not renew an expired epoch
 	c.stats.KeyUpdates++
 }

@@ -73,6 +73,10 @@ type sim struct {
 	onStep      func()
 	// drop, if set, decides whether a packet from side `from` is lost.
 	drop func(from int) bool
+	// onSend, if set, sees every datagram a side sends, before the link.
+	onSend func(side int, b []byte)
+	// dropPkt, if set, decides whether a given packet from side `from` is lost.
+	dropPkt func(from int, b []byte) bool
 }
 
 type chachaReader struct{ r *rand.ChaCha8 }
@@ -163,6 +167,9 @@ func (s *sim) transmit() {
 			if to != s.addr[1-side] {
 				s.t.Fatalf("side %d sent to %v", side, to)
 			}
+			if s.onSend != nil {
+				s.onSend(side, s.buf[:n])
+			}
 			s.send(1-side, s.addr[side], s.buf[:n])
 		}
 	}
@@ -170,7 +177,7 @@ func (s *sim) transmit() {
 
 func (s *sim) send(to int, from netip.AddrPort, b []byte) {
 	s.sent++
-	if s.drop != nil && s.drop(1-to) {
+	if (s.drop != nil && s.drop(1-to)) || (s.dropPkt != nil && s.dropPkt(1-to, b)) {
 		s.dropped++
 		return
 	}

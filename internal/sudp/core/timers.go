@@ -33,16 +33,28 @@ func (c *Conn) NextTimeout() time.Time {
 	}
 	// Deadlines for sending only matter when the path lets us send; on an
 	// address still being validated with its budget spent they would spin.
-	canSend := c.path.budget() >= wire.DataOverhead+64
+	// Nor while the send key is expired: nothing but re-handshake
+	// messages leaves until it is replaced.
+	canSend := c.path.budget() >= wire.DataOverhead+64 && !c.keyExpired
 	if c.ackEliciting > 0 && canSend {
 		set(c.ackDeadline)
 	}
 	r := &c.rec
 	if !r.lossTime.IsZero() {
 		set(r.lossTime)
-	} else if r.ackElicitingInFlight > 0 {
+	} else if r.ackElicitingInFlight > 0 && !c.keyExpired {
 		set(r.lastElicitingSent.Add(r.pto() << min(r.ptoCount, 6)))
 	}
+	if c.sendKey != nil && !c.keyExpired {
+		set(c.sendKeyStart.Add(c.cfg.KeyRejectAfter))
+		if iv := c.cfg.RehandshakeInterval; iv > 0 && len(c.rk.static.Private) != 0 {
+			set(c.rk.last.Add(iv + c.cfg.KeyRejectAfter))
+		}
+	}
+	if c.rk.hs != nil {
+		set(c.rk.initNext)
+	}
+	set(c.rekeyDueAt())
 	if c.rec.ackElicitingInFlight == 0 && canSend {
 		set(c.lastSend.Add(c.cfg.KeepAlive))
 	}
@@ -90,6 +102,11 @@ func (c *Conn) HandleTimeout(now time.Time) {
 		c.forget()
 		return
 	}
+	c.checkKeyExpiry(now)
+	if c.state != stateEstablished {
+		return
+	}
+	c.rekeyTimeout(now)
 	if c.recvPrev != nil && !now.Before(c.prevDiscardAt) {
 		c.recvPrev.zero()
 		c.recvPrev = nil
@@ -100,7 +117,7 @@ func (c *Conn) HandleTimeout(now time.Time) {
 	if !r.lossTime.IsZero() && !now.Before(r.lossTime) {
 		c.detectLoss(now)
 		r.compact()
-	} else if r.ackElicitingInFlight > 0 && !now.Before(r.lastElicitingSent.Add(r.pto()<<min(r.ptoCount, 6))) {
+	} else if r.ackElicitingInFlight > 0 && !c.keyExpired && !now.Before(r.lastElicitingSent.Add(r.pto()<<min(r.ptoCount, 6))) {
 		// Probe timeout: send up to two ack-eliciting probes past the
 		// congestion window; their ACKs drive loss detection.
 		r.ptoCount++
@@ -165,7 +182,7 @@ func (c *Conn) PacingDelay(now time.Time) time.Duration {
 // (streams or datagrams), used by the driver to decide whether to wait for
 // the pacer.
 func (c *Conn) WantsToSend() bool {
-	if c.state != stateEstablished {
+	if c.state != stateEstablished || c.keyExpired {
 		return false
 	}
 	for p := range c.sched {

@@ -5,5 +5,6 @@
 //
 // Handshake messages (types 0x01–0x03) are encoded by package handshake; this
 // package owns the data packet (type 0x04) header and the frame grammar inside
-// its encrypted payload.
+// its encrypted payload, and the re-handshake message (type 0x06) framing
+// around its Noise KK payload.
 package wire

@@ -33,6 +33,7 @@ type Conn struct {
 	confirmedNow bool
 	accepted     bool
 	done         bool
+	rlim         recvLimit // LimitReceive
 
 	wakeCh    chan struct{}
 	stop      chan struct{}

@@ -1,0 +1,25 @@
+//go:build linux
+
+package mmc
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain runs the package's tests, or, re-executed by
+// BenchmarkHostilePeer, the MMC it measures.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(hostileChildEnv); dir != "" {
+		if err := hostileChildMain(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "child MMC:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func cryptoRand(b []byte) (int, error) { return rand.Read(b) }

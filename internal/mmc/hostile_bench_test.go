@@ -8,6 +8,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -382,10 +383,12 @@ func probeLoop(ctx context.Context, c *sudp.Conn, every time.Duration, lost *ato
 // the receiver most per byte: one-byte STREAM frames at every other offset,
 // in descending order, spread over new streams (each a hole: a range to
 // insert and account), and datagram fragments of new messages, never
-// completed (reassembly state). Each session sends somewhat less than the
-// receive budget allows (which would close it) and then a new session is
-// started; when no handshake succeeds (the MMC's handshake limits) it keeps
-// flooding the last one.
+// completed (reassembly state). Each session first sends tiny frames up to
+// somewhat less than the receive budget's range bound (crossing it would
+// close the session), then fragments. A new session replaces it every half
+// second, within the MMC's per-source handshake rate (it gets a fresh
+// enrolment session's burst); while no handshake succeeds it keeps flooding
+// the last one.
 func floodMMC(ctx context.Context, b *testing.B, addr string, mmcKey [32]byte, cluster string, sent, sessions *atomic.Int64) {
 	ua, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
@@ -495,7 +498,7 @@ func hostileHandshakeOn(sock *net.UDPConn, mmcKey [32]byte, cluster string) (*ho
 		return nil, err
 	}
 	var cid [8]byte
-	if _, err := cryptoRand(cid[:]); err != nil {
+	if _, err := rand.Read(cid[:]); err != nil {
 		return nil, err
 	}
 	pkt, err := in.Initiation(time.Now(), binary.BigEndian.Uint64(cid[:]))

@@ -3,7 +3,6 @@
 package mmc
 
 import (
-	"crypto/rand"
 	"fmt"
 	"os"
 	"testing"
@@ -21,5 +20,3 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
-
-func cryptoRand(b []byte) (int, error) { return rand.Read(b) }

@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -117,24 +118,35 @@ func BenchmarkHostilePeer(b *testing.B) {
 	setPhase(nil)
 	cpu1, drop1 := procCPU(b, mmc.pid), udpDrops(b, port)
 
-	hctx, hcancel := context.WithCancel(ctx)
-	var sent, sessions atomic.Int64
-	var hwg sync.WaitGroup
-	hwg.Add(1)
-	go func() {
-		defer hwg.Done()
-		floodMMC(hctx, b, addr, keys[0], bundle.ClusterID, &sent, &sessions)
-	}()
+	// Control: the same flood, from the same process, aimed at a socket
+	// nobody reads. What it costs the agents is the machine's share, not
+	// the MMC's.
+	decoy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer decoy.Close()
+	var decoyRTT []time.Duration
+	fl := startFlooder(b, mmc.bundleText, decoy.LocalAddr().String())
+	time.Sleep(500 * time.Millisecond)
+	setPhase(&decoyRTT)
+	time.Sleep(phase)
+	setPhase(nil)
+	dsent, _ := fl.counts(b)
+	fl.stop()
+
+	fl = startFlooder(b, mmc.bundleText, "")
 	time.Sleep(500 * time.Millisecond) // the flood is under way
 	cpu2, drop2 := procCPU(b, mmc.pid), udpDrops(b, port)
-	sent0 := sent.Load()
+	sent0, _ := fl.counts(b)
+	fcpu0 := procCPU(b, fl.cmd.Process.Pid)
 	setPhase(&hostile)
 	time.Sleep(phase)
 	setPhase(nil)
 	cpu3, drop3 := procCPU(b, mmc.pid), udpDrops(b, port)
-	sent1 := sent.Load()
-	hcancel()
-	hwg.Wait()
+	sent1, sessions := fl.counts(b)
+	fcpu1 := procCPU(b, fl.cmd.Process.Pid)
+	fl.stop()
 	b.StopTimer()
 	cancel()
 	for _, c := range conns {
@@ -142,18 +154,20 @@ func BenchmarkHostilePeer(b *testing.B) {
 	}
 	wg.Wait()
 
-	pq, ph := p99(quiet), p99(hostile)
+	pq, ph, pd := p99(quiet), p99(hostile), p99(decoyRTT)
 	secs := phase.Seconds()
 	b.ReportMetric(float64(pq.Microseconds())/1000, "p99-quiet-ms")
 	b.ReportMetric(float64(ph.Microseconds())/1000, "p99-hostile-ms")
 	b.ReportMetric(float64(ph)/float64(pq), "p99-ratio")
+	b.ReportMetric(float64(pd.Microseconds())/1000, "p99-decoy-ms")
 	b.ReportMetric((cpu1-cpu0).Seconds()/secs, "mmc-cpu-quiet")
 	b.ReportMetric((cpu3-cpu2).Seconds()/secs, "mmc-cpu-hostile")
 	b.ReportMetric(float64(sent1-sent0)/secs, "hostile-pkts/s")
+	b.ReportMetric((fcpu1-fcpu0).Seconds()/secs, "hostile-cpu")
 	b.ReportMetric(float64(drop1-drop0)/secs, "drops/s-quiet")
 	b.ReportMetric(float64(drop3-drop2)/secs, "drops/s-hostile")
-	b.Logf("round trips: quiet %d (p50 %v, p99 %v), hostile %d (p50 %v, p99 %v); %d probes unanswered in 2 s; hostile: %d packets in %d sessions",
-		len(quiet), p50(quiet), pq, len(hostile), p50(hostile), ph, lost.Load(), sent.Load(), sessions.Load())
+	b.Logf("round trips: quiet %d (p50 %v, p99 %v), decoy flood %d (p50 %v, p99 %v; %d packets), hostile %d (p50 %v, p99 %v); %d probes unanswered in 2 s; hostile: %d packets in %d sessions",
+		len(quiet), p50(quiet), pq, len(decoyRTT), p50(decoyRTT), pd, dsent, len(hostile), p50(hostile), ph, lost.Load(), sent1, sessions)
 	if len(quiet) < agents || len(hostile) < agents {
 		b.Fatalf("too few round trips: %d quiet, %d hostile", len(quiet), len(hostile))
 	}
@@ -173,9 +187,10 @@ func percentile(d []time.Duration, q float64) time.Duration {
 
 // childMMC is the MMC process under test.
 type childMMC struct {
-	pid    int
-	bundle identity.Bundle
-	token  string
+	pid        int
+	bundle     identity.Bundle
+	bundleText string
+	token      string
 }
 
 // startChildMMC re-executes the test binary as an MMC (hostileChildMain)
@@ -211,10 +226,108 @@ func startChildMMC(b *testing.B) childMMC {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return childMMC{pid: cmd.Process.Pid, bundle: bundle, token: lines[1]}
+	return childMMC{pid: cmd.Process.Pid, bundle: bundle, bundleText: lines[0], token: lines[1]}
 }
 
-const hostileChildEnv = "FERRY_HOSTILE_BENCH_MMC"
+const (
+	hostileChildEnv   = "FERRY_HOSTILE_BENCH_MMC"
+	hostileFlooderEnv = "FERRY_HOSTILE_BENCH_FLOOD"
+	hostileSinkEnv    = "FERRY_HOSTILE_BENCH_SINK"
+)
+
+// flooder is the hostile peer's process: the attacker is another machine,
+// so it must not share the agents' Go scheduler (a goroutine sending at
+// line rate would delay the agents' own goroutines and be measured as the
+// MMC's round trip). The cores are still shared.
+type flooder struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// startFlooder starts the hostile peer; with a sink address its flood goes
+// there instead of to the MMC (the handshakes still do).
+func startFlooder(b *testing.B, bundle, sink string) *flooder {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), hostileFlooderEnv+"="+bundle, hostileSinkEnv+"="+sink)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	f := &flooder{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	b.Cleanup(f.stop)
+	return f
+}
+
+// counts asks the flooder how many packets it has sent, in how many
+// sessions.
+func (f *flooder) counts(b *testing.B) (sent, sessions int64) {
+	if _, err := io.WriteString(f.in, "\n"); err != nil {
+		b.Fatal(err)
+	}
+	if !f.out.Scan() {
+		b.Fatalf("flooder: %v", f.out.Err())
+	}
+	if _, err := fmt.Sscan(f.out.Text(), &sent, &sessions); err != nil {
+		b.Fatal(err)
+	}
+	return sent, sessions
+}
+
+func (f *flooder) stop() {
+	if f.in != nil {
+		f.in.Close()
+		_ = f.cmd.Wait()
+		f.in = nil
+	}
+}
+
+// hostileFlooderMain is the flooder process: it floods the bundle's MMC,
+// answers each line on stdin with its counts, and stops at EOF.
+func hostileFlooderMain(bundleText string) error {
+	bundle, err := identity.ParseBundle(bundleText)
+	if err != nil {
+		return err
+	}
+	keys, err := bundle.Keys()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var sent, sessions atomic.Int64
+	done := make(chan error, 1)
+	var sink *net.UDPConn
+	if addr := os.Getenv(hostileSinkEnv); addr != "" {
+		ua, err := net.ResolveUDPAddr("udp4", addr)
+		if err != nil {
+			cancel()
+			return err
+		}
+		if sink, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 9, 1)}, ua); err != nil {
+			cancel()
+			return err
+		}
+		defer sink.Close()
+	}
+	go func() { done <- floodMMC(ctx, bundle.MMCs[0].Addr, keys[0], bundle.ClusterID, sink, &sent, &sessions) }()
+	rd := bufio.NewReader(os.Stdin)
+	for {
+		if _, err := rd.ReadString('\n'); err != nil {
+			break
+		}
+		fmt.Printf("%d %d\n", sent.Load(), sessions.Load())
+	}
+	cancel()
+	return <-done
+}
 
 // hostileChildMain is the child: an MMC on loopback, with re-authentication
 // out of the way (its challenges would be part of neither phase), printing
@@ -389,11 +502,10 @@ func probeLoop(ctx context.Context, c *sudp.Conn, every time.Duration, lost *ato
 // second, within the MMC's per-source handshake rate (it gets a fresh
 // enrolment session's burst); while no handshake succeeds it keeps flooding
 // the last one.
-func floodMMC(ctx context.Context, b *testing.B, addr string, mmcKey [32]byte, cluster string, sent, sessions *atomic.Int64) {
+func floodMMC(ctx context.Context, addr string, mmcKey [32]byte, cluster string, sink *net.UDPConn, sent, sessions *atomic.Int64) error {
 	ua, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
-		b.Error(err)
-		return
+		return err
 	}
 	// A new session every half second, each on a socket of its own (the
 	// handshake reads its reply there while the flood goes on), within
@@ -456,11 +568,12 @@ func floodMMC(ctx context.Context, b *testing.B, addr string, mmcKey [32]byte, c
 				pkt = wire.AppendDatagram(pkt, h.dg, 0, 2, []byte("xxxxxxxxxx"))
 			}
 		}
-		if err := h.send(pkt); err != nil {
+		if err := h.send(pkt, sink); err != nil {
 			continue // a full socket buffer: line rate reached
 		}
 		sent.Add(1)
 	}
+	return nil
 }
 
 // hostileSession is the attacker's half of a session: its send key.
@@ -559,7 +672,7 @@ func hostileHandshakeOn(sock *net.UDPConn, mmcKey [32]byte, cluster string) (*ho
 }
 
 // send seals frames as the session's next packet.
-func (h *hostileSession) send(frames []byte) error {
+func (h *hostileSession) send(frames []byte, sink *net.UDPConn) error {
 	b := wire.AppendHeader(make([]byte, 0, 1500), wire.Header{DstCID: h.dcid, PN: h.pn})
 	nonce := h.iv
 	var p [8]byte
@@ -569,6 +682,10 @@ func (h *hostileSession) send(frames []byte) error {
 	}
 	h.pn++
 	b = h.aead.Seal(b, nonce[:], frames, b[:wire.DataHeaderSize])
-	_, err := h.sock.Write(b)
+	sock := h.sock
+	if sink != nil {
+		sock = sink
+	}
+	_, err := sock.Write(b)
 	return err
 }

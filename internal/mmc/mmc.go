@@ -496,6 +496,7 @@ func (s *Server) serveConn(ctx context.Context, c *sudp.Conn) {
 	defer c.Close()
 	sess := c.Session()
 	if id, ok := strings.CutPrefix(sess.PeerID, enrolPrefix); ok {
+		c.LimitReceive(enrolRecvRate, enrolRecvBurst)
 		s.serveEnrol(ctx, c, id, sess.PeerStatic)
 		return
 	}

@@ -37,6 +37,7 @@ type Conn struct {
 	// resetTokenLearned: the peer's stateless reset token was handed to
 	// the endpoint, so that the peer's reset finds this connection
 	resetTokenLearned bool
+	rlim              recvLimit // LimitReceive
 
 	wakeCh    chan struct{}
 	stop      chan struct{}

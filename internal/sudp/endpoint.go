@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynn/noise"
@@ -88,6 +89,8 @@ type Endpoint struct {
 	once   sync.Once
 
 	batches sync.Pool // *socket.Batch send buffers shared by the connections
+
+	recvLimited atomic.Uint64 // packets dropped over their connection's LimitReceive
 }
 
 // Listen opens an endpoint.
@@ -321,6 +324,9 @@ func (e *Endpoint) readLoop() {
 				}
 				cur = c
 				cur.mu.Lock()
+			}
+			if e.overReceiveRate(c, now, len(d.Data)) {
+				continue
 			}
 			wasConfirmed := c.cc.Confirmed()
 			c.cc.HandleDatagram(now, d.From, d.Data)

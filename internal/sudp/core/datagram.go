@@ -20,6 +20,11 @@ type fragment struct {
 	data             []byte
 }
 
+type partialRef struct {
+	id uint64
+	p  *partial
+}
+
 type partial struct {
 	count    uint64
 	size     int               // bytes charged: data plus per-fragment overhead
@@ -45,6 +50,12 @@ type datagrams struct {
 
 	in      map[uint64]*partial
 	inBytes int
+	// inOrder lists the partial messages as they were started, which is
+	// also their deadline order (each gets the same timeout): the oldest
+	// is found without scanning d.in, which a peer can fill with 1,024
+	// messages and then make every fragment of a new one evict. Entries
+	// of messages completed or dropped since are skipped lazily.
+	inOrder []partialRef
 	ready   [][]byte
 	readyB  int
 }
@@ -123,6 +134,7 @@ func (d *datagrams) receive(now time.Time, f *wire.Datagram, st *ConnStats) {
 		}
 		p = &partial{count: f.Count, frags: make(map[uint64][]byte), size: partialOverhead, deadline: now.Add(datagramReassemblyTimeout)}
 		d.in[f.ID] = p
+		d.track(f.ID, p)
 		d.inBytes += partialOverhead
 	}
 	if _, dup := p.frags[f.Index]; dup || p.count != f.Count {
@@ -130,8 +142,7 @@ func (d *datagrams) receive(now time.Time, f *wire.Datagram, st *ConnStats) {
 	}
 	cost := len(f.Data) + fragmentOverhead
 	if p.size+cost > d.maxMsg+partialOverhead+int(p.count)*fragmentOverhead || d.inBytes+cost > 4*d.maxMsg+1024*partialOverhead {
-		delete(d.in, f.ID)
-		d.inBytes -= p.size
+		d.forget(f.ID, p)
 		st.DatagramsDropped++
 		return
 	}
@@ -141,8 +152,6 @@ func (d *datagrams) receive(now time.Time, f *wire.Datagram, st *ConnStats) {
 	if uint64(len(p.frags)) < p.count {
 		return
 	}
-	delete(d.in, f.ID)
-	d.inBytes -= p.size
 	n := 0
 	for _, fr := range p.frags {
 		n += len(fr)
@@ -151,6 +160,7 @@ func (d *datagrams) receive(now time.Time, f *wire.Datagram, st *ConnStats) {
 	for i := uint64(0); i < p.count; i++ {
 		msg = append(msg, p.frags[i]...)
 	}
+	d.forget(f.ID, p)
 	d.deliver(msg, st)
 }
 
@@ -164,17 +174,49 @@ func (d *datagrams) deliver(msg []byte, st *ConnStats) {
 	st.DatagramsRecv++
 }
 
-func (d *datagrams) evictOldest(st *ConnStats) {
-	var oldID uint64
-	var old *partial
-	for id, p := range d.in {
-		if old == nil || p.deadline.Before(old.deadline) {
-			oldID, old = id, p
+// track appends a new partial message to inOrder. When completed and
+// dropped messages make up most of it, the live ones are copied down, so
+// its length stays within twice the messages held (plus a constant) and the
+// copying is amortised over the appends.
+func (d *datagrams) track(id uint64, p *partial) {
+	if len(d.inOrder) >= 64 && len(d.inOrder) > 2*len(d.in) {
+		live := d.inOrder[:0]
+		for _, r := range d.inOrder {
+			if d.in[r.id] == r.p {
+				live = append(live, r)
+			}
 		}
+		clear(d.inOrder[len(live):])
+		d.inOrder = live
 	}
-	if old != nil {
-		delete(d.in, oldID)
-		d.inBytes -= old.size
+	d.inOrder = append(d.inOrder, partialRef{id, p})
+}
+
+// oldest returns the partial message started first, dropping the entries
+// of messages no longer held from the front of inOrder.
+func (d *datagrams) oldest() (partialRef, bool) {
+	for len(d.inOrder) > 0 {
+		r := d.inOrder[0]
+		if d.in[r.id] == r.p {
+			return r, true
+		}
+		d.inOrder[0] = partialRef{}
+		d.inOrder = d.inOrder[1:]
+	}
+	return partialRef{}, false
+}
+
+// forget drops a partial message. Its entry in inOrder stays until it
+// reaches the front or is compacted away, so its fragments are let go now.
+func (d *datagrams) forget(id uint64, p *partial) {
+	delete(d.in, id)
+	d.inBytes -= p.size
+	p.frags = nil
+}
+
+func (d *datagrams) evictOldest(st *ConnStats) {
+	if r, ok := d.oldest(); ok {
+		d.forget(r.id, r.p)
 		st.DatagramsDropped++
 	}
 }
@@ -191,21 +233,19 @@ func (d *datagrams) pop() ([]byte, bool) {
 }
 
 func (d *datagrams) nextExpiry() time.Time {
-	var t time.Time
-	for _, p := range d.in {
-		if t.IsZero() || p.deadline.Before(t) {
-			t = p.deadline
-		}
+	if r, ok := d.oldest(); ok {
+		return r.p.deadline
 	}
-	return t
+	return time.Time{}
 }
 
 func (d *datagrams) expire(now time.Time, st *ConnStats) {
-	for id, p := range d.in {
-		if !now.Before(p.deadline) {
-			delete(d.in, id)
-			d.inBytes -= p.size
-			st.DatagramsDropped++
+	for {
+		r, ok := d.oldest()
+		if !ok || now.Before(r.p.deadline) {
+			return
 		}
+		d.forget(r.id, r.p)
+		st.DatagramsDropped++
 	}
 }

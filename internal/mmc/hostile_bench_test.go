@@ -11,6 +11,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +26,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flynn/noise"
 
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
@@ -127,7 +131,7 @@ func BenchmarkHostilePeer(b *testing.B) {
 	}
 	defer decoy.Close()
 	var decoyRTT []time.Duration
-	fl := startFlooder(b, mmc.bundleText, decoy.LocalAddr().String())
+	fl := startFlooder(b, mmc.bundleText, decoy.LocalAddr().String(), "")
 	time.Sleep(500 * time.Millisecond)
 	setPhase(&decoyRTT)
 	time.Sleep(phase)
@@ -135,7 +139,7 @@ func BenchmarkHostilePeer(b *testing.B) {
 	dsent, _ := fl.counts(b)
 	fl.stop()
 
-	fl = startFlooder(b, mmc.bundleText, "")
+	fl = startFlooder(b, mmc.bundleText, "", "")
 	time.Sleep(500 * time.Millisecond) // the flood is under way
 	cpu2, drop2 := procCPU(b, mmc.pid), udpDrops(b, port)
 	sent0, _ := fl.counts(b)
@@ -146,6 +150,24 @@ func BenchmarkHostilePeer(b *testing.B) {
 	cpu3, drop3 := procCPU(b, mmc.pid), udpDrops(b, port)
 	sent1, sessions := fl.counts(b)
 	fcpu1 := procCPU(b, fl.cmd.Process.Pid)
+	fl.stop()
+
+	// The same flood from an approved agent that turned hostile: it holds
+	// its key and K, and its session is capped at agentRecvRate.
+	creds, err := hostileAgentCreds(ctx, agents, addr, keys[0], bundle.ClusterID, tok)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var hostileAgent []time.Duration
+	fl = startFlooder(b, mmc.bundleText, "", creds)
+	time.Sleep(500 * time.Millisecond)
+	cpu4, drop4 := procCPU(b, mmc.pid), udpDrops(b, port)
+	asent0, _ := fl.counts(b)
+	setPhase(&hostileAgent)
+	time.Sleep(phase)
+	setPhase(nil)
+	cpu5, drop5 := procCPU(b, mmc.pid), udpDrops(b, port)
+	asent1, _ := fl.counts(b)
 	fl.stop()
 	b.StopTimer()
 	cancel()
@@ -166,10 +188,17 @@ func BenchmarkHostilePeer(b *testing.B) {
 	b.ReportMetric((fcpu1-fcpu0).Seconds()/secs, "hostile-cpu")
 	b.ReportMetric(float64(drop1-drop0)/secs, "drops/s-quiet")
 	b.ReportMetric(float64(drop3-drop2)/secs, "drops/s-hostile")
+	pa := p99(hostileAgent)
+	b.ReportMetric(float64(pa.Microseconds())/1000, "p99-agent-ms")
+	b.ReportMetric(float64(pa)/float64(pq), "p99-agent-ratio")
+	b.ReportMetric((cpu5-cpu4).Seconds()/secs, "mmc-cpu-agent")
+	b.ReportMetric(float64(asent1-asent0)/secs, "agent-pkts/s")
+	b.ReportMetric(float64(drop5-drop4)/secs, "drops/s-agent")
 	b.Logf("round trips: quiet %d (p50 %v, p99 %v), decoy flood %d (p50 %v, p99 %v; %d packets), hostile %d (p50 %v, p99 %v); %d probes unanswered in 2 s; hostile: %d packets in %d sessions",
 		len(quiet), p50(quiet), pq, len(decoyRTT), p50(decoyRTT), pd, dsent, len(hostile), p50(hostile), ph, lost.Load(), sent1, sessions)
-	if len(quiet) < agents || len(hostile) < agents {
-		b.Fatalf("too few round trips: %d quiet, %d hostile", len(quiet), len(hostile))
+	b.Logf("hostile approved agent: %d round trips (p50 %v, p99 %v)", len(hostileAgent), p50(hostileAgent), pa)
+	if len(quiet) < agents || len(hostile) < agents || len(hostileAgent) < agents {
+		b.Fatalf("too few round trips: %d quiet, %d hostile, %d hostile agent", len(quiet), len(hostile), len(hostileAgent))
 	}
 }
 
@@ -233,6 +262,9 @@ const (
 	hostileChildEnv   = "FERRY_HOSTILE_BENCH_MMC"
 	hostileFlooderEnv = "FERRY_HOSTILE_BENCH_FLOOD"
 	hostileSinkEnv    = "FERRY_HOSTILE_BENCH_SINK"
+	// hostileAgentEnv, if set, makes the flooder an approved agent that
+	// turned hostile (hostileAgentCreds' form) instead of an enrolling host.
+	hostileAgentEnv = "FERRY_HOSTILE_BENCH_AGENT"
 )
 
 // flooder is the hostile peer's process: the attacker is another machine,
@@ -247,9 +279,9 @@ type flooder struct {
 
 // startFlooder starts the hostile peer; with a sink address its flood goes
 // there instead of to the MMC (the handshakes still do).
-func startFlooder(b *testing.B, bundle, sink string) *flooder {
+func startFlooder(b *testing.B, bundle, sink, agent string) *flooder {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), hostileFlooderEnv+"="+bundle, hostileSinkEnv+"="+sink)
+	cmd.Env = append(os.Environ(), hostileFlooderEnv+"="+bundle, hostileSinkEnv+"="+sink, hostileAgentEnv+"="+agent)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -317,7 +349,31 @@ func hostileFlooderMain(bundleText string) error {
 		}
 		defer sink.Close()
 	}
-	go func() { done <- floodMMC(ctx, bundle.MMCs[0].Addr, keys[0], bundle.ClusterID, sink, &sent, &sessions) }()
+	ua, err := net.ResolveUDPAddr("udp4", bundle.MMCs[0].Addr)
+	if err != nil {
+		cancel()
+		return err
+	}
+	open := func() (*hostileSession, error) { return hostileHandshake(ua, keys[0], bundle.ClusterID) }
+	if creds := os.Getenv(hostileAgentEnv); creds != "" {
+		kp, psk, err := parseAgentCreds(creds)
+		if err != nil {
+			cancel()
+			return err
+		}
+		open = func() (*hostileSession, error) {
+			sock, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 9, 1)}, ua)
+			if err != nil {
+				return nil, err
+			}
+			h, err := hostileHandshakeAs(sock, kp, psk, keys[0], bundle.ClusterID)
+			if err != nil {
+				sock.Close()
+			}
+			return h, err
+		}
+	}
+	go func() { done <- floodMMC(ctx, open, sink, &sent, &sessions) }()
 	rd := bufio.NewReader(os.Stdin)
 	for {
 		if _, err := rd.ReadString('\n'); err != nil {
@@ -398,35 +454,13 @@ func benchLogin(ctx context.Context, b *testing.B, i int, addr string, mmcKey [3
 		return nil, err
 	}
 	b.Cleanup(func() { ep.Close() })
-	facts := identity.Facts{Hostname: fmt.Sprintf("bench-%03d", i), MACs: []string{fmt.Sprintf("02:00:00:00:01:%02x", i)}, DiskID: fmt.Sprintf("disk-%03d", i)}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	c, err := ep.Dial(dctx, addr, mmcKey, identity.EnrolPSK(cluster))
+	facts, psk, err := benchEnrol(dctx, ep, i, addr, mmcKey, cluster, tok)
 	if err != nil {
 		return nil, err
 	}
-	if err := message.Send(dctx, c, message.EnrolRequest{Facts: facts, Token: tok}); err != nil {
-		return nil, err
-	}
-	e, err := message.Receive(dctx, c)
-	if err != nil {
-		return nil, err
-	}
-	rep, err := message.Decode[message.EnrolReply](e)
-	if err != nil || rep.State != "approved" {
-		return nil, fmt.Errorf("enrol: %+v %v", rep, err)
-	}
-	var code identity.Code
-	copy(code[:], rep.Code)
-	if err := message.Send(dctx, c, message.EnrolAck{}); err != nil {
-		return nil, err
-	}
-	select {
-	case <-c.Done():
-	case <-dctx.Done():
-		return nil, dctx.Err()
-	}
-	c, err = ep.Dial(dctx, addr, mmcKey, identity.DerivePSK(code, cluster, facts))
+	c, err := ep.Dial(dctx, addr, mmcKey, psk)
 	if err != nil {
 		return nil, err
 	}
@@ -437,6 +471,78 @@ func benchLogin(ctx context.Context, b *testing.B, i int, addr string, mmcKey [3
 		return nil, fmt.Errorf("login: %v %v", e.Type, err)
 	}
 	return c, nil
+}
+
+// benchEnrol enrols agent i (ep's key) with the join token, returning its
+// facts and its login psk K.
+func benchEnrol(dctx context.Context, ep *sudp.Endpoint, i int, addr string, mmcKey [32]byte, cluster, tok string) (identity.Facts, [32]byte, error) {
+	facts := identity.Facts{Hostname: fmt.Sprintf("bench-%03d", i), MACs: []string{fmt.Sprintf("02:00:00:00:01:%02x", i)}, DiskID: fmt.Sprintf("disk-%03d", i)}
+	c, err := ep.Dial(dctx, addr, mmcKey, identity.EnrolPSK(cluster))
+	if err != nil {
+		return facts, [32]byte{}, err
+	}
+	if err := message.Send(dctx, c, message.EnrolRequest{Facts: facts, Token: tok}); err != nil {
+		return facts, [32]byte{}, err
+	}
+	e, err := message.Receive(dctx, c)
+	if err != nil {
+		return facts, [32]byte{}, err
+	}
+	rep, err := message.Decode[message.EnrolReply](e)
+	if err != nil || rep.State != "approved" {
+		return facts, [32]byte{}, fmt.Errorf("enrol: %+v %v", rep, err)
+	}
+	var code identity.Code
+	copy(code[:], rep.Code)
+	if err := message.Send(dctx, c, message.EnrolAck{}); err != nil {
+		return facts, [32]byte{}, err
+	}
+	select {
+	case <-c.Done():
+	case <-dctx.Done():
+		return facts, [32]byte{}, dctx.Err()
+	}
+	return facts, identity.DerivePSK(code, cluster, facts), nil
+}
+
+// hostileAgentCreds enrols one more agent (number i) and returns what an
+// approved agent that turned hostile holds: its key pair and its K, in
+// the form the flooder takes them (hex private key, public key, psk).
+func hostileAgentCreds(ctx context.Context, i int, addr string, mmcKey [32]byte, cluster, tok string) (string, error) {
+	k, err := handshake.GenerateKeypair(nil)
+	if err != nil {
+		return "", err
+	}
+	ep, err := sudp.Listen(sudp.Config{Listen: "127.0.9.2:0", Static: k, ClusterID: cluster})
+	if err != nil {
+		return "", err
+	}
+	defer ep.Close()
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, psk, err := benchEnrol(dctx, ep, i, addr, mmcKey, cluster, tok)
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(k.Private) + ":" + hex.EncodeToString(k.Public) + ":" + hex.EncodeToString(psk[:]), nil
+}
+
+// parseAgentCreds reads hostileAgentCreds' form.
+func parseAgentCreds(s string) (noise.DHKey, [32]byte, error) {
+	var k noise.DHKey
+	var psk [32]byte
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return k, psk, fmt.Errorf("agent credentials: want 3 parts, got %d", len(parts))
+	}
+	priv, err1 := hex.DecodeString(parts[0])
+	pub, err2 := hex.DecodeString(parts[1])
+	p, err3 := hex.DecodeString(parts[2])
+	if err := errors.Join(err1, err2, err3); err != nil || len(p) != 32 {
+		return k, psk, fmt.Errorf("agent credentials: %v", err)
+	}
+	copy(psk[:], p)
+	return noise.DHKey{Private: priv, Public: pub}, psk, nil
 }
 
 // probeLoop measures session round trips until ctx ends: a TimeRequest,
@@ -502,11 +608,7 @@ func probeLoop(ctx context.Context, c *sudp.Conn, every time.Duration, lost *ato
 // second, within the MMC's per-source handshake rate (it gets a fresh
 // enrolment session's burst); while no handshake succeeds it keeps flooding
 // the last one.
-func floodMMC(ctx context.Context, addr string, mmcKey [32]byte, cluster string, sink *net.UDPConn, sent, sessions *atomic.Int64) error {
-	ua, err := net.ResolveUDPAddr("udp4", addr)
-	if err != nil {
-		return err
-	}
+func floodMMC(ctx context.Context, open func() (*hostileSession, error), sink *net.UDPConn, sent, sessions *atomic.Int64) error {
 	// A new session every half second, each on a socket of its own (the
 	// handshake reads its reply there while the flood goes on), within
 	// the MMC's per-source handshake rate.
@@ -517,7 +619,7 @@ func floodMMC(ctx context.Context, addr string, mmcKey [32]byte, cluster string,
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			h, err := hostileHandshake(ua, mmcKey, cluster)
+			h, err := open()
 			if err == nil {
 				select {
 				case fresh <- h:
@@ -606,7 +708,13 @@ func hostileHandshakeOn(sock *net.UDPConn, mmcKey [32]byte, cluster string) (*ho
 	if err != nil {
 		return nil, err
 	}
-	in, err := handshake.NewInitiator(handshake.InitiatorConfig{Static: kp, RemoteStatic: mmcKey, PSK: identity.EnrolPSK(cluster), ClusterID: cluster})
+	return hostileHandshakeAs(sock, kp, identity.EnrolPSK(cluster), mmcKey, cluster)
+}
+
+// hostileHandshakeAs is hostileHandshakeOn with a given key pair and psk
+// (an approved agent's, for one that turned hostile).
+func hostileHandshakeAs(sock *net.UDPConn, kp noise.DHKey, psk, mmcKey [32]byte, cluster string) (*hostileSession, error) {
+	in, err := handshake.NewInitiator(handshake.InitiatorConfig{Static: kp, RemoteStatic: mmcKey, PSK: psk, ClusterID: cluster})
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"errors"
+	"github.com/flynn/noise"
 	"net/netip"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ type fakeAgent struct {
 	bundle identity.Bundle
 	facts  identity.Facts
 	code   identity.Code
+	static noise.DHKey
 }
 
 func startMMC(t *testing.T, cfg Config) *Server {
@@ -48,7 +50,7 @@ func newFakeAgent(t *testing.T, s *Server) *fakeAgent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ep.Close() })
-	return &fakeAgent{t: t, ep: ep, bundle: s.Bundle(), facts: identity.Facts{Hostname: "fake", MACs: []string{"02:00:00:00:00:99"}, DiskID: "fd"}}
+	return &fakeAgent{t: t, ep: ep, static: k, bundle: s.Bundle(), facts: identity.Facts{Hostname: "fake", MACs: []string{"02:00:00:00:00:99"}, DiskID: "fd"}}
 }
 
 func (a *fakeAgent) dial(psk [32]byte) *sudp.Conn {

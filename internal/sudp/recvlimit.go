@@ -19,12 +19,19 @@ type recvLimit struct {
 	dropped     uint64
 }
 
-// allow takes n bytes from the bucket, or reports that the packet is over
-// the rate.
+// minPacketCharge is what the smallest packet costs the bucket. A packet's
+// cost to the loop is not only its bytes (decryption) but a fixed part
+// (lookup, lock, header, timers): charged by bytes alone, tiny packets
+// would pass a byte cap at many times the packet rate of full ones.
+const minPacketCharge = 512
+
+// allow takes n bytes (at least minPacketCharge) from the bucket, or
+// reports that the packet is over the rate.
 func (l *recvLimit) allow(now time.Time, n int) bool {
 	if l.rate <= 0 {
 		return true
 	}
+	n = max(n, minPacketCharge)
 	if now.After(l.last) {
 		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
 		l.last = now
@@ -46,8 +53,11 @@ func (l *recvLimit) allow(now time.Time, n int) bool {
 func (c *Conn) LimitReceive(bytesPerSecond float64, burst int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rlim.rate, c.rlim.burst = bytesPerSecond, float64(burst)
-	c.rlim.tokens, c.rlim.last = float64(burst), time.Now()
+	c.rlim = newRecvLimit(time.Now(), bytesPerSecond, burst)
+}
+
+func newRecvLimit(now time.Time, rate float64, burst int) recvLimit {
+	return recvLimit{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
 }
 
 // overReceiveRate is the receive loop's check of c's cap (c.mu held).

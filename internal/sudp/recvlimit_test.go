@@ -35,6 +35,16 @@ func TestRecvLimitBucket(t *testing.T) {
 	if l.dropped != 4 {
 		t.Errorf("%d dropped counted, want 4", l.dropped)
 	}
+	// Tiny packets are charged minPacketCharge each: a byte cap is not
+	// many times the packet rate for them.
+	tiny := newRecvLimit(t0, 1000, 10*minPacketCharge)
+	passed := 0
+	for tiny.allow(t0, 40) {
+		passed++
+	}
+	if passed != 10 {
+		t.Errorf("%d 40-byte packets passed a bucket of 10 × minPacketCharge, want 10", passed)
+	}
 	none := recvLimit{}
 	if !none.allow(t0, 1<<20) || none.dropped != 0 {
 		t.Error("no rate set, yet a packet was refused")

@@ -90,6 +90,10 @@ type Session struct {
 	LoginState    uint8
 	PeerTime      time.Time
 	HandshakeHash [32]byte
+	// RecvRate and RecvBurst are the receive cap the responder's lookup
+	// gave the peer (handshake.Peer); the driver enforces it.
+	RecvRate  float64
+	RecvBurst int
 }
 
 // Conn is the sans-I/O state machine of one SUDP connection. It is driven by
@@ -341,6 +345,8 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 		LoginState:    s.LoginState,
 		PeerTime:      s.PeerTime,
 		HandshakeHash: s.HandshakeHash,
+		RecvRate:      s.Peer.RecvRate,
+		RecvBurst:     s.Peer.RecvBurst,
 	}
 	// Raise the peer's limits from the protocol's initial ones to ours.
 	c.connMaxRecv = c.cfg.ConnWindow

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -41,8 +42,9 @@ func receiveRateDrops(t *testing.T, ep *sudp.Endpoint) float64 {
 
 // TestEnrolmentSessionReceiveCapped: anyone with the bundle gets an
 // enrolment session; what it sends beyond enrolRecvBurst plus
-// enrolRecvRate is dropped before decryption (docs/BENCHMARKS.md §9: uncapped,
-// such a flood overran the receive loop every agent shares).
+// enrolRecvRate is dropped before decryption, from its first packet
+// (docs/BENCHMARKS.md §9: uncapped, such a flood overran the receive loop
+// every agent shares).
 func TestEnrolmentSessionReceiveCapped(t *testing.T) {
 	s := startMMC(t, Config{})
 	b := s.Bundle()
@@ -50,22 +52,49 @@ func TestEnrolmentSessionReceiveCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ua := net.UDPAddrFromAddrPort(s.Addr())
-	h, err := hostileHandshake(ua, keys[0], b.ClusterID)
+	h, err := hostileHandshake(net.UDPAddrFromAddrPort(s.Addr()), keys[0], b.ClusterID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.sock.Close()
-	// The cap is set when the MMC takes the session (serveConn): until
-	// then, a few milliseconds, the session is not capped.
-	if err := h.send(wire.AppendPing(nil), nil); err != nil {
+	floodCapped(t, s, h, enrolRecvRate, enrolRecvBurst)
+}
+
+// TestAgentSessionReceiveCapped: an approved agent that turned hostile
+// (it holds its key and K) is capped too, at agentRecvRate: no session can
+// monopolise the receive loop.
+func TestAgentSessionReceiveCapped(t *testing.T) {
+	s := startMMC(t, Config{})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	keys, err := a.bundle.Keys()
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	sock, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, net.UDPAddrFromAddrPort(s.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	psk := identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts)
+	h, err := hostileHandshakeAs(sock, a.static, psk, keys[0], a.bundle.ClusterID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	floodCapped(t, s, h, agentRecvRate, agentRecvBurst)
+}
+
+// floodCapped sends twice a cap's burst of PING packets on h's session
+// and checks that the MMC dropped, before decryption, all but the burst
+// and the rate over the time it took.
+func floodCapped(t *testing.T, s *Server, h *hostileSession, rate, burst int) {
+	t.Helper()
+	before := receiveRateDrops(t, s.ep)
 	pkt := wire.AppendPadding(wire.AppendPing(nil), 1200)
-	// Twice the burst, paced so that the socket buffer keeps them: what
-	// is dropped is dropped by the cap.
-	n := 2 * enrolRecvBurst / len(pkt)
+	size := len(pkt) + wire.DataHeaderSize + 16
+	// Paced so that the socket buffer keeps them: what is dropped is
+	// dropped by the cap.
+	n := 2 * burst / size
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		if err := h.send(pkt, nil); err != nil {
@@ -76,14 +105,13 @@ func TestEnrolmentSessionReceiveCapped(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(start)
-	// The cap lets through its burst and its rate over the time sent; the
-	// rest of the 2 × burst must be dropped (once the loop has read them).
-	allowed := (enrolRecvBurst + enrolRecvRate*elapsed.Seconds()) / float64(len(pkt)+wire.DataHeaderSize+16)
+	// The handshake's own packets took a little of the burst too.
+	allowed := (float64(burst) + float64(rate)*elapsed.Seconds()) / float64(size)
 	want := float64(n) - allowed - 2
 	deadline := time.Now().Add(5 * time.Second)
 	var dropped float64
 	for time.Now().Before(deadline) {
-		if dropped = receiveRateDrops(t, s.ep); dropped >= want {
+		if dropped = receiveRateDrops(t, s.ep) - before; dropped >= want {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

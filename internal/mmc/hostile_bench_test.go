@@ -265,6 +265,9 @@ const (
 	// hostileAgentEnv, if set, makes the flooder an approved agent that
 	// turned hostile (hostileAgentCreds' form) instead of an enrolling host.
 	hostileAgentEnv = "FERRY_HOSTILE_BENCH_AGENT"
+	// hostileFlooderCPUsEnv, if set, is the CPU list (taskset -c) the
+	// flooder runs on.
+	hostileFlooderCPUsEnv = "FERRY_HOSTILE_BENCH_FLOOD_CPUS"
 )
 
 // flooder is the hostile peer's process: the attacker is another machine,
@@ -281,6 +284,11 @@ type flooder struct {
 // there instead of to the MMC (the handshakes still do).
 func startFlooder(b *testing.B, bundle, sink, agent string) *flooder {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	if cpus := os.Getenv(hostileFlooderCPUsEnv); cpus != "" {
+		// The attacker on cores of its own, as if on another machine
+		// (run the benchmark itself under taskset on the others).
+		cmd = exec.Command("taskset", "-c", cpus, os.Args[0], "-test.run=^$")
+	}
 	cmd.Env = append(os.Environ(), hostileFlooderEnv+"="+bundle, hostileSinkEnv+"="+sink, hostileAgentEnv+"="+agent)
 	in, err := cmd.StdinPipe()
 	if err != nil {

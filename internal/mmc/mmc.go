@@ -365,18 +365,19 @@ func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
 	case !known:
 		// Any key may enrol: its replay state is bounded (Unregistered).
 		return handshake.Peer{ID: enrolPrefix + identity.NodeID(pub), PSK: s.enrolPSK, Allowed: true, LoginState: LoginEnrolling, Unregistered: true,
-			RecvRate: enrolRecvRate, RecvBurst: enrolRecvBurst}, nil
+			// The bucket runs on the SUDP driver's clock, not cfg.Now.
+			RecvLimit: ratelimit.NewBucket(time.Now(), enrolRecvRate, enrolRecvBurst)}, nil
 	case e.state == store.StatePending:
 		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter,
-			RecvRate: enrolRecvRate, RecvBurst: enrolRecvBurst}, nil
+			RecvLimit: e.recv}, nil
 	case e.state == store.StateApproved && e.codePending:
 		// Approved, but the agent has not confirmed it holds M: it may
 		// still need to fetch it over an enrolment session.
 		return handshake.Peer{ID: enrolPrefix + e.id, PSK: s.enrolPSK, Allowed: true, LoginState: LoginPending, NotAfter: e.notAfter,
-			RecvRate: enrolRecvRate, RecvBurst: enrolRecvBurst}, nil
+			RecvLimit: e.recv}, nil
 	case e.state == store.StateApproved:
 		return handshake.Peer{ID: e.id, PSK: e.psk, Allowed: true, LoginState: LoginApproved, NotAfter: e.notAfter,
-			RecvRate: agentRecvRate, RecvBurst: agentRecvBurst}, nil
+			RecvLimit: e.recv}, nil
 	default:
 		return handshake.Peer{}, nil // refused; audited by rejected
 	}

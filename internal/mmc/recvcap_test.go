@@ -82,6 +82,44 @@ func TestAgentSessionReceiveCapped(t *testing.T) {
 		t.Fatal(err)
 	}
 	floodCapped(t, s, h, agentRecvRate, agentRecvBurst)
+
+	// A new session of the same key brings no fresh burst: the bucket is
+	// the key's. Half a burst right away is mostly dropped.
+	sock2, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, net.UDPAddrFromAddrPort(s.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock2.Close()
+	h2, err := hostileHandshakeAs(sock2, a.static, psk, keys[0], a.bundle.ClusterID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := receiveRateDrops(t, s.ep)
+	pkt := wire.AppendPadding(wire.AppendPing(nil), 1200)
+	size := len(pkt) + wire.DataHeaderSize + 16
+	n := agentRecvBurst / 2 / size
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if err := h2.send(pkt, nil); err != nil {
+			t.Fatal(err)
+		}
+		if i%32 == 31 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// What the rate refilled since the first flood ended, at most.
+	want := float64(n) - float64(agentRecvRate)*(time.Since(start).Seconds()+1)/float64(size)
+	deadline := time.Now().Add(5 * time.Second)
+	var dropped float64
+	for time.Now().Before(deadline) {
+		if dropped = receiveRateDrops(t, s.ep) - before; dropped >= want {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if dropped < want {
+		t.Fatalf("a new session of the key: %.0f of %d packets dropped, want at least %.0f (a fresh burst?)", dropped, n, want)
+	}
 }
 
 // floodCapped sends twice a cap's burst of PING packets on h's session

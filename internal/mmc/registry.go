@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 )
 
 // registry is the MMC's in-memory view of its agents: the snapshot of
@@ -58,6 +59,9 @@ type agentEntry struct {
 	codePending bool // approved, registration code not yet confirmed by the agent
 	notAfter    time.Time
 	decidedAt   time.Time // orders approvals for the host-name index
+	// recv is the key's receive cap (recvcap.go), one bucket for all its
+	// sessions, kept across publishes while its kind of cap holds.
+	recv *ratelimit.Bucket
 }
 
 func entryOf(a store.Agent) *agentEntry {
@@ -111,6 +115,12 @@ func (r *registry) publishLocked(a store.Agent) {
 		return
 	}
 	e := entryOf(a)
+	if cur := r.byKey[a.PublicKey]; cur != nil && cur.recv != nil && cur.recv.Rate() == recvRateOf(e) {
+		e.recv = cur.recv
+	} else {
+		e.recv = newRecvCap(time.Now(), e) // the SUDP driver's clock
+
+	}
 	r.byKey[a.PublicKey] = e
 	r.indexName(a.PublicKey, e)
 	if r.mirror != nil {

@@ -271,9 +271,7 @@ func (e *Endpoint) Stats() Stats {
 // e.mu is held.
 func (e *Endpoint) startConn(cc *core.Conn) *Conn {
 	c := newConn(e, cc)
-	if s := cc.Session(); s.RecvRate > 0 {
-		c.rlim = newRecvLimit(time.Now(), s.RecvRate, s.RecvBurst)
-	}
+	c.rlim.bucket = cc.Session().RecvLimit
 	e.conns[cc] = c
 	e.wg.Add(1)
 	go c.run()

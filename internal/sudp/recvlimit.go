@@ -2,21 +2,21 @@ package sudp
 
 import (
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 )
 
-// recvLimit is a token bucket on the bytes of a connection's packets that
-// its endpoint's receive loop processes. The loop is shared by every
-// connection, and a peer holding a session can make each packet cost
-// decryption and frame processing: past the loop's speed the socket buffer
-// overflows and every peer's packets are dropped alike. A connection whose
-// peer needs little (an enrolling host's: a few small messages) is given a
-// rate, and its packets beyond it are dropped before decryption, which
-// costs the loop a map lookup.
+// recvLimit caps the bytes of a connection's packets that its endpoint's
+// receive loop processes. The loop is shared by every connection, and a
+// peer holding a session can make each packet cost decryption and frame
+// processing: past the loop's speed the socket buffer overflows and every
+// peer's packets are dropped alike. Each connection whose peer the layer
+// above knows the needs of is given a bucket (shared by all of that peer's
+// connections), and its packets beyond it are dropped before decryption,
+// which costs the loop a map lookup.
 type recvLimit struct {
-	rate, burst float64 // bytes a second and bucket size; rate 0: no limit
-	tokens      float64
-	last        time.Time
-	dropped     uint64
+	bucket  *ratelimit.Bucket // nil: no limit
+	dropped uint64            // this connection's packets dropped
 }
 
 // minPacketCharge is what the smallest packet costs the bucket. A packet's
@@ -28,20 +28,11 @@ const minPacketCharge = 512
 // allow takes n bytes (at least minPacketCharge) from the bucket, or
 // reports that the packet is over the rate.
 func (l *recvLimit) allow(now time.Time, n int) bool {
-	if l.rate <= 0 {
+	if l.bucket.Allow(now, max(n, minPacketCharge)) {
 		return true
 	}
-	n = max(n, minPacketCharge)
-	if now.After(l.last) {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-		l.last = now
-	}
-	if l.tokens < float64(n) {
-		l.dropped++
-		return false
-	}
-	l.tokens -= float64(n)
-	return true
+	l.dropped++
+	return false
 }
 
 // LimitReceive caps what the peer can make this connection's endpoint
@@ -49,15 +40,15 @@ func (l *recvLimit) allow(now time.Time, n int) bool {
 // are dropped unread, as if lost on the way (a well-behaved peer's loss
 // recovery copes; a flood costs the shared receive loop almost nothing).
 // Counted as dropped_total{reason="receive_rate"}, logged once per
-// connection. bytesPerSecond 0 removes the cap.
+// connection. bytesPerSecond 0 removes the cap. (A cap shared by all of a
+// peer's connections comes from handshake.Peer.RecvLimit.)
 func (c *Conn) LimitReceive(bytesPerSecond float64, burst int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rlim = newRecvLimit(time.Now(), bytesPerSecond, burst)
-}
-
-func newRecvLimit(now time.Time, rate float64, burst int) recvLimit {
-	return recvLimit{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+	c.rlim.bucket = nil
+	if bytesPerSecond > 0 {
+		c.rlim.bucket = ratelimit.NewBucket(time.Now(), bytesPerSecond, burst)
+	}
 }
 
 // overReceiveRate is the receive loop's check of c's cap (c.mu held).
@@ -67,7 +58,7 @@ func (e *Endpoint) overReceiveRate(c *Conn, now time.Time, n int) bool {
 	}
 	e.recvLimited.Add(1)
 	if c.rlim.dropped == 1 {
-		e.log.Warn("sudp: peer over its receive rate, dropping its packets", "peer", c.cc.RemoteAddr(), "bytes_per_second", c.rlim.rate)
+		e.log.Warn("sudp: peer over its receive rate, dropping its packets", "peer", c.cc.RemoteAddr(), "bytes_per_second", c.rlim.bucket.Rate())
 	}
 	return true
 }

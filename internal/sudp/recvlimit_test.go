@@ -7,47 +7,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
+// A connection's cap charges each packet at least minPacketCharge, counts
+// its own drops, and shares its bucket: a second connection of the same
+// peer finds it as the first left it.
 func TestRecvLimitBucket(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	l := recvLimit{rate: 1000, burst: 3000, tokens: 3000, last: t0}
-	steps := []struct {
-		at   time.Duration
-		n    int
-		want bool
-	}{
-		{0, 1200, true},                       // from the burst
-		{0, 1200, true},                       // 600 left
-		{0, 1200, false},                      // over
-		{500 * time.Millisecond, 1200, false}, // 1,100 left
-		{600 * time.Millisecond, 1200, true},  // 1,200: exactly enough
-		{time.Hour, 3000, true},               // refilled to the burst, not beyond
-		{time.Hour, 1, false},
-		{time.Hour - time.Second, 1, false}, // time going back adds nothing
-	}
-	for i, s := range steps {
-		if got := l.allow(t0.Add(s.at), s.n); got != s.want {
-			t.Fatalf("step %d (%v, %d bytes): allowed %v, want %v", i, s.at, s.n, got, s.want)
-		}
-	}
-	if l.dropped != 4 {
-		t.Errorf("%d dropped counted, want 4", l.dropped)
-	}
-	// Tiny packets are charged minPacketCharge each: a byte cap is not
-	// many times the packet rate for them.
-	tiny := newRecvLimit(t0, 1000, 10*minPacketCharge)
+	shared := ratelimit.NewBucket(t0, 1000, 10*minPacketCharge)
+	a, b := recvLimit{bucket: shared}, recvLimit{bucket: shared}
 	passed := 0
-	for tiny.allow(t0, 40) {
+	for a.allow(t0, 40) {
 		passed++
 	}
-	if passed != 10 {
-		t.Errorf("%d 40-byte packets passed a bucket of 10 × minPacketCharge, want 10", passed)
+	if passed != 10 || a.dropped != 1 {
+		t.Errorf("%d 40-byte packets passed a bucket of 10 × minPacketCharge (want 10), %d dropped (want 1)", passed, a.dropped)
+	}
+	if b.allow(t0, 1200) || b.dropped != 1 {
+		t.Error("a second connection of the peer got a fresh burst")
+	}
+	if !b.allow(t0.Add(2*time.Second), 1200) {
+		t.Error("the shared bucket did not refill")
 	}
 	none := recvLimit{}
 	if !none.allow(t0, 1<<20) || none.dropped != 0 {
-		t.Error("no rate set, yet a packet was refused")
+		t.Error("no cap set, yet a packet was refused")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/sudp/congestion"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 	"github.com/ferry-vm/ferry/internal/sudp/replay"
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -90,10 +91,9 @@ type Session struct {
 	LoginState    uint8
 	PeerTime      time.Time
 	HandshakeHash [32]byte
-	// RecvRate and RecvBurst are the receive cap the responder's lookup
-	// gave the peer (handshake.Peer); the driver enforces it.
-	RecvRate  float64
-	RecvBurst int
+	// RecvLimit is the receive cap the responder's lookup gave the peer
+	// (handshake.Peer); the driver enforces it.
+	RecvLimit *ratelimit.Bucket
 }
 
 // Conn is the sans-I/O state machine of one SUDP connection. It is driven by
@@ -345,8 +345,7 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 		LoginState:    s.LoginState,
 		PeerTime:      s.PeerTime,
 		HandshakeHash: s.HandshakeHash,
-		RecvRate:      s.Peer.RecvRate,
-		RecvBurst:     s.Peer.RecvBurst,
+		RecvLimit:     s.Peer.RecvLimit,
 	}
 	// Raise the peer's limits from the protocol's initial ones to ours.
 	c.connMaxRecv = c.cfg.ConnWindow

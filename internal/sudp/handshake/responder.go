@@ -38,14 +38,14 @@ type Peer struct {
 	// timestamp goes to a bounded, expiring table instead of the
 	// permanent one, which stays bounded by the registered peers.
 	Unregistered bool
-	// RecvRate and RecvBurst, if RecvRate > 0, cap the bytes a second (in
-	// bursts of RecvBurst) the peer's packets may make the endpoint's
-	// receive loop decrypt and process; the layer above knows what the
-	// peer needs (an enrolling host: a few small messages). Packets over
-	// it are dropped before decryption. Set here, the cap holds from the
-	// connection's first packet.
-	RecvRate  float64
-	RecvBurst int
+	// RecvLimit, if not nil, caps the bytes the peer's packets may make the
+	// endpoint's receive loop decrypt and process; the layer above knows
+	// what the peer needs (an enrolling host: a few small messages) and
+	// gives one peer the same bucket for every session, so a new session
+	// brings no fresh burst. Packets over it are dropped before
+	// decryption. Set here, the cap holds from the connection's first
+	// packet.
+	RecvLimit *ratelimit.Bucket
 }
 
 // ResponderConfig configures a Responder.

@@ -11,7 +11,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
-// The re-handshake (docs/protocol.md §6.3, docs/security.md §3): every
+// The re-handshake (docs/protocol.md §6.6; docs/security.md "Session keys, re-keying, limits"): every
 // RehandshakeInterval, and whenever the send key nears its hard limit, one
 // end runs a Noise KK exchange with the other over their static keys. Its
 // output replaces both traffic secrets — the next generation of each

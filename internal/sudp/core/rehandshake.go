@@ -287,8 +287,14 @@ func (c *Conn) onRekeyInit(now time.Time, from netip.AddrPort, epoch uint64, pkt
 	r := &c.rk
 	if epoch == r.epoch && r.respPkt != nil && bytes.Equal(pkt, r.respInit) {
 		// A retransmission: our response was lost (or this is a replay,
-		// which earns the same 66 bytes back and changes nothing).
-		r.respDue, r.respTo = true, from
+		// which earns the same 66 bytes back and changes nothing). The
+		// answer goes where the initiation came from (the peer may have
+		// moved during an outage), so it is rate-limited like the Noise
+		// work: replays from spoofed addresses must not turn us into a
+		// reflector.
+		if c.rekeyAllow(now) {
+			r.respDue, r.respTo = true, from
+		}
 		return
 	}
 	switch {

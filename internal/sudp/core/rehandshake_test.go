@@ -2,6 +2,7 @@ package core
 
 import (
 	"bytes"
+	"net/netip"
 	"errors"
 	"fmt"
 	"testing"
@@ -647,4 +648,45 @@ func TestRehandshakeSuppressed(t *testing.T) {
 	if st.Rehandshakes == 0 || s.now.Before(suppressUntil) {
 		t.Fatalf("the transfer did not wait for the re-handshake (%d done)", st.Rehandshakes)
 	}
+}
+
+// TestRehandshakeReplayNotReflected: a captured initiation replayed from
+// many (spoofed) addresses while the responder still holds its answer
+// earns at most the rate limit's burst of answers, not one per replay.
+func TestRehandshakeReplayNotReflected(t *testing.T) {
+	cfg := Config{RehandshakeInterval: time.Hour, IdleTimeout: time.Minute}
+	s := handshakeSim(t, 41, link{delay: 20 * time.Millisecond}, cfg)
+	c, srv := s.conn[0], s.conn[1]
+	var init []byte
+	s.onSend = func(side int, b []byte) {
+		if side == 0 && b[0] == wire.TypeRekey && b[1] == wire.RekeyInitiation && init == nil {
+			init = bytes.Clone(b)
+		}
+	}
+	// The server's answers are lost, so it keeps its response.
+	s.dropPkt = func(from int, b []byte) bool { return from == 1 && b[0] == wire.TypeRekey }
+	forceRekey(c)
+	advance(s, 100*time.Millisecond)
+	if init == nil || srv.rk.respPkt == nil {
+		t.Fatal("no answered initiation to replay")
+	}
+	answers := 0
+	buf := make([]byte, 2048)
+	for i := range 200 {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 9999)
+		srv.HandleDatagram(s.now, from, bytes.Clone(init))
+		for {
+			n, to, ok := srv.PollTransmit(s.now, buf)
+			if !ok {
+				break
+			}
+			if n > 0 && buf[0] == wire.TypeRekey && to == from {
+				answers++
+			}
+		}
+	}
+	if answers > rekeyBurst {
+		t.Fatalf("200 replays from 200 addresses earned %d answers, want at most %d", answers, rekeyBurst)
+	}
+	t.Logf("200 replays → %d answers", answers)
 }

@@ -2,9 +2,9 @@ package core
 
 import (
 	"bytes"
-	"net/netip"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 

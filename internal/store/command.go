@@ -43,6 +43,12 @@ var ErrConflict = errors.New("store: conflict")
 // ErrBadCommand wraps every DecodeCommand failure.
 var ErrBadCommand = errors.New("store: malformed command")
 
+// ErrStorage wraps a failure of the database itself (the commit of a
+// command that held: I/O, a full disk, a closed store), as opposed to a
+// command refused by its own conditions. A replica must not treat it as
+// the command's result: the same command succeeds on the others.
+var ErrStorage = errors.New("store: storage failure")
+
 // MaxCommandSize bounds an encoded command.
 const MaxCommandSize = 1 << 20
 
@@ -74,18 +80,23 @@ func (r recorded) Unwrap() error { return r.err }
 // the record as written.
 func (s *Store) Apply(c Command) (any, error) {
 	var out any
-	var refused error
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	var refused, cmdErr error
+	err := s.update(func(tx *bolt.Tx) error {
 		var err error
 		out, err = c.apply(tx)
 		if r, ok := err.(recorded); ok {
 			refused = r.err
 			return nil
 		}
+		cmdErr = err
 		return err
 	})
+	if cmdErr != nil {
+		return nil, fmt.Errorf("store: %s: %w", c.Kind(), cmdErr)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: %s: %w", c.Kind(), err)
+		// The command held but the database could not begin or commit.
+		return nil, fmt.Errorf("store: %s: %w: %w", c.Kind(), ErrStorage, err)
 	}
 	if refused != nil {
 		return out, fmt.Errorf("store: %s: %w", c.Kind(), refused)

@@ -161,3 +161,34 @@ func TestStorageFailureIsNotACommandResult(t *testing.T) {
 		t.Fatalf("a write to a closed store: %v", err)
 	}
 }
+
+// A replayed log entry is not applied twice; a refused one records
+// nothing and is refused again on replay.
+func TestApplyIndexedSkipsReplays(t *testing.T) {
+	s, _ := open(t)
+	app := &AuditAppend{Entries: []AuditEntry{{Time: time.Unix(1, 0), Actor: "admin", Action: "x", Outcome: "ok"}}}
+	if _, err := s.ApplyIndexed(3, app); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplyIndexed(3, app); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplyIndexed(2, app); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Audit(0, 10); len(got) != 1 {
+		t.Fatalf("replays applied: %d entries", len(got))
+	}
+	if _, err := s.ApplyIndexed(4, &PolicyPut{Doc: []byte(`{"version":7}`)}); !errors.Is(err, ErrStale) {
+		t.Fatalf("stale: %v", err)
+	}
+	if n, err := s.AppliedIndex(); err != nil || n != 3 {
+		t.Fatalf("a refused entry moved the applied index: %d, %v", n, err)
+	}
+	if _, err := s.ApplyIndexed(4, &PolicyPut{Doc: []byte(`{"version":7}`)}); !errors.Is(err, ErrStale) {
+		t.Fatalf("stale, replayed: %v", err)
+	}
+	if _, err := s.ApplyIndexed(0, app); err == nil {
+		t.Fatal("index 0 accepted")
+	}
+}

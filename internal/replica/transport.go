@@ -39,7 +39,7 @@ import (
 // The MMC's accept loop hands it the connections whose peer is a member
 // (Serve) beside its agent sessions; an endpoint that serves only raft
 // (a witness, tests) can let the layer accept (AcceptFrom) and use
-// Lookup as its handshake authoriser.
+// Members.Lookup as its handshake authoriser.
 
 // ClusterPSK derives the psk of raft connections between members from
 // the cluster's secret (HKDF-SHA256, its own label: the secret may key
@@ -64,6 +64,8 @@ func ClusterPSK(secret []byte) ([32]byte, error) {
 type Members struct {
 	mu     sync.RWMutex
 	byAddr map[raft.ServerAddress][32]byte
+
+	refusedLookups atomic.Uint64
 }
 
 // NewMembers returns an empty directory.
@@ -104,6 +106,24 @@ func (m *Members) Has(key [32]byte) (raft.ServerAddress, bool) {
 	}
 	return found, ok
 }
+
+// Lookup returns the handshake authoriser of an endpoint that serves
+// only raft (a witness; tests): members' keys are allowed, with psk; any
+// other key is refused and counted (RefusedLookups). It does not block
+// (sudp.Config.Lookup runs on the endpoint's reader goroutine).
+func (m *Members) Lookup(psk [32]byte) func(peer [32]byte) (handshake.Peer, error) {
+	return func(peer [32]byte) (handshake.Peer, error) {
+		addr, ok := m.Has(peer)
+		if !ok {
+			m.refusedLookups.Add(1)
+			return handshake.Peer{}, errors.New("replica: not a cluster member")
+		}
+		return handshake.Peer{ID: "mmc " + string(addr), PSK: psk, Allowed: true}, nil
+	}
+}
+
+// RefusedLookups counts handshakes Lookup refused.
+func (m *Members) RefusedLookups() uint64 { return m.refusedLookups.Load() }
 
 func constantTimeEq(a, b [32]byte) bool {
 	var v byte
@@ -146,8 +166,7 @@ type StreamLayer struct {
 	conns map[raft.ServerAddress]*sudp.Conn // dialed, one per member
 	dials map[raft.ServerAddress]*dialCall  // dials in progress
 
-	refusedConns   atomic.Uint64
-	refusedLookups atomic.Uint64
+	refusedConns atomic.Uint64
 }
 
 type dialCall struct {
@@ -188,20 +207,8 @@ func NewTransport(layer *StreamLayer, log *slog.Logger) *raft.NetworkTransport {
 }
 
 // RefusedConns counts connections handed to Serve whose peer is not a
-// member; RefusedLookups counts handshakes Lookup refused.
-func (l *StreamLayer) RefusedConns() uint64   { return l.refusedConns.Load() }
-func (l *StreamLayer) RefusedLookups() uint64 { return l.refusedLookups.Load() }
-
-// Lookup authorises a handshake on an endpoint that serves only raft:
-// members' keys, with the cluster psk.
-func (l *StreamLayer) Lookup(peer [32]byte) (handshake.Peer, error) {
-	addr, ok := l.cfg.Members.Has(peer)
-	if !ok {
-		l.refusedLookups.Add(1)
-		return handshake.Peer{}, errors.New("replica: not a cluster member")
-	}
-	return handshake.Peer{ID: "mmc " + string(addr), PSK: l.cfg.PSK, Allowed: true}, nil
-}
+// member.
+func (l *StreamLayer) RefusedConns() uint64 { return l.refusedConns.Load() }
 
 // AcceptFrom runs the accept loop of an endpoint that serves only raft,
 // handing every connection to Serve, until Close.

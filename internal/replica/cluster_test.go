@@ -459,3 +459,44 @@ func TestFileModes(t *testing.T) {
 		t.Fatalf("snapshot not narrowed at start: %v", got)
 	}
 }
+
+// A store that predates replication (an MMC upgraded to raft) becomes
+// the cluster's first snapshot, so members that join later get its
+// content although no log entry wrote it.
+func TestExistingStoreSeedsJoiners(t *testing.T) {
+	ctx := ctxT(t)
+	ic := &inmemCluster{trans: map[raft.ServerAddress]*raft.InmemTransport{}}
+	ms := newMembers(t, 3)
+	pre := openStore(t, ms[0].dir)
+	if err := pre.CreateAgent(store.Agent{ID: "old", Name: "h0", State: store.StatePending}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pre.Apply(audit("before raft")); err != nil {
+		t.Fatal(err)
+	}
+	pre.Close()
+
+	for i, m := range ms {
+		m.start(ic.transport(raft.ServerAddress(m.id)), i > 0)
+	}
+	l := leader(t, ms)
+	for _, m := range ms[1:] {
+		if err := l.node.AddVoter(ctx, m.id, raft.ServerAddress(m.id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.node.Apply(ctx, audit("after raft")); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, l, ms)
+	if _, err := ms[2].st.Agent("old"); err != nil {
+		t.Fatalf("a joiner lacks the pre-raft content: %v", err)
+	}
+	// Restarted, the first member does not seed again (it has a snapshot
+	// and applied entries) and keeps its content.
+	ms[0].stop()
+	ic.trans["mmc1"].DisconnectAll()
+	ms[0].start(ic.transport("mmc1"), false)
+	l = leader(t, ms)
+	converge(t, l, ms)
+}

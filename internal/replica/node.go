@@ -136,6 +136,11 @@ func Open(cfg Config) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("replica: %w", err)
 	}
+	seed, err := needsSeed(cfg, snaps)
+	if err != nil {
+		logs.Close()
+		return nil, err
+	}
 	if !existing && !cfg.Join {
 		boot := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: cfg.ID, Address: cfg.Transport.LocalAddr(),
@@ -153,7 +158,73 @@ func Open(cfg Config) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("replica: %w", err)
 	}
-	return &Node{raft: r, fsm: fsm, logs: logs, snaps: snaps, id: cfg.ID, log: cfg.Logger}, nil
+	n := &Node{raft: r, fsm: fsm, logs: logs, snaps: snaps, id: cfg.ID, log: cfg.Logger}
+	if seed {
+		ctx, cancel := context.WithTimeout(context.Background(), seedTimeout)
+		defer cancel()
+		if err := n.seed(ctx); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("replica: seeding the log with the existing store: %w", err)
+		}
+		cfg.Logger.Info("replica: the existing store is the cluster's first snapshot", "id", cfg.ID)
+	}
+	return n, nil
+}
+
+// needsSeed reports whether the store has content no log entry wrote:
+// not empty, no entry applied to it, and no snapshot taken yet (which
+// also catches a crash between the bootstrap and the seed snapshot). A
+// joining member's store starts empty.
+func needsSeed(cfg Config, snaps raft.SnapshotStore) (bool, error) {
+	if cfg.Join {
+		return false, nil
+	}
+	empty, err := cfg.Store.IsEmpty()
+	if err != nil {
+		return false, fmt.Errorf("replica: %w", err)
+	}
+	applied, err := cfg.Store.AppliedIndex()
+	if err != nil {
+		return false, fmt.Errorf("replica: %w", err)
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return false, fmt.Errorf("replica: %w", err)
+	}
+	return !empty && applied == 0 && len(list) == 0, nil
+}
+
+// seedTimeout bounds seed: a one-member election and a snapshot.
+const seedTimeout = 60 * time.Second
+
+// seed makes a store that predates replication (an MMC's data directory
+// from before raft, bootstrapped now) reach the members that join later.
+// Its content is in no log entry, so a joiner replaying the log from
+// index 1 would never get it. Once this member leads its one-member
+// cluster, it snapshots with no trailing log kept: the log then starts
+// after the snapshot and every joiner installs it first. Open waits for
+// it, so no member can be added before.
+func (n *Node) seed(ctx context.Context) error {
+	for n.raft.State() != raft.Leader {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no leadership: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// The leader's first entry (a no-op) applied: there is something
+	// to snapshot.
+	if err := n.Barrier(ctx); err != nil {
+		return err
+	}
+	old := n.raft.ReloadableConfig()
+	none := old
+	none.TrailingLogs = 0
+	if err := n.raft.ReloadConfig(none); err != nil {
+		return err
+	}
+	err := n.Snapshot(ctx)
+	return errors.Join(err, n.raft.ReloadConfig(old))
 }
 
 // Close stops the member (it leaves the cluster's configuration as it

@@ -167,7 +167,9 @@ func TestNonMemberCannotOpenRaftStreams(t *testing.T) {
 	shared := genKey(t)
 	sep, err := sudp.Listen(sudp.Config{
 		Listen: "127.0.0.1:0", Static: shared, ClusterID: "test",
-		Lookup: func([32]byte) (handshake.Peer, error) { return handshake.Peer{ID: "agent", PSK: psk, Allowed: true}, nil },
+		Lookup: func([32]byte) (handshake.Peer, error) {
+			return handshake.Peer{ID: "agent", PSK: psk, Allowed: true}, nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -173,3 +173,18 @@ func dumpBucket(w io.Writer, path [][]byte, b *bolt.Bucket) error {
 		return err
 	})
 }
+
+// IsEmpty reports whether the store holds no record at all (a fresh
+// database: only its empty buckets).
+func (s *Store) IsEmpty() (bool, error) {
+	empty := true
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
+			if k, _ := b.Cursor().First(); k != nil {
+				empty = false
+			}
+			return nil
+		})
+	})
+	return empty, err
+}

@@ -192,3 +192,16 @@ func TestApplyIndexedSkipsReplays(t *testing.T) {
 		t.Fatal("index 0 accepted")
 	}
 }
+
+func TestIsEmpty(t *testing.T) {
+	s, _ := open(t)
+	if empty, err := s.IsEmpty(); err != nil || !empty {
+		t.Fatalf("fresh store: %v, %v", empty, err)
+	}
+	if _, err := s.EnsureMeta("k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if empty, err := s.IsEmpty(); err != nil || empty {
+		t.Fatalf("after a write: %v, %v", empty, err)
+	}
+}

@@ -332,10 +332,13 @@ func (l *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	}
 	s, err := c.OpenStream(ctx)
 	if err != nil {
-		// The connection may have died with the peer (a restart): drop
-		// it so that the next Dial handshakes again.
-		l.forget(address, c)
-		c.Close()
+		// A connection that ended (the peer restarted, timed out) is
+		// dropped so that the next Dial handshakes again; one that is
+		// alive (the wait for a stream slot timed out) carries other
+		// raft streams and stays.
+		if c.Err() != nil {
+			l.forget(address, c)
+		}
 		return nil, fmt.Errorf("replica: open stream to %s: %w", address, err)
 	}
 	return s, nil

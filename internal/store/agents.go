@@ -343,7 +343,7 @@ func (s *Store) ConfirmCode(id string, code []byte) (Agent, error) {
 // Agent returns one agent.
 func (s *Store) Agent(id string) (Agent, error) {
 	var a Agent
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.view(func(tx *bolt.Tx) (err error) {
 		a, err = get[Agent](tx, bucketAgents, id)
 		return err
 	})

@@ -52,7 +52,7 @@ func (s *Store) AppendAudit(entries ...AuditEntry) error {
 // Audit returns up to limit entries with Seq > after, oldest first.
 func (s *Store) Audit(after uint64, limit int) ([]AuditEntry, error) {
 	var out []AuditEntry
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
 			var e AuditEntry

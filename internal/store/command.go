@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -43,6 +44,12 @@ var ErrConflict = errors.New("store: conflict")
 // ErrBadCommand wraps every DecodeCommand failure.
 var ErrBadCommand = errors.New("store: malformed command")
 
+// ErrStorage wraps a failure of the database itself (the commit of a
+// command that held: I/O, a full disk, a closed store), as opposed to a
+// command refused by its own conditions. A replica must not treat it as
+// the command's result: the same command succeeds on the others.
+var ErrStorage = errors.New("store: storage failure")
+
 // MaxCommandSize bounds an encoded command.
 const MaxCommandSize = 1 << 20
 
@@ -72,20 +79,89 @@ func (r recorded) Unwrap() error { return r.err }
 // written and the result is nil, except for a refusal the command
 // records (ErrNameTaken): then its write is committed and the result is
 // the record as written.
-func (s *Store) Apply(c Command) (any, error) {
+func (s *Store) Apply(c Command) (any, error) { return s.apply(0, c) }
+
+// appliedIndexKey is the meta key of the replicated log's last index
+// applied with a write (ApplyIndexed).
+const appliedIndexKey = "raft.applied-index"
+
+// ApplyIndexed is Apply for a replicated log's entry at index: in the
+// same transaction as the command's write it records index as the
+// store's applied index, and an entry at or below the recorded index is
+// not applied again (result nil, no error). A replica replays its log
+// after a restart onto a store that already has part of it; commands
+// are not idempotent (an audit append would repeat), so the store must
+// know where it stands. A refused command writes nothing, index
+// included: replayed, it meets the same state and is refused again.
+func (s *Store) ApplyIndexed(index uint64, c Command) (any, error) {
+	if index == 0 {
+		return nil, fmt.Errorf("store: %s: log index 0", c.Kind())
+	}
+	return s.apply(index, c)
+}
+
+// AppliedIndex is the last index ApplyIndexed wrote (0: none).
+func (s *Store) AppliedIndex() (uint64, error) {
+	var n uint64
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		n, err = appliedIndex(tx)
+		return err
+	})
+	return n, err
+}
+
+func appliedIndex(tx *bolt.Tx) (uint64, error) {
+	v := tx.Bucket(bucketMeta).Get([]byte(appliedIndexKey))
+	if v == nil {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("store: %s: %w", appliedIndexKey, err)
+	}
+	return n, nil
+}
+
+var errAlreadyApplied = errors.New("already applied")
+
+func (s *Store) apply(index uint64, c Command) (any, error) {
 	var out any
-	var refused error
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	var refused, cmdErr error
+	err := s.update(func(tx *bolt.Tx) error {
+		if index != 0 {
+			cur, err := appliedIndex(tx)
+			if err != nil {
+				return err
+			}
+			if index <= cur {
+				return errAlreadyApplied
+			}
+		}
 		var err error
 		out, err = c.apply(tx)
 		if r, ok := err.(recorded); ok {
 			refused = r.err
-			return nil
+			err = nil
 		}
-		return err
+		if err != nil {
+			cmdErr = err
+			return err
+		}
+		if index != 0 {
+			return tx.Bucket(bucketMeta).Put([]byte(appliedIndexKey), strconv.AppendUint(nil, index, 10))
+		}
+		return nil
 	})
+	if errors.Is(err, errAlreadyApplied) {
+		return nil, nil
+	}
+	if cmdErr != nil {
+		return nil, fmt.Errorf("store: %s: %w", c.Kind(), cmdErr)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: %s: %w", c.Kind(), err)
+		// The command held but the database could not begin or commit.
+		return nil, fmt.Errorf("store: %s: %w: %w", c.Kind(), ErrStorage, err)
 	}
 	if refused != nil {
 		return out, fmt.Errorf("store: %s: %w", c.Kind(), refused)

@@ -126,7 +126,7 @@ func (s *Store) AddEvent(e Event) (bool, error) {
 // only alarms if alarms is set.
 func (s *Store) Events(after uint64, limit int, alarms bool) ([]Event, error) {
 	var out []Event
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketEvents)
 		if b == nil {
 			return nil

@@ -202,7 +202,7 @@ func applyAs[R any](s *Store, c Command) (R, error) {
 // Migration returns one migration record.
 func (s *Store) Migration(id string) (migration.Record, error) {
 	var m migration.Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		m, err = getMigration(tx, id)
 		return err
@@ -226,7 +226,7 @@ func getMigration(tx *bolt.Tx, id string) (migration.Record, error) {
 // Migrations lists every migration record.
 func (s *Store) Migrations() ([]migration.Record, error) {
 	var out []migration.Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMigrations)
 		if b == nil {
 			return nil

@@ -13,7 +13,7 @@ const policyKey = "policy"
 // Policy returns the stored policy document (nil if none was ever set).
 func (s *Store) Policy() ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get([]byte(policyKey)); v != nil {
 			out = append([]byte(nil), v...)
 		}

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,7 +39,15 @@ var ErrNotFound = errors.New("store: not found")
 
 // Store is an open database. It is safe for concurrent use.
 type Store struct {
+	path string
+	// mu guards db: every transaction holds it shared; Restore holds it
+	// exclusively while it swaps the file underneath, so a reader never
+	// sees a closed handle or a half-replaced database.
+	mu sync.RWMutex
 	db *bolt.DB
+	// broken is why db is nil: a Restore that replaced the file but
+	// could not reopen it. Every later call returns it.
+	broken error
 }
 
 // Open opens (creating if needed) the database at path, mode 0600.
@@ -47,6 +56,16 @@ func Open(path string) (*Store, error) {
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("store: %s has mode %v; it must be 0600", path, st.Mode().Perm())
 	}
+	db, err := openDB(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{path: path, db: db}, nil
+}
+
+// openDB opens the bbolt file at path and creates what a fresh database
+// lacks (Open and Restore share it).
+func openDB(path string) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w (is another MMC using this data directory?)", path, err)
@@ -63,16 +82,44 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init: %w", err)
 	}
-	return &Store{db: db}, nil
+	return db, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return s.broken
+	}
+	return s.db.Close()
+}
+
+// view runs fn in a read transaction, holding mu shared.
+func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return s.broken
+	}
+	return s.db.View(fn)
+}
+
+// update runs fn in a write transaction, holding mu shared (bbolt
+// serialises writers itself).
+func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return s.broken
+	}
+	return s.db.Update(fn)
+}
 
 // Meta returns the metadata value for key ("" if unset).
 func (s *Store) Meta(key string) (string, error) {
 	var v string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v = string(tx.Bucket(bucketMeta).Get([]byte(key)))
 		return nil
 	})
@@ -126,7 +173,7 @@ func put(tx *bolt.Tx, bucket []byte, id string, v any) error {
 
 func list[T any](s *Store, bucket []byte) ([]T, error) {
 	var out []T
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, raw []byte) error {
 			var v T
 			if err := json.Unmarshal(raw, &v); err != nil {

@@ -258,7 +258,7 @@ func (s *Store) AdoptVM(name, agent string, at time.Time) (VM, error) {
 // VM returns VM name's record (ErrNotFound if there is none).
 func (s *Store) VM(name string) (VM, error) {
 	var v VM
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.view(func(tx *bolt.Tx) (err error) {
 		v, err = getVM(tx, name)
 		return err
 	})
@@ -268,7 +268,7 @@ func (s *Store) VM(name string) (VM, error) {
 // VMs returns every VM record.
 func (s *Store) VMs() ([]VM, error) {
 	var out []VM
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		if b == nil {
 			return nil

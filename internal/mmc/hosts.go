@@ -24,6 +24,7 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 	ch := make(chan message.ActionResult, 1)
 	ss.mu.Lock()
 	ss.nextID++
+	a = s.order(a)
 	a.ID = ss.nextID
 	ss.pending[a.ID] = ch
 	ss.mu.Unlock()

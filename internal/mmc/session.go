@@ -64,6 +64,9 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		}
 		return
 	}
+	if s.redirect(ctx, c) {
+		return
+	}
 	ch := identity.Compare(a.Facts, hello.Facts)
 	if len(ch.Stable) > 0 {
 		what := strings.Join(ch.Stable, ", ")
@@ -127,6 +130,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if err := message.Send(ctx, c, message.Welcome{AgentID: id}); err != nil {
 		return
 	}
+	s.sendMembers(ctx, c)
 	s.pushPolicy(ctx, ss)
 	s.sendOwedWithdrawals(ctx, ss)
 	s.sessionLoop(ctx, ss, a.ReauthKey)

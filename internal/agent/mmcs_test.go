@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestDialOrder(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a, b, c := mmcMember{Addr: "a", Key: [32]byte{1}}, mmcMember{Addr: "b", Key: [32]byte{2}}, mmcMember{Addr: "c", Key: [32]byte{3}}
+	x := mmcMember{Addr: "x", Key: [32]byte{9}}
+	list := []mmcMember{a, b, c}
+	later := func(d time.Duration) memberBackoff { return memberBackoff{failures: 1, notBefore: now.Add(d)} }
+	for _, tt := range []struct {
+		name     string
+		last     [32]byte
+		redirect *mmcMember
+		backoff  map[[32]byte]memberBackoff
+		want     []mmcMember
+	}{
+		{"list order", [32]byte{}, nil, nil, []mmcMember{a, b, c}},
+		{"last that served first", b.Key, nil, nil, []mmcMember{b, a, c}},
+		{"redirect first", b.Key, &x, nil, []mmcMember{x, b, a, c}},
+		{"redirect to a member is not repeated", [32]byte{}, &c, nil, []mmcMember{c, a, b}},
+		{"backing off skipped", b.Key, nil, map[[32]byte]memberBackoff{b.Key: later(time.Second)}, []mmcMember{a, c}},
+		{"backoff over", a.Key, nil, map[[32]byte]memberBackoff{a.Key: later(0)}, []mmcMember{a, b, c}},
+		{"all backing off: the one free soonest", [32]byte{}, nil, map[[32]byte]memberBackoff{
+			a.Key: later(3 * time.Second), b.Key: later(time.Second), c.Key: later(2 * time.Second)}, []mmcMember{b}},
+		{"a redirect ignores backoff", [32]byte{}, &a, map[[32]byte]memberBackoff{
+			a.Key: later(3 * time.Second), b.Key: later(time.Second), c.Key: later(2 * time.Second)}, []mmcMember{a}},
+	} {
+		if got := dialOrder(list, tt.last, tt.redirect, tt.backoff, now); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// A member that keeps failing waits longer each time, up to maxBackoff.
+func TestMemberBackoff(t *testing.T) {
+	m := &mmcs{backoff: map[[32]byte]memberBackoff{}}
+	x := mmcMember{Addr: "x", Key: [32]byte{1}}
+	now := time.Unix(1000, 0)
+	var got []time.Duration
+	for range 6 {
+		m.failed(x, now)
+		got = append(got, m.backoff[x.Key].notBefore.Sub(now))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, maxBackoff, maxBackoff}
+	if !slices.Equal(got, want) {
+		t.Fatalf("backoff %v, want %v", got, want)
+	}
+	m.worked(x)
+	if _, ok := m.backoff[x.Key]; ok || m.last != x.Key {
+		t.Fatal("a member that served is still backing off, or not first next time")
+	}
+}

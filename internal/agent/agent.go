@@ -466,6 +466,21 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	switch env.Type {
 	case message.TypeWelcome:
+		w, err := message.Decode[message.Welcome](env)
+		if err != nil {
+			return err
+		}
+		highest, err := a.mmcs.obey(w.Term)
+		if err != nil {
+			// A member still serving under an older leader's term
+			// (behind a partition): its orders would all be refused, so
+			// another member is tried instead.
+			a.metrics.fenced.Inc()
+			a.mmcs.failed(mmc, time.Now())
+			a.log.Warn("agent: MMC member serves an older term; trying another", "mmc", mmc.Addr, "term", w.Term, "highest_term", highest)
+			return fmt.Errorf("agent: %s: %w", mmc.Addr, err)
+		}
+		a.metrics.term.Set(float64(highest))
 	case message.TypeRefused:
 		r, _ := message.Decode[message.Refused](env)
 		return fmt.Errorf("%w: the MMC refused the login: %s", ErrFatal, r.Reason)
@@ -644,7 +659,7 @@ func (a *Agent) sessionHandlers(c *sudp.Conn, reauthKey, hs [32]byte, startActio
 		if err != nil {
 			a.metrics.fenced.Inc()
 			a.log.Warn("agent: order refused", "op", act.Op, "vm", act.VM, "term", act.Term, "highest_term", highest, "err", err)
-			return message.Send(ctx, c, message.ActionResult{ID: act.ID, Error: err.Error()})
+			return message.Send(ctx, c, message.ActionResult{ID: act.ID, Error: err.Error(), Fenced: highest})
 		}
 		a.metrics.term.Set(float64(highest))
 		startAction(act)

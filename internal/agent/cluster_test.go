@@ -83,6 +83,7 @@ type fakeMMC struct {
 	t        *testing.T
 	ep       *sudp.Endpoint
 	redirect atomic.Pointer[message.Member] // answer a Hello with a redirect there
+	term     atomic.Uint64                  // sent in Welcome
 	logins   chan *fakeSession
 	wg       sync.WaitGroup
 }
@@ -106,6 +107,7 @@ func newFakeMMC(t *testing.T, ag *enrolledAgent) *fakeMMC {
 		t.Fatal(err)
 	}
 	m := &fakeMMC{t: t, ep: ep, logins: make(chan *fakeSession, 8)}
+	m.term.Store(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	m.wg.Add(1)
 	go func() {
@@ -147,7 +149,7 @@ func (m *fakeMMC) serve(ctx context.Context, c *sudp.Conn) {
 		_ = c.CloseWithError(message.CodeNotLeader, "not the leader")
 		return
 	}
-	if err := message.Send(ctx, c, message.Welcome{AgentID: "a"}); err != nil {
+	if err := message.Send(ctx, c, message.Welcome{AgentID: "a", Term: m.term.Load()}); err != nil {
 		return
 	}
 	s := &fakeSession{c: c, results: make(chan message.ActionResult, 16)}
@@ -200,8 +202,9 @@ func bundleOf(ms ...identity.MMCRef) identity.Bundle {
 }
 
 // TestFencing: once an agent has obeyed an order of term 5, an order of
-// a lower term (a deposed leader's) is refused and changes nothing — also
-// after the agent restarts; a newer term is obeyed.
+// a lower term (a deposed leader's) is refused and changes nothing; after
+// a restart it still refuses a member serving term 3 (the term was
+// persisted); a newer term is obeyed.
 func TestFencing(t *testing.T) {
 	ag := newEnrolledAgent(t)
 	mmc := newFakeMMC(t, ag)
@@ -217,8 +220,8 @@ func TestFencing(t *testing.T) {
 	}
 	for i, term := range []uint64{4, 0} {
 		r := s.order(t, message.Action{ID: uint64(3 + i), Op: "vm.resume", VM: "v1", Term: term})
-		if r.OK || !strings.Contains(r.Error, "fenced") {
-			t.Fatalf("resume at term %d after term 5: %+v, want refused", term, r)
+		if r.OK || !strings.Contains(r.Error, "fenced") || r.Fenced != 5 {
+			t.Fatalf("resume at term %d after term 5: %+v, want refused naming term 5", term, r)
 		}
 	}
 	if _, st, ok := d.content("v1"); !ok || st != hypervisor.StatePaused {
@@ -226,9 +229,18 @@ func TestFencing(t *testing.T) {
 	}
 	stop()
 
-	// The highest term survived the restart.
+	// The highest term survived the restart: a member serving term 3
+	// gets no session.
+	mmc.term.Store(3)
 	stop = ag.run(t, bundleOf(mmc.ref()), d)
 	defer stop()
+	s = mmc.login(10 * time.Second)
+	select {
+	case <-s.c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("after a restart, the agent stayed with a member serving term 3 below the term 5 it obeyed")
+	}
+	mmc.term.Store(5)
 	s = mmc.login(10 * time.Second)
 	if r := s.order(t, message.Action{ID: 1, Op: "vm.delete", VM: "v1", Term: 4}); r.OK || !strings.Contains(r.Error, "fenced") {
 		t.Fatalf("delete at term 4 after a restart: %+v, want refused", r)

@@ -151,12 +151,6 @@ func (m *mmcs) update(ms message.Members) (bool, error) {
 	return true, nil
 }
 
-func (m *mmcs) members() (uint64, []mmcMember) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.version, slices.Clone(m.list)
-}
-
 // redirectTo makes the named member the next one dialled.
 func (m *mmcs) redirectTo(x message.Member) {
 	var k [32]byte

@@ -149,9 +149,13 @@ func (m *Hello) check() error {
 	return m.Facts.Validate()
 }
 
-// Welcome accepts a Hello.
+// Welcome accepts a Hello. Term is the serving leader's term (as on its
+// orders): an agent raises the highest term it has obeyed to it, so a
+// deposed leader it reaches later can order it nothing, and refuses a
+// Welcome below that term (a stale member: it tries another).
 type Welcome struct {
 	AgentID string `cbor:"1,keyasint"`
+	Term    uint64 `cbor:"2,keyasint,omitempty"`
 }
 
 // Type implements Body.
@@ -457,6 +461,9 @@ type ActionResult struct {
 	Error string            `cbor:"3,keyasint,omitempty"`
 	VM    *hypervisor.VM    `cbor:"4,keyasint,omitempty"`
 	Mig   *migration.Report `cbor:"5,keyasint,omitempty"`
+	// Fenced, on an order the agent refused for its term, is the highest
+	// term the agent has obeyed: a newer leader exists.
+	Fenced uint64 `cbor:"6,keyasint,omitempty"`
 }
 
 // Type implements Body.

@@ -127,7 +127,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	s.metrics.logins.Inc()
 	s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login", Target: id, Source: src, Outcome: "ok"})
 	s.log.Info("mmc: agent online", "agent", id, "hostname", hello.Facts.Hostname, "from", src)
-	if err := message.Send(ctx, c, message.Welcome{AgentID: id}); err != nil {
+	if err := message.Send(ctx, c, message.Welcome{AgentID: id, Term: s.cfg.Cluster.Term()}); err != nil {
 		return
 	}
 	s.sendMembers(ctx, c)

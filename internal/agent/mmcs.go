@@ -16,10 +16,11 @@ import (
 )
 
 // The agent's view of the MMC cluster lives in the outbox database
-// (bucket "mmc"): the highest leader term it has obeyed (fencing) and the
-// member list the MMC last sent.
+// (bucket "mmc"): the cluster it belongs to, the highest leader term it
+// has obeyed (fencing) and the member list the MMC last sent.
 var (
 	bucketMMC  = []byte("mmc")
+	keyCluster = []byte("cluster")
 	keyTerm    = []byte("term")
 	keyMembers = []byte("members")
 )
@@ -74,6 +75,19 @@ func openMMCs(db *bolt.DB, b identity.Bundle) (*mmcs, error) {
 		bk, err := tx.CreateBucketIfNotExists(bucketMMC)
 		if err != nil {
 			return err
+		}
+		if c := bk.Get(keyCluster); string(c) != b.ClusterID {
+			// Another cluster's members and terms (the data directory
+			// was re-enrolled elsewhere) mean nothing here: its terms
+			// would fence the new cluster's orders.
+			for _, k := range [][]byte{keyTerm, keyMembers} {
+				if err := bk.Delete(k); err != nil {
+					return err
+				}
+			}
+			if err := bk.Put(keyCluster, []byte(b.ClusterID)); err != nil {
+				return err
+			}
 		}
 		if v := bk.Get(keyTerm); len(v) == 8 {
 			m.term = binary.BigEndian.Uint64(v)

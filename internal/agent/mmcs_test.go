@@ -1,9 +1,14 @@
 package agent
 
 import (
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 )
 
 func TestDialOrder(t *testing.T) {
@@ -53,5 +58,50 @@ func TestMemberBackoff(t *testing.T) {
 	m.worked(x)
 	if _, ok := m.backoff[x.Key]; ok || m.last != x.Key {
 		t.Fatal("a member that served is still backing off, or not first next time")
+	}
+}
+
+// The term and member list survive reopening; a data directory moved to
+// another cluster forgets both (the old cluster's terms would fence the
+// new one's orders).
+func TestMMCStatePersisted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), OutboxFile)
+	key := handshake.EncodeKey([32]byte{7})
+	bundle := identity.Bundle{ClusterID: "c1", MMCs: []identity.MMCRef{{Addr: "10.0.0.1:7400", Key: key}}}
+	open := func(b identity.Bundle) (*mmcs, func()) {
+		o, err := openOutbox(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := openMMCs(o.db, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m, func() { _ = o.close() }
+	}
+	m, done := open(bundle)
+	if _, err := m.obey(9); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := m.update(message.Members{Version: 4, MMCs: []message.Member{{Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}}); !kept || err != nil {
+		t.Fatalf("update: %v %v", kept, err)
+	}
+	done()
+
+	m, done = open(bundle)
+	if m.term != 9 || m.version != 4 || len(m.list) != 1 || m.list[0].Addr != "10.0.1.1:7400" {
+		t.Fatalf("reopened: term %d, version %d, list %+v", m.term, m.version, m.list)
+	}
+	if _, err := m.obey(8); err == nil {
+		t.Fatal("term 8 obeyed after term 9 was persisted")
+	}
+	done()
+
+	other := bundle
+	other.ClusterID = "c2"
+	m, done = open(other)
+	defer done()
+	if m.term != 0 || m.version != 0 || len(m.list) != 1 || m.list[0].Addr != "10.0.0.1:7400" {
+		t.Fatalf("another cluster: term %d, version %d, list %+v; want the bundle's and no term", m.term, m.version, m.list)
 	}
 }

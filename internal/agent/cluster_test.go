@@ -84,8 +84,10 @@ type fakeMMC struct {
 	ep       *sudp.Endpoint
 	redirect atomic.Pointer[message.Member] // answer a Hello with a redirect there
 	term     atomic.Uint64                  // sent in Welcome
-	logins   chan *fakeSession
-	wg       sync.WaitGroup
+	// once, if set, is the Welcome term of the next login only.
+	once   atomic.Uint64
+	logins chan *fakeSession
+	wg     sync.WaitGroup
 }
 
 type fakeSession struct {
@@ -125,6 +127,13 @@ func newFakeMMC(t *testing.T, ag *enrolledAgent) *fakeMMC {
 	return m
 }
 
+func (m *fakeMMC) welcomeTerm() uint64 {
+	if t := m.once.Swap(0); t != 0 {
+		return t
+	}
+	return m.term.Load()
+}
+
 func (m *fakeMMC) member() message.Member {
 	k := m.ep.PublicKey()
 	return message.Member{Addr: m.ep.LocalAddr().String(), Key: k[:]}
@@ -149,7 +158,7 @@ func (m *fakeMMC) serve(ctx context.Context, c *sudp.Conn) {
 		_ = c.CloseWithError(message.CodeNotLeader, "not the leader")
 		return
 	}
-	if err := message.Send(ctx, c, message.Welcome{AgentID: "a", Term: m.term.Load()}); err != nil {
+	if err := message.Send(ctx, c, message.Welcome{AgentID: "a", Term: m.welcomeTerm()}); err != nil {
 		return
 	}
 	s := &fakeSession{c: c, results: make(chan message.ActionResult, 16)}
@@ -231,7 +240,8 @@ func TestFencing(t *testing.T) {
 
 	// The highest term survived the restart: a member serving term 3
 	// gets no session.
-	mmc.term.Store(3)
+	mmc.once.Store(3)
+	mmc.term.Store(5)
 	stop = ag.run(t, bundleOf(mmc.ref()), d)
 	defer stop()
 	s = mmc.login(10 * time.Second)
@@ -240,7 +250,6 @@ func TestFencing(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("after a restart, the agent stayed with a member serving term 3 below the term 5 it obeyed")
 	}
-	mmc.term.Store(5)
 	s = mmc.login(10 * time.Second)
 	if r := s.order(t, message.Action{ID: 1, Op: "vm.delete", VM: "v1", Term: 4}); r.OK || !strings.Contains(r.Error, "fenced") {
 		t.Fatalf("delete at term 4 after a restart: %+v, want refused", r)

@@ -109,7 +109,11 @@ once with a valid --token), then keeps an authenticated session open.`,
 				}
 				defer stopMetrics()
 			}
-			fmt.Fprintf(os.Stderr, "ferry agent %s: connecting to %s\n", a.ID(), b.MMCs[0].Addr)
+			addrs := make([]string, len(b.MMCs))
+			for i, m := range b.MMCs {
+				addrs[i] = m.Addr
+			}
+			fmt.Fprintf(os.Stderr, "ferry agent %s: connecting to %s\n", a.ID(), strings.Join(addrs, ", "))
 			return a.Run(ctx)
 		},
 	}

@@ -66,8 +66,11 @@ type Config struct {
 	// VolatileEvents keeps unacknowledged logs and alarms in memory only
 	// instead of DataDir/outbox.db (load generators).
 	VolatileEvents bool
-	Logger         *slog.Logger
-	Rand           io.Reader
+	// DialTimeout bounds one handshake with one MMC member (default 5 s)
+	// before the next member is tried.
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+	Rand        io.Reader
 }
 
 // ErrFatal marks errors that retrying cannot fix (rejected enrolment,
@@ -80,8 +83,7 @@ type Agent struct {
 	log     *slog.Logger
 	static  noise.DHKey
 	ep      *sudp.Endpoint
-	mmcKey  [32]byte
-	mmcAddr string
+	mmcs    *mmcs // the MMC members, their dial order, the highest term obeyed (mmcs.go)
 	state   *enrolState
 	clock   *clock
 	metrics *metrics
@@ -126,6 +128,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = 5 * time.Second
 	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
 	keys, err := cfg.Bundle.Keys()
 	if err != nil || len(keys) == 0 {
 		return nil, fmt.Errorf("agent: bundle: %v", err)
@@ -134,7 +139,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, static: static, mmcKey: keys[0], mmcAddr: cfg.Bundle.MMCs[0].Addr, metrics: newMetrics()}
+	a := &Agent{cfg: cfg, static: static, metrics: newMetrics()}
 	if cfg.VolatileEvents {
 		a.events = newOutbox()
 	} else if a.events, err = openOutbox(filepath.Join(cfg.DataDir, OutboxFile)); err != nil {
@@ -144,6 +149,11 @@ func New(cfg Config) (*Agent, error) {
 		_ = a.events.close()
 		return nil, err
 	}
+	if a.mmcs, err = openMMCs(a.events.db, cfg.Bundle); err != nil {
+		_ = a.events.close()
+		return nil, err
+	}
+	a.metrics.term.Set(float64(a.mmcs.highestTerm()))
 	a.peers = newPeers()
 	a.posts = make(chan message.BoardPost, 256)
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
@@ -231,6 +241,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	backoff := time.Second
 	failedLogins := 0
+	redirects := 0
 	for ctx.Err() == nil {
 		var err error
 		start := time.Now()
@@ -258,6 +269,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if errors.Is(err, ErrFatal) {
 			return err
 		}
+		if errors.Is(err, errRedirected) && redirects < maxRedirects {
+			// Straight to the member named; members redirecting in a
+			// circle (an election under way) get the usual backoff.
+			redirects++
+			continue
+		}
+		redirects = 0
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
@@ -277,6 +295,12 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 var errHandshake = errors.New("agent: handshake failed")
+
+// errRedirected: the MMC member sent the agent to another (message.Redirect).
+var errRedirected = errors.New("agent: redirected")
+
+// maxRedirects bounds the redirects followed without a pause.
+const maxRedirects = 3
 
 // maxBackoff caps the reconnection backoff.
 const maxBackoff = 10 * time.Second
@@ -306,14 +330,38 @@ func sessionEnded(c *sudp.Conn, err error) error {
 	return fmt.Errorf("agent: session ended: %w", err)
 }
 
-func (a *Agent) dial(ctx context.Context, psk [32]byte) (*sudp.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := a.ep.Dial(dctx, a.mmcAddr, a.mmcKey, psk)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", errHandshake, a.mmcAddr, err)
+// dial connects to the first MMC member that answers, in dialOrder,
+// pinning each member's key.
+func (a *Agent) dial(ctx context.Context, psk [32]byte) (*sudp.Conn, mmcMember, error) {
+	var errs []error
+	for _, m := range a.mmcs.candidates(time.Now()) {
+		dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+		c, err := a.ep.Dial(dctx, m.Addr, m.Key, psk)
+		cancel()
+		if err == nil {
+			a.mmcs.worked(m)
+			return c, m, nil
+		}
+		if ctx.Err() != nil {
+			return nil, m, ctx.Err()
+		}
+		a.mmcs.failed(m, time.Now())
+		a.log.Info("agent: MMC member did not answer", "mmc", m.Addr, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %v", m.Addr, err))
 	}
-	return c, nil
+	return nil, mmcMember{}, fmt.Errorf("%w: %w", errHandshake, errors.Join(errs...))
+}
+
+// redirected follows a Redirect from the MMC member at from.
+func (a *Agent) redirected(env message.Envelope, from mmcMember) error {
+	r, err := message.Decode[message.Redirect](env)
+	if err != nil {
+		return fmt.Errorf("agent: redirect from %s: %w", from.Addr, err)
+	}
+	a.mmcs.redirectTo(r.Leader)
+	a.metrics.redirects.Inc()
+	a.log.Info("agent: MMC member redirects to the leader", "mmc", from.Addr, "leader", r.Leader.Addr)
+	return fmt.Errorf("%w: %s sent us to %s", errRedirected, from.Addr, r.Leader.Addr)
 }
 
 func (a *Agent) facts() (identity.Facts, error) { return identity.Discover(a.cfg.Facts) }
@@ -325,7 +373,7 @@ func (a *Agent) enrol(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, identity.EnrolPSK(a.cfg.Bundle.ClusterID))
+	c, mmc, err := a.dial(ctx, identity.EnrolPSK(a.cfg.Bundle.ClusterID))
 	if err != nil {
 		return err
 	}
@@ -345,6 +393,8 @@ func (a *Agent) enrol(ctx context.Context) error {
 				return fmt.Errorf("agent: the MMC deferred the enrolment: %s", r.Reason)
 			}
 			return fmt.Errorf("%w: the MMC refused the enrolment: %s", ErrFatal, r.Reason)
+		case message.TypeRedirect:
+			return a.redirected(env, mmc)
 		case message.TypeEnrolReply:
 		default:
 			return fmt.Errorf("agent: unexpected %v during enrolment", env.Type)
@@ -400,7 +450,7 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := a.dial(ctx, psk)
+	c, mmc, err := a.dial(ctx, psk)
 	if err != nil {
 		return err
 	}
@@ -416,13 +466,30 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	switch env.Type {
 	case message.TypeWelcome:
+		w, err := message.Decode[message.Welcome](env)
+		if err != nil {
+			return err
+		}
+		highest, err := a.mmcs.obey(w.Term)
+		if err != nil {
+			// A member still serving under an older leader's term
+			// (behind a partition): its orders would all be refused, so
+			// another member is tried instead.
+			a.metrics.fenced.Inc()
+			a.mmcs.failed(mmc, time.Now())
+			a.log.Warn("agent: MMC member serves an older term; trying another", "mmc", mmc.Addr, "term", w.Term, "highest_term", highest)
+			return fmt.Errorf("agent: %s: %w", mmc.Addr, err)
+		}
+		a.metrics.term.Set(float64(highest))
 	case message.TypeRefused:
 		r, _ := message.Decode[message.Refused](env)
 		return fmt.Errorf("%w: the MMC refused the login: %s", ErrFatal, r.Reason)
+	case message.TypeRedirect:
+		return a.redirected(env, mmc)
 	default:
 		return fmt.Errorf("agent: unexpected %v at login", env.Type)
 	}
-	a.log.Info("agent: online", "agent", a.ID(), "mmc", a.mmcAddr)
+	a.log.Info("agent: online", "agent", a.ID(), "mmc", mmc.Addr)
 	a.metrics.online.Set(1)
 	defer a.metrics.online.Set(0)
 	return a.serve(ctx, c, reauthKey)
@@ -585,7 +652,30 @@ func (a *Agent) sessionHandlers(c *sudp.Conn, reauthKey, hs [32]byte, startActio
 		return nil
 	})
 	message.On(h, func(ctx context.Context, act message.Action) error {
+		// Fencing is decided here, on the session's loop, in the order
+		// the orders arrive, and the new term is on disk before the
+		// order runs.
+		highest, err := a.mmcs.obey(act.Term)
+		if err != nil {
+			a.metrics.fenced.Inc()
+			a.log.Warn("agent: order refused", "op", act.Op, "vm", act.VM, "term", act.Term, "highest_term", highest, "err", err)
+			return message.Send(ctx, c, message.ActionResult{ID: act.ID, Error: err.Error(), Fenced: highest})
+		}
+		a.metrics.term.Set(float64(highest))
 		startAction(act)
+		return nil
+	})
+	message.On(h, func(ctx context.Context, ms message.Members) error {
+		kept, err := a.mmcs.update(ms)
+		if err != nil {
+			// Not fatal: the members in use still serve.
+			a.log.Warn("agent: MMC member list not kept", "version", ms.Version, "err", err)
+			return nil
+		}
+		if kept {
+			a.metrics.memberUpdates.Inc()
+			a.log.Info("agent: MMC members", "version", ms.Version, "members", len(ms.MMCs))
+		}
 		return nil
 	})
 	message.On(h, func(ctx context.Context, be message.BoardEntry) error {

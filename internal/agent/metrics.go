@@ -34,6 +34,14 @@ type metrics struct {
 	// peerWithdrawn counts direct links closed because the MMC revoked
 	// the peer.
 	peerWithdrawn prometheus.Counter
+	// fenced counts orders refused for a term below the highest obeyed
+	// (package fence); term the highest obeyed.
+	fenced prometheus.Counter
+	term   prometheus.Gauge
+	// redirects counts MMC members that sent this agent to another;
+	// memberUpdates member lists received and kept.
+	redirects     prometheus.Counter
+	memberUpdates prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -48,9 +56,16 @@ func newMetrics() *metrics {
 		alarm:   g("clock_alarm", "1 while the clock offset exceeds the alarm threshold."),
 		peerWithdrawn: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_peer_links_withdrawn_total",
 			Help: "Direct agent-to-agent links closed because the MMC revoked the peer."}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_orders_fenced_total",
+			Help: "MMC orders refused because their leader term is below the highest this agent has obeyed."}),
+		term: g("mmc_term", "Highest MMC leader term this agent has obeyed."),
+		redirects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_redirects_total",
+			Help: "Logins an MMC member answered with a redirect to another member."}),
+		memberUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_member_updates_total",
+			Help: "MMC member lists received and kept."}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.memberUpdates}
 }

@@ -36,6 +36,13 @@ func TestRejects(t *testing.T) {
 	good, _ := Marshal(Challenge{Seq: 1, Nonce: make([]byte, identity.NonceLen)})
 	badNonce, _ := Marshal(Challenge{Seq: 1, Nonce: make([]byte, 3)})
 	noHost, _ := Marshal(EnrolRequest{})
+	key := make([]byte, 32)
+	noMembers, _ := Marshal(Members{Version: 1})
+	shortKey, _ := Marshal(Members{Version: 1, MMCs: []Member{{Addr: "10.0.0.1:7400", Key: key[:31]}}})
+	noAddr, _ := Marshal(Members{Version: 1, MMCs: []Member{{Key: key}}})
+	tooMany, _ := Marshal(Members{Version: 1, MMCs: make([]Member, MaxMembers+1)})
+	badLeader, _ := Marshal(Redirect{Leader: Member{Addr: "10.0.0.1:7400"}})
+	decMembers := func(e Envelope) error { _, err := Decode[Members](e); return err }
 	v2 := bytes.Clone(good)
 	v2[2] = 2 // envelope version field: {1: 1, ...} → {1: 2, ...}
 	tests := []struct {
@@ -50,6 +57,11 @@ func TestRejects(t *testing.T) {
 		{"oversized", make([]byte, MaxSize+1), nil},
 		{"short nonce", badNonce, func(e Envelope) error { _, err := Decode[Challenge](e); return err }},
 		{"enrolment without hostname", noHost, func(e Envelope) error { _, err := Decode[EnrolRequest](e); return err }},
+		{"empty member list", noMembers, decMembers},
+		{"member key of 31 bytes", shortKey, decMembers},
+		{"member without address", noAddr, decMembers},
+		{"too many members", tooMany, decMembers},
+		{"redirect without key", badLeader, func(e Envelope) error { _, err := Decode[Redirect](e); return err }},
 	}
 	for _, tt := range tests {
 		e, err := Unmarshal(tt.b)
@@ -94,6 +106,8 @@ var decoders = map[Type]func(Envelope) error{
 	TypeBoardEntry:      decodeAs[BoardEntry],
 	TypeBoardRead:       decodeAs[BoardRead],
 	TypePeerHello:       decodeAs[PeerHello],
+	TypeMembers:         decodeAs[Members],
+	TypeRedirect:        decodeAs[Redirect],
 }
 
 func TestEveryTypeHasADecoder(t *testing.T) {
@@ -118,6 +132,9 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeReport, Report{Time: 1, VMs: []VMReport{{}}}},
 		{TypeAction, Action{ID: 1, Op: "peer.dial", Intro: &Introduction{Topic: "migration/m1", PeerKey: make([]byte, 32), Ticket: make([]byte, 32)}}},
 		{TypeAction, Action{ID: 2, Op: "peer.withdraw", Withdraw: &Withdrawal{PeerID: "0123456789abcdef", PeerKey: make([]byte, 32)}}},
+		{TypeAction, Action{ID: 3, Op: "vm.resume", VM: "v1", Term: 7}},
+		{TypeMembers, Members{Version: 3, MMCs: []Member{{Addr: "10.0.0.1:7400", Key: make([]byte, 32)}, {Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}}},
+		{TypeRedirect, Redirect{Leader: Member{Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}},
 		{TypeEvent, Event{Seq: 1, Kind: "k", Level: "info", Message: "m"}},
 		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
 		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},
@@ -138,6 +155,25 @@ func FuzzUnmarshal(f *testing.F) {
 			t.Fatalf("decode error not wrapped: %v", derr)
 		}
 	})
+}
+
+// An order's term survives the wire, and an action without one (from an
+// MMC that predates fencing) decodes as term 0.
+func TestActionTerm(t *testing.T) {
+	for _, term := range []uint64{0, 1, 1 << 40} {
+		b, err := Marshal(Action{ID: 1, Op: "vm.delete", VM: "v", Term: term})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := Unmarshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode[Action](e)
+		if err != nil || got.Term != term {
+			t.Fatalf("term %d: got %+v, %v", term, got, err)
+		}
+	}
 }
 
 // Times keep their sub-second part across the wire (a migration's downtime

@@ -42,6 +42,8 @@ const (
 	TypeBoardEntry      Type = 19
 	TypeBoardRead       Type = 20
 	TypePeerHello       Type = 21
+	TypeMembers         Type = 22
+	TypeRedirect        Type = 23
 )
 
 var typeNames = map[Type]string{
@@ -66,6 +68,8 @@ var typeNames = map[Type]string{
 	TypeBoardEntry:      "board-entry",
 	TypeBoardRead:       "board-read",
 	TypePeerHello:       "peer-hello",
+	TypeMembers:         "members",
+	TypeRedirect:        "redirect",
 }
 
 func (t Type) String() string {
@@ -145,13 +149,74 @@ func (m *Hello) check() error {
 	return m.Facts.Validate()
 }
 
-// Welcome accepts a Hello.
+// Welcome accepts a Hello. Term is the serving leader's term (as on its
+// orders): an agent raises the highest term it has obeyed to it, so a
+// deposed leader it reaches later can order it nothing, and refuses a
+// Welcome below that term (a stale member: it tries another).
 type Welcome struct {
 	AgentID string `cbor:"1,keyasint"`
+	Term    uint64 `cbor:"2,keyasint,omitempty"`
 }
 
 // Type implements Body.
 func (Welcome) Type() Type { return TypeWelcome }
+
+// MaxMembers bounds an MMC member list (a cluster is one MMC per site and
+// a witness: a handful).
+const MaxMembers = 16
+
+// Member is one MMC of the cluster as agents dial it.
+type Member struct {
+	Addr string `cbor:"1,keyasint"` // host:port of its SUDP listener
+	Key  []byte `cbor:"2,keyasint"` // its X25519 static public key
+}
+
+func (m *Member) check() error {
+	if len(m.Key) != 32 {
+		return errors.New("member: key must be 32 bytes")
+	}
+	if m.Addr == "" {
+		return errors.New("member: no address")
+	}
+	return identity.CheckLabel(m.Addr, 128)
+}
+
+// Members is the MMC telling a logged-in agent the cluster's current
+// members, after Welcome and whenever they change. Version increases with
+// every change (the raft configuration index); an agent keeps the list
+// with the highest version it was sent, across restarts, and dials those
+// members from then on instead of its bundle's.
+type Members struct {
+	Version uint64   `cbor:"1,keyasint"`
+	MMCs    []Member `cbor:"2,keyasint"`
+}
+
+// Type implements Body.
+func (Members) Type() Type { return TypeMembers }
+
+func (m *Members) check() error {
+	if len(m.MMCs) == 0 || len(m.MMCs) > MaxMembers {
+		return fmt.Errorf("members: %d members, want 1–%d", len(m.MMCs), MaxMembers)
+	}
+	for i := range m.MMCs {
+		if err := m.MMCs[i].check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Redirect answers a Hello (or an EnrolRequest) at an MMC that cannot
+// serve the agent — a member that is not the leader: the agent should dial
+// Leader next. The MMC then closes the session with CodeNotLeader.
+type Redirect struct {
+	Leader Member `cbor:"1,keyasint"`
+}
+
+// Type implements Body.
+func (Redirect) Type() Type { return TypeRedirect }
+
+func (m *Redirect) check() error { return m.Leader.check() }
 
 // Refused ends a session with a reason the agent logs.
 type Refused struct {
@@ -216,6 +281,7 @@ const (
 	CodeFactsChanged                // a stable host fact changed
 	CodeProtocol                    // unexpected or malformed message
 	CodeReplaced                    // a newer session of the same agent
+	CodeNotLeader                   // sent a Redirect: dial the leader it names
 )
 
 // HostStats is a host's resource use as the monitor (SMA) measures it:
@@ -262,7 +328,7 @@ func (m *Report) check() error {
 }
 
 // Action is a command from the MMC for the agent's hypervisor or its
-// migration role.
+// migration role. Every op is an order: each is fenced by Term.
 type Action struct {
 	ID       uint64               `cbor:"1,keyasint"`
 	Op       string               `cbor:"2,keyasint"` // vm.*, peer.*, migrate.* (see the agent's act)
@@ -272,6 +338,10 @@ type Action struct {
 	Intro    *Introduction        `cbor:"6,keyasint,omitempty"`
 	Mig      *migration.Order     `cbor:"7,keyasint,omitempty"`
 	Withdraw *Withdrawal          `cbor:"8,keyasint,omitempty"` // peer.withdraw
+	// Term is the term of the MMC leader that gave the order (fencing:
+	// an agent refuses an order whose term is below the highest it has
+	// obeyed; see package fence). Zero: an MMC without fencing.
+	Term uint64 `cbor:"9,keyasint,omitempty"`
 }
 
 // Type implements Body.
@@ -391,6 +461,9 @@ type ActionResult struct {
 	Error string            `cbor:"3,keyasint,omitempty"`
 	VM    *hypervisor.VM    `cbor:"4,keyasint,omitempty"`
 	Mig   *migration.Report `cbor:"5,keyasint,omitempty"`
+	// Fenced, on an order the agent refused for its term, is the highest
+	// term the agent has obeyed: a newer leader exists.
+	Fenced uint64 `cbor:"6,keyasint,omitempty"`
 }
 
 // Type implements Body.

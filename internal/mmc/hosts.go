@@ -24,6 +24,7 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 	ch := make(chan message.ActionResult, 1)
 	ss.mu.Lock()
 	ss.nextID++
+	a = s.order(a)
 	a.ID = ss.nextID
 	ss.pending[a.ID] = ch
 	ss.mu.Unlock()
@@ -41,6 +42,12 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 	}
 	select {
 	case r := <-ch:
+		if r.Fenced != 0 {
+			// The agent obeys a newer leader: this MMC was deposed (the
+			// raft slice steps down on it).
+			s.metrics.ordersFenced.Inc()
+			s.log.Warn("mmc: an agent refused an order: it obeys a newer leader", "agent", ss.id, "op", a.Op, "term", a.Term, "agent_term", r.Fenced)
+		}
 		if !r.OK {
 			return r, fmt.Errorf("mmc: %s on %s: %s", a.Op, host, r.Error)
 		}

@@ -178,7 +178,7 @@ func (s *Server) withdraw(ctx context.Context, ss *session, w message.Withdrawal
 // answers match no pending action and are dropped.
 func (s *Server) sendOwedWithdrawals(ctx context.Context, ss *session) {
 	for _, w := range s.reg.intros.collect(ss.id) {
-		if err := message.Send(ctx, ss.c, message.Action{Op: "peer.withdraw", Withdraw: &w}); err != nil {
+		if err := message.Send(ctx, ss.c, s.order(message.Action{Op: "peer.withdraw", Withdraw: &w})); err != nil {
 			return
 		}
 		s.metrics.peerWithdrawals.Inc()

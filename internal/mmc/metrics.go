@@ -23,6 +23,7 @@ type metrics struct {
 	eventsDropped   prometheus.Counter
 	pendingExpired  prometheus.Counter
 	peerWithdrawals prometheus.Counter
+	ordersFenced    prometheus.Counter
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
@@ -51,6 +52,7 @@ func newMetrics() *metrics {
 		eventsDropped:   c("agent_events_dropped_total", "Agents' events (log lines, alarms) not stored: the agent sent more than its rate allows."),
 		pendingExpired:  c("pending_expired_total", "Pending enrolments that expired without a decision (agent.expire)."),
 		peerWithdrawals: c("peer_withdrawals_total", "Agents told to close their direct links with a revoked agent."),
+		ordersFenced:    c("orders_fenced_total", "Orders agents refused because they obey a newer MMC leader (this MMC was deposed)."),
 		vmAlarms: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_vm_alarms_total",
 			Help: "Inventory alarms raised: a VM reported that the MMC has no record of (vm-unknown), reported by another agent than the one it is placed on (vm-misplaced), or left unmanaged by a revocation (vm-unmanaged)."}, []string{"kind"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_handshakes_refused_total",
@@ -64,5 +66,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.refused, m.badMessages, m.vmAlarms}
 }

@@ -108,6 +108,10 @@ type Config struct {
 	// min); PendingTTL how long a pending record waits for one before it
 	// expires and its key may enrol afresh (default 24 h).
 	EnrolWait, PendingTTL time.Duration
+
+	// Cluster is this MMC's place in a replicated cluster (issue 18);
+	// nil: a single MMC (cluster.go).
+	Cluster Cluster
 }
 
 func (c *Config) defaults() {
@@ -161,6 +165,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Cluster == nil {
+		c.Cluster = Single{}
 	}
 }
 

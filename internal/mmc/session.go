@@ -64,6 +64,9 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		}
 		return
 	}
+	if s.redirect(ctx, c) {
+		return
+	}
 	ch := identity.Compare(a.Facts, hello.Facts)
 	if len(ch.Stable) > 0 {
 		what := strings.Join(ch.Stable, ", ")
@@ -124,9 +127,10 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	s.metrics.logins.Inc()
 	s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login", Target: id, Source: src, Outcome: "ok"})
 	s.log.Info("mmc: agent online", "agent", id, "hostname", hello.Facts.Hostname, "from", src)
-	if err := message.Send(ctx, c, message.Welcome{AgentID: id}); err != nil {
+	if err := message.Send(ctx, c, message.Welcome{AgentID: id, Term: s.cfg.Cluster.Term()}); err != nil {
 		return
 	}
+	s.sendMembers(ctx, c)
 	s.pushPolicy(ctx, ss)
 	s.sendOwedWithdrawals(ctx, ss)
 	s.sessionLoop(ctx, ss, a.ReauthKey)

@@ -19,9 +19,12 @@ import (
 // 1 s defaults) and lets a forced snapshot truncate the log, so that a
 // new member must install it.
 func fastRaft(c *raft.Config) {
-	c.HeartbeatTimeout = 200 * time.Millisecond
-	c.ElectionTimeout = 200 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	// Short, but not so short that a leader loses its lease when the
+	// race detector and a loaded CI machine delay one heartbeat (at
+	// 200/100 ms, growing to three members failed that way under -race).
+	c.HeartbeatTimeout = 500 * time.Millisecond
+	c.ElectionTimeout = 500 * time.Millisecond
+	c.LeaderLeaseTimeout = 250 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 	c.SnapshotThreshold = 1 << 20
 	c.SnapshotInterval = time.Hour

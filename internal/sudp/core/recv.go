@@ -76,6 +76,15 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		c.closeLocal(now, CodeKeyExpired, "peer did not update its key", nil)
 		return
 	}
+	if c.epochExpired(now) {
+		// A key descending from an expired Diffie–Hellman protects
+		// nothing either way: the peer stopped sending under it, so this
+		// is stale or forged by someone who holds a leaked key and drops
+		// the re-handshake. Only the new epoch's key is accepted (its
+		// promotion above renewed the epoch).
+		c.stats.DroppedAuth++
+		return
+	}
 	c.stats.PacketsReceived++
 	c.stats.BytesReceived += uint64(len(pkt))
 	c.lastRecv = now

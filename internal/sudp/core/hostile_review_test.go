@@ -1,0 +1,70 @@
+package core
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/sudp/wire"
+)
+
+// Hostile-peer review tests (issue #20): each fails on the code before its
+// fix.
+
+// TestExpiredEpochRefusedOnReceive: an on-path attacker who holds a leaked
+// client→server traffic key drops every packet of the real client (the
+// re-handshake with them) and follows the hash chain itself. The server
+// stops sending once the epoch is RehandshakeInterval + KeyRejectAfter old;
+// it must also stop accepting: packets under a key descending from an
+// expired Diffie–Hellman are forgeries or stale, and accepting them kept
+// the connection alive (lastRecv) and fed the attacker's frames to the
+// application for as long as the attacker liked.
+func TestExpiredEpochRefusedOnReceive(t *testing.T) {
+	cfg := Config{KeyUpdateInterval: 200 * time.Millisecond, RehandshakeInterval: time.Second, IdleTimeout: time.Minute}
+	s := handshakeSim(t, 43, link{delay: 10 * time.Millisecond}, cfg)
+	c, srv := s.conn[0], s.conn[1]
+	forged, err := newKeySet(c.sendKey.secret, c.sendKey.gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn := c.nextPN + 1000
+	from := srv.path.addr
+	s.drop = func(int) bool { return true } // the attacker drops the real client
+	limit := cfg.RehandshakeInterval + srv.cfg.KeyRejectAfter
+	start := s.now
+	var before, after int
+	for s.now.Sub(start) < 3*limit {
+		// Step along the hash chain before the server's hard limit on
+		// one generation, as an honest sender would.
+		if forged.gen == srv.recvCur.gen && s.now.Sub(srv.recvKeyStart) >= cfg.KeyUpdateInterval {
+			n, err := forged.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			forged = n
+		}
+		b := wire.AppendHeader(make([]byte, 0, 64), wire.Header{KeyPhase: forged.phase(), DstCID: c.remoteCID, PN: pn})
+		b = append(b, wire.FramePing)
+		b = forged.seal(b, wire.DataHeaderSize, pn)
+		pn++
+		got := srv.Stats().PacketsReceived
+		srv.HandleDatagram(s.now, from, b)
+		if srv.Stats().PacketsReceived > got {
+			if s.now.Sub(srv.rk.last) >= limit {
+				after++
+			} else {
+				before++
+			}
+		}
+		advance(s, 50*time.Millisecond)
+		if srv.Err() != nil {
+			break
+		}
+	}
+	t.Logf("forged packets accepted: %d before the epoch limit, %d after; server: %v", before, after, srv.Err())
+	if before == 0 {
+		t.Fatal("no forged packet accepted before the limit: the test does not model the leaked key")
+	}
+	if after != 0 {
+		t.Fatalf("%d forged packets under keys of an expired epoch accepted", after)
+	}
+}

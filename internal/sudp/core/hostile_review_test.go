@@ -68,3 +68,37 @@ func TestExpiredEpochRefusedOnReceive(t *testing.T) {
 		t.Fatalf("%d forged packets under keys of an expired epoch accepted", after)
 	}
 }
+
+// TestForgedLowOrderRekeyResponse: a re-handshake response whose ephemeral
+// is a low-order point fails inside flynn/noise's Diffie–Hellman, which —
+// unlike a failed decryption — does not roll the handshake state back. One
+// such forgery (anyone who sees the connection id can send it while an
+// initiation is outstanding) left the initiation poisoned: the genuine
+// response, and every retransmission of it, failed from then on, and the
+// connection never rekeyed again.
+func TestForgedLowOrderRekeyResponse(t *testing.T) {
+	cfg := Config{RehandshakeInterval: time.Hour, IdleTimeout: time.Minute}
+	s := handshakeSim(t, 44, link{delay: 20 * time.Millisecond}, cfg)
+	c := s.conn[0]
+	advance(s, 100*time.Millisecond)
+	forceRekey(c)
+	forged := false
+	s.onSend = func(side int, b []byte) {
+		if forged || side != 0 || b[0] != wire.TypeRekey || b[1] != wire.RekeyInitiation {
+			return
+		}
+		forged = true
+		// Ephemeral 0 (low order) and any tag, racing the real answer.
+		resp := wire.AppendRekey(nil, wire.RekeyHeader{Kind: wire.RekeyResponse, DstCID: c.localCID, Epoch: c.rk.epoch + 1}, make([]byte, wire.RekeyNoiseSize))
+		c.HandleDatagram(s.now, c.path.addr, resp)
+	}
+	advance(s, 10*time.Second)
+	st := c.Stats()
+	t.Logf("forged %v; re-handshakes %d, rejected %d, started %d", forged, st.Rehandshakes, st.RehandshakeRejected, st.RehandshakesStarted)
+	if !forged || st.RehandshakeRejected == 0 {
+		t.Fatal("no forged response was processed: the test does not exercise the attack")
+	}
+	if st.Rehandshakes == 0 {
+		t.Fatal("one forged low-order response prevented the re-handshake")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flynn/noise"
+	"golang.org/x/crypto/curve25519"
 
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -362,6 +363,16 @@ func (c *Conn) onRekeyResponse(now time.Time, epoch uint64, msg []byte) {
 		return
 	}
 	if !c.rekeyAllow(now) {
+		return
+	}
+	// flynn/noise rolls its state back after a failed decryption but not
+	// after a failed Diffie–Hellman: a forged response with a low-order
+	// ephemeral would leave our initiation unable to accept the genuine
+	// one. The ee computation fails exactly then, so it is checked first.
+	ee, err := curve25519.X25519(r.hs.LocalEphemeral().Private, msg[:32])
+	clear(ee)
+	if err != nil {
+		c.stats.RehandshakeRejected++
 		return
 	}
 	_, cs1, cs2, err := r.hs.ReadMessage(nil, msg)

@@ -1,8 +1,12 @@
 package core
 
 import (
+	"bytes"
+	"net/netip"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/curve25519"
 
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -100,5 +104,47 @@ func TestForgedLowOrderRekeyResponse(t *testing.T) {
 	}
 	if st.Rehandshakes == 0 {
 		t.Fatal("one forged low-order response prevented the re-handshake")
+	}
+}
+
+// TestForgedRekeyFloodDoesNotStarveRehandshake: re-handshake messages are
+// rate-limited per connection before their Diffie–Hellman work. Forged
+// initiations (a valid point, a wrong tag) sent from another address by
+// anyone who saw the connection id took every token, so the genuine
+// initiation from the peer's validated address was dropped unread, again
+// and again: the connection could never rekey, and stopped at the epoch
+// limit.
+func TestForgedRekeyFloodDoesNotStarveRehandshake(t *testing.T) {
+	cfg := Config{RehandshakeInterval: time.Hour, IdleTimeout: time.Minute}
+	s := handshakeSim(t, 45, link{delay: 20 * time.Millisecond}, cfg)
+	c, srv := s.conn[0], s.conn[1]
+	advance(s, 100*time.Millisecond)
+	attacker := netip.MustParseAddrPort("203.0.113.9:4444")
+	point, err := curve25519.X25519(bytes.Repeat([]byte{7}, 32), curve25519.Basepoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge := func() []byte {
+		msg := append(bytes.Clone(point), make([]byte, wire.TagSize)...)
+		return wire.AppendRekey(nil, wire.RekeyHeader{Kind: wire.RekeyInitiation, DstCID: srv.localCID, Epoch: srv.rk.epoch + 1}, msg)
+	}
+	start := s.now
+	for i := 0; s.now.Sub(start) < 15*time.Second && c.Stats().Rehandshakes == 0; i++ {
+		if i == 20 {
+			forceRekey(c) // once the flood is under way
+		}
+		for range 5 {
+			srv.HandleDatagram(s.now, attacker, forge())
+		}
+		advance(s, 50*time.Millisecond)
+	}
+	st, sst := c.Stats(), srv.Stats()
+	t.Logf("after %v of 100 forged initiations/s: client re-handshakes %d (started %d); server rejected %d, limited %d",
+		s.now.Sub(start), st.Rehandshakes, st.RehandshakesStarted, sst.RehandshakeRejected, sst.RehandshakeLimited)
+	if sst.RehandshakeRejected == 0 {
+		t.Fatal("no forged initiation was processed: the test does not exercise the attack")
+	}
+	if st.Rehandshakes == 0 {
+		t.Fatal("a flood of forged initiations from elsewhere starved the peer's re-handshake")
 	}
 }

@@ -121,12 +121,15 @@ type Conn struct {
 	session        Session
 
 	// client handshake
-	init        *handshake.Initiator
-	hsStart     time.Time
-	hsNext      time.Time
-	hsBackoff   time.Duration
-	hsPacket    []byte
-	respPending []byte // server: handshake response to send once
+	init      *handshake.Initiator
+	hsStart   time.Time
+	hsNext    time.Time
+	hsBackoff time.Duration
+	hsPacket  []byte
+	// hsCookieRetry: no immediate retry on a cookie reply before it (a
+	// reply can be forged by anyone who saw the initiation).
+	hsCookieRetry time.Time
+	respPending   []byte // server: handshake response to send once
 
 	// packet protection
 	sendKey        *keySet

@@ -2,12 +2,14 @@ package core
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/curve25519"
 
+	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
@@ -146,5 +148,46 @@ func TestForgedRekeyFloodDoesNotStarveRehandshake(t *testing.T) {
 	}
 	if st.Rehandshakes == 0 {
 		t.Fatal("a flood of forged initiations from elsewhere starved the peer's re-handshake")
+	}
+}
+
+// TestCookieRepliesDoNotDriveInitiations: a cookie reply is sealed under a
+// key derived from the responder's public key, with the initiation's mac1
+// (in clear) as associated data: anyone who sees the initiation can make
+// one. Each made the connecting side build and send a new initiation at
+// once — a fresh ephemeral and its Diffie–Hellman work per forged packet.
+// At most one immediate retry per backoff step is allowed.
+func TestCookieRepliesDoNotDriveInitiations(t *testing.T) {
+	s := newSim(t, 46, link{delay: 10 * time.Millisecond}, Config{})
+	c := s.conn[0]
+	srvKey := s.ep[1].cfg.Static
+	sent := 0
+	for range 200 {
+		n, _, ok := c.PollTransmit(s.now, s.buf)
+		if !ok {
+			s.now = s.now.Add(time.Millisecond)
+			continue
+		}
+		if s.buf[0] != wire.TypeInitiation {
+			continue
+		}
+		sent++
+		// A fresh cookie secret each time: the forger's cookies are
+		// never valid, so each initiation gets a reply again.
+		forger, err := NewEndpoint(EndpointConfig{Static: srvKey, ClusterID: "sim", RequireCookie: true,
+			Lookup: func([32]byte) (handshake.Peer, error) { return handshake.Peer{}, errors.New("unused") }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply, _, _, err := forger.HandleInitiation(s.now, s.addr[0], bytes.Clone(s.buf[:n]))
+		if reply == nil {
+			t.Fatalf("no cookie reply to forge (initiation %d): %v", sent, err)
+		}
+		c.HandleDatagram(s.now, s.addr[1], reply)
+		s.now = s.now.Add(time.Millisecond)
+	}
+	t.Logf("200 ms of forged cookie replies: %d initiations sent", sent)
+	if sent > 3 {
+		t.Fatalf("%d initiations in 200 ms driven by forged cookie replies", sent)
 	}
 }

@@ -105,7 +105,9 @@ func (a *auditor) flushSuppressed() {
 
 func (a *auditor) async(e store.AuditEntry) {
 	e.Time = a.now().UTC()
-	key := e.Actor + "|" + e.Action + "|" + e.Source
+	// By source address, not address and port: new ports cost a
+	// replaying host nothing (sourceKey, as the throttle).
+	key := e.Actor + "|" + e.Action + "|" + sourceKey(e.Source)
 	if last, ok := a.recent[key]; ok && e.Time.Sub(last) < auditRepeatWindow {
 		a.m.auditSuppressed.Inc()
 		return

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -400,5 +401,23 @@ func TestRunPrunesAuditAtStart(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAuditAsyncRepeatsBySourceAddress: the handshake path's repeat
+// filter is keyed by the source address (an IPv6 /64), not address and
+// port: one host replaying a captured initiation from ever new ports
+// queued an entry per packet, filling the queue — so other refusals were
+// dropped unwritten — and clearing the filter for everyone once 4 096
+// ports had been used.
+func TestAuditAsyncRepeatsBySourceAddress(t *testing.T) {
+	now := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	a := newAuditor(nil, slog.New(slog.DiscardHandler), newMetrics(), func() time.Time { return now })
+	for port := range 200 {
+		a.async(store.AuditEntry{Actor: "key:x", Action: "login.replay", Target: "x", Source: fmt.Sprintf("192.0.2.7:%d", 1000+port), Outcome: "denied"})
+	}
+	a.async(store.AuditEntry{Actor: "key:y", Action: "login.refused", Target: "y", Source: "198.51.100.1:4000", Outcome: "denied"})
+	if n := len(a.queue); n != 2 {
+		t.Fatalf("%d entries queued for one replaying host (200 ports) and one other refusal, want 2", n)
 	}
 }

@@ -1,6 +1,9 @@
 package mmc
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // An agent's events (log lines and alarms) are stored in one log with a
 // fixed retention (store.MaxEvents), so an agent that sent them without
@@ -57,4 +60,20 @@ func (b *eventBudget) dueSummary(now time.Time) uint64 {
 	b.dropped = 0
 	b.summary = now
 	return n
+}
+
+// agentEvents is one agent's event budget, shared by all its sessions (the
+// registry keeps it across logins, as it does the receive cap): a new
+// session must not bring a fresh burst.
+type agentEvents struct {
+	mu sync.Mutex
+	b  eventBudget
+}
+
+// take admits one event at now, or not, and returns the drops a summary is
+// due for (see dueSummary).
+func (e *agentEvents) take(now time.Time) (admitted bool, dropped uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.b.admit(now), e.b.dueSummary(now)
 }

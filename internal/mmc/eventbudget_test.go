@@ -2,6 +2,7 @@ package mmc
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -112,5 +113,59 @@ func TestAgentEventFlood(t *testing.T) {
 	}
 	if dropAlarms != 1 {
 		t.Fatalf("%d events-dropped alarms, want 1", dropAlarms)
+	}
+}
+
+// TestEventBudgetSurvivesRelogin: the event budget is the agent's, not its
+// session's: a hostile agent that logs in again after spending its burst
+// does not get a fresh one (at the handshake rate limit's 20 logins a
+// second that was 4 000 stored events a second instead of 10).
+func TestEventBudgetSurvivesRelogin(t *testing.T) {
+	s := startMMC(t, Config{})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	id := s.byKeyID(a)
+	stored := func() int {
+		evs, err := s.st.Events(0, 0, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range evs {
+			if e.Agent == id && e.Kind == "log" {
+				n++
+			}
+		}
+		return n
+	}
+	seq := uint64(0)
+	start := time.Now()
+	for round := range 3 {
+		c := a.login()
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			for ctx.Err() == nil {
+				if _, err := message.Receive(ctx, c); err != nil {
+					return
+				}
+			}
+		}()
+		before := testutil.ToFloat64(s.metrics.eventsDropped) + float64(stored())
+		const flood = eventBurst + 50
+		for range flood {
+			seq++
+			if err := message.Send(ctx, c, message.Event{Seq: seq, Time: time.Now().UnixNano(), Level: "info", Kind: "log", Message: "x"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitUntil(t, fmt.Sprintf("round %d answered", round), func() bool {
+			return testutil.ToFloat64(s.metrics.eventsDropped)+float64(stored()) >= before+flood
+		})
+		cancel()
+		c.Close()
+	}
+	elapsed := time.Since(start)
+	if most := eventBurst + int(elapsed.Seconds()*eventRate) + 1; stored() > most {
+		t.Fatalf("%d events stored over three sessions in %v; the agent's budget allows %d", stored(), elapsed, most)
 	}
 }

@@ -164,7 +164,10 @@ func (s *Server) withdraw(ctx context.Context, ss *session, w message.Withdrawal
 	_, err := s.actSession(ctx, ss, message.Action{Op: "peer.withdraw", Withdraw: &w})
 	outcome, detail := "ok", "links with revoked agent "+w.PeerID+" closed"
 	if err != nil {
-		outcome, detail = "failed", fmt.Sprintf("links with revoked agent %s: %v", w.PeerID, err)
+		outcome, detail = "failed", fmt.Sprintf("links with revoked agent %s: %v (owed until its next login)", w.PeerID, err)
+		// Not dropped: like one to an offline agent, it is sent at the
+		// agent's next login (a repeat is harmless).
+		s.reg.intros.owe(ss.id, w)
 		s.log.Warn("mmc: telling an agent to drop its links with a revoked one", "agent", ss.id, "revoked", w.PeerID, "err", err)
 	} else {
 		s.metrics.peerWithdrawals.Inc()
@@ -177,8 +180,12 @@ func (s *Server) withdraw(ctx context.Context, ss *session, w message.Withdrawal
 // revocations it missed while offline. The agent answers each; the
 // answers match no pending action and are dropped.
 func (s *Server) sendOwedWithdrawals(ctx context.Context, ss *session) {
-	for _, w := range s.reg.intros.collect(ss.id) {
+	owed := s.reg.intros.collect(ss.id)
+	for i, w := range owed {
 		if err := message.Send(ctx, ss.c, s.order(message.Action{Op: "peer.withdraw", Withdraw: &w})); err != nil {
+			for _, w := range owed[i:] {
+				s.reg.intros.owe(ss.id, w) // the next login tries again
+			}
 			return
 		}
 		s.metrics.peerWithdrawals.Inc()

@@ -95,3 +95,37 @@ func TestWithdrawalOwedAtLogin(t *testing.T) {
 		return
 	}
 }
+
+// TestWithdrawalOwedAfterFailure: a withdrawal that could not be delivered
+// to an online agent (it did not answer within withdrawTimeout, or its
+// session died under it) is owed like one to an offline agent, not
+// dropped: the agent is told at its next login, instead of accepting the
+// revoked agent's key until the introduction expires.
+func TestWithdrawalOwedAfterFailure(t *testing.T) {
+	s := startMMC(t, Config{})
+	bad, peer := newFakeAgent(t, s), newFakeAgent(t, s)
+	peer.facts.Hostname = "peer"
+	bad.enrolWithToken(token(t, s, 1))
+	peer.enrolWithToken(token(t, s, 1))
+	badID, peerID := s.byKeyID(bad), s.byKeyID(peer)
+	stale := peer.login() // online, but never answers
+	waitUntil(t, "the peer's session", func() bool { return s.reg.session(peerID) != nil })
+	s.reg.intros.add(peerID, badID, time.Now())
+	if _, err := s.decide(badID, store.StateRevoked, "admin", "test"); err != nil {
+		t.Fatal(err)
+	}
+	stale.Close()
+	c := peer.login()
+	defer c.Close()
+	for {
+		e := peer.recv(c)
+		if e.Type != message.TypeAction {
+			continue
+		}
+		act, err := message.Decode[message.Action](e)
+		if err != nil || act.Op != "peer.withdraw" || act.Withdraw == nil || act.Withdraw.PeerID != badID {
+			t.Fatalf("first action after login: %+v %v", act, err)
+		}
+		return
+	}
+}

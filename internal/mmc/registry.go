@@ -62,6 +62,9 @@ type agentEntry struct {
 	// recv is the key's receive cap (recvcap.go), one bucket for all its
 	// sessions, kept across publishes while its kind of cap holds.
 	recv *ratelimit.Bucket
+	// events is the agent's event budget (eventbudget.go), made at its
+	// first login and kept across publishes and sessions.
+	events *agentEvents
 }
 
 func entryOf(a store.Agent) *agentEntry {
@@ -106,6 +109,21 @@ func (r *registry) publish(a store.Agent) {
 	r.mu.Unlock()
 }
 
+// eventsOf returns the event budget of pub's agent, made at now the first
+// time.
+func (r *registry) eventsOf(pub [32]byte, now time.Time) *agentEvents {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.byKey[pub]
+	if e == nil {
+		return &agentEvents{b: newEventBudget(now)}
+	}
+	if e.events == nil {
+		e.events = &agentEvents{b: newEventBudget(now)}
+	}
+	return e.events
+}
+
 func (r *registry) publishLocked(a store.Agent) {
 	if cur := r.byKey[a.PublicKey]; cur != nil && final(cur.state) && !final(a.State) {
 		// A rejection or revocation is final in the store (agent.decide
@@ -120,6 +138,9 @@ func (r *registry) publishLocked(a store.Agent) {
 	} else {
 		e.recv = newRecvCap(time.Now(), e) // the SUDP driver's clock
 
+	}
+	if cur := r.byKey[a.PublicKey]; cur != nil {
+		e.events = cur.events
 	}
 	r.byKey[a.PublicKey] = e
 	r.indexName(a.PublicKey, e)

@@ -40,8 +40,8 @@ type session struct {
 	reportAt  time.Time
 	nextID    uint64
 	pending   map[uint64]chan message.ActionResult
-	policyAck uint64 // policy version the agent acknowledged
-	events    eventBudget
+	policyAck uint64       // policy version the agent acknowledged
+	events    *agentEvents // the agent's, shared with its other sessions
 }
 
 func (ss *session) end(code uint64, reason string) {
@@ -95,7 +95,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		return // no longer approved
 	}
 	s.reg.publish(a)
-	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult), events: newEventBudget(now)}
+	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult), events: s.reg.eventsOf(pub, now)}
 	// Register only if the agent is still approved, atomically with the
 	// check (registry.register): a revocation either sees this session
 	// (and decide ends it) or happened before (and we stop here).
@@ -274,10 +274,7 @@ func (s *Server) agentHandlers(ss *session, ch *challenger, answered func()) mes
 	})
 	message.On(h, func(ctx context.Context, ev message.Event) error {
 		now := s.cfg.Now()
-		ss.mu.Lock()
-		admitted := ss.events.admit(now)
-		dropped := ss.events.dueSummary(now)
-		ss.mu.Unlock()
+		admitted, dropped := ss.events.take(now)
 		if dropped > 0 {
 			s.alarm(store.Event{Agent: ss.id, Host: ss.name, Alarm: true, Level: "warn", Kind: kindEventsDropped,
 				Message: fmt.Sprintf("%d events from this agent dropped: more than %d a second (burst %d)", dropped, eventRate, eventBurst)})

@@ -330,7 +330,11 @@ func (e *Endpoint) readLoop() {
 				continue
 			}
 			wasConfirmed := c.cc.Confirmed()
+			authentic, n := c.cc.PacketsReceived(), len(d.Data)
 			c.cc.HandleDatagram(now, d.From, d.Data)
+			if c.cc.PacketsReceived() == authentic {
+				c.rlim.refund(n)
+			}
 			if !wasConfirmed && c.cc.Confirmed() {
 				c.confirmedNow = true
 			}

@@ -35,6 +35,15 @@ func (l *recvLimit) allow(now time.Time, n int) bool {
 	return false
 }
 
+// refund returns what allow took for a packet that did not authenticate:
+// junk at one of the peer's connection ids — which anyone who saw a packet
+// of it can send, from any address — must not spend the peer's bucket.
+// (Junk costs the loop a failed decryption; a hostile peer's authentic
+// packets are what the cap is for.)
+func (l *recvLimit) refund(n int) {
+	l.bucket.Refund(max(n, minPacketCharge))
+}
+
 // LimitReceive caps what the peer can make this connection's endpoint
 // process: bytesPerSecond, in bursts of up to burst bytes. Packets beyond it
 // are dropped unread, as if lost on the way (a well-behaved peer's loss

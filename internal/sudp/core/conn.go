@@ -121,12 +121,15 @@ type Conn struct {
 	session        Session
 
 	// client handshake
-	init        *handshake.Initiator
-	hsStart     time.Time
-	hsNext      time.Time
-	hsBackoff   time.Duration
-	hsPacket    []byte
-	respPending []byte // server: handshake response to send once
+	init      *handshake.Initiator
+	hsStart   time.Time
+	hsNext    time.Time
+	hsBackoff time.Duration
+	hsPacket  []byte
+	// hsCookieRetry: no immediate retry on a cookie reply before it (a
+	// reply can be forged by anyone who saw the initiation).
+	hsCookieRetry time.Time
+	respPending   []byte // server: handshake response to send once
 
 	// packet protection
 	sendKey        *keySet
@@ -397,6 +400,10 @@ func (c *Conn) Err() error {
 
 // IsClosed reports whether the connection is gone and may be forgotten.
 func (c *Conn) IsClosed() bool { return c.state == stateClosed }
+
+// PacketsReceived counts the data packets that authenticated (cheaper
+// than Stats, for the receive loop's per-packet use).
+func (c *Conn) PacketsReceived() uint64 { return c.stats.PacketsReceived }
 
 // Stats returns a snapshot of the counters.
 func (c *Conn) Stats() ConnStats {

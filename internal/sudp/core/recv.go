@@ -9,6 +9,10 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
 
+// cookieRetryMin is the least time between two initiations sent at once
+// on a cookie reply.
+const cookieRetryMin = 500 * time.Millisecond
+
 // HandleDatagram processes one datagram the endpoint routed to this
 // connection. pkt is decrypted in place and must not be used afterwards.
 // Invalid input is counted and dropped; it never changes state.
@@ -26,7 +30,15 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 				c.stats.DroppedAuth++
 				return
 			}
-			// Retry at once with the cookie in mac2.
+			// Retry at once with the cookie in mac2 — once per
+			// cookieRetryMin: a reply can be made by anyone who saw the
+			// initiation (its key and associated data are public), and
+			// each retry costs a fresh ephemeral and its Diffie–Hellman
+			// work. The cookie is kept for the next retransmission.
+			if now.Before(c.hsCookieRetry) {
+				return
+			}
+			c.hsCookieRetry = now.Add(cookieRetryMin)
 			c.hsBackoff = 500 * time.Millisecond
 			if err := c.sendInitiation(now); err != nil {
 				c.stats.DroppedAuth++
@@ -74,6 +86,15 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		// KeyUpdateInterval): refuse the key, and the connection with it.
 		c.stats.DroppedAuth++
 		c.closeLocal(now, CodeKeyExpired, "peer did not update its key", nil)
+		return
+	}
+	if c.epochExpired(now) {
+		// A key descending from an expired Diffie–Hellman protects
+		// nothing either way: the peer stopped sending under it, so this
+		// is stale or forged by someone who holds a leaked key and drops
+		// the re-handshake. Only the new epoch's key is accepted (its
+		// promotion above renewed the epoch).
+		c.stats.DroppedAuth++
 		return
 	}
 	c.stats.PacketsReceived++

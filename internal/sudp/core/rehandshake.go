@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flynn/noise"
+	"golang.org/x/crypto/curve25519"
 
 	"github.com/ferry-vm/ferry/internal/sudp/wire"
 )
@@ -73,8 +74,13 @@ type rekeyState struct {
 	sendHeld    *keySet // responder: becomes sendPending once the peer proves it has the response
 	recvPending *keySet // the peer's next send key: tried for what the current keys do not open
 
-	tokens   float64
-	tokensAt time.Time
+	// Noise work tokens: one bucket for messages from the validated
+	// path, one for all other addresses, so that forgeries from elsewhere
+	// (anyone who saw the connection id can send them) cannot starve the
+	// peer's own messages. (An attacker who also spoofs the peer's exact
+	// address can; it could as well drop them if it were on the path.)
+	tokens, pathTokens     float64
+	tokensAt, pathTokensAt time.Time
 	// scratch keeps a packet's ciphertext while a second key is tried.
 	scratch []byte
 }
@@ -84,7 +90,7 @@ type rekeyState struct {
 // re-handshakes.
 func (c *Conn) enableRehandshake(static noise.DHKey) {
 	c.rk.static = static
-	c.rk.tokens = rekeyBurst
+	c.rk.tokens, c.rk.pathTokens = rekeyBurst, rekeyBurst
 }
 
 func (c *Conn) rekeyEnabled() bool {
@@ -122,18 +128,22 @@ func (c *Conn) rekeyHandshake(initiator bool, epoch uint64) (*noise.HandshakeSta
 // direction made before (KEY_UPDATE frames carry it).
 func rekeyEpochGen(epoch uint64) uint64 { return epoch << 32 }
 
-// rekeyAllow takes a token for the Noise work of one message.
-func (c *Conn) rekeyAllow(now time.Time) bool {
+// rekeyAllow takes a token for the Noise work of one message from `from`.
+func (c *Conn) rekeyAllow(now time.Time, from netip.AddrPort) bool {
 	r := &c.rk
-	if !r.tokensAt.IsZero() {
-		r.tokens = min(rekeyBurst, r.tokens+now.Sub(r.tokensAt).Seconds()*rekeyRate)
+	tokens, at := &r.tokens, &r.tokensAt
+	if from == c.path.addr {
+		tokens, at = &r.pathTokens, &r.pathTokensAt
 	}
-	r.tokensAt = now
-	if r.tokens < 1 {
+	if !at.IsZero() {
+		*tokens = min(rekeyBurst, *tokens+now.Sub(*at).Seconds()*rekeyRate)
+	}
+	*at = now
+	if *tokens < 1 {
 		c.stats.RehandshakeLimited++
 		return false
 	}
-	r.tokens--
+	*tokens--
 	return true
 }
 
@@ -279,7 +289,7 @@ func (c *Conn) handleRekey(now time.Time, from netip.AddrPort, pkt []byte) {
 	if h.Kind == wire.RekeyInitiation {
 		c.onRekeyInit(now, from, h.Epoch, pkt, msg)
 	} else {
-		c.onRekeyResponse(now, h.Epoch, msg)
+		c.onRekeyResponse(now, from, h.Epoch, msg)
 	}
 }
 
@@ -292,7 +302,7 @@ func (c *Conn) onRekeyInit(now time.Time, from netip.AddrPort, epoch uint64, pkt
 		// moved during an outage), so it is rate-limited like the Noise
 		// work: replays from spoofed addresses must not turn us into a
 		// reflector.
-		if c.rekeyAllow(now) {
+		if c.rekeyAllow(now, from) {
 			r.respDue, r.respTo = true, from
 		}
 		return
@@ -313,7 +323,7 @@ func (c *Conn) onRekeyInit(now time.Time, from netip.AddrPort, epoch uint64, pkt
 		c.stats.RehandshakeRejected++
 		return
 	}
-	if !c.rekeyAllow(now) {
+	if !c.rekeyAllow(now, from) {
 		return
 	}
 	hs, err := c.rekeyHandshake(false, epoch)
@@ -355,13 +365,23 @@ func (c *Conn) onRekeyInit(now time.Time, from netip.AddrPort, epoch uint64, pkt
 	c.lastRecv = now
 }
 
-func (c *Conn) onRekeyResponse(now time.Time, epoch uint64, msg []byte) {
+func (c *Conn) onRekeyResponse(now time.Time, from netip.AddrPort, epoch uint64, msg []byte) {
 	r := &c.rk
 	if r.hs == nil || epoch != r.epoch+1 {
 		c.stats.RehandshakeReplays++
 		return
 	}
-	if !c.rekeyAllow(now) {
+	if !c.rekeyAllow(now, from) {
+		return
+	}
+	// flynn/noise rolls its state back after a failed decryption but not
+	// after a failed Diffie–Hellman: a forged response with a low-order
+	// ephemeral would leave our initiation unable to accept the genuine
+	// one. The ee computation fails exactly then, so it is checked first.
+	ee, err := curve25519.X25519(r.hs.LocalEphemeral().Private, msg[:32])
+	clear(ee)
+	if err != nil {
+		c.stats.RehandshakeRejected++
 		return
 	}
 	_, cs1, cs2, err := r.hs.ReadMessage(nil, msg)

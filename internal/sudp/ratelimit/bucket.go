@@ -43,6 +43,17 @@ func (b *Bucket) Allow(now time.Time, n int) bool {
 	return true
 }
 
+// Refund gives back n units an Allow took for something that turned out
+// not to count (up to the burst). A nil Bucket ignores it.
+func (b *Bucket) Refund(n int) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = min(b.burst, b.tokens+float64(n))
+}
+
 // Rate is the bucket's rate (0 for a nil Bucket).
 func (b *Bucket) Rate() float64 {
 	if b == nil {

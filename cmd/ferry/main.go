@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/ferry-vm/ferry/internal/termsafe"
@@ -18,12 +20,24 @@ func main() {
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		printError(os.Stderr, err)
-		os.Exit(1)
+		stop()
+		os.Exit(exitCode(err))
 	}
 }
 
 // printError prints a command's error. Errors can quote the MMC, which
-// can quote an agent: escaped.
+// can quote an agent: escaped. A usage error is Ferry's own text in
+// lines (the message, a suggestion, where to find help), each escaped.
 func printError(w io.Writer, err error) {
+	var u *usageError
+	if errors.As(err, &u) {
+		for i, line := range strings.Split(u.msg, "\n") {
+			if i == 0 {
+				line = "ferry: " + line
+			}
+			fmt.Fprintln(w, termsafe.String(line))
+		}
+		return
+	}
 	fmt.Fprintln(w, "ferry:", termsafe.String(err.Error()))
 }

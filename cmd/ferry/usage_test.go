@@ -8,20 +8,16 @@ import (
 	"testing"
 )
 
-// runFerry runs the ferry command tree in-process and returns what main
-// would print and exit with.
+// runFerryCode runs the ferry command tree in-process and returns what
+// main would print and exit with.
 func runFerryCode(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	root := newRootCmd()
-	var out, errOut bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	root.SetArgs(args)
-	err := root.Execute()
+	out, err := runFerry(t, args...)
+	var errOut bytes.Buffer
 	if err != nil {
 		printError(&errOut, err)
 	}
-	return out.String(), errOut.String(), exitCode(err)
+	return out, errOut.String(), exitCode(err)
 }
 
 // A mistyped command, subcommand, flag or argument fails with status 2 and

@@ -74,7 +74,7 @@ func (s *Server) relay(ctx context.Context, topic string, e board.Entry, to []st
 			continue // offline: it reads the topic when it is back (BoardRead)
 		}
 		rctx, cancel := context.WithTimeout(ctx, relayTimeout)
-		if err := message.Send(rctx, ss.c, msg); err != nil {
+		if err := ss.send(rctx, msg); err != nil {
 			s.log.Debug("mmc: board relay failed", "to", id, "topic", topic, "err", err)
 		}
 		cancel()

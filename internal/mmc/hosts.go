@@ -37,7 +37,7 @@ func (s *Server) actSession(ctx context.Context, ss *session, a message.Action) 
 	// peer that stopped reading has no deadline of its own.
 	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
 	defer cancel()
-	if err := message.Send(ctx, ss.c, a); err != nil {
+	if err := ss.send(ctx, a); err != nil {
 		return message.ActionResult{}, fmt.Errorf("mmc: send %s to %s: %w", a.Op, host, err)
 	}
 	select {

@@ -182,7 +182,7 @@ func (s *Server) withdraw(ctx context.Context, ss *session, w message.Withdrawal
 func (s *Server) sendOwedWithdrawals(ctx context.Context, ss *session) {
 	owed := s.reg.intros.collect(ss.id)
 	for i, w := range owed {
-		if err := message.Send(ctx, ss.c, s.order(message.Action{Op: "peer.withdraw", Withdraw: &w})); err != nil {
+		if err := ss.send(ctx, s.order(message.Action{Op: "peer.withdraw", Withdraw: &w})); err != nil {
 			for _, w := range owed[i:] {
 				s.reg.intros.owe(ss.id, w) // the next login tries again
 			}

@@ -207,7 +207,7 @@ func (s *Server) pushPolicy(ctx context.Context, ss *session) {
 }
 
 func (s *Server) pushPolicyDoc(ctx context.Context, ss *session, version uint64, doc []byte) {
-	if err := message.Send(ctx, ss.c, message.Policy{Version: version, Doc: doc}); err != nil {
+	if err := ss.send(ctx, message.Policy{Version: version, Doc: doc}); err != nil {
 		s.log.Debug("mmc: policy push", "agent", ss.id, "err", err)
 	}
 }

@@ -40,12 +40,32 @@ type session struct {
 	reportAt  time.Time
 	nextID    uint64
 	pending   map[uint64]chan message.ActionResult
-	policyAck uint64       // policy version the agent acknowledged
-	events    *agentEvents // the agent's, shared with its other sessions
+	policyAck uint64        // policy version the agent acknowledged
+	events    *agentEvents  // the agent's, shared with its other sessions
+	welcomed  chan struct{} // closed once the Welcome is sent (send)
 }
 
 func (ss *session) end(code uint64, reason string) {
 	ss.once.Do(func() { _ = ss.c.CloseWithError(code, reason) })
+}
+
+// errSessionGone is a send to a session that ended before its Welcome.
+var errSessionGone = errors.New("mmc: the session ended")
+
+// send sends msg once the agent has been sent its Welcome. The session is
+// registered (and so reachable by orders, board relays, policy pushes)
+// before the Welcome goes out, and each message rides its own stream: one
+// sent earlier could overtake the Welcome, and the agent, which takes its
+// first message for the Welcome, would end the session.
+func (ss *session) send(ctx context.Context, msg message.Body) error {
+	select {
+	case <-ss.welcomed:
+	case <-ss.c.Done():
+		return errSessionGone
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return message.Send(ctx, ss.c, msg)
 }
 
 // serveAgent runs an approved agent's session: Hello (facts check), then
@@ -95,7 +115,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		return // no longer approved
 	}
 	s.reg.publish(a)
-	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult), events: s.reg.eventsOf(pub, now)}
+	ss := &session{id: id, name: a.Name, site: a.Site, c: c, hs: c.Session().HandshakeHash, started: now, pending: make(map[uint64]chan message.ActionResult), welcomed: make(chan struct{}), events: s.reg.eventsOf(pub, now)}
 	// Register only if the agent is still approved, atomically with the
 	// check (registry.register): a revocation either sees this session
 	// (and decide ends it) or happened before (and we stop here).
@@ -130,6 +150,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if err := message.Send(ctx, c, message.Welcome{AgentID: id, Term: s.cfg.Cluster.Term()}); err != nil {
 		return
 	}
+	close(ss.welcomed)
 	s.sendMembers(ctx, c)
 	s.pushPolicy(ctx, ss)
 	s.sendOwedWithdrawals(ctx, ss)

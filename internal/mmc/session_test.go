@@ -337,3 +337,29 @@ func TestPendingLimit(t *testing.T) {
 		t.Fatalf("%d records, want 2", len(agents))
 	}
 }
+
+// A message for a session waits for its Welcome: the session is reachable
+// by orders before the Welcome is sent, each message rides its own
+// stream, and an order that overtook the Welcome ended the agent's login
+// ("dst went away during peer.expect" under the race detector).
+func TestSendWaitsForWelcome(t *testing.T) {
+	s := startMMC(t, Config{})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	c := a.login() // any live connection serves as the session's
+	ss := &session{c: c, welcomed: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := ss.send(ctx, message.EventAck{Seq: 1}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("send before the Welcome: %v, want it held until the deadline", err)
+	}
+	close(ss.welcomed)
+	if err := ss.send(context.Background(), message.EventAck{Seq: 2}); err != nil {
+		t.Fatalf("send after the Welcome: %v", err)
+	}
+	c.Close()
+	gone := &session{c: c, welcomed: make(chan struct{})}
+	if err := gone.send(context.Background(), message.EventAck{Seq: 3}); !errors.Is(err, errSessionGone) {
+		t.Fatalf("send on a session that ended before its Welcome: %v", err)
+	}
+}

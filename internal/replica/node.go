@@ -373,6 +373,19 @@ func (n *Node) Members(ctx context.Context) ([]raft.Server, error) {
 	return f.Configuration().Servers, nil
 }
 
+// SetTimeouts changes raft's HeartbeatTimeout and ElectionTimeout while
+// the member runs (raft's ReloadConfig; LeaderLeaseTimeout must stay at
+// or below heartbeat). A one-member MMC starts with shorter ones to
+// elect itself sooner and puts raft's defaults back once it leads.
+func (n *Node) SetTimeouts(heartbeat, election time.Duration) error {
+	rc := n.raft.ReloadableConfig()
+	rc.HeartbeatTimeout, rc.ElectionTimeout = heartbeat, election
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
+}
+
 // Snapshot takes a snapshot now (raft otherwise takes one every
 // SnapshotInterval once SnapshotThreshold entries accumulated) and
 // truncates the log behind it.

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,6 +114,48 @@ func TestMMCUpgradesPreRaftStore(t *testing.T) {
 		stop, _ := runServer(t, s)
 		if toks, err := s.st.Tokens(); err != nil || len(toks) != 1 {
 			t.Fatalf("tokens %v (%v): the pre-raft content is gone", toks, err)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A database restored without its raft state (a backup of mmc.db alone)
+// keeps its content and its later writes: the new log starts at 1, below
+// the index the store recorded from the old one.
+func TestMMCRestoresDatabaseWithoutRaftDir(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "-"}
+	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	tok := func(id string) store.Token {
+		return store.Token{ID: id, Hash: [32]byte{1}, Created: at, Expires: at.Add(time.Hour), UsesLeft: 1}
+	}
+	for i, step := range []struct {
+		wantTokens int
+		dropRaft   bool
+	}{{0, false}, {1, true}, {2, false}} {
+		if step.dropRaft {
+			if err := os.RemoveAll(filepath.Join(dir, "raft")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop, _ := runServer(t, s)
+		if toks, err := s.st.Tokens(); err != nil || len(toks) != step.wantTokens {
+			t.Fatalf("start %d: %d tokens (%v), want %d", i, len(toks), err, step.wantTokens)
+		}
+		// Many writes, so the old log's index is above the new one's.
+		for j := range 20 {
+			if err := s.st.AppendAudit(store.AuditEntry{Time: at, Actor: "admin", Action: "x", Outcome: "ok"}); err != nil {
+				t.Fatalf("start %d write %d: %v", i, j, err)
+			}
+		}
+		if err := s.st.PutToken(tok(fmt.Sprintf("%016x", i))); err != nil {
+			t.Fatal(err)
 		}
 		if err := stop(); err != nil {
 			t.Fatal(err)

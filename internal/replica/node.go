@@ -136,6 +136,16 @@ func Open(cfg Config) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("replica: %w", err)
 	}
+	if !existing && !cfg.Join {
+		// A new log starts at index 1: a store that recorded a
+		// previous log's index (its raft state was lost, or only the
+		// database was restored from a backup) would skip its entries
+		// as already applied. Its content is seeded below instead.
+		if err := cfg.Store.ResetAppliedIndex(); err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("replica: %w", err)
+		}
+	}
 	seed, err := needsSeed(cfg, snaps)
 	if err != nil {
 		logs.Close()

@@ -142,6 +142,16 @@ func (s *Store) AppliedIndex() (uint64, error) {
 	return n, err
 }
 
+// ResetAppliedIndex forgets the applied index, for a store that starts
+// a new log: a replica bootstrapped anew on a data directory whose raft
+// state is gone (a database restored from a backup alone) would
+// otherwise skip the new log's entries as already applied.
+func (s *Store) ResetAppliedIndex() error {
+	return s.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Delete([]byte(appliedIndexKey))
+	})
+}
+
 func appliedIndex(tx *bolt.Tx) (uint64, error) {
 	v := tx.Bucket(bucketMeta).Get([]byte(appliedIndexKey))
 	if v == nil {

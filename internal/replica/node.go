@@ -4,8 +4,9 @@
 // bbolt database, and the transport runs over SUDP streams between
 // members authenticated by their static keys (transport.go).
 //
-// This package is the replication core only: the MMC does not yet run
-// on it (see docs/ARCHITECTURE.md, "Replication (raft)").
+// The MMC runs on it as a one-member cluster (internal/mmc,
+// replicate.go); joining members are a later slice (see
+// docs/ARCHITECTURE.md, "Replication (raft)").
 package replica
 
 import (

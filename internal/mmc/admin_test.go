@@ -16,7 +16,7 @@ import (
 
 func newTestServer(t *testing.T) (*Server, *httptest.Server) {
 	t.Helper()
-	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-"})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,7 @@ func newClockedServer(t *testing.T, cfg Config) (*Server, *httptest.Server, *tes
 	t.Helper()
 	clk := &testClock{t: time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)}
 	cfg.DataDir, cfg.Listen, cfg.Admin, cfg.Now = t.TempDir(), "127.0.0.1:0", "-", clk.Now
+	cfg.raftStart = testRaftStart
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +324,7 @@ func TestKeyFileOutsideDataDir(t *testing.T) {
 	dataDir, keyDir := t.TempDir(), t.TempDir()
 	keyFile := filepath.Join(keyDir, "keys", "mmc.key")
 	start := func() string {
-		s, err := New(Config{DataDir: dataDir, KeyFile: keyFile, Listen: "127.0.0.1:0", Admin: "-"})
+		s, err := New(Config{raftStart: testRaftStart, DataDir: dataDir, KeyFile: keyFile, Listen: "127.0.0.1:0", Admin: "-"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,7 +360,7 @@ func TestKeyFileOutsideDataDir(t *testing.T) {
 	}
 	// Without --key-file: DATA/node.key, as before.
 	dir := t.TempDir()
-	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "-"})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "-"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +372,7 @@ func TestKeyFileOutsideDataDir(t *testing.T) {
 
 // A running MMC prunes at start with its configured limits.
 func TestRunPrunesAuditAtStart(t *testing.T) {
-	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-", AuditMaxEntries: 5, AuditMaxAge: -1})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-", AuditMaxEntries: 5, AuditMaxAge: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

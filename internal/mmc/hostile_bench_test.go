@@ -397,7 +397,7 @@ func hostileFlooderMain(bundleText string) error {
 // out of the way (its challenges would be part of neither phase), printing
 // its bundle and a join token for the agents, until stdin closes.
 func hostileChildMain(dir string) error {
-	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "-", ReauthMin: time.Hour})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "-", ReauthMin: time.Hour})
 	if err != nil {
 		return err
 	}

@@ -218,7 +218,7 @@ func startMMCIn(t *testing.T, dir string) *Server {
 	if err := os.Chmod(filepath.Join(dir, dbFile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "-"})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "-"})
 	if err != nil {
 		t.Fatal(err)
 	}

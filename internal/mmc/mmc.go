@@ -103,6 +103,10 @@ type Config struct {
 	Rand            io.Reader
 	Now             func() time.Time
 
+	// raftStart overrides startTimeout (tests: a one-member cluster
+	// cannot lose a lease, so they elect it in tens of milliseconds).
+	raftStart time.Duration
+
 	// EnrolWait bounds how long a pending enrolment session waits for a
 	// decision before the MMC tells the agent to ask again (default 1
 	// min); PendingTTL how long a pending record waits for one before it
@@ -176,6 +180,7 @@ type Server struct {
 	cfg       Config
 	log       *slog.Logger
 	st        *store.Store
+	repl      *replicated // the raft member every store write goes through
 	ep        *sudp.Endpoint
 	clusterID string
 	enrolPSK  [32]byte
@@ -237,10 +242,19 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before anything reads the store: raft may restore a snapshot into
+	// it and replay the log after it (openReplicated waits for that).
+	// The member's id is the MMC's node id, stable with its key.
+	repl, err := openReplicated(context.Background(), cfg.DataDir, identity.NodeID([32]byte(static.Public)), st, cfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		st:        st,
+		repl:      repl,
 		clusterID: clusterID,
 		enrolPSK:  identity.EnrolPSK(clusterID),
 		adminTok:  []byte(adminTok),
@@ -254,15 +268,15 @@ func New(cfg Config) (*Server, error) {
 	s.audit = newAuditor(st, cfg.Logger, s.metrics, cfg.Now)
 	s.orch = newOrchestrator(st, serverFleet{s}, cfg.Logger, cfg.Now)
 	if err := s.loadAgents(); err != nil {
-		st.Close()
+		s.close()
 		return nil, err
 	}
 	if err := s.loadInventory(); err != nil {
-		st.Close()
+		s.close()
 		return nil, err
 	}
 	if s.pol, err = newPolicyLoop(st); err != nil {
-		st.Close()
+		s.close()
 		return nil, err
 	}
 	s.ep, err = sudp.Listen(sudp.Config{
@@ -274,7 +288,7 @@ func New(cfg Config) (*Server, error) {
 		Logger:    cfg.Logger,
 	})
 	if err != nil {
-		st.Close()
+		s.close()
 		return nil, fmt.Errorf("mmc: listen %s: %w", cfg.Listen, err)
 	}
 	if err := identity.WriteSecretFile(filepath.Join(cfg.DataDir, BundleFile), []byte(s.Bundle().Encode()+"\n")); err != nil {
@@ -431,7 +445,21 @@ func (s *Server) Run(ctx context.Context) error {
 			cancel()
 		}()
 	}
-	wg.Add(5)
+	// A halted state machine applies no more writes and this member
+	// must not go on serving from a store that diverged from the log
+	// (replica.FSM): stop the MMC with the cause.
+	var fatal fatalWatch
+	wg.Add(6)
+	go func() {
+		defer wg.Done()
+		select {
+		case err := <-s.repl.node.Fatal():
+			fatal.set(err)
+			s.log.Error("mmc: the replicated store halted; stopping", "err", err)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		s.audit.run(ctx)
@@ -468,11 +496,35 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ep.Close()
 	wg.Wait()
 	s.audit.drain()
-	s.st.Close()
-	if adminErr != nil {
-		return adminErr
+	// The drained audit entries were the last writes: the member stops
+	// after them, the store after the member (raft's FSM writes to it).
+	if err := s.repl.close(); err != nil {
+		s.log.Warn("mmc: stopping the replicated store", "err", err)
 	}
-	return nil
+	s.st.Close()
+	return errors.Join(adminErr, fatal.err())
+}
+
+// fatalWatch holds why the replicated store's state machine halted
+// (replica.Node.Fatal), if it did.
+type fatalWatch struct {
+	mu    sync.Mutex
+	cause error
+}
+
+func (f *fatalWatch) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cause = err
+}
+
+func (f *fatalWatch) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cause == nil {
+		return nil
+	}
+	return fmt.Errorf("mmc: the replicated store halted; this MMC stopped: %w", f.cause)
 }
 
 func (s *Server) close() {
@@ -482,6 +534,7 @@ func (s *Server) close() {
 	if s.adminLn != nil {
 		s.adminLn.Close()
 	}
+	s.repl.close()
 	s.st.Close()
 }
 

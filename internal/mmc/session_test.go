@@ -29,6 +29,7 @@ type fakeAgent struct {
 func startMMC(t *testing.T, cfg Config) *Server {
 	t.Helper()
 	cfg.DataDir, cfg.Listen, cfg.Admin = t.TempDir(), "127.0.0.1:0", "-"
+	cfg.raftStart = testRaftStart
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

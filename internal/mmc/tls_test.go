@@ -43,7 +43,7 @@ func TestAdminNeedsTLS(t *testing.T) {
 // HTTP and clients without that trust anchor get nothing.
 func TestAdminAPIOverTLS(t *testing.T) {
 	dir := t.TempDir()
-	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "0.0.0.0:0"})
+	s, err := New(Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "0.0.0.0:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestAdminAPIOverTLS(t *testing.T) {
 	cancel()
 	<-done
 	stopped = true
-	s2, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "0.0.0.0:0"})
+	s2, err := New(Config{raftStart: testRaftStart, DataDir: dir, Listen: "127.0.0.1:0", Admin: "0.0.0.0:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestAdminAPIOverTLS(t *testing.T) {
 }
 
 func TestAdminTLSOffRefusedBeyondLoopback(t *testing.T) {
-	_, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "0.0.0.0:0", AdminTLS: TLSOff})
+	_, err := New(Config{raftStart: testRaftStart, DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "0.0.0.0:0", AdminTLS: TLSOff})
 	if err == nil || !strings.Contains(err.Error(), "clear text") {
 		t.Fatalf("err = %v, want a refusal", err)
 	}

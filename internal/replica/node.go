@@ -4,8 +4,9 @@
 // bbolt database, and the transport runs over SUDP streams between
 // members authenticated by their static keys (transport.go).
 //
-// This package is the replication core only: the MMC does not yet run
-// on it (see docs/ARCHITECTURE.md, "Replication (raft)").
+// The MMC runs on it as a one-member cluster (internal/mmc,
+// replicate.go); joining members are a later slice (see
+// docs/ARCHITECTURE.md, "Replication (raft)").
 package replica
 
 import (
@@ -135,6 +136,16 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		logs.Close()
 		return nil, fmt.Errorf("replica: %w", err)
+	}
+	if !existing && !cfg.Join {
+		// A new log starts at index 1: a store that recorded a
+		// previous log's index (its raft state was lost, or only the
+		// database was restored from a backup) would skip its entries
+		// as already applied. Its content is seeded below instead.
+		if err := cfg.Store.ResetAppliedIndex(); err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("replica: %w", err)
+		}
 	}
 	seed, err := needsSeed(cfg, snaps)
 	if err != nil {
@@ -371,6 +382,19 @@ func (n *Node) Members(ctx context.Context) ([]raft.Server, error) {
 		return nil, n.mapErr(err)
 	}
 	return f.Configuration().Servers, nil
+}
+
+// SetTimeouts changes raft's HeartbeatTimeout and ElectionTimeout while
+// the member runs (raft's ReloadConfig; LeaderLeaseTimeout must stay at
+// or below heartbeat). A one-member MMC starts with shorter ones to
+// elect itself sooner and puts raft's defaults back once it leads.
+func (n *Node) SetTimeouts(heartbeat, election time.Duration) error {
+	rc := n.raft.ReloadableConfig()
+	rc.HeartbeatTimeout, rc.ElectionTimeout = heartbeat, election
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
 }
 
 // Snapshot takes a snapshot now (raft otherwise takes one every

@@ -79,7 +79,36 @@ func (r recorded) Unwrap() error { return r.err }
 // written and the result is nil, except for a refusal the command
 // records (ErrNameTaken): then its write is committed and the result is
 // the record as written.
-func (s *Store) Apply(c Command) (any, error) { return s.apply(0, c) }
+//
+// With an Applier set (SetApplier) Apply hands the command to it instead
+// and returns its result: every typed write method goes through Apply,
+// so this is where a replicated store routes them all through its log.
+func (s *Store) Apply(c Command) (any, error) {
+	if a := s.applier.Load(); a != nil {
+		return (*a)(c)
+	}
+	return s.apply(0, c)
+}
+
+// Applier carries out a command on the store's behalf and returns
+// Apply's result: for a replicated store, it proposes the command to
+// the log and waits for it to be applied here (replica.Node.Apply).
+type Applier func(Command) (any, error)
+
+// SetApplier routes every later Apply (and so every write method)
+// through a; nil restores direct application. Set it once, before the
+// store is written concurrently.
+//
+// The applier must end in ApplyIndexed (a replicated log's FSM), never
+// in Apply: ApplyIndexed bypasses the applier, so the FSM applying a
+// proposed command does not propose it again.
+func (s *Store) SetApplier(a Applier) {
+	if a == nil {
+		s.applier.Store(nil)
+		return
+	}
+	s.applier.Store(&a)
+}
 
 // appliedIndexKey is the meta key of the replicated log's last index
 // applied with a write (ApplyIndexed).
@@ -93,6 +122,8 @@ const appliedIndexKey = "raft.applied-index"
 // are not idempotent (an audit append would repeat), so the store must
 // know where it stands. A refused command writes nothing, index
 // included: replayed, it meets the same state and is refused again.
+// It never goes through the Applier (SetApplier): it is the applier's
+// end, the local write.
 func (s *Store) ApplyIndexed(index uint64, c Command) (any, error) {
 	if index == 0 {
 		return nil, fmt.Errorf("store: %s: log index 0", c.Kind())
@@ -109,6 +140,16 @@ func (s *Store) AppliedIndex() (uint64, error) {
 		return err
 	})
 	return n, err
+}
+
+// ResetAppliedIndex forgets the applied index, for a store that starts
+// a new log: a replica bootstrapped anew on a data directory whose raft
+// state is gone (a database restored from a backup alone) would
+// otherwise skip the new log's entries as already applied.
+func (s *Store) ResetAppliedIndex() error {
+	return s.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Delete([]byte(appliedIndexKey))
+	})
 }
 
 func appliedIndex(tx *bolt.Tx) (uint64, error) {

@@ -180,3 +180,85 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 	})
 }
+
+// The typed write methods go through the Applier when one is set (a
+// replicated store proposes them to its log), the applier's result is
+// theirs, ApplyIndexed bypasses it (the FSM's local write must not be
+// proposed again), and SetApplier(nil) restores direct writes.
+func TestApplierRoutesWrites(t *testing.T) {
+	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	s := openTest(t)
+	var seen []CommandKind
+	var index uint64
+	s.SetApplier(func(c Command) (any, error) {
+		seen = append(seen, c.Kind())
+		// A log's FSM: encode, decode, apply locally at the next index.
+		b, err := EncodeCommand(c)
+		if err != nil {
+			return nil, err
+		}
+		d, err := DecodeCommand(b)
+		if err != nil {
+			return nil, err
+		}
+		index++
+		return s.ApplyIndexed(index, d)
+	})
+	writes := []struct {
+		name  string
+		write func() error
+		kind  CommandKind
+	}{
+		{"PutToken", func() error {
+			return s.PutToken(Token{ID: "0123456789abcdef", Hash: [32]byte{5}, Created: at, Expires: at.Add(time.Hour), UsesLeft: 1, CreatedBy: "admin"})
+		}, "token.create"},
+		{"AddEvent", func() error {
+			fresh, err := s.AddEvent(Event{Time: at, AgentAt: at, Agent: "a1", Host: "h1", AgentSeq: 1, Level: "info", Kind: "k", Message: "m"})
+			if err == nil && !fresh {
+				err = errors.New("a first event reported as a repeat")
+			}
+			return err
+		}, "event.add"},
+		{"AppendAudit", func() error {
+			return s.AppendAudit(AuditEntry{Time: at, Actor: "admin", Action: "a", Target: "t", Outcome: "ok"})
+		}, "audit.append"},
+		{"EnsureMeta", func() error {
+			v, err := s.EnsureMeta("k", "v")
+			if err == nil && v != "v" {
+				err = errors.New("EnsureMeta returned " + v)
+			}
+			return err
+		}, "meta.ensure"},
+	}
+	for _, w := range writes {
+		n := len(seen)
+		if err := w.write(); err != nil {
+			t.Fatalf("%s: %v", w.name, err)
+		}
+		if len(seen) != n+1 || seen[n] != w.kind {
+			t.Fatalf("%s: applier saw %v, want one %s", w.name, seen[n:], w.kind)
+		}
+	}
+	if got, err := s.AppliedIndex(); err != nil || got != uint64(len(writes)) {
+		t.Fatalf("applied index %d (%v), want %d: the writes did not reach the store through ApplyIndexed", got, err, len(writes))
+	}
+
+	// The applier's refusal is the write's.
+	refuse := errors.New("not the leader")
+	s.SetApplier(func(Command) (any, error) { return nil, refuse })
+	if err := s.AppendAudit(AuditEntry{Time: at, Actor: "admin", Action: "b", Outcome: "ok"}); !errors.Is(err, refuse) {
+		t.Fatalf("AppendAudit with a refusing applier: %v", err)
+	}
+	// ApplyIndexed is the local path, never the applier's.
+	if _, err := s.ApplyIndexed(index+1, &AuditAppend{Entries: []AuditEntry{{Time: at, Actor: "fsm", Action: "c", Outcome: "ok"}}}); err != nil {
+		t.Fatalf("ApplyIndexed went through the applier: %v", err)
+	}
+
+	s.SetApplier(nil)
+	if err := s.AppendAudit(AuditEntry{Time: at, Actor: "admin", Action: "d", Outcome: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Audit(0, 0); len(got) != 3 {
+		t.Fatalf("%d audit entries, want 3 (applier, ApplyIndexed, direct)", len(got))
+	}
+}

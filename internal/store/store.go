@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,6 +49,8 @@ type Store struct {
 	// broken is why db is nil: a Restore that replaced the file but
 	// could not reopen it. Every later call returns it.
 	broken error
+	// applier, when set, is where Apply sends commands (SetApplier).
+	applier atomic.Pointer[Applier]
 }
 
 // Open opens (creating if needed) the database at path, mode 0600.

@@ -43,6 +43,10 @@ func TestRejects(t *testing.T) {
 	tooMany, _ := Marshal(Members{Version: 1, MMCs: make([]Member, MaxMembers+1)})
 	badLeader, _ := Marshal(Redirect{Leader: Member{Addr: "10.0.0.1:7400"}})
 	decMembers := func(e Envelope) error { _, err := Decode[Members](e); return err }
+	joinNoToken, _ := Marshal(JoinRequest{Addr: "10.0.2.1:7946"})
+	replyShortSecret, _ := Marshal(JoinReply{ClusterSecret: key[:16], ID: "m3", Members: []ClusterMember{{ID: "m1", Addr: "a:1", Key: key}}})
+	replyBadMember, _ := Marshal(JoinReply{ClusterSecret: key, ID: "m3", Members: []ClusterMember{{ID: "m1", Addr: "a:1", Key: key[:5]}}})
+	decReply := func(e Envelope) error { _, err := Decode[JoinReply](e); return err }
 	v2 := bytes.Clone(good)
 	v2[2] = 2 // envelope version field: {1: 1, ...} → {1: 2, ...}
 	tests := []struct {
@@ -62,6 +66,9 @@ func TestRejects(t *testing.T) {
 		{"member without address", noAddr, decMembers},
 		{"too many members", tooMany, decMembers},
 		{"redirect without key", badLeader, func(e Envelope) error { _, err := Decode[Redirect](e); return err }},
+		{"join request without token", joinNoToken, func(e Envelope) error { _, err := Decode[JoinRequest](e); return err }},
+		{"join reply with a 16-byte secret", replyShortSecret, decReply},
+		{"join reply with a short member key", replyBadMember, decReply},
 	}
 	for _, tt := range tests {
 		e, err := Unmarshal(tt.b)
@@ -108,6 +115,10 @@ var decoders = map[Type]func(Envelope) error{
 	TypePeerHello:       decodeAs[PeerHello],
 	TypeMembers:         decodeAs[Members],
 	TypeRedirect:        decodeAs[Redirect],
+	TypeJoinRequest:     decodeAs[JoinRequest],
+	TypeJoinReply:       decodeAs[JoinReply],
+	TypeJoinReady:       decodeAs[JoinReady],
+	TypeJoinDone:        decodeAs[JoinDone],
 }
 
 func TestEveryTypeHasADecoder(t *testing.T) {
@@ -136,6 +147,9 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeMembers, Members{Version: 3, MMCs: []Member{{Addr: "10.0.0.1:7400", Key: make([]byte, 32)}, {Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}}},
 		{TypeRedirect, Redirect{Leader: Member{Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}},
 		{TypeEvent, Event{Seq: 1, Kind: "k", Level: "info", Message: "m"}},
+		{TypeJoinRequest, JoinRequest{Token: "id.secret", Addr: "10.0.2.1:7946", Admin: "https://10.0.2.1:7947"}},
+		{TypeJoinReply, JoinReply{ClusterSecret: make([]byte, 32), AdminToken: "ab", ID: "m3", CatchUp: 9, Members: []ClusterMember{{ID: "m1", Addr: "10.0.0.1:7946", Key: make([]byte, 32)}}}},
+		{TypeJoinReady, JoinReady{Applied: 9}},
 		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
 		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},
 	} {

@@ -44,6 +44,10 @@ const (
 	TypePeerHello       Type = 21
 	TypeMembers         Type = 22
 	TypeRedirect        Type = 23
+	TypeJoinRequest     Type = 24
+	TypeJoinReply       Type = 25
+	TypeJoinReady       Type = 26
+	TypeJoinDone        Type = 27
 )
 
 var typeNames = map[Type]string{
@@ -70,6 +74,10 @@ var typeNames = map[Type]string{
 	TypePeerHello:       "peer-hello",
 	TypeMembers:         "members",
 	TypeRedirect:        "redirect",
+	TypeJoinRequest:     "join-request",
+	TypeJoinReply:       "join-reply",
+	TypeJoinReady:       "join-ready",
+	TypeJoinDone:        "join-done",
 }
 
 func (t Type) String() string {
@@ -540,3 +548,102 @@ func (m *PeerHello) check() error {
 	}
 	return identity.CheckLabel(m.From, 128)
 }
+
+// JoinRequest is a new MMC's first message on an enrolment session to a
+// member of the cluster it joins (ferry mmc --join): the one-use join
+// token an administrator created (ferry ctl mmcs join-token), the SUDP
+// address the other members and the agents reach it at, and its admin
+// API URL. Its static key is the session's: never a claim in the body.
+type JoinRequest struct {
+	Token string `cbor:"1,keyasint"`
+	Addr  string `cbor:"2,keyasint"`
+	Admin string `cbor:"3,keyasint,omitempty"`
+}
+
+// Type implements Body.
+func (JoinRequest) Type() Type { return TypeJoinRequest }
+
+func (m *JoinRequest) check() error {
+	if m.Token == "" || m.Addr == "" {
+		return errors.New("join request: token and address are required")
+	}
+	for _, s := range []string{m.Token, m.Addr, m.Admin} {
+		if err := identity.CheckLabel(s, 256); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClusterMember is one MMC as the members know each other: its raft id,
+// SUDP address and static key.
+type ClusterMember struct {
+	ID   string `cbor:"1,keyasint"`
+	Addr string `cbor:"2,keyasint"`
+	Key  []byte `cbor:"3,keyasint"`
+}
+
+func (m *ClusterMember) check() error {
+	if len(m.Key) != 32 {
+		return errors.New("cluster member: key must be 32 bytes")
+	}
+	if m.ID == "" || m.Addr == "" {
+		return errors.New("cluster member: id and address are required")
+	}
+	if err := identity.CheckLabel(m.ID, 128); err != nil {
+		return err
+	}
+	return identity.CheckLabel(m.Addr, 128)
+}
+
+// JoinReply admits a joining MMC: the secrets every member holds (the
+// cluster secret that keys raft connections between members, the admin
+// token valid on every member), the members it must accept raft
+// connections from, and the log index it must have applied before it
+// may vote (CatchUp). It travels only inside the session the joiner
+// opened to a member's pinned key, after its join token checked out.
+type JoinReply struct {
+	ClusterSecret []byte          `cbor:"1,keyasint"`
+	AdminToken    string          `cbor:"2,keyasint"`
+	Members       []ClusterMember `cbor:"3,keyasint"`
+	CatchUp       uint64          `cbor:"4,keyasint"`
+	// ID is the joiner's raft id as the leader recorded it.
+	ID string `cbor:"5,keyasint"`
+}
+
+// Type implements Body.
+func (JoinReply) Type() Type { return TypeJoinReply }
+
+func (m *JoinReply) check() error {
+	if len(m.ClusterSecret) != 32 {
+		return errors.New("join reply: cluster secret must be 32 bytes")
+	}
+	if err := identity.CheckLabel(m.AdminToken, 128); err != nil {
+		return err
+	}
+	if m.ID == "" || len(m.Members) == 0 || len(m.Members) > MaxMembers {
+		return fmt.Errorf("join reply: %d members, want 1–%d, and an id", len(m.Members), MaxMembers)
+	}
+	for i := range m.Members {
+		if err := m.Members[i].check(); err != nil {
+			return err
+		}
+	}
+	return identity.CheckLabel(m.ID, 128)
+}
+
+// JoinReady tells the leader that the joiner applied the log up to the
+// reply's CatchUp index as a non-voter: it may now be made a voter
+// without stalling the cluster's commits while it catches up.
+type JoinReady struct {
+	Applied uint64 `cbor:"1,keyasint"`
+}
+
+// Type implements Body.
+func (JoinReady) Type() Type { return TypeJoinReady }
+
+// JoinDone tells the joiner it is a voter.
+type JoinDone struct{}
+
+// Type implements Body.
+func (JoinDone) Type() Type { return TypeJoinDone }

@@ -25,7 +25,14 @@ type Token struct {
 	// expiry and uses left.
 	Revoked   time.Time `json:"revoked,omitzero"`
 	RevokedBy string    `json:"revoked_by,omitempty"`
+	// Purpose is what the token admits: "" an agent's enrolment,
+	// PurposeMMC a new member of the MMC cluster. A token is good for
+	// its own purpose only.
+	Purpose string `json:"purpose,omitempty"`
 }
+
+// PurposeMMC is the purpose of a token that admits an MMC to the cluster.
+const PurposeMMC = "mmc"
 
 // Token errors, distinguished for the audit log; callers must not tell the
 // presenter which one applied.
@@ -51,6 +58,7 @@ type TokenUse struct {
 	ID         string    `json:"id"`
 	SecretHash [32]byte  `json:"secret_hash"`
 	At         time.Time `json:"at"`
+	Purpose    string    `json:"purpose,omitempty"`
 }
 
 func init() {
@@ -77,7 +85,7 @@ func (c *TokenUse) apply(tx *bolt.Tx) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if subtle.ConstantTimeCompare(t.Hash[:], c.SecretHash[:]) != 1 {
+	if subtle.ConstantTimeCompare(t.Hash[:], c.SecretHash[:]) != 1 || t.Purpose != c.Purpose {
 		return nil, fmt.Errorf("token %s: %w", c.ID, ErrTokenInvalid)
 	}
 	if !t.Revoked.IsZero() {
@@ -103,9 +111,16 @@ func (s *Store) PutToken(t Token) error {
 // Tokens lists the tokens (hashes only).
 func (s *Store) Tokens() ([]Token, error) { return list[Token](s, bucketTokens) }
 
-// UseToken applies TokenUse for a presented secret.
+// UseToken applies TokenUse for a presented secret of an agent's join
+// token.
 func (s *Store) UseToken(id string, secret []byte, now time.Time) (Token, error) {
-	return applyAs[Token](s, &TokenUse{ID: id, SecretHash: identity.TokenHash(secret), At: now})
+	return s.UseTokenFor("", id, secret, now)
+}
+
+// UseTokenFor applies TokenUse for a presented secret of a token with
+// the given purpose.
+func (s *Store) UseTokenFor(purpose, id string, secret []byte, now time.Time) (Token, error) {
+	return applyAs[Token](s, &TokenUse{ID: id, SecretHash: identity.TokenHash(secret), At: now, Purpose: purpose})
 }
 
 // TokenRevoke revokes a token on condition that it exists and is not

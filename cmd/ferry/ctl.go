@@ -146,7 +146,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlBoardCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlBoardCmd(c), newCtlMMCsCmd(c))
 	return cmd
 }
 

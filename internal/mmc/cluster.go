@@ -18,36 +18,13 @@ type Cluster interface {
 	// have obeyed (package fence).
 	Term() uint64
 	// Redirect names the member agents should log in at instead of this
-	// one (ok false: this member serves them — it is the leader).
+	// one (ok false: this member serves them — it is the leader; an
+	// empty Addr: no leader is known).
 	Redirect() (leader message.Member, ok bool)
 	// Members is the member list sent to agents after Welcome; Version 0
 	// sends none.
 	Members() message.Members
 }
-
-// SingleTerm is the term of a single MMC without replication. It cannot
-// be deposed, so one constant term is safe across its restarts; raft
-// terms start at 1 and only grow, so agents of a single MMC keep obeying
-// once it grows into a cluster.
-//
-// TODO(issue 18, raft slice): a cluster restored from a snapshot into a
-// fresh raft configuration restarts raft's terms; the term sent to agents
-// must then stay above every term sent before (e.g. a replicated epoch in
-// its high bits).
-const SingleTerm = 1
-
-// Single is the Cluster of a single MMC: term SingleTerm, serves every
-// agent, sends no member list (agents keep their bundle's).
-type Single struct{}
-
-// Term implements Cluster.
-func (Single) Term() uint64 { return SingleTerm }
-
-// Redirect implements Cluster.
-func (Single) Redirect() (message.Member, bool) { return message.Member{}, false }
-
-// Members implements Cluster.
-func (Single) Members() message.Members { return message.Members{} }
 
 // order stamps an order to an agent with the leader's term: every
 // MMC→agent Action goes through here.
@@ -65,6 +42,12 @@ func (s *Server) redirect(ctx context.Context, c *sudp.Conn) bool {
 		return false
 	}
 	s.metrics.refused.WithLabelValues("not-leader").Inc()
+	if leader.Addr == "" {
+		// No leader known (an election): the agent retries after its
+		// backoff.
+		_ = c.CloseWithError(message.CodeNotLeader, "no leader")
+		return true
+	}
 	_ = message.Send(ctx, c, message.Redirect{Leader: leader})
 	select {
 	case <-c.Done():

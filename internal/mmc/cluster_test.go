@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,24 +15,25 @@ import (
 // stubCluster is a replicated cluster as the agent-facing side sees it.
 type stubCluster struct {
 	term    uint64
-	leader  *message.Member
+	leader  *atomic.Pointer[message.Member] // nil or empty: serves
 	members message.Members
 }
 
 func (c stubCluster) Term() uint64 { return c.term }
 func (c stubCluster) Redirect() (message.Member, bool) {
-	if c.leader == nil {
+	if c.leader == nil || c.leader.Load() == nil {
 		return message.Member{}, false
 	}
-	return *c.leader, true
+	return *c.leader.Load(), true
 }
 func (c stubCluster) Members() message.Members { return c.members }
 
 // TestOrdersCarryTerm: the member list follows Welcome, and every order
-// carries the cluster's term (a single MMC's: SingleTerm).
+// carries the cluster's term (a single MMC's: the fencing term it took
+// when it became the leader of its one-member cluster).
 func TestOrdersCarryTerm(t *testing.T) {
-	if got := (&Server{cfg: Config{Cluster: Single{}}}).order(message.Action{}).Term; got != SingleTerm {
-		t.Fatalf("single MMC term %d, want %d", got, SingleTerm)
+	if got := startMMC(t, Config{}).order(message.Action{}).Term; got != 1 {
+		t.Fatalf("a new single MMC's term is %d, want 1", got)
 	}
 	members := message.Members{Version: 3, MMCs: []message.Member{{Addr: "10.0.0.1:7400", Key: make([]byte, 32)}}}
 	s := startMMC(t, Config{Cluster: stubCluster{term: 7, members: members}})
@@ -74,9 +76,11 @@ func TestOrdersCarryTerm(t *testing.T) {
 // Hello with the member that does, and closes with CodeNotLeader.
 func TestRedirectAtLogin(t *testing.T) {
 	leader := message.Member{Addr: "10.0.1.1:7400", Key: make([]byte, 32)}
-	s := startMMC(t, Config{Cluster: stubCluster{term: 2, leader: &leader}})
+	var redirectTo atomic.Pointer[message.Member]
+	s := startMMC(t, Config{Cluster: stubCluster{term: 2, leader: &redirectTo}})
 	a := newFakeAgent(t, s)
 	a.enrolWithToken(token(t, s, 1))
+	redirectTo.Store(&leader)
 	c := a.dial(identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts))
 	defer c.Close()
 	if err := message.Send(context.Background(), c, message.Hello{Facts: a.facts}); err != nil {

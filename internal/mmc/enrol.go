@@ -31,6 +31,10 @@ const firstMessageTimeout = 10 * time.Second
 // at most EnrolWait. So pending keys cannot keep honest hosts from
 // enrolling, nor keep sessions open for ever.
 func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [32]byte) {
+	// Enrolments and joins write to the store: the leader's work.
+	if s.redirect(ctx, c) {
+		return
+	}
 	select {
 	case s.enrolSlots <- struct{}{}:
 	default:
@@ -61,6 +65,7 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 	defer timer.Stop()
 
 	var act enrolAction
+	first := true // no message read yet: it may be an MMC's JoinRequest
 	for {
 		switch act.Op {
 		case enrolLookup:
@@ -121,6 +126,11 @@ func (s *Server) serveEnrol(ctx context.Context, c *sudp.Conn, id string, pub [3
 		timer.Reset(wait)
 		select {
 		case e := <-rd.C:
+			if first && e.Type == message.TypeJoinRequest {
+				s.serveJoin(ctx, c, pub, e, rd)
+				return
+			}
+			first = false
 			act = m.Message(e, nil)
 		case <-rd.Done:
 			if err := rd.Err(); errors.Is(err, message.ErrMalformed) {
@@ -208,6 +218,12 @@ var errThrottled = errors.New("too many token attempts from this source")
 
 // checkToken validates and consumes a join token, throttled per source.
 func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, error) {
+	return s.checkTokenFor("", tok, src, now)
+}
+
+// checkTokenFor is checkToken for a token of the given purpose
+// (store.PurposeMMC: a new member of the cluster).
+func (s *Server) checkTokenFor(purpose, tok string, src netip.Addr, now time.Time) (string, error) {
 	tid, secret, err := identity.ParseToken(tok)
 	if err != nil {
 		return "", err
@@ -219,7 +235,7 @@ func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, 
 		s.metrics.throttled.Inc()
 		return tid, errThrottled
 	}
-	if _, err := s.st.UseToken(tid, secret, now); err != nil {
+	if _, err := s.st.UseTokenFor(purpose, tid, secret, now); err != nil {
 		return tid, err
 	}
 	return tid, nil

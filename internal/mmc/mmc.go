@@ -27,12 +27,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/ferry-vm/ferry/internal/board"
 
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/inventory"
+	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -106,6 +110,14 @@ type Config struct {
 	// raftStart overrides startTimeout (tests: a one-member cluster
 	// cannot lose a lease, so they elect it in tens of milliseconds).
 	raftStart time.Duration
+	// raftTune adjusts raft's configuration after the defaults (tests of
+	// multi-member clusters shorten the timeouts).
+	raftTune func(*raft.Config)
+
+	// Join, on a data directory with no raft state, joins the cluster of
+	// the MMCs in its bundle with its token instead of bootstrapping a
+	// one-member cluster (join.go). Ignored once this MMC is a member.
+	Join *JoinConfig
 
 	// EnrolWait bounds how long a pending enrolment session waits for a
 	// decision before the MMC tells the agent to ask again (default 1
@@ -170,9 +182,6 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Cluster == nil {
-		c.Cluster = Single{}
-	}
 }
 
 // Server is a running MMC.
@@ -181,6 +190,9 @@ type Server struct {
 	log       *slog.Logger
 	st        *store.Store
 	repl      *replicated // the raft member every store write goes through
+	// member is repl once it is open: the handshake's Lookup and the
+	// accept loop, which run from before, read it.
+	member    atomic.Pointer[replicated]
 	ep        *sudp.Endpoint
 	clusterID string
 	enrolPSK  [32]byte
@@ -213,10 +225,27 @@ type Server struct {
 
 	orch *orchestrator
 	pol  *policyLoop
+
+	// leading: this member leads and has taken up the leadership
+	// (leader.go); term is the fencing term it took then.
+	leading atomic.Bool
+	term    atomic.Uint64
+	// agentMembers is the member list agents are sent (syncMembers).
+	agentMembers atomic.Pointer[message.Members]
+	dirty        *dirtySet
+
+	// accepting gates agents' handshakes until Run serves them; member
+	// connections are dispatched from New on (raft needs them to
+	// catch up).
+	accepting  atomic.Bool
+	agentConns chan *sudp.Conn
+	stopAccept context.CancelFunc
+	acceptDone chan struct{}
 }
 
 // New opens the data directory (creating keys, cluster id and admin token
-// on first start) and binds the SUDP listener.
+// on first start), binds the SUDP listener and the admin API, and starts
+// (or joins) the replicated store.
 func New(cfg Config) (*Server, error) {
 	cfg.defaults()
 	if cfg.DataDir == "" {
@@ -230,6 +259,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	joining := cfg.Join != nil && !hasRaftState(cfg.DataDir)
+	if cfg.Join != nil && !joining {
+		cfg.Logger.Info("mmc: this data directory is already a cluster member; --join is ignored")
+	}
+	if joining {
+		if err := prepareJoin(cfg.DataDir, cfg.Join.Bundle.ClusterID); err != nil {
+			return nil, err
+		}
+	}
 	clusterID, err := loadOrCreate(filepath.Join(cfg.DataDir, ClusterIDFile), 16, cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -242,43 +280,30 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Before anything reads the store: raft may restore a snapshot into
-	// it and replay the log after it (openReplicated waits for that).
-	// The member's id is the MMC's node id, stable with its key.
-	repl, err := openReplicated(context.Background(), cfg.DataDir, identity.NodeID([32]byte(static.Public)), st, cfg)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		st:        st,
-		repl:      repl,
-		clusterID: clusterID,
-		enrolPSK:  identity.EnrolPSK(clusterID),
-		adminTok:  []byte(adminTok),
-		metrics:   newMetrics(),
-		tokenRL:   ratelimit.New(cfg.TokenFailures),
-		board:     board.New(board.Config{}),
-		inv:       inventory.New(),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		st:         st,
+		clusterID:  clusterID,
+		enrolPSK:   identity.EnrolPSK(clusterID),
+		adminTok:   []byte(adminTok),
+		metrics:    newMetrics(),
+		tokenRL:    ratelimit.New(cfg.TokenFailures),
+		board:      board.New(board.Config{}),
+		inv:        inventory.New(),
+		dirty:      newDirtySet(),
+		agentConns: make(chan *sudp.Conn),
+		acceptDone: make(chan struct{}),
+	}
+	if s.cfg.Cluster == nil {
+		s.cfg.Cluster = raftCluster{s}
 	}
 	s.reg = newRegistry(invMirror{s})
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics, cfg.Now)
 	s.orch = newOrchestrator(st, serverFleet{s}, cfg.Logger, cfg.Now)
-	if err := s.loadAgents(); err != nil {
-		s.close()
-		return nil, err
-	}
-	if err := s.loadInventory(); err != nil {
-		s.close()
-		return nil, err
-	}
-	if s.pol, err = newPolicyLoop(st); err != nil {
-		s.close()
-		return nil, err
-	}
+	// The endpoint comes first: raft runs over it. Until Run, its
+	// handshake admits only members (accepting).
 	s.ep, err = sudp.Listen(sudp.Config{
 		Listen:    cfg.Listen,
 		Static:    static,
@@ -288,34 +313,132 @@ func New(cfg Config) (*Server, error) {
 		Logger:    cfg.Logger,
 	})
 	if err != nil {
-		s.close()
+		st.Close()
 		return nil, fmt.Errorf("mmc: listen %s: %w", cfg.Listen, err)
+	}
+	if err := s.listenAdmin(); err != nil {
+		s.close()
+		return nil, err
+	}
+	actx, stopAccept := context.WithCancel(context.Background())
+	s.stopAccept = stopAccept
+	go s.acceptLoop(actx)
+
+	var join *joinSession
+	if joining {
+		if join, err = s.requestJoin(actx, cfg.Join); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	secret, err := loadClusterSecret(cfg.DataDir, cfg)
+	if err != nil {
+		join.abandon()
+		s.close()
+		return nil, err
+	}
+	// Before anything reads the store: raft may restore a snapshot into
+	// it and replay the log after it (openReplicated waits for that on
+	// a single MMC). The member's id is the MMC's node id, stable with
+	// its key.
+	repl, err := openReplicated(context.Background(), st, replicaOptions{
+		dataDir: cfg.DataDir, id: identity.NodeID([32]byte(static.Public)), addr: s.advertise(),
+		ep: s.ep, secret: secret, join: joining, observer: storeObserver{s}, cfg: cfg,
+	})
+	clear(secret)
+	if err != nil {
+		join.abandon()
+		s.close()
+		return nil, err
+	}
+	s.repl = repl
+	s.member.Store(repl)
+	for _, m := range join.members() {
+		repl.members.Set(raft.ServerAddress(m.Addr), [32]byte(m.Key))
+	}
+	st.SetApplier(repl.apply)
+	if joining {
+		if err := s.completeJoin(actx, join); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	if err := s.loadAgents(); err != nil {
+		s.close()
+		return nil, err
+	}
+	if s.pol, err = newPolicyLoop(st); err != nil {
+		s.close()
+		return nil, err
+	}
+	if repl.node.State() == raft.Leader {
+		// A single MMC leads already: take up the leadership now, so
+		// that it serves agents and the admin API from Run's start.
+		if err := s.establish(context.Background()); err != nil {
+			s.close()
+			return nil, err
+		}
+		s.leading.Store(true)
 	}
 	if err := identity.WriteSecretFile(filepath.Join(cfg.DataDir, BundleFile), []byte(s.Bundle().Encode()+"\n")); err != nil {
 		s.close()
 		return nil, err
 	}
-	if cfg.Admin != "-" {
-		useTLS, err := adminNeedsTLS(cfg.AdminTLS, cfg.Admin)
-		if err != nil {
-			s.close()
-			return nil, err
-		}
-		if useTLS {
-			if s.adminTLS, err = adminTLSConfig(cfg.DataDir, cfg.AdminCert, cfg.AdminKey, cfg.Admin); err != nil {
-				s.close()
-				return nil, err
-			}
-		}
-		if s.adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
-			s.close()
-			return nil, fmt.Errorf("mmc: admin API: %w", err)
-		}
-		if s.adminTLS != nil {
-			s.adminLn = tls.NewListener(s.adminLn, s.adminTLS)
+	return s, nil
+}
+
+// listenAdmin binds the admin API's listener (TLS unless loopback, as
+// configured).
+func (s *Server) listenAdmin() error {
+	cfg := s.cfg
+	if cfg.Admin == "-" {
+		return nil
+	}
+	useTLS, err := adminNeedsTLS(cfg.AdminTLS, cfg.Admin)
+	if err != nil {
+		return err
+	}
+	if useTLS {
+		if s.adminTLS, err = adminTLSConfig(cfg.DataDir, cfg.AdminCert, cfg.AdminKey, cfg.Admin); err != nil {
+			return err
 		}
 	}
-	return s, nil
+	if s.adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
+		return fmt.Errorf("mmc: admin API: %w", err)
+	}
+	if s.adminTLS != nil {
+		s.adminLn = tls.NewListener(s.adminLn, s.adminTLS)
+	}
+	return nil
+}
+
+// memberPrefix marks the peer id of a connection from another member.
+const memberPrefix = "mmc:"
+
+// acceptLoop hands connections from members to the raft stream layer and
+// every other one to Run, until ctx ends.
+func (s *Server) acceptLoop(ctx context.Context) {
+	defer close(s.acceptDone)
+	for {
+		c, err := s.ep.Accept(ctx)
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(c.Session().PeerID, memberPrefix) {
+			if r := s.member.Load(); r != nil {
+				r.layer.Serve(c)
+			} else {
+				c.Close()
+			}
+			continue
+		}
+		select {
+		case s.agentConns <- c:
+		case <-ctx.Done():
+			c.Close()
+			return
+		}
+	}
 }
 
 // loadOrCreate returns the hex contents of a secret file, creating it with
@@ -353,7 +476,16 @@ func (s *Server) loadAgents() error {
 }
 
 // Bundle returns the bootstrap bundle agents are started with.
+// It lists every member of the cluster (this MMC alone until it knows
+// the others).
 func (s *Server) Bundle() identity.Bundle {
+	if m := s.agentMembers.Load(); m != nil && len(m.MMCs) > 0 {
+		b := identity.Bundle{ClusterID: s.clusterID}
+		for _, mm := range m.MMCs {
+			b.MMCs = append(b.MMCs, identity.MMCRef{Addr: mm.Addr, Key: handshake.EncodeKey([32]byte(mm.Key))})
+		}
+		return b
+	}
 	pub := s.ep.PublicKey()
 	return identity.Bundle{ClusterID: s.clusterID, MMCs: []identity.MMCRef{{Addr: s.advertise(), Key: handshake.EncodeKey(pub)}}}
 }
@@ -381,6 +513,14 @@ func (s *Server) Addr() netip.AddrPort { return s.ep.LocalAddr() }
 // lookup is the handshake's view of a static key. It runs on the endpoint's
 // reader goroutine: memory only, and audit entries are queued.
 func (s *Server) lookup(pub [32]byte) (handshake.Peer, error) {
+	if r := s.member.Load(); r != nil {
+		if addr, ok := r.members.Has(pub); ok {
+			return handshake.Peer{ID: memberPrefix + string(addr), PSK: r.psk, Allowed: true}, nil
+		}
+	}
+	if !s.accepting.Load() {
+		return handshake.Peer{}, nil // not serving agents yet: refused
+	}
 	e, known := s.reg.lookup(pub)
 	switch {
 	case !known:
@@ -449,7 +589,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// must not go on serving from a store that diverged from the log
 	// (replica.FSM): stop the MMC with the cause.
 	var fatal fatalWatch
-	wg.Add(6)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		select {
@@ -466,33 +606,31 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries)
+		s.runSync(ctx)
 	}()
 	go func() {
 		defer wg.Done()
-		s.runExpiry(ctx)
+		s.runLeadership(ctx)
 	}()
-	go func() {
-		defer wg.Done()
-		s.orch.run(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		s.runPolicy(ctx, s.cfg.PolicyInterval)
-	}()
-	s.log.Info("mmc: serving", "sudp", s.ep.LocalAddr().String(), "admin", s.AdminAddr(), "cluster", s.clusterID)
-	for {
-		c, err := s.ep.Accept(ctx)
-		if err != nil {
-			break
+	s.accepting.Store(true)
+	s.log.Info("mmc: serving", "sudp", s.ep.LocalAddr().String(), "admin", s.AdminAddr(), "cluster", s.clusterID,
+		"member", s.repl.id, "state", s.repl.node.State().String())
+	for ctx.Err() == nil {
+		select {
+		case c := <-s.agentConns:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.serveConn(ctx, c)
+			}()
+		case <-ctx.Done():
+		case <-s.acceptDone:
+			cancel()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.serveConn(ctx, c)
-		}()
 	}
 	cancel()
+	s.stopAccept()
+	<-s.acceptDone
 	s.ep.Close()
 	wg.Wait()
 	s.audit.drain()
@@ -528,13 +666,19 @@ func (f *fatalWatch) err() error {
 }
 
 func (s *Server) close() {
+	if s.stopAccept != nil {
+		s.stopAccept()
+		<-s.acceptDone
+	}
 	if s.ep != nil {
 		s.ep.Close()
 	}
 	if s.adminLn != nil {
 		s.adminLn.Close()
 	}
-	s.repl.close()
+	if s.repl != nil {
+		s.repl.close()
+	}
 	s.st.Close()
 }
 

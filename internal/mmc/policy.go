@@ -211,3 +211,17 @@ func (s *Server) pushPolicyDoc(ctx context.Context, ss *session, version uint64,
 		s.log.Debug("mmc: policy push", "agent", ss.id, "err", err)
 	}
 }
+
+// reload puts the stored policy back in force with a fresh engine (a new
+// leader: the previous one's counts of migrations in flight are rebuilt
+// by the orchestrator as it resumes them).
+func (l *policyLoop) reload() error {
+	fresh, err := newPolicyLoop(l.st)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.engine = fresh.engine
+	return nil
+}

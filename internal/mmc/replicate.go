@@ -4,94 +4,161 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
 // The MMC's store is replicated (issue 18, docs/ARCHITECTURE.md
 // "Replication (raft)"): every write goes through the raft log of a
-// replica.Node and reaches the store through the node's FSM. For now the
-// cluster has one member, this MMC, bootstrapped on the first start of
-// its data directory (an existing store from before raft is seeded as
-// the first snapshot); joining members, forwarding writes to the leader
-// and the SUDP transport between members are the next slices.
+// replica.Node and reaches the store through the node's FSM. Raft's RPCs
+// run over SUDP streams on the MMC's own endpoint (replica.StreamLayer):
+// a connection whose peer key is a member's carries raft and forwarded
+// admin requests; every other connection is an agent's. A fresh data
+// directory without --join bootstraps a one-member cluster; members join
+// with a one-use token (join.go).
 
-// leaderWait bounds how long New waits for this member to lead.
+// leaderWait bounds how long New waits for a one-member cluster's member
+// to lead.
 const leaderWait = 10 * time.Second
 
 // startTimeout is raft's HeartbeatTimeout and ElectionTimeout until this
-// member leads. A one-member cluster elects itself once a follower
-// timeout (random in [t, 2t)) passes without a leader: 1–2 s with raft's
-// default 1 s, measured 1.4–2.0 s from process start to serving, which
-// every MMC start and every test that starts one would pay. Starting at
-// raft's default LeaderLeaseTimeout (500 ms, the least HeartbeatTimeout
-// may be without shortening the lease) halves it; the lease is not
-// reloadable, so leaving it at its default keeps a later multi-member
-// cluster's leader as tolerant of a slow follower as raft's defaults.
-// Once this member leads, raft's 1 s defaults are put back.
+// member leads a one-member cluster. A one-member cluster elects itself
+// once a follower timeout (random in [t, 2t)) passes without a leader:
+// 1–2 s with raft's default 1 s, measured 1.4–2.0 s from process start
+// to serving, which every MMC start and every test that starts one would
+// pay. Starting at raft's default LeaderLeaseTimeout (500 ms, the least
+// HeartbeatTimeout may be without shortening the lease) halves it; the
+// lease is not reloadable, so leaving it at its default keeps a
+// multi-member cluster's leader as tolerant of a slow follower as raft's
+// defaults. Once this member leads — or at once, when the configuration
+// has other members — raft's 1 s defaults are put back.
 const startTimeout = 500 * time.Millisecond
 
 // writeTimeout bounds one write through the log (commit and apply).
 const writeTimeout = 10 * time.Second
 
+// ClusterSecretFile holds the secret every member of the cluster holds:
+// raft connections between members are keyed with it (replica.ClusterPSK).
+const ClusterSecretFile = "cluster.secret"
+
 // replicated is the MMC's raft member and what it owns.
 type replicated struct {
-	node  *replica.Node
-	trans *raft.InmemTransport
+	node    *replica.Node
+	layer   *replica.StreamLayer
+	trans   *raft.NetworkTransport
+	members *replica.Members
+	psk     [32]byte
+	id      string
+	addr    raft.ServerAddress
 }
 
-// openReplicated starts the raft member on dataDir over st, waits until
-// it leads and has applied its whole log to st (on a restart raft
-// restores its latest snapshot into the store and replays the entries
-// after it: the store is only current after that), then routes every
-// store write through the log.
-//
-// The transport is raft's in-memory one: a one-member cluster sends no
-// RPC, and raft needs a transport even then. The member's address is its
-// id; the join slice replaces the transport with the SUDP stream layer
-// (replica.NewTransport) and records the member's SUDP address (AddVoter
-// on an existing id updates its address).
-func openReplicated(ctx context.Context, dataDir, id string, st *store.Store, cfg Config) (*replicated, error) {
-	addr, trans := raft.NewInmemTransport(raft.ServerAddress(id))
+// replicaOptions are what openReplicated needs besides the store.
+type replicaOptions struct {
+	dataDir  string
+	id       string
+	addr     string // raft address: this MMC's advertised SUDP address
+	ep       *sudp.Endpoint
+	secret   []byte
+	join     bool
+	observer replica.FSMObserver
+	cfg      Config
+}
+
+// openReplicated starts the raft member on the data directory over st.
+// A member that is the only voter of its configuration (a single MMC)
+// waits until it leads and has applied its whole log to st (on a restart
+// raft restores its latest snapshot into the store and replays the
+// entries after it: the store is only current after that); a member of
+// a larger cluster returns at once — the leadership loop (leader.go)
+// takes it from there. Every store write goes through the log from then
+// on: on a member that is not the leader a write fails with
+// replica.ErrNotLeader.
+func openReplicated(ctx context.Context, st *store.Store, o replicaOptions) (*replicated, error) {
+	psk, err := replica.ClusterPSK(o.secret)
+	if err != nil {
+		return nil, err
+	}
+	members := replica.NewMembers()
+	recorded, err := st.Members()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range recorded {
+		members.Set(raft.ServerAddress(m.Addr), m.Key)
+	}
+	addr := raft.ServerAddress(o.addr)
+	layer := replica.NewStreamLayer(replica.StreamLayerConfig{
+		Endpoint: o.ep, Advertise: addr, Members: members, PSK: psk, Logger: o.cfg.Logger,
+	})
+	trans := replica.NewTransport(layer, o.cfg.Logger)
 	node, err := replica.Open(replica.Config{
-		ID:        raft.ServerID(id),
-		DataDir:   dataDir,
+		ID:        raft.ServerID(o.id),
+		DataDir:   o.dataDir,
 		Store:     st,
 		Transport: trans,
-		Logger:    cfg.Logger,
+		Join:      o.join,
+		Logger:    o.cfg.Logger,
+		Observer:  o.observer,
 		Tune: func(c *raft.Config) {
 			start := startTimeout
-			if cfg.raftStart > 0 {
-				start = cfg.raftStart
+			if o.cfg.raftStart > 0 {
+				start = o.cfg.raftStart
+			}
+			if o.join {
+				return // joining a cluster: raft's defaults from the start
 			}
 			c.HeartbeatTimeout, c.ElectionTimeout = start, start
 			c.LeaderLeaseTimeout = min(c.LeaderLeaseTimeout, start)
+			if o.cfg.raftTune != nil {
+				o.cfg.raftTune(c)
+			}
 		},
 	})
 	if err != nil {
 		trans.Close()
 		return nil, err
 	}
-	r := &replicated{node: node, trans: trans}
-	if err := r.awaitLeader(ctx); err != nil {
+	r := &replicated{node: node, layer: layer, trans: trans, members: members, psk: psk, id: o.id, addr: addr}
+	if o.join {
+		return r, nil
+	}
+	servers, _, err := node.Configuration(ctx)
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	if len(servers) > 1 {
+		if err := r.defaultTimeouts(o.cfg); err != nil {
+			r.close()
+			return nil, err
+		}
+		return r, nil
+	}
+	if err := r.awaitLeader(ctx, o.cfg); err != nil {
 		r.close()
 		return nil, fmt.Errorf("mmc: replicated store at %s: %w", addr, err)
 	}
-	st.SetApplier(func(c store.Command) (any, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		defer cancel()
-		return node.Apply(ctx, c)
-	})
 	return r, nil
+}
+
+// defaultTimeouts puts raft's timeouts back (or the test override).
+func (r *replicated) defaultTimeouts(cfg Config) error {
+	def := raft.DefaultConfig()
+	if cfg.raftTune != nil {
+		cfg.raftTune(def)
+	}
+	return r.node.SetTimeouts(def.HeartbeatTimeout, def.ElectionTimeout)
 }
 
 // awaitLeader waits until this member leads and every entry of its log
 // is applied to the store (a barrier).
-func (r *replicated) awaitLeader(ctx context.Context) error {
+func (r *replicated) awaitLeader(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithTimeout(ctx, leaderWait)
 	defer cancel()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -106,16 +173,34 @@ func (r *replicated) awaitLeader(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
-	def := raft.DefaultConfig()
-	if err := r.node.SetTimeouts(def.HeartbeatTimeout, def.ElectionTimeout); err != nil {
+	if err := r.defaultTimeouts(cfg); err != nil {
 		return err
 	}
 	return r.node.Barrier(ctx)
 }
 
-// close shuts the member down (after the store's last write) and its
-// transport.
+// apply is the store's applier: every write through the log.
+func (r *replicated) apply(c store.Command) (any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	return r.node.Apply(ctx, c)
+}
+
+// close shuts the member down (after the store's last write), then its
+// transport and stream layer.
 func (r *replicated) close() error {
 	err := r.node.Close()
-	return errors.Join(err, r.trans.Close())
+	return errors.Join(err, r.trans.Close()) // the transport closes the layer
+}
+
+// loadClusterSecret returns the cluster secret in dataDir, creating it
+// on the first start of a member that bootstraps a cluster (a joiner
+// writes the one the leader sent before it gets here).
+func loadClusterSecret(dataDir string, cfg Config) ([]byte, error) {
+	path := filepath.Join(dataDir, ClusterSecretFile)
+	hexSecret, err := loadOrCreate(path, 32, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	return decodeHex32(hexSecret)
 }

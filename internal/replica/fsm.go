@@ -50,6 +50,10 @@ type FSM struct {
 	st  *store.Store
 	log *slog.Logger
 
+	// observer is told of applied entries and restores (set before raft
+	// starts; nil: nobody).
+	observer FSMObserver
+
 	mu     sync.Mutex
 	halted error
 
@@ -102,6 +106,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.halt(err)
 		return &Result{Err: fmt.Errorf("%w: %w", ErrHalted, err)}
 	}
+	if f.observer != nil {
+		f.observer.Applied(c, v, err)
+	}
 	return &Result{Value: v, Err: err}
 }
 
@@ -128,7 +135,21 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.st.Restore(rc); err != nil {
 		return fmt.Errorf("replica: restore: %w", err)
 	}
+	if f.observer != nil {
+		f.observer.Restored()
+	}
 	return nil
+}
+
+// FSMObserver is told, on raft's FSM goroutine, of every entry applied
+// to the store (with the store's result) and of every snapshot restored
+// into it: a member keeps what it derives from the store (its view of
+// the agents, the members' keys) current with them. It must return
+// quickly and must not write to the store (a write waits for this very
+// goroutine).
+type FSMObserver interface {
+	Applied(c store.Command, v any, err error)
+	Restored()
 }
 
 type fsmSnapshot struct{ sn *store.Snapshot }

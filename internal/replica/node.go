@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -79,6 +80,9 @@ type Config struct {
 	// Tune, if set, adjusts raft's configuration after the defaults
 	// (tests shorten the timeouts; production keeps raft's 1 s).
 	Tune func(*raft.Config)
+	// Observer, if set, is told of every entry applied to the store and
+	// every snapshot restored into it (FSMObserver).
+	Observer FSMObserver
 }
 
 // Node is one member of the replicated store.
@@ -164,6 +168,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 
 	fsm := NewFSM(cfg.Store, cfg.Logger)
+	fsm.observer = cfg.Observer
 	r, err := raft.NewRaft(conf, fsm, logs, logs, snaps, cfg.Transport)
 	if err != nil {
 		logs.Close()
@@ -377,11 +382,24 @@ func (n *Node) LeadershipTransfer(ctx context.Context, id raft.ServerID, addr ra
 
 // Members is the cluster's current configuration.
 func (n *Node) Members(ctx context.Context) ([]raft.Server, error) {
+	servers, _, err := n.Configuration(ctx)
+	return servers, err
+}
+
+// Configuration is the cluster's current configuration and the log
+// index of the entry that made it (it only grows: a version for it).
+func (n *Node) Configuration(ctx context.Context) ([]raft.Server, uint64, error) {
 	f := n.raft.GetConfiguration()
 	if err := wait(ctx, f); err != nil {
-		return nil, n.mapErr(err)
+		return nil, 0, n.mapErr(err)
 	}
-	return f.Configuration().Servers, nil
+	return f.Configuration().Servers, f.Index(), nil
+}
+
+// Term is this member's current raft term.
+func (n *Node) Term() uint64 {
+	t, _ := strconv.ParseUint(n.raft.Stats()["term"], 10, 64)
+	return t
 }
 
 // SetTimeouts changes raft's HeartbeatTimeout and ElectionTimeout while

@@ -186,10 +186,10 @@ func (c *Config) defaults() {
 
 // Server is a running MMC.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	st        *store.Store
-	repl      *replicated // the raft member every store write goes through
+	cfg  Config
+	log  *slog.Logger
+	st   *store.Store
+	repl *replicated // the raft member every store write goes through
 	// member is repl once it is open: the handshake's Lookup and the
 	// accept loop, which run from before, read it.
 	member    atomic.Pointer[replicated]

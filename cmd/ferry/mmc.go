@@ -21,6 +21,7 @@ const defaultMMCDir = "/var/lib/ferry/mmc"
 
 func newMMCCmd(g *globalFlags) *cobra.Command {
 	var cfg mmc.Config
+	var joinBundle, joinToken string
 	cmd := &cobra.Command{
 		Use:   "mmc",
 		Short: "Run the Migration Management Center",
@@ -31,10 +32,27 @@ On first start it creates, in --data-dir: its static key (node.key, or
 and the bootstrap bundle agents are started with (also printed by 'ferry
 mmc bundle'). Keep the key out of the data directory with --key-file, so
 that backups of the directory (the database) hold no key that can
-impersonate the MMC.`,
+impersonate the MMC.
+
+A fresh data directory without --join starts a one-member cluster. With
+--join BUNDLE --join-token TOKEN (a token from 'ferry ctl mmcs
+join-token' on any member) it joins the cluster of the MMCs in BUNDLE as
+a voter: it receives the cluster's secret and admin token (DATA/admin.token
+then works on every member) and catches up from the leader. Give every
+member an --advertise address the others and the agents can reach.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = g.logger()
+			if (joinBundle == "") != (joinToken == "") {
+				return &usageError{"--join and --join-token go together\nRun 'ferry mmc --help' for usage."}
+			}
+			if joinBundle != "" {
+				b, err := identity.ParseBundle(strings.TrimSpace(joinBundle))
+				if err != nil {
+					return &usageError{fmt.Sprintf("--join: %v", err)}
+				}
+				cfg.Join = &mmc.JoinConfig{Bundle: b, Token: strings.TrimSpace(joinToken)}
+			}
 			srv, err := mmc.New(cfg)
 			if err != nil {
 				return err
@@ -63,6 +81,8 @@ impersonate the MMC.`,
 	f.IntVar(&cfg.AuditMaxEntries, "audit-max-entries", mmc.DefaultAuditMaxEntries, "the audit log keeps at most this many entries, the newest (negative: no limit)")
 	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
+	f.StringVar(&joinBundle, "join", "", "join the cluster of the MMCs in this bundle (first start only; with --join-token)")
+	f.StringVar(&joinToken, "join-token", "", "one-use token from 'ferry ctl mmcs join-token' (with --join)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())

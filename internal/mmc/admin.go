@@ -42,37 +42,44 @@ func (s *Server) adminHandler() http.Handler {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /v1/agents", s.auth(s.handleAgents))
-	mux.HandleFunc("GET /v1/agents/{id}", s.auth(s.handleAgent))
-	mux.HandleFunc("POST /v1/agents/{id}/{action}", s.auth(s.handleAgentAction))
-	mux.HandleFunc("POST /v1/tokens", s.auth(s.handleCreateToken))
-	mux.HandleFunc("GET /v1/tokens", s.auth(s.handleTokens))
-	mux.HandleFunc("POST /v1/tokens/{id}/revoke", s.auth(s.handleRevokeToken))
-	mux.HandleFunc("GET /v1/audit", s.auth(s.handleAudit))
-	mux.HandleFunc("GET /v1/hosts", s.auth(s.handleHosts))
-	mux.HandleFunc("GET /v1/migrations", s.auth(s.handleMigrations))
-	mux.HandleFunc("GET /v1/migrations/{id}", s.auth(s.handleMigration))
-	mux.HandleFunc("POST /v1/migrations", s.auth(s.handleMigrate))
-	mux.HandleFunc("POST /v1/migrations/{id}/cancel", s.auth(s.handleCancelMigration))
-	mux.HandleFunc("GET /v1/logs", s.auth(s.handleEvents(false)))
-	mux.HandleFunc("GET /v1/alarms", s.auth(s.handleEvents(true)))
-	mux.HandleFunc("GET /v1/policy", s.auth(s.handleGetPolicy))
-	mux.HandleFunc("PUT /v1/policy", s.auth(s.handleSetPolicy))
-	mux.HandleFunc("GET /v1/policy/decisions", s.auth(s.handleDecisions))
-	mux.HandleFunc("GET /v1/vms", s.auth(s.handleVMs))
-	mux.HandleFunc("POST /v1/vms", s.auth(s.handleCreateVM))
-	mux.HandleFunc("DELETE /v1/vms/{id}", s.auth(s.handleDeleteVM))
-	mux.HandleFunc("POST /v1/vms/{id}/workload", s.auth(s.handleSetWorkload))
-	mux.HandleFunc("GET /v1/board", s.auth(s.handleBoardTopics))
-	mux.HandleFunc("GET /v1/board/entries", s.auth(s.handleBoardEntries))
+	// Every member answers; only the leader serves (forward.go).
+	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.auth(s.leaderOnly(h).ServeHTTP)) }
+	mux.HandleFunc("GET /v1/cluster/self", s.auth(s.handleClusterSelf))
+	route("GET /v1/cluster/members", s.handleClusterMembers)
+	route("POST /v1/cluster/join-tokens", s.handleCreateMMCJoinToken)
+	route("DELETE /v1/cluster/members/{id}", s.handleRemoveMember)
+	route("POST /v1/cluster/leadership", s.handleTransferLeadership)
+	route("GET /v1/agents", s.handleAgents)
+	route("GET /v1/agents/{id}", s.handleAgent)
+	route("POST /v1/agents/{id}/{action}", s.handleAgentAction)
+	route("POST /v1/tokens", s.handleCreateToken)
+	route("GET /v1/tokens", s.handleTokens)
+	route("POST /v1/tokens/{id}/revoke", s.handleRevokeToken)
+	route("GET /v1/audit", s.handleAudit)
+	route("GET /v1/hosts", s.handleHosts)
+	route("GET /v1/migrations", s.handleMigrations)
+	route("GET /v1/migrations/{id}", s.handleMigration)
+	route("POST /v1/migrations", s.handleMigrate)
+	route("POST /v1/migrations/{id}/cancel", s.handleCancelMigration)
+	route("GET /v1/logs", s.handleEvents(false))
+	route("GET /v1/alarms", s.handleEvents(true))
+	route("GET /v1/policy", s.handleGetPolicy)
+	route("PUT /v1/policy", s.handleSetPolicy)
+	route("GET /v1/policy/decisions", s.handleDecisions)
+	route("GET /v1/vms", s.handleVMs)
+	route("POST /v1/vms", s.handleCreateVM)
+	route("DELETE /v1/vms/{id}", s.handleDeleteVM)
+	route("POST /v1/vms/{id}/workload", s.handleSetWorkload)
+	route("GET /v1/board", s.handleBoardTopics)
+	route("GET /v1/board/entries", s.handleBoardEntries)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }
 
-func (s *Server) serveAdmin(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+func (s *Server) serveAdmin(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		// TLS handshake failures (scanners, clients without the CA) are
 		// routine: debug level, not stderr noise.
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
@@ -98,7 +105,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), s.adminTok) != 1 {
-			s.audit.add(store.AuditEntry{Actor: "unknown", Action: "admin.auth", Target: r.Method + " " + r.URL.Path, Source: r.RemoteAddr, Outcome: "denied"})
+			s.audit.add(store.AuditEntry{Actor: "unknown", Action: "admin.auth", Target: r.Method + " " + r.URL.Path, Source: clientAddr(r), Outcome: "denied"})
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
 			writeErr(w, http.StatusUnauthorized, "missing or wrong admin token (see DATA_DIR/admin.token)")
 			return
@@ -205,7 +212,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: clientAddr(r), Outcome: "ok",
 		Detail: fmt.Sprintf("ttl=%v uses=%d", ttl, req.Uses)})
 	writeJSON(w, http.StatusCreated, api.Token{Token: tok, ID: id, Expires: t.Expires, Uses: req.Uses})
 }
@@ -258,7 +265,7 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.revoke", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.revoke", Target: id, Source: clientAddr(r), Outcome: "ok",
 		Detail: fmt.Sprintf("%d use(s) left, expiring %s", t.UsesLeft, t.Expires.Format(time.RFC3339))})
 	writeJSON(w, http.StatusOK, apiToken(t, now))
 }
@@ -442,7 +449,7 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 			s.setVM(rec)
 		}
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + req.Host + " (agent " + agent + ")"})
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.create", Target: req.Name, Source: clientAddr(r), Outcome: "ok", Detail: "host " + req.Host + " (agent " + agent + ")"})
 	id := req.Name
 	if res.VM != nil {
 		id = res.VM.ID
@@ -475,7 +482,7 @@ func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.refreshVM(id)
-		s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.forget", Target: id, Source: r.RemoteAddr, Outcome: "ok",
+		s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.forget", Target: id, Source: clientAddr(r), Outcome: "ok",
 			Detail: fmt.Sprintf("record removed; VM %s (host %q) not destroyed: no managed agent holds it", v.State, v.Host)})
 		writeJSON(w, http.StatusOK, api.Created{ID: id})
 		return
@@ -488,7 +495,7 @@ func (s *Server) handleDeleteVM(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("mmc: deleting a VM record", "vm", id, "err", err)
 	}
 	s.refreshVM(id)
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: "host " + v.Host + " (agent " + v.Agent + ")"})
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.delete", Target: id, Source: clientAddr(r), Outcome: "ok", Detail: "host " + v.Host + " (agent " + v.Agent + ")"})
 	writeJSON(w, http.StatusOK, api.Created{ID: id})
 }
 
@@ -517,7 +524,7 @@ func (s *Server) handleSetWorkload(w http.ResponseWriter, r *http.Request) {
 		writeActErr(w, err)
 		return
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.set-workload", Target: id, Source: r.RemoteAddr, Outcome: "ok", Detail: req.Workload})
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "vm.set-workload", Target: id, Source: clientAddr(r), Outcome: "ok", Detail: req.Workload})
 	writeJSON(w, http.StatusOK, api.Created{ID: id})
 }
 

@@ -3,6 +3,7 @@ package mmc
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -86,7 +88,12 @@ func (a *auditor) add(e store.AuditEntry) {
 
 func (a *auditor) write(e store.AuditEntry) {
 	e.Target, e.Detail, e.Source = truncate(e.Target), truncate(e.Detail), truncate(e.Source)
-	if err := a.st.AppendAudit(e); err != nil {
+	if err := a.st.AppendAudit(e); errors.Is(err, replica.ErrNotLeader) {
+		// A member that is not the leader cannot write the replicated
+		// log; the entry stays in this member's own log below.
+		a.m.auditDropped.Inc()
+		a.log.Warn("mmc: audit entry not recorded in the cluster's log: this member is not the leader", "action", e.Action)
+	} else if err != nil {
 		a.log.Error("mmc: audit write failed", "err", err, "action", e.Action)
 	}
 	a.log.Info("audit", "actor", e.Actor, "action", e.Action, "target", e.Target, "source", e.Source, "outcome", e.Outcome, "detail", e.Detail)

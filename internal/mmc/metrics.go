@@ -24,6 +24,7 @@ type metrics struct {
 	pendingExpired  prometheus.Counter
 	peerWithdrawals prometheus.Counter
 	ordersFenced    prometheus.Counter
+	forwarded       prometheus.Counter
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
@@ -42,7 +43,8 @@ func newMetrics() *metrics {
 		tokenFailures:   c("token_failures_total", "Enrolments refused for a malformed, unknown, expired, used-up or guessed join token."),
 		throttled:       c("token_throttled_total", "Join-token attempts refused by the per-source limit."),
 		factAlarms:      c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
-		auditDropped:    c("audit_dropped_total", "Audit entries dropped because the audit queue was full."),
+		auditDropped:    c("audit_dropped_total", "Audit entries not recorded: the audit queue was full, or this member was not the leader (the entry is in its own log only)."),
+		forwarded:       c("admin_forwarded_total", "Admin API requests this member forwarded to the leader."),
 		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
 		auditThrottled:  c("audit_throttled_total", "Refusals of unauthenticated parties (wrong admin token, unknown or refused keys) not written to the audit log because their source, or all sources together, reached the per-minute limit; summed up in audit.suppressed entries."),
 		auditPruned:     c("audit_pruned_total", "Audit entries removed by the retention limits (age, count)."),
@@ -66,5 +68,5 @@ func newMetrics() *metrics {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.refused, m.badMessages, m.vmAlarms}
 }

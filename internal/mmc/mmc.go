@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -239,6 +240,11 @@ type Server struct {
 	// catch up).
 	accepting  atomic.Bool
 	agentConns chan *sudp.Conn
+
+	// fwdClients are the HTTP clients over admin streams to other
+	// members (forward.go), one per member address.
+	fwdMu      sync.Mutex
+	fwdClients map[raft.ServerAddress]*http.Client
 	stopAccept context.CancelFunc
 	acceptDone chan struct{}
 }
@@ -576,15 +582,21 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	var adminErr error
+	var adminErr, memberAdminErr error
+	h := s.adminHandler()
 	if s.adminLn != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			adminErr = s.serveAdmin(ctx, s.adminLn)
+			adminErr = s.serveAdmin(ctx, s.adminLn, h)
 			cancel()
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		memberAdminErr = s.serveMemberAdmin(ctx, h)
+	}()
 	// A halted state machine applies no more writes and this member
 	// must not go on serving from a store that diverged from the log
 	// (replica.FSM): stop the MMC with the cause.
@@ -639,8 +651,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.repl.close(); err != nil {
 		s.log.Warn("mmc: stopping the replicated store", "err", err)
 	}
+	s.closeForwarders()
 	s.st.Close()
-	return errors.Join(adminErr, fatal.err())
+	return errors.Join(adminErr, memberAdminErr, fatal.err())
 }
 
 // fatalWatch holds why the replicated store's state machine halted

@@ -110,14 +110,14 @@ func openReplicated(ctx context.Context, st *store.Store, o replicaOptions) (*re
 			if o.cfg.raftStart > 0 {
 				start = o.cfg.raftStart
 			}
-			if o.join {
-				return // joining a cluster: raft's defaults from the start
-			}
-			c.HeartbeatTimeout, c.ElectionTimeout = start, start
-			c.LeaderLeaseTimeout = min(c.LeaderLeaseTimeout, start)
 			if o.cfg.raftTune != nil {
 				o.cfg.raftTune(c)
 			}
+			if o.join {
+				return // joining a cluster: its timeouts from the start
+			}
+			c.HeartbeatTimeout, c.ElectionTimeout = start, start
+			c.LeaderLeaseTimeout = min(c.LeaderLeaseTimeout, start)
 		},
 	})
 	if err != nil {

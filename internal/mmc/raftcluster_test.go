@@ -1,0 +1,285 @@
+package mmc
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/store"
+)
+
+// Raft timeouts of the multi-member tests: shorter than raft's 1 s so that
+// failovers take a fraction of a second, long enough for a loaded
+// machine under -race not to flap.
+func tuneTestCluster(c *raft.Config) {
+	c.HeartbeatTimeout, c.ElectionTimeout = 300*time.Millisecond, 300*time.Millisecond
+	c.LeaderLeaseTimeout = 150 * time.Millisecond
+	c.CommitTimeout = 10 * time.Millisecond
+}
+
+// member is one running MMC of a test cluster.
+type member struct {
+	s      *Server
+	dir    string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (m *member) stop() {
+	if m.cancel != nil {
+		m.cancel()
+		<-m.done
+		m.cancel = nil
+	}
+}
+
+func (m *member) client() *api.Client {
+	return &api.Client{Base: m.s.AdminURL(), Token: m.s.AdminToken(), HTTP: &http.Client{Timeout: 20 * time.Second}}
+}
+
+// startMember starts an MMC on dir (joining with jc when set).
+func startMember(t *testing.T, dir string, jc *JoinConfig) *member {
+	t.Helper()
+	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Admin: "127.0.0.1:0", raftStart: 150 * time.Millisecond,
+		raftTune: tuneTestCluster, Join: jc, ReauthMin: time.Hour})
+	if err != nil {
+		t.Fatalf("starting the MMC in %s: %v", dir, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{s: s, dir: dir, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(m.done); s.Run(ctx) }()
+	t.Cleanup(m.stop)
+	return m
+}
+
+// startCluster starts one MMC and joins two more to it.
+func startCluster(t *testing.T) []*member {
+	t.Helper()
+	first := startMember(t, t.TempDir(), nil)
+	ms := []*member{first}
+	for range 2 {
+		tok, err := first.client().CreateMMCJoinToken(context.Background(), time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, startMember(t, t.TempDir(), &JoinConfig{Bundle: first.s.Bundle(), Token: tok.Token}))
+	}
+	return ms
+}
+
+// leaderOf waits until one of ms leads (and has taken up the leadership).
+func leaderOf(t *testing.T, ms []*member, within time.Duration) *member {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, m := range ms {
+			if m.cancel != nil && m.s.leading.Load() {
+				return m
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no member led within %v", within)
+	return nil
+}
+
+// TestClusterJoinForwardAndFailover: two MMCs join a first one with
+// one-use tokens; every member lists the three voters and answers every
+// command (a follower forwards to the leader); the admin token is the
+// same everywhere; when the leader stops, another takes over, writes
+// through a survivor succeed, and what was written before is there.
+func TestClusterJoinForwardAndFailover(t *testing.T) {
+	ms := startCluster(t)
+	ctx := context.Background()
+	for _, m := range ms[1:] {
+		if m.s.AdminToken() != ms[0].s.AdminToken() {
+			t.Fatal("a joined member has its own admin token, not the cluster's")
+		}
+		b, err := os.ReadFile(filepath.Join(m.dir, AdminTokenFile))
+		if err != nil || strings.TrimSpace(string(b)) != ms[0].s.AdminToken() {
+			t.Fatalf("%s holds %q, want the cluster's admin token (%v)", AdminTokenFile, b, err)
+		}
+	}
+	leader := leaderOf(t, ms, 5*time.Second)
+	var follower *member
+	for _, m := range ms {
+		if m != leader {
+			follower = m
+			break
+		}
+	}
+	list, err := follower.client().MMCs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaders := 0
+	for _, m := range list {
+		if !m.Voter {
+			t.Errorf("member %s does not vote: %+v", m.ID, m)
+		}
+		if m.State == "leader" {
+			leaders++
+		}
+		if m.State == "unreachable" || m.Admin == "" || m.Address == "" {
+			t.Errorf("member %+v", m)
+		}
+	}
+	if len(list) != 3 || leaders != 1 {
+		t.Fatalf("mmcs list at a follower: %+v", list)
+	}
+	// A write at a follower reaches the leader and every member's store.
+	tok, err := follower.client().CreateToken(ctx, time.Hour, 1)
+	if err != nil {
+		t.Fatalf("a write at a follower: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the token on every member's store", func() bool {
+		for _, m := range ms {
+			toks, err := m.s.st.Tokens()
+			if err != nil || !hasToken(toks, tok.ID) {
+				return false
+			}
+		}
+		return true
+	})
+	// Every member's bundle lists the three.
+	waitFor(t, 5*time.Second, "bundles listing every member", func() bool {
+		for _, m := range ms {
+			if len(m.s.Bundle().MMCs) != 3 {
+				return false
+			}
+			b, err := os.ReadFile(filepath.Join(m.dir, BundleFile))
+			if err != nil {
+				return false
+			}
+			got, err := identity.ParseBundle(strings.TrimSpace(string(b)))
+			if err != nil || len(got.MMCs) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+
+	termBefore := leader.s.term.Load()
+	leader.stop()
+	var survivors []*member
+	for _, m := range ms {
+		if m != leader {
+			survivors = append(survivors, m)
+		}
+	}
+	next := leaderOf(t, survivors, 10*time.Second)
+	if next.s.term.Load() <= termBefore {
+		t.Fatalf("the new leader's fencing term %d is not above the old one's %d", next.s.term.Load(), termBefore)
+	}
+	for _, m := range survivors {
+		if _, err := m.client().CreateToken(ctx, time.Hour, 1); err != nil {
+			t.Fatalf("a write at a survivor after the failover: %v", err)
+		}
+		toks, err := m.client().Tokens(ctx)
+		if err != nil || !hasTokenInfo(toks, tok.ID) {
+			t.Fatalf("the token written before the failover is gone: %v", err)
+		}
+	}
+}
+
+func hasToken(ts []store.Token, id string) bool {
+	for _, t := range ts {
+		if t.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func hasTokenInfo(ts []api.TokenInfo, id string) bool {
+	for _, t := range ts {
+		if t.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestJoinRefusals: an agent's join token, a used MMC token and a
+// garbage token admit no MMC, and a refused joiner leaves the cluster as
+// it was.
+func TestJoinRefusals(t *testing.T) {
+	first := startMember(t, t.TempDir(), nil)
+	ctx := context.Background()
+	agentTok, err := first.client().CreateToken(ctx, time.Hour, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mmcTok, err := first.client().CreateMMCJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startMember(t, t.TempDir(), &JoinConfig{Bundle: first.s.Bundle(), Token: mmcTok.Token})
+	for _, tc := range []struct{ name, token string }{
+		{"an agent's join token", agentTok.Token},
+		{"a used MMC token", mmcTok.Token},
+		{"a garbage token", "fjt1.nope"},
+	} {
+		_, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Admin: "-", raftTune: tuneTestCluster,
+			Join: &JoinConfig{Bundle: first.s.Bundle(), Token: tc.token}})
+		if err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("%s: join returned %v, want a refusal", tc.name, err)
+		}
+	}
+	list, err := first.client().MMCs(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("members after the refusals: %+v %v", list, err)
+	}
+}
+
+// TestFollowerRedirectsAgents: an agent (or an enrolling host) that
+// reaches a follower is sent to the leader.
+func TestFollowerRedirectsAgents(t *testing.T) {
+	ms := startCluster(t)
+	leader := leaderOf(t, ms, 5*time.Second)
+	var follower *member
+	for _, m := range ms {
+		if m != leader {
+			follower = m
+		}
+	}
+	a := newFakeAgent(t, follower.s)
+	a.bundle = identity.Bundle{ClusterID: follower.s.clusterID, MMCs: follower.s.Bundle().MMCs}
+	// Dial the follower by its own key.
+	c, err := a.ep.Dial(context.Background(), follower.s.Addr().String(), follower.s.ep.PublicKey(), follower.s.enrolPSK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := message.Send(context.Background(), c, message.EnrolRequest{Facts: a.facts, Name: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	e := a.recv(c)
+	r, err := message.Decode[message.Redirect](e)
+	if e.Type != message.TypeRedirect || err != nil || r.Leader.Addr != string(leader.s.repl.addr) {
+		t.Fatalf("the follower answered %v %+v %v, want a redirect to the leader at %s", e.Type, r, err, leader.s.repl.addr)
+	}
+	if [32]byte(r.Leader.Key) != leader.s.ep.PublicKey() {
+		t.Fatal("the redirect names the leader's address with another key")
+	}
+}

@@ -24,7 +24,9 @@ import (
 // second protocol, no plaintext port. raft.NetworkTransport works on any
 // raft.StreamLayer (a net.Listener plus Dial); StreamLayer provides one
 // where each raft connection is one SUDP stream, on one authenticated
-// SUDP connection per pair of members.
+// SUDP connection per pair of members. The same connection carries the
+// admin requests a follower forwards to the leader (streamkind.go): each
+// stream starts with a kind byte.
 //
 // Authentication: a member's raft address is its SUDP listen address and
 // Members maps each address to the member's static public key. Dial
@@ -146,6 +148,15 @@ type StreamLayerConfig struct {
 	PSK [32]byte
 	// Logger receives connection events (never key material).
 	Logger *slog.Logger
+	// KindTimeout bounds the wait for the kind byte of a stream a member
+	// opened (DefaultKindTimeout if 0); a stream without one is refused.
+	KindTimeout time.Duration
+	// MaxPendingStreams bounds, per connection, the streams waiting for
+	// their kind byte (DefaultMaxPendingStreams if 0): the connection's
+	// next streams are accepted only as those finish, so a peer that
+	// opens streams and sends nothing holds at most this many goroutines
+	// and delays only its own streams.
+	MaxPendingStreams int
 }
 
 // ErrLayerClosed is returned by a closed StreamLayer.
@@ -156,7 +167,7 @@ type StreamLayer struct {
 	cfg StreamLayerConfig
 	log *slog.Logger
 
-	incoming chan net.Conn
+	incoming chan net.Conn // raft streams
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -165,8 +176,10 @@ type StreamLayer struct {
 	mu    sync.Mutex
 	conns map[raft.ServerAddress]*sudp.Conn // dialed, one per member
 	dials map[raft.ServerAddress]*dialCall  // dials in progress
+	admin *adminListener                    // nil until AdminListener
 
-	refusedConns atomic.Uint64
+	refusedConns   atomic.Uint64
+	refusedStreams atomic.Uint64
 }
 
 type dialCall struct {
@@ -179,6 +192,12 @@ type dialCall struct {
 func NewStreamLayer(cfg StreamLayerConfig) *StreamLayer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.KindTimeout <= 0 {
+		cfg.KindTimeout = DefaultKindTimeout
+	}
+	if cfg.MaxPendingStreams <= 0 {
+		cfg.MaxPendingStreams = DefaultMaxPendingStreams
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &StreamLayer{
@@ -231,9 +250,9 @@ func (l *StreamLayer) AcceptFrom(ep *sudp.Endpoint) {
 	}()
 }
 
-// Serve carries raft streams the peer of c opens, until c or the layer
-// closes; a connection whose peer is not a member is closed and counted.
-// It returns at once.
+// Serve carries the streams the peer of c opens (raft's and admin
+// requests), until c or the layer closes; a connection whose peer is not
+// a member is closed and counted. It returns at once.
 func (l *StreamLayer) Serve(c *sudp.Conn) {
 	peer := c.Session().PeerStatic
 	if _, ok := l.cfg.Members.Has(peer); !ok {
@@ -262,10 +281,22 @@ func (l *StreamLayer) goServe(c *sudp.Conn) {
 	}()
 }
 
+// serve accepts c's streams and starts one goroutine per stream, which
+// reads its kind byte and hands it on; it waits for them before
+// returning. Closing the layer closes c, which ends their reads.
 func (l *StreamLayer) serve(c *sudp.Conn) {
 	stop := context.AfterFunc(l.ctx, func() { c.Close() })
 	defer stop()
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	// A slot per stream waiting for its kind byte; classify frees it.
+	pending := make(chan struct{}, l.cfg.MaxPendingStreams)
 	for {
+		select {
+		case pending <- struct{}{}:
+		case <-l.ctx.Done():
+			return
+		}
 		s, err := c.AcceptStream(l.ctx)
 		if err != nil {
 			return
@@ -278,12 +309,16 @@ func (l *StreamLayer) serve(c *sudp.Conn) {
 			c.CloseWithError(core.CodeApplication, "no longer a cluster member") //nolint:errcheck // refusing
 			return
 		}
-		select {
-		case l.incoming <- s:
-		case <-l.ctx.Done():
-			s.Close()
-			return
-		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			kind, refused := l.classify(s, pending)
+			if refused != "" {
+				l.refuse(s, refused)
+				return
+			}
+			l.route(s, kind)
+		}()
 	}
 }
 
@@ -298,13 +333,16 @@ func (l *StreamLayer) Accept() (net.Conn, error) {
 }
 
 // Close implements net.Listener: it stops Serve and AcceptFrom, closes
-// the connections the layer dialed and waits for its goroutines. The
-// endpoint stays open.
+// the admin listener and the connections the layer dialed, and waits for
+// its goroutines. The endpoint stays open.
 func (l *StreamLayer) Close() error {
 	l.mu.Lock()
 	l.cancel()
 	conns := l.conns
 	l.conns = map[raft.ServerAddress]*sudp.Conn{}
+	if l.admin != nil {
+		l.admin.Close()
+	}
 	l.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
@@ -321,25 +359,15 @@ type raftAddr string
 func (a raftAddr) Network() string { return "sudp" }
 func (a raftAddr) String() string  { return string(a) }
 
-// Dial implements raft.StreamLayer: a new stream on the connection to the
-// member at address, dialing it first if there is none (or it ended).
+// Dial implements raft.StreamLayer: a new raft stream (its kind byte
+// written) on the connection to the member at address, dialing it first
+// if there is none (or it ended).
 func (l *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(l.ctx, timeout)
 	defer cancel()
-	c, err := l.conn(ctx, address)
+	s, err := l.openKind(ctx, address, kindRaft)
 	if err != nil {
-		return nil, err
-	}
-	s, err := c.OpenStream(ctx)
-	if err != nil {
-		// A connection that ended (the peer restarted, timed out) is
-		// dropped so that the next Dial handshakes again; one that is
-		// alive (the wait for a stream slot timed out) carries other
-		// raft streams and stays.
-		if c.Err() != nil {
-			l.forget(address, c)
-		}
-		return nil, fmt.Errorf("replica: open stream to %s: %w", address, err)
+		return nil, err // not a nil *sudp.Stream in a non-nil net.Conn
 	}
 	return s, nil
 }
@@ -403,7 +431,7 @@ func (l *StreamLayer) conn(ctx context.Context, address raft.ServerAddress) (*su
 	if err != nil {
 		err = fmt.Errorf("replica: dial %s: %w", address, err)
 	} else {
-		// Streams the peer opens on this connection are raft's too.
+		// The peer opens its streams to us on this connection too.
 		l.goServe(c)
 	}
 	call.conn, call.err = c, err

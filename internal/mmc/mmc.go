@@ -263,6 +263,7 @@ func New(cfg Config) (*Server, error) {
 		board:     board.New(board.Config{}),
 		inv:       inventory.New(),
 	}
+	s.metrics.registerRaft(repl.node)
 	s.reg = newRegistry(invMirror{s})
 	s.enrolSlots = make(chan struct{}, cfg.MaxEnrolSessions)
 	s.audit = newAuditor(st, cfg.Logger, s.metrics, cfg.Now)

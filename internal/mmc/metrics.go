@@ -1,6 +1,10 @@
 package mmc
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferry-vm/ferry/internal/replica"
+)
 
 // metrics are the MMC's own counters (the SUDP endpoint's are exported by
 // sudp.Collector). Every refused or malformed input is counted here.
@@ -28,6 +32,7 @@ type metrics struct {
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
+	raft            prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
 }
 
 func newMetrics() *metrics {
@@ -64,9 +69,20 @@ func newMetrics() *metrics {
 	}
 }
 
+// registerRaft exports the raft member's metrics (replica.Collector)
+// with the MMC's. New calls it once the node exists, before the admin
+// API serves /metrics.
+func (m *metrics) registerRaft(n *replica.Node) {
+	m.raft = replica.NewCollector(n)
+}
+
 // Collectors returns the MMC's collectors for registration.
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
-	return []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
+	cs := []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
 		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.refused, m.badMessages, m.vmAlarms}
+	if m.raft != nil {
+		cs = append(cs, m.raft)
+	}
+	return cs
 }

@@ -359,6 +359,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.repl = repl
 	s.member.Store(repl)
+	s.metrics.registerRaft(repl.node)
 	for _, m := range join.members() {
 		repl.members.Set(raft.ServerAddress(m.Addr), [32]byte(m.Key))
 	}

@@ -93,6 +93,7 @@ type Node struct {
 	snaps *snapshotStore
 	id    raft.ServerID
 	log   *slog.Logger
+	met   *nodeMetrics // metrics.go; its observer goroutine runs from Open to Close
 }
 
 // Open starts a member on cfg.DataDir.
@@ -175,6 +176,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	n := &Node{raft: r, fsm: fsm, logs: logs, snaps: snaps, id: cfg.ID, log: cfg.Logger}
+	n.startMetrics()
 	if seed {
 		ctx, cancel := context.WithTimeout(context.Background(), seedTimeout)
 		defer cancel()
@@ -247,6 +249,7 @@ func (n *Node) seed(ctx context.Context) error {
 // is: removing a member is RemoveServer on the leader) and closes its log.
 func (n *Node) Close() error {
 	err := n.raft.Shutdown().Error()
+	n.stopMetrics()
 	return errors.Join(err, n.logs.Close())
 }
 
@@ -329,8 +332,11 @@ func (n *Node) Apply(ctx context.Context, c store.Command) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	f := n.raft.Apply(b, timeoutOf(ctx, DefaultApplyTimeout))
-	if err := wait(ctx, f); err != nil {
+	err = wait(ctx, f)
+	n.met.resolved("apply", n.met.apply, start, err)
+	if err != nil {
 		return nil, n.mapErr(err)
 	}
 	res, ok := f.Response().(*Result)
@@ -344,7 +350,10 @@ func (n *Node) Apply(ctx context.Context, c store.Command) (any, error) {
 // this member's store (leader only): a read after it sees every write
 // acknowledged before the call.
 func (n *Node) Barrier(ctx context.Context) error {
-	return n.mapErr(wait(ctx, n.raft.Barrier(timeoutOf(ctx, DefaultApplyTimeout))))
+	start := time.Now()
+	err := wait(ctx, n.raft.Barrier(timeoutOf(ctx, DefaultApplyTimeout)))
+	n.met.resolved("barrier", n.met.barrier, start, err)
+	return n.mapErr(err)
 }
 
 // VerifyLeader confirms with a majority that this member still leads.

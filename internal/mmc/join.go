@@ -132,7 +132,7 @@ func (s *Server) requestJoin(ctx context.Context, jc *JoinConfig) (*joinSession,
 		}
 		reply, redirect, retry, err := s.askToJoin(ctx, c, req)
 		switch {
-		case err == nil:
+		case err == nil && redirect == nil:
 			if reply.ID != myID {
 				c.Close()
 				return nil, fmt.Errorf("mmc: --join: the leader recorded this MMC as %s, not %s", reply.ID, myID)

@@ -245,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		var err error
 		start := time.Now()
+		enrolling := a.state == nil
 		switch {
 		case a.state == nil:
 			err = a.enrol(ctx)
@@ -268,6 +269,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, ErrFatal) {
 			return err
+		}
+		if err == nil && enrolling && a.state != nil {
+			// Just enrolled: log in now.
+			redirects = 0
+			continue
 		}
 		if errors.Is(err, errRedirected) && redirects < maxRedirects {
 			// Straight to the member named; members redirecting in a
@@ -455,7 +461,8 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	defer closeConn(c)
-	if err := message.Send(ctx, c, message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}); err != nil {
+	hello := message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}
+	if err := message.Send(ctx, c, hello); err != nil {
 		return err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -492,7 +499,31 @@ func (a *Agent) session(ctx context.Context) error {
 	a.log.Info("agent: online", "agent", a.ID(), "mmc", mmc.Addr)
 	a.metrics.online.Set(1)
 	defer a.metrics.online.Set(0)
-	return a.serve(ctx, c, reauthKey)
+	// A standby session at another member tells us when the leadership
+	// moves (watchLeader); the session here then ends at once.
+	sctx, moveOn := context.WithCancelCause(ctx)
+	defer moveOn(nil)
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		a.watchLeader(sctx, mmc, psk, hello, func(leader message.Member) {
+			a.mmcs.redirectTo(leader)
+			moveOn(fmt.Errorf("%w: the leadership moved to %s", errRedirected, leader.Addr))
+		})
+	}()
+	err = a.serve(sctx, c, reauthKey)
+	moveOn(nil)
+	watch.Wait()
+	if cause := context.Cause(sctx); errors.Is(cause, errRedirected) {
+		return cause
+	}
+	if err != nil && ctx.Err() == nil {
+		// Dial the other members first next time: this one may be
+		// gone (an idle timeout) or no longer the leader.
+		a.mmcs.failed(mmc, time.Now())
+	}
+	return err
 }
 
 // serve answers challenges and probes the clock until the session ends.

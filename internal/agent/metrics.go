@@ -41,6 +41,7 @@ type metrics struct {
 	// redirects counts MMC members that sent this agent to another;
 	// memberUpdates member lists received and kept.
 	redirects     prometheus.Counter
+	leaderMoves   prometheus.Counter
 	memberUpdates prometheus.Counter
 }
 
@@ -61,11 +62,13 @@ func newMetrics() *metrics {
 		term: g("mmc_term", "Highest MMC leader term this agent has obeyed."),
 		redirects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_redirects_total",
 			Help: "Logins an MMC member answered with a redirect to another member."}),
+		leaderMoves: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_leader_moves_total",
+			Help: "Sessions moved to a new MMC leader because a standby session named it."}),
 		memberUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_member_updates_total",
 			Help: "MMC member lists received and kept."}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.memberUpdates}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.memberUpdates}
 }

@@ -192,24 +192,20 @@ type Client struct {
 	Base  string // e.g. http://127.0.0.1:7947
 	Token string
 	HTTP  *http.Client
+	// RetryFor is how long a request answered "no leader right now"
+	// (503 with Retry-After, during an MMC election) is retried: 0 is
+	// DefaultRetryFor, negative never.
+	RetryFor time.Duration
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Base, "/")+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		payload = b
 	}
 	hc := http.Client{Timeout: 30 * time.Second}
 	if c.HTTP != nil {
@@ -219,9 +215,37 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	// to wherever it points: Go keeps Authorization on a redirect to the
 	// same host, even from https to plain http.
 	hc.CheckRedirect = refuseRedirect
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("admin API: %w", err)
+	retryUntil := time.Now().Add(c.retryFor())
+	var resp *http.Response
+	for {
+		var body io.Reader
+		if payload != nil {
+			body = bytes.NewReader(payload)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Base, "/")+path, body)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		if in != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err = hc.Do(req)
+		if err != nil {
+			return fmt.Errorf("admin API: %w", err)
+		}
+		// 503 with Retry-After: no member leads right now (an election)
+		// and the request was not carried out. Anything else is final.
+		wait, retry := retryAfter(resp)
+		if !retry || time.Now().Add(wait).After(retryUntil) {
+			break
+		}
+		resp.Body.Close()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("admin API: %w", ctx.Err())
+		case <-time.After(wait):
+		}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
@@ -406,4 +430,35 @@ func (c *Client) Migration(ctx context.Context, id string) (Migration, error) {
 func (c *Client) CancelMigration(ctx context.Context, id string) (Migration, error) {
 	var out Migration
 	return out, c.do(ctx, http.MethodPost, "/v1/migrations/"+url.PathEscape(id)+"/cancel", struct{}{}, &out)
+}
+
+// DefaultRetryFor covers an MMC election (a few seconds) with room.
+const DefaultRetryFor = 15 * time.Second
+
+func (c *Client) retryFor() time.Duration {
+	switch {
+	case c.RetryFor < 0:
+		return 0
+	case c.RetryFor == 0:
+		return DefaultRetryFor
+	}
+	return c.RetryFor
+}
+
+// retryAfter reports whether resp asks for the same request again, and
+// after how long (at most a second, whatever the header says: an
+// election is over within seconds).
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0, false
+	}
+	secs, err := strconv.Atoi(v)
+	if err != nil || secs < 0 {
+		return 0, false
+	}
+	return min(time.Duration(secs)*time.Second, time.Second) / 4, true
 }

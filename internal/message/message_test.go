@@ -119,6 +119,7 @@ var decoders = map[Type]func(Envelope) error{
 	TypeJoinReply:       decodeAs[JoinReply],
 	TypeJoinReady:       decodeAs[JoinReady],
 	TypeJoinDone:        decodeAs[JoinDone],
+	TypeLeader:          decodeAs[Leader],
 }
 
 func TestEveryTypeHasADecoder(t *testing.T) {
@@ -150,6 +151,8 @@ func FuzzUnmarshal(f *testing.F) {
 		{TypeJoinRequest, JoinRequest{Token: "id.secret", Addr: "10.0.2.1:7946", Admin: "https://10.0.2.1:7947"}},
 		{TypeJoinReply, JoinReply{ClusterSecret: make([]byte, 32), AdminToken: "ab", ID: "m3", CatchUp: 9, Members: []ClusterMember{{ID: "m1", Addr: "10.0.0.1:7946", Key: make([]byte, 32)}}}},
 		{TypeJoinReady, JoinReady{Applied: 9}},
+		{TypeLeader, Leader{Leader: Member{Addr: "10.0.1.1:7400", Key: make([]byte, 32)}}},
+		{TypeHello, Hello{Facts: identity.Facts{Hostname: "h"}, Standby: true}},
 		{TypeBoardPost, BoardPost{Topic: "migration/m1", Kind: "peer.connected", Body: []byte{0xa0}}},
 		{TypeBoardEntry, BoardEntry{Topic: "migration/m1", Seq: 1, Kind: "peer.connected"}},
 	} {

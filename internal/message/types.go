@@ -48,6 +48,7 @@ const (
 	TypeJoinReply       Type = 25
 	TypeJoinReady       Type = 26
 	TypeJoinDone        Type = 27
+	TypeLeader          Type = 28
 )
 
 var typeNames = map[Type]string{
@@ -78,6 +79,7 @@ var typeNames = map[Type]string{
 	TypeJoinReply:       "join-reply",
 	TypeJoinReady:       "join-ready",
 	TypeJoinDone:        "join-done",
+	TypeLeader:          "leader",
 }
 
 func (t Type) String() string {
@@ -143,6 +145,12 @@ type Hello struct {
 	Name    string         `cbor:"2,keyasint"`
 	Site    string         `cbor:"3,keyasint"`
 	Version string         `cbor:"4,keyasint"`
+	// Standby opens a watch session instead of a login: the member
+	// answers with Leader now and whenever the leadership moves, and
+	// orders nothing. An agent keeps one at a member other than the one
+	// serving it, so that it learns of a new leader as soon as the
+	// cluster elects one instead of when its session times out.
+	Standby bool `cbor:"5,keyasint,omitempty"`
 }
 
 // Type implements Body.
@@ -647,3 +655,15 @@ type JoinDone struct{}
 
 // Type implements Body.
 func (JoinDone) Type() Type { return TypeJoinDone }
+
+// Leader is a member telling an agent's standby session which member
+// leads the cluster (Hello.Standby): at once, and again whenever the
+// leadership moves. An agent served by another member moves to it.
+type Leader struct {
+	Leader Member `cbor:"1,keyasint"`
+}
+
+// Type implements Body.
+func (Leader) Type() Type { return TypeLeader }
+
+func (m *Leader) check() error { return m.Leader.check() }

@@ -37,6 +37,7 @@ func (s *Server) order(a message.Action) message.Action {
 // the member that does, then closes with CodeNotLeader. It reports
 // whether it did.
 func (s *Server) redirect(ctx context.Context, c *sudp.Conn) bool {
+	s.awaitEstablished(ctx)
 	leader, ok := s.cfg.Cluster.Redirect()
 	if !ok {
 		return false

@@ -60,6 +60,7 @@ func clientAddr(r *http.Request) string {
 // (GET) on a multi-member cluster first confirm the leadership.
 func (s *Server) leaderOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.awaitEstablished(r.Context())
 		if !s.leading.Load() {
 			s.forward(w, r)
 			return
@@ -94,8 +95,21 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.forwarded.Inc()
+	// A leader that dies does not answer: the request would wait for
+	// the connection's idle timeout. It is abandoned as soon as this
+	// member knows of another leader.
+	changed := s.lwatch.changed()
 	ctx, cancel := context.WithTimeout(r.Context(), forwardTimeout)
 	defer cancel()
+	moved := make(chan struct{})
+	go func() {
+		select {
+		case <-changed:
+			close(moved)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	out, err := http.NewRequestWithContext(ctx, r.Method, "http://mmc"+r.URL.RequestURI(), r.Body)
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err.Error())
@@ -110,8 +124,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	out.ContentLength = r.ContentLength
 	resp, err := s.forwarder(addr).Do(out)
 	if err != nil {
-		w.Header().Set("Retry-After", "1")
-		writeErr(w, http.StatusBadGateway, "forwarding to the leader "+string(id)+": "+err.Error())
+		select {
+		case <-moved:
+			writeErr(w, http.StatusGatewayTimeout, "the leadership moved while the request was forwarded to "+string(id)+
+				"; it may or may not have been applied: check, then retry")
+		default:
+			writeErr(w, http.StatusBadGateway, "forwarding to the leader "+string(id)+": "+err.Error())
+		}
 		return
 	}
 	defer resp.Body.Close()
@@ -194,4 +213,28 @@ func (s *Server) serveMemberAdmin(ctx context.Context, h http.Handler) error {
 
 func isClosedListener(err error) bool {
 	return errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "closed")
+}
+
+// establishWait bounds how long a request or a login waits for this
+// member to take up a leadership it has just won (establish: a barrier
+// and a write), rather than being turned away while no member serves.
+const establishWait = 3 * time.Second
+
+// awaitEstablished waits while this member has won an election but not
+// yet taken up the leadership.
+func (s *Server) awaitEstablished(ctx context.Context) {
+	if s.leading.Load() || s.repl == nil || s.repl.node.State() != raft.Leader {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, establishWait)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !s.leading.Load() && s.repl.node.State() == raft.Leader {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -29,6 +29,7 @@ type metrics struct {
 	peerWithdrawals prometheus.Counter
 	ordersFenced    prometheus.Counter
 	forwarded       prometheus.Counter
+	standby         prometheus.Gauge
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
@@ -50,6 +51,7 @@ func newMetrics() *metrics {
 		factAlarms:      c("fact_alarms_total", "Logins whose MAC or disk id differed from enrolment."),
 		auditDropped:    c("audit_dropped_total", "Audit entries not recorded: the audit queue was full, or this member was not the leader (the entry is in its own log only)."),
 		forwarded:       c("admin_forwarded_total", "Admin API requests this member forwarded to the leader."),
+		standby:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_mmc_standby_sessions", Help: "Agents' standby sessions at this member (they learn the leader from it)."}),
 		auditSuppressed: c("audit_suppressed_total", "Repeats of one refusal (same key, action and source within 10 s) counted instead of written."),
 		auditThrottled:  c("audit_throttled_total", "Refusals of unauthenticated parties (wrong admin token, unknown or refused keys) not written to the audit log because their source, or all sources together, reached the per-minute limit; summed up in audit.suppressed entries."),
 		auditPruned:     c("audit_pruned_total", "Audit entries removed by the retention limits (age, count)."),
@@ -80,7 +82,7 @@ func (m *metrics) registerRaft(n *replica.Node) {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	cs := []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms}
 	if m.raft != nil {
 		cs = append(cs, m.raft)
 	}

@@ -234,6 +234,10 @@ type Server struct {
 	// agentMembers is the member list agents are sent (syncMembers).
 	agentMembers atomic.Pointer[message.Members]
 	dirty        *dirtySet
+	// lwatch follows the leader this member knows; standby holds the
+	// agents' standby sessions (standby.go).
+	lwatch  *leaderWatch
+	standby standbys
 
 	// accepting gates agents' handshakes until Run serves them; member
 	// connections are dispatched from New on (raft needs them to
@@ -298,6 +302,7 @@ func New(cfg Config) (*Server, error) {
 		board:      board.New(board.Config{}),
 		inv:        inventory.New(),
 		dirty:      newDirtySet(),
+		lwatch:     newLeaderWatch(),
 		agentConns: make(chan *sudp.Conn),
 		acceptDone: make(chan struct{}),
 	}
@@ -602,7 +607,11 @@ func (s *Server) Run(ctx context.Context) error {
 	// must not go on serving from a store that diverged from the log
 	// (replica.FSM): stop the MMC with the cause.
 	var fatal fatalWatch
-	wg.Add(4)
+	wg.Add(5)
+	go func() {
+		defer wg.Done()
+		s.runLeaderWatch(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		select {

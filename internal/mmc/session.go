@@ -84,6 +84,10 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		}
 		return
 	}
+	if hello.Standby {
+		s.serveStandby(ctx, c, id)
+		return
+	}
 	if s.redirect(ctx, c) {
 		return
 	}

@@ -125,6 +125,48 @@ func serveAdmin(t *testing.T, l *StreamLayer) *http.Server {
 	return srv
 }
 
+type acceptResult struct {
+	c   net.Conn
+	err error
+}
+
+// acceptOrTimeout is ln.Accept, or a timeout error after d (the Accept
+// then ends when the test's cleanup closes ln).
+func acceptOrTimeout(ln net.Listener, d time.Duration) acceptResult {
+	ch := make(chan acceptResult, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- acceptResult{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(d):
+		return acceptResult{err: fmt.Errorf("nothing accepted in %v", d)}
+	}
+}
+
+// acceptWithin is ln.Accept, failing the test after d.
+func acceptWithin(t *testing.T, ln net.Listener, d time.Duration) net.Conn {
+	t.Helper()
+	r := acceptOrTimeout(ln, d)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return r.c
+}
+
+// acceptErr is ln.Accept's error, which a test expects (a timeout error
+// after d).
+func acceptErr(ln net.Listener, d time.Duration) error {
+	r := acceptOrTimeout(ln, d)
+	if r.c != nil {
+		r.c.Close()
+		return errors.New("a stream was accepted")
+	}
+	return r.err
+}
+
 func get(c *http.Client, url string) (string, error) {
 	resp, err := c.Get(url)
 	if err != nil {
@@ -179,10 +221,7 @@ func TestAdminRequestsOverMemberStreams(t *testing.T) {
 	if _, err := rs.Write([]byte("raft rpc")); err != nil {
 		t.Fatal(err)
 	}
-	acc, err := a.layer.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	acc := acceptWithin(t, a.layer, 5*time.Second)
 	defer acc.Close()
 	buf := make([]byte, len("raft rpc"))
 	if _, err := io.ReadFull(acc, buf); err != nil || string(buf) != "raft rpc" {
@@ -212,11 +251,7 @@ func TestAdminRequestsOverMemberStreams(t *testing.T) {
 	}
 	defer rs2.Close()
 	rs2.Write([]byte{7})
-	acc2, err := a.layer.Accept()
-	if err != nil {
-		t.Fatalf("raft stream after the admin listener closed: %v", err)
-	}
-	acc2.Close()
+	acceptWithin(t, a.layer, 5*time.Second).Close()
 
 	// DialAdmin to an address that is not a member's fails.
 	if _, err := b.layer.DialAdmin(ctx, "127.0.0.1:1"); err == nil {
@@ -226,7 +261,7 @@ func TestAdminRequestsOverMemberStreams(t *testing.T) {
 	// The layer's Close closes its admin listener.
 	b.layer.AdminListener()
 	b.layer.Close()
-	if _, err := b.layer.AdminListener().Accept(); !errors.Is(err, net.ErrClosed) {
+	if err := acceptErr(b.layer.AdminListener(), 5*time.Second); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept on a closed layer's admin listener: %v", err)
 	}
 	if _, err := b.layer.DialAdmin(ctx, a.addr); err == nil {
@@ -273,10 +308,7 @@ func TestUnknownStreamKindRefused(t *testing.T) {
 	if _, err := s.Write(append([]byte{byte(kindAdmin)}, "GET / HTTP/1.1\r\n"...)); err != nil {
 		t.Fatal(err)
 	}
-	as, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	as := acceptWithin(t, ln, 5*time.Second)
 	defer as.Close()
 	buf := make([]byte, len("GET / HTTP/1.1\r\n"))
 	as.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -104,11 +104,6 @@ func (b *standbys) remove(id string, c *sudp.Conn) {
 	}
 }
 
-func (b *standbys) count() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.byID)
-}
 
 // serveStandby tells the agent id which member leads, now and at every
 // change, until the session ends.

@@ -104,7 +104,6 @@ func (b *standbys) remove(id string, c *sudp.Conn) {
 	}
 }
 
-
 // serveStandby tells the agent id which member leads, now and at every
 // change, until the session ends.
 func (s *Server) serveStandby(ctx context.Context, c *sudp.Conn, id string) {

@@ -31,6 +31,10 @@ import (
 // long request is a bug).
 const forwardTimeout = 30 * time.Second
 
+// forwardGrace is how long a forwarded request may still be answered
+// after the leadership moved.
+const forwardGrace = time.Second
+
 // fromMemberKey marks requests that arrived over a member stream.
 type fromMemberKey struct{}
 
@@ -96,8 +100,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.forwarded.Inc()
 	// A leader that dies does not answer: the request would wait for
-	// the connection's idle timeout. It is abandoned as soon as this
-	// member knows of another leader.
+	// the connection's idle timeout. Once this member knows of another
+	// leader, the request gets forwardGrace more to be answered (a live
+	// leader that handed over its leadership — transfer-leadership —
+	// answers at once), then it is abandoned.
 	changed := s.lwatch.changed()
 	ctx, cancel := context.WithTimeout(r.Context(), forwardTimeout)
 	defer cancel()
@@ -105,6 +111,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		select {
 		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-time.After(forwardGrace):
 			close(moved)
 			cancel()
 		case <-ctx.Done():

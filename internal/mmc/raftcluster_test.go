@@ -283,3 +283,66 @@ func TestFollowerRedirectsAgents(t *testing.T) {
 		t.Fatal("the redirect names the leader's address with another key")
 	}
 }
+
+// TestTransferLeadershipAndRemove: `mmcs transfer-leadership ID` at a
+// follower hands the leadership to the member named; `mmcs remove`
+// takes a member out of the configuration and off every member's list
+// and bundle, and its key gets no more raft streams; the last member
+// cannot be removed.
+func TestTransferLeadershipAndRemove(t *testing.T) {
+	ms := startCluster(t)
+	ctx := context.Background()
+	leader := leaderOf(t, ms, 5*time.Second)
+	var others []*member
+	for _, m := range ms {
+		if m != leader {
+			others = append(others, m)
+		}
+	}
+	target := others[1]
+	res, err := others[0].client().TransferLeadership(ctx, target.s.repl.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Leader != target.s.repl.id {
+		t.Fatalf("transfer to %s: the leader is %s", target.s.repl.id, res.Leader)
+	}
+	if got := leaderOf(t, ms, 5*time.Second); got != target {
+		t.Fatalf("after the transfer %s leads, want %s", got.s.repl.id, target.s.repl.id)
+	}
+	// Remove the old leader (now a follower), at the member that leads.
+	gone := leader
+	if err := target.client().RemoveMMC(ctx, gone.s.repl.id); err != nil {
+		t.Fatal(err)
+	}
+	var rest []*member
+	for _, m := range ms {
+		if m != gone {
+			rest = append(rest, m)
+		}
+	}
+	waitFor(t, 5*time.Second, "two members listed and bundled everywhere", func() bool {
+		for _, m := range rest {
+			list, err := m.client().MMCs(ctx)
+			if err != nil || len(list) != 2 || len(m.s.Bundle().MMCs) != 2 {
+				return false
+			}
+			for _, x := range list {
+				if x.ID == gone.s.repl.id {
+					return false
+				}
+			}
+			if _, ok := m.s.repl.members.Has(gone.s.ep.PublicKey()); ok {
+				return false
+			}
+		}
+		return true
+	})
+	// The two left still commit.
+	if _, err := rest[0].client().CreateToken(ctx, time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := rest[0].client().RemoveMMC(ctx, "no-such-member"); err == nil {
+		t.Fatal("removing an unknown member succeeded")
+	}
+}

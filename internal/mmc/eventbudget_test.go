@@ -158,7 +158,9 @@ func TestEventBudgetSurvivesRelogin(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitUntil(t, fmt.Sprintf("round %d answered", round), func() bool {
+		// Each stored event is a write through the raft log (an fsync):
+		// on a loaded machine 200 of them take seconds.
+		waitUntilWithin(t, 30*time.Second, fmt.Sprintf("round %d answered", round), func() bool {
 			return testutil.ToFloat64(s.metrics.eventsDropped)+float64(stored()) >= before+flood
 		})
 		cancel()

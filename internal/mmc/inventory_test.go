@@ -55,7 +55,12 @@ func twoAgents(t *testing.T, s *Server) (a, b *fakeAgent, ca, cb *sudp.Conn) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+	waitUntilWithin(t, 5*time.Second, what, cond)
+}
+
+func waitUntilWithin(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}

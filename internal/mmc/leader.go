@@ -50,6 +50,14 @@ func (s *Server) runLeadership(ctx context.Context) {
 			}
 		}
 		lctx, cancel := context.WithCancel(ctx)
+		// A single MMC established its leadership in New already.
+		if s.leading.Load() && s.repl.node.State() == raft.Leader {
+			var wg sync.WaitGroup
+			s.startLeaderWork(lctx, &wg)
+			s.lead(ctx, tick)
+			s.revoke(cancel, &wg)
+			continue
+		}
 		if err := s.establish(lctx); err != nil {
 			cancel()
 			if ctx.Err() != nil {
@@ -66,24 +74,35 @@ func (s *Server) runLeadership(ctx context.Context) {
 		var wg sync.WaitGroup
 		s.startLeaderWork(lctx, &wg)
 		s.leading.Store(true)
-		s.log.Info("mmc: leading the cluster", "term", s.term.Load(), "raft_term", s.repl.node.Term())
-		for s.repl.node.State() == raft.Leader && ctx.Err() == nil {
-			select {
-			case <-ctx.Done():
-			case <-tick.C:
-			}
+		s.lead(ctx, tick)
+		s.revoke(cancel, &wg)
+	}
+}
+
+// lead returns once this member no longer leads (or ctx ended).
+func (s *Server) lead(ctx context.Context, tick *time.Ticker) {
+	s.log.Info("mmc: leading the cluster", "term", s.term.Load(), "raft_term", s.repl.node.Term())
+	for s.repl.node.State() == raft.Leader && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
 		}
-		s.leading.Store(false)
-		cancel()
-		wg.Wait()
-		// Agents go to the new leader: their sessions here would carry
-		// orders from a member that can no longer write.
-		for _, ss := range s.reg.live() {
-			ss.end(message.CodeNotLeader, "this MMC is no longer the leader")
-		}
-		if ctx.Err() == nil {
-			s.log.Warn("mmc: lost the leadership", "state", s.repl.node.State().String())
-		}
+	}
+}
+
+// revoke gives up the leadership: the leader's work stops and every
+// agent session ends, so that agents go to the new leader (their
+// sessions here would carry orders from a member that can no longer
+// write).
+func (s *Server) revoke(stop context.CancelFunc, work *sync.WaitGroup) {
+	s.leading.Store(false)
+	stop()
+	work.Wait()
+	for _, ss := range s.reg.live() {
+		ss.end(message.CodeNotLeader, "this MMC is no longer the leader")
+	}
+	if st := s.repl.node.State(); st != raft.Shutdown {
+		s.log.Warn("mmc: lost the leadership", "state", st.String())
 	}
 }
 

@@ -239,9 +239,9 @@ type Server struct {
 	lwatch  *leaderWatch
 	standby standbys
 
-	// accepting gates agents' handshakes until Run serves them; member
-	// connections are dispatched from New on (raft needs them to
-	// catch up).
+	// accepting gates agents' handshakes until the registry is loaded
+	// (the end of New); member connections are dispatched from the
+	// start (raft needs them to catch up).
 	accepting  atomic.Bool
 	agentConns chan *sudp.Conn
 
@@ -396,6 +396,10 @@ func New(cfg Config) (*Server, error) {
 		s.close()
 		return nil, err
 	}
+	// The registry is loaded: agents' handshakes may complete (their
+	// sessions are served from Run on; until then they wait in the
+	// accept loop).
+	s.accepting.Store(true)
 	return s, nil
 }
 
@@ -634,7 +638,6 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.runLeadership(ctx)
 	}()
-	s.accepting.Store(true)
 	s.log.Info("mmc: serving", "sudp", s.ep.LocalAddr().String(), "admin", s.AdminAddr(), "cluster", s.clusterID,
 		"member", s.repl.id, "state", s.repl.node.State().String())
 	for ctx.Err() == nil {

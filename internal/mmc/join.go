@@ -48,7 +48,7 @@ const (
 	// joinCatchUpWait bounds the joiner's catching up (a snapshot of
 	// the whole store over the WAN, then the log).
 	joinCatchUpWait = 10 * time.Minute
-	joinDoneTimeout = 30 * time.Second
+	joinDoneTimeout = 2 * time.Minute
 )
 
 // hasRaftState reports whether dataDir holds a raft member's state.
@@ -238,16 +238,41 @@ func (s *Server) completeJoin(ctx context.Context, j *joinSession) error {
 		case <-tick.C:
 		}
 	}
-	if err := message.Send(ctx, j.c, message.JoinReady{Applied: s.repl.node.AppliedIndex()}); err != nil {
-		return fmt.Errorf("mmc: --join: %w", err)
-	}
+	// The leader makes this member a voter once told it caught up (and
+	// says so with JoinDone); if the session or the leadership is lost
+	// on the way, whichever member leads next promotes it when it finds
+	// it caught up (promoteCaughtUp). Either way this member is a voter
+	// once the configuration says so.
+	_ = message.Send(ctx, j.c, message.JoinReady{Applied: s.repl.node.AppliedIndex()})
 	dctx, dcancel := context.WithTimeout(ctx, joinDoneTimeout)
 	defer dcancel()
-	if _, _, err := message.First[message.JoinDone](dctx, j.c, joinDoneTimeout); err != nil {
-		return fmt.Errorf("mmc: --join: the leader did not make this member a voter: %w", err)
+	for {
+		if s.isVoter(dctx) {
+			s.log.Info("mmc: joined the cluster as a voter", "id", s.repl.id)
+			return nil
+		}
+		select {
+		case <-dctx.Done():
+			return fmt.Errorf("mmc: --join: not made a voter within %v (this member stays a non-voter; remove it with 'ferry ctl mmcs remove %s' and join again with a fresh data directory)", joinDoneTimeout, s.repl.id)
+		case err := <-s.repl.node.Fatal():
+			return fmt.Errorf("mmc: --join: %w", err)
+		case <-tick.C:
+		}
 	}
-	s.log.Info("mmc: joined the cluster as a voter", "id", s.repl.id)
-	return nil
+}
+
+// isVoter reports whether this member votes in the current configuration.
+func (s *Server) isVoter(ctx context.Context) bool {
+	servers, _, err := s.repl.node.Configuration(ctx)
+	if err != nil {
+		return false
+	}
+	for _, sv := range servers {
+		if string(sv.ID) == s.repl.id {
+			return sv.Suffrage == raft.Voter
+		}
+	}
+	return false
 }
 
 // serveJoin is the leader's side of a join, on an enrolment session whose

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/message"
@@ -178,6 +179,7 @@ func (s *Server) recordSelf(ctx context.Context) error {
 func (s *Server) startLeaderWork(ctx context.Context, wg *sync.WaitGroup) {
 	jobs := []func(context.Context){
 		s.orch.run,
+		s.runPromotions,
 		func(ctx context.Context) { s.runPolicy(ctx, s.cfg.PolicyInterval) },
 		s.runExpiry,
 		func(ctx context.Context) { s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries) },
@@ -426,5 +428,55 @@ func (s *Server) writeBundle(mmcs []identity.MMCRef) {
 	b := identity.Bundle{ClusterID: s.clusterID, MMCs: mmcs}
 	if err := identity.WriteSecretFile(filepath.Join(s.cfg.DataDir, BundleFile), []byte(b.Encode()+"\n")); err != nil {
 		s.log.Warn("mmc: writing the bundle", "err", err)
+	}
+}
+
+// promoteEvery is how often the leader looks for non-voters to promote.
+const promoteEvery = time.Second
+
+// promoteSlack is how far behind the leader's applied index a non-voter
+// may be and still be made a voter (entries committed while it was
+// asked).
+const promoteSlack = 256
+
+// runPromotions makes caught-up non-voters voters, until ctx ends.
+func (s *Server) runPromotions(ctx context.Context) {
+	t := time.NewTicker(promoteEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.promoteCaughtUp(ctx)
+	}
+}
+
+// promoteCaughtUp makes a voter of every non-voter on record that has
+// applied the log to within promoteSlack of this leader. A join's own
+// session does this at once (serveJoin); this finishes a join whose
+// session or leader was lost after the joiner was added as a non-voter.
+func (s *Server) promoteCaughtUp(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	servers, _, err := s.repl.node.Configuration(cctx)
+	if err != nil {
+		return
+	}
+	for _, sv := range servers {
+		if sv.Suffrage != raft.Nonvoter {
+			continue
+		}
+		st := s.memberStatus(cctx, sv.Address, api.MMCMember{ID: string(sv.ID), Address: string(sv.Address)})
+		if st.State == "unreachable" || st.AppliedIndex+promoteSlack < s.repl.node.AppliedIndex() {
+			continue
+		}
+		if err := s.repl.node.AddVoter(cctx, sv.ID, sv.Address); err != nil {
+			s.log.Warn("mmc: promoting a caught-up member", "member", sv.ID, "err", err)
+			continue
+		}
+		s.log.Info("mmc: a caught-up member is a voter now", "member", sv.ID, "applied", st.AppliedIndex)
+		s.dirty.markMembers()
 	}
 }

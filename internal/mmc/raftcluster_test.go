@@ -346,3 +346,40 @@ func TestTransferLeadershipAndRemove(t *testing.T) {
 		t.Fatal("removing an unknown member succeeded")
 	}
 }
+
+// TestLeaderPromotesCaughtUpNonVoters: a member left a non-voter (its
+// join session or the leader lost after it was added) is made a voter by
+// the leader once it has caught up.
+func TestLeaderPromotesCaughtUpNonVoters(t *testing.T) {
+	ms := startCluster(t)
+	leader := leaderOf(t, ms, 5*time.Second)
+	var follower *member
+	for _, m := range ms {
+		if m != leader {
+			follower = m
+			break
+		}
+	}
+	ctx := context.Background()
+	if err := leader.s.repl.node.DemoteVoter(ctx, raft.ServerID(follower.s.repl.id)); err != nil {
+		t.Fatal(err)
+	}
+	if follower.s.isVoter(ctx) && leader.s.isVoterID(ctx, follower.s.repl.id) {
+		t.Fatal("the demoted member still votes")
+	}
+	waitFor(t, 10*time.Second, "the non-voter promoted again", func() bool { return leader.s.isVoterID(ctx, follower.s.repl.id) })
+}
+
+// isVoterID reports whether member id votes in this member's view.
+func (s *Server) isVoterID(ctx context.Context, id string) bool {
+	servers, _, err := s.repl.node.Configuration(ctx)
+	if err != nil {
+		return false
+	}
+	for _, sv := range servers {
+		if string(sv.ID) == id {
+			return sv.Suffrage == raft.Voter
+		}
+	}
+	return false
+}

@@ -372,6 +372,11 @@ func (n *Node) AddNonvoter(ctx context.Context, id raft.ServerID, addr raft.Serv
 	return n.mapErr(wait(ctx, n.raft.AddNonvoter(id, addr, 0, timeoutOf(ctx, DefaultApplyTimeout))))
 }
 
+// DemoteVoter makes a voting member a non-voter (leader only).
+func (n *Node) DemoteVoter(ctx context.Context, id raft.ServerID) error {
+	return n.mapErr(wait(ctx, n.raft.DemoteVoter(id, 0, timeoutOf(ctx, DefaultApplyTimeout))))
+}
+
 // RemoveServer removes a member (leader only).
 func (n *Node) RemoveServer(ctx context.Context, id raft.ServerID) error {
 	return n.mapErr(wait(ctx, n.raft.RemoveServer(id, 0, timeoutOf(ctx, DefaultApplyTimeout))))

@@ -2,7 +2,11 @@
 # How many agents one MMC serves: starts an MMC and `ferry swarm` with N
 # agents (reports every 5 s), waits until all are online, then measures the
 # MMC process's CPU (utime+stime from /proc) and resident memory over a
-# steady window. Usage: [RATE=agents/s] [WINDOW=s] scripts/bench-agents.sh [N ...]   (default: 1000 10000)
+# steady window. Usage: [RATE=agents/s] [WINDOW=s] [MMCS=1|3] scripts/bench-agents.sh [N ...]   (default: 1000 10000)
+# With MMCS=3 the MMC is a three-member raft cluster (two members join the
+# first with `ferry ctl mmcs join-token`); the agents get the bundle
+# listing all three, log in at the leader and keep a standby session at a
+# follower; every member's CPU and memory are reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
@@ -17,26 +21,42 @@ for n in "${counts[@]}"; do
 	port=$((20000 + RANDOM % 20000))
 	./bin/ferry mmc --data-dir "$dir/mmc" --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) --log-level warn >"$dir/mmc.log" 2>&1 &
 	mmc=$!
+	members=("$mmc")
 	# reports counts the load reports the MMC has received (its metric).
 	reports() { curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://127.0.0.1:$((port + 1))/metrics" | awk '/^ferry_mmc_reports_total/ {print $2}'; }
 	ctl=(./bin/ferry ctl --admin http://127.0.0.1:$((port + 1)) --token-file "$dir/mmc/admin.token")
 	for _ in $(seq 50); do "${ctl[@]}" hosts list -o json >/dev/null 2>&1 && break; sleep 0.1; done
+	for i in $(seq 2 "${MMCS:-1}"); do
+		jt=$("${ctl[@]}" mmcs join-token -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+		./bin/ferry mmc --data-dir "$dir/mmc$i" --listen 127.0.0.1:$((port + 2 * i)) --admin 127.0.0.1:$((port + 2 * i + 1)) --log-level warn \
+			--join "$(./bin/ferry mmc bundle --data-dir "$dir/mmc")" --join-token "$jt" >"$dir/mmc$i.log" 2>&1 &
+		members+=("$!")
+		for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 2 * i + 1))/metrics" >/dev/null && break; sleep 0.1; done
+	done
 	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
 	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
 	for _ in $(seq 240); do
-		online=$("${ctl[@]}" hosts list -o json | python3 -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')
+		online=$("${ctl[@]}" hosts list -o json 2>/dev/null | python3 -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))' 2>/dev/null || echo 0)
 		[ "$online" -ge "$n" ] && break
 		sleep 1
 	done
 	sleep 10 # let enrolment work drain
+	declare -A m0
+	for p in "${members[@]}"; do m0[$p]=$(awk '{print $14+$15}' /proc/$p/stat); done
 	t0=$(awk '{print $14+$15}' /proc/$mmc/stat)
 	s0=$(awk '{print $14+$15}' /proc/$swarm/stat)
 	r0=$(reports)
 	sleep "$window"
 	t1=$(awk '{print $14+$15}' /proc/$mmc/stat)
+	each=""
+	for p in "${members[@]}"; do
+		c=$(python3 -c "print(f'{($(awk '{print $14+$15}' /proc/$p/stat)-${m0[$p]})/$hz/$window:.3f}')")
+		r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$p/status)
+		each="$each ${c}c/${r}MiB"
+	done
 	s1=$(awk '{print $14+$15}' /proc/$swarm/stat)
 	r1=$(reports)
 	rss=$(awk '/VmRSS/ {print $2}' /proc/$mmc/status)
@@ -46,7 +66,8 @@ for n in "${counts[@]}"; do
 	scpu=$(python3 -c "print(f'{($s1-$s0)/$hz/$window:.3f}')")
 	rps=$(python3 -c "print(f'{($r1-$r0)/$window:.0f}')")
 	echo "| $n | $online | $cpu | $((rss / 1024)) | $rps (of $((n / 5))) | $scpu | $((srss / 1024)) |"
-	kill "$swarm" "$mmc" 2>/dev/null || true
-	wait "$swarm" "$mmc" 2>/dev/null || true
+	[ "${MMCS:-1}" -gt 1 ] && echo "  members (first = the one the agents were enrolled at; cores/RSS):$each"
+	kill "$swarm" "${members[@]}" 2>/dev/null || true
+	wait "$swarm" "${members[@]}" 2>/dev/null || true
 	rm -rf "$dir"
 done

@@ -185,6 +185,18 @@ func (s *Server) handleRemoveMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !slices.ContainsFunc(servers, func(sv raft.Server) bool { return string(sv.ID) == id }) {
+		// Out of the configuration already (a removal whose outcome
+		// was unknown did commit): finish it by removing the record.
+		recs, err := s.st.Members()
+		if err == nil && slices.ContainsFunc(recs, func(m store.Member) bool { return m.ID == id }) {
+			if err := s.st.RemoveMember(id); err != nil {
+				writeClusterErr(w, err)
+				return
+			}
+			s.dirty.markMembers()
+			writeJSON(w, http.StatusOK, struct{}{})
+			return
+		}
 		writeErr(w, http.StatusNotFound, "no such member")
 		return
 	}
@@ -268,6 +280,8 @@ func writeClusterErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, replica.ErrNotLeader):
 		w.Header().Set("Retry-After", "1")
 		writeErr(w, http.StatusServiceUnavailable, err.Error()+"; retry")
+	case errors.Is(err, replica.ErrOutcomeUnknown):
+		writeErr(w, http.StatusServiceUnavailable, err.Error()+": check with 'ferry ctl mmcs list', then retry")
 	case errors.Is(err, context.DeadlineExceeded):
 		writeErr(w, http.StatusGatewayTimeout, err.Error())
 	default:

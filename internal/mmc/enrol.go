@@ -218,12 +218,6 @@ var errThrottled = errors.New("too many token attempts from this source")
 
 // checkToken validates and consumes a join token, throttled per source.
 func (s *Server) checkToken(tok string, src netip.Addr, now time.Time) (string, error) {
-	return s.checkTokenFor("", tok, src, now)
-}
-
-// checkTokenFor is checkToken for a token of the given purpose
-// (store.PurposeMMC: a new member of the cluster).
-func (s *Server) checkTokenFor(purpose, tok string, src netip.Addr, now time.Time) (string, error) {
 	tid, secret, err := identity.ParseToken(tok)
 	if err != nil {
 		return "", err
@@ -235,7 +229,7 @@ func (s *Server) checkTokenFor(purpose, tok string, src netip.Addr, now time.Tim
 		s.metrics.throttled.Inc()
 		return tid, errThrottled
 	}
-	if _, err := s.st.UseTokenFor(purpose, tid, secret, now); err != nil {
+	if _, err := s.st.UseToken(tid, secret, now); err != nil {
 		return tid, err
 	}
 	return tid, nil

@@ -101,7 +101,9 @@ func TestAgentEventFlood(t *testing.T) {
 		}
 		return
 	}
-	waitUntil(t, "every event answered", func() bool {
+	// Stored events are writes through the raft log (fsync'd): allow
+	// for a loaded machine.
+	waitUntilWithin(t, 60*time.Second, "every event answered", func() bool {
 		fromA, _, honest := count()
 		return honest && fromA+int(testutil.ToFloat64(s.metrics.eventsDropped)) == flood
 	})

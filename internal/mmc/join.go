@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -298,19 +299,36 @@ func (s *Server) serveJoin(ctx context.Context, c *sudp.Conn, pub [32]byte, env 
 		return
 	}
 	now := s.cfg.Now()
-	tid, err := s.checkTokenFor(store.PurposeMMC, req.Token, src.Addr(), now)
+	tid, secret, err := identity.ParseToken(req.Token)
 	if err != nil {
-		detail := "token " + tid + ": " + err.Error()
-		if errors.Is(err, errThrottled) {
-			deny("too many attempts; try again later", detail, true)
-			return
-		}
-		deny("join token invalid, expired, revoked or used", detail, false)
+		s.metrics.tokenFailures.Inc()
+		deny("join token invalid, expired, revoked or used", "malformed token", false)
+		return
+	}
+	s.tokenMu.Lock()
+	allowed := s.tokenRL.Allow(now, src.Addr())
+	s.tokenMu.Unlock()
+	if !allowed {
+		s.metrics.throttled.Inc()
+		deny("too many attempts; try again later", "token "+tid+": throttled", true)
 		return
 	}
 	addr := raft.ServerAddress(req.Addr)
-	if _, err := s.st.SetMember(store.Member{ID: id, Addr: req.Addr, Key: pub, Admin: req.Admin, Added: now}); err != nil {
-		deny("cannot record this member: "+err.Error(), err.Error(), false)
+	// The token's use and the member's record in one command: a join
+	// retried after a lost leadership neither fails on its own spent
+	// token nor spends another.
+	_, err = s.st.JoinMember(tid, secret, store.Member{ID: id, Addr: req.Addr, Key: pub, Admin: req.Admin, Added: now})
+	clear(secret)
+	switch {
+	case errors.Is(err, replica.ErrNotLeader), errors.Is(err, replica.ErrOutcomeUnknown):
+		deny("the leadership moved; try again", "token "+tid+": "+err.Error(), true)
+		return
+	case errors.Is(err, store.ErrMemberConflict):
+		deny("another member has this address or key", "token "+tid+": "+err.Error(), false)
+		return
+	case err != nil:
+		s.metrics.tokenFailures.Inc()
+		deny("join token invalid, expired, revoked or used", "token "+tid+": "+err.Error(), false)
 		return
 	}
 	s.repl.members.Set(addr, pub)

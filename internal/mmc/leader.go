@@ -464,6 +464,7 @@ func (s *Server) promoteCaughtUp(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	s.forgetStaleMembers(cctx, servers)
 	for _, sv := range servers {
 		if sv.Suffrage != raft.Nonvoter {
 			continue
@@ -477,6 +478,35 @@ func (s *Server) promoteCaughtUp(ctx context.Context) {
 			continue
 		}
 		s.log.Info("mmc: a caught-up member is a voter now", "member", sv.ID, "applied", st.AppliedIndex)
+		s.dirty.markMembers()
+	}
+}
+
+// staleMemberAge is how long a member may be on record without being in
+// the configuration: a join records the member just before adding it.
+const staleMemberAge = time.Minute
+
+// forgetStaleMembers removes the records of members the configuration
+// no longer has (a removal whose record was not removed: the leader was
+// lost in between).
+func (s *Server) forgetStaleMembers(ctx context.Context, servers []raft.Server) {
+	recs, err := s.st.Members()
+	if err != nil {
+		return
+	}
+	now := s.cfg.Now()
+	for _, m := range recs {
+		if m.ID == s.repl.id || slices.ContainsFunc(servers, func(sv raft.Server) bool { return string(sv.ID) == m.ID }) {
+			continue
+		}
+		if now.Sub(m.Added) < staleMemberAge {
+			continue
+		}
+		if err := s.st.RemoveMember(m.ID); err != nil {
+			s.log.Warn("mmc: forgetting a removed member's record", "member", m.ID, "err", err)
+			continue
+		}
+		s.log.Info("mmc: forgot the record of a member no longer in the configuration", "member", m.ID)
 		s.dirty.markMembers()
 	}
 }

@@ -51,6 +51,7 @@ func TestCommandEncoding(t *testing.T) {
 		&TokenUse{ID: "0123456789abcdef", SecretHash: [32]byte{5}, At: at, Purpose: PurposeMMC},
 		&MemberSet{Member: Member{ID: "m1", Addr: "192.0.2.1:7946", Key: [32]byte{6}, Admin: "https://192.0.2.1:7947", Added: at}},
 		&MemberRemove{ID: "m1"},
+		&MemberJoin{Token: TokenUse{ID: "0123456789abcdef", SecretHash: [32]byte{5}, At: at, Purpose: PurposeMMC}, Member: Member{ID: "m2", Addr: "192.0.2.2:7946", Key: [32]byte{7}, Added: at}},
 		&LeaderTerm{ID: "m1", RaftTerm: 4, At: at},
 		&AuditAppend{Entries: []AuditEntry{{Time: at, Actor: "admin", Action: "agent.approve", Target: "a1", Source: "127.0.0.1:1", Outcome: "ok", Detail: "by admin"}}},
 		&EventAdd{Event: Event{Time: at, AgentAt: at, Agent: "a1", Host: "h1", AgentSeq: 7, Alarm: true, Level: "error", Kind: "host-name-taken", Message: "m"}},

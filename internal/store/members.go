@@ -1,12 +1,15 @@
 package store
 
 import (
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferry-vm/ferry/internal/identity"
 )
 
 // The MMC cluster's members as the replicated store knows them: what raft's
@@ -172,4 +175,43 @@ func (s *Store) Members() ([]Member, error) {
 		})
 	})
 	return out, err
+}
+
+// MemberJoin admits a new member with a join token in one transaction:
+// the token's use (TokenUse, purpose PurposeMMC) and the member's record
+// (MemberSet) both happen or neither does. A join retried after its
+// leader was lost while committing it finds the member on record with
+// this key and the token spent by it: it succeeds again without
+// spending anything (a spent token with no such member stays refused).
+type MemberJoin struct {
+	Token  TokenUse `json:"token"`
+	Member Member   `json:"member"`
+}
+
+func init() { register(func() Command { return &MemberJoin{} }) }
+
+// Kind implements Command.
+func (*MemberJoin) Kind() CommandKind { return "member.join" }
+
+func (c *MemberJoin) apply(tx *bolt.Tx) (any, error) {
+	if c.Token.Purpose != PurposeMMC {
+		return nil, fmt.Errorf("token %s: %w", c.Token.ID, ErrTokenInvalid)
+	}
+	if b := tx.Bucket(bucketMembers); b != nil {
+		if old, err := get[Member](tx, bucketMembers, c.Member.ID); err == nil && old.Key == c.Member.Key && old.Addr == c.Member.Addr {
+			t, err := get[Token](tx, bucketTokens, c.Token.ID)
+			if err == nil && subtle.ConstantTimeCompare(t.Hash[:], c.Token.SecretHash[:]) == 1 && t.Purpose == PurposeMMC && t.UsesLeft == 0 {
+				return old, nil
+			}
+		}
+	}
+	if _, err := c.Token.apply(tx); err != nil {
+		return nil, err
+	}
+	return (&MemberSet{Member: c.Member}).apply(tx)
+}
+
+// JoinMember applies MemberJoin for a presented token secret.
+func (s *Store) JoinMember(tokenID string, secret []byte, m Member) (Member, error) {
+	return applyAs[Member](s, &MemberJoin{Token: TokenUse{ID: tokenID, SecretHash: identity.TokenHash(secret), At: m.Added, Purpose: PurposeMMC}, Member: m})
 }

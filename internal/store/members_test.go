@@ -99,3 +99,39 @@ func TestTokenPurpose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A join spends its token and records the member in one transaction: a
+// conflict spends nothing, a repeat of a committed join succeeds without
+// spending, and the token admits no other member.
+func TestMemberJoin(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Unix(1000, 0)
+	secret := []byte("s")
+	if err := s.PutToken(Token{ID: "t", Hash: identity.TokenHash(secret), Expires: now.Add(time.Hour), UsesLeft: 1, Purpose: PurposeMMC}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetMember(Member{ID: "m1", Addr: "192.0.2.1:7946", Key: [32]byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	// Another member's address: refused, the token unspent.
+	if _, err := s.JoinMember("t", secret, Member{ID: "m2", Addr: "192.0.2.1:7946", Key: [32]byte{2}, Added: now}); !errors.Is(err, ErrMemberConflict) {
+		t.Fatalf("conflicting join: %v", err)
+	}
+	m2 := Member{ID: "m2", Addr: "192.0.2.2:7946", Key: [32]byte{2}, Added: now}
+	if _, err := s.JoinMember("t", secret, m2); err != nil {
+		t.Fatalf("join after the conflict (token still unspent): %v", err)
+	}
+	if _, err := s.JoinMember("t", secret, m2); err != nil {
+		t.Fatalf("the same join again: %v", err)
+	}
+	if _, err := s.JoinMember("t", secret, Member{ID: "m3", Addr: "192.0.2.3:7946", Key: [32]byte{3}, Added: now}); !errors.Is(err, ErrTokenUsedUp) {
+		t.Fatalf("a second member with the spent token: %v", err)
+	}
+	if _, err := s.JoinMember("t", []byte("wrong"), m2); !errors.Is(err, ErrTokenInvalid) {
+		t.Fatalf("the same member with a wrong secret: %v", err)
+	}
+}

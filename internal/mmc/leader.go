@@ -367,7 +367,7 @@ func (s *Server) syncMembers(ctx context.Context) {
 		s.repl.members.Set(raft.ServerAddress(m.Addr), m.Key)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	servers, index, err := s.repl.node.Configuration(cctx)
+	servers, _, err := s.repl.node.Configuration(cctx)
 	cancel()
 	if err != nil {
 		return
@@ -388,8 +388,11 @@ func (s *Server) syncMembers(ctx context.Context) {
 			s.repl.members.Remove(addr)
 		}
 	}
+	// The list's version is the log index applied when it changed
+	// (raft v1.7.2 does not tell a configuration's index): it grows with
+	// every change, across leaders too — a new leader has applied every
+	// entry its predecessors committed.
 	var list message.Members
-	list.Version = index
 	var bundle []identity.MMCRef
 	for _, m := range recs {
 		if !inConfig[raft.ServerAddress(m.Addr)] {
@@ -402,10 +405,14 @@ func (s *Server) syncMembers(ctx context.Context) {
 		return
 	}
 	old := s.agentMembers.Load()
-	if old != nil && old.Version == list.Version && slices.EqualFunc(old.MMCs, list.MMCs, func(a, b message.Member) bool {
+	if old != nil && slices.EqualFunc(old.MMCs, list.MMCs, func(a, b message.Member) bool {
 		return a.Addr == b.Addr && string(a.Key) == string(b.Key)
 	}) {
 		return
+	}
+	list.Version = max(s.repl.node.AppliedIndex(), 1)
+	if old != nil {
+		list.Version = max(list.Version, old.Version+1)
 	}
 	s.agentMembers.Store(&list)
 	s.writeBundle(bundle)

@@ -396,3 +396,71 @@ func (s *Server) isVoterID(ctx context.Context, id string) bool {
 	}
 	return false
 }
+
+// TestAgentLearnsMembersAndLeader: an agent logged in at the leader is
+// sent the three members after its Welcome; a standby session at a
+// follower names the leader at once and the new one when the leader
+// stops.
+func TestAgentLearnsMembersAndLeader(t *testing.T) {
+	ms := startCluster(t)
+	leader := leaderOf(t, ms, 5*time.Second)
+	a := newFakeAgent(t, leader.s)
+	a.bundle = leader.s.Bundle()
+	// The leader first: the fake agent dials the bundle's first member.
+	for i, m := range a.bundle.MMCs {
+		if m.Addr == string(leader.s.repl.addr) {
+			a.bundle.MMCs[0], a.bundle.MMCs[i] = a.bundle.MMCs[i], a.bundle.MMCs[0]
+		}
+	}
+	a.enrolWithToken(token(t, leader.s, 1))
+	c := a.login()
+	defer c.Close()
+	// Messages ride their own streams: the policy may come first.
+	e := a.recv(c)
+	for e.Type != message.TypeMembers && e.Type == message.TypePolicy {
+		e = a.recv(c)
+	}
+	list, err := message.Decode[message.Members](e)
+	if e.Type != message.TypeMembers || err != nil || list.Version == 0 || len(list.MMCs) != 3 {
+		t.Fatalf("after Welcome: %v %+v %v, want the three members", e.Type, list, err)
+	}
+	var follower *member
+	for _, m := range ms {
+		if m != leader {
+			follower = m
+		}
+	}
+	psk := identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts)
+	sc, err := a.ep.Dial(context.Background(), follower.s.Addr().String(), follower.s.ep.PublicKey(), psk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if err := message.Send(context.Background(), sc, message.Hello{Facts: a.facts, Standby: true}); err != nil {
+		t.Fatal(err)
+	}
+	named := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e, err := message.Receive(ctx, sc)
+		if err != nil {
+			t.Fatalf("standby session: %v", err)
+		}
+		l, err := message.Decode[message.Leader](e)
+		if e.Type != message.TypeLeader || err != nil {
+			t.Fatalf("standby session: %v %v", e.Type, err)
+		}
+		return l.Leader.Addr
+	}
+	if got := named(); got != string(leader.s.repl.addr) {
+		t.Fatalf("the standby session names %s, want the leader %s", got, leader.s.repl.addr)
+	}
+	leader.stop()
+	next := named()
+	if next == string(leader.s.repl.addr) || next == "" {
+		t.Fatalf("after the leader stopped the standby session names %q", next)
+	}
+	if nl := leaderOf(t, ms, 10*time.Second); string(nl.s.repl.addr) != next {
+		t.Fatalf("the standby session named %s, the leader is %s", next, nl.s.repl.addr)
+	}
+}

@@ -400,8 +400,9 @@ func (n *Node) Members(ctx context.Context) ([]raft.Server, error) {
 	return servers, err
 }
 
-// Configuration is the cluster's current configuration and the log
-// index of the entry that made it (it only grows: a version for it).
+// Configuration is the cluster's current configuration. (The index it
+// returns is raft's ConfigurationFuture.Index, which raft v1.7.2 leaves
+// 0 for GetConfiguration: do not rely on it.)
 func (n *Node) Configuration(ctx context.Context) ([]raft.Server, uint64, error) {
 	f := n.raft.GetConfiguration()
 	if err := wait(ctx, f); err != nil {

@@ -56,7 +56,7 @@ func (s *Server) runLeadership(ctx context.Context) {
 			var wg sync.WaitGroup
 			s.startLeaderWork(lctx, &wg)
 			s.lead(ctx, tick)
-			s.revoke(cancel, &wg)
+			s.revoke(ctx, cancel, &wg)
 			continue
 		}
 		if err := s.establish(lctx); err != nil {
@@ -76,7 +76,7 @@ func (s *Server) runLeadership(ctx context.Context) {
 		s.startLeaderWork(lctx, &wg)
 		s.leading.Store(true)
 		s.lead(ctx, tick)
-		s.revoke(cancel, &wg)
+		s.revoke(ctx, cancel, &wg)
 	}
 }
 
@@ -95,15 +95,15 @@ func (s *Server) lead(ctx context.Context, tick *time.Ticker) {
 // agent session ends, so that agents go to the new leader (their
 // sessions here would carry orders from a member that can no longer
 // write).
-func (s *Server) revoke(stop context.CancelFunc, work *sync.WaitGroup) {
+func (s *Server) revoke(ctx context.Context, stop context.CancelFunc, work *sync.WaitGroup) {
 	s.leading.Store(false)
 	stop()
 	work.Wait()
 	for _, ss := range s.reg.live() {
 		ss.end(message.CodeNotLeader, "this MMC is no longer the leader")
 	}
-	if st := s.repl.node.State(); st != raft.Shutdown {
-		s.log.Warn("mmc: lost the leadership", "state", st.String())
+	if ctx.Err() == nil {
+		s.log.Warn("mmc: lost the leadership", "state", s.repl.node.State().String())
 	}
 }
 

@@ -2,9 +2,11 @@ package replica
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"slices"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -49,7 +51,29 @@ func (h *slogHCLog) Log(level hclog.Level, msg string, args ...any) {
 	if h.name != "" {
 		msg = h.name + ": " + msg
 	}
-	h.l.Log(context.Background(), lvl, msg, args...)
+	h.l.Log(context.Background(), lvl, msg, formatArgs(args)...)
+}
+
+// formatArgs renders hclog.Fmt values (a format and its arguments, which
+// raft uses for configurations) as the text they stand for; slog would
+// print the format verbs and the arguments apart.
+func formatArgs(args []any) []any {
+	out := args
+	for i, a := range args {
+		f, ok := a.(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		format, ok := f[0].(string)
+		if !ok {
+			continue
+		}
+		if &out[0] == &args[0] {
+			out = slices.Clone(args) // the caller's slice stays as it was
+		}
+		out[i] = fmt.Sprintf(format, f[1:]...)
+	}
+	return out
 }
 
 func (h *slogHCLog) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

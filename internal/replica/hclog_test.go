@@ -37,3 +37,14 @@ func TestHCLogAdapter(t *testing.T) {
 		t.Fatalf("standard logger: %s", buf.String())
 	}
 }
+
+// hclog.Fmt values (raft logs its configurations with them) are printed
+// formatted, not as a format and its arguments apart.
+func TestHCLogFormatsFmtValues(t *testing.T) {
+	var buf bytes.Buffer
+	l := newHCLog(slog.New(slog.NewTextHandler(&buf, nil)))
+	l.Info("initial configuration", "servers", hclog.Fmt("%+v", []struct{ ID string }{{"a"}}))
+	if got := buf.String(); !strings.Contains(got, `servers=[{ID:a}]`) || strings.Contains(got, "%+v") {
+		t.Fatalf("logged %q", got)
+	}
+}

@@ -254,9 +254,9 @@ func newCtlTokensCmd(c *ctlFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), toks)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tEXPIRES\tUSES LEFT\tUSED\tBY")
+			fmt.Fprintln(tw, "ID\tFOR\tSTATE\tCREATED\tEXPIRES\tUSES LEFT\tUSED\tBY")
 			for _, t := range toks {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", q(t.ID), q(t.State), t.Created.Format(time.RFC3339), t.Expires.Format(time.RFC3339),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", q(t.ID), q(t.Purpose), q(t.State), t.Created.Format(time.RFC3339), t.Expires.Format(time.RFC3339),
 					t.UsesLeft, t.Used, q(t.CreatedBy))
 			}
 			return tw.Flush()

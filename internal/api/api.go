@@ -72,6 +72,9 @@ type TokenInfo struct {
 	CreatedBy string     `json:"created_by,omitempty"`
 	Revoked   *time.Time `json:"revoked,omitempty"`
 	RevokedBy string     `json:"revoked_by,omitempty"`
+	// Purpose is "agent" (an agent's enrolment) or "mmc" (a new member
+	// of the MMC cluster).
+	Purpose string `json:"purpose"`
 }
 
 // AuditEntry is one audit-log record.

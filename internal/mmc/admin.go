@@ -1,6 +1,7 @@
 package mmc
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -220,7 +221,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 // apiToken is a token as listed: its hash stays in the store.
 func apiToken(t store.Token, now time.Time) api.TokenInfo {
 	v := api.TokenInfo{ID: t.ID, Created: t.Created, Expires: t.Expires, UsesLeft: t.UsesLeft, Used: t.Used, CreatedBy: t.CreatedBy,
-		RevokedBy: t.RevokedBy}
+		RevokedBy: t.RevokedBy, Purpose: cmp.Or(t.Purpose, "agent")}
 	switch {
 	case !t.Revoked.IsZero():
 		v.State = "revoked"

@@ -236,6 +236,15 @@ func TestJoinRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	toks, err := first.client().Tokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range toks {
+		if want := map[string]string{agentTok.ID: "agent", mmcTok.ID: "mmc"}[tk.ID]; tk.Purpose != want {
+			t.Errorf("token %s listed for %q, want %q", tk.ID, tk.Purpose, want)
+		}
+	}
 	startMember(t, t.TempDir(), &JoinConfig{Bundle: first.s.Bundle(), Token: mmcTok.Token})
 	for _, tc := range []struct{ name, token string }{
 		{"an agent's join token", agentTok.Token},

@@ -135,6 +135,15 @@ func TestSnapshotRestore(t *testing.T) {
 	old := c.members[0]
 	dir := filepath.Join(t.TempDir(), "restored")
 	key := filepath.Join(old.dir, "node.key")
+	// Without an old member's key no agent could reach the restored MMC:
+	// refused, and nothing written.
+	stray := filepath.Join(t.TempDir(), "stray")
+	if out, err := exec.Command(ferryBin, "mmc", "restore", "--data-dir", stray, "--from", file).CombinedOutput(); err == nil || !strings.Contains(string(out), "--new-key") {
+		t.Fatalf("a restore without an old member's key: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(stray, "mmc.db")); err == nil {
+		t.Fatal("a refused restore left a database")
+	}
 	out, err := exec.Command(ferryBin, "mmc", "restore", "--data-dir", dir, "--from", file, "--key-file", key).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ferry mmc restore: %v\n%s", err, out)

@@ -20,6 +20,7 @@ import (
 func newMMCRestoreCmd() *cobra.Command {
 	var dir, from, keyFile string
 	var gap uint64
+	var newKey bool
 	cmd := &cobra.Command{
 		Use:   "restore --data-dir DIR --from FILE",
 		Short: "Restore a cluster snapshot into a fresh data directory (disaster recovery)",
@@ -34,10 +35,12 @@ members join again from empty data directories with join tokens. A new
 admin token is made too, unless DIR/admin.token (mode 0600) is the old
 one, copied in before the start.
 
-Agents pin their MMCs' static keys. Start the restored MMC with an old
-member's key (--key-file, and the same --advertise address) and the
-agents reconnect by themselves, without a new approval; with a new key
-they need the new bundle ('ferry mmc bundle').
+Agents dial the members they last heard of, each with its static key.
+The restored MMC must run with an old member's key (--key-file here and
+for 'ferry mmc'; default DIR/node.key) at that member's address: then
+the agents reconnect by themselves, without a new approval. A key no old
+member had is refused unless --new-key (every agent must then be
+enrolled anew).
 
 The fencing term is raised by --fence-gap above the snapshot's, so that
 agents which obeyed leaders elected after the snapshot obey the restored
@@ -47,12 +50,33 @@ one.`,
 			if from == "" {
 				return &usageError{"--from FILE is required\nRun 'ferry mmc restore --help' for usage."}
 			}
+			kf := keyFile
+			if kf == "" {
+				kf = filepath.Join(dir, identity.KeyFile)
+			}
+			opts := mmc.RestoreOptions{DataDir: dir, FenceGap: gap, NewKey: newKey}
+			switch pub, err := publicKeyOf(kf); {
+			case errors.Is(err, fs.ErrNotExist) && keyFile == "":
+				// The restored MMC would make a new key.
+			case err != nil:
+				return err
+			default:
+				opts.Key = &pub
+			}
 			f, err := os.Open(from)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			res, err := mmc.RestoreDataDir(mmc.RestoreOptions{DataDir: dir, From: f, FenceGap: gap})
+			opts.From = f
+			res, err := mmc.RestoreDataDir(opts)
+			if errors.Is(err, mmc.ErrUnknownKey) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "the snapshot's members (give one's key with --key-file, and start the MMC at its address):")
+				for _, m := range res.OldMembers {
+					fmt.Fprintf(cmd.ErrOrStderr(), "  %s  %s  key %s\n", q(m.ID), q(m.Addr), handshake.EncodeKey(m.Key))
+				}
+				return fmt.Errorf("%w (key %s); --new-key restores anyway, and every agent must then be enrolled anew", err, kf)
+			}
 			if err != nil {
 				return err
 			}
@@ -62,38 +86,22 @@ one.`,
 			fmt.Fprintf(out, "  taken at       %s (raft index %d)\n", res.Snapshot.TakenAt.Format(time.RFC3339), res.Snapshot.AppliedIndex)
 			fmt.Fprintf(out, "  fencing term   %d in the snapshot, %d now (the first leader takes %d)\n", res.Snapshot.FenceTerm, res.FenceTerm, res.FenceTerm+1)
 			fmt.Fprintf(out, "  sha256         %x\n", res.Snapshot.SHA256)
-			fmt.Fprintln(out, "  old members (forgotten; they join again with join tokens):")
+			fmt.Fprintln(out, "  old members (forgotten; they join again with join tokens, from empty data directories):")
 			for _, m := range res.OldMembers {
 				fmt.Fprintf(out, "    %s  %s  key %s\n", q(m.ID), q(m.Addr), handshake.EncodeKey(m.Key))
 			}
-			kf := keyFile
-			if kf == "" {
-				kf = filepath.Join(dir, identity.KeyFile)
-			}
-			switch pub, err := publicKeyOf(kf); {
-			case errors.Is(err, fs.ErrNotExist) && keyFile == "":
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: no key in %s: the restored MMC will make a new one, and agents (which pin their MMCs' keys) need its new bundle.\n"+
-					"Pass an old member's key with --key-file (here and to 'ferry mmc') to keep them connecting by themselves.\n", kf)
-			case err != nil:
-				return err
-			default:
-				i := -1
-				for j, m := range res.OldMembers {
-					if m.Key == pub {
-						i = j
-					}
-				}
-				if i < 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: the key in %s is no old member's: agents need the restored MMC's new bundle.\n", kf)
-				} else {
-					fmt.Fprintf(out, "  key            %s is old member %s's: start it at %s (--advertise) and agents reconnect by themselves\n", kf, q(res.OldMembers[i].ID), q(res.OldMembers[i].Addr))
-				}
+			advertise := "ADDR"
+			if res.KeyOf != nil {
+				advertise = res.KeyOf.Addr
+				fmt.Fprintf(out, "  key            %s is old member %s's: start the MMC at %s and agents reconnect by themselves\n", kf, q(res.KeyOf.ID), q(res.KeyOf.Addr))
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the restored MMC's key is no old member's (--new-key): no agent can reach it; every agent must be enrolled anew.\n")
 			}
 			keyFlag := ""
 			if keyFile != "" {
 				keyFlag = " --key-file " + keyFile
 			}
-			fmt.Fprintf(out, "next: ferry mmc --data-dir %s%s --listen UDPADDR --advertise ADDR --admin HTTPADDR\n", dir, keyFlag)
+			fmt.Fprintf(out, "next: ferry mmc --data-dir %s%s --listen UDPADDR --advertise %s --admin HTTPADDR\n", dir, keyFlag, q(advertise))
 			return nil
 		},
 	}
@@ -102,6 +110,7 @@ one.`,
 	f.StringVar(&from, "from", "", "the snapshot file ('ferry ctl mmcs snapshot FILE')")
 	f.StringVar(&keyFile, "key-file", "", "the static key the restored MMC will use (checked against the old members'; default DATA/node.key if present)")
 	f.Uint64Var(&gap, "fence-gap", mmc.DefaultFenceGap, "raise the fencing term this far above the snapshot's")
+	f.BoolVar(&newKey, "new-key", false, "restore although the MMC's key is no old member's (no agent can reach it: all must be enrolled anew)")
 	return cmd
 }
 

@@ -23,9 +23,10 @@ import (
 // cluster secret (the old members cannot reach the new cluster; they
 // join it again, with join tokens, from empty data directories) and,
 // unless the operator puts the old admin.token in the directory first,
-// the admin token. The MMC's static key is the operator's choice: an
-// old member's key (--key-file) keeps the agents, which pin their
-// members' keys, connecting by themselves.
+// the admin token. The MMC's static key must be an old member's (its
+// --key-file), and its address that member's: agents dial only the
+// members they last heard of, with their keys, so that is how they find
+// the restored MMC, by themselves and without a new approval.
 //
 // Two things in the snapshot describe the old cluster and are adjusted
 // before the database is put in place:
@@ -53,6 +54,14 @@ type RestoreOptions struct {
 	// FenceGap raises the fencing term above the snapshot's (0:
 	// DefaultFenceGap).
 	FenceGap uint64
+	// Key is the public half of the static key the restored MMC will
+	// run with. Agents dial the members they last heard of, each with
+	// its key (their stored list, which a bundle does not override): a
+	// restored MMC is reachable to them only with an old member's key at
+	// that member's address. A Key that is no old member's (or none) is
+	// refused unless NewKey: then every agent must be enrolled anew.
+	Key    *[32]byte
+	NewKey bool
 }
 
 // RestoreResult describes a restored data directory.
@@ -63,11 +72,17 @@ type RestoreResult struct {
 	FenceTerm uint64
 	// OldMembers are the members the snapshot had on record (forgotten).
 	OldMembers []store.Member
+	// KeyOf is the old member whose key Key is (nil: none).
+	KeyOf *store.Member
 }
 
 // ErrNotFresh refuses a restore into a data directory that already
 // holds an MMC's state.
 var ErrNotFresh = errors.New("mmc: restore: the data directory is not fresh")
+
+// ErrUnknownKey refuses a restore whose MMC key is no old member's
+// (RestoreOptions.Key) without RestoreOptions.NewKey.
+var ErrUnknownKey = errors.New("mmc: restore: the MMC's key is no old member's: agents could not reach it")
 
 // RestoreDataDir verifies the snapshot in opts.From and makes it the
 // database of opts.DataDir, which must hold no database, raft state or
@@ -112,7 +127,22 @@ func RestoreDataDir(opts RestoreOptions) (RestoreResult, error) {
 	}
 	res.Snapshot = info
 
-	if res.FenceTerm, res.OldMembers, err = prepareRestored(tmpPath, info.FenceTerm, gap); err != nil {
+	check := func(members []store.Member) error {
+		res.OldMembers = members
+		for i, m := range members {
+			if opts.Key != nil && m.Key == *opts.Key {
+				res.KeyOf = &members[i]
+			}
+		}
+		if res.KeyOf == nil && !opts.NewKey {
+			return ErrUnknownKey
+		}
+		return nil
+	}
+	if res.FenceTerm, err = prepareRestored(tmpPath, info.FenceTerm, gap, check); err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			return res, err
+		}
 		return res, fmt.Errorf("mmc: restore: %w", err)
 	}
 	// The cluster id before the database: a database in place is a
@@ -131,35 +161,38 @@ func RestoreDataDir(opts RestoreOptions) (RestoreResult, error) {
 	return res, nil
 }
 
-// prepareRestored opens the verified image as a store and makes it a
-// fresh cluster's: no members on record, no applied index, the fencing
-// term raised by gap above the snapshot's.
-func prepareRestored(path string, term, gap uint64) (uint64, []store.Member, error) {
+// prepareRestored opens the verified image as a store, shows check its
+// members, and makes it a fresh cluster's: no members on record, no
+// applied index, the fencing term raised by gap above the snapshot's.
+func prepareRestored(path string, term, gap uint64, check func([]store.Member) error) (uint64, error) {
 	st, err := store.Open(path)
 	if err != nil {
-		return 0, nil, fmt.Errorf("the snapshot's image is not a database: %w", err)
+		return 0, fmt.Errorf("the snapshot's image is not a database: %w", err)
 	}
 	defer st.Close()
 	members, err := st.Members()
 	if err != nil {
-		return 0, nil, err
+		return 0, err
+	}
+	if err := check(members); err != nil {
+		return 0, err
 	}
 	for _, m := range members {
 		if err := st.RemoveMember(m.ID); err != nil {
-			return 0, nil, fmt.Errorf("forgetting member %s: %w", m.ID, err)
+			return 0, fmt.Errorf("forgetting member %s: %w", m.ID, err)
 		}
 	}
 	if err := st.ResetAppliedIndex(); err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	if term > ^uint64(0)-gap {
-		return 0, nil, fmt.Errorf("the snapshot's fencing term %d leaves no room for a gap of %d", term, gap)
+		return 0, fmt.Errorf("the snapshot's fencing term %d leaves no room for a gap of %d", term, gap)
 	}
 	fence, err := st.RaiseFenceTerm(term + gap)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	return fence, members, st.Close()
+	return fence, st.Close()
 }
 
 // writeClusterID writes the snapshot's cluster id, or checks the one in

@@ -78,11 +78,13 @@ var testClusterID = [16]byte{0xfe, 0xed, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 
 func TestRestoreDataDir(t *testing.T) {
 	file := snapshotOf(t, oldClusterStore(t), testClusterID)
 	dir := filepath.Join(t.TempDir(), "restored")
-	res, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file), FenceGap: 1000})
+	key := [32]byte{2} // member mb's
+	res, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file), FenceGap: 1000, Key: &key})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Snapshot.FenceTerm != 5 || res.FenceTerm != 1005 || len(res.OldMembers) != 3 || res.Snapshot.AppliedIndex != 24 {
+	if res.Snapshot.FenceTerm != 5 || res.FenceTerm != 1005 || len(res.OldMembers) != 3 || res.Snapshot.AppliedIndex != 24 ||
+		res.KeyOf == nil || res.KeyOf.ID != "mb" {
 		t.Fatalf("result %+v", res)
 	}
 	fi, err := os.Stat(filepath.Join(dir, dbFile))
@@ -109,7 +111,7 @@ func TestRestoreDataDir(t *testing.T) {
 		t.Fatalf("the directory holds %d entries, want the database and cluster.id: %v", len(ents), ents)
 	}
 	// A second restore into it is refused.
-	if _, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file)}); !errors.Is(err, ErrNotFresh) {
+	if _, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file), Key: &key}); !errors.Is(err, ErrNotFresh) {
 		t.Fatalf("a restore over a restored directory: %v", err)
 	}
 }
@@ -118,26 +120,34 @@ func TestRestoreDataDir(t *testing.T) {
 // file; either way no database is left behind.
 func TestRestoreRefuses(t *testing.T) {
 	file := snapshotOf(t, oldClusterStore(t), testClusterID)
+	oldKey, newKey := [32]byte{1}, [32]byte{9}
 	cases := []struct {
 		name  string
 		setup func(dir string)
 		file  []byte
+		key   *[32]byte
 		want  error
 	}{
-		{"raft state", func(dir string) { os.MkdirAll(filepath.Join(dir, "raft"), 0o700) }, file, ErrNotFresh},
-		{"a cluster secret", func(dir string) { os.WriteFile(filepath.Join(dir, ClusterSecretFile), []byte("x"), 0o600) }, file, ErrNotFresh},
+		{"a key no old member has", func(string) {}, file, &newKey, ErrUnknownKey},
+		{"no key", func(string) {}, file, nil, ErrUnknownKey},
+		{"raft state", func(dir string) { os.MkdirAll(filepath.Join(dir, "raft"), 0o700) }, file, nil, ErrNotFresh},
+		{"a cluster secret", func(dir string) { os.WriteFile(filepath.Join(dir, ClusterSecretFile), []byte("x"), 0o600) }, file, nil, ErrNotFresh},
 		{"another cluster's id", func(dir string) {
 			os.WriteFile(filepath.Join(dir, ClusterIDFile), []byte("00000000000000000000000000000000\n"), 0o600)
-		}, file, ErrNotFresh},
-		{"truncated", func(string) {}, file[:len(file)/2], api.ErrSnapshotTruncated},
-		{"damaged", func(string) {}, func() []byte { b := bytes.Clone(file); b[len(b)/2] ^= 1; return b }(), api.ErrSnapshotChecksum},
-		{"another version", func(string) {}, func() []byte { b := bytes.Clone(file); b[9] = 9; return b }(), api.ErrSnapshotVersion},
+		}, file, nil, ErrNotFresh},
+		{"truncated", func(string) {}, file[:len(file)/2], nil, api.ErrSnapshotTruncated},
+		{"damaged", func(string) {}, func() []byte { b := bytes.Clone(file); b[len(b)/2] ^= 1; return b }(), nil, api.ErrSnapshotChecksum},
+		{"another version", func(string) {}, func() []byte { b := bytes.Clone(file); b[9] = 9; return b }(), nil, api.ErrSnapshotVersion},
 	}
 	for _, tc := range cases {
 		dir := t.TempDir()
 		tc.setup(dir)
 		before, _ := os.ReadDir(dir)
-		_, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(tc.file)})
+		key := tc.key
+		if key == nil && tc.want != ErrUnknownKey {
+			key = &oldKey
+		}
+		_, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(tc.file), Key: key})
 		if !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
@@ -149,7 +159,7 @@ func TestRestoreRefuses(t *testing.T) {
 	// An existing database is never replaced.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, dbFile), []byte("live"), 0o600)
-	if _, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file)}); !errors.Is(err, ErrNotFresh) {
+	if _, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: bytes.NewReader(file), NewKey: true}); !errors.Is(err, ErrNotFresh) {
 		t.Fatalf("over a database: %v", err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, dbFile)); string(b) != "live" {
@@ -159,8 +169,9 @@ func TestRestoreRefuses(t *testing.T) {
 
 // TestSnapshotRestoreCluster: a snapshot taken at a follower of a
 // three-member cluster (forwarded to the leader) holds every write
-// acknowledged before it; restored into a fresh directory, an MMC with a
-// NEW key started at the old leader's address leads a one-member cluster
+// acknowledged before it; restored into a fresh directory (NewKey: the
+// agents would be enrolled anew), an MMC with a NEW key started at the
+// old leader's address leads a one-member cluster
 // with the old state and a fencing term above every old one. (The old
 // leader's record holds that address: kept, it would refuse the new
 // member's own record and the MMC could not take up the leadership.)
@@ -197,11 +208,11 @@ func TestSnapshotRestoreCluster(t *testing.T) {
 	}
 
 	dir := filepath.Join(t.TempDir(), "restored")
-	res, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: &file})
+	res, err := RestoreDataDir(RestoreOptions{DataDir: dir, From: &file, NewKey: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.OldMembers) != 3 {
+	if len(res.OldMembers) != 3 || res.KeyOf != nil {
 		t.Fatalf("old members %+v", res.OldMembers)
 	}
 	s, err := New(Config{DataDir: dir, Listen: oldAddr, Admin: "127.0.0.1:0", raftStart: 150 * time.Millisecond, ReauthMin: time.Hour})

@@ -44,6 +44,7 @@ func newCtlMMCsCmd(c *ctlFlags) *cobra.Command {
 		},
 	}
 	joinToken.Flags().DurationVar(&ttl, "ttl", 0, "validity (default: the MMC's, 1h)")
+	cmd.AddCommand(newCtlMMCsSnapshotCmd(c))
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List the cluster's members with their raft state", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

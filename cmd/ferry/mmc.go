@@ -86,6 +86,7 @@ member an --advertise address the others and the agents can reach.`,
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")
 	withConfigFile(cmd)
 	cmd.AddCommand(newMMCBundleCmd())
+	cmd.AddCommand(newMMCRestoreCmd())
 	return cmd
 }
 

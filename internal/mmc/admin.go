@@ -50,6 +50,7 @@ func (s *Server) adminHandler() http.Handler {
 	route("POST /v1/cluster/join-tokens", s.handleCreateMMCJoinToken)
 	route("DELETE /v1/cluster/members/{id}", s.handleRemoveMember)
 	route("POST /v1/cluster/leadership", s.handleTransferLeadership)
+	route("GET /v1/cluster/snapshot", s.handleSnapshot)
 	route("GET /v1/agents", s.handleAgents)
 	route("GET /v1/agents/{id}", s.handleAgent)
 	route("POST /v1/agents/{id}/{action}", s.handleAgentAction)

@@ -57,6 +57,7 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
 	c.startAgent("bk-h1", "--token", tok.Token, "--site", "a", "--metrics", metrics)
+	t.Cleanup(c.destroyVMs) // the simulated VM outlives its agent
 	c.waitFor(30*time.Second, "the agent online", func() bool { return c.online(2) == 1 })
 	if err := c.ctl(0, nil, "vms", "create", "web", "--host", "bk-h1", "--memory", "16MiB"); err != nil {
 		t.Fatal(err)

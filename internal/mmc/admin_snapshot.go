@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/ferry-vm/ferry/internal/api"
@@ -103,4 +105,15 @@ func (s *Server) spoolSnapshot() (*os.File, api.SnapshotHeader, error) {
 		return fail(err)
 	}
 	return f, hdr, nil
+}
+
+// removeSnapshotLeftovers deletes the temporary copies of snapshots a
+// previous run was sending when it stopped (they hold the whole store).
+func removeSnapshotLeftovers(dataDir string, log *slog.Logger) {
+	left, _ := filepath.Glob(filepath.Join(dataDir, "snapshot-*.tmp"))
+	for _, f := range left {
+		if err := os.Remove(f); err != nil {
+			log.Warn("mmc: removing a leftover snapshot copy", "file", f, "err", err)
+		}
+	}
 }

@@ -290,6 +290,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeSnapshotLeftovers(cfg.DataDir, cfg.Logger)
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,

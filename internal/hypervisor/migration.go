@@ -170,6 +170,40 @@ type DiskMover interface {
 	IncomingDiskSocket(id string) string
 }
 
+// ChannelMover is implemented by drivers whose hypervisor makes further
+// connections of its own for a migration, each on a local Unix socket
+// of its choosing (libvirt: the QEMU migration stream and the NBD disk
+// stream, on sockets whose paths must be the same on both hosts). The
+// source's MA accepts each connection on the driver's listeners and
+// carries it over its own stream of the link, named by its channel; the
+// destination's MA asks the driver to connect it at its end.
+type ChannelMover interface {
+	// ListenChannels (source) opens the listeners of VM id's outgoing
+	// migration, by channel name (ValidChannel names), before
+	// MigrateOut is called; the MA closes them when the job ends.
+	ListenChannels(id string) (map[string]net.Listener, error)
+	// DialChannel (destination) connects one connection of channel name
+	// for incoming VM id.
+	DialChannel(ctx context.Context, id, name string) (net.Conn, error)
+}
+
+// MaxChannelName bounds a ChannelMover channel's name.
+const MaxChannelName = 16
+
+// ValidChannel accepts a channel name: 1–MaxChannelName lower-case
+// letters and digits (it travels on the link and names a socket).
+func ValidChannel(name string) bool {
+	if name == "" || len(name) > MaxChannelName {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
 // ExpectedDowntime is MigrationStatus.ExpectedDowntime for remaining bytes
 // at rate bytes/s (0 when no rate is known; at most 10⁶ s).
 func ExpectedDowntime(remaining uint64, rate float64) time.Duration {

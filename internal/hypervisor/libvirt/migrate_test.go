@@ -216,10 +216,10 @@ func counters(t *testing.T, d *Driver, id string) qemu.GuestCounters {
 }
 
 // checkPattern compares VM id's pattern region with the guest's stream.
-func checkPattern(t *testing.T, d *Driver, id string, spec hypervisor.Spec) {
+func checkPattern(t *testing.T, uri, id string, spec hypervisor.Spec) {
 	t.Helper()
 	l := qemu.Layout(spec)
-	got, err := d.ReadMemory(context.Background(), id, l.PatternAddr, l.PatternLen)
+	got, err := lvtest.Memory{URI: uri}.ReadMemory(context.Background(), id, l.PatternAddr, l.PatternLen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func running(t *testing.T, d *Driver) map[string]hypervisor.State {
 // source's.
 func TestMigrateWithDisk(t *testing.T) {
 	tb := newTestbed(t)
-	spec := hypervisor.Spec{Name: "lvmig", Memory: 96 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.5, Dirty: 4 << 20}}
+	spec := hypervisor.Spec{Name: "lvmig", Memory: 64 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.5, Dirty: 4 << 20}}
 	disk := tb.defineGuest(t, spec, true)
 	start := time.Now()
 	startMigration(t, tb.a, tb.b, spec, hypervisor.MigrationParams{})
@@ -273,10 +273,10 @@ func TestMigrateWithDisk(t *testing.T) {
 		t.Fatalf("destination runs before the commit")
 	}
 	// The destination's image, paused: pattern and dirtied pages.
-	checkPattern(t, tb.b, spec.Name, spec)
+	checkPattern(t, tb.hostB.URI(), spec.Name, spec)
 	l := qemu.Layout(spec)
 	c := counters(t, tb.b, spec.Name)
-	region, err := tb.b.ReadMemory(context.Background(), spec.Name, l.DirtyAddr, l.DirtyLen)
+	region, err := lvtest.Memory{URI: tb.hostB.URI()}.ReadMemory(context.Background(), spec.Name, l.DirtyAddr, l.DirtyLen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,5 +355,5 @@ func TestMigrateCancel(t *testing.T) {
 	if after := counters(t, tb.a, spec.Name).Pages; after == before {
 		t.Fatalf("source guest does not run after the cancel")
 	}
-	checkPattern(t, tb.a, spec.Name, spec)
+	checkPattern(t, "qemu:///system", spec.Name, spec)
 }

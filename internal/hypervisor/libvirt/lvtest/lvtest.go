@@ -187,3 +187,43 @@ func DomainXML(name string, memMiB int, kernel, disk string) string {
 </domain>
 `
 }
+
+// Memory reads and pauses domains of the libvirtd at URI for tests:
+// guest memory in bulk through QEMU's pmemsave (libvirt's
+// virDomainMemoryPeek moves 64 KiB a call, about 1 MiB/s on a loaded
+// machine). It marks the domain tainted (a monitor command), which is
+// why the driver does not do it.
+type Memory struct{ URI string }
+
+// ReadMemory reads n bytes of domain id's guest-physical memory at addr.
+func (m Memory) ReadMemory(ctx context.Context, id string, addr, n uint64) ([]byte, error) {
+	// In /tmp, which every test host shares: QEMU writes the file as
+	// the user it runs as.
+	dir, err := os.MkdirTemp("", "ferry-pmem-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, "mem")
+	cmd := fmt.Sprintf(`{"execute":"pmemsave","arguments":{"val":%d,"size":%d,"filename":%q}}`, addr, n, file)
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", m.URI, "qemu-monitor-command", id, cmd).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("pmemsave: %w: %s", err, out)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(b)) != n {
+		return nil, fmt.Errorf("pmemsave wrote %d bytes, want %d", len(b), n)
+	}
+	return b, nil
+}
+
+// Pause pauses domain id.
+func (m Memory) Pause(ctx context.Context, id string) error {
+	_, err := Virsh(m.URI, "suspend", id)
+	return err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"os"
@@ -541,8 +542,51 @@ func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hyperv
 	d.mu.Lock()
 	d.incoming[s.Name] = &incoming{start: time.Now()}
 	d.mu.Unlock()
-	return hypervisor.VM{ID: s.Name, Name: s.Name, State: hypervisor.StateMigrating, VCPUs: s.VCPUs, Memory: s.Memory, Disks: s.Disks}, conn, nil
+	fc := &filterConn{c: conn.(*net.UnixConn), f: rpcFilter{vm: s.Name}, log: d.log.With("vm", s.Name)}
+	return hypervisor.VM{ID: s.Name, Name: s.Name, State: hypervisor.StateMigrating, VCPUs: s.VCPUs, Memory: s.Memory, Disks: s.Disks}, fc, nil
 }
+
+// filterConn is the destination MA's end of the source driver's libvirt
+// connection: what the MA writes (the source's calls) passes rpcFilter
+// on its way to libvirtd; what it reads is libvirtd's answers. Its
+// methods are its own (no embedded conn), so that io.Copy cannot bypass
+// Write through the Unix conn's ReadFrom.
+type filterConn struct {
+	c   *net.UnixConn
+	f   rpcFilter
+	log *slog.Logger
+	mu  sync.Mutex // Write's, for the filter's buffer
+}
+
+func (c *filterConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+
+// Write forwards the whole packets b completes, if allowed; a refused
+// packet ends the connection (libvirt then ends the incoming migration
+// its client started, if any).
+func (c *filterConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok, err := c.f.Feed(b)
+	if len(ok) > 0 {
+		if _, werr := c.c.Write(ok); werr != nil {
+			return 0, werr
+		}
+	}
+	if err != nil {
+		c.log.Warn("libvirt: refusing the source's call on the migration connection", "err", err)
+		c.c.Close()
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (c *filterConn) Close() error                       { return c.c.Close() }
+func (c *filterConn) CloseWrite() error                  { return c.c.CloseWrite() }
+func (c *filterConn) LocalAddr() net.Addr                { return c.c.LocalAddr() }
+func (c *filterConn) RemoteAddr() net.Addr               { return c.c.RemoteAddr() }
+func (c *filterConn) SetDeadline(t time.Time) error      { return c.c.SetDeadline(t) }
+func (c *filterConn) SetReadDeadline(t time.Time) error  { return c.c.SetReadDeadline(t) }
+func (c *filterConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
 
 func (d *Driver) forgetIncoming(id string) {
 	d.mu.Lock()

@@ -36,3 +36,29 @@ func FuzzParseURI(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRPCFilter: whatever the source sends, the filter neither panics
+// nor forwards anything but whole packets that pass checkCall.
+func FuzzRPCFilter(f *testing.F) {
+	f.Add(call(procAuthList, nil))
+	f.Add(call(procMigratePrepare3Params, migrateBody("destination_xml", okXML)))
+	f.Add(call(procMigrateFinish3Params, migrateBody("destination_name", "web1")))
+	f.Add(call(273, nil))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fl := rpcFilter{vm: "web1"}
+		out, _ := fl.Feed(in)
+		for len(out) > 0 {
+			if len(out) < rpcHeaderLen {
+				t.Fatalf("forwarded a fragment of %d bytes", len(out))
+			}
+			n := int(out[0])<<24 | int(out[1])<<16 | int(out[2])<<8 | int(out[3])
+			if n < rpcHeaderLen || n > len(out) {
+				t.Fatalf("forwarded a packet of length %d with %d bytes left", n, len(out))
+			}
+			if err := checkCall(out[:n], "web1"); err != nil {
+				t.Fatalf("forwarded a refused packet: %v", err)
+			}
+			out = out[n:]
+		}
+	})
+}

@@ -105,8 +105,13 @@ type MigrationStatus struct {
 	// Throttle is the auto-converge throttle (0: none, 0.99: the guest
 	// gets 1% of its CPU and dirty rate).
 	Throttle float64 `json:"throttle,omitempty"`
-	// PausedAt is when the source paused for the final copy; Verified
-	// (destination) that every page's checksum matched.
+	// PausedAt is when the source paused for the final copy. Verified
+	// (destination) says the driver checked the image it received, and
+	// means what that driver can check: the simulated VM, that every
+	// page's checksum matched; QEMU, that it loaded the whole stream and
+	// the device state (and mirrored disks were completed in step);
+	// libvirt, that its Finish succeeded, which means the same. QEMU's
+	// stream has no page checksums: never read it as more.
 	PausedAt time.Time `json:"paused_at,omitzero"`
 	Verified bool      `json:"verified,omitempty"`
 	Started  time.Time `json:"started"`

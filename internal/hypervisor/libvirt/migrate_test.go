@@ -250,8 +250,16 @@ func running(t *testing.T, d *Driver) map[string]hypervisor.State {
 // resumed) only b runs it, its memory holds the guest's pattern and
 // dirtied pages agree with its counters, and its disk equals the
 // source's.
-func TestMigrateWithDisk(t *testing.T) {
+//
+// Then (one testbed for both: each libvirtd host costs seconds to start)
+// testCancel.
+func TestMigrate(t *testing.T) {
 	tb := newTestbed(t)
+	t.Run("disk", func(t *testing.T) { testMigrateWithDisk(t, tb) })
+	t.Run("cancel", func(t *testing.T) { testCancel(t, tb) })
+}
+
+func testMigrateWithDisk(t *testing.T, tb *testbed) {
 	spec := hypervisor.Spec{Name: "lvmig", Memory: 64 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.5, Dirty: 4 << 20}}
 	disk := tb.defineGuest(t, spec, true)
 	start := time.Now()
@@ -323,8 +331,7 @@ func containsNoMismatch(s string) bool {
 // A migration cancelled while it copies memory leaves exactly one
 // running copy: the source, running; libvirt removed the destination's
 // domain.
-func TestMigrateCancel(t *testing.T) {
-	tb := newTestbed(t)
+func testCancel(t *testing.T, tb *testbed) {
 	spec := hypervisor.Spec{Name: "lvcancel", Memory: 64 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.5, Dirty: 8 << 20}}
 	tb.defineGuest(t, spec, false)
 	// 1 MiB/s: the first pass alone takes many seconds.

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"os"
 	"slices"
@@ -79,4 +80,44 @@ func TestProbeKVM(t *testing.T) {
 		t.Fatal("ProbeKVM succeeded without /dev/kvm")
 	}
 	t.Logf("KVM here: %v", err)
+}
+
+// --accel auto boots the test guest with whatever it chose: KVM where it
+// works (the KVM path exercised), TCG elsewhere; the guest writes its
+// pattern and runs, and QEMU's own view of the accelerator agrees.
+func TestAccelAutoBoots(t *testing.T) {
+	d := newDriver(t)
+	kvmErr := ProbeKVM()
+	accel, fellBack, err := ChooseAccel(AccelAuto, kvmErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("auto: %s (fell back: %v, KVM: %v)", accel, fellBack, kvmErr)
+	d.Accel, d.CPU = accel, "qemu64"
+	s := hypervisor.Spec{Name: "auto", Memory: 32 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.25, Dirty: 1 << 20}}
+	if _, err := d.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	waitPattern(t, d, s)
+	var kvm struct {
+		Enabled bool `json:"enabled"`
+	}
+	if err := d.QMP(context.Background(), "auto", "query-kvm", nil, &kvm); err != nil {
+		t.Fatal(err)
+	}
+	if kvm.Enabled != (accel == AccelKVM) {
+		t.Fatalf("QEMU says KVM enabled=%v, the driver chose %s", kvm.Enabled, accel)
+	}
+	var cpus []struct {
+		Props struct {
+			Type string `json:"type"`
+		} `json:"props"`
+		Type string `json:"type"`
+	}
+	if err := d.QMP(context.Background(), "auto", "query-hotpluggable-cpus", nil, &cpus); err != nil {
+		t.Fatal(err)
+	}
+	if len(cpus) == 0 || !strings.HasPrefix(cpus[0].Type, "qemu64") {
+		t.Fatalf("CPU model: %+v, want qemu64", cpus)
+	}
 }

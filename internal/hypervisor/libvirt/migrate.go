@@ -513,6 +513,9 @@ type incoming struct {
 	start time.Time
 	seen  bool      // libvirt's Prepare created the domain
 	ended time.Time // first seen complete
+	// closed: the source's libvirt connection ended (libvirt ends an
+	// incoming migration whose client went away before Finish).
+	closed bool
 }
 
 // PrepareIncoming implements hypervisor.Migrator: the migration's socket
@@ -539,10 +542,12 @@ func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hyperv
 	if err != nil {
 		return hypervisor.VM{}, nil, fmt.Errorf("libvirt: %w", err)
 	}
+	inc := &incoming{start: time.Now()}
 	d.mu.Lock()
-	d.incoming[s.Name] = &incoming{start: time.Now()}
+	d.incoming[s.Name] = inc
 	d.mu.Unlock()
-	fc := &filterConn{c: conn.(*net.UnixConn), f: rpcFilter{vm: s.Name}, log: d.log.With("vm", s.Name)}
+	fc := &filterConn{c: conn.(*net.UnixConn), f: rpcFilter{vm: s.Name}, log: d.log.With("vm", s.Name),
+		ended: func() { d.mu.Lock(); inc.closed = true; d.mu.Unlock() }}
 	return hypervisor.VM{ID: s.Name, Name: s.Name, State: hypervisor.StateMigrating, VCPUs: s.VCPUs, Memory: s.Memory, Disks: s.Disks}, fc, nil
 }
 
@@ -552,13 +557,20 @@ func (d *Driver) PrepareIncoming(ctx context.Context, s hypervisor.Spec) (hyperv
 // methods are its own (no embedded conn), so that io.Copy cannot bypass
 // Write through the Unix conn's ReadFrom.
 type filterConn struct {
-	c   *net.UnixConn
-	f   rpcFilter
-	log *slog.Logger
-	mu  sync.Mutex // Write's, for the filter's buffer
+	c     *net.UnixConn
+	f     rpcFilter
+	log   *slog.Logger
+	ended func()     // the connection is over (either way)
+	mu    sync.Mutex // Write's, for the filter's buffer
 }
 
-func (c *filterConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+func (c *filterConn) Read(b []byte) (int, error) {
+	n, err := c.c.Read(b)
+	if err != nil {
+		c.ended()
+	}
+	return n, err
+}
 
 // Write forwards the whole packets b completes, if allowed; a refused
 // packet ends the connection (libvirt then ends the incoming migration
@@ -574,14 +586,19 @@ func (c *filterConn) Write(b []byte) (int, error) {
 	}
 	if err != nil {
 		c.log.Warn("libvirt: refusing the source's call on the migration connection", "err", err)
+		c.ended()
 		c.c.Close()
 		return 0, err
 	}
 	return len(b), nil
 }
 
-func (c *filterConn) Close() error                       { return c.c.Close() }
-func (c *filterConn) CloseWrite() error                  { return c.c.CloseWrite() }
+func (c *filterConn) Close() error { c.ended(); return c.c.Close() }
+
+// CloseWrite: the source ended its connection; libvirtd closes its side
+// in turn.
+func (c *filterConn) CloseWrite() error { c.ended(); return c.c.CloseWrite() }
+
 func (c *filterConn) LocalAddr() net.Addr                { return c.c.LocalAddr() }
 func (c *filterConn) RemoteAddr() net.Addr               { return c.c.RemoteAddr() }
 func (c *filterConn) SetDeadline(t time.Time) error      { return c.c.SetDeadline(t) }
@@ -698,12 +715,15 @@ func (d *Driver) incomingStatus(id string, inc *incoming) (hypervisor.MigrationS
 	l, dom, err := d.domain(id)
 	if errors.Is(err, hypervisor.ErrNotFound) {
 		d.mu.Lock()
-		seen := inc.seen
+		gone := inc.seen || inc.closed
 		d.mu.Unlock()
-		if seen {
+		// Prepare not reached yet, unless libvirt's domain came and went
+		// or the source's connection (which Prepare and Finish come
+		// through) is over.
+		if gone {
 			st.State, st.Error = hypervisor.MigFailed, "libvirt: the incoming domain is gone (the migration failed or was cancelled)"
 		} else {
-			st.State = hypervisor.MigActive // Prepare not reached yet
+			st.State = hypervisor.MigActive
 		}
 		return st, nil
 	}

@@ -40,11 +40,14 @@ func splice(wg *sync.WaitGroup, a, b net.Conn) {
 
 // miniMA carries VM id's migration from src to dst as the two MAs would.
 type miniMA struct {
-	wg   sync.WaitGroup
-	lns  map[string]net.Listener
-	in   net.Conn
-	out  net.Conn
-	errs chan error
+	once  sync.Once
+	mu    sync.Mutex
+	conns []net.Conn // the channels' connections, both ends
+	wg    sync.WaitGroup
+	lns   map[string]net.Listener
+	in    net.Conn
+	out   net.Conn
+	errs  chan error
 }
 
 func startMigration(t *testing.T, src, dst *Driver, spec hypervisor.Spec, p hypervisor.MigrationParams) *miniMA {
@@ -71,6 +74,9 @@ func startMigration(t *testing.T, src, dst *Driver, spec hypervisor.Spec, p hype
 					c.Close()
 					continue
 				}
+				m.mu.Lock()
+				m.conns = append(m.conns, c, d)
+				m.mu.Unlock()
 				splice(&m.wg, c, d)
 			}
 		}()
@@ -89,13 +95,22 @@ func startMigration(t *testing.T, src, dst *Driver, spec hypervisor.Spec, p hype
 	return m
 }
 
+// stop closes every connection the miniMA carries, as a link that dies
+// does (idempotent).
 func (m *miniMA) stop() {
-	for _, ln := range m.lns {
-		ln.Close()
-	}
-	m.in.Close()
-	m.out.Close()
-	m.wg.Wait()
+	m.once.Do(func() {
+		for _, ln := range m.lns {
+			ln.Close()
+		}
+		m.in.Close()
+		m.out.Close()
+		m.mu.Lock()
+		for _, c := range m.conns {
+			c.Close()
+		}
+		m.mu.Unlock()
+		m.wg.Wait()
+	})
 }
 
 func waitStatus(t *testing.T, d *Driver, id string, limit time.Duration, ok func(hypervisor.MigrationStatus) bool) hypervisor.MigrationStatus {
@@ -257,6 +272,7 @@ func TestMigrate(t *testing.T) {
 	tb := newTestbed(t)
 	t.Run("disk", func(t *testing.T) { testMigrateWithDisk(t, tb) })
 	t.Run("cancel", func(t *testing.T) { testCancel(t, tb) })
+	t.Run("linkcut", func(t *testing.T) { testLinkCut(t, tb) })
 }
 
 func testMigrateWithDisk(t *testing.T, tb *testbed) {
@@ -264,7 +280,7 @@ func testMigrateWithDisk(t *testing.T, tb *testbed) {
 	disk := tb.defineGuest(t, spec, true)
 	start := time.Now()
 	startMigration(t, tb.a, tb.b, spec, hypervisor.MigrationParams{})
-	src := waitStatus(t, tb.a, spec.Name, 60*time.Second, func(st hypervisor.MigrationStatus) bool { return st.State != hypervisor.MigActive })
+	src := waitStatus(t, tb.a, spec.Name, 120*time.Second, func(st hypervisor.MigrationStatus) bool { return st.State != hypervisor.MigActive })
 	if src.State != hypervisor.MigCompleted {
 		t.Fatalf("source: %+v", src)
 	}
@@ -363,4 +379,34 @@ func testCancel(t *testing.T, tb *testbed) {
 		t.Fatalf("source guest does not run after the cancel")
 	}
 	checkPattern(t, "qemu:///system", spec.Name, spec)
+}
+
+// The link dies mid-copy (every connection the MAs carry drops at once):
+// the source fails its migration and runs on, the destination's libvirt
+// removes the incoming domain (its client went away). One running copy.
+func testLinkCut(t *testing.T, tb *testbed) {
+	spec := hypervisor.Spec{Name: "lvcut", Memory: 64 << 20, VCPUs: 1, Workload: hypervisor.Workload{Fill: 0.5, Dirty: 2 << 20}}
+	tb.defineGuest(t, spec, false)
+	ma := startMigration(t, tb.a, tb.b, spec, hypervisor.MigrationParams{MaxBandwidth: 1 << 20})
+	waitStatus(t, tb.a, spec.Name, 30*time.Second, func(st hypervisor.MigrationStatus) bool {
+		return st.State == hypervisor.MigActive && st.Transferred > 1<<20
+	})
+	ma.stop()
+	st := waitStatus(t, tb.a, spec.Name, 30*time.Second, func(st hypervisor.MigrationStatus) bool { return st.State != hypervisor.MigActive })
+	if st.State != hypervisor.MigFailed || st.Error == "" {
+		t.Fatalf("source after the link died: %+v", st)
+	}
+	t.Logf("source: %s", st.Error)
+	waitStatus(t, tb.b, spec.Name, 30*time.Second, func(st hypervisor.MigrationStatus) bool { return st.State == hypervisor.MigFailed })
+	if st := running(t, tb.a)[spec.Name]; st != hypervisor.StateRunning {
+		t.Fatalf("source after the link died: %q, want running", st)
+	}
+	if st, ok := running(t, tb.b)[spec.Name]; ok {
+		t.Fatalf("destination kept the domain (%q) after the link died", st)
+	}
+	before := counters(t, tb.a, spec.Name).Pages
+	time.Sleep(300 * time.Millisecond)
+	if after := counters(t, tb.a, spec.Name).Pages; after == before {
+		t.Fatalf("source guest does not run after the link died")
+	}
 }

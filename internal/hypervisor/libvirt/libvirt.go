@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -214,6 +216,14 @@ func (d *Driver) List(ctx context.Context) ([]hypervisor.VM, error) {
 		}
 		out = append(out, vm)
 	}
+	// Forget the CPU readings of domains that are gone.
+	d.mu.Lock()
+	for id := range d.cpu {
+		if !slices.ContainsFunc(out, func(vm hypervisor.VM) bool { return vm.ID == id }) {
+			delete(d.cpu, id)
+		}
+	}
+	d.mu.Unlock()
 	return out, nil
 }
 
@@ -301,6 +311,8 @@ func (d *Driver) Resume(ctx context.Context, id string) error {
 		return fmt.Errorf("libvirt: resuming %s: %w", id, err)
 	}
 	d.forgetIncoming(id)
+	// No migration of it runs now: its socket directory goes.
+	_ = os.RemoveAll(d.dir(id))
 	return nil
 }
 
@@ -319,6 +331,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		d.mu.Unlock()
 	}
 	d.forgetIncoming(id)
+	_ = os.RemoveAll(d.dir(id))
 	d.mu.Lock()
 	delete(d.cpu, id)
 	d.mu.Unlock()

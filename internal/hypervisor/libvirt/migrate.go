@@ -59,6 +59,7 @@ const (
 // outgoing is one outgoing migration, run by its goroutine (run).
 type outgoing struct {
 	id     string
+	dir    string // its socket directory
 	dom    golibvirt.Domain
 	src    *golibvirt.Libvirt // the migration job's own connection to the local libvirtd
 	dst    *golibvirt.Libvirt // over the MA's stream, to the destination's libvirtd
@@ -306,7 +307,7 @@ func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.Migrati
 		maEnd.Close()
 		return nil, fmt.Errorf("libvirt: %w", err)
 	}
-	m := &outgoing{id: id, dom: dom, src: src, dst: golibvirt.NewWithDialer(dialers.NewAlreadyConnected(c)), open: d.target.Open,
+	m := &outgoing{id: id, dir: d.dir(id), dom: dom, src: src, dst: golibvirt.NewWithDialer(dialers.NewAlreadyConnected(c)), open: d.target.Open,
 		params: migrationParams(p, d.dir(id), copyDisks), flags: migrationFlags(p, persistent == 1, copyDisks), p: p,
 		start: time.Now(), done: make(chan struct{}), state: hypervisor.MigActive}
 	d.mu.Lock()
@@ -398,6 +399,9 @@ func (m *outgoing) run(d *Driver) {
 func (m *outgoing) end(err error) {
 	_ = m.dst.Disconnect()
 	_ = m.src.Disconnect()
+	// QEMU is done with its sockets (the MA's listeners there go with
+	// the job; closing them later finds them unlinked).
+	_ = os.RemoveAll(m.dir)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.finished = time.Now()

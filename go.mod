@@ -3,6 +3,7 @@ module github.com/ferry-vm/ferry
 go 1.26.8
 
 require (
+	github.com/digitalocean/go-libvirt v0.0.0-20261013170128-efbbdf578ac8
 	github.com/flynn/noise v1.1.0
 	github.com/fxamacker/cbor/v2 v2.9.0
 	github.com/hashicorp/go-hclog v1.6.2

@@ -112,7 +112,14 @@ func qemuSites(t testing.TB, profile string) (*cluster, map[string]*qemu.Driver)
 	return c, drivers
 }
 
-func guestCounters(t testing.TB, d *qemu.Driver, id string) qemu.GuestCounters {
+// guestVM is a driver whose VMs' guest memory a test reads (QEMU's,
+// libvirt's).
+type guestVM interface {
+	ReadMemory(ctx context.Context, id string, addr, n uint64) ([]byte, error)
+	Pause(ctx context.Context, id string) error
+}
+
+func guestCounters(t testing.TB, d guestVM, id string) qemu.GuestCounters {
 	t.Helper()
 	b, err := d.ReadMemory(context.Background(), id, qemu.GuestCountersAddr, 12)
 	if err != nil {
@@ -128,7 +135,7 @@ func guestCounters(t testing.TB, d *qemu.Driver, id string) qemu.GuestCounters {
 // checkGuestMemory checks VM id of spec s on d: its pattern, then, paused
 // (and left paused), its dirtied region against its counters, which it
 // returns.
-func checkGuestMemory(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec) qemu.GuestCounters {
+func checkGuestMemory(t testing.TB, d guestVM, id string, s hypervisor.Spec) qemu.GuestCounters {
 	t.Helper()
 	checkGuestPattern(t, d, id, s)
 	if err := d.Pause(context.Background(), id); err != nil {
@@ -148,7 +155,7 @@ func checkGuestMemory(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec
 
 // checkGuestPattern compares VM id's pattern region with the stream the
 // test guest of spec s writes.
-func checkGuestPattern(t testing.TB, d *qemu.Driver, id string, s hypervisor.Spec) {
+func checkGuestPattern(t testing.TB, d guestVM, id string, s hypervisor.Spec) {
 	t.Helper()
 	l := qemu.Layout(s)
 	got, err := d.ReadMemory(context.Background(), id, l.PatternAddr, l.PatternLen)

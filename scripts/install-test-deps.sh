@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in iproute2 nftables iperf3 iputils-ping qemu-system-x86 qemu-utils binutils; do
+# libvirt: the libvirt driver's tests run the system libvirtd (and a second one
+# in a mount namespace); util-linux has unshare and nsenter.
+for pkg in iproute2 nftables iperf3 iputils-ping qemu-system-x86 qemu-utils binutils \
+	libvirt-daemon-system libvirt-clients util-linux; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

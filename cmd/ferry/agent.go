@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-vm/ferry/internal/agent"
+	"github.com/ferry-vm/ferry/internal/hypervisor/libvirt"
 	"github.com/ferry-vm/ferry/internal/hypervisor/qemu"
 	"github.com/ferry-vm/ferry/internal/hypervisor/sim"
 	"github.com/ferry-vm/ferry/internal/identity"
@@ -27,6 +28,9 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 		bundle, bundleFile, token string
 		tokenFile, metricsAddr    string
 		driver, qemuBin           string
+		accel, cpuModel           string
+		libvirtURI                string
+		libvirtShared             bool
 		macs, simHost             string
 	)
 	cmd := &cobra.Command{
@@ -39,6 +43,7 @@ administrator approves it with 'ferry ctl agents approve ID', or approved at
 once with a valid --token), then keeps an authenticated session open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := g.logger()
 			switch driver {
 			case "sim":
 				d, err := sim.New(filepath.Join(cfg.DataDir, "vms"), "")
@@ -51,9 +56,32 @@ once with a valid --token), then keeps an authenticated session open.`,
 				if err != nil {
 					return err
 				}
+				var kvmErr error
+				if accel != qemu.AccelTCG {
+					kvmErr = qemu.ProbeKVM()
+				}
+				a, fellBack, err := qemu.ChooseAccel(accel, kvmErr)
+				if err != nil {
+					return err
+				}
+				if fellBack {
+					log.Warn("qemu: KVM does not work here; guests run under TCG (emulation)", "err", kvmErr)
+				}
+				if err := qemu.CheckCPUModel(cpuModel); err != nil {
+					return err
+				}
+				d.Accel, d.CPU = a, cpuModel
+				log.Info("qemu: accelerator", "accel", a, "cpu", cpuModel)
+				cfg.Driver = d
+			case "libvirt":
+				d, err := libvirt.New(cmd.Context(), libvirt.Config{URI: libvirtURI, SharedStorage: libvirtShared, Logger: log})
+				if err != nil {
+					return err
+				}
+				defer d.Close()
 				cfg.Driver = d
 			default:
-				return fmt.Errorf("--driver must be sim or qemu")
+				return fmt.Errorf("--driver must be sim, qemu or libvirt")
 			}
 			if bundleFile != "" {
 				b, err := os.ReadFile(bundleFile)
@@ -94,7 +122,7 @@ once with a valid --token), then keeps an authenticated session open.`,
 				}
 				cfg.HostModel = m
 			}
-			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, g.logger(), version
+			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, log, version
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -123,8 +151,12 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&bundleFile, "bundle-file", "", "read the bundle from this file")
 	f.StringVar(&token, "token", "", "join token from 'ferry ctl tokens create' (or $FERRY_JOIN_TOKEN): approve at once")
 	f.StringVar(&tokenFile, "token-file", "", "read the join token from this file (mode 0600)")
-	f.StringVar(&driver, "driver", "sim", "hypervisor driver: sim or qemu")
+	f.StringVar(&driver, "driver", "sim", "hypervisor driver: sim, qemu or libvirt")
 	f.StringVar(&qemuBin, "qemu", "qemu-system-x86_64", "the QEMU binary (--driver qemu)")
+	f.StringVar(&accel, "accel", qemu.AccelTCG, "QEMU accelerator (--driver qemu): kvm, tcg or auto (KVM where it works, else TCG)")
+	f.StringVar(&cpuModel, "cpu", "", "QEMU CPU model (--driver qemu), e.g. qemu64 or Haswell-v4; the same on every host a VM migrates between (default: QEMU's)")
+	f.StringVar(&libvirtURI, "libvirt-uri", "qemu:///system", "the local libvirtd (--driver libvirt): qemu:///system or qemu+unix:///system?socket=PATH")
+	f.BoolVar(&libvirtShared, "libvirt-shared-storage", false, "domains' disks are on storage every host sees at the same paths: migrate memory only (--driver libvirt)")
 	f.StringVar(&cfg.Name, "name", "", "host name shown at the MMC (default: hostname)")
 	f.StringVar(&cfg.Site, "site", "default", "site (data centre) label")
 	f.StringVar(&cfg.Listen, "listen", ":0", "local UDP address")

@@ -79,6 +79,8 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 				migStream <- accepted{s: s, c: l.c}
 			case kind == streamDisk:
 				a.serveDiskStream(ctx, j, s)
+			case kind == streamChannel:
+				a.serveChannelStream(ctx, j, s)
 			default:
 				a.log.Warn("agent: unexpected stream on a migration link", "id", o.ID, "kind", kind)
 				s.Reset(1)
@@ -101,7 +103,39 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 const (
 	streamMigration byte = 'M' // the hypervisor's migration stream
 	streamDisk      byte = 'D' // one connection of the disk channel
+	// One connection of a named channel (hypervisor.ChannelMover): the
+	// kind byte is followed by the name's length (one byte) and the name.
+	streamChannel byte = 'C'
 )
+
+// channelHeader is what a channel stream starts with.
+func channelHeader(name string) []byte {
+	return append([]byte{streamChannel, byte(len(name))}, name...)
+}
+
+// readChannelName reads a channel stream's name (after its kind byte),
+// refusing one that is not a valid channel name.
+func readChannelName(ctx context.Context, s *sudp.Stream) (string, error) {
+	rctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
+	defer cancel()
+	stop := context.AfterFunc(rctx, func() { s.Reset(1) })
+	defer stop()
+	var n [1]byte
+	if _, err := io.ReadFull(s, n[:]); err != nil {
+		return "", fmt.Errorf("reading the channel's name: %w", err)
+	}
+	if n[0] == 0 || int(n[0]) > hypervisor.MaxChannelName {
+		return "", fmt.Errorf("channel name of %d bytes", n[0])
+	}
+	name := make([]byte, n[0])
+	if _, err := io.ReadFull(s, name); err != nil {
+		return "", fmt.Errorf("reading the channel's name: %w", err)
+	}
+	if !hypervisor.ValidChannel(string(name)) {
+		return "", fmt.Errorf("channel name %q", name)
+	}
+	return string(name), nil
+}
 
 func readStreamKind(ctx context.Context, s *sudp.Stream) (byte, error) {
 	var b [1]byte
@@ -144,10 +178,46 @@ func (a *Agent) serveDiskStream(ctx context.Context, j *job, s *sudp.Stream) {
 	}()
 }
 
+// serveChannelStream joins one stream of a named channel to the
+// connection the driver makes for it (destination).
+func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream) {
+	name, err := readChannelName(ctx, s)
+	if err != nil {
+		a.log.Warn("agent: migration channel stream", "id", j.order.ID, "err", err)
+		s.Reset(1)
+		return
+	}
+	cm, ok := j.mig.(hypervisor.ChannelMover)
+	if !ok {
+		a.log.Warn("agent: a channel stream for a driver without channels", "id", j.order.ID, "channel", name)
+		s.Reset(1)
+		return
+	}
+	conn, err := cm.DialChannel(ctx, j.order.VM, name)
+	if err != nil {
+		a.log.Warn("agent: connecting a channel stream", "id", j.order.ID, "channel", name, "err", err)
+		s.Reset(1)
+		return
+	}
+	a.migs.wg.Add(1)
+	go func() {
+		defer a.migs.wg.Done()
+		if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
+			a.log.Warn("agent: channel stream", "id", j.order.ID, "channel", name, "err", err)
+		}
+	}()
+}
+
 // serveDiskChannel (source) accepts the hypervisor's disk-channel
 // connections on ln and carries each over a new stream of the link,
 // until ctx ends.
 func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn) {
+	a.serveListener(ctx, id, ln, lc, []byte{streamDisk})
+}
+
+// serveListener (source) accepts connections on ln and carries each
+// over a new stream of the link that starts with header, until ctx ends.
+func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn, header []byte) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	for {
@@ -159,10 +229,10 @@ func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener
 		s, err := lc.OpenStreamPriority(sctx, sudp.PriorityBulk)
 		cancel()
 		if err == nil {
-			_, err = s.Write([]byte{streamDisk})
+			_, err = s.Write(header)
 		}
 		if err != nil {
-			a.log.Warn("agent: opening a disk stream", "id", id, "err", err)
+			a.log.Warn("agent: opening a migration side stream", "id", id, "err", err)
 			conn.Close()
 			continue
 		}
@@ -170,7 +240,7 @@ func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener
 		go func() {
 			defer a.migs.wg.Done()
 			if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
-				a.log.Warn("agent: disk stream", "id", id, "err", err)
+				a.log.Warn("agent: migration side stream", "id", id, "err", err)
 			}
 		}()
 	}
@@ -234,9 +304,33 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 			s.Reset(1)
 			return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
 		}
-	} else if conn, err = mig.MigrateOut(ctx, o.VM, o.Params); err != nil {
-		s.Reset(1)
-		return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
+	} else {
+		// A driver whose hypervisor connects its own channels (libvirt):
+		// they are served before the migration starts, as the disk
+		// channel is.
+		if cm, ok := mig.(hypervisor.ChannelMover); ok {
+			lns, err := cm.ListenChannels(o.VM)
+			if err != nil {
+				s.Reset(1)
+				return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
+			}
+			a.migs.mu.Lock()
+			cctx, cancel := context.WithCancel(a.migs.ctx)
+			a.migs.mu.Unlock()
+			stopDisks = cancel
+			for name, ln := range lns {
+				a.migs.wg.Add(1)
+				go func() {
+					defer a.migs.wg.Done()
+					a.serveListener(cctx, o.ID, ln, l.c, channelHeader(name))
+				}()
+			}
+		}
+		if conn, err = mig.MigrateOut(ctx, o.VM, o.Params); err != nil {
+			stopDisks()
+			s.Reset(1)
+			return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
+		}
 	}
 	j := &job{order: o, role: migration.Source, mig: mig, conn: conn, phase: migration.PhaseTransferring, at: time.Now(), link: l.c}
 	if old, err := a.migs.add(j); old != nil || err != nil {

@@ -1,8 +1,8 @@
 // Package hypervisor is the interface between an agent and the hypervisor
 // on its host: what VMs exist, what they use, and the operations the
 // monitor and migration roles need. Drivers implement it: the built-in
-// simulated one (package hypervisor/sim, each VM a `ferry simvm` process)
-// and, later, QEMU (QMP) and libvirt.
+// simulated one (package hypervisor/sim, each VM a `ferry simvm` process),
+// QEMU (hypervisor/qemu, QMP) and libvirt (hypervisor/libvirt).
 package hypervisor
 
 import (

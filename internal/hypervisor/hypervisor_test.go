@@ -39,3 +39,16 @@ func TestCheckName(t *testing.T) {
 		}
 	}
 }
+
+func TestValidChannel(t *testing.T) {
+	for _, ok := range []string{"qemu", "nbd", "a", "multifd12", "abcdefghijklmnop"} {
+		if !ValidChannel(ok) {
+			t.Errorf("ValidChannel(%q) = false", ok)
+		}
+	}
+	for _, bad := range []string{"", "QEMU", "nbd-0", "../x", "a b", "abcdefghijklmnopq", "ü"} {
+		if ValidChannel(bad) {
+			t.Errorf("ValidChannel(%q) = true", bad)
+		}
+	}
+}

@@ -105,8 +105,13 @@ type MigrationStatus struct {
 	// Throttle is the auto-converge throttle (0: none, 0.99: the guest
 	// gets 1% of its CPU and dirty rate).
 	Throttle float64 `json:"throttle,omitempty"`
-	// PausedAt is when the source paused for the final copy; Verified
-	// (destination) that every page's checksum matched.
+	// PausedAt is when the source paused for the final copy. Verified
+	// (destination) says the driver checked the image it received, and
+	// means what that driver can check: the simulated VM, that every
+	// page's checksum matched; QEMU, that it loaded the whole stream and
+	// the device state (and mirrored disks were completed in step);
+	// libvirt, that its Finish succeeded, which means the same. QEMU's
+	// stream has no page checksums: never read it as more.
 	PausedAt time.Time `json:"paused_at,omitzero"`
 	Verified bool      `json:"verified,omitempty"`
 	Started  time.Time `json:"started"`
@@ -168,6 +173,40 @@ type DiskMover interface {
 	// IncomingDiskSocket is where incoming VM id serves its disks ("" if
 	// it receives none).
 	IncomingDiskSocket(id string) string
+}
+
+// ChannelMover is implemented by drivers whose hypervisor makes further
+// connections of its own for a migration, each on a local Unix socket
+// of its choosing (libvirt: the QEMU migration stream and the NBD disk
+// stream, on sockets whose paths must be the same on both hosts). The
+// source's MA accepts each connection on the driver's listeners and
+// carries it over its own stream of the link, named by its channel; the
+// destination's MA asks the driver to connect it at its end.
+type ChannelMover interface {
+	// ListenChannels (source) opens the listeners of VM id's outgoing
+	// migration, by channel name (ValidChannel names), before
+	// MigrateOut is called; the MA closes them when the job ends.
+	ListenChannels(id string) (map[string]net.Listener, error)
+	// DialChannel (destination) connects one connection of channel name
+	// for incoming VM id.
+	DialChannel(ctx context.Context, id, name string) (net.Conn, error)
+}
+
+// MaxChannelName bounds a ChannelMover channel's name.
+const MaxChannelName = 16
+
+// ValidChannel accepts a channel name: 1–MaxChannelName lower-case
+// letters and digits (it travels on the link and names a socket).
+func ValidChannel(name string) bool {
+	if name == "" || len(name) > MaxChannelName {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // ExpectedDowntime is MigrationStatus.ExpectedDowntime for remaining bytes

@@ -123,7 +123,10 @@ type Record struct {
 	BytesOnWire uint64 `json:"bytes_on_wire"`
 	Transferred uint64 `json:"transferred,omitempty"` // page bytes, before compression
 	Rounds      int    `json:"rounds,omitempty"`
-	Verified    bool   `json:"verified"`
+	// Verified: the destination's driver checked the image it received
+	// (hypervisor.MigrationStatus.Verified says what each driver
+	// checks).
+	Verified bool `json:"verified"`
 	// Cleanup lists agents still to be told to drop their side after the
 	// outcome was decided (offline at the time): see Cleanup.
 	Cleanup []string `json:"cleanup,omitempty"`

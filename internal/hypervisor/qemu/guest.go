@@ -159,3 +159,7 @@ func (l GuestLayout) CheckDirtied(region []byte, c GuestCounters) error {
 	}
 	return nil
 }
+
+// Image returns the test guest's kernel image with l's parameters: for
+// VMs other drivers boot (a libvirt domain's <kernel>).
+func (l GuestLayout) Image() ([]byte, error) { return l.image() }

@@ -4,9 +4,11 @@
 // state in files (the spec, the monitor socket, a pid file), so an agent
 // that restarts re-adopts the VMs it started.
 //
-// Guests run under TCG: the KVM of the machines Ferry is tested on is a
-// nested flavour whose dirty-page tracking over-reports, which breaks
-// live migration's convergence.
+// Guests run under TCG unless the agent is told otherwise (--accel kvm,
+// or auto where KVM works: ChooseAccel): the KVM of the machines Ferry is
+// tested on is a nested flavour whose dirty-page tracking over-reports,
+// which breaks live migration's convergence. CPU is QEMU's -cpu model
+// ("" for QEMU's default); both ends of a migration must use the same.
 package qemu
 
 import (
@@ -31,7 +33,8 @@ import (
 type Driver struct {
 	Dir    string // <id>.json spec, .qmp monitor, .pid, .log, .kernel (test guest), .migstart, .mirror, .nbd, .created; disks/ (local disks received)
 	Binary string // qemu-system-x86_64
-	Accel  string // "tcg"
+	Accel  string // "tcg" (New's default) or "kvm"
+	CPU    string // QEMU's -cpu model; "" for QEMU's default
 
 	mu    sync.Mutex
 	locks map[string]chan struct{} // one monitor session per VM at a time
@@ -167,10 +170,18 @@ func (d *Driver) args(s hypervisor.Spec, incoming bool) ([]string, error) {
 		"-machine", machine + ",accel=" + d.Accel,
 		"-m", strconv.FormatUint(s.Memory>>20, 10) + "M",
 		"-smp", strconv.Itoa(s.VCPUs),
-		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "none",
-		"-qmp", "unix:" + d.path(id, "qmp") + ",server=on,wait=off",
-		"-pidfile", d.path(id, "pid"),
 	}
+	if d.CPU != "" {
+		if err := CheckCPUModel(d.CPU); err != nil {
+			return nil, err
+		}
+		a = append(a, "-cpu", d.CPU)
+	}
+	a = append(a,
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "none",
+		"-qmp", "unix:"+d.path(id, "qmp")+",server=on,wait=off",
+		"-pidfile", d.path(id, "pid"),
+	)
 	switch {
 	case s.Kernel != "":
 		a = append(a, "-kernel", s.Kernel)

@@ -157,13 +157,17 @@ func (c *haCluster) steady(limit time.Duration, agents int) int {
 // leadFrom hands the leadership to member i (if it does not lead).
 func (c *haCluster) leadFrom(i int) {
 	c.t.Helper()
-	if c.leader(i) == i {
+	lead := c.leader(i)
+	if lead == i {
 		return
 	}
+	// Asked at the leader itself: a follower forwarding the request
+	// abandons it as soon as it learns of the new leader — the request's
+	// own effect — and answers 504 "may or may not have been applied".
 	var r struct {
 		Leader string `json:"leader"`
 	}
-	if err := c.ctl(i, &r, "mmcs", "transfer-leadership", c.memberID(i)); err != nil {
+	if err := c.ctl(max(lead, 0), &r, "mmcs", "transfer-leadership", c.memberID(i)); err != nil {
 		c.t.Fatal(err)
 	}
 	c.waitFor(30*time.Second, fmt.Sprintf("mmc%d leading", i+1), func() bool { return c.leader(i) == i })

@@ -293,4 +293,3 @@ func TestHAFailover(t *testing.T) {
 		return c.leader(killed) != killed
 	})
 }
-

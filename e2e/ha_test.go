@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -22,11 +21,24 @@ type haCluster struct {
 	bundle    string
 	agentDirs map[string]string
 	agents    map[string]*proc
+	// agentNetns is the network namespace each agent runs in (none:
+	// this one).
+	agentNetns map[string]string
 }
 
 type haMember struct {
 	dir, sudp, admin string
-	p                *proc
+	// netns is the network namespace the member (and ctl against it)
+	// runs in: "" is this one; its admin API is on that namespace's
+	// loopback.
+	netns string
+	p     *proc
+}
+
+// haPlace is where a member runs: its namespace and the addresses it
+// listens on there.
+type haPlace struct {
+	netns, sudp, admin string
 }
 
 // mmcMember is one row of `ferry ctl mmcs list -o json`.
@@ -41,10 +53,20 @@ type mmcMember struct {
 // newHACluster starts one MMC, then joins two more with tokens from
 // `ferry ctl mmcs join-token`, then reads the bundle listing all three.
 func newHACluster(t testing.TB) *haCluster {
-	c := &haCluster{t: t, agentDirs: map[string]string{}, agents: map[string]*proc{}}
-	for i := range 3 {
-		m := &haMember{dir: filepath.Join(t.TempDir(), fmt.Sprintf("mmc%d", i+1)),
-			sudp: fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp")), admin: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))}
+	var places []haPlace
+	for range 3 {
+		places = append(places, haPlace{sudp: fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp")),
+			admin: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))})
+	}
+	return newHAClusterAt(t, places)
+}
+
+// newHAClusterAt is newHACluster with member i at places[i] (the first
+// one bootstraps the cluster, the others join it).
+func newHAClusterAt(t testing.TB, places []haPlace) *haCluster {
+	c := &haCluster{t: t, agentDirs: map[string]string{}, agents: map[string]*proc{}, agentNetns: map[string]string{}}
+	for i, pl := range places {
+		m := &haMember{dir: filepath.Join(t.TempDir(), fmt.Sprintf("mmc%d", i+1)), sudp: pl.sudp, admin: pl.admin, netns: pl.netns}
 		c.members = append(c.members, m)
 		var join []string
 		if i > 0 {
@@ -60,7 +82,7 @@ func newHACluster(t testing.TB) *haCluster {
 	}
 	c.waitFor(30*time.Second, "three voters, one leader", func() bool {
 		ms, err := c.mmcs(0)
-		if err != nil || len(ms) != 3 {
+		if err != nil || len(ms) != len(c.members) {
 			return false
 		}
 		leaders := 0
@@ -94,9 +116,12 @@ func (c *haCluster) start(i int, extra ...string) {
 	m := c.members[i]
 	args := append([]string{"--log-level", "debug", "mmc", "--data-dir", m.dir, "--listen", m.sudp, "--admin", m.admin,
 		"--reauth-min", "5s", "--reauth-max", "10s"}, extra...)
-	m.p = startCmd(c.t, fmt.Sprintf("mmc%d", i+1), exec.Command(ferryBin, args...))
+	m.p = startCmd(c.t, fmt.Sprintf("mmc%d", i+1), ferryIn(m.netns, args...))
 	c.waitFor(30*time.Second, fmt.Sprintf("mmc%d's admin API", i+1), func() bool {
-		_, err := http.Get("http://" + m.admin + "/metrics")
+		resp, err := httpGetIn(m.netns, "http://"+m.admin+"/metrics")
+		if err == nil {
+			resp.Body.Close()
+		}
 		return err == nil
 	})
 }
@@ -121,7 +146,7 @@ func (c *haCluster) ctl(i int, out any, args ...string) error {
 	m := c.members[i]
 	full := append([]string{"ctl", "--admin", "http://" + m.admin, "--token-file", filepath.Join(m.dir, "admin.token")}, args...)
 	full = append(full, "-o", "json")
-	cmd := exec.Command(ferryBin, full...)
+	cmd := ferryIn(m.netns, full...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()
@@ -166,7 +191,7 @@ func (c *haCluster) startAgent(name string, extra ...string) {
 	}
 	args := append([]string{"agent", "--data-dir", dir, "--bundle", c.bundle, "--name", name,
 		"--disk-id", "disk-" + name, "--macs", "02:00:00:00:01:" + fmt.Sprintf("%02x", len(name))}, extra...)
-	c.agents[name] = startCmd(c.t, "agent "+name, exec.Command(ferryBin, args...))
+	c.agents[name] = startCmd(c.t, "agent "+name, ferryIn(c.agentNetns[name], args...))
 }
 
 // online counts the agents member i's cluster shows online.

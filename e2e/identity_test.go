@@ -67,7 +67,7 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 		case filepath.IsAbs(dest):
 			// A directory: the logs go to files there, whole (a
 			// benchmark's log is truncated by the test framework).
-			f := filepath.Join(dest, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()+"-"+name)+time.Now().Format("-150405.000")+".log")
+			f := filepath.Join(dest, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()+"-"+name)+time.Now().Format("-150405.000")+fmt.Sprintf("-%d.log", p.cmd.Process.Pid))
 			if err := os.WriteFile(f, []byte(p.log()), 0o644); err != nil {
 				t.Logf("writing %s's log: %v", name, err)
 			}

@@ -69,5 +69,5 @@ for n in "${counts[@]}"; do
 	[ "${MMCS:-1}" -gt 1 ] && echo "  members (first = the one the agents were enrolled at; cores/RSS):$each"
 	kill "$swarm" "${members[@]}" 2>/dev/null || true
 	wait "$swarm" "${members[@]}" 2>/dev/null || true
-	rm -rf "$dir"
+	[ -n "${KEEP:-}" ] || rm -rf "$dir"
 done

@@ -35,6 +35,10 @@ func q(s string) string { return termsafe.String(s) }
 type ctlFlags struct {
 	admin, tokenFile, output, caFile string
 	insecureHTTP                     bool
+	// retryFor is how long a request answered "no MMC leads right now"
+	// (an election) is retried; 0 fails at once, which a script that
+	// must tell a partitioned member from a slow election wants.
+	retryFor time.Duration
 }
 
 // adminURL decides where ctl sends the admin token: raw is --admin (or
@@ -106,7 +110,10 @@ func (c *ctlFlags) client() (*api.Client, error) {
 		}
 		tok = strings.TrimSpace(string(b))
 	}
-	cl := &api.Client{Base: admin, Token: tok}
+	cl := &api.Client{Base: admin, Token: tok, RetryFor: c.retryFor}
+	if c.retryFor <= 0 {
+		cl.RetryFor = -1 // api.Client: negative never retries, 0 is its default
+	}
 	ca := c.caFile
 	if ca == "" {
 		ca = os.Getenv("FERRY_CA")
@@ -140,6 +147,7 @@ func newCtlCmd() *cobra.Command {
 	pf.StringVar(&c.caFile, "ca-file", "", "certificate the admin API's TLS certificate must chain to (default $FERRY_CA; the MMC's self-signed one is DATA/"+mmc.AdminCertFile+")")
 	pf.BoolVar(&c.insecureHTTP, "insecure-http", false, "allow plain http:// to a host that is not loopback (sends the admin token in clear text)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output: table or json")
+	pf.DurationVar(&c.retryFor, "retry-for", api.DefaultRetryFor, "retry a request the MMC cluster answers \"no leader right now\" (an election) for this long; 0: fail at once")
 	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
 		if c.output != "table" && c.output != "json" {
 			return errors.New("-o must be table or json")

@@ -275,6 +275,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			redirects = 0
 			continue
 		}
+		if errors.Is(err, errLeaderMoved) {
+			// The session was online until the leadership moved: it
+			// worked, so the new leader is dialled at once with the
+			// count and backoff fresh, as after a first login.
+			redirects, backoff = 0, time.Second
+		}
 		if errors.Is(err, errRedirected) && redirects < maxRedirects {
 			// Straight to the member named; members redirecting in a
 			// circle (an election under way) get the usual backoff.
@@ -304,6 +310,11 @@ var errHandshake = errors.New("agent: handshake failed")
 
 // errRedirected: the MMC member sent the agent to another (message.Redirect).
 var errRedirected = errors.New("agent: redirected")
+
+// errLeaderMoved: a session that was online ended because another member
+// leads now (watchLeader). Unlike a redirect at login it is no sign of
+// members sending the agent round in a circle.
+var errLeaderMoved = fmt.Errorf("%w: the leadership moved", errRedirected)
 
 // maxRedirects bounds the redirects followed without a pause.
 const maxRedirects = 3
@@ -509,7 +520,7 @@ func (a *Agent) session(ctx context.Context) error {
 		defer watch.Done()
 		a.watchLeader(sctx, mmc, psk, hello, func(leader message.Member) {
 			a.mmcs.redirectTo(leader)
-			moveOn(fmt.Errorf("%w: the leadership moved to %s", errRedirected, leader.Addr))
+			moveOn(fmt.Errorf("%w to %s", errLeaderMoved, leader.Addr))
 		})
 	}()
 	err = a.serve(sctx, c, reauthKey)

@@ -83,7 +83,10 @@ type fakeMMC struct {
 	t        *testing.T
 	ep       *sudp.Endpoint
 	redirect atomic.Pointer[message.Member] // answer a Hello with a redirect there
-	term     atomic.Uint64                  // sent in Welcome
+	// standbyLeader, if set, is the leader a standby session is told of
+	// (unset: a standby Hello is answered like a login).
+	standbyLeader atomic.Pointer[message.Member]
+	term          atomic.Uint64 // sent in Welcome
 	// once, if set, is the Welcome term of the next login only.
 	once   atomic.Uint64
 	logins chan *fakeSession
@@ -148,6 +151,16 @@ func (m *fakeMMC) serve(ctx context.Context, c *sudp.Conn) {
 	e, err := message.Receive(ctx, c)
 	if err != nil || e.Type != message.TypeHello {
 		return
+	}
+	if l := m.standbyLeader.Load(); l != nil {
+		if h, err := message.Decode[message.Hello](e); err == nil && h.Standby {
+			_ = message.Send(ctx, c, message.Leader{Leader: *l})
+			select {
+			case <-c.Done():
+			case <-ctx.Done():
+			}
+			return
+		}
 	}
 	if r := m.redirect.Load(); r != nil {
 		_ = message.Send(ctx, c, message.Redirect{Leader: *r})

@@ -364,7 +364,9 @@ func (c *cluster) failover(ctx context.Context, v *view, during string) (*HASumm
 	v.event("kill -9 of the leader %s (%s) %s: no goodbye to anyone", killed.name, killed.adminURL(), what)
 	start := time.Now()
 	killed.kill()
-	v.cluster = h.roles(ctx, survivors[0])
+	// Not asked of a survivor: it would forward to the dead leader until
+	// the election, and the probes would start that late.
+	v.cluster = killed.name + " killed · " + survivors[0].name + ", " + survivors[1].name + " electing"
 	c.cl, c.admin = survivors[0].cl, survivors[0].adminURL()
 	v.admin = c.admin
 

@@ -47,7 +47,7 @@ type haMember struct {
 	adminAddr string
 	id        string      // its raft id, from the members' list
 	cl        *api.Client // its admin API, retrying through an election
-	probe     *api.Client // its admin API, one try per call
+	probe     *api.Client // its admin API, one short try per call (the takeover's probes)
 	cmd       *exec.Cmd
 	done      chan struct{} // closed once the process has exited
 }
@@ -165,7 +165,7 @@ func startHA(ctx context.Context, dir, bin string) (*cluster, error) {
 	}
 	first := h.members[0]
 	if err := waitUntil(ctx, 60*time.Second, "three voters under one leader", func() bool {
-		ms, err := first.probe.MMCs(ctx)
+		ms, err := first.cl.MMCs(ctx)
 		if err != nil || len(ms) != haMembers {
 			return false
 		}
@@ -261,7 +261,7 @@ func (h *haCluster) byAdmin(url string) *haMember {
 
 // leader is the member that leads, as via lists the members.
 func (h *haCluster) leader(ctx context.Context, via *haMember) (*haMember, error) {
-	ms, err := via.probe.MMCs(ctx)
+	ms, err := via.cl.MMCs(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +277,7 @@ func (h *haCluster) leader(ctx context.Context, via *haMember) (*haMember, error
 
 // roles is the members' line of the live view, as via lists them.
 func (h *haCluster) roles(ctx context.Context, via *haMember) string {
-	ms, err := via.probe.MMCs(ctx)
+	ms, err := via.cl.MMCs(ctx)
 	if err != nil {
 		return ""
 	}
@@ -464,7 +464,7 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 		return err
 	}
 	back := func() bool {
-		ms, err := leader.probe.MMCs(ctx)
+		ms, err := leader.cl.MMCs(ctx)
 		if err != nil || len(ms) != haMembers {
 			return false
 		}

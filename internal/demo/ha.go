@@ -463,6 +463,7 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 	if err := h.start(ctx, killed, leader.cl.Token); err != nil {
 		return err
 	}
+	v.cluster = h.roles(ctx, leader)
 	back := func() bool {
 		ms, err := leader.cl.MMCs(ctx)
 		if err != nil || len(ms) != haMembers {
@@ -490,7 +491,8 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 	sum.Rejoined, sum.RejoinedMS = true, time.Since(start).Milliseconds()
 	v.cluster = h.roles(ctx, leader)
 	v.event("%s back as a follower of %s %.2f s after its restart (caught up from the leader's log)", killed.name, leader.name, time.Since(start).Seconds())
-	return nil
+	_, err := v.frame(ctx, c.cl) // the last frame shows it
+	return err
 }
 
 func online(hs []api.Host) int {

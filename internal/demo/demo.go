@@ -155,8 +155,12 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		if lab != nil {
 			prefix = "ip netns exec " + sites[0].netns + " " // the admin API is in the east site
 		}
-		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  %sferry ctl hosts list; %sferry ctl migrate db --to west-2\nCtrl-C stops it.",
-			c.admin, c.tokenFile, prefix, prefix)
+		more := ""
+		if c.ha != nil {
+			more = "; ferry ctl mmcs list (any member's admin API serves every command)"
+		}
+		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  %sferry ctl hosts list; %sferry ctl migrate db --to west-2%s\nCtrl-C stops it.",
+			c.admin, c.tokenFile, prefix, prefix, more)
 		if o.TTY {
 			v.footer = notice
 		} else {

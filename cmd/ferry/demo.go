@@ -40,6 +40,9 @@ at the end and rejoins as a follower. With --json the summary gains an
 agents_reattached_ms, rejoined).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.HA && wan != "" {
+				return &usageError{"--ha and --wan do not go together (yet)\nRun 'ferry demo --help' for usage."}
+			}
 			ctx, stop := withSignals(cmd.Context())
 			defer stop()
 			o.Timeout, o.WAN = timeout, wan

@@ -225,7 +225,7 @@ func script(ctx context.Context, c *cluster, v *view, timeout time.Duration) (Su
 	var inFlight func(api.Migration) bool
 	if c.ha != nil {
 		inFlight = func(m api.Migration) bool {
-			return m.State == migration.Transferring || m.State == migration.SwitchOver
+			return m.State == migration.Transferring || m.State == migration.Postcopy || m.State == migration.SwitchOver
 		}
 	}
 	m, err := v.followMigration(ctx, c.cl, overloaded, inFlight)

@@ -92,7 +92,8 @@ type HASummary struct {
 	// cluster shows it.
 	AgentsReattachedMS int64 `json:"agents_reattached_ms"`
 	// Rejoined: the killed member, restarted at the end, is back as a
-	// follower, RejoinedMS after its restart.
+	// follower (it heard from the leader and applied what the leader had
+	// applied before the restart), RejoinedMS after its restart.
 	Rejoined   bool  `json:"rejoined"`
 	RejoinedMS int64 `json:"rejoined_ms,omitempty"`
 }
@@ -458,6 +459,20 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 	if killed == nil || leader == nil {
 		return fmt.Errorf("demo: rejoin: no member %q or %q", sum.Killed, sum.NewLeader)
 	}
+	// Back means more than a follower's state (a restarted member is a
+	// follower before it hears from anyone): it has heard from the
+	// leader and applied what the leader had applied before the restart,
+	// the entries written since the kill among them.
+	ms, err := leader.cl.MMCs(ctx)
+	if err != nil {
+		return err
+	}
+	var target uint64
+	for _, x := range ms {
+		if x.Admin == leader.adminURL() {
+			target = x.AppliedIndex
+		}
+	}
 	v.event("%s restarted from its data directory (no --join: it is a member already)", killed.name)
 	start := time.Now()
 	if err := h.start(ctx, killed, leader.cl.Token); err != nil {
@@ -470,7 +485,10 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 			return false
 		}
 		for _, x := range ms {
-			if x.State == "unreachable" || x.Admin == killed.adminURL() && x.State != "follower" {
+			if x.State == "unreachable" {
+				return false
+			}
+			if x.Admin == killed.adminURL() && (x.State != "follower" || x.LastContactMS == nil || x.AppliedIndex < target) {
 				return false
 			}
 		}
@@ -490,8 +508,8 @@ func (c *cluster) rejoin(ctx context.Context, v *view, sum *HASummary) error {
 	}
 	sum.Rejoined, sum.RejoinedMS = true, time.Since(start).Milliseconds()
 	v.cluster = h.roles(ctx, leader)
-	v.event("%s back as a follower of %s %.2f s after its restart (caught up from the leader's log)", killed.name, leader.name, time.Since(start).Seconds())
-	_, err := v.frame(ctx, c.cl) // the last frame shows it
+	v.event("%s back as a follower of %s %.2f s after its restart (heard from the leader, caught up to its raft index %d)", killed.name, leader.name, time.Since(start).Seconds(), target)
+	_, err = v.frame(ctx, c.cl) // the last frame shows it
 	return err
 }
 

@@ -259,7 +259,9 @@ func TestDemoWAN(t *testing.T) {
 	runDemo(t, "--wan", "wan")
 }
 
-func runDemo(t *testing.T, extra ...string) {
+// runDemo runs `ferry demo --json` with extra flags, checks the
+// summary's migration of the overloaded VM and returns stdout.
+func runDemo(t *testing.T, extra ...string) []byte {
 	args := append([]string{"demo", "--json", "--data-dir", filepath.Join(t.TempDir(), "demo")}, extra...)
 	cmd := exec.Command(ferryBin, args...)
 	var stderr bytes.Buffer
@@ -292,6 +294,7 @@ func runDemo(t *testing.T, extra ...string) {
 		t.Fatalf("migration %+v", m)
 	}
 	t.Logf("demo: %s %s → %s in %d ms, downtime %d ms, %d bytes on the wire", m.VM, m.From, m.To, m.TotalMS, m.DowntimeMS, m.BytesOnWire)
+	return out
 }
 
 // cancelMidTransfer creates VM vm on from, migrates it to to and cancels

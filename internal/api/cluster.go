@@ -54,6 +54,14 @@ func (c *Client) MMCs(ctx context.Context) ([]MMCMember, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/cluster/members", nil, &out)
 }
 
+// MMCSelf is the member this client talks to as it sees itself: its own
+// raft state, answered by that member without asking the leader (during
+// an election too, when MMCs has no leader to answer).
+func (c *Client) MMCSelf(ctx context.Context) (MMCMember, error) {
+	var out MMCMember
+	return out, c.do(ctx, http.MethodGet, "/v1/cluster/self", nil, &out)
+}
+
 // CreateMMCJoinToken creates a token that lets one new MMC join the
 // cluster; ttl 0 leaves its validity to the server's default.
 func (c *Client) CreateMMCJoinToken(ctx context.Context, ttl time.Duration) (JoinToken, error) {

@@ -23,17 +23,21 @@ type host struct {
 	name, site string
 }
 
-// cluster is the demo's MMC (in this process) and its agents (child
-// processes, each with its simulated VMs as grandchildren).
+// cluster is the demo's MMC (in this process) or MMCs (--ha: child
+// processes) and its agents (child processes, each with its simulated
+// VMs as grandchildren).
 type cluster struct {
-	dir     string
-	bin     string
-	srv     *mmc.Server
-	stopMMC func()
-	cl      *api.Client
-	agents  map[string]*exec.Cmd
-	sites   map[string]site // by site name
-	logFile *os.File
+	dir       string
+	bin       string
+	admin     string // the admin API the demo talks to (its URL)
+	tokenFile string // the admin token, for the user's ferry ctl
+	bundle    string // what agents are started with (every MMC)
+	stopMMC   func()
+	cl        *api.Client
+	ha        *haCluster // --ha: the three MMC processes; nil: one MMC here
+	agents    map[string]*exec.Cmd
+	sites     map[string]site // by site name
+	logFile   *os.File        // the in-process MMC's log
 }
 
 // startMMC starts the MMC in site home with its admin API on the default
@@ -70,7 +74,8 @@ func startMMC(ctx context.Context, dir string, home site) (*cluster, error) {
 	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Run(rctx) }()
-	return &cluster{dir: dir, srv: srv, stopMMC: func() { stop(); <-done }, logFile: logf, agents: map[string]*exec.Cmd{},
+	return &cluster{dir: dir, admin: srv.AdminURL(), tokenFile: srv.AdminTokenFile(), bundle: srv.Bundle().Encode(),
+		stopMMC: func() { stop(); <-done }, logFile: logf, agents: map[string]*exec.Cmd{},
 		cl: &api.Client{Base: srv.AdminURL(), Token: srv.AdminToken(), HTTP: home.httpClient()}}, nil
 }
 
@@ -87,7 +92,7 @@ func (c *cluster) startAgent(h host, token string, i int, where site) error {
 	if where.addr != "" {
 		listen = net.JoinHostPort(where.addr, "0")
 	}
-	cmd := where.command(c.bin, "agent", "--data-dir", filepath.Join(c.dir, h.name), "--bundle", c.srv.Bundle().Encode(),
+	cmd := where.command(c.bin, "agent", "--data-dir", filepath.Join(c.dir, h.name), "--bundle", c.bundle,
 		"--token", token, "--name", h.name, "--site", h.site, "--listen", listen,
 		"--sim-host", "cores=2,memory=4GiB", "--report-interval", "1s", "--time-sync-interval", "10s",
 		"--disk-id", "demo-disk-"+h.name, "--machine-id", "demo-machine-"+h.name, "--macs", fmt.Sprintf("02:fe:00:00:00:%02x", i))
@@ -165,6 +170,8 @@ func (c *cluster) stop() error {
 		all = append(all, err)
 	}
 	c.stopMMC()
-	c.logFile.Close()
+	if c.logFile != nil {
+		c.logFile.Close()
+	}
 	return errors.Join(all...)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/units"
 )
 
@@ -33,6 +34,10 @@ type Options struct {
 	// WAN, if set, names a WAN lab profile: the sites go on either side
 	// of an emulated WAN link (root only).
 	WAN string
+	// HA runs three MMCs (child processes, one raft cluster) instead of
+	// one, and kills the leader with SIGKILL while the migration is in
+	// flight; the killed member is restarted at the end.
+	HA bool
 }
 
 // Summary is the demo's final report (`ferry demo --json`).
@@ -42,6 +47,7 @@ type Summary struct {
 	Migrations          []MigrationSummary `json:"migrations"`
 	Admin               string             `json:"admin"`
 	DataDir             string             `json:"data_dir,omitempty"`
+	HA                  *HASummary         `json:"ha,omitempty"` // --ha: the takeover
 }
 
 // MigrationSummary is one migration in the summary.
@@ -94,6 +100,11 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		}
 		o.Bin = exe
 	}
+	if o.HA && o.WAN != "" {
+		// The lab has two namespaces, one per site; a third MMC at a
+		// witness location has no place in it yet.
+		return Summary{}, errors.New("demo: --ha and --wan together are not supported")
+	}
 	temp := o.Dir == ""
 	if temp {
 		d, err := os.MkdirTemp("", "ferry-demo-")
@@ -113,7 +124,13 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		fmt.Fprintf(o.Notice, "WAN lab %q up: site east in %s (%s), site west in %s (%s), profile %s\n",
 			labName, sites[0].netns, sites[0].addr, sites[1].netns, sites[1].addr, o.WAN)
 	}
-	c, err := startMMC(ctx, o.Dir, sites[0])
+	var c *cluster
+	var err error
+	if o.HA {
+		c, err = startHA(ctx, o.Dir, o.Bin)
+	} else {
+		c, err = startMMC(ctx, o.Dir, sites[0])
+	}
 	if err != nil {
 		if lab != nil {
 			_ = lab.down()
@@ -126,17 +143,24 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	if o.WAN != "" {
 		title += " · sites across the WAN lab (" + o.WAN + ")"
 	}
-	v := newView(o.View, o.TTY, c.srv.AdminURL(), title)
+	if o.HA {
+		title += " · 3 MMCs, the leader killed mid-migration"
+	}
+	v := newView(o.View, o.TTY, c.admin, title)
 	sum, runErr := script(ctx, c, v, o.Timeout)
-	sum.Admin = c.srv.AdminURL()
+	sum.Admin = c.admin
 	if o.Keep && runErr == nil {
 		sum.DataDir = o.Dir
 		prefix := ""
 		if lab != nil {
 			prefix = "ip netns exec " + sites[0].netns + " " // the admin API is in the east site
 		}
-		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  %sferry ctl hosts list; %sferry ctl migrate db --to west-2\nCtrl-C stops it.",
-			c.srv.AdminURL(), c.srv.AdminTokenFile(), prefix, prefix)
+		more := ""
+		if c.ha != nil {
+			more = "; ferry ctl mmcs list (any member's admin API serves every command)"
+		}
+		notice := fmt.Sprintf("The cluster keeps running; try:\n  export FERRY_ADMIN=%s FERRY_TOKEN=$(cat %s)\n  %sferry ctl hosts list; %sferry ctl migrate db --to west-2%s\nCtrl-C stops it.",
+			c.admin, c.tokenFile, prefix, prefix, more)
 		if o.TTY {
 			v.footer = notice
 		} else {
@@ -163,7 +187,13 @@ func script(ctx context.Context, c *cluster, v *view, timeout time.Duration) (Su
 	if err != nil {
 		return sum, err
 	}
-	v.event("MMC up; enrolling %d agents in 2 sites with a one-time join token", len(hosts))
+	if c.ha != nil {
+		v.cluster = c.ha.roles(ctx, c.ha.members[0])
+		v.event("%d MMCs up as one raft cluster (%s); enrolling %d agents in 2 sites with a one-time join token, their bundle listing every MMC",
+			haMembers, v.cluster, len(hosts))
+	} else {
+		v.event("MMC up; enrolling %d agents in 2 sites with a one-time join token", len(hosts))
+	}
 	for i, h := range hosts {
 		if err := c.startAgent(h, tok.Token, i, c.sites[h.site]); err != nil {
 			return sum, err
@@ -190,12 +220,40 @@ func script(ctx context.Context, c *cluster, v *view, timeout time.Duration) (Su
 		return sum, err
 	}
 	v.event("VM %s overloaded: workload now %s — an SLA violation once it lasts 3 s", overloaded, overload)
-	m, err := v.followMigration(ctx, c.cl, overloaded)
+	// With --ha the leader is killed once the migration is under way (or
+	// after it, if the view saw it only once it had ended).
+	var inFlight func(api.Migration) bool
+	if c.ha != nil {
+		inFlight = func(m api.Migration) bool {
+			return m.State == migration.Transferring || m.State == migration.Postcopy || m.State == migration.SwitchOver
+		}
+	}
+	m, err := v.followMigration(ctx, c.cl, overloaded, inFlight)
 	if err != nil {
 		return sum, err
 	}
+	if c.ha != nil {
+		during := ""
+		if !ended(m) {
+			during = m.ID + " " + string(m.State)
+		}
+		sum.HA, err = c.failover(ctx, v, during)
+		if err != nil {
+			return sum, err
+		}
+		if !ended(m) {
+			if m, err = v.followMigration(ctx, c.cl, overloaded, nil); err != nil {
+				return sum, err
+			}
+		}
+	}
 	// Let the destination report the VM before the last frame.
 	_ = v.drawFor(ctx, c.cl, 2*time.Second)
+	if c.ha != nil {
+		if err := c.rejoin(ctx, v, sum.HA); err != nil {
+			return sum, err
+		}
+	}
 	ms, err := c.cl.Migrations(ctx)
 	if err != nil {
 		return sum, err
@@ -228,5 +286,17 @@ func PrintSummary(w io.Writer, s Summary) {
 		} else if m.Error != "" {
 			fmt.Fprintf(w, "      %s\n", m.Error)
 		}
+	}
+	if h := s.HA; h != nil {
+		during := "between migrations"
+		if h.KilledDuring != "" {
+			during = "during " + h.KilledDuring
+		}
+		fmt.Fprintf(w, "  MMC failover: %s (leader) killed %s; %s elected after %d ms, first write after %d ms, all agents re-attached after %d ms",
+			h.Killed, during, h.NewLeader, h.ElectedMS, h.FailoverMS, h.AgentsReattachedMS)
+		if h.Rejoined {
+			fmt.Fprintf(w, "; %s rejoined as a follower %d ms after its restart", h.Killed, h.RejoinedMS)
+		}
+		fmt.Fprintln(w)
 	}
 }

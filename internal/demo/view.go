@@ -31,6 +31,7 @@ type view struct {
 	migStates     map[string]migration.State
 	lastRound     map[string]int
 	footer        string // shown under every frame (--keep)
+	cluster       string // the MMCs and their roles (--ha)
 }
 
 func newView(w io.Writer, tty bool, admin, policy string) *view {
@@ -132,7 +133,11 @@ func (v *view) draw(s snapshot) {
 	}
 	var b bytes.Buffer
 	b.WriteString("\033[H\033[2J")
-	fmt.Fprintf(&b, "Ferry demo — MMC admin API %s — policy %s — %.0fs\n\n", v.admin, v.policy, time.Since(v.start).Seconds())
+	fmt.Fprintf(&b, "Ferry demo — MMC admin API %s — policy %s — %.0fs\n", v.admin, v.policy, time.Since(v.start).Seconds())
+	if v.cluster != "" {
+		fmt.Fprintf(&b, "MMC cluster (raft): %s\n", v.cluster)
+	}
+	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SITE\tHOST\tCPU\t\tMEM\tVMS")
 	hosts := slices.Clone(s.hosts)
@@ -216,15 +221,16 @@ func (v *view) drawFor(ctx context.Context, cl *api.Client, d time.Duration) err
 }
 
 // followMigration keeps the view live until a migration of vm has ended,
-// and returns it.
-func (v *view) followMigration(ctx context.Context, cl *api.Client, vm string) (api.Migration, error) {
+// or, if until is given, until it holds for that migration, and returns
+// the migration.
+func (v *view) followMigration(ctx context.Context, cl *api.Client, vm string, until func(api.Migration) bool) (api.Migration, error) {
 	for {
 		s, err := v.frame(ctx, cl)
 		if err != nil {
 			return api.Migration{}, err
 		}
 		for _, m := range s.migs {
-			if m.VM == vm && (m.State == "completed" || m.State == "failed" || m.State == "cancelled") {
+			if m.VM == vm && (ended(m) || until != nil && until(m)) {
 				return m, nil
 			}
 		}
@@ -232,6 +238,11 @@ func (v *view) followMigration(ctx context.Context, cl *api.Client, vm string) (
 			return api.Migration{}, fmt.Errorf("demo: waiting for %s's migration: %w", vm, ctx.Err())
 		}
 	}
+}
+
+// ended reports whether migration m has reached a final state.
+func ended(m api.Migration) bool {
+	return m.State == migration.Completed || m.State == migration.Failed || m.State == migration.Cancelled
 }
 
 // keepDrawing keeps the view live until ctx ends (--keep).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -116,6 +117,10 @@ func (c *haCluster) start(i int, extra ...string) {
 	m := c.members[i]
 	args := append([]string{"--log-level", "debug", "mmc", "--data-dir", m.dir, "--listen", m.sudp, "--admin", m.admin,
 		"--reauth-min", "5s", "--reauth-max", "10s"}, extra...)
+	// Benchmarks compare raft timeouts (docs/BENCHMARKS.md §11).
+	if v := os.Getenv("FERRY_HA_RAFT_TIMEOUT"); v != "" {
+		args = append(args, "--raft-timeout", v)
+	}
 	m.p = startCmd(c.t, fmt.Sprintf("mmc%d", i+1), ferryIn(m.netns, args...))
 	c.waitFor(30*time.Second, fmt.Sprintf("mmc%d's admin API", i+1), func() bool {
 		resp, err := httpGetIn(m.netns, "http://"+m.admin+"/metrics")

@@ -114,6 +114,11 @@ type Config struct {
 	// raftTune adjusts raft's configuration after the defaults (tests of
 	// multi-member clusters shorten the timeouts).
 	raftTune func(*raft.Config)
+	// RaftTimeout is raft's heartbeat and election timeout (0: raft's
+	// default, 1 s); the leader lease is half of it. Shorter elects a new
+	// leader sooner after one is lost, at the risk of needless elections
+	// on a slow or lossy link between members (docs/BENCHMARKS.md §11).
+	RaftTimeout time.Duration
 
 	// Join, on a data directory with no raft state, joins the cluster of
 	// the MMCs in its bundle with its token instead of bootstrapping a

@@ -110,9 +110,7 @@ func openReplicated(ctx context.Context, st *store.Store, o replicaOptions) (*re
 			if o.cfg.raftStart > 0 {
 				start = o.cfg.raftStart
 			}
-			if o.cfg.raftTune != nil {
-				o.cfg.raftTune(c)
-			}
+			o.cfg.tuneRaft(c)
 			if o.join {
 				return // joining a cluster: its timeouts from the start
 			}
@@ -150,10 +148,19 @@ func openReplicated(ctx context.Context, st *store.Store, o replicaOptions) (*re
 // defaultTimeouts puts raft's timeouts back (or the test override).
 func (r *replicated) defaultTimeouts(cfg Config) error {
 	def := raft.DefaultConfig()
-	if cfg.raftTune != nil {
-		cfg.raftTune(def)
-	}
+	cfg.tuneRaft(def)
 	return r.node.SetTimeouts(def.HeartbeatTimeout, def.ElectionTimeout)
+}
+
+// tuneRaft applies the configured timeouts to raft's defaults.
+func (cfg Config) tuneRaft(c *raft.Config) {
+	if cfg.RaftTimeout > 0 {
+		c.HeartbeatTimeout, c.ElectionTimeout = cfg.RaftTimeout, cfg.RaftTimeout
+		c.LeaderLeaseTimeout = cfg.RaftTimeout / 2
+	}
+	if cfg.raftTune != nil {
+		cfg.raftTune(c)
+	}
 }
 
 // awaitLeader waits until this member leads and every entry of its log

@@ -268,4 +268,3 @@ func TestHAFailover(t *testing.T) {
 		return c.leader(killed) != killed
 	})
 }
-

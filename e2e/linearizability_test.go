@@ -769,13 +769,15 @@ func TestLinearizabilityUnderFailover(t *testing.T) {
 		note("mmc%d restarted", l+1)
 		time.Sleep(1500 * time.Millisecond)
 	}
-	// A pause is a partition of a process: the others elect a new leader
-	// and take writes; the paused one wakes still believing it leads,
-	// with the requests sent to it in the meantime waiting.
-	// The probe waits longer than the pause.
+	// The probe's client waits longer than a pause.
 	probe := &linDriver{h: h, baseline: baseline, c: &linClient{hc: &http.Client{Timeout: 10 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true}}, token: lc.token, admins: admins}}
 	probeMarkers := linMarkers{client: probeW}
+	// A pause is a partition of a process: the others elect a new leader
+	// and take writes; the paused one wakes still believing it leads,
+	// with the requests sent to it in the meantime waiting. The probe's
+	// reads are sent after a write the new leader acknowledged, so an
+	// answer from the woken member's own store is a stale read.
 	pause := func() {
 		l := leader()
 		note("SIGSTOP mmc%d (leader)", l+1)

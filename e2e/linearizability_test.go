@@ -50,7 +50,7 @@ import (
 // connection, a 502/504 "may or may not have been applied", any error
 // from the handler) is kept as a pending operation with an infinite
 // return time: the checker may apply it anywhere after its call, or
-// never. Only a refusal that comes before any handler runs is dropped as
+// never (resolvePending settles the policy's before the check). Only a refusal that comes before any handler runs is dropped as
 // not applied: a refused connection, and 503 (on these routes only
 // leaderOnly and forward answer 503, before the handler). Failed reads
 // tell nothing and are dropped.

@@ -27,6 +27,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/policy"
+	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -144,7 +145,7 @@ func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
 	}
 	agents, err := s.st.Agents()
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	out := []api.Agent{}
@@ -171,7 +172,7 @@ func (s *Server) handleAgentAction(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "action must be approve, reject or revoke")
 		return
 	}
-	a, err := s.decide(r.PathValue("id"), to, "admin", r.RemoteAddr)
+	a, err := s.decide(r.PathValue("id"), to, "admin", clientAddr(r))
 	if err != nil {
 		writeStoreErr(w, err)
 		return
@@ -205,13 +206,13 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	now := s.cfg.Now()
 	t := store.Token{ID: id, Hash: hash, Created: now, Expires: now.Add(ttl), UsesLeft: req.Uses, CreatedBy: "admin"}
 	if err := s.st.PutToken(t); err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: clientAddr(r), Outcome: "ok",
@@ -241,7 +242,7 @@ func apiToken(t store.Token, now time.Time) api.TokenInfo {
 func (s *Server) handleTokens(w http.ResponseWriter, r *http.Request) {
 	toks, err := s.st.Tokens()
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	now := s.cfg.Now()
@@ -264,7 +265,7 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, err.Error())
 		return
 	case err != nil:
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.revoke", Target: id, Source: clientAddr(r), Outcome: "ok",
@@ -279,7 +280,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	entries, err := s.st.Audit(after, limit)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	out := make([]api.AuditEntry, 0, len(entries))
@@ -322,6 +323,17 @@ func writeErr(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, api.Error{Error: msg})
 }
 
+// writeInternal answers an error the caller did not expect: a write
+// that met a leadership change is the cluster's (503, or 503 with its
+// outcome unknown), anything else 500.
+func writeInternal(w http.ResponseWriter, err error) {
+	if errors.Is(err, replica.ErrNotLeader) || errors.Is(err, replica.ErrOutcomeUnknown) {
+		writeClusterErr(w, err)
+		return
+	}
+	writeErr(w, http.StatusInternalServerError, err.Error())
+}
+
 func writeStoreErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -331,7 +343,7 @@ func writeStoreErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrInvalid):
 		writeErr(w, http.StatusBadRequest, err.Error())
 	default:
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 	}
 }
 
@@ -429,7 +441,7 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	s.setVM(rec)
@@ -551,8 +563,15 @@ func (s *Server) handleSetPolicy(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "malformed policy: "+err.Error())
 		return
 	}
-	p, err := s.setPolicy(p, r.RemoteAddr)
-	if err != nil {
+	p, err := s.setPolicy(p, clientAddr(r))
+	switch {
+	case errors.Is(err, store.ErrStale):
+		writeErr(w, http.StatusConflict, "the policy changed meanwhile; read it again and retry: "+err.Error())
+		return
+	case errors.Is(err, replica.ErrNotLeader), errors.Is(err, replica.ErrOutcomeUnknown):
+		writeClusterErr(w, err)
+		return
+	case err != nil:
 		writeErr(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -598,7 +617,7 @@ func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 		}
 		evs, err := s.st.Events(after, limit, alarms)
 		if err != nil {
-			writeErr(w, http.StatusInternalServerError, err.Error())
+			writeInternal(w, err)
 			return
 		}
 		out := make([]api.Event, 0, len(evs))
@@ -612,7 +631,7 @@ func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 func (s *Server) handleMigrations(w http.ResponseWriter, r *http.Request) {
 	ms, err := s.migrations()
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	out := make([]api.Migration, 0, len(ms))
@@ -679,6 +698,6 @@ func writeMigErr(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrInvalid):
 		writeErr(w, http.StatusBadRequest, err.Error())
 	default:
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 	}
 }

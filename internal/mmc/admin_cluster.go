@@ -64,7 +64,7 @@ func (s *Server) handleClusterMembers(w http.ResponseWriter, r *http.Request) {
 	}
 	recs, err := s.st.Members()
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	admin := map[string]string{}
@@ -159,7 +159,7 @@ func (s *Server) handleCreateMMCJoinToken(w http.ResponseWriter, r *http.Request
 	}
 	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	now := s.cfg.Now()
@@ -281,7 +281,8 @@ func writeClusterErr(w http.ResponseWriter, err error) {
 		w.Header().Set("Retry-After", "1")
 		writeErr(w, http.StatusServiceUnavailable, err.Error()+"; retry")
 	case errors.Is(err, replica.ErrOutcomeUnknown):
-		writeErr(w, http.StatusServiceUnavailable, err.Error()+": check with 'ferry ctl mmcs list', then retry")
+		// 504 like a forward abandoned mid-way: 503 says "not done".
+		writeErr(w, http.StatusGatewayTimeout, err.Error()+": check, then retry")
 	case errors.Is(err, context.DeadlineExceeded):
 		writeErr(w, http.StatusGatewayTimeout, err.Error())
 	default:

@@ -41,7 +41,7 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 	spool, hdr, err := s.spoolSnapshot()
 	if err != nil {
 		s.log.Error("mmc: snapshot", "err", err)
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		writeInternal(w, err)
 		return
 	}
 	defer func() {

@@ -218,9 +218,12 @@ func (c raftCluster) Redirect() (message.Member, bool) {
 	return message.Member{Addr: string(addr), Key: key[:]}, true
 }
 
-// Members implements Cluster.
+// Members implements Cluster. A one-member cluster sends none: the
+// agents' bundle names it already, and an MMC that was never given an
+// --advertise address would send its loopback default to agents that
+// reach it from elsewhere.
 func (c raftCluster) Members() message.Members {
-	if m := c.s.agentMembers.Load(); m != nil {
+	if m := c.s.agentMembers.Load(); m != nil && len(m.MMCs) > 1 {
 		return *m
 	}
 	return message.Members{}
@@ -416,7 +419,7 @@ func (s *Server) syncMembers(ctx context.Context) {
 	}
 	s.agentMembers.Store(&list)
 	s.writeBundle(bundle)
-	if s.leading.Load() && list.Version > 0 {
+	if s.leading.Load() && list.Version > 0 && len(list.MMCs) > 1 {
 		for _, ss := range s.reg.live() {
 			go func() {
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -3,6 +3,7 @@ package mmc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/policy"
+	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -98,13 +100,34 @@ func (l *policyLoop) set(p policy.Policy) (policy.Policy, []byte, error) {
 	defer l.mu.Unlock()
 	p.Version = l.engine.Policy().Version + 1
 	doc, err := json.Marshal(p)
-	if err == nil {
-		err = l.st.PutPolicy(doc)
+	if err != nil {
+		return p, nil, err
 	}
-	if err == nil {
-		err = l.engine.SetPolicy(p)
+	if err := l.st.PutPolicy(doc); err != nil {
+		if errors.Is(err, store.ErrStale) || errors.Is(err, replica.ErrOutcomeUnknown) {
+			// The stored policy is not the one in force here (a write
+			// whose outcome was unknown did commit): take the stored
+			// one, so that the next attempt builds on it.
+			if stored, lerr := loadPolicy(l.st); lerr == nil {
+				_ = l.engine.SetPolicy(stored)
+			}
+		}
+		return p, nil, err
 	}
-	return p, doc, err
+	return p, doc, l.engine.SetPolicy(p)
+}
+
+// loadPolicy reads the stored policy (the default if none was set).
+func loadPolicy(st *store.Store) (policy.Policy, error) {
+	p := policy.Default()
+	doc, err := st.Policy()
+	if err != nil || doc == nil {
+		return p, err
+	}
+	if err := json.Unmarshal(doc, &p); err != nil {
+		return p, fmt.Errorf("mmc: stored policy: %w", err)
+	}
+	return p, p.Validate()
 }
 
 // started and finished keep the engine's count of migrations in flight

@@ -137,7 +137,7 @@ func TestReauthFailures(t *testing.T) {
 			hs := c.Session().HandshakeHash
 			for round := 0; round < 3; round++ {
 				e := a.recv(c)
-				for e.Type == message.TypePolicy { // pushed after Welcome
+				for e.Type == message.TypePolicy || e.Type == message.TypeMembers { // pushed after Welcome
 					e = a.recv(c)
 				}
 				ch, err := message.Decode[message.Challenge](e)

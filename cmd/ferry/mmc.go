@@ -84,7 +84,7 @@ member an --advertise address the others and the agents can reach.`,
 	f.IntVar(&cfg.AuditMaxEntries, "audit-max-entries", mmc.DefaultAuditMaxEntries, "the audit log keeps at most this many entries, the newest (negative: no limit)")
 	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
-	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", time.Second, "raft's heartbeat and election timeout between MMCs (leader lease: half); shorter fails over sooner, but must stay well above the members' round-trip time")
+	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", mmc.DefaultRaftTimeout, "raft's heartbeat and election timeout between MMCs (leader lease: half); shorter fails over sooner, but must stay well above the members' round-trip time")
 	f.StringVar(&joinBundle, "join", "", "join the cluster of the MMCs in this bundle (first start only; with --join-token)")
 	f.StringVar(&joinToken, "join-token", "", "one-use token from 'ferry ctl mmcs join-token' (with --join)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")

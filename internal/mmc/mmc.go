@@ -50,6 +50,17 @@ const (
 	DefaultAdmin  = "127.0.0.1:7947"
 )
 
+// DefaultRaftTimeout is raft's heartbeat and election timeout between
+// members: 700 ms rather than raft's 1 s. Measured (docs/BENCHMARKS.md
+// §11, 20 kills of the leader each): at 1 s the first write at a survivor
+// took up to 3.84 s on loopback (p99; target 3 s) — with pre-vote, the
+// election waits until both survivors' randomised timeouts ([t, 2t))
+// have passed — at 700 ms 2.74 s on loopback and 3.55 s across the WAN
+// lab (50 ms RTT, 1 % loss; target 5 s), with every agent back within
+// 2.80 s and 4.46 s. A follower times out only after missing ten
+// heartbeats (one every t/10) in a row, which 1 % loss does not cause.
+const DefaultRaftTimeout = 700 * time.Millisecond
+
 // Files in the data directory.
 const (
 	AdminTokenFile = "admin.token"
@@ -114,10 +125,10 @@ type Config struct {
 	// raftTune adjusts raft's configuration after the defaults (tests of
 	// multi-member clusters shorten the timeouts).
 	raftTune func(*raft.Config)
-	// RaftTimeout is raft's heartbeat and election timeout (0: raft's
-	// default, 1 s); the leader lease is half of it. Shorter elects a new
-	// leader sooner after one is lost, at the risk of needless elections
-	// on a slow or lossy link between members (docs/BENCHMARKS.md §11).
+	// RaftTimeout is raft's heartbeat and election timeout (0:
+	// DefaultRaftTimeout); the leader lease is half of it. Shorter elects
+	// a new leader sooner after one is lost, at the risk of needless
+	// elections on a slow or lossy link between members.
 	RaftTimeout time.Duration
 
 	// Join, on a data directory with no raft state, joins the cluster of
@@ -142,6 +153,9 @@ func (c *Config) defaults() {
 	}
 	if c.Admin == "" {
 		c.Admin = DefaultAdmin
+	}
+	if c.RaftTimeout <= 0 {
+		c.RaftTimeout = DefaultRaftTimeout
 	}
 	if c.ReauthMin <= 0 {
 		c.ReauthMin = 30 * time.Second

@@ -37,7 +37,8 @@ const leaderWait = 10 * time.Second
 // lease is not reloadable, so leaving it at its default keeps a
 // multi-member cluster's leader as tolerant of a slow follower as raft's
 // defaults. Once this member leads — or at once, when the configuration
-// has other members — raft's 1 s defaults are put back.
+// has other members — the configured timeouts (Config.RaftTimeout,
+// DefaultRaftTimeout) are put in force.
 const startTimeout = 500 * time.Millisecond
 
 // writeTimeout bounds one write through the log (commit and apply).

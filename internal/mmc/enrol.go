@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 )
@@ -189,6 +190,13 @@ func (s *Server) newEnrolment(c *sudp.Conn, id string, pub [32]byte, req message
 	var decidedBy string
 	if req.Token != "" {
 		tid, err := s.checkToken(req.Token, src.Addr(), now)
+		if errors.Is(err, replica.ErrNotLeader) || errors.Is(err, replica.ErrOutcomeUnknown) {
+			// The leadership moved while the token's use committed: the
+			// agent asks again (at the new leader). A use whose outcome
+			// was unknown may have been spent.
+			refuse(context.Background(), c, CodeProtocol, "the MMC leadership moved; retry", true)
+			return a, err
+		}
 		if err != nil {
 			s.metrics.tokenFailures.Inc()
 			s.audit.add(store.AuditEntry{Actor: "key:" + id, Action: "enrol.token", Target: tid, Source: src.String(), Outcome: "denied", Detail: err.Error()})

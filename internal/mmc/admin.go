@@ -188,14 +188,10 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
 		return
 	}
-	ttl := time.Hour
-	if req.TTL != "" {
-		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 || d > 30*24*time.Hour {
-			writeErr(w, http.StatusBadRequest, "ttl must be a duration between 1s and 720h, e.g. 1h")
-			return
-		}
-		ttl = d
+	ttl, ok := tokenTTL(req.TTL, 30*24*time.Hour)
+	if !ok {
+		writeErr(w, http.StatusBadRequest, "ttl must be a duration between 1s and 720h, e.g. 1h")
+		return
 	}
 	if req.Uses == 0 {
 		req.Uses = 1
@@ -204,20 +200,36 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "uses must be between 1 and 10000")
 		return
 	}
-	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
+	tok, t, err := s.mintToken(ttl, req.Uses, "")
 	if err != nil {
 		writeInternal(w, err)
 		return
 	}
-	now := s.cfg.Now()
-	t := store.Token{ID: id, Hash: hash, Created: now, Expires: now.Add(ttl), UsesLeft: req.Uses, CreatedBy: "admin"}
-	if err := s.st.PutToken(t); err != nil {
-		writeInternal(w, err)
-		return
-	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: id, Source: clientAddr(r), Outcome: "ok",
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "token.create", Target: t.ID, Source: clientAddr(r), Outcome: "ok",
 		Detail: fmt.Sprintf("ttl=%v uses=%d", ttl, req.Uses)})
-	writeJSON(w, http.StatusCreated, api.Token{Token: tok, ID: id, Expires: t.Expires, Uses: req.Uses})
+	writeJSON(w, http.StatusCreated, api.Token{Token: tok, ID: t.ID, Expires: t.Expires, Uses: req.Uses})
+}
+
+// tokenTTL parses a requested token lifetime: empty is an hour; else a
+// duration in (0, max].
+func tokenTTL(v string, max time.Duration) (time.Duration, bool) {
+	if v == "" {
+		return time.Hour, true
+	}
+	d, err := time.ParseDuration(v)
+	return d, err == nil && d > 0 && d <= max
+}
+
+// mintToken creates and stores a join token for uses admissions of the
+// given purpose; the secret is returned once, only its hash stored.
+func (s *Server) mintToken(ttl time.Duration, uses int, purpose string) (string, store.Token, error) {
+	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
+	if err != nil {
+		return "", store.Token{}, err
+	}
+	now := s.cfg.Now()
+	t := store.Token{ID: id, Hash: hash, Created: now, Expires: now.Add(ttl), UsesLeft: uses, CreatedBy: "admin", Purpose: purpose}
+	return tok, t, s.st.PutToken(t)
 }
 
 // apiToken is a token as listed: its hash stays in the store.

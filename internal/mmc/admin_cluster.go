@@ -13,7 +13,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ferry-vm/ferry/internal/api"
-	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/replica"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -148,29 +147,19 @@ func (s *Server) handleCreateMMCJoinToken(w http.ResponseWriter, r *http.Request
 		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
 		return
 	}
-	ttl := time.Hour
-	if req.TTL != "" {
-		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 || d > 7*24*time.Hour {
-			writeErr(w, http.StatusBadRequest, "ttl must be a duration between 1s and 168h, e.g. 1h")
-			return
-		}
-		ttl = d
-	}
-	tok, id, hash, err := identity.NewToken(s.cfg.Rand)
-	if err != nil {
-		writeInternal(w, err)
+	ttl, ok := tokenTTL(req.TTL, 7*24*time.Hour)
+	if !ok {
+		writeErr(w, http.StatusBadRequest, "ttl must be a duration between 1s and 168h, e.g. 1h")
 		return
 	}
-	now := s.cfg.Now()
-	t := store.Token{ID: id, Hash: hash, Created: now, Expires: now.Add(ttl), UsesLeft: 1, CreatedBy: "admin", Purpose: store.PurposeMMC}
-	if err := s.st.PutToken(t); err != nil {
+	tok, t, err := s.mintToken(ttl, 1, store.PurposeMMC)
+	if err != nil {
 		writeStoreErr(w, err)
 		return
 	}
-	s.audit.add(store.AuditEntry{Actor: "admin", Action: "mmc.join-token", Target: id, Source: clientAddr(r), Outcome: "ok",
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "mmc.join-token", Target: t.ID, Source: clientAddr(r), Outcome: "ok",
 		Detail: fmt.Sprintf("ttl=%v", ttl)})
-	writeJSON(w, http.StatusCreated, api.JoinToken{Token: tok, ID: id, Expires: t.Expires})
+	writeJSON(w, http.StatusCreated, api.JoinToken{Token: tok, ID: t.ID, Expires: t.Expires})
 }
 
 // handleRemoveMember takes a member out of the configuration, then off

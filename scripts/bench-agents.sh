@@ -7,6 +7,8 @@
 # first with `ferry ctl mmcs join-token`); the agents get the bundle
 # listing all three, log in at the leader and keep a standby session at a
 # follower; every member's CPU and memory are reported.
+# MMC_FLAGS adds flags to the first MMC (e.g. "--cpuprofile /tmp/mmc.prof");
+# SWARM_FLAGS to the generator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
@@ -19,7 +21,7 @@ echo "|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${counts[@]}"; do
 	dir=$(mktemp -d /tmp/ferry-bench-agents.XXXX)
 	port=$((20000 + RANDOM % 20000))
-	./bin/ferry mmc --data-dir "$dir/mmc" --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) --log-level warn >"$dir/mmc.log" 2>&1 &
+	./bin/ferry mmc --data-dir "$dir/mmc" --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) --log-level warn ${MMC_FLAGS:-} >"$dir/mmc.log" 2>&1 &
 	mmc=$!
 	members=("$mmc")
 	# reports counts the load reports the MMC has received (its metric).
@@ -35,7 +37,7 @@ for n in "${counts[@]}"; do
 	done
 	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
-	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" >"$dir/swarm.log" 2>&1 &
+	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
 	for _ in $(seq 240); do

@@ -3,7 +3,6 @@ package store
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -237,33 +236,17 @@ func (c *AgentDecide) apply(tx *bolt.Tx) (any, error) {
 	default:
 		return nil, fmt.Errorf("%w: agent %s is %s", ErrConflict, a.ID, a.State)
 	}
+	switch {
+	case c.To == StateApproved:
+		err = holdName(tx, a.Name, a.ID)
+	case a.State == StateApproved:
+		err = releaseName(tx, a.Name, a.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
 	a.State, a.DecidedAt, a.DecidedBy = c.To, c.At, c.By
 	return a, put(tx, bucketAgents, a.ID, a)
-}
-
-// nameHolder finds the approved agent other than self holding name. A
-// pending agent holds no name: anyone with the bundle can create one,
-// so letting pending records hold names would let them squat a name
-// ahead of the host it belongs to. The first approval wins.
-func nameHolder(tx *bolt.Tx, name, self string) (string, bool, error) {
-	var holder string
-	err := tx.Bucket(bucketAgents).ForEach(func(k, raw []byte) error {
-		if holder != "" || string(k) == self {
-			return nil
-		}
-		var o struct {
-			Name  string     `json:"name"`
-			State AgentState `json:"state"`
-		}
-		if err := json.Unmarshal(raw, &o); err != nil {
-			return fmt.Errorf("store: decode agents/%s: %w", k, err)
-		}
-		if o.State == StateApproved && o.Name == name {
-			holder = string(k)
-		}
-		return nil
-	})
-	return holder, holder != "", err
 }
 
 func (c *AgentCodeConfirmed) apply(tx *bolt.Tx) (any, error) {

@@ -79,6 +79,9 @@ func openDB(path string) (*bolt.DB, error) {
 				return err
 			}
 		}
+		if err := indexAgentNames(tx); err != nil {
+			return err
+		}
 		return foldEventsSeen(tx)
 	})
 	if err != nil {

@@ -7,9 +7,13 @@
 # first with `ferry ctl mmcs join-token`); the agents get the bundle
 # listing all three, log in at the leader and keep a standby session at a
 # follower; every member's CPU and memory are reported.
-# MMC_FLAGS adds flags to the first MMC (e.g. "--cpuprofile /tmp/mmc.prof");
-# SWARM_FLAGS to the generator.
+# MMC_FLAGS adds flags to the first MMC (e.g. "--cpuprofile /tmp/mmc.prof"),
+# MEMBER_FLAGS to every MMC (e.g. "--raft-timeout 2s"), SWARM_FLAGS to the
+# generator. The wait for the agents reads every member's online gauge, not
+# `hosts list` (a 10 000-host listing each second is load of its own).
 set -euo pipefail
+# The system interpreter: a version manager's shim costs a process tree per call.
+py=$(command -v /usr/bin/python3 || command -v python3)
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
 counts=("${@:-1000 10000}")
@@ -21,27 +25,40 @@ echo "|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${counts[@]}"; do
 	dir=$(mktemp -d /tmp/ferry-bench-agents.XXXX)
 	port=$((20000 + RANDOM % 20000))
-	./bin/ferry mmc --data-dir "$dir/mmc" --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) --log-level warn ${MMC_FLAGS:-} >"$dir/mmc.log" 2>&1 &
+	./bin/ferry mmc --data-dir "$dir/mmc" --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) --log-level warn ${MMC_FLAGS:-} ${MEMBER_FLAGS:-} >"$dir/mmc.log" 2>&1 &
 	mmc=$!
 	members=("$mmc")
-	# reports counts the load reports the MMC has received (its metric).
-	reports() { curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://127.0.0.1:$((port + 1))/metrics" | awk '/^ferry_mmc_reports_total/ {print $2}'; }
+	admins=("127.0.0.1:$((port + 1))")
+	# reports counts the load reports the members have received (their metric).
+	reports() {
+		local t=0 r
+		for a in "${admins[@]}"; do
+			r=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_mmc_reports_total/ {print int($2)}')
+			t=$((t + ${r:-0}))
+		done
+		echo "$t"
+	}
 	ctl=(./bin/ferry ctl --admin http://127.0.0.1:$((port + 1)) --token-file "$dir/mmc/admin.token")
 	for _ in $(seq 50); do "${ctl[@]}" hosts list -o json >/dev/null 2>&1 && break; sleep 0.1; done
 	for i in $(seq 2 "${MMCS:-1}"); do
-		jt=$("${ctl[@]}" mmcs join-token -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
-		./bin/ferry mmc --data-dir "$dir/mmc$i" --listen 127.0.0.1:$((port + 2 * i)) --admin 127.0.0.1:$((port + 2 * i + 1)) --log-level warn \
+		jt=$("${ctl[@]}" mmcs join-token -o json | $py -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+		./bin/ferry mmc --data-dir "$dir/mmc$i" --listen 127.0.0.1:$((port + 2 * i)) --admin 127.0.0.1:$((port + 2 * i + 1)) --log-level warn ${MEMBER_FLAGS:-} \
 			--join "$(./bin/ferry mmc bundle --data-dir "$dir/mmc")" --join-token "$jt" >"$dir/mmc$i.log" 2>&1 &
 		members+=("$!")
+		admins+=("127.0.0.1:$((port + 2 * i + 1))")
 		for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 2 * i + 1))/metrics" >/dev/null && break; sleep 0.1; done
 	done
-	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | $py -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
 	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
 	for _ in $(seq 240); do
-		online=$("${ctl[@]}" hosts list -o json 2>/dev/null | python3 -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))' 2>/dev/null || echo 0)
+		online=0
+		for a in "${admins[@]}"; do
+			o=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_mmc_agents_online / {print int($2)}')
+			online=$((online + ${o:-0}))
+		done
 		[ "$online" -ge "$n" ] && break
 		sleep 1
 	done
@@ -55,7 +72,7 @@ for n in "${counts[@]}"; do
 	t1=$(awk '{print $14+$15}' /proc/$mmc/stat)
 	each=""
 	for p in "${members[@]}"; do
-		c=$(python3 -c "print(f'{($(awk '{print $14+$15}' /proc/$p/stat)-${m0[$p]})/$hz/$window:.3f}')")
+		c=$($py -c "print(f'{($(awk '{print $14+$15}' /proc/$p/stat)-${m0[$p]})/$hz/$window:.3f}')")
 		r=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$p/status)
 		each="$each ${c}c/${r}MiB"
 	done
@@ -63,10 +80,10 @@ for n in "${counts[@]}"; do
 	r1=$(reports)
 	rss=$(awk '/VmRSS/ {print $2}' /proc/$mmc/status)
 	srss=$(awk '/VmRSS/ {print $2}' /proc/$swarm/status)
-	online=$("${ctl[@]}" hosts list -o json | python3 -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')
-	cpu=$(python3 -c "print(f'{($t1-$t0)/$hz/$window:.3f}')")
-	scpu=$(python3 -c "print(f'{($s1-$s0)/$hz/$window:.3f}')")
-	rps=$(python3 -c "print(f'{($r1-$r0)/$window:.0f}')")
+	online=$("${ctl[@]}" hosts list -o json | $py -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')
+	cpu=$($py -c "print(f'{($t1-$t0)/$hz/$window:.3f}')")
+	scpu=$($py -c "print(f'{($s1-$s0)/$hz/$window:.3f}')")
+	rps=$($py -c "print(f'{($r1-$r0)/$window:.0f}')")
 	echo "| $n | $online | $cpu | $((rss / 1024)) | $rps (of $((n / 5))) | $scpu | $((srss / 1024)) |"
 	[ "${MMCS:-1}" -gt 1 ] && echo "  members (first = the one the agents were enrolled at; cores/RSS):$each"
 	kill "$swarm" "${members[@]}" 2>/dev/null || true

@@ -503,3 +503,59 @@ func TestExistingStoreSeedsJoiners(t *testing.T) {
 	l = leader(t, ms)
 	converge(t, l, ms)
 }
+
+// A batch applies the entries before an undecodable one, halts at it and
+// refuses every later one; raft's configuration entries get no result.
+func TestApplyBatchHaltsAtUndecodableEntry(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	f := NewFSM(st, nil)
+	enc := func(k string) []byte {
+		b, err := store.EncodeCommand(&store.MetaEnsure{Key: k, Value: "v"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	logs := []*raft.Log{
+		{Index: 1, Type: raft.LogCommand, Data: enc("one")},
+		{Index: 2, Type: raft.LogConfiguration, Data: []byte("not a command")},
+		{Index: 3, Type: raft.LogCommand, Data: enc("three")},
+		{Index: 4, Term: 2, Type: raft.LogCommand, Data: []byte(`{"kind":"vm.teleport","body":{}}`)},
+		{Index: 5, Type: raft.LogCommand, Data: enc("five")},
+	}
+	out := f.ApplyBatch(logs)
+	if len(out) != len(logs) {
+		t.Fatalf("%d results for %d entries", len(out), len(logs))
+	}
+	for _, i := range []int{0, 2} {
+		if r := out[i].(*Result); r.Err != nil || r.Value != "v" {
+			t.Fatalf("entry %d: %+v", i+1, r)
+		}
+	}
+	if out[1] != nil {
+		t.Fatalf("configuration entry: %+v", out[1])
+	}
+	for _, i := range []int{3, 4} {
+		if r := out[i].(*Result); !errors.Is(r.Err, ErrHalted) {
+			t.Fatalf("entry %d: %+v", i+1, r)
+		}
+	}
+	if v, _ := st.Meta("three"); v != "v" {
+		t.Fatal("the entry before the undecodable one was not applied")
+	}
+	if v, _ := st.Meta("five"); v != "" {
+		t.Fatal("an entry after the undecodable one was applied")
+	}
+	select {
+	case err := <-f.Fatal():
+		if !strings.Contains(err.Error(), "entry 4") {
+			t.Fatalf("fatal cause: %v", err)
+		}
+	default:
+		t.Fatal("no fatal report")
+	}
+	if r := f.ApplyBatch(logs[:1])[0].(*Result); !errors.Is(r.Err, ErrHalted) {
+		t.Fatalf("a batch after the halt: %+v", r)
+	}
+}

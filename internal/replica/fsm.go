@@ -112,6 +112,61 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return &Result{Value: v, Err: err}
 }
 
+// ApplyBatch implements raft.BatchingFSM: raft hands over the entries
+// it committed together, and the store applies their commands in one
+// transaction (store.ApplyIndexedBatch: one fsync per batch, not per
+// entry). Each entry's result is what Apply would have returned for it;
+// configuration entries (raft's own) get nil, as raft gives Apply none.
+// An undecodable entry or a storage failure halts the FSM at that entry:
+// the entries before it are applied, it and every later one get
+// ErrHalted.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	halted := func(from int, err error) []any {
+		for i := from; i < len(logs); i++ {
+			if logs[i].Type == raft.LogCommand {
+				out[i] = &Result{Err: fmt.Errorf("%w: %w", ErrHalted, err)}
+			}
+		}
+		return out
+	}
+	if err := f.Halted(); err != nil {
+		return halted(0, err)
+	}
+	cmds := make([]store.IndexedCommand, 0, len(logs))
+	at := make([]int, 0, len(logs)) // cmds[j] is logs[at[j]]
+	stop, decodeErr := len(logs), error(nil)
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := store.DecodeCommand(l.Data)
+		if err != nil {
+			stop, decodeErr = i, fmt.Errorf("replica: log entry %d (term %d): %w", l.Index, l.Term, err)
+			break
+		}
+		cmds = append(cmds, store.IndexedCommand{Index: l.Index, Cmd: c})
+		at = append(at, i)
+	}
+	for j, r := range f.st.ApplyIndexedBatch(cmds) {
+		i := at[j]
+		if errors.Is(r.Err, store.ErrStorage) {
+			err := fmt.Errorf("replica: log entry %d (term %d): %w", logs[i].Index, logs[i].Term, r.Err)
+			f.halt(err)
+			return halted(i, err)
+		}
+		if f.observer != nil {
+			f.observer.Applied(cmds[j].Cmd, r.Value, r.Err)
+		}
+		out[i] = &Result{Value: r.Value, Err: r.Err}
+	}
+	if decodeErr != nil {
+		f.halt(decodeErr)
+		return halted(stop, decodeErr)
+	}
+	return out
+}
+
 // Snapshot implements raft.FSM: it begins a read transaction (cheap, on
 // the FSM goroutine); Persist copies the database from it while later
 // entries apply.
@@ -166,3 +221,5 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 // Release implements raft.FSMSnapshot.
 func (s *fsmSnapshot) Release() { s.sn.Close() }
+
+var _ raft.BatchingFSM = (*FSM)(nil)

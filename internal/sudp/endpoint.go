@@ -49,7 +49,19 @@ type Config struct {
 	SmallBuffers bool
 	// Logger receives connection lifecycle events (never key material).
 	Logger *slog.Logger
+	// Foreign, if set, receives every datagram whose first byte is at or
+	// above ForeignMin: protocols that share the endpoint's port and NAT
+	// mapping without being SUDP (hole punching, relay binding). It runs
+	// on the reader goroutine, must not block, and must copy b to keep
+	// it. Unset, such datagrams are dropped and counted (Stats.Foreign).
+	Foreign func(from netip.AddrPort, b []byte)
 }
+
+// ForeignMin is the least first byte of a datagram that is not SUDP's:
+// SUDP's packet types are small numbers (wire.TypeInitiation …), so a
+// datagram from a protocol sharing the socket can never be taken for one
+// of its packets, nor one of its packets for a foreign datagram.
+const ForeignMin = 0x40
 
 // getBatch takes a send batch for datagrams of up to maxSize bytes from
 // the endpoint's pool; putBatch returns it.
@@ -75,6 +87,8 @@ type Endpoint struct {
 	cfg  Config
 	log  *slog.Logger
 	sock *socket.Conn
+
+	foreign atomic.Uint64 // Stats.Foreign
 
 	mu    sync.Mutex // guards ep, conns and closed
 	ep    *core.Endpoint
@@ -149,6 +163,19 @@ func (e *Endpoint) PublicKey() [32]byte {
 // Dial connects to the endpoint at addr whose static public key is
 // remoteStatic, authenticating with psk, and waits for the handshake.
 func (e *Endpoint) Dial(ctx context.Context, addr string, remoteStatic, psk [32]byte) (*Conn, error) {
+	return e.DialWith(ctx, addr, remoteStatic, psk, DialOptions{})
+}
+
+// DialOptions adjust one Dial.
+type DialOptions struct {
+	// Retry, when set, resends the handshake initiation every Retry for
+	// the first RetryFor of the dial (hole punching: the peer's NAT drops
+	// the first initiations until the peer's own packets open it).
+	Retry, RetryFor time.Duration
+}
+
+// DialWith is Dial with options.
+func (e *Endpoint) DialWith(ctx context.Context, addr string, remoteStatic, psk [32]byte, opts DialOptions) (*Conn, error) {
 	ap, err := resolve(addr)
 	if err != nil {
 		return nil, err
@@ -158,10 +185,14 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, remoteStatic, psk [32]
 		e.mu.Unlock()
 		return nil, ErrEndpointClosed
 	}
-	cc, err := e.ep.Connect(time.Now(), ap, remoteStatic, psk)
+	now := time.Now()
+	cc, err := e.ep.Connect(now, ap, remoteStatic, psk)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err
+	}
+	if opts.Retry > 0 {
+		cc.SetHandshakeRetry(now, opts.Retry, now.Add(opts.RetryFor))
 	}
 	c := e.startConn(cc)
 	e.mu.Unlock()
@@ -171,6 +202,25 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, remoteStatic, psk [32]
 	}
 	e.log.Debug("sudp: connected", "peer", addr, "cid", fmt.Sprintf("%016x", cc.LocalCID()))
 	return c, nil
+}
+
+// SendRaw sends b to addr from the endpoint's socket, outside every
+// connection: a protocol sharing the port (Config.Foreign) uses the same
+// NAT mapping as the endpoint's connections, which is the point of hole
+// punching. b's first byte must be at or above ForeignMin, so that no
+// SUDP endpoint takes it for a packet.
+func (e *Endpoint) SendRaw(addr netip.AddrPort, b []byte) error {
+	if len(b) == 0 || b[0] < ForeignMin {
+		return errors.New("sudp: a raw datagram must start at or above ForeignMin")
+	}
+	if e.ctx.Err() != nil {
+		return ErrEndpointClosed
+	}
+	bt := socket.NewBatch(len(b))
+	bt.To = addr
+	copy(bt.Next(len(b)), b)
+	bt.Commit(len(b))
+	return e.sock.Send(bt)
 }
 
 func resolve(addr string) (netip.AddrPort, error) {
@@ -244,7 +294,10 @@ type Stats struct {
 	// ResetsLimited those withheld by the rate limits.
 	ResetsSent    uint64
 	ResetsLimited uint64
-	Handshake     handshake.Stats
+	// Foreign counts datagrams at or above ForeignMin dropped for want of
+	// a Foreign handler.
+	Foreign   uint64
+	Handshake handshake.Stats
 }
 
 // Stats returns the endpoint's counters.
@@ -263,6 +316,7 @@ func (e *Endpoint) Stats() Stats {
 		UnconfirmedExpired: s.UnconfirmedExpired.Load(),
 		ResetsSent:         s.ResetsSent.Load(),
 		ResetsLimited:      s.ResetsLimited.Load(),
+		Foreign:            e.foreign.Load(),
 		Handshake:          e.ep.HandshakeStats(),
 	}
 }
@@ -314,6 +368,14 @@ func (e *Endpoint) readLoop() {
 				// Handshake work must not stall the connection we hold.
 				cur.mu.Unlock()
 				cur = nil
+			}
+			if len(d.Data) > 0 && d.Data[0] >= ForeignMin {
+				if e.cfg.Foreign != nil {
+					e.cfg.Foreign(d.From, d.Data)
+				} else {
+					e.foreign.Add(1)
+				}
+				continue
 			}
 			c := e.route(now, d)
 			if c == nil {

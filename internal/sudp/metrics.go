@@ -144,6 +144,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dropped, t.dropAuth, "auth")
 	counter(c.dropped, t.dropMalformed+es.Malformed, "malformed")
 	counter(c.dropped, es.UnknownCID, "unknown_cid")
+	counter(c.dropped, es.Foreign, "foreign")
 	counter(c.dropped, c.ep.recvLimited.Load(), "receive_rate")
 	counter(c.handshakes, hs.Sessions, "accepted")
 	counter(c.handshakes, hs.CookieReplies, "cookie_required")

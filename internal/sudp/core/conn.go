@@ -125,7 +125,12 @@ type Conn struct {
 	hsStart   time.Time
 	hsNext    time.Time
 	hsBackoff time.Duration
-	hsPacket  []byte
+	// hsFast and hsFastUntil: a hole-punching dial (SetHandshakeRetry)
+	// resends its initiation every hsFast until hsFastUntil, then backs
+	// off as usual.
+	hsFast      time.Duration
+	hsFastUntil time.Time
+	hsPacket    []byte
 	// hsCookieRetry: no immediate retry on a cookie reply before it (a
 	// reply can be forged by anyone who saw the initiation).
 	hsCookieRetry time.Time
@@ -364,9 +369,30 @@ func (c *Conn) sendInitiation(now time.Time) error {
 		return err
 	}
 	c.hsPacket = pkt
+	if c.hsFast > 0 && now.Before(c.hsFastUntil) {
+		c.hsNext = now.Add(c.hsFast)
+		return nil
+	}
 	c.hsNext = now.Add(c.hsBackoff)
 	c.hsBackoff = min(2*c.hsBackoff, 4*time.Second)
 	return nil
+}
+
+// SetHandshakeRetry makes a client connection still in its handshake
+// resend the initiation every `every` until `until` (then the usual
+// backoff from 500 ms). A hole-punching dial needs it: the first
+// initiations are dropped by the peer's NAT until the peer's own
+// packets open it, and waiting out a doubling backoff would add whole
+// seconds to a punch that succeeds a few milliseconds after the first
+// try. It does nothing on a server connection or after the handshake.
+func (c *Conn) SetHandshakeRetry(now time.Time, every time.Duration, until time.Time) {
+	if !c.client || c.state != stateHandshake || every <= 0 {
+		return
+	}
+	c.hsFast, c.hsFastUntil = every, until
+	if next := now.Add(every); next.Before(c.hsNext) {
+		c.hsNext = next
+	}
 }
 
 // LocalCID is the connection id the peer addresses us by.

@@ -92,6 +92,12 @@ type Agent struct {
 	expect  *expectedStops // why a VM may stop without an alarm (expect.go)
 	policy  atomic.Uint64  // policy version received from the MMC
 	peers   *peers
+	punches *punches
+	// peerCtx and peerWG own the goroutines an introduction starts
+	// (the listener's punches): Run sets peerCtx before any session and
+	// waits for them when it returns.
+	peerCtx context.Context
+	peerWG  sync.WaitGroup
 	posts   chan message.BoardPost // blackboard entries waiting for the session
 	board   boardLog
 	migs    migrations
@@ -155,6 +161,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.metrics.term.Set(float64(a.mmcs.highestTerm()))
 	a.peers = newPeers()
+	a.punches = &punches{received: func(o string) { a.metrics.punchesReceived.WithLabelValues(o).Inc() }}
 	a.posts = make(chan message.BoardPost, 256)
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
@@ -166,7 +173,7 @@ func New(cfg Config) (*Agent, error) {
 	// Inbound handshakes are admitted only from agents the MMC introduced
 	// (peers.lookup); everything else is refused by the responder.
 	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger,
-		SmallBuffers: cfg.SmallBuffers, Lookup: a.peers.lookup})
+		SmallBuffers: cfg.SmallBuffers, Lookup: a.peers.lookup, Foreign: a.punches.foreign})
 	if err != nil {
 		_ = a.events.close()
 		return nil, err
@@ -225,6 +232,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.events.close()
 	defer a.ep.Close()
 	pctx, stopPeers := context.WithCancel(ctx)
+	a.peerCtx = pctx
 	var peersDone sync.WaitGroup
 	peersDone.Add(1)
 	go func() {
@@ -237,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopPeers()
 		a.peers.closeAll()
 		peersDone.Wait()
+		a.peerWG.Wait()
 		a.migs.wait()
 	}()
 	backoff := time.Second

@@ -43,6 +43,10 @@ type metrics struct {
 	redirects     prometheus.Counter
 	leaderMoves   prometheus.Counter
 	memberUpdates prometheus.Counter
+	// punchesSent counts punch datagrams this agent sent as a listener;
+	// punchesReceived those it received, by outcome (punch.go).
+	punchesSent     prometheus.Counter
+	punchesReceived *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -66,9 +70,13 @@ func newMetrics() *metrics {
 			Help: "Sessions moved to a new MMC leader because a standby session named it."}),
 		memberUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_member_updates_total",
 			Help: "MMC member lists received and kept."}),
+		punchesSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_punches_sent_total",
+			Help: "Hole-punching datagrams sent to an introduced peer."}),
+		punchesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_agent_punches_received_total",
+			Help: "Hole-punching datagrams received, by outcome: matched (an introduction's), unmatched, malformed."}, []string{"outcome"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.memberUpdates}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.memberUpdates, m.punchesSent, m.punchesReceived}
 }

@@ -164,7 +164,13 @@ func (a *Agent) actPeer(ctx context.Context, act message.Action) error {
 	}
 	switch act.Op {
 	case "peer.expect":
-		return a.peers.add(act.Intro, a.clock.offset())
+		if err := a.peers.add(act.Intro, a.clock.offset()); err != nil {
+			return err
+		}
+		if act.Intro.PunchAt != 0 {
+			a.startPunches(act.Intro)
+		}
+		return nil
 	case "peer.dial":
 		return a.dialPeer(ctx, act.Intro)
 	case "peer.close":

@@ -269,11 +269,19 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	if a.peers.isWithdrawn(key) {
 		return fmt.Errorf("agent: dial peer %s: %w", in.PeerID, errWithdrawn)
 	}
+	var c *sudp.Conn
+	var err error
+	if in.PunchAt != 0 {
+		if c, err = a.dialPunching(ctx, in, key, ticket); err != nil {
+			return err
+		}
+	}
 	dctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
 	defer cancel()
-	c, err := a.ep.Dial(dctx, in.PeerAddr, key, ticket)
-	if err != nil {
-		return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, in.PeerAddr, err)
+	if c == nil {
+		if c, err = a.ep.Dial(dctx, in.PeerAddr, key, ticket); err != nil {
+			return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, in.PeerAddr, err)
+		}
 	}
 	if err := message.Send(dctx, c, message.PeerHello{Topic: in.Topic, From: a.ID()}); err != nil {
 		_ = c.Close()
@@ -288,7 +296,7 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 		_ = c.Close()
 		return err
 	}
-	a.log.Info("agent: connected to peer", "topic", in.Topic, "peer", in.PeerID, "addr", in.PeerAddr)
+	a.log.Info("agent: connected to peer", "topic", in.Topic, "peer", in.PeerID, "addr", c.RemoteAddr().String())
 	a.postConnected(in.Topic, in.PeerID, c)
 	return nil
 }

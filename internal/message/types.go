@@ -3,6 +3,7 @@ package message
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
@@ -410,6 +411,11 @@ type Introduction struct {
 	PeerKey  []byte `cbor:"4,keyasint"` // X25519 static public key
 	Ticket   []byte `cbor:"5,keyasint"` // 32 random bytes, used once
 	Expires  int64  `cbor:"6,keyasint"` // Unix ns, MMC clock
+	// PunchAt, when set, is when both agents start hole punching (Unix
+	// ns, MMC clock), for Window ns (package punch); zero: the dialer
+	// dials at once, as before punching.
+	PunchAt int64 `cbor:"7,keyasint,omitempty"`
+	Window  int64 `cbor:"8,keyasint,omitempty"`
 }
 
 func (m *Introduction) check() error {
@@ -421,6 +427,9 @@ func (m *Introduction) check() error {
 	}
 	if err := identity.CheckLabel(m.PeerID, 128); err != nil {
 		return err
+	}
+	if m.PunchAt < 0 || m.Window < 0 || m.Window > int64(time.Minute) {
+		return errors.New("introduction: punch time or window out of range")
 	}
 	return identity.CheckLabel(m.PeerAddr, 128)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
+	"github.com/ferry-vm/ferry/internal/punch"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -102,7 +103,9 @@ func (s *Server) handleRead(ctx context.Context, ss *session, r message.BoardRea
 // Introduce puts two online agents in touch for the job named topic: it
 // opens the topic with both as members, has listener expect one
 // connection from dialer (a fresh one-time ticket as the handshake psk),
-// then has dialer connect. It returns once dialer reports the connection
+// then has dialer connect — both starting at one moment, so that the
+// dialer's handshake and the listener's punches open their NATs for
+// each other (package punch). It returns once dialer reports the connection
 // up, or with the first failure.
 func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) error {
 	ls, ds := s.reg.session(listener), s.reg.session(dialer)
@@ -114,8 +117,13 @@ func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) 
 		return err
 	}
 	defer clear(ticket[:])
-	expires := s.cfg.Now().Add(introTTL).UnixNano()
+	now := s.cfg.Now()
+	expires := now.Add(introTTL).UnixNano()
 	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
+	// Both start at once (package punch): each one's first packets open
+	// its own NAT towards the other, whatever NATs they sit behind.
+	lrtt, drtt := ls.c.Stats().SmoothedRTT, ds.c.Stats().SmoothedRTT
+	punchAt, window := punch.Start(now, lrtt, drtt).UnixNano(), int64(punch.Window(lrtt, drtt))
 	// Remembered before either is told: a revocation from now on
 	// reaches the other (links.go).
 	s.reg.intros.add(listener, dialer, s.cfg.Now())
@@ -131,11 +139,13 @@ func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) 
 	// The tickets travel only inside the two agents' authenticated,
 	// encrypted sessions; the audit names the job, never the ticket.
 	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: &message.Introduction{
-		Topic: topic, PeerID: dialer, PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires}}); err != nil {
+		Topic: topic, PeerID: dialer, PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires,
+		PunchAt: punchAt, Window: window}}); err != nil {
 		return fmt.Errorf("mmc: introduce %s: %s cannot expect %s: %w", topic, listener, dialer, err)
 	}
 	if _, err := s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: &message.Introduction{
-		Topic: topic, PeerID: listener, PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires}}); err != nil {
+		Topic: topic, PeerID: listener, PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires,
+		PunchAt: punchAt, Window: window}}); err != nil {
 		return fmt.Errorf("mmc: introduce %s: %s cannot reach %s: %w", topic, dialer, listener, err)
 	}
 	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.introduce", Target: topic, Outcome: "ok", Detail: dialer + " → " + listener})

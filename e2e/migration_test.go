@@ -22,6 +22,7 @@ type migrationView struct {
 	By          string  `json:"by"`
 	Reason      string  `json:"reason"`
 	Error       string  `json:"error"`
+	Path        string  `json:"path"`
 	TotalMS     int64   `json:"total_ms"`
 	DowntimeMS  int64   `json:"downtime_ms"`
 	BytesOnWire uint64  `json:"bytes_on_wire"`
@@ -109,6 +110,9 @@ func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
 	c.t.Helper()
 	if m.State != "completed" || !m.Verified || m.VM != vm || m.From != from || m.To != to {
 		c.t.Fatalf("migration %+v", m)
+	}
+	if m.Path != "direct" {
+		c.t.Fatalf("the agents' link: path %q, want direct", m.Path)
 	}
 	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
 		c.t.Fatalf("final report %+v", m)

@@ -617,9 +617,13 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), ms)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tVM\tFROM\tTO\tSTATE\tPROGRESS\tBY\tREASON")
+			fmt.Fprintln(tw, "ID\tVM\tFROM\tTO\tSTATE\tPROGRESS\tPATH\tBY\tREASON")
 			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\n", q(m.ID), q(m.VM), q(m.From), q(m.To), q(string(m.State)), 100*m.Progress, q(m.By), q(m.Reason))
+				path := m.Path
+				if path == "" {
+					path = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\n", q(m.ID), q(m.VM), q(m.From), q(m.To), q(string(m.State)), 100*m.Progress, q(path), q(m.By), q(m.Reason))
 			}
 			return tw.Flush()
 		},

@@ -28,7 +28,7 @@ const maxWatches = maxLinks
 // punchWatch is a dialer's wait for the listener's punches.
 type punchWatch struct {
 	token punch.Token
-	seen  []netip.AddrPort     // addresses already reported
+	seen  []netip.AddrPort    // addresses already reported
 	addrs chan netip.AddrPort // new source addresses, to dial
 }
 

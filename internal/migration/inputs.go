@@ -55,6 +55,8 @@ type Reply struct {
 type Introduced struct {
 	Err            error
 	SrcRTT, DstRTT time.Duration
+	// Path is the link's kind ("direct", "relayed"), once up.
+	Path string
 }
 
 // Persisted is the outcome of Persist: the record as written; or Stale

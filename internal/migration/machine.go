@@ -111,6 +111,7 @@ type Machine struct {
 	intro            int // introNone, introAsked, introDone
 	introErr         string
 	srcRTT, dstRTT   time.Duration
+	linkPath         string // Introduced.Path
 	prepared         bool
 	prepErr          string
 
@@ -226,7 +227,7 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 		m.reply(in, now)
 	case Introduced:
 		if m.intro == introAsked {
-			m.intro, m.srcRTT, m.dstRTT = introDone, in.SrcRTT, in.DstRTT
+			m.intro, m.srcRTT, m.dstRTT, m.linkPath = introDone, in.SrcRTT, in.DstRTT, in.Path
 			if in.Err != nil {
 				m.introErr = in.Err.Error()
 			}

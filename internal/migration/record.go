@@ -97,7 +97,11 @@ type Record struct {
 	// request and the rollback.
 	CancelRequested bool `json:"cancel_requested,omitempty"`
 	// Outcome is the final state a rollback ends in (cancelled or failed).
-	Outcome   State     `json:"outcome,omitempty"`
+	Outcome State `json:"outcome,omitempty"`
+	// Path is how the agents' link runs once it exists: "direct" (a
+	// path between them, through their NATs if any: package punch) or
+	// "relayed".
+	Path      string    `json:"path,omitempty"`
 	Started   time.Time `json:"started,omitzero"`    // transfer started
 	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
 	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)

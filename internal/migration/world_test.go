@@ -425,7 +425,7 @@ func (w *world) execute(c Command) Input {
 			if gen != w.gen {
 				return
 			}
-			in := Introduced{SrcRTT: wSrcRTT, DstRTT: wDstRTT}
+			in := Introduced{SrcRTT: wSrcRTT, DstRTT: wDstRTT, Path: "relayed"}
 			l, d := w.hosts[c.Listener], w.hosts[c.Dialer]
 			if l == nil || d == nil || !l.up || !d.up {
 				in = Introduced{Err: errors.New("mmc: agent offline")}
@@ -1386,6 +1386,9 @@ func (w *world) expectOutcome(want State) {
 		r := w.store
 		if !r.Verified || r.TotalMS <= 0 || r.BytesOnWire == 0 || r.ResumedAt.IsZero() || r.CommittedAt.IsZero() {
 			w.t.Errorf("completed without a full report: %+v", r)
+		}
+		if r.Path != "relayed" {
+			w.t.Errorf("the record's path is %q, not the link's (relayed)", r.Path)
 		}
 		if !w.hosts[wDst].mayHaveRun {
 			w.t.Error("the destination resumed without its resume record")

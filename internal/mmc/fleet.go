@@ -29,7 +29,7 @@ func (f serverFleet) reachable(rec migration.Record, host string) bool {
 	return f.s.sessionFor(f.s.agentFor(rec, host), host) != nil
 }
 
-func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, err error) {
+func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path string, err error) {
 	s := f.s
 	l, d := s.sessionFor(s.agentFor(rec, listener), listener), s.sessionFor(s.agentFor(rec, dialer), dialer)
 	if l == nil || d == nil {
@@ -37,13 +37,16 @@ func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listen
 	} else {
 		err = s.Introduce(ctx, migration.Topic(rec.ID), l.id, d.id)
 	}
+	if err == nil {
+		path = "direct"
+	}
 	rtt := func(agent, host string) time.Duration {
 		if ss := s.sessionFor(agent, host); ss != nil {
 			return ss.c.Stats().SmoothedRTT
 		}
 		return 0
 	}
-	return rtt(rec.FromAgent, rec.From), rtt(rec.ToAgent, rec.To), err
+	return rtt(rec.FromAgent, rec.From), rtt(rec.ToAgent, rec.To), path, err
 }
 
 func (f serverFleet) note(ctx context.Context, topic, text string) {

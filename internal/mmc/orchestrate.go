@@ -32,7 +32,7 @@ type fleet interface {
 	reachable(rec migration.Record, host string) bool
 	// introduce puts the two agents in touch for the migration's link
 	// and measures their round trips to the MMC.
-	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, err error)
+	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path string, err error)
 	note(ctx context.Context, topic, text string)
 	env(rec migration.Record) migration.Env
 	// resumed: an open migration found at startup; recorded: a write
@@ -286,7 +286,7 @@ func (o *orchestrator) execute(ctx context.Context, d *drive, rec migration.Reco
 		go func() {
 			defer o.wg.Done()
 			var in migration.Introduced
-			in.SrcRTT, in.DstRTT, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
+			in.SrcRTT, in.DstRTT, in.Path, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
 			d.deliver(ctx, in)
 		}()
 	case migration.Note:

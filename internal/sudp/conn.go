@@ -363,6 +363,18 @@ func (c *Conn) SetIdleTimeout(d time.Duration) {
 	c.wake() // the driver's next deadline moves
 }
 
+// ProbePath starts moving the connection to addr (a direct path to the
+// peer found while the connection runs through a relay): the connection
+// challenges addr and moves, with the peer, once the answer comes back
+// from it; streams carry on across the move. See core.Conn.ProbePath.
+func (c *Conn) ProbePath(addr netip.AddrPort) error {
+	c.mu.Lock()
+	err := c.cc.ProbePath(time.Now(), netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()))
+	c.mu.Unlock()
+	c.wake()
+	return err
+}
+
 // OpenStream opens an ordered, reliable, bidirectional byte stream, waiting
 // if the peer's stream limit is reached.
 func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"io"
 	"net/netip"
 	"time"
@@ -33,6 +34,59 @@ type pathProbe struct {
 	sent     bool
 	deadline time.Time
 	pn       uint64 // the packet that revealed it
+	// chosen: this side asked to move there (ProbePath), so the
+	// challenge is resent every chosenRetry until the deadline (the
+	// peer's NAT may drop the first ones), the address is not held to
+	// an anti-amplification budget (we picked it; nobody reflects
+	// through it), and packets still arriving on the current path do
+	// not abandon it (we keep using that path until the move).
+	chosen   bool
+	nextSend time.Time
+}
+
+// Active migration, for a connection that runs through a relay while a
+// direct path to the same peer opens: ProbePath challenges the new
+// address from this side. The peer sees an authenticated packet from a
+// new address of ours and validates it as after a NAT rebinding (its own
+// challenge, answered by us on the new path); this side moves when the
+// peer's PATH_RESPONSE comes back from the probed address. Streams carry
+// on: both paths deliver into the same packet-number space, so a packet
+// that arrives both ways is a duplicate, dropped as any other.
+const (
+	chosenRetry  = 100 * time.Millisecond
+	chosenWindow = 5 * time.Second
+)
+
+// ErrNotEstablished is ProbePath's error on a connection not (or no
+// longer) established.
+var ErrNotEstablished = errors.New("sudp: connection not established")
+
+// ProbePath starts moving the connection to addr: see the comment on
+// chosenRetry. Until the answer comes back everything keeps going to the
+// current path; without one within chosenWindow nothing changes.
+func (c *Conn) ProbePath(now time.Time, addr netip.AddrPort) error {
+	if c.state != stateEstablished {
+		return ErrNotEstablished
+	}
+	if addr == c.path.addr {
+		return nil
+	}
+	if p := c.findPathProbe(addr); p != nil {
+		p.chosen, p.nextSend, p.deadline = true, now, now.Add(chosenWindow)
+		return nil
+	}
+	var data [8]byte
+	if _, err := io.ReadFull(c.rand, data[:]); err != nil {
+		return err
+	}
+	if len(c.pathProbes) >= maxPathProbes {
+		c.pathProbes = append(c.pathProbes[:0], c.pathProbes[1:]...)
+		c.stats.PathProbesFailed++
+	}
+	c.pathProbes = append(c.pathProbes, pathProbe{path: path{addr: addr}, data: data, deadline: now.Add(chosenWindow),
+		pn: c.largestRecvPN, chosen: true, nextSend: now})
+	c.stats.PathProbes++
+	return nil
 }
 
 func (c *Conn) findPathProbe(addr netip.AddrPort) *pathProbe {
@@ -54,7 +108,12 @@ func (c *Conn) notePath(now time.Time, from netip.AddrPort, pn uint64, n int) {
 			// The validated path still delivers packets newer than those
 			// that revealed the candidates: they were racing copies (or
 			// an older mapping), not a move. Stop challenging them.
-			c.dropPathProbes(func(p *pathProbe) bool { return p.pn < pn })
+			// A candidate whose challenge we still owe an answer keeps
+			// its budget until the answer is out: the peer may be moving
+			// on purpose (ProbePath) while its packets still arrive here,
+			// and with both in one receive batch the answer would
+			// otherwise never leave.
+			c.dropPathProbes(func(p *pathProbe) bool { return p.pn < pn && !p.chosen && !c.responseOwed(p.path.addr) })
 		}
 		return
 	}
@@ -111,6 +170,16 @@ func (c *Conn) onPathResponse(from netip.AddrPort, data [8]byte) {
 	c.stats.PathChanges++
 }
 
+// responseOwed reports whether a PATH_RESPONSE to addr is queued.
+func (c *Conn) responseOwed(addr netip.AddrPort) bool {
+	for i := range c.pathRespQ {
+		if c.pathRespQ[i].to == addr {
+			return true
+		}
+	}
+	return false
+}
+
 // maxPathResponses bounds queued PATH_RESPONSEs: a peer may challenge a
 // path, not make us a reflector.
 const maxPathResponses = 4
@@ -149,7 +218,13 @@ func (c *Conn) sendPathChallenge(now time.Time, buf []byte) (int, netip.AddrPort
 	}
 	for i := range c.pathProbes {
 		p := &c.pathProbes[i]
-		if p.sent || p.path.budget() < pathChallengeSize {
+		switch {
+		case p.chosen:
+			if now.Before(p.nextSend) {
+				continue
+			}
+			p.nextSend = now.Add(chosenRetry)
+		case p.sent || p.path.budget() < pathChallengeSize:
 			continue
 		}
 		p.sent = true
@@ -162,12 +237,17 @@ func (c *Conn) sendPathChallenge(now time.Time, buf []byte) (int, netip.AddrPort
 	return 0, netip.AddrPort{}, false
 }
 
-// pathProbeDeadline is when the oldest candidate gives up (zero: none).
+// pathProbeDeadline is when the oldest candidate gives up, or a chosen
+// one's challenge is due again (zero: none).
 func (c *Conn) pathProbeDeadline() time.Time {
 	var t time.Time
 	for i := range c.pathProbes {
-		if d := c.pathProbes[i].deadline; t.IsZero() || d.Before(t) {
+		p := &c.pathProbes[i]
+		if d := p.deadline; t.IsZero() || d.Before(t) {
 			t = d
+		}
+		if p.chosen && !c.keyExpired && p.nextSend.Before(t) {
+			t = p.nextSend
 		}
 	}
 	return t

@@ -236,7 +236,7 @@ func TestDownPartial(t *testing.T) {
 	t.Cleanup(func() { _ = Down(name) })
 	// What a crash of up half-way leaves: a namespace, a router namespace
 	// and a state dir without a usable state file.
-	for _, ns := range []string{name + "-a", name + "-rb"} {
+	for _, ns := range []string{name + "-a", name + "-rb", name + "-hub"} {
 		if err := netns.Add(ns); err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"testing"
@@ -118,4 +119,38 @@ func TestMeshRoutes(t *testing.T) {
 	if err := f.SetLinkConfig(0, 0, &link.Config{}); err == nil {
 		t.Error("SetLinkConfig on the diagonal accepted")
 	}
+}
+
+// BenchmarkMesh is BenchmarkForwarder through a three-port forwarder: the
+// same packet rate, plus the routing decision (RouteByDest) per packet.
+func BenchmarkMesh(b *testing.B) {
+	sink := &countDevice{}
+	pkt := make([]byte, 1500)
+	copy(pkt, ipv4To("10.0.1.1"))
+	src := &genDevice{pkt: pkt, written: &sink.n, window: 1024}
+	idle := &countDevice{}
+	links := [][]*link.Link{
+		{nil, mustLink(b, link.Config{}), mustLink(b, link.Config{})},
+		{mustLink(b, link.Config{}), nil, mustLink(b, link.Config{})},
+		{mustLink(b, link.Config{}), mustLink(b, link.Config{}), nil},
+	}
+	route := RouteByDest([]netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.0.2.1/32"),
+	})
+	f := NewMesh([]Device{src, sink, idle}, links, route, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	b.ReportAllocs()
+	b.ResetTimer()
+	t0, c0 := time.Now(), cpuTime()
+	for sink.n.Load() < int64(b.N) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	wall, cpu := time.Since(t0), cpuTime()-c0
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "pkts/s")
+	b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cores")
+	cancel()
+	<-done
 }

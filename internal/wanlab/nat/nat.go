@@ -57,9 +57,9 @@ const (
 const TableName = "wanlab_nat"
 
 // ContactTimeout is how long after the inside host's last UDP packet to a
-// remote IP an EIM router still lets that IP's packets in from any port. It
-// is conntrack's UDP stream timeout (nf_conntrack_udp_timeout_stream), so
-// the address filter lives as long as a port-restricted mapping would.
+// remote IP an EIM router still lets that IP's packets in from any port:
+// conntrack's UDP stream timeout (nf_conntrack_udp_timeout_stream), so the
+// address filter lives as long as the mapping of an answered flow does.
 const ContactTimeout = 120 * time.Second
 
 // ParseMode accepts "", "none", "eim" (also "cone", "restricted-cone",

@@ -69,7 +69,7 @@ func TestCLI(t *testing.T) {
 			t.Errorf("down: %v", err)
 		}
 	})
-	if out, err := run(t, "up", name, "--profile", "metro", "--delay", "2ms"); err != nil {
+	if out, err := run(t, "up", name, "--profile", "metro", "--delay", "2ms", "--hub"); err != nil {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	if _, err := run(t, "up", name); err == nil || !strings.Contains(err.Error(), "exists") {
@@ -85,6 +85,7 @@ func TestCLI(t *testing.T) {
 			AB, BA, Config json.RawMessage
 		}
 		PID int
+		Hub *struct{ Netns, Addr string }
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -92,6 +93,9 @@ func TestCLI(t *testing.T) {
 	if len(st.Sites) != 2 || st.Sites[0].Netns != name+"-a" || st.Sites[1].Netns != name+"-b" ||
 		st.Sites[0].Addr == "" || st.Sites[1].Addr == "" || st.PID == 0 || len(st.Link.AB) == 0 {
 		t.Errorf("status:\n%s", out)
+	}
+	if st.Hub == nil || st.Hub.Netns != name+"-hub" || st.Hub.Addr == "" {
+		t.Errorf("status has no hub:\n%s", out)
 	}
 	var cfg bytes.Buffer
 	_ = json.Compact(&cfg, st.Link.Config)

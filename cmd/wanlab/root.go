@@ -28,8 +28,10 @@ func newRootCmd() *cobra.Command {
 link that a user-space emulator shapes between two TUN devices: one-way delay,
 jitter, random or bursty loss, a bottleneck rate with a drop-tail queue,
 reordering, duplication, corruption — each direction separately. Optional NAT
-routers (NAME-ra, NAME-rb) sit in front of a site. Addresses come from
-198.18.0.0/15 (RFC 2544); nothing is created in the root namespace.`,
+routers (NAME-ra, NAME-rb) sit in front of a site; an optional hub (NAME-hub)
+is a public place in the middle of the WAN, half the link from each site.
+Addresses come from 198.18.0.0/15 (RFC 2544), the hub's from 198.51.100.0/24;
+nothing is created in the root namespace.`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -54,6 +56,7 @@ func newUpCmd() *cobra.Command {
 	var (
 		profile    string
 		natA, natB string
+		hub        bool
 		jsonOut    bool
 	)
 	cmd := &cobra.Command{
@@ -61,7 +64,8 @@ func newUpCmd() *cobra.Command {
 		Short: "Create a lab and start its WAN link emulator",
 		Example: `  wanlab up lab1 --profile wan
   wanlab up lab1 --delay 25ms --loss 1% --rate 100mbit --queue 50ms
-  wanlab up lab1 --profile wan --loss-ba 5% --nat-a eim --nat-b symmetric`,
+  wanlab up lab1 --profile wan --loss-ba 5% --nat-a eim --nat-b symmetric
+  wanlab up lab1 --profile wan --nat-a eim --nat-b eim --hub`,
 		Args: cobra.ExactArgs(1),
 	}
 	for _, k := range wanlab.LinkOptions {
@@ -70,14 +74,16 @@ func newUpCmd() *cobra.Command {
 		cmd.Flags().String(k+"-ba", "", k+" for b→a only")
 	}
 	cmd.Flags().StringVar(&profile, "profile", "", "start from a named profile (see wanlab profiles); flags override it")
-	cmd.Flags().StringVar(&natA, "nat-a", "", "put site a behind a NAT router: eim or symmetric")
-	cmd.Flags().StringVar(&natB, "nat-b", "", "put site b behind a NAT router: eim or symmetric")
+	cmd.Flags().StringVar(&natA, "nat-a", "", "put site a behind a NAT router: eim (restricted cone), port-restricted or symmetric")
+	cmd.Flags().StringVar(&natB, "nat-b", "", "put site b behind a NAT router: eim (restricted cone), port-restricted or symmetric")
+	cmd.Flags().BoolVar(&hub, "hub", false, "add a hub (NAME-hub): a public address in the middle of the WAN, reachable from both sites")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the lab's status as JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		spec, err := specFromFlags(cmd, profile, natA, natB)
 		if err != nil {
 			return err
 		}
+		spec.Hub = hub
 		if err := wanlab.Up(cmd.Context(), args[0], spec); err != nil {
 			return err
 		}
@@ -205,7 +211,7 @@ func newListCmd() *cobra.Command {
 func newExecCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "exec NAME SITE -- COMMAND [ARG...]",
-		Short: "Run a command inside a site's namespace (SITE: a, b, ra, rb, 0 or 1)",
+		Short: "Run a command inside a site's namespace (SITE: a, b, ra, rb, hub, 0 or 1)",
 		Example: `  wanlab exec lab1 a -- ping -c 3 198.18.1.1
   wanlab exec lab1 b -- iperf3 -s`,
 		Args: cobra.MinimumNArgs(3),
@@ -229,6 +235,12 @@ func siteNetns(name, site string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if site == "hub" {
+		if info.Hub == nil {
+			return "", fmt.Errorf("lab %s has no hub (wanlab up … --hub)", name)
+		}
+		return info.Hub.Netns, nil
+	}
 	for i, s := range info.Sites {
 		switch site {
 		case s.Name, fmt.Sprint(i):
@@ -240,7 +252,7 @@ func siteNetns(name, site string) (string, error) {
 			return s.RouterNetns, nil
 		}
 	}
-	return "", fmt.Errorf("no site %q in lab %s (use a, b, ra, rb, 0 or 1)", site, name)
+	return "", fmt.Errorf("no site %q in lab %s (use a, b, ra, rb, hub, 0 or 1)", site, name)
 }
 
 func newProfilesCmd() *cobra.Command {
@@ -290,10 +302,13 @@ func printStatus(w io.Writer, info *wanlab.StatusInfo) {
 		}
 		fmt.Fprintln(w, line)
 	}
+	if info.Hub != nil {
+		fmt.Fprintf(w, "  hub     netns %-14s addr %s\n", info.Hub.Netns, info.Hub.Addr)
+	}
 	for _, d := range []struct {
 		name string
 		raw  json.RawMessage
-	}{{"a→b", info.Link.AB}, {"b→a", info.Link.BA}} {
+	}{{"a→b", info.Link.AB}, {"b→a", info.Link.BA}, {"hub", info.Link.Hub}} {
 		if len(d.raw) > 0 {
 			fmt.Fprintf(w, "  %s  %s\n", d.name, strings.TrimSpace(string(d.raw)))
 		}

@@ -1,7 +1,10 @@
 // Package wanlab builds emulated WANs on one machine: two sites (network
 // namespaces NAME-a and NAME-b) joined by a link that a user-space emulator
 // process shapes between two TUN devices, optionally with a NAT router
-// (namespace NAME-ra / NAME-rb, nftables masquerade) in front of a site.
+// (namespace NAME-ra / NAME-rb, nftables, see package nat) in front of a
+// site, and optionally a hub (NAME-hub): a public place in the middle of the
+// WAN, half the link away from each site, where an MMC or a relay runs while
+// both sites sit behind NATs.
 //
 // Up creates the namespaces, starts the emulator as a detached child
 // (`wanlab run NAME`) and returns once the link carries packets; Down
@@ -15,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,22 +155,60 @@ func buildTopology(st *State) error {
 		if err := netns.Exec(r, nil, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return err
 		}
-		if err := nat.Apply(r, s.NAT, wanIf); err != nil {
+		inside, err := netip.ParseAddr(s.Addr)
+		if err != nil {
 			return err
 		}
+		if err := nat.Apply(r, s.NAT, wanIf, inside); err != nil {
+			return err
+		}
+	}
+	if st.Hub != nil {
+		return netns.Add(st.Hub.Netns)
 	}
 	return nil
 }
 
-// configureWAN gives site s's wan0 (already opened by the emulator) its
-// address and the route to the other site's public prefix.
-func configureWAN(st *State, s int) error {
-	me, peer := st.Sites[s], st.Sites[1-s]
-	ns := me.WANNetns
+// wanPort is one end of the emulated WAN: the namespace holding a wan0, its
+// address there and the prefix the emulator routes to it.
+type wanPort struct {
+	name   string // "a", "b" or "hub", as in stats.json
+	netns  string
+	addr   string
+	prefix string
+}
+
+// Port indices of the emulator: the two sites, then the hub if any.
+const (
+	portA   = 0
+	portB   = 1
+	portHub = 2
+)
+
+// wanPorts lists the lab's WAN ends in port order.
+func (st *State) wanPorts() []wanPort {
+	var ps []wanPort
+	for _, s := range st.Sites {
+		ps = append(ps, wanPort{name: s.Name, netns: s.WANNetns, addr: s.PublicAddr, prefix: s.WANPrefix})
+	}
+	if st.Hub != nil {
+		ps = append(ps, wanPort{name: "hub", netns: st.Hub.Netns, addr: st.Hub.Addr, prefix: st.Hub.WANPrefix})
+	}
+	return ps
+}
+
+// configureWAN gives port i's wan0 (already opened by the emulator) its
+// address and a route to every other port's prefix.
+func configureWAN(ports []wanPort, i int) error {
+	me := ports[i]
 	steps := [][]string{
-		{"-n", ns, "link", "set", wanIf, "mtu", "1500", "txqueuelen", "4096", "up"},
-		{"-n", ns, "addr", "add", me.PublicAddr + "/32", "dev", wanIf},
-		{"-n", ns, "route", "add", peer.WANPrefix, "dev", wanIf, "src", me.PublicAddr},
+		{"-n", me.netns, "link", "set", wanIf, "mtu", "1500", "txqueuelen", "4096", "up"},
+		{"-n", me.netns, "addr", "add", me.addr + "/32", "dev", wanIf},
+	}
+	for j, peer := range ports {
+		if j != i {
+			steps = append(steps, []string{"-n", me.netns, "route", "add", peer.prefix, "dev", wanIf, "src", me.addr})
+		}
 	}
 	for _, args := range steps {
 		if err := netns.IP(args...); err != nil {
@@ -306,6 +348,16 @@ type StatusInfo struct {
 	Running bool       `json:"running"`
 	Spec    Spec       `json:"spec"`
 	Created time.Time  `json:"created"`
+	// Hub is the public place in the middle of the WAN (up --hub), nil
+	// without one.
+	Hub *HubInfo `json:"hub,omitempty"`
+}
+
+// HubInfo describes the hub: its namespace and its (public) address, which
+// both sites reach over the WAN.
+type HubInfo struct {
+	Netns string `json:"netns"`
+	Addr  string `json:"addr"`
 }
 
 // SiteInfo describes one site; Sites[0] and Sites[1] are the two ends of
@@ -323,8 +375,11 @@ type SiteInfo struct {
 // LinkStatus holds the emulator's last stats snapshot: per-direction
 // counters and configuration as the emulator wrote them.
 type LinkStatus struct {
-	AB      json.RawMessage `json:"ab,omitempty"`
-	BA      json.RawMessage `json:"ba,omitempty"`
+	AB json.RawMessage `json:"ab,omitempty"`
+	BA json.RawMessage `json:"ba,omitempty"`
+	// Hub holds the counters of the hub's links ("a_hub", "hub_a",
+	// "b_hub", "hub_b"), with a hub.
+	Hub     json.RawMessage `json:"hub,omitempty"`
 	Config  json.RawMessage `json:"config,omitempty"`
 	Forward json.RawMessage `json:"forward,omitempty"`
 	Updated time.Time       `json:"updated"`
@@ -349,6 +404,9 @@ func Status(name string) (*StatusInfo, error) {
 			Name: s.Name, Netns: s.Netns, Addr: s.Addr, PublicAddr: s.PublicAddr,
 			NAT: string(s.NAT), RouterNetns: s.Router, RouterLANAddr: s.RouterLAN,
 		})
+	}
+	if st.Hub != nil {
+		info.Hub = &HubInfo{Netns: st.Hub.Netns, Addr: st.Hub.Addr}
 	}
 	if b, err := os.ReadFile(filepath.Join(labDir(name), statsFile)); err == nil {
 		_ = json.Unmarshal(b, &info.Link)

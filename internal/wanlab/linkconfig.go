@@ -2,6 +2,7 @@ package wanlab
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +54,42 @@ func BuildConfigs(spec Spec) (ab, ba link.Config, err error) {
 		}
 	}
 	return ab, ba, nil
+}
+
+// HalfConfigs splits one direction's configuration into its two halves
+// through the hub (first: from the sending site to the hub; second: from
+// the hub to the receiving site), so that the path through the hub has the
+// configured path's properties: each half gets half the delay and jitter,
+// the full rate and queue, and random probabilities q with (1−q)² = 1−p
+// (loss, reordering, duplication, corruption; a packet survives the path
+// with probability 1−p). A Gilbert–Elliott chain cannot be split into two
+// independent chains with the same bursts, so the first half carries it
+// whole and the second has no loss. Seeds differ from c's and each other's.
+func HalfConfigs(c link.Config) (first, second link.Config) {
+	half := func(p float64) float64 { return 1 - math.Sqrt(1-p) }
+	first, second = c, c
+	first.Delay = c.Delay / 2
+	second.Delay = c.Delay - first.Delay
+	first.Jitter = c.Jitter / 2
+	second.Jitter = c.Jitter - first.Jitter
+	if c.ReorderDelay > 0 {
+		first.ReorderDelay = c.ReorderDelay / 2
+		second.ReorderDelay = c.ReorderDelay - first.ReorderDelay
+	}
+	for _, h := range []*link.Config{&first, &second} {
+		h.Loss = half(c.Loss)
+		h.Reorder = half(c.Reorder)
+		h.Duplicate = half(c.Duplicate)
+		h.Corrupt = half(c.Corrupt)
+	}
+	if c.GE != nil {
+		ge := *c.GE
+		first.GE, first.Loss = &ge, 0
+		second.GE, second.Loss = nil, 0
+	}
+	first.Seed = c.Seed ^ 0x9e3779b97f4a7c15
+	second.Seed = c.Seed ^ 0xc2b2ae3d27d4eb4f
+	return first, second
 }
 
 func applyOption(c *link.Config, k, v string) error {

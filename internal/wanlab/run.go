@@ -92,6 +92,7 @@ func Run(ctx context.Context, name string) (err error) {
 type statsSnapshot struct {
 	AB      any       `json:"ab"`
 	BA      any       `json:"ba"`
+	Hub     any       `json:"hub,omitempty"`
 	Config  any       `json:"config"`
 	Forward any       `json:"forward,omitempty"`
 	Updated time.Time `json:"updated"`

@@ -25,6 +25,8 @@ type Spec struct {
 	BA      map[string]string `json:"ba,omitempty"`   // b→a only, after Both
 	NATA    nat.Mode          `json:"nat_a,omitempty"`
 	NATB    nat.Mode          `json:"nat_b,omitempty"`
+	// Hub adds a public namespace in the middle of the WAN (see hubNetns).
+	Hub bool `json:"hub,omitempty"`
 }
 
 // Direction returns the options of one direction ("ab" or "ba") in the
@@ -86,10 +88,11 @@ func ValidName(name string) error {
 // a lab whose state file is lost.
 func siteNetns(name string, site int) string   { return name + "-" + siteNames[site] }
 func routerNetns(name string, site int) string { return name + "-r" + siteNames[site] }
+func hubNetns(name string) string              { return name + "-hub" }
 
 // allNetns lists every namespace a lab may own.
 func allNetns(name string) []string {
-	return []string{siteNetns(name, 0), siteNetns(name, 1), routerNetns(name, 0), routerNetns(name, 1)}
+	return []string{siteNetns(name, 0), siteNetns(name, 1), routerNetns(name, 0), routerNetns(name, 1), hubNetns(name)}
 }
 
 // Interface names inside the namespaces (never in the root namespace).
@@ -105,6 +108,9 @@ const (
 //	198.19.(2i+s).0/24  private LAN behind site s's NAT router:
 //	                    .1 router (lan0), .2 site (eth0)
 //
+//	198.51.100.(i+1)    the hub (--hub), one address of TEST-NET-2
+//	                    (RFC 5737): 198.18.0.0/15 is used up by the above
+//
 // so up to 128 labs coexist with distinct addresses.
 func wanPrefix(idx, site int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(2*idx + site), 0}), 24)
@@ -116,4 +122,9 @@ func wanAddr(idx, site int) netip.Addr {
 
 func lanAddr(idx, site, host int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 19, byte(2*idx + site), byte(host)})
+}
+
+// hubAddr is lab idx's hub address; its WAN route is the /32.
+func hubAddr(idx int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 51, 100, byte(idx + 1)})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,7 @@ type State struct {
 	Index int          `json:"index"`
 	Spec  Spec         `json:"spec"`
 	Sites [2]SiteState `json:"sites"`
+	Hub   *HubState    `json:"hub,omitempty"` // with Spec.Hub
 	PID   int          `json:"pid,omitempty"`
 	// PIDStart is the emulator's start time (/proc/PID/stat field 22), so
 	// that Down recognises it even while it exits and never kills a process
@@ -57,6 +59,14 @@ type SiteState struct {
 	RouterLAN  string   `json:"router_lan_addr,omitempty"`
 	WANNetns   string   `json:"wan_netns"` // the namespace holding wan0
 	WANPrefix  string   `json:"wan_prefix"`
+}
+
+// HubState is the public place in the middle of the WAN: a namespace with a
+// wan0 of its own, reachable from both sites' WAN sides.
+type HubState struct {
+	Netns     string `json:"netns"`
+	Addr      string `json:"addr"`
+	WANPrefix string `json:"wan_prefix"` // the /32 of Addr
 }
 
 func labDir(name string) string { return filepath.Join(StateRoot, name) }
@@ -170,6 +180,10 @@ func newState(name string, idx int, spec Spec) *State {
 			ss.RouterLAN = lanAddr(idx, s, 1).String()
 		}
 		st.Sites[s] = ss
+	}
+	if spec.Hub {
+		a := hubAddr(idx)
+		st.Hub = &HubState{Netns: hubNetns(name), Addr: a.String(), WANPrefix: netip.PrefixFrom(a, 32).String()}
 	}
 	return st
 }

@@ -116,13 +116,37 @@ func TestBuildConfigs(t *testing.T) {
 }
 
 func TestNATRuleset(t *testing.T) {
-	eim, _ := nat.Ruleset(nat.EIM, "wan0")
-	sym, _ := nat.Ruleset(nat.Symmetric, "wan0")
-	if !strings.Contains(eim, `oifname "wan0" masquerade`+"\n") || !strings.Contains(sym, "masquerade fully-random") {
-		t.Errorf("rulesets:\n%s\n%s", eim, sym)
+	inside := netip.MustParseAddr("198.19.0.2")
+	eim, err := nat.Ruleset(nat.EIM, "wan0", inside)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if m, err := nat.ParseMode("symmetric"); err != nil || m != nat.Symmetric {
-		t.Error(m, err)
+	pr, _ := nat.Ruleset(nat.PortRestricted, "wan0", inside)
+	sym, _ := nat.Ruleset(nat.Symmetric, "wan0", inside)
+	for _, want := range []string{
+		`oifname "wan0" masquerade` + "\n",
+		"update @contacted { ip daddr . udp sport }",
+		"ip saddr . udp dport @contacted dnat to 198.19.0.2",
+		"timeout 120s",
+	} {
+		if !strings.Contains(eim, want) {
+			t.Errorf("eim ruleset lacks %q:\n%s", want, eim)
+		}
+	}
+	if !strings.Contains(pr, `oifname "wan0" masquerade`+"\n") || strings.Contains(pr, "contacted") {
+		t.Errorf("port-restricted ruleset:\n%s", pr)
+	}
+	if !strings.Contains(sym, "masquerade fully-random") || strings.Contains(sym, "contacted") {
+		t.Errorf("symmetric ruleset:\n%s", sym)
+	}
+	if _, err := nat.Ruleset(nat.EIM, "wan0", netip.Addr{}); err == nil {
+		t.Error("eim without an inside address accepted")
+	}
+	for in, want := range map[string]nat.Mode{"symmetric": nat.Symmetric, "eim": nat.EIM, "cone": nat.EIM,
+		"port-restricted": nat.PortRestricted, "": nat.None, "none": nat.None} {
+		if m, err := nat.ParseMode(in); err != nil || m != want {
+			t.Errorf("ParseMode(%q) = %q, %v; want %q", in, m, err, want)
+		}
 	}
 	if _, err := nat.ParseMode("full"); err == nil {
 		t.Error("ParseMode(full) accepted")
@@ -142,6 +166,9 @@ func TestLifecycle(t *testing.T) {
 	}
 	if !info.Running || info.PID <= 0 {
 		t.Fatalf("emulator not running: %+v", info)
+	}
+	if js, _ := json.Marshal(info); info.Hub != nil || strings.Contains(string(js), `"hub"`) {
+		t.Errorf("a lab without --hub has a hub: %s", js)
 	}
 	for _, s := range info.Sites {
 		if !netns.Exists(s.Netns) {
@@ -209,7 +236,7 @@ func TestDownPartial(t *testing.T) {
 	t.Cleanup(func() { _ = Down(name) })
 	// What a crash of up half-way leaves: a namespace, a router namespace
 	// and a state dir without a usable state file.
-	for _, ns := range []string{name + "-a", name + "-rb"} {
+	for _, ns := range []string{name + "-a", name + "-rb", name + "-hub"} {
 		if err := netns.Add(ns); err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +356,7 @@ func observed(t *testing.T, c *net.UDPConn, dst string) string {
 
 func TestNAT(t *testing.T) {
 	needLab(t, true)
-	for _, mode := range []nat.Mode{nat.EIM, nat.Symmetric} {
+	for _, mode := range []nat.Mode{nat.EIM, nat.PortRestricted, nat.Symmetric} {
 		t.Run(string(mode), func(t *testing.T) {
 			name := upLab(t, Spec{NATA: mode, Both: map[string]string{"delay": "1ms"}})
 			info, err := Status(name)
@@ -353,7 +380,7 @@ func TestNAT(t *testing.T) {
 				t.Errorf("seen from %s and %s, want the router's public address %s", src1, src2, a.PublicAddr)
 			}
 			switch mode {
-			case nat.EIM:
+			case nat.EIM, nat.PortRestricted:
 				if port1 != port2 {
 					t.Errorf("EIM NAT mapped one socket to ports %s and %s", port1, port2)
 				}

@@ -1,11 +1,14 @@
-// Package forward runs emulated WAN links in real time between two packet
-// devices (TUN devices in two network namespaces, or in-memory pipes in
-// tests).
+// Package forward runs emulated WAN links in real time between packet devices
+// (TUN devices in network namespaces, or in-memory pipes in tests): two (New),
+// or more with routing by a caller's function (NewMesh).
 //
 // A Forwarder has one reader goroutine per device and one writer goroutine per
-// direction. A reader copies each packet into a pooled buffer and enqueues it
-// on the direction's link.Link under that direction's mutex; the writer
-// dequeues packets when they are due and writes them to the other device.
+// direction (directed pair of devices with a link). A reader picks the
+// packet's direction (with two devices: the other one; with more: Route),
+// copies it into that direction's pooled buffer and enqueues it on the
+// direction's link.Link under the direction's mutex; the writer dequeues
+// packets when they are due and writes them to the destination device.
+// Several writers may write to one device at once (each write is one packet).
 //
 // Timing: Go timers resolve to about 1 ms on this kernel (the runtime's
 // epoll_pwait takes a millisecond timeout), far too coarse for a 120 µs packet
@@ -31,6 +34,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -73,12 +77,61 @@ const (
 	maxNanoSlice = 500 * time.Microsecond
 )
 
-// Forwarder carries packets between two devices through two links.
+// Forwarder carries packets between devices (ports) through one link per
+// directed pair of ports. With two ports every packet read from one goes to
+// the other; with more, a Route function picks the output port.
 type Forwarder struct {
-	opts   Options
-	a, b   Device
-	ab, ba *direction
-	ran    atomic.Bool
+	opts  Options
+	devs  []Device
+	dirs  []*direction // dirs[src*n+dst]; nil on the diagonal and for pairs without a link
+	route Route
+	ran   atomic.Bool
+
+	unroutable atomic.Uint64 // packets Route dropped (or sent to a pair without a link)
+}
+
+// Route returns the port a packet read from port src leaves on, or -1 to
+// drop it. It runs on the reader goroutine of src, once per packet, and must
+// not keep pkt.
+type Route func(src int, pkt []byte) int
+
+// New returns a forwarder carrying packets read from a through ab to b, and
+// from b through ba to a. It installs its buffer pool on the links
+// (link.SetBuffers); from now on the links may only be touched through the
+// Forwarder (SetConfig, Stats).
+func New(a, b Device, ab, ba *link.Link, opts Options) *Forwarder {
+	return newForwarder([]Device{a, b}, [][]*link.Link{{nil, ab}, {ba, nil}}, nil, opts)
+}
+
+// NewMesh returns a forwarder between the devices devs: a packet read from
+// devs[i] is routed by route to a port j and carried through links[i][j] to
+// devs[j]. links[i][i] is ignored; a nil links[i][j] means no path (such
+// packets are dropped and counted, as are those route rejects). The links
+// get the forwarder's buffer pools, as with New.
+func NewMesh(devs []Device, links [][]*link.Link, route Route, opts Options) *Forwarder {
+	return newForwarder(devs, links, route, opts)
+}
+
+func newForwarder(devs []Device, links [][]*link.Link, route Route, opts Options) *Forwarder {
+	if opts.MaxPacket <= 0 {
+		opts.MaxPacket = 65535
+	}
+	if opts.SpinWindow <= 0 {
+		opts.SpinWindow = 100 * time.Microsecond
+	}
+	if opts.TimerMargin <= 0 {
+		opts.TimerMargin = 5 * time.Millisecond
+	}
+	n := len(devs)
+	f := &Forwarder{opts: opts, devs: devs, dirs: make([]*direction, n*n), route: route}
+	for i := range n {
+		for j := range n {
+			if i != j && i < len(links) && j < len(links[i]) && links[i][j] != nil {
+				f.dirs[i*n+j] = newDirection(links[i][j], devs[j])
+			}
+		}
+	}
+	return f
 }
 
 type direction struct {
@@ -90,24 +143,6 @@ type direction struct {
 	kick        chan struct{} // cap 1: the earliest deadline may have moved earlier
 	writeErrors atomic.Uint64
 	lastErr     atomic.Pointer[error]
-}
-
-// New returns a forwarder carrying packets read from a through ab to b, and
-// from b through ba to a. It installs its buffer pool on the links
-// (link.SetBuffers); from now on the links may only be touched through the
-// Forwarder (SetConfig, Stats).
-func New(a, b Device, ab, ba *link.Link, opts Options) *Forwarder {
-	if opts.MaxPacket <= 0 {
-		opts.MaxPacket = 65535
-	}
-	if opts.SpinWindow <= 0 {
-		opts.SpinWindow = 100 * time.Microsecond
-	}
-	if opts.TimerMargin <= 0 {
-		opts.TimerMargin = 5 * time.Millisecond
-	}
-	f := &Forwarder{opts: opts, a: a, b: b, ab: newDirection(ab, b), ba: newDirection(ba, a)}
-	return f
 }
 
 func newDirection(l *link.Link, dst Device) *direction {
@@ -148,19 +183,53 @@ func (d *direction) signal() {
 	}
 }
 
-// Stats returns both links' counters; safe at any time.
-func (f *Forwarder) Stats() (ab, ba link.Stats) {
-	return f.ab.link.Stats(), f.ba.link.Stats()
+func (f *Forwarder) dir(src, dst int) *direction {
+	n := len(f.devs)
+	if src < 0 || dst < 0 || src >= n || dst >= n {
+		return nil
+	}
+	return f.dirs[src*n+dst]
 }
 
-// WriteErrors counts packets the destination device refused, per direction.
-func (f *Forwarder) WriteErrors() (ab, ba uint64) {
-	return f.ab.writeErrors.Load(), f.ba.writeErrors.Load()
+// Stats returns both links' counters of a two-port forwarder; safe at any
+// time.
+func (f *Forwarder) Stats() (ab, ba link.Stats) {
+	return f.LinkStats(0, 1), f.LinkStats(1, 0)
 }
+
+// LinkStats returns the counters of the link from port src to port dst
+// (zero if there is none); safe at any time.
+func (f *Forwarder) LinkStats(src, dst int) link.Stats {
+	if d := f.dir(src, dst); d != nil {
+		return d.link.Stats()
+	}
+	return link.Stats{}
+}
+
+// WriteErrors counts packets the destination device refused, per direction
+// of a two-port forwarder.
+func (f *Forwarder) WriteErrors() (ab, ba uint64) {
+	return f.LinkWriteErrors(0, 1), f.LinkWriteErrors(1, 0)
+}
+
+// LinkWriteErrors counts packets of the link src→dst that port dst refused.
+func (f *Forwarder) LinkWriteErrors(src, dst int) uint64 {
+	if d := f.dir(src, dst); d != nil {
+		return d.writeErrors.Load()
+	}
+	return 0
+}
+
+// Unroutable counts packets dropped because no link leads where Route sent
+// them (or Route returned -1).
+func (f *Forwarder) Unroutable() uint64 { return f.unroutable.Load() }
 
 // LastWriteError is the most recent error of a device write, or nil.
 func (f *Forwarder) LastWriteError() error {
-	for _, d := range []*direction{f.ab, f.ba} {
+	for _, d := range f.dirs {
+		if d == nil {
+			continue
+		}
 		if e := d.lastErr.Load(); e != nil {
 			return *e
 		}
@@ -168,24 +237,33 @@ func (f *Forwarder) LastWriteError() error {
 	return nil
 }
 
-// SetConfig changes the configuration of either direction (nil: unchanged)
-// while running; queued packets are kept (see link.Link.SetConfig).
+// SetConfig changes the configuration of either direction of a two-port
+// forwarder (nil: unchanged) while running; queued packets are kept (see
+// link.Link.SetConfig).
 func (f *Forwarder) SetConfig(ab, ba *link.Config) error {
-	for _, x := range []struct {
-		d   *direction
-		cfg *link.Config
-	}{{f.ab, ab}, {f.ba, ba}} {
-		if x.cfg == nil {
-			continue
-		}
-		x.d.mu.Lock()
-		err := x.d.link.SetConfig(*x.cfg)
-		x.d.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		x.d.signal()
+	if err := f.SetLinkConfig(0, 1, ab); err != nil {
+		return err
 	}
+	return f.SetLinkConfig(1, 0, ba)
+}
+
+// SetLinkConfig changes the configuration of the link src→dst (nil:
+// unchanged) while running.
+func (f *Forwarder) SetLinkConfig(src, dst int, cfg *link.Config) error {
+	if cfg == nil {
+		return nil
+	}
+	d := f.dir(src, dst)
+	if d == nil {
+		return fmt.Errorf("forward: no link %d→%d", src, dst)
+	}
+	d.mu.Lock()
+	err := d.link.SetConfig(*cfg)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d.signal()
 	return nil
 }
 
@@ -208,11 +286,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		errOnce.Do(func() { runErr = err })
 		cancel()
 	}
-	for _, r := range []struct {
-		src Device
-		d   *direction
-	}{{f.a, f.ab}, {f.b, f.ba}} {
-		dl, canStop := r.src.(readDeadliner)
+	for src, dev := range f.devs {
+		dl, canStop := dev.(readDeadliner)
 		if canStop {
 			wg.Add(1)
 		}
@@ -220,7 +295,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			if canStop {
 				defer wg.Done()
 			}
-			if err := f.read(ctx, r.src, r.d); err != nil {
+			if err := f.read(ctx, src, dev); err != nil {
 				fail(err)
 			}
 		}()
@@ -232,7 +307,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	for _, d := range []*direction{f.ab, f.ba} {
+	for _, d := range f.dirs {
+		if d == nil {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -243,10 +321,16 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	return runErr
 }
 
-func (f *Forwarder) read(ctx context.Context, src Device, d *direction) error {
+func (f *Forwarder) read(ctx context.Context, src int, dev Device) error {
 	scratch := make([]byte, f.opts.MaxPacket)
+	// Two ports need no routing decision: the fixed direction keeps the
+	// two-site lab's per-packet path what it was before routing existed.
+	var fixed *direction
+	if len(f.devs) == 2 {
+		fixed = f.dir(src, 1-src)
+	}
 	for {
-		n, err := src.ReadPacket(scratch)
+		n, err := dev.ReadPacket(scratch)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -255,6 +339,17 @@ func (f *Forwarder) read(ctx context.Context, src Device, d *direction) error {
 		}
 		if n <= 0 {
 			continue
+		}
+		d := fixed
+		if d == nil {
+			dst := -1
+			if f.route != nil {
+				dst = f.route(src, scratch[:n])
+			}
+			if d = f.dir(src, dst); d == nil || dst == src {
+				f.unroutable.Add(1)
+				continue
+			}
 		}
 		now := time.Now()
 		d.mu.Lock()

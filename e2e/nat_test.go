@@ -1,0 +1,108 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/internal/wanlab"
+)
+
+// natLab is a WAN lab with a hub (the public middle) and the sites
+// behind NATs natA and natB ("" for none).
+type natLab struct {
+	lab
+	hubNetns, hubAddr string
+}
+
+func upNATLab(t *testing.T, natA, natB string) *natLab {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(ferryBin), "wanlab")
+	l := &natLab{lab: lab{name: fmt.Sprintf("fn%d", os.Getpid()%10000)}}
+	_ = exec.Command(bin, "down", l.name).Run()
+	args := []string{"up", l.name, "--delay", "10ms", "--hub"}
+	if natA != "" {
+		args = append(args, "--nat-a", natA)
+	}
+	if natB != "" {
+		args = append(args, "--nat-b", natB)
+	}
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+		t.Fatalf("wanlab %v: %v: %s", args, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(bin, "down", l.name).CombinedOutput(); err != nil {
+			t.Errorf("wanlab down: %v: %s", err, out)
+		}
+	})
+	st, err := wanlab.Status(l.name)
+	if err != nil || st.Hub == nil {
+		t.Fatalf("wanlab status: %+v, %v", st, err)
+	}
+	for i := range 2 {
+		l.netns[i], l.addr[i] = st.Sites[i].Netns, st.Sites[i].Addr
+	}
+	l.hubNetns, l.hubAddr = st.Hub.Netns, st.Hub.Addr
+	return l
+}
+
+// TestNATMatrix: the MMC in the public middle, the two sites behind
+// every pair of NATs (none, eim, symmetric); in every cell where a
+// direct path can exist, the agents punch one through and a live
+// migration completes over it (path: direct). Two symmetric NATs cannot
+// punch: the migration fails cleanly — the VM keeps running at its
+// source — until the relay carries it.
+func TestNATMatrix(t *testing.T) {
+	requireRoot(t)
+	kinds := []string{"", "eim", "symmetric"}
+	for _, a := range kinds {
+		for _, b := range kinds {
+			name := fmt.Sprintf("%s-%s", orNone(a), orNone(b))
+			t.Run(name, func(t *testing.T) {
+				l := upNATLab(t, a, b)
+				c := newClusterIn(t, l.hubNetns, l.hubAddr+":7946")
+				c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
+				c.startSites(t)
+				if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", "32MiB", "--workload", "cpu=0.1,dirty=1MB/s"); err != nil {
+					t.Fatal(err)
+				}
+				c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+				var created struct {
+					ID string `json:"id"`
+				}
+				start := time.Now()
+				if err := c.ctl(&created, "migrate", "web", "--to", "h2"); err != nil {
+					t.Fatal(err)
+				}
+				m, err := c.watch(created.ID)
+				if a == "symmetric" && b == "symmetric" {
+					var ms []migrationView
+					if err := c.ctl(&ms, "migrations", "list"); err != nil || len(ms) != 1 {
+						t.Fatalf("migrations: %+v, %v", ms, err)
+					}
+					if m = ms[0]; m.State != "failed" || m.Path != "" {
+						t.Fatalf("two symmetric NATs: %s over %q (%s), want failed with no link (no relay yet)", m.State, m.Path, m.Error)
+					}
+					c.waitFor("web running on h1 only", func() bool { return c.vmState("h1", "web") == "running" && c.vmState("h2", "web") == "" })
+					t.Logf("%s: failed as expected: %s", name, m.Error)
+					return
+				}
+				if err != nil {
+					t.Fatalf("watch: %v (%+v)", err, m)
+				}
+				c.checkCompleted(m, "web", "h1", "h2")
+				t.Logf("%s: completed over a %s path in %v (migration %d ms)", name, m.Path, time.Since(start).Round(time.Millisecond), m.TotalMS)
+			})
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

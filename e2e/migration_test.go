@@ -23,6 +23,7 @@ type migrationView struct {
 	Reason      string  `json:"reason"`
 	Error       string  `json:"error"`
 	Path        string  `json:"path"`
+	LinkMS      int64   `json:"link_ms"`
 	TotalMS     int64   `json:"total_ms"`
 	DowntimeMS  int64   `json:"downtime_ms"`
 	BytesOnWire uint64  `json:"bytes_on_wire"`

@@ -18,12 +18,15 @@ type natLab struct {
 	hubNetns, hubAddr string
 }
 
-func upNATLab(t *testing.T, natA, natB string) *natLab {
+func upNATLab(t testing.TB, natA, natB string, link ...string) *natLab {
 	t.Helper()
 	bin := filepath.Join(filepath.Dir(ferryBin), "wanlab")
 	l := &natLab{lab: lab{name: fmt.Sprintf("fn%d", os.Getpid()%10000)}}
 	_ = exec.Command(bin, "down", l.name).Run()
-	args := []string{"up", l.name, "--delay", "10ms", "--hub"}
+	if len(link) == 0 {
+		link = []string{"--delay", "10ms"}
+	}
+	args := append([]string{"up", l.name, "--hub"}, link...)
 	if natA != "" {
 		args = append(args, "--nat-a", natA)
 	}
@@ -62,7 +65,11 @@ func TestNATMatrix(t *testing.T) {
 		for _, b := range kinds {
 			name := fmt.Sprintf("%s-%s", orNone(a), orNone(b))
 			t.Run(name, func(t *testing.T) {
-				l := upNATLab(t, a, b)
+				var link []string
+				if p := os.Getenv("FERRY_NAT_PROFILE"); p != "" {
+					link = []string{"--profile", p}
+				}
+				l := upNATLab(t, a, b, link...)
 				c := newClusterIn(t, l.hubNetns, l.hubAddr+":7946")
 				c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
 				c.startSites(t)

@@ -55,8 +55,10 @@ type Reply struct {
 type Introduced struct {
 	Err            error
 	SrcRTT, DstRTT time.Duration
-	// Path is the link's kind ("direct", "relayed"), once up.
+	// Path is the link's kind ("direct", "relayed"), once up; Took
+	// how long the introduction took.
 	Path string
+	Took time.Duration
 }
 
 // Persisted is the outcome of Persist: the record as written; or Stale

@@ -111,7 +111,8 @@ type Machine struct {
 	intro            int // introNone, introAsked, introDone
 	introErr         string
 	srcRTT, dstRTT   time.Duration
-	linkPath         string // Introduced.Path
+	linkPath         string        // Introduced.Path
+	linkTook         time.Duration // Introduced.Took
 	prepared         bool
 	prepErr          string
 
@@ -227,7 +228,7 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 		m.reply(in, now)
 	case Introduced:
 		if m.intro == introAsked {
-			m.intro, m.srcRTT, m.dstRTT, m.linkPath = introDone, in.SrcRTT, in.DstRTT, in.Path
+			m.intro, m.srcRTT, m.dstRTT, m.linkPath, m.linkTook = introDone, in.SrcRTT, in.DstRTT, in.Path, in.Took
 			if in.Err != nil {
 				m.introErr = in.Err.Error()
 			}

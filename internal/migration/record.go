@@ -101,7 +101,11 @@ type Record struct {
 	// Path is how the agents' link runs once it exists: "direct" (a
 	// path between them, through their NATs if any: package punch) or
 	// "relayed".
-	Path      string    `json:"path,omitempty"`
+	Path string `json:"path,omitempty"`
+	// LinkMS is how long the introduction took, from the MMC's first
+	// order to the link being up (hole punching included): the first
+	// migration byte can flow from then.
+	LinkMS    int64     `json:"link_ms,omitempty"`
 	Started   time.Time `json:"started,omitzero"`    // transfer started
 	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
 	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)

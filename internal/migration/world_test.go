@@ -425,7 +425,7 @@ func (w *world) execute(c Command) Input {
 			if gen != w.gen {
 				return
 			}
-			in := Introduced{SrcRTT: wSrcRTT, DstRTT: wDstRTT, Path: "relayed"}
+			in := Introduced{SrcRTT: wSrcRTT, DstRTT: wDstRTT, Path: "relayed", Took: 42 * time.Millisecond}
 			l, d := w.hosts[c.Listener], w.hosts[c.Dialer]
 			if l == nil || d == nil || !l.up || !d.up {
 				in = Introduced{Err: errors.New("mmc: agent offline")}
@@ -1387,8 +1387,8 @@ func (w *world) expectOutcome(want State) {
 		if !r.Verified || r.TotalMS <= 0 || r.BytesOnWire == 0 || r.ResumedAt.IsZero() || r.CommittedAt.IsZero() {
 			w.t.Errorf("completed without a full report: %+v", r)
 		}
-		if r.Path != "relayed" {
-			w.t.Errorf("the record's path is %q, not the link's (relayed)", r.Path)
+		if r.Path != "relayed" || r.LinkMS != 42 {
+			w.t.Errorf("the record's link: path %q in %d ms, not the introduction's (relayed, 42 ms)", r.Path, r.LinkMS)
 		}
 		if !w.hosts[wDst].mayHaveRun {
 			w.t.Error("the destination resumed without its resume record")

@@ -286,7 +286,9 @@ func (o *orchestrator) execute(ctx context.Context, d *drive, rec migration.Reco
 		go func() {
 			defer o.wg.Done()
 			var in migration.Introduced
+			start := time.Now()
 			in.SrcRTT, in.DstRTT, in.Path, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
+			in.Took = time.Since(start)
 			d.deliver(ctx, in)
 		}()
 	case migration.Note:

@@ -130,6 +130,8 @@ type Conn struct {
 	// off as usual.
 	hsFast      time.Duration
 	hsFastUntil time.Time
+	hsLast      []byte    // the latest initiation, resent while fast
+	hsFreshAt   time.Time // when a fast dial makes a fresh initiation
 	hsPacket    []byte
 	// hsCookieRetry: no immediate retry on a cookie reply before it (a
 	// reply can be forged by anyone who saw the initiation).
@@ -363,14 +365,28 @@ func (c *Conn) install(s *handshake.Session, now time.Time) error {
 	return nil
 }
 
+// punchFresh is how often a hole-punching dial makes a fresh initiation;
+// between, it resends the same one. An initiator answers only its latest
+// initiation (a fresh one replaces the ephemeral key), so a fresh one
+// every hsFast (50 ms) would make every response on a path longer than
+// 50 ms fail to authenticate; the copies in between are what punches,
+// and the responder drops them as replays once one got through.
+const punchFresh = time.Second
+
 func (c *Conn) sendInitiation(now time.Time) error {
+	fast := c.hsFast > 0 && now.Before(c.hsFastUntil)
+	if fast && c.hsLast != nil && now.Before(c.hsFreshAt) {
+		c.hsPacket = c.hsLast
+		c.hsNext = now.Add(c.hsFast)
+		return nil
+	}
 	pkt, err := c.init.Initiation(now, c.localCID)
 	if err != nil {
 		return err
 	}
-	c.hsPacket = pkt
-	if c.hsFast > 0 && now.Before(c.hsFastUntil) {
-		c.hsNext = now.Add(c.hsFast)
+	c.hsPacket, c.hsLast = pkt, pkt
+	if fast {
+		c.hsNext, c.hsFreshAt = now.Add(c.hsFast), now.Add(punchFresh)
 		return nil
 	}
 	c.hsNext = now.Add(c.hsBackoff)

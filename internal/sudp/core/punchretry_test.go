@@ -59,3 +59,26 @@ func TestHandshakeRetryForPunching(t *testing.T) {
 		t.Fatal("an established connection took a handshake retry")
 	}
 }
+
+// A punching dial on a path longer than its retry interval still
+// connects: between fresh initiations it resends the same one, so the
+// response to any copy authenticates (a fresh initiation every 50 ms
+// made every response on a 50 ms path fail).
+func TestPunchRetryOnLongPath(t *testing.T) {
+	s := newSim(t, 63, link{delay: 40 * time.Millisecond}, Config{}) // 80 ms RTT
+	s.conn[0].SetHandshakeRetry(s.now, 50*time.Millisecond, s.now.Add(3*time.Second))
+	for i := 0; i < 100000 && (s.conn[1] == nil || !s.conn[0].Established()); i++ {
+		if !s.step() {
+			break
+		}
+	}
+	if !s.conn[0].Established() {
+		t.Fatalf("no connection within %v on an 80 ms path", s.now.Sub(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)))
+	}
+	if d := s.now.Sub(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); d > 200*time.Millisecond {
+		t.Fatalf("connected after %v on an 80 ms path", d)
+	}
+	if st := s.conn[0].Stats(); st.DroppedAuth > 0 {
+		t.Fatalf("%d responses failed to authenticate", st.DroppedAuth)
+	}
+}

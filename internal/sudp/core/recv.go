@@ -40,6 +40,7 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 			}
 			c.hsCookieRetry = now.Add(cookieRetryMin)
 			c.hsBackoff = 500 * time.Millisecond
+			c.hsLast = nil // the retry carries the cookie: a fresh initiation
 			if err := c.sendInitiation(now); err != nil {
 				c.stats.DroppedAuth++
 			}
@@ -155,7 +156,7 @@ func (c *Conn) handleResponse(now time.Time, pkt []byte) {
 	}
 	c.state = stateEstablished
 	c.confirmed = true
-	c.hsPacket = nil
+	c.hsPacket, c.hsLast = nil, nil
 	c.init = nil
 	// The response is authenticated, but its source address is not: the
 	// path stays on the address we dialled (a copy raced from elsewhere

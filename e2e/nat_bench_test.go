@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkNATPunch measures hole punching (issue #19) on the lab's `wan`
+// profile (50 ms RTT, 1 % loss, 100 Mbit/s) with the MMC at the hub, for
+// the NAT pairs that punch: per cell, FERRY_NAT_TRIALS (default 20)
+// migrations of a small VM back and forth, each introducing the agents
+// anew. It reports the share that found a direct path and the
+// introduction's duration (the MMC's first order to the link up, when
+// the first migration byte can flow: the record's link_ms) against the
+// target of 3 RTT + 200 ms. Run it alone:
+//
+//	go test ./e2e -run '^$' -bench BenchmarkNATPunch -benchtime 1x -timeout 30m
+func BenchmarkNATPunch(b *testing.B) {
+	requireRoot(b)
+	trials := 20
+	if v := os.Getenv("FERRY_NAT_TRIALS"); v != "" {
+		var err error
+		if trials, err = strconv.Atoi(v); err != nil || trials < 1 {
+			b.Fatalf("FERRY_NAT_TRIALS=%q: want a positive count", v)
+		}
+	}
+	const rtt = 50 * time.Millisecond
+	target := 3*rtt + 200*time.Millisecond
+	for _, cell := range [][2]string{{"eim", "eim"}, {"eim", "symmetric"}, {"symmetric", "eim"}, {"", "symmetric"}} {
+		b.Run(orNone(cell[0])+"-"+orNone(cell[1]), func(b *testing.B) {
+			l := upNATLab(b, cell[0], cell[1], "--profile", "wan")
+			c := newClusterIn(b, l.hubNetns, l.hubAddr+":7946")
+			c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
+			var tok struct {
+				Token string `json:"token"`
+			}
+			if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
+				b.Fatal(err)
+			}
+			for _, h := range []string{"h1", "h2"} {
+				c.startAgent(h, "--token", tok.Token, "--site", h, "--report-interval", "300ms")
+			}
+			c.waitFor("both hosts online", func() bool {
+				var hosts []hostView
+				_ = c.ctl(&hosts, "hosts", "list")
+				return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
+			})
+			if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", "16MiB", "--workload", "cpu=0.05,dirty=100KB/s"); err != nil {
+				b.Fatal(err)
+			}
+			c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+			var links []time.Duration
+			direct := 0
+			on := "h1"
+			for i := range max(trials, b.N) {
+				to := map[string]string{"h1": "h2", "h2": "h1"}[on]
+				var created struct {
+					ID string `json:"id"`
+				}
+				if err := c.ctl(&created, "migrate", "web", "--to", to); err != nil {
+					b.Fatal(err)
+				}
+				m, err := c.watch(created.ID)
+				if err == nil && m.Path == "direct" {
+					direct++
+					links = append(links, time.Duration(m.LinkMS)*time.Millisecond)
+					on = to
+				} else {
+					var ms []migrationView
+					_ = c.ctl(&ms, "migrations", "list")
+					for _, x := range ms {
+						if x.ID == created.ID {
+							b.Logf("trial %d: %s: %s", i, x.State, x.Error)
+						}
+					}
+				}
+				c.waitFor("web reported", func() bool { return c.vmState(on, "web") == "running" })
+			}
+			slices.Sort(links)
+			n := max(trials, b.N)
+			p50, p99 := percentile(links, 0.50), percentile(links, 0.99)
+			b.ReportMetric(100*float64(direct)/float64(n), "direct-%")
+			b.ReportMetric(float64(p50.Milliseconds()), "p50-link-ms")
+			b.ReportMetric(float64(p99.Milliseconds()), "p99-link-ms")
+			if len(links) == 0 {
+				b.Fatalf("%s: no direct path in %d trials", b.Name(), n)
+			}
+			fmt.Printf("%s: %d/%d direct; introduction → link up: p50 %v, p99 %v, max %v (target %v)\n",
+				b.Name(), direct, n, p50, p99, links[len(links)-1], target)
+		})
+	}
+}

@@ -379,3 +379,12 @@ func (r *Relay) Bound(id AllocID, side Side) netip.AddrPort {
 	defer r.mu.Unlock()
 	return r.core.Bound(id, side)
 }
+
+// Allocator is what a relay's controller (the MMC) needs of it, whether the
+// relay is embedded (a *Relay) or elsewhere.
+type Allocator interface {
+	Allocate(ctx context.Context, keyA, keyB [KeySize]byte) (Allocation, error)
+	Release(id AllocID) error
+}
+
+var _ Allocator = (*Relay)(nil)

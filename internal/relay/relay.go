@@ -21,6 +21,10 @@ type Config struct {
 	// ListenIP is the address the allocation ports are opened on (the
 	// relay host's public address, or 0.0.0.0). Default 0.0.0.0.
 	ListenIP netip.Addr
+	// Advertise is the address agents send to, named in every Allocation
+	// (the relay's public address when it sits behind a port forward).
+	// Default ListenIP, which then must not be unspecified.
+	Advertise netip.Addr
 	// PortLo and PortHi are the inclusive range allocation ports are
 	// taken from (two per allocation); the firewall opens exactly this
 	// range. Both zero: ephemeral ports (tests).
@@ -45,6 +49,7 @@ var (
 	ErrNoPorts      = errors.New("relay: no two free ports in the range")
 	ErrUnknownAlloc = errors.New("relay: no such allocation")
 	errBadPortRange = errors.New("relay: bad port range")
+	errNoAdvertise  = errors.New("relay: listening on an unspecified address needs the address to advertise")
 )
 
 const (
@@ -94,6 +99,12 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if !cfg.ListenIP.IsValid() {
 		cfg.ListenIP = netip.IPv4Unspecified()
+	}
+	if !cfg.Advertise.IsValid() {
+		cfg.Advertise = cfg.ListenIP
+	}
+	if cfg.Advertise.IsUnspecified() {
+		return nil, errNoAdvertise
 	}
 	if (cfg.PortLo == 0) != (cfg.PortHi == 0) || cfg.PortHi < cfg.PortLo || (cfg.PortLo != 0 && cfg.PortHi == cfg.PortLo) {
 		return nil, fmt.Errorf("%w: %d-%d (need two ports at least, or none for ephemeral)", errBadPortRange, cfg.PortLo, cfg.PortHi)
@@ -151,7 +162,11 @@ func (r *Relay) Allocate(ctx context.Context, keyA, keyB [KeySize]byte) (Allocat
 		r.wg.Add(1)
 		go r.serve(pp, Side(s))
 	}
-	al := Allocation{ID: id, AddrA: pp.socks[SideA].LocalAddr(), AddrB: pp.socks[SideB].LocalAddr()}
+	al := Allocation{
+		ID:    id,
+		AddrA: netip.AddrPortFrom(r.cfg.Advertise, pp.ports[SideA]),
+		AddrB: netip.AddrPortFrom(r.cfg.Advertise, pp.ports[SideB]),
+	}
 	r.log.Info("relay: allocated", "id", fmt.Sprintf("%016x", uint64(id)), "a", al.AddrA, "b", al.AddrB)
 	return al, nil
 }

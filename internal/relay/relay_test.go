@@ -119,6 +119,14 @@ func (g *agents) link(t *testing.T, r *Relay) (Allocation, *sudp.Conn, *sudp.Con
 	if err != nil {
 		t.Fatal(err)
 	}
+	ac, bc := g.connect(t, r, al, kA, kB)
+	return al, ac, bc
+}
+
+// connect binds both agents to al and connects A to B through it.
+func (g *agents) connect(t *testing.T, r *Relay, al Allocation, kA, kB [KeySize]byte) (*sudp.Conn, *sudp.Conn) {
+	t.Helper()
+	ctx := ctxT(t, 30*time.Second)
 	if err := g.ca.Bind(ctx, al.AddrA, al.ID, kA); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +147,7 @@ func (g *agents) link(t *testing.T, r *Relay) (Allocation, *sudp.Conn, *sudp.Con
 	if ac.RemoteAddr() != al.AddrA || bc.RemoteAddr() != al.AddrB {
 		t.Fatalf("A talks to %v, B to %v: not through the relay (%v, %v)", ac.RemoteAddr(), bc.RemoteAddr(), al.AddrA, al.AddrB)
 	}
-	return al, ac, bc
+	return ac, bc
 }
 
 var marker = []byte("FERRY-RELAY-PLAINTEXT-MARKER")

@@ -23,7 +23,7 @@ import (
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
-func newRelay(t *testing.T, cfg Config) *Relay {
+func newRelay(t testing.TB, cfg Config) *Relay {
 	t.Helper()
 	cfg.ListenIP = loopback
 	r, err := New(cfg)
@@ -34,13 +34,13 @@ func newRelay(t *testing.T, cfg Config) *Relay {
 	return r
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -51,7 +51,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func randKey(t *testing.T) [KeySize]byte {
+func randKey(t testing.TB) [KeySize]byte {
 	var k [KeySize]byte
 	if _, err := rand.Read(k[:]); err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ type agents struct {
 	psk              [32]byte
 }
 
-func newAgents(t *testing.T) *agents {
+func newAgents(t testing.TB) *agents {
 	t.Helper()
 	g := &agents{psk: [32]byte{3, 1, 4}}
 	var err error
@@ -111,7 +111,7 @@ func newAgents(t *testing.T) *agents {
 
 // link allocates on r, binds both agents and connects A to B through the
 // relay: A dials relay:Pa with B's static key.
-func (g *agents) link(t *testing.T, r *Relay) (Allocation, *sudp.Conn, *sudp.Conn) {
+func (g *agents) link(t testing.TB, r *Relay) (Allocation, *sudp.Conn, *sudp.Conn) {
 	t.Helper()
 	ctx := ctxT(t, 30*time.Second)
 	kA, kB := randKey(t), randKey(t)
@@ -124,7 +124,7 @@ func (g *agents) link(t *testing.T, r *Relay) (Allocation, *sudp.Conn, *sudp.Con
 }
 
 // connect binds both agents to al and connects A to B through it.
-func (g *agents) connect(t *testing.T, r *Relay, al Allocation, kA, kB [KeySize]byte) (*sudp.Conn, *sudp.Conn) {
+func (g *agents) connect(t testing.TB, r *Relay, al Allocation, kA, kB [KeySize]byte) (*sudp.Conn, *sudp.Conn) {
 	t.Helper()
 	ctx := ctxT(t, 30*time.Second)
 	if err := g.ca.Bind(ctx, al.AddrA, al.ID, kA); err != nil {
@@ -164,7 +164,7 @@ func payload(n int) []byte {
 }
 
 // transfer sends p from A to B on a new stream and returns what B read.
-func transfer(t *testing.T, ac, bc *sudp.Conn, p []byte) []byte {
+func transfer(t testing.TB, ac, bc *sudp.Conn, p []byte) []byte {
 	t.Helper()
 	ctx := ctxT(t, 60*time.Second)
 	errc := make(chan error, 1)
@@ -195,7 +195,7 @@ func transfer(t *testing.T, ac, bc *sudp.Conn, p []byte) []byte {
 	return got
 }
 
-func sameBytes(t *testing.T, got, want []byte) {
+func sameBytes(t testing.TB, got, want []byte) {
 	t.Helper()
 	if len(got) != len(want) || sha256.Sum256(got) != sha256.Sum256(want) {
 		t.Fatalf("received %d bytes (sha256 %x), sent %d (%x)", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))

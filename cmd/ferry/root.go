@@ -47,7 +47,7 @@ func newRootCmd() *cobra.Command {
 			profFile.Close()
 		}
 	}
-	root.AddCommand(newPerfCmd(g), newMMCCmd(g), newAgentCmd(g), newCtlCmd(), newSimVMCmd(g), newSwarmCmd(g), newDemoCmd(), newVersionCmd())
+	root.AddCommand(newPerfCmd(g), newMMCCmd(g), newAgentCmd(g), newCtlCmd(), newSimVMCmd(g), newRelayCmd(g), newSwarmCmd(g), newDemoCmd(), newVersionCmd())
 	strictGroups(root)
 	return root
 }

@@ -24,6 +24,7 @@ type migrationView struct {
 	Error       string  `json:"error"`
 	Path        string  `json:"path"`
 	LinkMS      int64   `json:"link_ms"`
+	PathNote    string  `json:"path_note"`
 	TotalMS     int64   `json:"total_ms"`
 	DowntimeMS  int64   `json:"downtime_ms"`
 	BytesOnWire uint64  `json:"bytes_on_wire"`
@@ -109,11 +110,17 @@ func (c *cluster) startSitesEvery(t *testing.T, interval time.Duration) (start f
 // the VM runs on the destination only.
 func (c *cluster) checkCompleted(m migrationView, vm, from, to string) {
 	c.t.Helper()
+	c.checkCompletedOver(m, vm, from, to, "direct")
+}
+
+// checkCompletedOver is checkCompleted for a link of the given path.
+func (c *cluster) checkCompletedOver(m migrationView, vm, from, to, path string) {
+	c.t.Helper()
 	if m.State != "completed" || !m.Verified || m.VM != vm || m.From != from || m.To != to {
 		c.t.Fatalf("migration %+v", m)
 	}
-	if m.Path != "direct" {
-		c.t.Fatalf("the agents' link: path %q, want direct", m.Path)
+	if m.Path != path {
+		c.t.Fatalf("the agents' link: path %q, want %s", m.Path, path)
 	}
 	if m.TotalMS <= 0 || m.DowntimeMS < 0 || m.DowntimeMS > m.TotalMS || m.BytesOnWire == 0 || m.Rounds < 1 {
 		c.t.Fatalf("final report %+v", m)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,7 +22,7 @@ const defaultMMCDir = "/var/lib/ferry/mmc"
 
 func newMMCCmd(g *globalFlags) *cobra.Command {
 	var cfg mmc.Config
-	var joinBundle, joinToken string
+	var joinBundle, joinToken, relayPorts, relayIP string
 	cmd := &cobra.Command{
 		Use:   "mmc",
 		Short: "Run the Migration Management Center",
@@ -56,6 +57,21 @@ member an --advertise address the others and the agents can reach.`,
 			if cfg.RaftTimeout < 100*time.Millisecond || cfg.RaftTimeout > time.Minute {
 				return &usageError{"--raft-timeout must be between 100ms and 1m"}
 			}
+			if relayPorts != "" {
+				rc := &mmc.RelayConfig{}
+				var err error
+				if rc.PortLo, rc.PortHi, err = parsePortRange(relayPorts); err != nil {
+					return &usageError{fmt.Sprintf("--relay-ports: %v", err)}
+				}
+				if relayIP != "" {
+					if rc.IP, err = netip.ParseAddr(relayIP); err != nil {
+						return &usageError{fmt.Sprintf("--relay-ip: %v", err)}
+					}
+				}
+				cfg.Relay = rc
+			} else if relayIP != "" {
+				return &usageError{"--relay-ip goes with --relay-ports"}
+			}
 			srv, err := mmc.New(cfg)
 			if err != nil {
 				return err
@@ -85,6 +101,8 @@ member an --advertise address the others and the agents can reach.`,
 	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
 	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", mmc.DefaultRaftTimeout, "raft's heartbeat and election timeout between MMCs (leader lease: half); shorter fails over sooner, but must stay well above the members' round-trip time")
+	f.StringVar(&relayPorts, "relay-ports", "", "run a relay for agents that cannot punch a direct path to each other: UDP ports LO-HI, two per relayed link (open them inbound)")
+	f.StringVar(&relayIP, "relay-ip", "", "address the relay listens on and agents reach (default: the --listen address)")
 	f.StringVar(&joinBundle, "join", "", "join the cluster of the MMCs in this bundle (first start only; with --join-token)")
 	f.StringVar(&joinToken, "join-token", "", "one-use token from 'ferry ctl mmcs join-token' (with --join)")
 	f.BoolVar(&cfg.AllowChangedFacts, "allow-changed-facts", false, "let agents whose MAC or disk id changed log in (the alarm is still raised)")

@@ -27,6 +27,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/relay"
 	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
@@ -93,6 +94,7 @@ type Agent struct {
 	policy  atomic.Uint64  // policy version received from the MMC
 	peers   *peers
 	punches *punches
+	foreign *foreignDispatch // the endpoint's handler of punches and relay acks
 	// peerCtx and peerWG own the goroutines an introduction starts
 	// (the listener's punches): Run sets peerCtx before any session and
 	// waits for them when it returns.
@@ -162,6 +164,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics.term.Set(float64(a.mmcs.highestTerm()))
 	a.peers = newPeers()
 	a.punches = &punches{received: func(o string) { a.metrics.punchesReceived.WithLabelValues(o).Inc() }}
+	a.foreign = &foreignDispatch{punches: a.punches}
 	a.posts = make(chan message.BoardPost, 256)
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
@@ -173,11 +176,12 @@ func New(cfg Config) (*Agent, error) {
 	// Inbound handshakes are admitted only from agents the MMC introduced
 	// (peers.lookup); everything else is refused by the responder.
 	a.ep, err = sudp.Listen(sudp.Config{Listen: cfg.Listen, Static: static, ClusterID: cfg.Bundle.ClusterID, Logger: cfg.Logger,
-		SmallBuffers: cfg.SmallBuffers, Lookup: a.peers.lookup, Foreign: a.punches.foreign})
+		SmallBuffers: cfg.SmallBuffers, Lookup: a.peers.lookup, Foreign: a.foreign.handle})
 	if err != nil {
 		_ = a.events.close()
 		return nil, err
 	}
+	a.foreign.relay.Store(relay.NewClient(a.ep, cfg.Logger))
 	return a, nil
 }
 

@@ -167,6 +167,13 @@ func (a *Agent) actPeer(ctx context.Context, act message.Action) error {
 		if err := a.peers.add(act.Intro, a.clock.offset()); err != nil {
 			return err
 		}
+		if act.Intro.RelayAddr != "" {
+			// Bound before answering: the dialer's first packets
+			// reach the relay after this answer, and the relay
+			// forwards only to a bound address.
+			_, err := a.bindRelay(ctx, act.Intro)
+			return err
+		}
 		if act.Intro.PunchAt != 0 {
 			a.startPunches(act.Intro)
 		}

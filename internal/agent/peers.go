@@ -271,7 +271,14 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	}
 	var c *sudp.Conn
 	var err error
-	if in.PunchAt != 0 {
+	target := in.PeerAddr
+	if in.RelayAddr != "" {
+		ra, err := a.bindRelay(ctx, in)
+		if err != nil {
+			return err
+		}
+		target = ra.String()
+	} else if in.PunchAt != 0 {
 		if c, err = a.dialPunching(ctx, in, key, ticket); err != nil {
 			return err
 		}
@@ -279,8 +286,8 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	dctx, cancel := context.WithTimeout(ctx, peerHelloTimeout)
 	defer cancel()
 	if c == nil {
-		if c, err = a.ep.Dial(dctx, in.PeerAddr, key, ticket); err != nil {
-			return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, in.PeerAddr, err)
+		if c, err = a.ep.Dial(dctx, target, key, ticket); err != nil {
+			return fmt.Errorf("agent: dial peer %s at %s: %w", in.PeerID, target, err)
 		}
 	}
 	if err := message.Send(dctx, c, message.PeerHello{Topic: in.Topic, From: a.ID()}); err != nil {

@@ -416,6 +416,13 @@ type Introduction struct {
 	// dials at once, as before punching.
 	PunchAt int64 `cbor:"7,keyasint,omitempty"`
 	Window  int64 `cbor:"8,keyasint,omitempty"`
+	// RelayAddr, when set, is the relay port this agent's side of the
+	// link runs through (package relay): the agent binds its address
+	// there with RelayKey (32 bytes) for allocation RelayAlloc, then the
+	// link's SUDP connection goes to RelayAddr instead of the peer.
+	RelayAddr  string `cbor:"9,keyasint,omitempty"`
+	RelayAlloc uint64 `cbor:"10,keyasint,omitempty"`
+	RelayKey   []byte `cbor:"11,keyasint,omitempty"`
 }
 
 func (m *Introduction) check() error {
@@ -430,6 +437,12 @@ func (m *Introduction) check() error {
 	}
 	if m.PunchAt < 0 || m.Window < 0 || m.Window > int64(time.Minute) {
 		return errors.New("introduction: punch time or window out of range")
+	}
+	if m.RelayAddr != "" && len(m.RelayKey) != 32 {
+		return errors.New("introduction: a relay needs a 32-byte key")
+	}
+	if err := identity.CheckLabel(m.RelayAddr, 128); m.RelayAddr != "" && err != nil {
+		return err
 	}
 	return identity.CheckLabel(m.PeerAddr, 128)
 }

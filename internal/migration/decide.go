@@ -80,7 +80,7 @@ func (m *Machine) prepare(now time.Time) {
 	case r.CancelRequested:
 		m.rollback(Cancelled, now, "cancelled")
 	default:
-		r.State, r.Started, r.Path, r.LinkMS = Transferring, now, m.linkPath, m.linkTook.Milliseconds()
+		r.State, r.Started, r.Path, r.LinkMS, r.PathNote = Transferring, now, m.linkPath, m.linkTook.Milliseconds(), m.linkNote
 		m.persist(r, now)
 	}
 }

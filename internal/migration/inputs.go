@@ -59,6 +59,8 @@ type Introduced struct {
 	// how long the introduction took.
 	Path string
 	Took time.Duration
+	// Note says why the direct path failed, when the link is relayed.
+	Note string
 }
 
 // Persisted is the outcome of Persist: the record as written; or Stale

@@ -113,6 +113,7 @@ type Machine struct {
 	srcRTT, dstRTT   time.Duration
 	linkPath         string        // Introduced.Path
 	linkTook         time.Duration // Introduced.Took
+	linkNote         string        // Introduced.Note
 	prepared         bool
 	prepErr          string
 
@@ -228,7 +229,7 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 		m.reply(in, now)
 	case Introduced:
 		if m.intro == introAsked {
-			m.intro, m.srcRTT, m.dstRTT, m.linkPath, m.linkTook = introDone, in.SrcRTT, in.DstRTT, in.Path, in.Took
+			m.intro, m.srcRTT, m.dstRTT, m.linkPath, m.linkTook, m.linkNote = introDone, in.SrcRTT, in.DstRTT, in.Path, in.Took, in.Note
 			if in.Err != nil {
 				m.introErr = in.Err.Error()
 			}

@@ -105,7 +105,9 @@ type Record struct {
 	// LinkMS is how long the introduction took, from the MMC's first
 	// order to the link being up (hole punching included): the first
 	// migration byte can flow from then.
-	LinkMS    int64     `json:"link_ms,omitempty"`
+	LinkMS int64 `json:"link_ms,omitempty"`
+	// PathNote says why no direct path was found, for a relayed link.
+	PathNote  string    `json:"path_note,omitempty"`
 	Started   time.Time `json:"started,omitzero"`    // transfer started
 	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
 	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)

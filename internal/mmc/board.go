@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/punch"
+	"github.com/ferry-vm/ferry/internal/relay"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -108,6 +109,52 @@ func (s *Server) handleRead(ctx context.Context, ss *session, r message.BoardRea
 // each other (package punch). It returns once dialer reports the connection
 // up, or with the first failure.
 func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) error {
+	_, _, err := s.IntroduceLink(ctx, topic, listener, dialer)
+	return err
+}
+
+// noDirectPath is a dialer's failure to reach the listener directly.
+type noDirectPath struct{ err error }
+
+func (e *noDirectPath) Error() string { return e.err.Error() }
+func (e *noDirectPath) Unwrap() error { return e.err }
+
+// viaRelay is a relay allocation an introduction runs the link through.
+type viaRelay struct {
+	al         relay.Allocation
+	keyA, keyB [relay.KeySize]byte // the dialer's (side A) and the listener's bind keys
+}
+
+// IntroduceLink is Introduce, saying how the link runs: "direct", or —
+// when the agents could not punch a direct path and this MMC runs a
+// relay — "relayed", with why the direct path failed in note.
+func (s *Server) IntroduceLink(ctx context.Context, topic, listener, dialer string) (path, note string, err error) {
+	err = s.introduce(ctx, topic, listener, dialer, nil)
+	if err == nil {
+		return "direct", "", nil
+	}
+	var nd *noDirectPath
+	if s.linkRelay == nil || !errors.As(err, &nd) {
+		return "", "", err
+	}
+	note = truncate(nd.Error())
+	via := &viaRelay{}
+	if via.al, via.keyA, via.keyB, err = s.allocateRelay(ctx, topic); err != nil {
+		return "", note, fmt.Errorf("%w; and no relay: %w", nd, err)
+	}
+	defer clear(via.keyA[:])
+	defer clear(via.keyB[:])
+	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: truncate("no direct path (" + note + "); relaying")})
+	if err = s.introduce(ctx, topic, listener, dialer, via); err != nil {
+		s.releaseRelay(topic)
+		return "", note, fmt.Errorf("%w; through the relay: %w", nd, err)
+	}
+	return "relayed", note, nil
+}
+
+// introduce carries out one introduction: direct (via nil: both punch),
+// or through the relay allocation via.
+func (s *Server) introduce(ctx context.Context, topic, listener, dialer string, via *viaRelay) error {
 	ls, ds := s.reg.session(listener), s.reg.session(dialer)
 	if ls == nil || ds == nil {
 		return fmt.Errorf("%w: both agents must be online to be introduced", ErrHostOffline)
@@ -138,17 +185,30 @@ func (s *Server) Introduce(ctx context.Context, topic, listener, dialer string) 
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: fmt.Sprintf("introducing %s (%s) to %s (%s)", dialer, ds.name, listener, ls.name)})
 	// The tickets travel only inside the two agents' authenticated,
 	// encrypted sessions; the audit names the job, never the ticket.
-	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: &message.Introduction{
-		Topic: topic, PeerID: dialer, PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires,
-		PunchAt: punchAt, Window: window}}); err != nil {
+	lin := &message.Introduction{Topic: topic, PeerID: dialer, PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires,
+		PunchAt: punchAt, Window: window}
+	din := &message.Introduction{Topic: topic, PeerID: listener, PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires,
+		PunchAt: punchAt, Window: window}
+	how := "direct"
+	if via != nil {
+		how = "relayed"
+		lin.PunchAt, lin.Window, din.PunchAt, din.Window = 0, 0, 0, 0
+		lin.RelayAddr, lin.RelayAlloc, lin.RelayKey = via.al.AddrB.String(), uint64(via.al.ID), via.keyB[:]
+		din.RelayAddr, din.RelayAlloc, din.RelayKey = via.al.AddrA.String(), uint64(via.al.ID), via.keyA[:]
+	}
+	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: lin}); err != nil {
 		return fmt.Errorf("mmc: introduce %s: %s cannot expect %s: %w", topic, listener, dialer, err)
 	}
-	if _, err := s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: &message.Introduction{
-		Topic: topic, PeerID: listener, PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires,
-		PunchAt: punchAt, Window: window}}); err != nil {
-		return fmt.Errorf("mmc: introduce %s: %s cannot reach %s: %w", topic, dialer, listener, err)
+	if r, err := s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: din}); err != nil {
+		err = fmt.Errorf("mmc: introduce %s: %s cannot reach %s: %w", topic, dialer, listener, err)
+		if via == nil && r.Error != "" {
+			// The dialer answered: it found no path (not: it was
+			// unreachable, offline or refused the order).
+			err = &noDirectPath{err}
+		}
+		return err
 	}
-	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.introduce", Target: topic, Outcome: "ok", Detail: dialer + " → " + listener})
+	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.introduce", Target: topic, Outcome: "ok", Detail: dialer + " → " + listener + " (" + how + ")"})
 	return nil
 }
 

@@ -29,16 +29,13 @@ func (f serverFleet) reachable(rec migration.Record, host string) bool {
 	return f.s.sessionFor(f.s.agentFor(rec, host), host) != nil
 }
 
-func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path string, err error) {
+func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path, note string, err error) {
 	s := f.s
 	l, d := s.sessionFor(s.agentFor(rec, listener), listener), s.sessionFor(s.agentFor(rec, dialer), dialer)
 	if l == nil || d == nil {
 		err = fmt.Errorf("%w: both agents must be online to be introduced", ErrHostOffline)
 	} else {
-		err = s.Introduce(ctx, migration.Topic(rec.ID), l.id, d.id)
-	}
-	if err == nil {
-		path = "direct"
+		path, note, err = s.IntroduceLink(ctx, migration.Topic(rec.ID), l.id, d.id)
 	}
 	rtt := func(agent, host string) time.Duration {
 		if ss := s.sessionFor(agent, host); ss != nil {
@@ -46,7 +43,7 @@ func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listen
 		}
 		return 0
 	}
-	return rtt(rec.FromAgent, rec.From), rtt(rec.ToAgent, rec.To), path, err
+	return rtt(rec.FromAgent, rec.From), rtt(rec.ToAgent, rec.To), path, note, err
 }
 
 func (f serverFleet) note(ctx context.Context, topic, text string) {
@@ -106,6 +103,7 @@ func (f serverFleet) ended(ctx context.Context, m migration.Record) {
 	s := f.s
 	s.pol.finished(m.VM)
 	topic := migration.Topic(m.ID)
+	s.releaseRelay(topic)
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "migration " + string(m.State)})
 	s.board.Close(topic)
 	detail := fmt.Sprintf("%s %s → %s", m.VM, m.From, m.To)

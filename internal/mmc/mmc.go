@@ -38,6 +38,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/relay"
 	"github.com/ferry-vm/ferry/internal/store"
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
@@ -131,6 +132,11 @@ type Config struct {
 	// elections on a slow or lossy link between members.
 	RaftTimeout time.Duration
 
+	// Relay, if set, runs a relay inside the MMC (package relay): agents
+	// that cannot punch a direct path to each other get their link
+	// through it.
+	Relay *RelayConfig
+
 	// Join, on a data directory with no raft state, joins the cluster of
 	// the MMCs in its bundle with its token instead of bootstrapping a
 	// one-member cluster (join.go). Ignored once this MMC is a member.
@@ -214,6 +220,8 @@ type Server struct {
 	// accept loop, which run from before, read it.
 	member    atomic.Pointer[replicated]
 	ep        *sudp.Endpoint
+	linkRelay *relay.Relay // nil: no relay (Config.Relay)
+	relayed   relayedLinks
 	clusterID string
 	enrolPSK  [32]byte
 	adminTok  []byte
@@ -346,6 +354,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("mmc: listen %s: %w", cfg.Listen, err)
+	}
+	if err := s.openRelay(); err != nil {
+		s.close()
+		return nil, err
 	}
 	if err := s.listenAdmin(); err != nil {
 		s.close()
@@ -677,6 +689,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.stopAccept()
 	<-s.acceptDone
 	s.ep.Close()
+	if s.linkRelay != nil {
+		s.linkRelay.Close()
+	}
 	wg.Wait()
 	s.audit.drain()
 	// The drained audit entries were the last writes: the member stops
@@ -718,6 +733,9 @@ func (s *Server) close() {
 	}
 	if s.ep != nil {
 		s.ep.Close()
+	}
+	if s.linkRelay != nil {
+		s.linkRelay.Close()
 	}
 	if s.adminLn != nil {
 		s.adminLn.Close()

@@ -32,7 +32,7 @@ type fleet interface {
 	reachable(rec migration.Record, host string) bool
 	// introduce puts the two agents in touch for the migration's link
 	// and measures their round trips to the MMC.
-	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path string, err error)
+	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path, note string, err error)
 	note(ctx context.Context, topic, text string)
 	env(rec migration.Record) migration.Env
 	// resumed: an open migration found at startup; recorded: a write
@@ -287,7 +287,7 @@ func (o *orchestrator) execute(ctx context.Context, d *drive, rec migration.Reco
 			defer o.wg.Done()
 			var in migration.Introduced
 			start := time.Now()
-			in.SrcRTT, in.DstRTT, in.Path, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
+			in.SrcRTT, in.DstRTT, in.Path, in.Note, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
 			in.Took = time.Since(start)
 			d.deliver(ctx, in)
 		}()

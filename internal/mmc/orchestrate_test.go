@@ -76,8 +76,8 @@ func (f *fakeFleet) order(ctx context.Context, rec migration.Record, host string
 }
 
 func (f *fakeFleet) reachable(migration.Record, string) bool { return true }
-func (f *fakeFleet) introduce(context.Context, migration.Record, string, string) (time.Duration, time.Duration, string, error) {
-	return time.Millisecond, time.Millisecond, "direct", nil
+func (f *fakeFleet) introduce(context.Context, migration.Record, string, string) (time.Duration, time.Duration, string, string, error) {
+	return time.Millisecond, time.Millisecond, "direct", "", nil
 }
 func (f *fakeFleet) note(context.Context, string, string) {
 	f.mu.Lock()

@@ -1,0 +1,86 @@
+package mmc
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/ferry-vm/ferry/internal/relay"
+)
+
+// RelayConfig runs a relay inside the MMC: two UDP ports per relayed link
+// from [PortLo, PortHi] on IP (which agents must reach; the firewall
+// opens that range inbound).
+type RelayConfig struct {
+	IP             netip.Addr
+	PortLo, PortHi uint16
+	Limits         relay.Limits
+}
+
+// openRelay starts the embedded relay, if configured. Its address
+// defaults to the MMC's SUDP listen address.
+func (s *Server) openRelay() error {
+	rc := s.cfg.Relay
+	if rc == nil {
+		return nil
+	}
+	ip := rc.IP
+	if !ip.IsValid() || ip.IsUnspecified() {
+		ip = s.ep.LocalAddr().Addr()
+	}
+	if ip.IsUnspecified() {
+		return errors.New("mmc: the relay needs an address agents reach (--relay-ip): the MMC listens on every address")
+	}
+	r, err := relay.New(relay.Config{ListenIP: ip, Advertise: ip, PortLo: rc.PortLo, PortHi: rc.PortHi, Limits: rc.Limits, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("mmc: relay: %w", err)
+	}
+	s.linkRelay = r
+	return nil
+}
+
+// relayedLinks are the relay allocations of open jobs, by topic, released
+// when the job ends (the relay's idle expiry is the backstop).
+type relayedLinks struct {
+	mu    sync.Mutex
+	alloc map[string]relay.AllocID
+}
+
+// allocate reserves relay ports for topic's link: a for the dialer, b for
+// the listener, with their bind keys.
+func (s *Server) allocateRelay(ctx context.Context, topic string) (al relay.Allocation, keyA, keyB [relay.KeySize]byte, err error) {
+	if _, err = rand.Read(keyA[:]); err != nil {
+		return
+	}
+	if _, err = rand.Read(keyB[:]); err != nil {
+		return
+	}
+	if al, err = s.linkRelay.Allocate(ctx, keyA, keyB); err != nil {
+		return
+	}
+	s.releaseRelay(topic) // a retried introduction replaces its allocation
+	s.relayed.mu.Lock()
+	defer s.relayed.mu.Unlock()
+	if s.relayed.alloc == nil {
+		s.relayed.alloc = map[string]relay.AllocID{}
+	}
+	s.relayed.alloc[topic] = al.ID
+	return
+}
+
+// releaseRelay frees topic's relay ports, if it has any.
+func (s *Server) releaseRelay(topic string) {
+	if s.linkRelay == nil {
+		return
+	}
+	s.relayed.mu.Lock()
+	id, ok := s.relayed.alloc[topic]
+	delete(s.relayed.alloc, topic)
+	s.relayed.mu.Unlock()
+	if ok {
+		_ = s.linkRelay.Release(id)
+	}
+}

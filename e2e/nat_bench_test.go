@@ -94,3 +94,77 @@ func BenchmarkNATPunch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRelayedVsDirect compares a migration whose link runs through
+// the MMC's relay at the hub (both sites behind symmetric NATs) with one
+// over a punched direct path (both behind eim NATs) on the `wan` profile:
+// the same VM, the same path delay and loss (the hub sits halfway), so
+// the difference is the relay's. FERRY_RELAY_TRIALS (default 3)
+// migrations of FERRY_RELAY_VM (default 128MiB) each way per cell.
+//
+//	go test ./e2e -run '^$' -bench BenchmarkRelayedVsDirect -benchtime 1x -timeout 30m
+func BenchmarkRelayedVsDirect(b *testing.B) {
+	requireRoot(b)
+	trials, mem := 3, "128MiB"
+	if v := os.Getenv("FERRY_RELAY_TRIALS"); v != "" {
+		var err error
+		if trials, err = strconv.Atoi(v); err != nil || trials < 1 {
+			b.Fatalf("FERRY_RELAY_TRIALS=%q: want a positive count", v)
+		}
+	}
+	if v := os.Getenv("FERRY_RELAY_VM"); v != "" {
+		mem = v
+	}
+	goodput := map[string]float64{}
+	for _, cell := range []struct{ name, nat, path string }{{"direct", "eim", "direct"}, {"relayed", "symmetric", "relayed"}} {
+		b.Run(cell.name, func(b *testing.B) {
+			l := upNATLab(b, cell.nat, cell.nat, "--profile", "wan")
+			c := newClusterIn(b, l.hubNetns, l.hubAddr+":7946", "--relay-ports", "40000-40099")
+			c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
+			var tok struct {
+				Token string `json:"token"`
+			}
+			if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
+				b.Fatal(err)
+			}
+			for _, h := range []string{"h1", "h2"} {
+				c.startAgent(h, "--token", tok.Token, "--site", h, "--report-interval", "300ms")
+			}
+			c.waitFor("both hosts online", func() bool {
+				var hosts []hostView
+				_ = c.ctl(&hosts, "hosts", "list")
+				return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
+			})
+			if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", mem, "--workload", "fill=1,cpu=0.05,dirty=100KB/s"); err != nil {
+				b.Fatal(err)
+			}
+			c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+			var rates []float64
+			on := "h1"
+			for range max(trials, b.N) {
+				to := map[string]string{"h1": "h2", "h2": "h1"}[on]
+				var created struct {
+					ID string `json:"id"`
+				}
+				if err := c.ctl(&created, "migrate", "web", "--to", to); err != nil {
+					b.Fatal(err)
+				}
+				m, err := c.watch(created.ID)
+				if err != nil || m.Path != cell.path {
+					b.Fatalf("migration over %q, want %s: %v (%s)", m.Path, cell.path, err, m.Error)
+				}
+				rates = append(rates, float64(m.BytesOnWire)*8/(float64(m.TotalMS)/1000)/1e6)
+				on = to
+				c.waitFor("web reported", func() bool { return c.vmState(on, "web") == "running" })
+			}
+			slices.Sort(rates)
+			med := rates[len(rates)/2]
+			goodput[cell.name] = med
+			b.ReportMetric(med, "Mbit/s")
+			fmt.Printf("%s: migration goodput (bytes on the wire / total time) median %.1f Mbit/s over %d migrations of %s (%v)\n", b.Name(), med, len(rates), mem, rates)
+		})
+	}
+	if d, r := goodput["direct"], goodput["relayed"]; d > 0 && r > 0 {
+		fmt.Printf("relayed / direct: %.2f× (target ≥ 0.9×)\n", r/d)
+	}
+}

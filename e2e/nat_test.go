@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +97,16 @@ func TestNATMatrix(t *testing.T) {
 				c.checkCompletedOver(m, "web", "h1", "h2", want)
 				if want == "relayed" && m.PathNote == "" {
 					t.Error("a relayed link without the reason punching failed")
+				}
+				// The MMC counts the link by its path.
+				resp, err := httpGetIn(l.hubNetns, "http://"+c.admin+"/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if line := `ferry_mmc_links_total{path="` + want + `"} 1`; !strings.Contains(string(body), line) {
+					t.Errorf("metrics lack %q", line)
 				}
 				t.Logf("%s: completed over a %s path in %v (link up in %d ms, migration %d ms) %s", name, m.Path, time.Since(start).Round(time.Millisecond), m.LinkMS, m.TotalMS, m.PathNote)
 			})

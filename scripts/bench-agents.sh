@@ -9,7 +9,9 @@
 # follower; every member's CPU and memory are reported.
 # MMC_FLAGS adds flags to the first MMC (e.g. "--cpuprofile /tmp/mmc.prof"),
 # MEMBER_FLAGS to every MMC (e.g. "--raft-timeout 2s"), SWARM_FLAGS to the
-# generator. The wait for the agents reads every member's online gauge, not
+# generator. SWARM_NICE runs the generator at that nice level: it stands
+# for 10 000 machines elsewhere, so on this machine it should not take
+# CPU from the MMCs it measures. The wait for the agents reads every member's online gauge, not
 # `hosts list` (a 10 000-host listing each second is load of its own).
 set -euo pipefail
 # The system interpreter: a version manager's shim costs a process tree per call.
@@ -50,7 +52,7 @@ for n in "${counts[@]}"; do
 	done
 	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | $py -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
-	./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
+	nice -n "${SWARM_NICE:-0}" ./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
 	for _ in $(seq 240); do

@@ -129,6 +129,15 @@ type viaRelay struct {
 // when the agents could not punch a direct path and this MMC runs a
 // relay — "relayed", with why the direct path failed in note.
 func (s *Server) IntroduceLink(ctx context.Context, topic, listener, dialer string) (path, note string, err error) {
+	defer func() {
+		if err != nil {
+			path = "failed"
+		}
+		s.metrics.links.WithLabelValues(path).Inc()
+		if err != nil {
+			path = ""
+		}
+	}()
 	err = s.introduce(ctx, topic, listener, dialer, nil)
 	if err == nil {
 		return "direct", "", nil

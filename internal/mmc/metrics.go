@@ -33,6 +33,7 @@ type metrics struct {
 	refused         *prometheus.CounterVec
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
+	links           *prometheus.CounterVec
 	raft            prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
 }
 
@@ -68,6 +69,8 @@ func newMetrics() *metrics {
 			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
 			Help: "Sessions ended for a malformed or unexpected message."}, []string{"kind"}),
+		links: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_links_total",
+			Help: "Agent-to-agent links introduced, by outcome: direct (punched), relayed (no direct path; through the relay), failed."}, []string{"path"}),
 	}
 }
 
@@ -82,7 +85,7 @@ func (m *metrics) registerRaft(n *replica.Node) {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	cs := []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms, m.links}
 	if m.raft != nil {
 		cs = append(cs, m.raft)
 	}

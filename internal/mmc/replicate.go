@@ -107,7 +107,12 @@ func openReplicated(ctx context.Context, st *store.Store, o replicaOptions) (*re
 		Logger:    o.cfg.Logger,
 		Observer:  o.observer,
 		Tune: func(c *raft.Config) {
-			start := startTimeout
+			// The lease cannot exceed the heartbeat timeout and is not
+			// reloadable: start no shorter than half the configured
+			// timeout, so a long --raft-timeout keeps its long lease
+			// (at 2 s, a 1 s lease, not 500 ms) on the member that
+			// bootstraps the cluster too.
+			start := max(startTimeout, o.cfg.RaftTimeout/2)
 			if o.cfg.raftStart > 0 {
 				start = o.cfg.raftStart
 			}

@@ -32,27 +32,7 @@ func BenchmarkNATPunch(b *testing.B) {
 	target := 3*rtt + 200*time.Millisecond
 	for _, cell := range [][2]string{{"eim", "eim"}, {"eim", "symmetric"}, {"symmetric", "eim"}, {"", "symmetric"}} {
 		b.Run(orNone(cell[0])+"-"+orNone(cell[1]), func(b *testing.B) {
-			l := upNATLab(b, cell[0], cell[1], "--profile", "wan")
-			c := newClusterIn(b, l.hubNetns, l.hubAddr+":7946")
-			c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
-			var tok struct {
-				Token string `json:"token"`
-			}
-			if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
-				b.Fatal(err)
-			}
-			for _, h := range []string{"h1", "h2"} {
-				c.startAgent(h, "--token", tok.Token, "--site", h, "--report-interval", "300ms")
-			}
-			c.waitFor("both hosts online", func() bool {
-				var hosts []hostView
-				_ = c.ctl(&hosts, "hosts", "list")
-				return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
-			})
-			if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", "16MiB", "--workload", "cpu=0.05,dirty=100KB/s"); err != nil {
-				b.Fatal(err)
-			}
-			c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+			c := natWANCluster(b, cell[0], cell[1], "16MiB", "cpu=0.05,dirty=100KB/s")
 			var links []time.Duration
 			direct := 0
 			on := "h1"
@@ -118,27 +98,7 @@ func BenchmarkRelayedVsDirect(b *testing.B) {
 	goodput := map[string]float64{}
 	for _, cell := range []struct{ name, nat, path string }{{"direct", "eim", "direct"}, {"relayed", "symmetric", "relayed"}} {
 		b.Run(cell.name, func(b *testing.B) {
-			l := upNATLab(b, cell.nat, cell.nat, "--profile", "wan")
-			c := newClusterIn(b, l.hubNetns, l.hubAddr+":7946", "--relay-ports", "40000-40099")
-			c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
-			var tok struct {
-				Token string `json:"token"`
-			}
-			if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
-				b.Fatal(err)
-			}
-			for _, h := range []string{"h1", "h2"} {
-				c.startAgent(h, "--token", tok.Token, "--site", h, "--report-interval", "300ms")
-			}
-			c.waitFor("both hosts online", func() bool {
-				var hosts []hostView
-				_ = c.ctl(&hosts, "hosts", "list")
-				return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
-			})
-			if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", mem, "--workload", "fill=1,cpu=0.05,dirty=100KB/s"); err != nil {
-				b.Fatal(err)
-			}
-			c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+			c := natWANCluster(b, cell.nat, cell.nat, mem, "fill=1,cpu=0.05,dirty=100KB/s")
 			var rates []float64
 			on := "h1"
 			for range max(trials, b.N) {
@@ -167,4 +127,32 @@ func BenchmarkRelayedVsDirect(b *testing.B) {
 	if d, r := goodput["direct"], goodput["relayed"]; d > 0 && r > 0 {
 		fmt.Printf("relayed / direct: %.2f× (target ≥ 0.9×)\n", r/d)
 	}
+}
+
+// natWANCluster is a `wan`-profile NAT lab with a hub, the MMC (with its
+// relay) at the hub, agents h1 and h2 in the sites and a VM "web" of mem
+// with workload running on h1.
+func natWANCluster(b *testing.B, natA, natB, mem, workload string) *cluster {
+	l := upNATLab(b, natA, natB, "--profile", "wan")
+	c := newClusterIn(b, l.hubNetns, l.hubAddr+":7946", "--relay-ports", "40000-40099")
+	c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
+		b.Fatal(err)
+	}
+	for _, h := range []string{"h1", "h2"} {
+		c.startAgent(h, "--token", tok.Token, "--site", h, "--report-interval", "300ms")
+	}
+	c.waitFor("both hosts online", func() bool {
+		var hosts []hostView
+		_ = c.ctl(&hosts, "hosts", "list")
+		return len(hosts) == 2 && hosts[0].Online && hosts[1].Online
+	})
+	if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", mem, "--workload", workload); err != nil {
+		b.Fatal(err)
+	}
+	c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+	return c
 }

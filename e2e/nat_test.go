@@ -18,6 +18,8 @@ import (
 type natLab struct {
 	lab
 	hubNetns, hubAddr string
+	routerNetns       [2]string // each NATed site's router ("" without a NAT)
+	publicAddr        [2]string
 }
 
 func upNATLab(t testing.TB, natA, natB string, link ...string) *natLab {
@@ -49,6 +51,7 @@ func upNATLab(t testing.TB, natA, natB string, link ...string) *natLab {
 	}
 	for i := range 2 {
 		l.netns[i], l.addr[i] = st.Sites[i].Netns, st.Sites[i].Addr
+		l.routerNetns[i], l.publicAddr[i] = st.Sites[i].RouterNetns, st.Sites[i].PublicAddr
 	}
 	l.hubNetns, l.hubAddr = st.Hub.Netns, st.Hub.Addr
 	return l
@@ -119,4 +122,79 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// TestRelayedLinkUpgrades: a firewall between the sites blocks every
+// direct packet, so the agents cannot punch and the migration starts
+// through the relay; once the firewall opens, the MMC's next attempt
+// moves the running link to a direct path (the connection probes the
+// peer's address while both punch). The migration completes, verified —
+// nothing lost or duplicated across the move — and its record says the
+// link is direct and was relayed at first.
+func TestRelayedLinkUpgrades(t *testing.T) {
+	requireRoot(t)
+	l := upNATLab(t, "eim", "eim")
+	block := fmt.Sprintf(`table ip ferry_block {
+	chain sites {
+		type filter hook forward priority -10; policy accept;
+		ip daddr %[1]s drop
+		ip saddr %[1]s drop
+	}
+}
+`, l.publicAddr[1])
+	nft := func(input string, args ...string) {
+		t.Helper()
+		cmd := exec.Command("ip", append([]string{"netns", "exec", l.routerNetns[0], "nft"}, args...)...)
+		cmd.Stdin = strings.NewReader(input)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	nft(block, "-f", "-")
+	c := newClusterIn(t, l.hubNetns, l.hubAddr+":7946", "--relay-ports", "40000-40099", "--link-upgrade-every", "2s")
+	c.agentNetns["h1"], c.agentNetns["h2"] = l.netns[0], l.netns[1]
+	c.startSites(t)
+	if err := c.ctl(nil, "vms", "create", "web", "--host", "h1", "--memory", "64MiB", "--workload", "fill=1,cpu=0.1,dirty=1MB/s"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("web reported on h1", func() bool { return c.vmState("h1", "web") == "running" })
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := c.ctl(&created, "migrate", "web", "--to", "h2", "--max-bandwidth", "30mbit"); err != nil {
+		t.Fatal(err)
+	}
+	var m migrationView
+	c.waitFor("the migration transferring through the relay", func() bool {
+		var ms []migrationView
+		if c.ctl(&ms, "migrations", "list") != nil || len(ms) != 1 {
+			return false
+		}
+		m = ms[0]
+		return m.State == "transferring" && m.Path == "relayed"
+	})
+	if m.Progress > 0.5 {
+		t.Fatalf("half transferred before the firewall opened: %+v", m)
+	}
+	nft("", "delete", "table", "ip", "ferry_block")
+	c.waitForUpTo(20*time.Second, "the link moved to a direct path", func() bool {
+		var ms []migrationView
+		if c.ctl(&ms, "migrations", "list") != nil || len(ms) != 1 {
+			return false
+		}
+		m = ms[0]
+		return m.Path == "direct" || m.State != "transferring"
+	})
+	if m.State != "transferring" || m.Path != "direct" {
+		t.Fatalf("the move: %s over %q (%s)", m.State, m.Path, m.Error)
+	}
+	t.Logf("moved at %.0f%% transferred: %s", 100*m.Progress, m.PathNote)
+	m, err := c.watch(created.ID)
+	if err != nil {
+		t.Fatalf("watch: %v (%+v)", err, m)
+	}
+	c.checkCompleted(m, "web", "h1", "h2")
+	if !strings.Contains(m.PathNote, "relayed at first") {
+		t.Fatalf("path note %q", m.PathNote)
+	}
 }

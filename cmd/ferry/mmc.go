@@ -102,6 +102,7 @@ member an --advertise address the others and the agents can reach.`,
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
 	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", mmc.DefaultRaftTimeout, "raft's heartbeat and election timeout between MMCs (leader lease: half); shorter fails over sooner, but must stay well above the members' round-trip time")
 	f.StringVar(&relayPorts, "relay-ports", "", "run a relay for agents that cannot punch a direct path to each other: UDP ports LO-HI, two per relayed link (open them inbound)")
+	f.DurationVar(&cfg.LinkUpgradeEvery, "link-upgrade-every", mmc.DefaultLinkUpgradeEvery, "how often a relayed link is tried for a direct path while it lives")
 	f.StringVar(&relayIP, "relay-ip", "", "address the relay listens on and agents reach (default: the --listen address)")
 	f.StringVar(&joinBundle, "join", "", "join the cluster of the MMCs in this bundle (first start only; with --join-token)")
 	f.StringVar(&joinToken, "join-token", "", "one-use token from 'ferry ctl mmcs join-token' (with --join)")

@@ -175,9 +175,19 @@ func (a *Agent) actPeer(ctx context.Context, act message.Action) error {
 			return err
 		}
 		if act.Intro.PunchAt != 0 {
-			a.startPunches(act.Intro)
+			a.startPunches(act.Intro, true)
 		}
 		return nil
+	case "peer.punch":
+		// A relayed link's listener, for an upgrade: punch towards the
+		// dialer for the window.
+		if a.peers.link(act.Intro.Topic) == nil || act.Intro.PunchAt == 0 {
+			return errMissing("a link and a punch time")
+		}
+		a.startPunches(act.Intro, false)
+		return nil
+	case "peer.upgrade":
+		return a.upgradeLink(ctx, act.Intro)
 	case "peer.dial":
 		return a.dialPeer(ctx, act.Intro)
 	case "peer.close":

@@ -112,8 +112,11 @@ func (a *Agent) punchStart(in *message.Introduction) time.Time {
 	return time.Unix(0, in.PunchAt).Add(-a.clock.offset())
 }
 
-// startPunches runs sendPunches for in, owned by the agent's Run.
-func (a *Agent) startPunches(in *message.Introduction) {
+// startPunches runs sendPunches for in, owned by the agent's Run. With
+// untilLinked it stops once the topic's link exists (an introduction);
+// without, it punches for the whole window (an upgrade of a relayed
+// link, which exists already).
+func (a *Agent) startPunches(in *message.Introduction, untilLinked bool) {
 	var ticket [32]byte
 	copy(ticket[:], in.Ticket)
 	in = &message.Introduction{Topic: in.Topic, PeerID: in.PeerID, PeerAddr: in.PeerAddr, PunchAt: in.PunchAt, Window: in.Window}
@@ -121,14 +124,14 @@ func (a *Agent) startPunches(in *message.Introduction) {
 	go func() {
 		defer a.peerWG.Done()
 		defer clear(ticket[:])
-		a.sendPunches(a.peerCtx, in, ticket)
+		a.sendPunches(a.peerCtx, in, ticket, untilLinked)
 	}()
 }
 
 // sendPunches is the listener's side: punches to the dialer every
 // punch.Retry from the start until the link exists, the window ends or
 // ctx does.
-func (a *Agent) sendPunches(ctx context.Context, in *message.Introduction, ticket [32]byte) {
+func (a *Agent) sendPunches(ctx context.Context, in *message.Introduction, ticket [32]byte, untilLinked bool) {
 	to, err := netip.ParseAddrPort(in.PeerAddr)
 	if err != nil {
 		a.log.Warn("agent: punch: bad peer address", "topic", in.Topic, "addr", in.PeerAddr)
@@ -144,7 +147,7 @@ func (a *Agent) sendPunches(ctx context.Context, in *message.Introduction, ticke
 	t := time.NewTicker(punch.Retry)
 	defer t.Stop()
 	for seq := uint32(0); ; seq++ {
-		if a.peers.link(in.Topic) != nil || time.Now().After(end) {
+		if (untilLinked && a.peers.link(in.Topic) != nil) || time.Now().After(end) {
 			return
 		}
 		dg = punch.Append(dg[:0], tok, seq)

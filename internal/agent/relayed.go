@@ -107,3 +107,60 @@ func (a *Agent) keepRelayBinding(in *message.Introduction, addr netip.AddrPort) 
 		_ = c.Keepalive(ctx, addr, id, key, relayRebind)
 	}()
 }
+
+// upgradeLink is the dialer's side of moving a relayed link to a direct
+// path (the MMC tries it now and then while the link lives): at the
+// punch time it probes the listener's public address on the link's
+// connection (sudp ProbePath: the challenges are this side's punches),
+// and each new address the listener's punches come from; the listener
+// punches towards us meanwhile (peer.punch). It returns nil once the
+// connection has moved, an error if it has not by the window's end.
+func (a *Agent) upgradeLink(ctx context.Context, in *message.Introduction) error {
+	l := a.peers.link(in.Topic)
+	if l == nil {
+		return fmt.Errorf("agent: no link for %s to upgrade", in.Topic)
+	}
+	target, err := netip.ParseAddrPort(in.PeerAddr)
+	if err != nil {
+		return fmt.Errorf("agent: upgrade: peer address %q: %w", in.PeerAddr, err)
+	}
+	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
+	var ticket [32]byte
+	copy(ticket[:], in.Ticket)
+	w, stop, err := a.punches.watch(punch.TokenFor(ticket, in.Topic), target)
+	clear(ticket[:])
+	if err != nil {
+		return err
+	}
+	defer stop()
+	relayed := l.c.RemoteAddr()
+	window := min(max(time.Duration(in.Window), punch.MinWindow), punch.MaxWindow)
+	if !sleepUntil(ctx, a.punchStart(in)) {
+		return ctx.Err()
+	}
+	if err := l.c.ProbePath(target); err != nil {
+		return fmt.Errorf("agent: upgrade: %w", err)
+	}
+	deadline := time.NewTimer(window)
+	defer deadline.Stop()
+	tick := time.NewTicker(punch.Retry)
+	defer tick.Stop()
+	for {
+		if now := l.c.RemoteAddr(); now != relayed {
+			a.log.Info("agent: relayed link moved to a direct path", "topic", in.Topic, "from", relayed.String(), "to", now.String())
+			a.postConnected(in.Topic, in.PeerID, l.c)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.c.Done():
+			return fmt.Errorf("agent: upgrade: the link closed")
+		case addr := <-w.addrs:
+			_ = l.c.ProbePath(addr)
+		case <-tick.C:
+		case <-deadline.C:
+			return fmt.Errorf("agent: no direct path to %s within %v; the link stays relayed", in.PeerID, window)
+		}
+	}
+}

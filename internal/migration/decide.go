@@ -152,6 +152,12 @@ func (m *Machine) transfer(now time.Time) {
 		// have left.
 		m.armSent = true
 		m.send(r.To, OpArm, m.order())
+	case r.Path != "" && m.linkPath != "" && r.Path != m.linkPath && !now.Before(m.progressNext):
+		// The link moved (relayed → direct): on record, best effort.
+		r.Path, r.PathNote = m.linkPath, m.linkNote
+		m.persist(r, now)
+		m.bestEffort = true
+		return
 	case !armed && m.live != nil && m.live.Progress-r.Progress >= progressStep && !now.Before(m.progressNext):
 		r.Progress = m.live.Progress
 		m.persist(r, now)

@@ -74,11 +74,21 @@ type Persisted struct {
 // Changed: the record was written elsewhere (an administrator's cancel).
 type Changed struct{ Rec Record }
 
-func (Start) input()      {}
-func (Tick) input()       {}
-func (Posted) input()     {}
-func (Reply) input()      {}
+func (Start) input()  {}
+func (Tick) input()   {}
+func (Posted) input() {}
+func (Reply) input()  {}
+
+// LinkMoved says the agents' link moved to another path while the
+// migration runs (a relayed link found a direct path): recorded, best
+// effort, like progress.
+type LinkMoved struct {
+	Path string
+	Note string
+}
+
 func (Introduced) input() {}
+func (LinkMoved) input()  {}
 func (Persisted) input()  {}
 func (Changed) input()    {}
 

@@ -234,6 +234,10 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 				m.introErr = in.Err.Error()
 			}
 		}
+	case LinkMoved:
+		if m.intro == introDone && in.Path != "" {
+			m.linkPath, m.linkNote = in.Path, in.Note
+		}
 	case Persisted:
 		m.persisted(in, now)
 	case Changed:

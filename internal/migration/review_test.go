@@ -206,3 +206,32 @@ func TestSourceFiguresAreFinal(t *testing.T) {
 		t.Fatalf("final record without the source's figures: %s", describe(out))
 	}
 }
+
+// A relayed link that moves to a direct path while the transfer runs
+// goes on record (best effort, like progress); a move reported before
+// the link exists, or naming no path, does not.
+func TestLinkMovedIsRecorded(t *testing.T) {
+	rec := transferringRec()
+	rec.State = Preparing
+	b := newBench(t, rec)
+	b.step(Start{})
+	b.step(LinkMoved{Path: "direct"}) // before the introduction: ignored
+	out := b.step(Introduced{Path: "relayed", Note: "no direct path"})
+	prep := sendTo(t, out, OpPrepare, wDst)
+	out = b.step(Reply{Seq: prep.Seq, Report: &Report{}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.State != Transferring || p.Rec.Path != "relayed" {
+		t.Fatalf("transferring write: %s", describe(out))
+	}
+	landed := p.Rec
+	landed.Version = p.IfVersion + 1
+	out = b.step(Persisted{Rec: landed})
+	start := sendTo(t, out, OpStart, wSrc)
+	b.step(Reply{Seq: start.Seq, Report: &Report{}})
+	b.step(LinkMoved{Path: ""})
+	out = b.step(LinkMoved{Path: "direct", Note: "moved to a direct path"})
+	p, ok = lastPersist(out)
+	if !ok || p.Rec.Path != "direct" || p.Rec.PathNote != "moved to a direct path" || p.Rec.State != Transferring {
+		t.Fatalf("after the move: %s", describe(out))
+	}
+}

@@ -46,6 +46,35 @@ func (f serverFleet) introduce(ctx context.Context, rec migration.Record, listen
 	return rtt(rec.FromAgent, rec.From), rtt(rec.ToAgent, rec.To), path, note, err
 }
 
+func (f serverFleet) upgrade(ctx context.Context, done <-chan struct{}, rec migration.Record, listener, dialer string, moved func(note string)) {
+	s := f.s
+	every := s.cfg.LinkUpgradeEvery
+	if every <= 0 {
+		every = DefaultLinkUpgradeEvery
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
+			return
+		case <-t.C:
+		}
+		l, d := s.sessionFor(s.agentFor(rec, listener), listener), s.sessionFor(s.agentFor(rec, dialer), dialer)
+		if l == nil || d == nil {
+			continue
+		}
+		if err := s.upgradeLink(ctx, migration.Topic(rec.ID), l, d); err != nil {
+			s.log.Debug("mmc: the relayed link stays relayed", "migration", rec.ID, "err", err)
+			continue
+		}
+		moved(fmt.Sprintf("relayed at first; moved to a direct path at %s", s.cfg.Now().UTC().Format(time.RFC3339)))
+		return
+	}
+}
+
 func (f serverFleet) note(ctx context.Context, topic, text string) {
 	_ = f.s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: truncate(text)})
 }

@@ -70,7 +70,7 @@ func newMetrics() *metrics {
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
 			Help: "Sessions ended for a malformed or unexpected message."}, []string{"kind"}),
 		links: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_links_total",
-			Help: "Agent-to-agent links introduced, by outcome: direct (punched), relayed (no direct path; through the relay), failed."}, []string{"path"}),
+			Help: "Agent-to-agent links introduced, by outcome: direct (punched), relayed (no direct path; through the relay), failed; and upgraded: relayed links that moved to a direct path."}, []string{"path"}),
 	}
 }
 

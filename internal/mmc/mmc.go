@@ -136,6 +136,9 @@ type Config struct {
 	// that cannot punch a direct path to each other get their link
 	// through it.
 	Relay *RelayConfig
+	// LinkUpgradeEvery is how often a relayed link is tried for a direct
+	// path while it lives (0: DefaultLinkUpgradeEvery).
+	LinkUpgradeEvery time.Duration
 
 	// Join, on a data directory with no raft state, joins the cluster of
 	// the MMCs in its bundle with its token instead of bootstrapping a

@@ -33,6 +33,9 @@ type fleet interface {
 	// introduce puts the two agents in touch for the migration's link
 	// and measures their round trips to the MMC.
 	introduce(ctx context.Context, rec migration.Record, listener, dialer string) (srcRTT, dstRTT time.Duration, path, note string, err error)
+	// upgrade tries, now and then until done closes, to move a relayed
+	// link to a direct path; moved is called once it has.
+	upgrade(ctx context.Context, done <-chan struct{}, rec migration.Record, listener, dialer string, moved func(note string))
 	note(ctx context.Context, topic, text string)
 	env(rec migration.Record) migration.Env
 	// resumed: an open migration found at startup; recorded: a write
@@ -290,6 +293,11 @@ func (o *orchestrator) execute(ctx context.Context, d *drive, rec migration.Reco
 			in.SrcRTT, in.DstRTT, in.Path, in.Note, in.Err = o.fleet.introduce(ctx, rec, c.Listener, c.Dialer)
 			in.Took = time.Since(start)
 			d.deliver(ctx, in)
+			if in.Err == nil && in.Path == "relayed" {
+				o.fleet.upgrade(ctx, d.done, rec, c.Listener, c.Dialer, func(note string) {
+					d.post(migration.LinkMoved{Path: "direct", Note: note})
+				})
+			}
 		}()
 	case migration.Note:
 		o.fleet.note(ctx, migration.Topic(rec.ID), c.Text)

@@ -79,6 +79,8 @@ func (f *fakeFleet) reachable(migration.Record, string) bool { return true }
 func (f *fakeFleet) introduce(context.Context, migration.Record, string, string) (time.Duration, time.Duration, string, string, error) {
 	return time.Millisecond, time.Millisecond, "direct", "", nil
 }
+func (f *fakeFleet) upgrade(context.Context, <-chan struct{}, migration.Record, string, string, func(string)) {
+}
 func (f *fakeFleet) note(context.Context, string, string) {
 	f.mu.Lock()
 	w := f.noteWait

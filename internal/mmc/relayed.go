@@ -7,8 +7,13 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
+	"github.com/ferry-vm/ferry/internal/board"
+	"github.com/ferry-vm/ferry/internal/message"
+	"github.com/ferry-vm/ferry/internal/punch"
 	"github.com/ferry-vm/ferry/internal/relay"
+	"github.com/ferry-vm/ferry/internal/store"
 )
 
 // RelayConfig runs a relay inside the MMC: two UDP ports per relayed link
@@ -83,4 +88,39 @@ func (s *Server) releaseRelay(topic string) {
 	if ok {
 		_ = s.linkRelay.Release(id)
 	}
+}
+
+// DefaultLinkUpgradeEvery is how often the MMC tries to move a relayed
+// link to a direct path while it lives (Config.LinkUpgradeEvery).
+const DefaultLinkUpgradeEvery = 30 * time.Second
+
+// upgradeLink makes one attempt at moving topic's relayed link to a
+// direct path: both agents punch at one moment, as for an introduction;
+// the listener punches (peer.punch), the dialer probes the listener's
+// public address on the link (peer.upgrade) and answers once the link
+// moved. A fresh ticket only derives the punches' token: the link keeps
+// its keys.
+func (s *Server) upgradeLink(ctx context.Context, topic string, ls, ds *session) error {
+	var ticket [32]byte
+	if _, err := rand.Read(ticket[:]); err != nil {
+		return err
+	}
+	defer clear(ticket[:])
+	now := s.cfg.Now()
+	lrtt, drtt := ls.c.Stats().SmoothedRTT, ds.c.Stats().SmoothedRTT
+	punchAt, window := punch.Start(now, lrtt, drtt).UnixNano(), int64(punch.Window(lrtt, drtt))
+	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
+	expires := now.Add(introTTL).UnixNano()
+	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.punch", Intro: &message.Introduction{Topic: topic, PeerID: ds.id,
+		PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}}); err != nil {
+		return err
+	}
+	if _, err := s.actSession(ctx, ds, message.Action{Op: "peer.upgrade", Intro: &message.Introduction{Topic: topic, PeerID: ls.id,
+		PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}}); err != nil {
+		return err
+	}
+	s.metrics.links.WithLabelValues("upgraded").Inc()
+	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "the relayed link moved to a direct path"})
+	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.upgrade", Target: topic, Outcome: "ok", Detail: ds.id + " → " + ls.id + " (direct)"})
+	return nil
 }

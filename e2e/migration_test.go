@@ -34,6 +34,7 @@ type migrationView struct {
 	Postcopy    bool    `json:"postcopy"`
 	Compress    bool    `json:"compress"`
 	// The switch-over's timeline (MMC clock).
+	Created     time.Time `json:"created"`
 	Started     time.Time `json:"started"`
 	PausedAt    time.Time `json:"paused_at"`
 	SentAt      time.Time `json:"sent_at"`

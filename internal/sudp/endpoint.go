@@ -296,8 +296,11 @@ type Stats struct {
 	ResetsLimited uint64
 	// Foreign counts datagrams at or above ForeignMin dropped for want of
 	// a Foreign handler.
-	Foreign   uint64
-	Handshake handshake.Stats
+	Foreign uint64
+	// DuplicateInitiations counts exact copies of an answered initiation
+	// (a punching dialer's), answered with the same response again.
+	DuplicateInitiations uint64
+	Handshake            handshake.Stats
 }
 
 // Stats returns the endpoint's counters.
@@ -306,18 +309,19 @@ func (e *Endpoint) Stats() Stats {
 	defer e.mu.Unlock()
 	s := e.ep.Stats()
 	return Stats{
-		Conns:              e.ep.Conns(),
-		UnknownCID:         s.UnknownCID.Load(),
-		Malformed:          s.Malformed.Load(),
-		HandshakeDropped:   s.HandshakeDropped.Load(),
-		Accepted:           s.Accepted.Load(),
-		Unconfirmed:        e.ep.Unconfirmed(),
-		UnconfirmedEvicted: s.UnconfirmedEvicted.Load(),
-		UnconfirmedExpired: s.UnconfirmedExpired.Load(),
-		ResetsSent:         s.ResetsSent.Load(),
-		ResetsLimited:      s.ResetsLimited.Load(),
-		Foreign:            e.foreign.Load(),
-		Handshake:          e.ep.HandshakeStats(),
+		Conns:                e.ep.Conns(),
+		UnknownCID:           s.UnknownCID.Load(),
+		Malformed:            s.Malformed.Load(),
+		HandshakeDropped:     s.HandshakeDropped.Load(),
+		Accepted:             s.Accepted.Load(),
+		Unconfirmed:          e.ep.Unconfirmed(),
+		UnconfirmedEvicted:   s.UnconfirmedEvicted.Load(),
+		UnconfirmedExpired:   s.UnconfirmedExpired.Load(),
+		ResetsSent:           s.ResetsSent.Load(),
+		ResetsLimited:        s.ResetsLimited.Load(),
+		Foreign:              e.foreign.Load(),
+		DuplicateInitiations: s.DuplicateInitiations.Load(),
+		Handshake:            e.ep.HandshakeStats(),
 	}
 }
 

@@ -147,6 +147,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dropped, es.Foreign, "foreign")
 	counter(c.dropped, c.ep.recvLimited.Load(), "receive_rate")
 	counter(c.handshakes, hs.Sessions, "accepted")
+	counter(c.handshakes, es.DuplicateInitiations, "duplicate")
 	counter(c.handshakes, hs.CookieReplies, "cookie_required")
 	counter(c.handshakes, hs.RateLimited, "rate_limited")
 	counter(c.handshakes, hs.BadMAC1, "bad_mac1")

@@ -406,6 +406,10 @@ func (c *Conn) SetHandshakeRetry(now time.Time, every time.Duration, until time.
 		return
 	}
 	c.hsFast, c.hsFastUntil = every, until
+	if c.hsLast == nil {
+		c.hsLast = c.hsPacket // the initiation made at Connect: resent as it is
+	}
+	c.hsFreshAt = now.Add(punchFresh)
 	if next := now.Add(every); next.Before(c.hsNext) {
 		c.hsNext = next
 	}

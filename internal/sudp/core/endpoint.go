@@ -1,7 +1,9 @@
 package core
 
 import (
+	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,6 +61,10 @@ type EndpointStats struct {
 	HandshakeDropped atomic.Uint64 // initiations rejected (see handshake stats)
 	Accepted         atomic.Uint64 // connections accepted
 	Replaced         atomic.Uint64 // unconfirmed connections superseded
+	// DuplicateInitiations counts exact copies of an initiation that
+	// made a still-unconfirmed connection (answered with its response
+	// again, at most every dupResendGap).
+	DuplicateInitiations atomic.Uint64
 	// UnconfirmedEvicted counts unconfirmed connections dropped because
 	// MaxUnconfirmed was reached; UnconfirmedExpired those whose peer
 	// never proved its keys within the handshake timeout.
@@ -86,6 +92,11 @@ type Endpoint struct {
 	// oldest is found in O(1) when MaxUnconfirmed is reached. Entries
 	// that left unconfirmed are skipped when met (and compacted away).
 	unconfirmedOrder []*Conn
+	// answered holds, for each unconfirmed connection, the initiation
+	// that made it (by digest) and the response it was answered with: an
+	// exact copy of that initiation from the same address gets the same
+	// response again (dupInitiation).
+	answered map[[32]byte]*answeredInit
 	// stateless reset (reset.go): our tokens, and the peers' tokens by
 	// which a reset finds its connection
 	reset        *resetter
@@ -224,6 +235,70 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 // ErrNotAccepting is returned for initiations at an endpoint with no Lookup.
 var ErrNotAccepting = errors.New("sudp: endpoint does not accept connections")
 
+// answeredInit is an initiation this endpoint answered with a new
+// connection that has not confirmed yet.
+type answeredInit struct {
+	c        *Conn
+	from     netip.AddrPort
+	response []byte
+	resentAt time.Time
+}
+
+// dupResendGap bounds how often one response is sent again.
+const dupResendGap = 20 * time.Millisecond
+
+// dupInitiation answers an exact copy of an initiation that created a
+// still-unconfirmed connection, from the address it came from, with the
+// response already made for it. A hole-punching dialer resends one
+// initiation every 50 ms while the NATs open (a fresh ephemeral each time
+// would make responses on longer paths useless); if the one response to
+// the copy that got through is lost, the copies that follow are replays
+// to the handshake — refused — and the dialer would wait for its next
+// fresh initiation (a second). Resending costs no state and no crypto;
+// the response is smaller than the initiation that draws it, goes only
+// to where that initiation came from, at most once per dupResendGap.
+func (e *Endpoint) dupInitiation(now time.Time, from netip.AddrPort, pkt []byte) ([]byte, bool) {
+	if len(e.answered) == 0 {
+		return nil, false
+	}
+	d := sha256.Sum256(pkt)
+	a := e.answered[d]
+	if a == nil {
+		return nil, false
+	}
+	if e.unconfirmed[a.c.session.PeerStatic] != a.c {
+		delete(e.answered, d) // confirmed, replaced or gone: the handshake decides
+		return nil, false
+	}
+	if a.from != from {
+		return nil, false
+	}
+	e.stats.DuplicateInitiations.Add(1)
+	if now.Sub(a.resentAt) < dupResendGap {
+		return nil, true // answered very recently: drop the copy
+	}
+	a.resentAt = now
+	return a.response, true
+}
+
+// rememberAnswer records the response to an initiation that created c.
+func (e *Endpoint) rememberAnswer(now time.Time, from netip.AddrPort, pkt []byte, c *Conn, resp []byte) {
+	if e.answered == nil {
+		e.answered = map[[32]byte]*answeredInit{}
+	}
+	if len(e.answered) >= 2*e.cfg.MaxUnconfirmed {
+		for k, a := range e.answered {
+			if e.unconfirmed[a.c.session.PeerStatic] != a.c {
+				delete(e.answered, k)
+			}
+		}
+	}
+	if len(e.answered) >= 2*e.cfg.MaxUnconfirmed {
+		return
+	}
+	e.answered[sha256.Sum256(pkt)] = &answeredInit{c: c, from: from, response: bytes.Clone(resp), resentAt: now}
+}
+
 // HandleInitiation runs the responder. It returns either a reply to send
 // straight back (a cookie reply; no state kept) or a new connection whose
 // first transmit is the handshake response.
@@ -236,6 +311,9 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	if e.responder == nil {
 		e.stats.HandshakeDropped.Add(1)
 		return nil, nil, nil, ErrNotAccepting
+	}
+	if resp, ok := e.dupInitiation(now, from, pkt); ok {
+		return resp, nil, nil, nil
 	}
 	cid, err := e.newCID()
 	if err != nil {
@@ -253,6 +331,7 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	e.rememberAnswer(now, from, pkt, c, reply)
 	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	c.enableRehandshake(e.cfg.Static)
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {

@@ -1,6 +1,8 @@
 package core
 
 import (
+	"bytes"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -80,5 +82,52 @@ func TestPunchRetryOnLongPath(t *testing.T) {
 	}
 	if st := s.conn[0].Stats(); st.DroppedAuth > 0 {
 		t.Fatalf("%d responses failed to authenticate", st.DroppedAuth)
+	}
+}
+
+// The response to a punching dial's initiation is lost: the copies of
+// that initiation that follow (the dialer resends it every 50 ms) are
+// answered with the same response, so the dial completes within a copy
+// or two instead of waiting for a fresh initiation; a copy from another
+// address gets nothing, and copies are answered at most every
+// dupResendGap.
+func TestDuplicateInitiationAnswered(t *testing.T) {
+	s := newSim(t, 64, link{delay: 30 * time.Millisecond}, Config{})
+	cli := s.conn[0]
+	cli.SetHandshakeRetry(s.now, 50*time.Millisecond, s.now.Add(3*time.Second))
+	srv := s.ep[1]
+	n, to, ok := cli.PollTransmit(s.now, s.buf)
+	if !ok || to != s.addr[1] {
+		t.Fatal("no initiation")
+	}
+	init := append([]byte(nil), s.buf[:n]...)
+	reply, c, _, err := srv.HandleInitiation(s.now, s.addr[0], init)
+	if err != nil || c == nil || reply != nil {
+		t.Fatalf("first initiation: conn %v reply %d bytes, %v", c != nil, len(reply), err)
+	}
+	// The server's response is lost. The client's copy comes 50 ms later.
+	s.now = s.now.Add(50 * time.Millisecond)
+	cli.HandleTimeout(s.now)
+	n, _, ok = cli.PollTransmit(s.now, s.buf)
+	if !ok || !bytes.Equal(s.buf[:n], init) {
+		t.Fatal("the punching dial did not resend the same initiation")
+	}
+	// From elsewhere: not answered from the cache.
+	if r, _, _, _ := srv.HandleInitiation(s.now, netip.MustParseAddrPort("203.0.113.9:1"), init); r != nil {
+		t.Fatal("a copy from another address was answered")
+	}
+	resp, nc, _, err := srv.HandleInitiation(s.now, s.addr[0], init)
+	if err != nil || nc != nil || resp == nil {
+		t.Fatalf("copy: response %d bytes, new conn %v, %v", len(resp), nc != nil, err)
+	}
+	if r, _, _, _ := srv.HandleInitiation(s.now.Add(time.Millisecond), s.addr[0], init); r != nil {
+		t.Fatal("answered twice within the resend gap")
+	}
+	cli.HandleDatagram(s.now, s.addr[1], resp)
+	if !cli.Established() {
+		t.Fatal("the resent response did not complete the dial")
+	}
+	if srv.Stats().DuplicateInitiations.Load() != 2 {
+		t.Fatalf("duplicates counted: %d", srv.Stats().DuplicateInitiations.Load())
 	}
 }

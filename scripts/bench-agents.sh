@@ -55,7 +55,7 @@ for n in "${counts[@]}"; do
 	nice -n "${SWARM_NICE:-0}" ./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
-	for _ in $(seq 240); do
+	for _ in $(seq "${WAIT:-600}"); do
 		online=0
 		for a in "${admins[@]}"; do
 			o=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_mmc_agents_online / {print int($2)}')

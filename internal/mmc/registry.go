@@ -25,8 +25,12 @@ type registry struct {
 	// It must not call back into the registry.
 	mirror registryMirror
 
-	mu       sync.RWMutex
-	byKey    map[[32]byte]*agentEntry              // snapshot for Lookup
+	mu    sync.RWMutex
+	byKey map[[32]byte]*agentEntry // snapshot for Lookup
+	// pending counts byKey's pending entries: every enrolment asks for
+	// it, and counting them took a pass over every agent (10 000 agents
+	// enrolling: 2 % of the MMC's CPU, growing with the fleet).
+	pending  int
 	sessions map[string]*session                   // live, by agent id
 	waiters  map[string]map[chan struct{}]struct{} // enrolment sessions waiting for a decision, by agent id
 	// enrolWait holds, per key, the one enrolment session waiting for a
@@ -141,6 +145,12 @@ func (r *registry) publishLocked(a store.Agent) {
 	}
 	if cur := r.byKey[a.PublicKey]; cur != nil {
 		e.events = cur.events
+		if cur.state == store.StatePending {
+			r.pending--
+		}
+	}
+	if e.state == store.StatePending {
+		r.pending++
 	}
 	r.byKey[a.PublicKey] = e
 	r.indexName(a.PublicKey, e)
@@ -201,13 +211,7 @@ func (r *registry) lookup(pub [32]byte) (agentEntry, bool) {
 func (r *registry) pendingCount() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	n := 0
-	for _, e := range r.byKey {
-		if e.state == store.StatePending {
-			n++
-		}
-	}
-	return n
+	return r.pending
 }
 
 // Why register refused a session.
@@ -409,6 +413,7 @@ func (r *registry) remove(a store.Agent) {
 		return
 	}
 	delete(r.byKey, a.PublicKey)
+	r.pending--
 	if r.mirror != nil {
 		r.mirror.agentRemoved(a.ID)
 	}

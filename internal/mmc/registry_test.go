@@ -2,6 +2,8 @@ package mmc
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -251,5 +253,34 @@ func TestRegistryRevocationIsFinal(t *testing.T) {
 	}
 	if id, ok := r.holder("h1"); ok {
 		t.Fatalf("the revoked agent %s still holds h1", id)
+	}
+}
+
+// The pending count the enrolment limit reads follows every publish and
+// removal: it equals a count over the snapshot.
+func TestRegistryPendingCount(t *testing.T) {
+	r := newRegistry(nil)
+	rng := rand.New(rand.NewPCG(3, 4))
+	states := []store.AgentState{store.StatePending, store.StateApproved, store.StateRejected, store.StateRevoked}
+	at := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	for i := range 2000 {
+		k := byte(rng.IntN(16))
+		a := store.Agent{ID: fmt.Sprintf("a%d", k), PublicKey: [32]byte{k}, Name: "h", State: states[rng.IntN(len(states))], DecidedAt: at.Add(time.Duration(i))}
+		if rng.IntN(4) == 0 {
+			r.remove(a)
+		} else {
+			r.publish(a)
+		}
+		want := 0
+		r.mu.RLock()
+		for _, e := range r.byKey {
+			if e.state == store.StatePending {
+				want++
+			}
+		}
+		r.mu.RUnlock()
+		if got := r.pendingCount(); got != want {
+			t.Fatalf("after step %d: pendingCount %d, snapshot holds %d", i, got, want)
+		}
 	}
 }

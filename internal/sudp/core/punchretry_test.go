@@ -131,3 +131,24 @@ func TestDuplicateInitiationAnswered(t *testing.T) {
 		t.Fatalf("duplicates counted: %d", srv.Stats().DuplicateInitiations.Load())
 	}
 }
+
+// The answers kept for copies of initiations are bounded by twice
+// MaxUnconfirmed, whatever a flood of initiations makes: entries whose
+// connection confirmed or went are swept first, and past the bound a
+// new answer is not kept (its copies are then replays, as before).
+func TestAnsweredInitiationsBounded(t *testing.T) {
+	s := newSim(t, 65, link{}, Config{})
+	e := s.ep[1]
+	e.cfg.MaxUnconfirmed = 4
+	for i := range 200 {
+		c := &Conn{}
+		c.session.PeerStatic = [32]byte{byte(i), byte(i >> 8)}
+		if i%3 == 0 {
+			e.unconfirmed[c.session.PeerStatic] = c // still waiting for its peer
+		}
+		e.rememberAnswer(s.now, s.addr[0], []byte{byte(i), byte(i >> 8), 1}, c, []byte{1})
+		if len(e.answered) > 2*e.cfg.MaxUnconfirmed {
+			t.Fatalf("after %d initiations: %d answers kept, bound %d", i+1, len(e.answered), 2*e.cfg.MaxUnconfirmed)
+		}
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/migration"
-	"github.com/ferry-vm/ferry/internal/punch"
 	"github.com/ferry-vm/ferry/internal/relay"
 	"github.com/ferry-vm/ferry/internal/store"
 )
@@ -178,8 +177,7 @@ func (s *Server) introduce(ctx context.Context, topic, listener, dialer string, 
 	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
 	// Both start at once (package punch): each one's first packets open
 	// its own NAT towards the other, whatever NATs they sit behind.
-	lrtt, drtt := ls.c.Stats().SmoothedRTT, ds.c.Stats().SmoothedRTT
-	punchAt, window := punch.Start(now, lrtt, drtt).UnixNano(), int64(punch.Window(lrtt, drtt))
+	punchAt, window := punchTiming(now, ls, ds)
 	// Remembered before either is told: a revocation from now on
 	// reaches the other (links.go).
 	s.reg.intros.add(listener, dialer, s.cfg.Now())

@@ -107,8 +107,7 @@ func (s *Server) upgradeLink(ctx context.Context, topic string, ls, ds *session)
 	}
 	defer clear(ticket[:])
 	now := s.cfg.Now()
-	lrtt, drtt := ls.c.Stats().SmoothedRTT, ds.c.Stats().SmoothedRTT
-	punchAt, window := punch.Start(now, lrtt, drtt).UnixNano(), int64(punch.Window(lrtt, drtt))
+	punchAt, window := punchTiming(now, ls, ds)
 	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
 	expires := now.Add(introTTL).UnixNano()
 	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.punch", Intro: &message.Introduction{Topic: topic, PeerID: ds.id,
@@ -123,4 +122,11 @@ func (s *Server) upgradeLink(ctx context.Context, topic string, ls, ds *session)
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "the relayed link moved to a direct path"})
 	s.audit.add(store.AuditEntry{Actor: "mmc", Action: "peer.upgrade", Target: topic, Outcome: "ok", Detail: ds.id + " → " + ls.id + " (direct)"})
 	return nil
+}
+
+// punchTiming is when listener ls and dialer ds start punching (Unix ns,
+// MMC clock) and for how long (ns), from their sessions' RTTs.
+func punchTiming(now time.Time, ls, ds *session) (at, window int64) {
+	lrtt, drtt := ls.c.Stats().SmoothedRTT, ds.c.Stats().SmoothedRTT
+	return punch.Start(now, lrtt, drtt).UnixNano(), int64(punch.Window(lrtt, drtt))
 }

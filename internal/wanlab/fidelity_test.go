@@ -256,30 +256,47 @@ func TestRandomLossRate(t *testing.T) {
 		{"a→b", 0.01, udpIn(t, a.Netns, a.Addr+":0"), udpIn(t, b.Netns, b.Addr+":7100")},
 		{"b→a", 0.05, udpIn(t, b.Netns, b.Addr+":0"), udpIn(t, a.Netns, a.Addr+":7100")},
 	}
-	beforeAB, beforeBA := labCounters(t, name)
 	type result struct{ sent, received int }
-	results := make([]result, len(flows))
-	var wg sync.WaitGroup
-	for i, f := range flows {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, r := udpFlow(t, f.src, f.dst, n)
-			results[i] = result{s, r}
-		}()
-	}
-	wg.Wait()
+	var (
+		results                              []result
+		beforeAB, beforeBA, afterAB, afterBA linkCounters
+	)
+	// The link's fidelity is what is measured: when datagrams are lost
+	// before they reach it (the forwarder starved long enough for the TUN
+	// queue to overflow, which the parallel race-detector suite can do on
+	// two cores), the attempt measures the machine, not the link, and is
+	// made again. Every attempt still has to pass the checks below to count.
+	for attempt := 1; ; attempt++ {
+		beforeAB, beforeBA = labCounters(t, name)
+		results = make([]result, len(flows))
+		var wg sync.WaitGroup
+		for i, f := range flows {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, r := udpFlow(t, f.src, f.dst, n)
+				results[i] = result{s, r}
+			}()
+		}
+		wg.Wait()
 
-	// stats.json is rewritten every StatsInterval: wait until it accounts
-	// for every datagram sent.
-	var afterAB, afterBA linkCounters
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		afterAB, afterBA = labCounters(t, name)
-		if (afterAB.Enqueued-beforeAB.Enqueued >= uint64(results[0].sent) && settled(afterAB) &&
-			afterBA.Enqueued-beforeBA.Enqueued >= uint64(results[1].sent) && settled(afterBA)) ||
-			time.Now().After(deadline) {
+		// stats.json is rewritten every StatsInterval: wait until it accounts
+		// for every datagram sent.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			afterAB, afterBA = labCounters(t, name)
+			if (afterAB.Enqueued-beforeAB.Enqueued >= uint64(results[0].sent) && settled(afterAB) &&
+				afterBA.Enqueued-beforeBA.Enqueued >= uint64(results[1].sent) && settled(afterBA)) ||
+				time.Now().After(deadline) {
+				break
+			}
+		}
+		short := afterAB.Enqueued-beforeAB.Enqueued < uint64(results[0].sent) ||
+			afterBA.Enqueued-beforeBA.Enqueued < uint64(results[1].sent)
+		if !short || attempt == 3 {
 			break
 		}
+		t.Logf("attempt %d: the link saw %d and %d of %d datagrams (lost before it: machine under load); measuring again",
+			attempt, afterAB.Enqueued-beforeAB.Enqueued, afterBA.Enqueued-beforeBA.Enqueued, n)
 	}
 	for i, f := range flows {
 		before, after := beforeAB, afterAB

@@ -24,6 +24,7 @@ type migrationView struct {
 	Error       string  `json:"error"`
 	Path        string  `json:"path"`
 	LinkMS      int64   `json:"link_ms"`
+	FirstByteMS int64   `json:"first_byte_ms"`
 	PathNote    string  `json:"path_note"`
 	TotalMS     int64   `json:"total_ms"`
 	DowntimeMS  int64   `json:"downtime_ms"`

@@ -101,6 +101,11 @@ func TestNATMatrix(t *testing.T) {
 				if want == "relayed" && m.PathNote == "" {
 					t.Error("a relayed link without the reason punching failed")
 				}
+				// The first byte follows the link (the destination
+				// reports when it came).
+				if m.FirstByteMS <= 0 || m.FirstByteMS < m.LinkMS {
+					t.Errorf("first_byte_ms %d with link_ms %d: want the first byte after the link", m.FirstByteMS, m.LinkMS)
+				}
 				// The MMC counts the link by its path.
 				resp, err := httpGetIn(l.hubNetns, "http://"+c.admin+"/metrics")
 				if err != nil {
@@ -111,7 +116,7 @@ func TestNATMatrix(t *testing.T) {
 				if line := `ferry_mmc_links_total{path="` + want + `"} 1`; !strings.Contains(string(body), line) {
 					t.Errorf("metrics lack %q", line)
 				}
-				t.Logf("%s: completed over a %s path in %v (link up in %d ms, migration %d ms) %s", name, m.Path, time.Since(start).Round(time.Millisecond), m.LinkMS, m.TotalMS, m.PathNote)
+				t.Logf("%s: completed over a %s path in %v (link up in %d ms, first byte at %d ms, migration %d ms) %s", name, m.Path, time.Since(start).Round(time.Millisecond), m.LinkMS, m.FirstByteMS, m.TotalMS, m.PathNote)
 			})
 		}
 	}

@@ -85,6 +85,9 @@ type job struct {
 	at     time.Time // when phase was reached (local clock)
 	status hypervisor.MigrationStatus
 	link   *sudp.Conn
+	// firstByte: a destination's migration stream brought its first
+	// byte (local clock; zero before).
+	firstByte time.Time
 	// armed: the MMC recorded that the source completed; this
 	// destination resumes its copy as soon as the image verifies.
 	armed bool
@@ -260,6 +263,9 @@ func (a *Agent) migReport(ctx context.Context, mig hypervisor.Migrator, o migrat
 		rep.At = j.at.Add(off).UnixNano()
 		if j.link != nil {
 			rep.WireBytes = j.link.Stats().BytesSent
+		}
+		if !j.firstByte.IsZero() {
+			rep.FirstByteAt = j.firstByte.Add(off).UnixNano()
 		}
 		j.mu.Unlock()
 	}

@@ -355,16 +355,15 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 func (a *Agent) waitLink(ctx context.Context, topic string) (*link, error) {
 	ctx, cancel := context.WithTimeout(ctx, linkWait)
 	defer cancel()
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
 	for {
-		if l := a.peers.link(topic); l != nil {
+		l, added := a.peers.linkOrWait(topic)
+		if l != nil {
 			return l, nil
 		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("agent: no link for %s: %w", topic, ctx.Err())
-		case <-t.C:
+		case <-added:
 		}
 	}
 }
@@ -393,6 +392,10 @@ func (a *Agent) runJob(j *job, getStream func(context.Context) (io.ReadWriteClos
 		if err == nil {
 			j.mu.Lock()
 			j.link = lc
+			if j.role == migration.Destination {
+				// The stream's first byte (its kind) was just read.
+				j.firstByte = time.Now()
+			}
 			if j.phase == migration.PhasePreparing {
 				j.phase, j.at = migration.PhaseTransferring, time.Now()
 			}

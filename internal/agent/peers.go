@@ -50,6 +50,10 @@ type peers struct {
 	mu     sync.Mutex
 	expect map[[32]byte]*expectation // by the peer's static key
 	links  map[string]*link          // by topic
+	// linked is closed (and replaced) whenever a link is added: a
+	// destination's job waiting for its link (prepared beside the
+	// introduction) takes it at once.
+	linked chan struct{}
 	// withdrawn are the keys of agents the MMC revoked (peer.withdraw):
 	// no introduction of them is taken, no connection from them
 	// admitted. order is their arrival, to forget the oldest first.
@@ -59,7 +63,8 @@ type peers struct {
 }
 
 func newPeers() *peers {
-	return &peers{expect: map[[32]byte]*expectation{}, links: map[string]*link{}, withdrawn: map[[32]byte]struct{}{}, now: time.Now}
+	return &peers{expect: map[[32]byte]*expectation{}, links: map[string]*link{}, withdrawn: map[[32]byte]struct{}{}, now: time.Now,
+		linked: make(chan struct{})}
 }
 
 var errWithdrawn = errors.New("agent: the MMC withdrew this peer (revoked)")
@@ -177,14 +182,32 @@ func (p *peers) addLink(l *link) error {
 		_ = old.c.Close()
 	}
 	p.links[l.topic] = l
+	close(p.linked)
+	p.linked = make(chan struct{})
 	return nil
 }
 
 // link returns the open link of topic, or nil.
 func (p *peers) link(topic string) *link {
+	l, _ := p.linkOrWait(topic)
+	return l
+}
+
+// linkOrWait returns the open link of topic, or nil and a channel closed
+// when the next link is added.
+func (p *peers) linkOrWait(topic string) (*link, <-chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.links[topic]
+	return p.links[topic], p.linked
+}
+
+// dropLink forgets topic's link if it is still c.
+func (p *peers) dropLink(topic string, c *sudp.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l := p.links[topic]; l != nil && l.c == c {
+		delete(p.links, topic)
+	}
 }
 
 func (p *peers) closeLink(topic string) bool {
@@ -294,15 +317,31 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 		_ = c.Close()
 		return err
 	}
-	hello, _, err := message.First[message.PeerHello](dctx, c, peerHelloTimeout)
-	if err != nil || hello.Topic != in.Topic || hello.From != in.PeerID {
-		_ = c.Close()
-		return fmt.Errorf("agent: peer %s: bad hello (%v)", in.PeerID, err)
-	}
+	// The listener's hello only confirms what the handshake proved (its
+	// key is the one dialled, the ticket names the topic), so the link is
+	// up now and the hello is checked beside it: waiting for it cost the
+	// migration's first byte a round trip. A wrong or missing one closes
+	// the link.
 	if err := a.peers.addLink(&link{topic: in.Topic, peerID: in.PeerID, c: c}); err != nil {
 		_ = c.Close()
 		return err
 	}
+	a.peerWG.Add(1)
+	go func() {
+		defer a.peerWG.Done()
+		hello, _, err := message.First[message.PeerHello](a.peerCtx, c, peerHelloTimeout)
+		if err == nil && hello.Topic == in.Topic && hello.From == in.PeerID {
+			return
+		}
+		select {
+		case <-c.Done(): // the link ended first (or the agent stops)
+		case <-a.peerCtx.Done():
+		default:
+			a.log.Warn("agent: peer sent a bad hello; link closed", "topic", in.Topic, "peer", in.PeerID, "err", err)
+			a.peers.dropLink(in.Topic, c)
+			_ = c.CloseWithError(message.CodeProtocol, "bad hello")
+		}
+	}()
 	a.log.Info("agent: connected to peer", "topic", in.Topic, "peer", in.PeerID, "addr", c.RemoteAddr().String())
 	a.postConnected(in.Topic, in.PeerID, c)
 	return nil

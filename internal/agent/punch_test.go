@@ -121,3 +121,46 @@ func TestPunchRedialsPunchSource(t *testing.T) {
 		})
 	}
 }
+
+// TestListenerHelloBesideTheLink: the dialer reports its link up once
+// the handshake is done and its own hello sent — before the listener's
+// hello, which only confirms what the handshake proved — and closes the
+// link when that hello, checked beside it, turns out wrong.
+func TestListenerHelloBesideTheLink(t *testing.T) {
+	ag := newEnrolledAgent(t)
+	m := newFakeMMC(t, ag)
+	stop := ag.run(t, bundleOf(m.ref()), nil)
+	defer stop()
+	s := m.login(10 * time.Second)
+	p := newPunchPeer(t, ag.pub)
+	const topic = "migration/h1"
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	order := p.punchOrder(1, topic, p.ep.LocalAddr().String(), 2*time.Second)
+	order.Intro.PunchAt, order.Intro.Window = 0, 0 // a plain dial
+	result := make(chan message.ActionResult, 1)
+	go func() { result <- s.order(t, order) }()
+	conn, err := p.ep.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hello, _, err := message.First[message.PeerHello](ctx, conn, 5*time.Second); err != nil || hello.Topic != topic {
+		t.Fatalf("hello %+v, %v", hello, err)
+	}
+	select {
+	case r := <-result:
+		if !r.OK {
+			t.Fatalf("dial: %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the dialer waits for the listener's hello before reporting its link up")
+	}
+	if err := message.Send(ctx, conn, message.PeerHello{Topic: "migration/other", From: "peer-x"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-conn.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a hello for another topic left the link open")
+	}
+}

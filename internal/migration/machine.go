@@ -108,7 +108,9 @@ type Machine struct {
 
 	// preparing
 	resumedPreparing bool
-	intro            int // introNone, introAsked, introDone
+	intro            int       // introNone, introAsked, introDone
+	introAt          time.Time // when Introduce was emitted
+	firstByteAt      time.Time // the destination's first stream byte (its report)
 	introErr         string
 	srcRTT, dstRTT   time.Duration
 	linkPath         string        // Introduced.Path
@@ -420,6 +422,9 @@ func (m *Machine) reply(in Reply, now time.Time) {
 		return
 	}
 	delete(m.pending, in.Seq)
+	if r := in.Report; r != nil && p.host == m.rec.To && r.FirstByteAt != 0 && m.firstByteAt.IsZero() {
+		m.firstByteAt = time.Unix(0, r.FirstByteAt)
+	}
 	errs := ""
 	if in.Err != nil {
 		errs = in.Err.Error()

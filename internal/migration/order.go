@@ -47,6 +47,9 @@ type Report struct {
 	// copy may run (kept across agent restarts). A destination without
 	// the record never resumed its copy.
 	MayHaveRun bool `cbor:"6,keyasint,omitempty"`
+	// FirstByteAt is when the migration stream's first byte reached a
+	// destination's agent (MMC clock, Unix ns; 0 before).
+	FirstByteAt int64 `cbor:"7,keyasint,omitempty"`
 }
 
 // Failed reports whether the job or its hypervisor says the migration

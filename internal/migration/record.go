@@ -107,10 +107,15 @@ type Record struct {
 	// migration byte can flow from then.
 	LinkMS int64 `json:"link_ms,omitempty"`
 	// PathNote says why no direct path was found, for a relayed link.
-	PathNote  string    `json:"path_note,omitempty"`
-	Started   time.Time `json:"started,omitzero"`    // transfer started
-	PausedAt  time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
-	ResumedAt time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)
+	PathNote string `json:"path_note,omitempty"`
+	// FirstByteMS is how long from the MMC's first order of the
+	// introduction to the migration stream's first byte at the
+	// destination (link, preparation, the start order): the wait before
+	// any memory moves. 0 when unknown (the MMC restarted meanwhile).
+	FirstByteMS int64     `json:"first_byte_ms,omitempty"`
+	Started     time.Time `json:"started,omitzero"`    // transfer started
+	PausedAt    time.Time `json:"paused_at,omitzero"`  // source paused for the final copy (MMC clock)
+	ResumedAt   time.Time `json:"resumed_at,omitzero"` // destination resumed (MMC clock)
 	// The switch-over's timeline between PausedAt and ResumedAt, for
 	// finding where downtime goes (MMC clock): the source wrote the
 	// stream's last byte, the destination verified the image, the MMC

@@ -2,6 +2,7 @@ package migration
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,11 +59,11 @@ func TestLostTransferringWriteStartsTheSource(t *testing.T) {
 	rec.State = Preparing
 	b := newBench(t, rec)
 	out := b.step(Start{})
-	if len(out) != 1 {
-		t.Fatalf("want an introduction first: %s", describe(out))
+	if len(out) != 2 {
+		t.Fatalf("want an introduction and a preparation at once: %s", describe(out))
 	}
-	out = b.step(Introduced{})
 	prep := sendTo(t, out, OpPrepare, wDst)
+	b.step(Introduced{})
 	out = b.step(Reply{Seq: prep.Seq, Report: &Report{}})
 	p, ok := lastPersist(out)
 	if !ok || p.Rec.State != Transferring {
@@ -164,10 +165,9 @@ func TestCancelBeatsAFailedStart(t *testing.T) {
 	rec := transferringRec()
 	rec.State = Preparing
 	b := newBench(t, rec)
-	b.step(Start{})
-	out := b.step(Introduced{})
-	prep := sendTo(t, out, OpPrepare, wDst)
-	out = b.land(b.step(Reply{Seq: prep.Seq, Report: &Report{}}))
+	prep := sendTo(t, b.step(Start{}), OpPrepare, wDst)
+	b.step(Introduced{})
+	out := b.land(b.step(Reply{Seq: prep.Seq, Report: &Report{}}))
 	start := sendTo(t, out, OpStart, wSrc)
 	cancelled := b.rec
 	cancelled.CancelRequested, cancelled.Version = true, cancelled.Version+1
@@ -214,11 +214,10 @@ func TestLinkMovedIsRecorded(t *testing.T) {
 	rec := transferringRec()
 	rec.State = Preparing
 	b := newBench(t, rec)
-	b.step(Start{})
+	prep := sendTo(t, b.step(Start{}), OpPrepare, wDst)
 	b.step(LinkMoved{Path: "direct"}) // before the introduction: ignored
-	out := b.step(Introduced{Path: "relayed", Note: "no direct path"})
-	prep := sendTo(t, out, OpPrepare, wDst)
-	out = b.step(Reply{Seq: prep.Seq, Report: &Report{}})
+	b.step(Introduced{Path: "relayed", Note: "no direct path"})
+	out := b.step(Reply{Seq: prep.Seq, Report: &Report{}})
 	p, ok := lastPersist(out)
 	if !ok || p.Rec.State != Transferring || p.Rec.Path != "relayed" {
 		t.Fatalf("transferring write: %s", describe(out))
@@ -233,5 +232,97 @@ func TestLinkMovedIsRecorded(t *testing.T) {
 	p, ok = lastPersist(out)
 	if !ok || p.Rec.Path != "direct" || p.Rec.PathNote != "moved to a direct path" || p.Rec.State != Transferring {
 		t.Fatalf("after the move: %s", describe(out))
+	}
+}
+
+// TestPrepareBesideTheIntroduction: the destination is prepared while
+// the agents are introduced. Transferring is written only once both are
+// done, whichever finishes first; a failed introduction waits for the
+// preparation's answer before rolling back (the abort must not overtake
+// it); a failed preparation rolls back at once.
+func TestPrepareBesideTheIntroduction(t *testing.T) {
+	bad := errors.New("boom")
+	cases := []struct {
+		name  string
+		steps func(prep Send) []Input
+		want  State  // the state written after the last step ("": none)
+		error string // part of the rollback's reason
+	}{
+		{"introduced, then prepared", func(p Send) []Input {
+			return []Input{Introduced{Path: "direct"}, Reply{Seq: p.Seq, Report: &Report{}}}
+		}, Transferring, ""},
+		{"prepared, then introduced", func(p Send) []Input {
+			return []Input{Reply{Seq: p.Seq, Report: &Report{}}, Introduced{Path: "direct"}}
+		}, Transferring, ""},
+		{"introduced only", func(p Send) []Input { return []Input{Introduced{Path: "direct"}} }, "", ""},
+		{"prepared only", func(p Send) []Input { return []Input{Reply{Seq: p.Seq, Report: &Report{}}} }, "", ""},
+		{"introduction failed, preparation out", func(p Send) []Input { return []Input{Introduced{Err: bad}} }, "", ""},
+		{"introduction failed, then prepared", func(p Send) []Input {
+			return []Input{Introduced{Err: bad}, Reply{Seq: p.Seq, Report: &Report{}}}
+		}, RollingBack, "introducing the agents"},
+		{"preparation failed, introduction out", func(p Send) []Input {
+			return []Input{Reply{Seq: p.Seq, Err: bad}}
+		}, RollingBack, "preparing the destination"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := transferringRec()
+			rec.State = Preparing
+			b := newBench(t, rec)
+			out := b.step(Start{})
+			if n := len(sendsIn(out, OpPrepare)); n != 1 || len(out) != 2 {
+				t.Fatalf("want one introduction and one preparation at once: %s", describe(out))
+			}
+			steps := tc.steps(sendTo(t, out, OpPrepare, wDst))
+			for i, in := range steps {
+				out = b.step(in)
+				if len(sendsIn(out, OpPrepare)) != 0 {
+					t.Fatalf("step %d prepared again: %s", i, describe(out))
+				}
+				if p, ok := lastPersist(out); ok && i < len(steps)-1 {
+					t.Fatalf("step %d wrote %s early", i, p.Rec.State)
+				}
+			}
+			p, ok := lastPersist(out)
+			switch {
+			case tc.want == "" && ok:
+				t.Fatalf("wrote %s (%s), want nothing yet", p.Rec.State, p.Rec.Error)
+			case tc.want != "" && (!ok || p.Rec.State != tc.want):
+				t.Fatalf("want a %s write: %s", tc.want, describe(out))
+			case tc.want != "" && !strings.Contains(p.Rec.Error, tc.error):
+				t.Fatalf("reason %q, want %q in it", p.Rec.Error, tc.error)
+			}
+		})
+	}
+}
+
+// TestFirstByteOnRecord: the completed record says how long from the
+// introduction to the stream's first byte at the destination, as the
+// destination's report has it.
+func TestFirstByteOnRecord(t *testing.T) {
+	rec := transferringRec()
+	rec.State = Preparing
+	b := newBench(t, rec)
+	prep := sendTo(t, b.step(Start{}), OpPrepare, wDst) // the introduction starts at t0
+	b.now = t0.Add(100 * time.Millisecond)
+	b.step(Introduced{Path: "direct", Took: 90 * time.Millisecond})
+	out := b.land(b.step(Reply{Seq: prep.Seq, Report: &Report{}}))
+	start := sendTo(t, out, OpStart, wSrc)
+	b.step(Reply{Seq: start.Seq, Report: &Report{}})
+	out = b.land(b.step(Posted{Host: wDst, Role: Destination, Phase: PhaseCompleted}))
+	commit := sendTo(t, out, OpCommit, wDst)
+	first := t0.Add(173 * time.Millisecond)
+	out = b.step(Reply{Seq: commit.Seq, Report: &Report{Phase: PhaseCommitted, At: t0.Add(time.Second).UnixNano(), FirstByteAt: first.UnixNano()}})
+	st := sendTo(t, out, OpStatus, wSrc)
+	out = b.step(Reply{Seq: st.Seq, Report: &Report{Phase: PhaseCompleted,
+		Status: hypervisor.MigrationStatus{State: hypervisor.MigCompleted, PausedAt: t0.Add(900 * time.Millisecond)}}})
+	fin := sendTo(t, out, OpFinish, wSrc)
+	out = b.step(Reply{Seq: fin.Seq, Report: &Report{}})
+	p, ok := lastPersist(out)
+	if !ok || p.Rec.State != Completed {
+		t.Fatalf("no completion: %s", describe(out))
+	}
+	if p.Rec.FirstByteMS != 173 || p.Rec.LinkMS != 90 {
+		t.Fatalf("first_byte_ms %d, link_ms %d; want 173 and 90", p.Rec.FirstByteMS, p.Rec.LinkMS)
 	}
 }

@@ -203,10 +203,48 @@ func (s *Server) introduce(ctx context.Context, topic, listener, dialer string, 
 		lin.RelayAddr, lin.RelayAlloc, lin.RelayKey = via.al.AddrB.String(), uint64(via.al.ID), via.keyB[:]
 		din.RelayAddr, din.RelayAlloc, din.RelayKey = via.al.AddrA.String(), uint64(via.al.ID), via.keyA[:]
 	}
-	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: lin}); err != nil {
-		return fmt.Errorf("mmc: introduce %s: %s cannot expect %s: %w", topic, listener, dialer, err)
+	expected := func() error {
+		if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.expect", Intro: lin}); err != nil {
+			return fmt.Errorf("mmc: introduce %s: %s cannot expect %s: %w", topic, listener, dialer, err)
+		}
+		return nil
 	}
-	if r, err := s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: din}); err != nil {
+	var r message.ActionResult
+	var err error
+	if via != nil {
+		// The listener binds its relay address before it answers, and
+		// the relay forwards only to a bound address: the dialer is told
+		// after the answer.
+		if err := expected(); err != nil {
+			return err
+		}
+		r, err = s.actSession(ctx, ds, message.Action{Op: "peer.dial", Intro: din})
+	} else {
+		// Both orders at once (punch.Start counts on it): a dialer's
+		// initiation that reaches the listener before its order is
+		// refused without a trace and sent again (punch.Retry).
+		dctx, cancelDial := context.WithCancel(ctx)
+		type dialed struct {
+			r   message.ActionResult
+			err error
+		}
+		done := make(chan dialed, 1)
+		go func() {
+			r, err := s.actSession(dctx, ds, message.Action{Op: "peer.dial", Intro: din})
+			done <- dialed{r, err}
+		}()
+		eerr := expected()
+		if eerr != nil {
+			cancelDial() // the dialer's attempt ends with its window
+		}
+		d := <-done
+		cancelDial()
+		if eerr != nil {
+			return eerr
+		}
+		r, err = d.r, d.err
+	}
+	if err != nil {
 		err = fmt.Errorf("mmc: introduce %s: %s cannot reach %s: %w", topic, dialer, listener, err)
 		if via == nil && r.Error != "" {
 			// The dialer answered: it found no path (not: it was

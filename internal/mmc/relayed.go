@@ -110,12 +110,16 @@ func (s *Server) upgradeLink(ctx context.Context, topic string, ls, ds *session)
 	punchAt, window := punchTiming(now, ls, ds)
 	lkey, dkey := ls.c.Session().PeerStatic, ds.c.Session().PeerStatic
 	expires := now.Add(introTTL).UnixNano()
-	if _, err := s.actSession(ctx, ls, message.Action{Op: "peer.punch", Intro: &message.Introduction{Topic: topic, PeerID: ds.id,
-		PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}}); err != nil {
-		return err
-	}
-	if _, err := s.actSession(ctx, ds, message.Action{Op: "peer.upgrade", Intro: &message.Introduction{Topic: topic, PeerID: ls.id,
-		PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}}); err != nil {
+	// Both at once, as for an introduction (punch.Start).
+	punched := make(chan error, 1)
+	go func() {
+		_, err := s.actSession(ctx, ls, message.Action{Op: "peer.punch", Intro: &message.Introduction{Topic: topic, PeerID: ds.id,
+			PeerAddr: ds.c.RemoteAddr().String(), PeerKey: dkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}})
+		punched <- err
+	}()
+	_, uerr := s.actSession(ctx, ds, message.Action{Op: "peer.upgrade", Intro: &message.Introduction{Topic: topic, PeerID: ls.id,
+		PeerAddr: ls.c.RemoteAddr().String(), PeerKey: lkey[:], Ticket: ticket[:], Expires: expires, PunchAt: punchAt, Window: window}})
+	if err := errors.Join(<-punched, uerr); err != nil {
 		return err
 	}
 	s.metrics.links.WithLabelValues("upgraded").Inc()

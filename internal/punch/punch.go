@@ -107,11 +107,10 @@ const (
 )
 
 // Start is when both agents begin, on the MMC's clock: late enough for
-// both orders to have arrived — the MMC tells the listener first and
-// waits for its answer (one round trip to it), then tells the dialer
-// (half a round trip to it) — and no later.
+// both orders to have arrived — the MMC sends them at once, each half a
+// round trip to its agent — and no later.
 func Start(now time.Time, listenerRTT, dialerRTT time.Duration) time.Time {
-	lead := listenerRTT + dialerRTT/2 + margin
+	lead := max(listenerRTT, dialerRTT)/2 + margin
 	return now.Add(min(lead, maxLead))
 }
 

@@ -46,9 +46,11 @@ func TestStartAndWindow(t *testing.T) {
 		lead, win time.Duration
 	}{
 		{0, 0, 20 * ms, MinWindow},
-		{50 * ms, 50 * ms, 95 * ms, MinWindow},          // 50 + 25 + 20
-		{100 * ms, 200 * ms, 220 * ms, 3 * time.Second}, // 10 × 300 ms
-		{3 * time.Second, 0, 2 * time.Second, MaxWindow},
+		{50 * ms, 50 * ms, 45 * ms, MinWindow},          // 25 + 20
+		{100 * ms, 200 * ms, 120 * ms, 3 * time.Second}, // the slower order: 100 + 20; 10 × 300 ms
+		{200 * ms, 100 * ms, 120 * ms, 3 * time.Second},
+		{3 * time.Second, 0, 1520 * ms, MaxWindow},
+		{5 * time.Second, 0, 2 * time.Second, MaxWindow},
 	} {
 		if got := Start(now, c.l, c.d).Sub(now); got != c.lead {
 			t.Errorf("Start(%v, %v): lead %v, want %v", c.l, c.d, got, c.lead)

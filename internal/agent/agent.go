@@ -306,6 +306,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		wait := backoff/2 + time.Duration(mrand.Int64N(int64(backoff)))
 		a.log.Info("agent: reconnecting", "in", wait.Round(time.Millisecond).String(), "after", err)
+		a.metrics.reconnectWaits.Inc()
 		select {
 		case <-ctx.Done():
 			return nil

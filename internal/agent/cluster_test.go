@@ -34,6 +34,7 @@ type enrolledAgent struct {
 	pub   [32]byte
 	facts identity.Overrides
 	psk   [32]byte
+	agent *agent.Agent // the running agent (run)
 }
 
 func newEnrolledAgent(t *testing.T) *enrolledAgent {
@@ -67,6 +68,7 @@ func (e *enrolledAgent) run(t *testing.T, b identity.Bundle, d hypervisor.Driver
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

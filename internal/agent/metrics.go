@@ -40,9 +40,11 @@ type metrics struct {
 	term   prometheus.Gauge
 	// redirects counts MMC members that sent this agent to another;
 	// memberUpdates member lists received and kept.
-	redirects     prometheus.Counter
-	leaderMoves   prometheus.Counter
-	memberUpdates prometheus.Counter
+	redirects   prometheus.Counter
+	leaderMoves prometheus.Counter
+	// reconnectWaits counts pauses (the backoff) before reconnecting.
+	reconnectWaits prometheus.Counter
+	memberUpdates  prometheus.Counter
 	// punchesSent counts punch datagrams this agent sent as a listener;
 	// punchesReceived those it received, by outcome (punch.go).
 	punchesSent     prometheus.Counter
@@ -68,6 +70,8 @@ func newMetrics() *metrics {
 			Help: "Logins an MMC member answered with a redirect to another member."}),
 		leaderMoves: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_leader_moves_total",
 			Help: "Sessions moved to a new MMC leader because a standby session named it."}),
+		reconnectWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_reconnect_waits_total",
+			Help: "Pauses (the jittered, doubling backoff) before connecting to an MMC member again."}),
 		memberUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_mmc_member_updates_total",
 			Help: "MMC member lists received and kept."}),
 		punchesSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_punches_sent_total",
@@ -78,5 +82,5 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.memberUpdates, m.punchesSent, m.punchesReceived}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.reconnectWaits, m.memberUpdates, m.punchesSent, m.punchesReceived}
 }

@@ -30,6 +30,7 @@ func newSwarmCmd(g *globalFlags) *cobra.Command {
 		dir, bundle, token string
 		interval           time.Duration
 		rate               int
+		standby            bool
 	)
 	cmd := &cobra.Command{
 		Use:    "swarm",
@@ -67,7 +68,7 @@ func newSwarmCmd(g *globalFlags) *cobra.Command {
 						return message.HostStats{CPU: rand.Float64(), Mem: rand.Float64(), Cores: 32, MemSize: 256 << 30}
 					},
 					Logger:       slog.New(slog.DiscardHandler),
-					SmallBuffers: true, VolatileEvents: true,
+					SmallBuffers: true, VolatileEvents: true, NoStandby: !standby,
 				})
 				if err != nil {
 					return err
@@ -98,5 +99,6 @@ func newSwarmCmd(g *globalFlags) *cobra.Command {
 	f.StringVar(&token, "token", "", "join token with enough uses")
 	f.DurationVar(&interval, "report-interval", 5*time.Second, "report interval")
 	f.IntVar(&rate, "rate", 200, "agents started per second")
+	f.BoolVar(&standby, "standby", true, "keep a standby session at a second MMC member, as agents do")
 	return cmd
 }

@@ -67,6 +67,10 @@ type Config struct {
 	// VolatileEvents keeps unacknowledged logs and alarms in memory only
 	// instead of DataDir/outbox.db (load generators).
 	VolatileEvents bool
+	// NoStandby keeps no standby session at another MMC member (load
+	// generators measuring the leader alone): the agent then notices a
+	// leadership move only when its session ends.
+	NoStandby bool
 	// DialTimeout bounds one handshake with one MMC member (default 5 s)
 	// before the next member is tried.
 	DialTimeout time.Duration
@@ -529,14 +533,16 @@ func (a *Agent) session(ctx context.Context) error {
 	sctx, moveOn := context.WithCancelCause(ctx)
 	defer moveOn(nil)
 	var watch sync.WaitGroup
-	watch.Add(1)
-	go func() {
-		defer watch.Done()
-		a.watchLeader(sctx, mmc, psk, hello, func(leader message.Member) {
-			a.mmcs.redirectTo(leader)
-			moveOn(fmt.Errorf("%w to %s", errLeaderMoved, leader.Addr))
-		})
-	}()
+	if !a.cfg.NoStandby {
+		watch.Add(1)
+		go func() {
+			defer watch.Done()
+			a.watchLeader(sctx, mmc, psk, hello, func(leader message.Member) {
+				a.mmcs.redirectTo(leader)
+				moveOn(fmt.Errorf("%w to %s", errLeaderMoved, leader.Addr))
+			})
+		}()
+	}
 	err = a.serve(sctx, c, reauthKey)
 	moveOn(nil)
 	watch.Wait()

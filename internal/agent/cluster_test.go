@@ -34,7 +34,8 @@ type enrolledAgent struct {
 	pub   [32]byte
 	facts identity.Overrides
 	psk   [32]byte
-	agent *agent.Agent // the running agent (run)
+	agent     *agent.Agent // the running agent (run)
+	noStandby bool         // run it with Config.NoStandby
 }
 
 func newEnrolledAgent(t *testing.T) *enrolledAgent {
@@ -64,7 +65,7 @@ func newEnrolledAgent(t *testing.T) *enrolledAgent {
 func (e *enrolledAgent) run(t *testing.T, b identity.Bundle, d hypervisor.Driver) (stop func()) {
 	t.Helper()
 	a, err := agent.New(agent.Config{DataDir: e.dir, Bundle: b, Name: "h1", Site: "s", Listen: "127.0.0.1:0", Facts: e.facts,
-		Driver: d, ReportInterval: time.Hour, DialTimeout: 300 * time.Millisecond})
+		Driver: d, ReportInterval: time.Hour, DialTimeout: 300 * time.Millisecond, NoStandby: e.noStandby})
 	if err != nil {
 		t.Fatal(err)
 	}

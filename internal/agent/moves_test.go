@@ -44,6 +44,36 @@ func TestLeaderMovesWithoutBackoff(t *testing.T) {
 	t.Logf("%d logins, one per leadership move, in %v", logins, time.Since(start))
 }
 
+// TestNoStandby: an agent told to keep no standby session (a load
+// generator's) opens none, so a member that says it leads is never
+// heard: the agent stays where it logged in.
+func TestNoStandby(t *testing.T) {
+	ag := newEnrolledAgent(t)
+	ag.noStandby = true
+	a, b := newFakeMMC(t, ag), newFakeMMC(t, ag)
+	am, bm := a.member(), b.member()
+	a.standbyLeader.Store(&am)
+	b.standbyLeader.Store(&bm)
+	stop := ag.run(t, bundleOf(a.ref(), b.ref()), nil)
+	defer stop()
+	select {
+	case <-a.logins:
+	case <-b.logins:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no login")
+	}
+	select {
+	case <-a.logins:
+		t.Fatal("the agent moved: it kept a standby session")
+	case <-b.logins:
+		t.Fatal("the agent moved: it kept a standby session")
+	case <-time.After(2 * time.Second):
+	}
+	if n := agentCounter(t, ag.agent, "ferry_agent_mmc_leader_moves_total"); n != 0 {
+		t.Fatalf("%v leadership moves", n)
+	}
+}
+
 // agentCounter reads the agent's counter name.
 func agentCounter(t *testing.T, a *agent.Agent, name string) float64 {
 	t.Helper()

@@ -30,10 +30,10 @@ const testCluster = "c-fence-test"
 // enrolled: its key, and a state file with a registration code. psk is
 // the session key an MMC derives for it.
 type enrolledAgent struct {
-	dir   string
-	pub   [32]byte
-	facts identity.Overrides
-	psk   [32]byte
+	dir       string
+	pub       [32]byte
+	facts     identity.Overrides
+	psk       [32]byte
 	agent     *agent.Agent // the running agent (run)
 	noStandby bool         // run it with Config.NoStandby
 }

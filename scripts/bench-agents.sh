@@ -9,7 +9,8 @@
 # follower; every member's CPU and memory are reported.
 # MMC_FLAGS adds flags to the first MMC (e.g. "--cpuprofile /tmp/mmc.prof"),
 # MEMBER_FLAGS to every MMC (e.g. "--raft-timeout 2s"), SWARM_FLAGS to the
-# generator. SWARM_NICE runs the generator at that nice level: it stands
+# generator (e.g. "--standby=false": no standby sessions at the followers,
+# so the generator holds half the connections). SWARM_NICE runs the generator at that nice level: it stands
 # for 10 000 machines elsewhere, so on this machine it should not take
 # CPU from the MMCs it measures. The wait for the agents reads every member's online gauge, not
 # `hosts list` (a 10 000-host listing each second is load of its own).
@@ -65,6 +66,17 @@ for n in "${counts[@]}"; do
 		sleep 1
 	done
 	sleep 10 # let enrolment work drain
+	# leaderchanges sums the members' ferry_raft_leader_changes_total: a
+	# window in which it moves is no steady state.
+	leaderchanges() {
+		local t=0 r
+		for a in "${admins[@]}"; do
+			r=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_raft_leader_changes_total/ {print int($2)}')
+			t=$((t + ${r:-0}))
+		done
+		echo "$t"
+	}
+	l0=$(leaderchanges)
 	declare -A m0
 	for p in "${members[@]}"; do m0[$p]=$(awk '{print $14+$15}' /proc/$p/stat); done
 	t0=$(awk '{print $14+$15}' /proc/$mmc/stat)
@@ -80,6 +92,7 @@ for n in "${counts[@]}"; do
 	done
 	s1=$(awk '{print $14+$15}' /proc/$swarm/stat)
 	r1=$(reports)
+	l1=$(leaderchanges)
 	rss=$(awk '/VmRSS/ {print $2}' /proc/$mmc/status)
 	srss=$(awk '/VmRSS/ {print $2}' /proc/$swarm/status)
 	online=$("${ctl[@]}" hosts list -o json | $py -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')
@@ -87,7 +100,7 @@ for n in "${counts[@]}"; do
 	scpu=$($py -c "print(f'{($s1-$s0)/$hz/$window:.3f}')")
 	rps=$($py -c "print(f'{($r1-$r0)/$window:.0f}')")
 	echo "| $n | $online | $cpu | $((rss / 1024)) | $rps (of $((n / 5))) | $scpu | $((srss / 1024)) |"
-	[ "${MMCS:-1}" -gt 1 ] && echo "  members (first = the one the agents were enrolled at; cores/RSS):$each"
+	[ "${MMCS:-1}" -gt 1 ] && echo "  members (first = the one the agents were enrolled at; cores/RSS):$each; leader changes in the window: $((l1 - l0))"
 	kill "$swarm" "${members[@]}" 2>/dev/null || true
 	wait "$swarm" "${members[@]}" 2>/dev/null || true
 	[ -n "${KEEP:-}" ] || rm -rf "$dir"

@@ -12,7 +12,8 @@
 # generator (e.g. "--standby=false": no standby sessions at the followers,
 # so the generator holds half the connections). SWARM_NICE runs the generator at that nice level: it stands
 # for 10 000 machines elsewhere, so on this machine it should not take
-# CPU from the MMCs it measures. The wait for the agents reads every member's online gauge, not
+# CPU from the MMCs it measures; SWARM_PROCS caps its GOMAXPROCS (1: it
+# cannot take more than one of this machine's two cores). The wait for the agents reads every member's online gauge, not
 # `hosts list` (a 10 000-host listing each second is load of its own).
 set -euo pipefail
 # The system interpreter: a version manager's shim costs a process tree per call.
@@ -53,7 +54,7 @@ for n in "${counts[@]}"; do
 	done
 	tok=$("${ctl[@]}" tokens create --uses "$n" --ttl 1h -o json | $py -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 	bundle=$(./bin/ferry mmc bundle --data-dir "$dir/mmc")
-	nice -n "${SWARM_NICE:-0}" ./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
+	env ${SWARM_PROCS:+GOMAXPROCS=$SWARM_PROCS} nice -n "${SWARM_NICE:-0}" ./bin/ferry swarm --count "$n" --data-dir "$dir/agents" --bundle "$bundle" --token "$tok" --rate "${RATE:-250}" ${SWARM_FLAGS:-} >"$dir/swarm.log" 2>&1 &
 	swarm=$!
 	online=0
 	for _ in $(seq "${WAIT:-600}"); do

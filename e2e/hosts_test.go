@@ -249,6 +249,13 @@ func TestAlarmsSurviveMMCOutage(t *testing.T) {
 // suite in parallel (often 100 %) must not decide for them.
 func (c *cluster) startHosts(t *testing.T, names ...string) {
 	t.Helper()
+	c.startHostsIn(t, nil, names...)
+}
+
+// startHostsIn is startHosts with each host in the site site(name) names
+// (nil: the agents' default site).
+func (c *cluster) startHostsIn(t *testing.T, site func(string) string, names ...string) {
+	t.Helper()
 	var tok struct {
 		Token string `json:"token"`
 	}
@@ -256,7 +263,11 @@ func (c *cluster) startHosts(t *testing.T, names ...string) {
 		t.Fatal(err)
 	}
 	for _, h := range names {
-		c.startAgent(h, "--token", tok.Token, "--report-interval", "300ms", "--sim-host", "cores=4,memory=8GiB")
+		args := []string{"--token", tok.Token, "--report-interval", "300ms", "--sim-host", "cores=4,memory=8GiB"}
+		if site != nil {
+			args = append(args, "--site", site(h))
+		}
+		c.startAgent(h, args...)
 	}
 	t.Cleanup(func() { c.destroyVMs(t) })
 	c.waitFor("every host online", func() bool {

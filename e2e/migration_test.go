@@ -43,6 +43,7 @@ type migrationView struct {
 	VerifiedAt  time.Time `json:"verified_at"`
 	CommittedAt time.Time `json:"committed_at"`
 	ResumedAt   time.Time `json:"resumed_at"`
+	Finished    time.Time `json:"finished"`
 }
 
 // vmsOn lists the VMs the hosts report, by host.

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/evacuation"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/migration"
@@ -154,7 +155,7 @@ func newCtlCmd() *cobra.Command {
 		}
 		return nil
 	}
-	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlBoardCmd(c), newCtlMMCsCmd(c))
+	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlEvacuationsCmd(c), newCtlSitesCmd(c), newCtlBoardCmd(c), newCtlMMCsCmd(c))
 	return cmd
 }
 
@@ -324,6 +325,7 @@ func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
 
 func newCtlHostsCmd(c *ctlFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "hosts", Short: "Hypervisor hosts and their load"}
+	cmd.AddCommand(newCtlEvacuateCmd(c, evacuation.ScopeHost))
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List hosts with their latest report", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

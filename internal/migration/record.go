@@ -85,7 +85,10 @@ type Record struct {
 	State     State   `json:"state"`
 	Progress  float64 `json:"progress"`
 	Reason    string  `json:"reason"`
-	By        string  `json:"by"` // "admin" or "policy"
+	By        string  `json:"by"` // "admin", "policy" or "evacuation"
+	// Group is the evacuation (package evacuation) the migration is
+	// part of, if any.
+	Group string `json:"group,omitempty"`
 	Options
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`

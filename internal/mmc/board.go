@@ -163,6 +163,11 @@ func (s *Server) IntroduceLink(ctx context.Context, topic, listener, dialer stri
 // introduce carries out one introduction: direct (via nil: both punch),
 // or through the relay allocation via.
 func (s *Server) introduce(ctx context.Context, topic, listener, dialer string, via *viaRelay) error {
+	release, err := s.introPairs.acquire(ctx, listener, dialer)
+	if err != nil {
+		return fmt.Errorf("mmc: introduce %s: waiting for another introduction of the same agents: %w", topic, err)
+	}
+	defer release()
 	ls, ds := s.reg.session(listener), s.reg.session(dialer)
 	if ls == nil || ds == nil {
 		return fmt.Errorf("%w: both agents must be online to be introduced", ErrHostOffline)
@@ -210,7 +215,6 @@ func (s *Server) introduce(ctx context.Context, topic, listener, dialer string, 
 		return nil
 	}
 	var r message.ActionResult
-	var err error
 	if via != nil {
 		// The listener binds its relay address before it answers, and
 		// the relay forwards only to a bound address: the dialer is told

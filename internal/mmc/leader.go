@@ -181,6 +181,7 @@ func (s *Server) startLeaderWork(ctx context.Context, wg *sync.WaitGroup) {
 		s.orch.run,
 		s.runPromotions,
 		func(ctx context.Context) { s.runPolicy(ctx, s.cfg.PolicyInterval) },
+		s.runEvacuations,
 		s.runExpiry,
 		func(ctx context.Context) { s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries) },
 	}

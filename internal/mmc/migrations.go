@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/inventory"
@@ -28,6 +27,12 @@ var ErrInvalid = errors.New("mmc: invalid request")
 // the record names both hosts' agents: its orders go to them, and its
 // commit places the VM on the destination's.
 func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (migration.Record, error) {
+	return s.planGroupMigration(vm, to, reason, by, "", o)
+}
+
+// planGroupMigration is planMigration for a migration that is part of
+// group (an evacuation's id; "" for none).
+func (s *Server) planGroupMigration(vm, to, reason, by, group string, o migration.Options) (migration.Record, error) {
 	if err := o.Check(); err != nil {
 		return migration.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -59,7 +64,7 @@ func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (
 	now := s.cfg.Now()
 	// The store refuses a second open migration of the VM.
 	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, FromAgent: fromAgent, ToAgent: toAgent,
-		State: migration.Planned, Reason: reason, By: by, Options: o, Created: now, Updated: now})
+		State: migration.Planned, Reason: reason, By: by, Group: group, Options: o, Created: now, Updated: now})
 	if errors.Is(err, store.ErrOpenMigration) {
 		return m, ErrBusy
 	}
@@ -86,16 +91,10 @@ const cancelMigrationWait = 30 * time.Second
 // (switch-over), or armed for it, cannot be cancelled: the destination
 // is, or is about to be, the VM.
 func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.Record, error) {
-	m, err := s.st.CancelMigration(id, s.cfg.Now())
-	if nc := (*migration.NotCancellable)(nil); errors.As(err, &nc) {
-		return m, conflict{nc}
-	}
+	m, err := s.requestCancel(id, by)
 	if err != nil {
 		return m, err
 	}
-	s.noteMigration(m)
-	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
-	s.orch.notify(id, migration.Changed{Rec: m})
 	ctx, cancel := context.WithTimeout(ctx, cancelMigrationWait)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
@@ -114,12 +113,16 @@ func (s *Server) cancelMigration(ctx context.Context, id, by string) (migration.
 
 func (s *Server) migrations() ([]migration.Record, error) {
 	all, err := s.st.Migrations()
-	slices.SortFunc(all, func(a, b migration.Record) int {
-		x, _ := strconv.Atoi(strings.TrimPrefix(a.ID, "m"))
-		y, _ := strconv.Atoi(strings.TrimPrefix(b.ID, "m"))
-		return x - y
-	})
+	slices.SortFunc(all, func(a, b migration.Record) int { return bySequence(a.ID, b.ID) })
 	return all, err
+}
+
+// bySequence orders ids made of a letter and a store sequence number
+// ("m2" before "m10").
+func bySequence(a, b string) int {
+	x, _ := strconv.Atoi(a[min(1, len(a)):])
+	y, _ := strconv.Atoi(b[min(1, len(b)):])
+	return x - y
 }
 
 // conflict is a request refused for the state things are in; its text
@@ -129,3 +132,19 @@ type conflict struct{ reason error }
 func (c conflict) Error() string        { return c.reason.Error() }
 func (c conflict) Unwrap() error        { return c.reason }
 func (c conflict) Is(target error) bool { return target == ErrConflict }
+
+// requestCancel records the cancel of an open migration and hands it to
+// the orchestrator, without waiting for the rollback.
+func (s *Server) requestCancel(id, by string) (migration.Record, error) {
+	m, err := s.st.CancelMigration(id, s.cfg.Now())
+	if nc := (*migration.NotCancellable)(nil); errors.As(err, &nc) {
+		return m, conflict{nc}
+	}
+	if err != nil {
+		return m, err
+	}
+	s.noteMigration(m)
+	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.cancel", Target: id, Outcome: "ok"})
+	s.orch.notify(id, migration.Changed{Rec: m})
+	return m, nil
+}

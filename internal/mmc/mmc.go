@@ -256,6 +256,10 @@ type Server struct {
 
 	orch *orchestrator
 	pol  *policyLoop
+	// introPairs serialises introductions of the same two agents.
+	introPairs pairLocks
+	// evacKick wakes the evacuation driver (evacuations.go) early.
+	evacKick chan struct{}
 
 	// leading: this member leads and has taken up the leadership
 	// (leader.go); term is the fencing term it took then.
@@ -334,6 +338,7 @@ func New(cfg Config) (*Server, error) {
 		inv:        inventory.New(),
 		dirty:      newDirtySet(),
 		lwatch:     newLeaderWatch(),
+		evacKick:   make(chan struct{}, 1),
 		agentConns: make(chan *sudp.Conn),
 		acceptDone: make(chan struct{}),
 	}

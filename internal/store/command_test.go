@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/evacuation"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/migration"
@@ -34,6 +35,9 @@ func TestCommandEncoding(t *testing.T) {
 		EnrolledAt: at, LastHandshake: at, EnrolAddr: "192.0.2.1:7000", Refusal: "r", RefusedAt: at}
 	spec := hypervisor.Spec{Name: "web", Memory: 64 << 20, VCPUs: 2, Machine: "q35",
 		Disks: []hypervisor.Disk{{Path: "/var/lib/ferry/web.qcow2", Format: "qcow2", Boot: true}}, NICs: []hypervisor.NIC{{Tap: "tap0", MAC: "52:54:00:12:34:56"}}}
+	evac := evacuation.Record{ID: "e1", Scope: evacuation.ScopeSite, Source: "a", Target: "b", PerLink: 2, State: evacuation.Running, By: "admin",
+		Items:   []evacuation.Item{{VM: "web", From: "h1", FromSite: "a", To: "h2", ToSite: "b", Memory: 1 << 30, Dirty: 1e6, State: evacuation.Moving, Migration: "m1", Started: at}},
+		Created: at, Updated: at}
 	samples := []Command{
 		&MigrationCreate{Record: rec},
 		&MigrationUpdate{Record: rec, IfVersion: 3},
@@ -65,6 +69,9 @@ func TestCommandEncoding(t *testing.T) {
 		&TokenRevoke{ID: "0123456789abcdef", By: "admin", At: at},
 		&AuditPrune{Before: at, MaxEntries: 100000, Limit: 10000},
 		&AuditPrune{MaxEntries: 5},
+		&EvacuationCreate{Record: evac},
+		&EvacuationUpdate{Record: evac, IfVersion: 2},
+		&EvacuationCancel{ID: "e1", At: at},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {
@@ -148,6 +155,8 @@ func TestMigrationVersions(t *testing.T) {
 // and a decoded command encodes again.
 func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"migration.cancel","body":{"id":"m1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"evacuation.cancel","body":{"id":"e1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"evacuation.update","body":{"record":{"id":"e1","scope":"host","source":"h1","per_link":2,"state":"running","by":"admin","options":{},"items":[{"vm":"web","from":"h1","from_site":"a","memory":1,"dirty_rate":0,"state":"queued"}],"created":"2026-12-06T10:00:00Z","updated":"2026-12-06T10:00:00Z"},"if_version":1}}`))
 	f.Add([]byte(`{"kind":"migration.update","body":{"record":{"id":"m1","state":"planned"},"if_version":1}}`))
 	f.Add([]byte(`{"kind":"migration.cleanup-done","body":{"id":"m1","entry":"abort:h2"}}`))
 	f.Add([]byte(`{"kind":"migration.create","body":{"record":{"vm":"vm1","from":"h1","to":"h2","state":"planned"}}}`))
@@ -265,5 +274,52 @@ func TestApplierRoutesWrites(t *testing.T) {
 	}
 	if got, _ := s.Audit(0, 0); len(got) != 3 {
 		t.Fatalf("%d audit entries, want 3 (applier, ApplyIndexed, direct)", len(got))
+	}
+}
+
+// An evacuation's record is rewritten only at the version read, a cancel
+// makes the driver's next write stale, and a finished group is final.
+func TestEvacuationVersions(t *testing.T) {
+	s := openTest(t)
+	at := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	r, err := s.CreateEvacuation(evacuation.Record{Scope: evacuation.ScopeHost, Source: "h1", State: evacuation.Running, Created: at,
+		Items: []evacuation.Item{{VM: "web", From: "h1", State: evacuation.Queued}}})
+	if err != nil || r.ID != "e1" || r.Version != 1 {
+		t.Fatalf("create: %+v %v", r, err)
+	}
+	if r2, _ := s.CreateEvacuation(evacuation.Record{Scope: evacuation.ScopeHost, Source: "h2", State: evacuation.Running}); r2.ID != "e2" {
+		t.Fatalf("second id %q, want e2", r2.ID)
+	}
+	read := r
+	r.Started(0, "m1", at)
+	if r, err = s.UpdateEvacuation(r, read.Version); err != nil || r.Version != 2 {
+		t.Fatalf("update: %+v %v", r, err)
+	}
+	if _, err := s.CancelEvacuation("e1", at); err != nil {
+		t.Fatal(err)
+	}
+	// The driver read version 2; the cancel made it 3.
+	if _, err := s.UpdateEvacuation(r, 2); !errors.Is(err, ErrStale) {
+		t.Fatalf("write past a cancel: %v, want ErrStale", err)
+	}
+	cur, _ := s.Evacuation("e1")
+	if !cur.CancelRequested || cur.Items[0].Migration != "m1" {
+		t.Fatalf("stored %+v", cur)
+	}
+	cur.State = evacuation.Cancelled
+	if cur, err = s.UpdateEvacuation(cur, cur.Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateEvacuation(cur, cur.Version); !errors.Is(err, ErrConflict) {
+		t.Fatalf("rewrite of a finished group: %v, want ErrConflict", err)
+	}
+	if _, err := s.CancelEvacuation("e1", at); !errors.Is(err, ErrConflict) {
+		t.Fatalf("cancel of a finished group: %v, want ErrConflict", err)
+	}
+	if _, err := s.Evacuation("e9"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown: %v", err)
+	}
+	if all, _ := s.Evacuations(); len(all) != 2 {
+		t.Fatalf("%d groups, want 2", len(all))
 	}
 }

@@ -10,32 +10,36 @@ import (
 
 // evacuationView is `ferry ctl evacuations watch|get -o json`.
 type evacuationView struct {
-	ID        string `json:"id"`
-	State     string `json:"state"`
-	PerLink   int    `json:"per_link"`
-	Completed int    `json:"completed"`
-	Failed    int    `json:"failed"`
-	Cancelled int    `json:"cancelled"`
-	Running   int    `json:"running"`
-	Queued    int    `json:"queued"`
-	TotalMS   int64  `json:"total_ms"`
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	PerLink   int       `json:"per_link"`
+	Completed int       `json:"completed"`
+	Failed    int       `json:"failed"`
+	Cancelled int       `json:"cancelled"`
+	Running   int       `json:"running"`
+	Queued    int       `json:"queued"`
+	TotalMS   int64     `json:"total_ms"`
+	Created   time.Time `json:"created"`
 	Items     []struct {
-		VM          string `json:"vm"`
-		From        string `json:"from"`
-		To          string `json:"to"`
-		State       string `json:"state"`
-		Migration   string `json:"migration"`
-		Why         string `json:"why"`
-		Memory      uint64 `json:"memory"`
-		Verified    bool   `json:"verified"`
-		TotalMS     int64  `json:"total_ms"`
-		BytesOnWire uint64 `json:"bytes_on_wire"`
+		VM          string    `json:"vm"`
+		From        string    `json:"from"`
+		To          string    `json:"to"`
+		State       string    `json:"state"`
+		Migration   string    `json:"migration"`
+		Why         string    `json:"why"`
+		Memory      uint64    `json:"memory"`
+		Verified    bool      `json:"verified"`
+		TotalMS     int64     `json:"total_ms"`
+		DowntimeMS  int64     `json:"downtime_ms"`
+		BytesOnWire uint64    `json:"bytes_on_wire"`
+		Started     time.Time `json:"started"`
+		Finished    time.Time `json:"finished"`
 	} `json:"items"`
 }
 
 // startSitedHosts is startHosts with each host in the site its name
 // starts with ("a1" in site a).
-func (c *cluster) startSitedHosts(t *testing.T, names ...string) {
+func (c *cluster) startSitedHosts(t testing.TB, names ...string) {
 	t.Helper()
 	c.startHostsIn(t, func(h string) string { return h[:1] }, names...)
 }
@@ -60,7 +64,7 @@ func (c *cluster) createVMs(t testing.TB, vms map[string][3]string) {
 
 // oneCopyEach checks that every VM named is reported by exactly one
 // host, running, and returns where.
-func (c *cluster) oneCopyEach(t *testing.T, names []string) map[string]string {
+func (c *cluster) oneCopyEach(t testing.TB, names []string) map[string]string {
 	t.Helper()
 	where := map[string]string{}
 	var extra []string
@@ -93,7 +97,6 @@ func (c *cluster) oneCopyEach(t *testing.T, names []string) map[string]string {
 func TestEvacuateSite(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	c.start()
 	c.startSitedHosts(t, "a1", "a2", "b1", "b2")
 	vms := map[string][3]string{
 		"tiny":  {"a1", "16MiB", "fill=1,cpu=0.02"},
@@ -134,8 +137,8 @@ func TestEvacuateSite(t *testing.T) {
 		t.Errorf("stay moved to %s", where["stay"])
 	}
 
-	// Pacing, from the migration records: never more than two at once,
-	// two at the start, and the two smallest and calmest first.
+	// Pacing, from the migration records: two at the start, the two
+	// smallest and calmest first, never all at once.
 	var ms []migrationView
 	if err := c.ctl(&ms, "migrations", "list"); err != nil {
 		t.Fatal(err)
@@ -144,8 +147,10 @@ func TestEvacuateSite(t *testing.T) {
 	if len(ms) != len(vms) {
 		t.Fatalf("%d migrations, want %d", len(ms), len(vms))
 	}
-	if most := mostAtOnce(ms); most != 2 {
-		t.Errorf("at most %d migrations at once, want 2 (per link)", most)
+	// Two per link, and a third may start in the last second of one's
+	// transfer (evacuation.Handover).
+	if most := mostAtOnce(ms); most < 2 || most > 3 {
+		t.Errorf("at most %d migrations at once, want 2 (per link) or 3 (one handing over)", most)
 	}
 	if first := []string{ms[0].VM, ms[1].VM}; !slices.Contains(first, "tiny") || !slices.Contains(first, "calm") {
 		t.Errorf("started first: %v, want tiny and calm (smallest expected time)", first)
@@ -170,8 +175,9 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 	}
 }
 
-// mostAtOnce is the largest number of the migrations open at one
-// moment (open from created to finished).
+// mostAtOnce is the largest number of the migrations using their link
+// at one moment: from created until the source sent its last byte (armed)
+// or, if it never was, until finished.
 func mostAtOnce(ms []migrationView) int {
 	type edge struct {
 		at time.Time
@@ -179,7 +185,11 @@ func mostAtOnce(ms []migrationView) int {
 	}
 	var edges []edge
 	for _, m := range ms {
-		edges = append(edges, edge{m.Created, 1}, edge{m.Finished, -1})
+		end := m.Finished
+		if !m.ArmedAt.IsZero() {
+			end = m.ArmedAt
+		}
+		edges = append(edges, edge{m.Created, 1}, edge{end, -1})
 	}
 	// Ends before starts at the same instant.
 	slices.SortFunc(edges, func(a, b edge) int {
@@ -203,7 +213,6 @@ func mostAtOnce(ms []migrationView) int {
 func TestEvacuationCancel(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	c.start()
 	c.startSitedHosts(t, "a1", "b1")
 	vms := map[string][3]string{
 		"v1": {"a1", "64MiB", "fill=1,cpu=0.02"},
@@ -260,7 +269,6 @@ func TestEvacuationCancel(t *testing.T) {
 func TestEvacuateHostAllAtOnce(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	c.start()
 	c.startSitedHosts(t, "a1", "b1")
 	vms := map[string][3]string{
 		"x1": {"a1", "32MiB", "fill=1,cpu=0.02"},

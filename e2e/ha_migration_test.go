@@ -69,16 +69,7 @@ func TestMigrationLeaderLoss(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newHACluster(t)
-			var tok struct {
-				Token string `json:"token"`
-			}
-			if err := c.ctl(0, &tok, "tokens", "create", "--uses", "2"); err != nil {
-				t.Fatal(err)
-			}
-			c.startAgent("h1", "--token", tok.Token, "--site", "east", "--report-interval", "300ms")
-			c.startAgent("h2", "--token", tok.Token, "--site", "west", "--report-interval", "300ms")
-			t.Cleanup(func() { c.destroyVMs() })
-			c.waitFor(30*time.Second, "both hosts online", func() bool { return c.online(0) == 2 })
+			c.startTwoHosts(t)
 			if err := c.ctl(0, nil, "vms", "create", "vm", "--host", "h1", "--memory", "48MiB", "--workload", "fill=1,dirty=1MB/s"); err != nil {
 				t.Fatal(err)
 			}
@@ -168,4 +159,20 @@ func (c *haCluster) destroyVMs() {
 			d.Destroy(context.Background(), vm.ID)
 		}
 	}
+}
+
+// startTwoHosts enrols h1 (site east) and h2 (site west) by a join token,
+// removes their VMs when the test ends, and waits until both are online.
+func (c *haCluster) startTwoHosts(t *testing.T) {
+	t.Helper()
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := c.ctl(0, &tok, "tokens", "create", "--uses", "2"); err != nil {
+		t.Fatal(err)
+	}
+	c.startAgent("h1", "--token", tok.Token, "--site", "east", "--report-interval", "300ms")
+	c.startAgent("h2", "--token", tok.Token, "--site", "west", "--report-interval", "300ms")
+	t.Cleanup(func() { c.destroyVMs() })
+	c.waitFor(30*time.Second, "both hosts online", func() bool { return c.online(0) == 2 })
 }

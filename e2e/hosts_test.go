@@ -105,7 +105,7 @@ func TestHostsAndVMs(t *testing.T) {
 
 // destroyVMs removes every simulated VM the cluster's agents left (they are
 // detached processes and would outlive the test).
-func (c *cluster) destroyVMs(t *testing.T) {
+func (c *cluster) destroyVMs(t testing.TB) {
 	for _, dir := range c.agentDirs {
 		d, err := simDriver(filepath.Join(dir, "vms"))
 		if err != nil {
@@ -254,7 +254,7 @@ func (c *cluster) startHosts(t *testing.T, names ...string) {
 
 // startHostsIn is startHosts with each host in the site site(name) names
 // (nil: the agents' default site).
-func (c *cluster) startHostsIn(t *testing.T, site func(string) string, names ...string) {
+func (c *cluster) startHostsIn(t testing.TB, site func(string) string, names ...string) {
 	t.Helper()
 	var tok struct {
 		Token string `json:"token"`

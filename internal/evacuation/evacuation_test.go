@@ -326,3 +326,30 @@ func TestPlanCPUIsSoft(t *testing.T) {
 		t.Fatalf("hot → %q (%s), want b1", items[0].To, items[0].Why)
 	}
 }
+
+// A migration in the last Handover of its transfer, or whose source sent
+// its last byte, frees its link's slot: the next VM's introduction,
+// preparation and ramp overlap the last one's end.
+func TestStepSwitchOverFreesTheLink(t *testing.T) {
+	r := group(1, Moving, Queued)
+	m := open("mp", "p")
+	if _, act, _ := Step(r, []Migration{m}, t0); len(act.Start) != 0 {
+		t.Fatalf("transferring: start %v, want none", act.Start)
+	}
+	m.ETA = 3 * time.Second
+	if _, act, _ := Step(r, []Migration{m}, t0); len(act.Start) != 0 {
+		t.Fatalf("3 s of transfer left: start %v, want none", act.Start)
+	}
+	m.ETA = Handover / 2
+	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {
+		t.Fatalf("in its last %v: start %v, want [1]", Handover, act.Start)
+	}
+	m.ETA, m.Armed = 0, true
+	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {
+		t.Fatalf("armed (last byte sent): start %v, want [1]", act.Start)
+	}
+	m.State = migration.SwitchOver
+	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {
+		t.Fatalf("in switch-over: start %v, want [1]", act.Start)
+	}
+}

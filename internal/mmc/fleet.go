@@ -124,6 +124,10 @@ func (f serverFleet) resumed(m migration.Record) {
 func (f serverFleet) recorded(m migration.Record) {
 	f.s.noteMigration(m)
 	f.s.refreshVM(m.VM)
+	if m.Group != "" && (m.Armed() || m.State == migration.SwitchOver) {
+		// Its link frees: the evacuation starts the next VM now.
+		f.s.kickEvacuations()
+	}
 }
 
 // ended closes a migration's books: the policy's in-flight count, the
@@ -142,4 +146,8 @@ func (f serverFleet) ended(ctx context.Context, m migration.Record) {
 		detail += ": " + m.Error
 	}
 	s.audit.add(store.AuditEntry{Actor: "orchestrator", Action: "migration." + string(m.State), Target: m.ID, Outcome: "ok", Detail: detail})
+	if m.Group != "" {
+		// Its evacuation starts the next queued VM now, not at its tick.
+		s.kickEvacuations()
+	}
 }

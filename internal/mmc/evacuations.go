@@ -115,8 +115,14 @@ func (s *Server) kickEvacuations() {
 func (s *Server) runEvacuations(ctx context.Context) {
 	t := time.NewTicker(evacuationTick)
 	defer t.Stop()
+	// A new leader first looks through every migration record for the
+	// groups' migrations: the last leader may have started one it did
+	// not get to record (evacuation.Step adopts it). After that a step
+	// reads only the records its groups name, until a write of a group
+	// fails and leaves the same doubt.
+	scan := true
 	for {
-		s.stepEvacuations()
+		scan = s.stepEvacuations(scan)
 		select {
 		case <-ctx.Done():
 			return
@@ -126,40 +132,66 @@ func (s *Server) runEvacuations(ctx context.Context) {
 	}
 }
 
-// stepEvacuations takes every running group one step.
-func (s *Server) stepEvacuations() {
+// stepEvacuations takes every running group one step; scan reads every
+// migration record rather than only those the groups name. It returns
+// whether the next step must scan.
+func (s *Server) stepEvacuations(scan bool) bool {
 	groups, err := s.st.Evacuations()
 	if err != nil {
 		s.log.Warn("mmc: reading evacuations", "err", err)
-		return
+		return scan
 	}
 	groups = slices.DeleteFunc(groups, func(r evacuation.Record) bool { return !r.State.Open() })
 	if len(groups) == 0 {
-		return
+		return false
 	}
-	all, err := s.st.Migrations()
-	if err != nil {
-		s.log.Warn("mmc: reading migrations for evacuations", "err", err)
-		return
+	var found []migration.Record
+	if scan {
+		all, err := s.st.Migrations()
+		if err != nil {
+			s.log.Warn("mmc: reading migrations for evacuations", "err", err)
+			return true
+		}
+		found = slices.DeleteFunc(all, func(m migration.Record) bool { return m.Group == "" })
+	} else {
+		for _, r := range groups {
+			for _, it := range r.Items {
+				if it.State != evacuation.Moving {
+					continue
+				}
+				m, err := s.st.Migration(it.Migration)
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					s.log.Warn("mmc: reading an evacuation's migration", "id", r.ID, "migration", it.Migration, "err", err)
+					return false
+				}
+				if err == nil {
+					found = append(found, m)
+				}
+			}
+		}
 	}
 	byGroup := map[string][]evacuation.Migration{}
 	records := map[string]migration.Record{}
-	for _, m := range all {
-		if m.Group != "" {
-			em := evacuation.FromRecord(m)
-			if live := s.orch.live(m.ID); live != nil && live.ETASeconds > 0 {
-				em.ETA = time.Duration(live.ETASeconds * float64(time.Second))
-			}
-			byGroup[m.Group] = append(byGroup[m.Group], em)
-			records[m.ID] = m
+	for _, m := range found {
+		em := evacuation.FromRecord(m)
+		if live := s.orch.live(m.ID); live != nil && live.ETASeconds > 0 {
+			em.ETA = time.Duration(live.ETASeconds * float64(time.Second))
+		}
+		byGroup[m.Group] = append(byGroup[m.Group], em)
+		records[m.ID] = m
+	}
+	next := false
+	for _, r := range groups {
+		if !s.stepEvacuation(r, byGroup[r.ID], records) {
+			next = true
 		}
 	}
-	for _, r := range groups {
-		s.stepEvacuation(r, byGroup[r.ID], records)
-	}
+	return next
 }
 
-func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration, records map[string]migration.Record) {
+// stepEvacuation takes group r one step; false means its record could
+// not be written (the next step must look for migrations it started).
+func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration, records map[string]migration.Record) bool {
 	now := s.cfg.Now()
 	next, act, changed := evacuation.Step(r, migs, now)
 	for _, id := range act.Cancel {
@@ -182,7 +214,7 @@ func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration
 		changed = true
 	}
 	if !changed {
-		return
+		return true
 	}
 	stored, err := s.st.UpdateEvacuation(next, r.Version)
 	switch {
@@ -191,10 +223,10 @@ func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration
 		// next step reads the record again (and adopts any migration
 		// started here that the record does not name).
 		s.kickEvacuations()
-		return
+		return false
 	case err != nil:
 		s.log.Warn("mmc: evacuation record", "id", r.ID, "err", err)
-		return
+		return false
 	}
 	if !stored.State.Open() {
 		sum := evacuation.Summarize(stored, nil, now)
@@ -202,6 +234,7 @@ func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration
 			Detail: fmt.Sprintf("%d moved, %d not moved, %d cancelled in %s", sum.Completed, sum.Failed, sum.Cancelled, time.Duration(sum.TotalMS)*time.Millisecond)})
 		s.log.Info("mmc: evacuation ended", "id", stored.ID, "state", stored.State, "moved", sum.Completed, "not_moved", sum.Failed, "total_ms", sum.TotalMS)
 	}
+	return true
 }
 
 // evacuations lists the groups in the order they were created.

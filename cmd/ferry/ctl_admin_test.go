@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -250,6 +251,28 @@ func TestLogLinesEscapeNetworkStrings(t *testing.T) {
 	}
 	if !strings.Contains(out, `hostname="h\x1b[2J\u009b\u202ex\ny"`) {
 		t.Fatalf("log line does not quote the value: %q", out)
+	}
+
+	// --log-format json: one object per line, the same value back.
+	buf.Reset()
+	g.logFormat = "json"
+	g.loggerTo(&buf).Info("enrolment from "+evil, "hostname", evil)
+	out = buf.String()
+	if strings.ContainsAny(out, "\x1b\u009b\u202E") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("json log line %q", out)
+	}
+	var line struct{ Level, Msg, Hostname string }
+	if err := json.Unmarshal([]byte(out), &line); err != nil || line.Hostname != evil || line.Level != "INFO" {
+		t.Fatalf("json log line %q: %+v %v", out, line, err)
+	}
+}
+
+func TestLogFormatFlag(t *testing.T) {
+	root := newRootCmd()
+	root.SetArgs([]string{"version", "--log-format", "xml"})
+	root.SetOut(io.Discard)
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "want text or json") {
+		t.Fatalf("--log-format xml: %v", err)
 	}
 }
 

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ferry-vm/ferry/internal/termsafe"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -14,6 +17,7 @@ var version = "dev"
 
 type globalFlags struct {
 	logLevel   string
+	logFormat  string
 	cpuProfile string
 }
 
@@ -27,10 +31,14 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text (key=value) or json (one object per line, for log collectors)")
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for performance work)")
 	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	var profFile *os.File
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.logFormat != "text" && g.logFormat != "json" {
+			return fmt.Errorf("--log-format %q: want text or json", g.logFormat)
+		}
 		if g.cpuProfile == "" {
 			return nil
 		}
@@ -59,11 +67,28 @@ func (g *globalFlags) logger() *slog.Logger { return g.loggerTo(os.Stderr) }
 // (and message) holding a space, '"', '=' or a rune that is not printable
 // — controls, ESC, C1, bidi overrides — with strconv.Quote, so strings an
 // agent sent cannot drive the terminal a log is watched on
-// (TestLogLinesEscapeNetworkStrings).
+// (TestLogLinesEscapeNetworkStrings). The JSON handler escapes C0
+// controls (\u001b) but writes C1 controls and bidi overrides raw:
+// jsonSafe escapes those too.
 func (g *globalFlags) loggerTo(w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		lvl = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl}))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if g.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(jsonSafe{w}, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// jsonSafe writes JSON log records with every unprintable rune escaped
+// (termsafe.JSON); slog writes one record per Write.
+type jsonSafe struct{ w io.Writer }
+
+func (j jsonSafe) Write(p []byte) (int, error) {
+	if _, err := j.w.Write(termsafe.JSON(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -74,3 +74,38 @@ func printableASCII(s string) bool {
 	}
 	return true
 }
+
+// JSON returns the JSON text b with every rune String would escape that
+// encoding/json leaves raw — DEL, C1 controls, bidi and other format
+// characters, line separators — written as a \u escape instead, so that a
+// JSON log line read on a terminal cannot drive it. Outside strings JSON
+// text is ASCII, so only string contents change, and a decoder reads the
+// same values. Bytes that are not UTF-8 (encoding/json writes U+FFFD for
+// them) are kept.
+func JSON(b []byte) []byte {
+	clean := true
+	for _, c := range b {
+		if c >= 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		switch {
+		case r == utf8.RuneError && n == 1, r == ' ', r < 0x7f, r != 0x7f && unicode.IsPrint(r):
+			out = append(out, b[i:i+n]...)
+		case r <= 0xffff:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		default:
+			r -= 0x10000
+			out = fmt.Appendf(out, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
+		}
+		i += n
+	}
+	return out
+}

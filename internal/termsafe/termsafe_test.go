@@ -1,8 +1,10 @@
 package termsafe
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -55,6 +57,48 @@ func FuzzString(f *testing.F) {
 		}
 		if strings.ContainsRune(out, '\x1b') {
 			t.Fatal("ESC kept")
+		}
+	})
+}
+
+func TestJSON(t *testing.T) {
+	in, _ := json.Marshal(map[string]string{"h": "a\x1b[2J\u009b\u202e\u2028\U000e0001\x7fé 漢"})
+	out := JSON(in)
+	for _, r := range string(out) {
+		if r != ' ' && !unicode.IsPrint(r) {
+			t.Fatalf("raw %U in %q", r, out)
+		}
+	}
+	var a, b map[string]string
+	if err := json.Unmarshal(in, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(out, &b); err != nil || a["h"] != b["h"] {
+		t.Fatalf("%q decodes to %q (%v), want %q", out, b["h"], err, a["h"])
+	}
+	if !strings.Contains(string(out), "é 漢") {
+		t.Fatalf("printable text escaped: %q", out)
+	}
+}
+
+func FuzzJSON(f *testing.F) {
+	for _, s := range []string{"plain", "a\x1b[2J\u009b\u202e", "\U0001F600\U000e0001", "\xff\xfe", "\u2028\u2029\x7f"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		in, _ := json.Marshal(s)
+		out := JSON(in)
+		var got, want string
+		if err := json.Unmarshal(in, &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(out, &got); err != nil || got != want {
+			t.Fatalf("%q → %q decodes to %q (%v), want %q", in, out, got, err, want)
+		}
+		for _, r := range string(out) {
+			if r != ' ' && r != utf8.RuneError && !unicode.IsPrint(r) {
+				t.Fatalf("raw %U in %q", r, out)
+			}
 		}
 	})
 }

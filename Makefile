@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       := bin
 
-.PHONY: help build demo perf-demo test test-deps check lint fuzz bench clean guest
+.PHONY: help build demo perf-demo test test-deps check lint fuzz bench clean guest package
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ fuzz: ## run every fuzz target for a short while (FUZZTIME=30s)
 bench: build ## loopback benchmark of SUDP against TCP, quic-go and kcp-go
 	cd bench && $(GO) run ./cmd/transportbench
 
+package: ## release binary and Debian package under dist/ (VERSION=1.2.3; default: git describe)
+	./scripts/package.sh
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
 
 GUEST := internal/hypervisor/qemu/guest
 guest: ## reassemble the QEMU test guest (needs binutils; the result is committed)

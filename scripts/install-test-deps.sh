@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # libvirt: the libvirt driver's tests run the system libvirtd (and a second one
-# in a mount namespace); util-linux has unshare and nsenter.
+# in a mount namespace); util-linux has unshare and nsenter; systemd has
+# systemd-analyze and systemd-sysusers, which the package test uses (it is
+# only installed, never started); git stamps the package's version.
 for pkg in iproute2 nftables iperf3 iputils-ping qemu-system-x86 qemu-utils binutils \
-	libvirt-daemon-system libvirt-clients util-linux; do
+	libvirt-daemon-system libvirt-clients util-linux systemd git; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

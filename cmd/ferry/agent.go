@@ -122,7 +122,7 @@ once with a valid --token), then keeps an authenticated session open.`,
 				}
 				cfg.HostModel = m
 			}
-			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, log, version
+			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, log, readBuildVersion().Version
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err

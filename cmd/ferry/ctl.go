@@ -181,13 +181,19 @@ func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), agents)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tHOSTNAME\tNAME\tSITE\tSTATE\tONLINE\tADDRESS\tDISK ID\tMACS\tREFUSED")
+			fmt.Fprintln(tw, "ID\tHOSTNAME\tNAME\tSITE\tSTATE\tONLINE\tVERSION\tADDRESS\tDISK ID\tMACS\tREFUSED")
 			for _, a := range agents {
 				addr := a.LastAddr
 				if addr == "" {
 					addr = a.EnrolAddr
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", q(a.ID), q(a.Hostname), q(a.Name), q(a.Site), q(a.State), a.Online, q(addr),
+				ver := cmpOr(a.Version, "-")
+				if a.VersionSkew {
+					// Another release than the MMC's: compatible (it logged
+					// in), but worth an upgrade.
+					ver += " (≠ MMC)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\n", q(a.ID), q(a.Hostname), q(a.Name), q(a.Site), q(a.State), a.Online, q(ver), q(addr),
 					q(a.Facts.DiskID), termsafe.Strings(a.Facts.MACs, ","), q(a.Refusal))
 			}
 			return tw.Flush()

@@ -44,6 +44,7 @@ member an --advertise address the others and the agents can reach.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = g.logger()
+			cfg.Version = readBuildVersion().Version
 			if (joinBundle == "") != (joinToken == "") {
 				return &usageError{"--join and --join-token go together\nRun 'ferry mmc --help' for usage."}
 			}

@@ -490,7 +490,7 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	defer closeConn(c)
-	hello := message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version}
+	hello := message.Hello{Facts: f, Name: a.cfg.Name, Site: a.cfg.Site, Version: a.cfg.Version, Protocol: message.ProtocolVersion}
 	if err := message.Send(ctx, c, hello); err != nil {
 		return err
 	}
@@ -517,6 +517,9 @@ func (a *Agent) session(ctx context.Context) error {
 			return fmt.Errorf("agent: %s: %w", mmc.Addr, err)
 		}
 		a.metrics.term.Set(float64(highest))
+		if w.Version != "" && w.Version != a.cfg.Version {
+			a.log.Info("agent: the MMC runs another release (same control protocol)", "mmc", mmc.Addr, "mmc_version", w.Version, "agent_version", a.cfg.Version)
+		}
 	case message.TypeRefused:
 		r, _ := message.Decode[message.Refused](env)
 		return fmt.Errorf("%w: the MMC refused the login: %s", ErrFatal, r.Reason)

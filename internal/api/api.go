@@ -44,6 +44,12 @@ type Agent struct {
 	// Refusal says why the agent's latest approval was refused (its host
 	// name is held by another agent); empty once approved.
 	Refusal string `json:"refusal,omitempty"`
+	// Version is the agent's release and Protocol its control protocol
+	// (its latest login); VersionSkew is true when the release is not
+	// the answering MMC's own.
+	Version     string `json:"version,omitempty"`
+	Protocol    uint16 `json:"protocol,omitempty"`
+	VersionSkew bool   `json:"version_skew,omitempty"`
 }
 
 // TokenRequest asks for a join token.

@@ -152,6 +152,9 @@ type Hello struct {
 	// serving it, so that it learns of a new leader as soon as the
 	// cluster elects one instead of when its session times out.
 	Standby bool `cbor:"5,keyasint,omitempty"`
+	// Protocol is the control protocol the agent speaks
+	// (ProtocolVersion; 0 from agents older than the field: protocol 1).
+	Protocol uint16 `cbor:"6,keyasint,omitempty"`
 }
 
 // Type implements Body.
@@ -173,6 +176,11 @@ func (m *Hello) check() error {
 type Welcome struct {
 	AgentID string `cbor:"1,keyasint"`
 	Term    uint64 `cbor:"2,keyasint,omitempty"`
+	// Version is the MMC's release (`ferry version`), Protocol the
+	// control protocol it speaks: the agent logs a release that differs
+	// from its own.
+	Version  string `cbor:"3,keyasint,omitempty"`
+	Protocol uint16 `cbor:"4,keyasint,omitempty"`
 }
 
 // Type implements Body.

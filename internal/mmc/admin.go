@@ -127,6 +127,7 @@ func (s *Server) view(a store.Agent) api.Agent {
 		ID: a.ID, Hostname: a.Facts.Hostname, Name: a.Name, Site: a.Site, State: string(a.State),
 		Online: s.reg.online(a.ID), PublicKey: handshake.EncodeKey(a.PublicKey), Facts: a.Facts, LastFacts: a.LastFacts,
 		EnrolledAt: a.EnrolledAt, EnrolAddr: a.EnrolAddr, DecidedBy: a.DecidedBy, LastAddr: a.LastAddr, Refusal: a.Refusal,
+		Version: a.Version, Protocol: a.Protocol, VersionSkew: a.Version != "" && a.Version != s.cfg.Version,
 	}
 	if !a.DecidedAt.IsZero() {
 		t := a.DecidedAt

@@ -117,8 +117,11 @@ type Config struct {
 	AuditMaxAge     time.Duration
 	AuditMaxEntries int
 	Logger          *slog.Logger
-	Rand            io.Reader
-	Now             func() time.Time
+	// Version is this MMC's release (`ferry version`): agents are told
+	// it, and the API flags agents running another.
+	Version string
+	Rand    io.Reader
+	Now     func() time.Time
 
 	// raftStart overrides startTimeout (tests: a one-member cluster
 	// cannot lose a lease, so they elect it in tens of milliseconds).

@@ -91,6 +91,17 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if s.redirect(ctx, c) {
 		return
 	}
+	if p := message.AgentProtocol(hello); p < message.MinProtocolVersion || p > message.ProtocolVersion {
+		why := fmt.Sprintf("the agent speaks control protocol %d, this MMC (%s) %d–%d: upgrade the MMCs first, then the agents",
+			p, s.cfg.Version, message.MinProtocolVersion, message.ProtocolVersion)
+		s.metrics.refused.WithLabelValues("protocol").Inc()
+		_, _ = s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "protocol-mismatch",
+			Message: fmt.Sprintf("login refused: %s (agent release %q)", why, hello.Version)})
+		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.protocol", Target: id, Source: src, Outcome: "denied", Detail: why})
+		s.log.Warn("mmc: agent speaks another control protocol; login refused", "agent", id, "protocol", p, "agent_version", hello.Version)
+		refuse(ctx, c, CodeProtocol, why, false)
+		return
+	}
 	ch := identity.Compare(a.Facts, hello.Facts)
 	if len(ch.Stable) > 0 {
 		what := strings.Join(ch.Stable, ", ")
@@ -114,7 +125,8 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 			Detail: "changed: " + strings.Join(ch.Volatile, ", ") + " ips=" + strings.Join(hello.Facts.IPs, ",")})
 	}
 	now := s.cfg.Now()
-	a, err = s.st.AgentLoggedIn(store.AgentLogin{ID: id, Facts: hello.Facts.Normalize(), At: now, Addr: src, HandshakeAt: c.Session().PeerTime})
+	a, err = s.st.AgentLoggedIn(store.AgentLogin{ID: id, Facts: hello.Facts.Normalize(), At: now, Addr: src, HandshakeAt: c.Session().PeerTime,
+		Version: hello.Version, Protocol: message.AgentProtocol(hello)})
 	if err != nil {
 		return // no longer approved
 	}
@@ -151,7 +163,10 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	s.metrics.logins.Inc()
 	s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login", Target: id, Source: src, Outcome: "ok"})
 	s.log.Info("mmc: agent online", "agent", id, "hostname", hello.Facts.Hostname, "from", src)
-	if err := message.Send(ctx, c, message.Welcome{AgentID: id, Term: s.cfg.Cluster.Term()}); err != nil {
+	if hello.Version != s.cfg.Version {
+		s.log.Info("mmc: agent runs another release (same control protocol)", "agent", id, "agent_version", hello.Version, "mmc_version", s.cfg.Version)
+	}
+	if err := message.Send(ctx, c, message.Welcome{AgentID: id, Term: s.cfg.Cluster.Term(), Version: s.cfg.Version, Protocol: message.ProtocolVersion}); err != nil {
 		return
 	}
 	close(ss.welcomed)

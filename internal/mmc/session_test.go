@@ -5,6 +5,7 @@ import (
 	"errors"
 	"github.com/flynn/noise"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -362,5 +363,63 @@ func TestSendWaitsForWelcome(t *testing.T) {
 	gone := &session{c: c, welcomed: make(chan struct{})}
 	if err := gone.send(context.Background(), message.EventAck{Seq: 3}); !errors.Is(err, errSessionGone) {
 		t.Fatalf("send on a session that ended before its Welcome: %v", err)
+	}
+}
+
+// TestProtocolVersions: an agent speaking a control protocol this MMC
+// does not is refused at login with the reason, alarmed and audited; one
+// from before the field (protocol 0 = 1) and one of another release with
+// the same protocol log in, and the record and the API say which release
+// each runs and whether it is the MMC's.
+func TestProtocolVersions(t *testing.T) {
+	s := startMMC(t, Config{Version: "1.4.0"})
+	a := newFakeAgent(t, s)
+	a.enrolWithToken(token(t, s, 1))
+	psk := identity.DerivePSK(a.code, a.bundle.ClusterID, a.facts)
+	hello := func(h message.Hello) message.Envelope {
+		t.Helper()
+		c := a.dial(psk)
+		t.Cleanup(func() { c.Close() })
+		h.Facts = a.facts
+		if err := message.Send(context.Background(), c, h); err != nil {
+			t.Fatal(err)
+		}
+		return a.recv(c)
+	}
+
+	e := hello(message.Hello{Version: "9.0.0", Protocol: message.ProtocolVersion + 1})
+	r, err := message.Decode[message.Refused](e)
+	if e.Type != message.TypeRefused || err != nil || !strings.Contains(r.Reason, "upgrade the MMCs first") {
+		t.Fatalf("newer protocol: %v %+v %v", e.Type, r, err)
+	}
+	if n, last := countAudit(t, s, "login.protocol"); n != 1 || last.Outcome != "denied" {
+		t.Fatalf("protocol refusal audited %d times (%+v)", n, last)
+	}
+	evs, _ := s.st.Events(0, 0, true)
+	if len(evs) != 1 || evs[0].Kind != "protocol-mismatch" {
+		t.Fatalf("alarms %+v, want one protocol-mismatch", evs)
+	}
+
+	for _, tc := range []struct {
+		h    message.Hello
+		skew bool
+	}{
+		{message.Hello{Version: "1.3.2"}, true}, // before the field: protocol 1
+		{message.Hello{Version: "1.4.0", Protocol: message.ProtocolVersion}, false},
+	} {
+		e := hello(tc.h)
+		w, err := message.Decode[message.Welcome](e)
+		if e.Type != message.TypeWelcome || err != nil || w.Version != "1.4.0" || w.Protocol != message.ProtocolVersion {
+			t.Fatalf("%+v: %v %+v %v", tc.h, e.Type, w, err)
+		}
+		var pub [32]byte
+		copy(pub[:], a.static.Public)
+		rec, _ := s.st.Agent(identity.NodeID(pub))
+		if rec.Version != tc.h.Version || rec.Protocol != 1 {
+			t.Fatalf("record %q protocol %d, want %q and 1", rec.Version, rec.Protocol, tc.h.Version)
+		}
+		if v := s.view(rec); v.Version != tc.h.Version || v.VersionSkew != tc.skew {
+			t.Fatalf("view %q skew %v, want %q skew %v", v.Version, v.VersionSkew, tc.h.Version, tc.skew)
+		}
 	}
 }

@@ -72,6 +72,10 @@ type Agent struct {
 	// RefusedAt is when. An approval clears both.
 	Refusal   string    `json:"refusal,omitempty"`
 	RefusedAt time.Time `json:"refused_at,omitzero"`
+	// Version is the agent's release and Protocol its control protocol,
+	// as its latest login said.
+	Version  string `json:"version,omitempty"`
+	Protocol uint16 `json:"protocol,omitempty"`
 }
 
 // ErrExists is returned by CreateAgent for an id already on record.
@@ -100,6 +104,8 @@ type AgentLogin struct {
 	At          time.Time      `json:"at"`
 	Addr        string         `json:"addr"`
 	HandshakeAt time.Time      `json:"handshake_at"`
+	Version     string         `json:"version,omitempty"`
+	Protocol    uint16         `json:"protocol,omitempty"`
 }
 
 // AgentHandshake raises the agent's newest accepted handshake time to At
@@ -183,6 +189,7 @@ func (c *AgentLogin) apply(tx *bolt.Tx) (any, error) {
 		return nil, fmt.Errorf("%w: agent %s is %s, not approved", ErrConflict, a.ID, a.State)
 	}
 	a.LastFacts, a.LastSeen, a.LastAddr = c.Facts, c.At, c.Addr
+	a.Version, a.Protocol = c.Version, c.Protocol
 	if c.HandshakeAt.After(a.LastHandshake) {
 		a.LastHandshake = c.HandshakeAt
 	}

@@ -121,6 +121,15 @@ func TestPackage(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// And the host's tools the units name besides ferry (ExecReload's kill).
+		if b, err := os.ReadFile("/bin/kill"); err == nil {
+			if err := os.MkdirAll(filepath.Join(scratch, "bin"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(scratch, "bin/kill"), b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, u := range []string{"ferry-mmc.service", "ferry-agent.service"} {
 			c := exec.Command("systemd-analyze", "verify", "--root="+scratch, "/usr/lib/systemd/system/"+u)
 			// It exits 0 over settings it ignores (a bad value is only

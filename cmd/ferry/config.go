@@ -27,6 +27,13 @@ func withConfigFile(cmd *cobra.Command) {
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
 		if path != "" {
+			// What the command line set wins over a reload too.
+			var onLine []string
+			c.Flags().Visit(func(f *pflag.Flag) { onLine = append(onLine, f.Name) })
+			if c.Annotations == nil {
+				c.Annotations = map[string]string{}
+			}
+			c.Annotations[annotationCommandLine] = strings.Join(onLine, ",")
 			if err := applyConfigFile(c.Flags(), path); err != nil {
 				return err
 			}
@@ -38,7 +45,17 @@ func withConfigFile(cmd *cobra.Command) {
 	}
 }
 
+// annotationCommandLine names the flags given on the command line.
+const annotationCommandLine = "ferry.command-line-flags"
+
 func applyConfigFile(fs *pflag.FlagSet, path string) error {
+	return applyConfig(fs, path, true)
+}
+
+// applyConfig sets fs's flags from the file; strict refuses a key fs has
+// no flag for (a reload reads only the keys it can change, into a set of
+// its own).
+func applyConfig(fs *pflag.FlagSet, path string, strict bool) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -54,6 +71,9 @@ func applyConfigFile(fs *pflag.FlagSet, path string) error {
 	slices.Sort(keys) // deterministic error order
 	for _, k := range keys {
 		f := fs.Lookup(k)
+		if f == nil && !strict {
+			continue
+		}
 		if f == nil || k == "config" || k == "help" {
 			var names []string
 			fs.VisitAll(func(f *pflag.Flag) {

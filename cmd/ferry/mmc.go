@@ -81,6 +81,24 @@ member an --advertise address the others and the agents can reach.`,
 				srv.Addr(), srv.AdminURL(), filepath.Join(cfg.DataDir, mmc.AdminTokenFile), srv.Bundle().Encode())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if path, _ := cmd.Flags().GetString("config"); path != "" {
+				hup := make(chan os.Signal, 1)
+				signal.Notify(hup, syscall.SIGHUP)
+				defer signal.Stop(hup)
+				reloaded := make(chan struct{})
+				defer func() { <-reloaded }()
+				go func() {
+					defer close(reloaded)
+					for {
+						select {
+						case <-ctx.Done():
+							return
+						case <-hup:
+							reloadMMC(cmd, g, srv, path, cfg.Logger)
+						}
+					}
+				}()
+			}
 			return srv.Run(ctx)
 		},
 	}
@@ -99,6 +117,8 @@ member an --advertise address the others and the agents can reach.`,
 	f.DurationVar(&cfg.PolicyInterval, "policy-interval", 5*time.Second, "how often the policy engine evaluates host and VM load")
 	f.DurationVar(&cfg.AuditMaxAge, "audit-max-age", mmc.DefaultAuditMaxAge, "audit entries older than this are pruned (hourly; negative: kept forever)")
 	f.IntVar(&cfg.AuditMaxEntries, "audit-max-entries", mmc.DefaultAuditMaxEntries, "the audit log keeps at most this many entries, the newest (negative: no limit)")
+	f.DurationVar(&cfg.EventsMaxAge, "events-max-age", mmc.DefaultEventsMaxAge, "logs and alarms older than this are pruned (hourly; negative: kept, the newest 100 000)")
+	f.DurationVar(&cfg.RecordsMaxAge, "records-max-age", mmc.DefaultRecordsMaxAge, "finished migrations and evacuations older than this are pruned (hourly; negative: kept forever)")
 	f.DurationVar(&cfg.EnrolWait, "enrol-wait", time.Minute, "longest a pending agent's enrolment session waits for a decision (the agent then asks again)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 24*time.Hour, "pending enrolments not decided within this expire (the host may enrol again)")
 	f.DurationVar(&cfg.RaftTimeout, "raft-timeout", mmc.DefaultRaftTimeout, "raft's heartbeat and election timeout between MMCs (leader lease: half); shorter fails over sooner, but must stay well above the members' round-trip time")

@@ -16,6 +16,8 @@ import (
 var version = "dev"
 
 type globalFlags struct {
+	// level is the loggers' level: --log-level, changed by a reload.
+	level      slog.LevelVar
 	logLevel   string
 	logFormat  string
 	cpuProfile string
@@ -75,7 +77,8 @@ func (g *globalFlags) loggerTo(w io.Writer) *slog.Logger {
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		lvl = slog.LevelInfo
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	g.level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: &g.level}
 	if g.logFormat == "json" {
 		return slog.New(slog.NewJSONHandler(jsonSafe{w}, opts))
 	}

@@ -200,24 +200,6 @@ func (a *auditor) run(ctx context.Context) {
 	}
 }
 
-// runRetention prunes the log at start and every auditPruneInterval until
-// ctx ends. Apart from run: the first pruning of a log that grew large
-// takes many transactions, and the queue must not wait for them.
-func (a *auditor) runRetention(ctx context.Context, maxAge time.Duration, maxEntries int) {
-	t := time.NewTicker(auditPruneInterval)
-	defer t.Stop()
-	for {
-		if _, err := a.prune(ctx, maxAge, maxEntries); err != nil && ctx.Err() == nil {
-			a.log.Error("mmc: audit retention", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // drain writes whatever is still queued (at shutdown, before the store
 // closes), and the summaries of what was throttled so far.
 func (a *auditor) drain() {

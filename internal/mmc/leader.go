@@ -183,7 +183,7 @@ func (s *Server) startLeaderWork(ctx context.Context, wg *sync.WaitGroup) {
 		func(ctx context.Context) { s.runPolicy(ctx, s.cfg.PolicyInterval) },
 		s.runEvacuations,
 		s.runExpiry,
-		func(ctx context.Context) { s.audit.runRetention(ctx, s.cfg.AuditMaxAge, s.cfg.AuditMaxEntries) },
+		s.runRetention,
 	}
 	wg.Add(len(jobs))
 	for _, job := range jobs {

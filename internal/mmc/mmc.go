@@ -116,7 +116,13 @@ type Config struct {
 	// it is pruned at start and hourly.
 	AuditMaxAge     time.Duration
 	AuditMaxEntries int
-	Logger          *slog.Logger
+	// EventsMaxAge bounds how long logs and alarms are kept, RecordsMaxAge
+	// finished migrations and evacuations (0: DefaultEventsMaxAge,
+	// DefaultRecordsMaxAge; negative: kept, up to store.MaxEvents events).
+	// Server.SetRetention changes all four while the MMC runs.
+	EventsMaxAge  time.Duration
+	RecordsMaxAge time.Duration
+	Logger        *slog.Logger
 	// Version is this MMC's release (`ferry version`): agents are told
 	// it, and the API flags agents running another.
 	Version string
@@ -199,6 +205,12 @@ func (c *Config) defaults() {
 	if c.AuditMaxEntries == 0 {
 		c.AuditMaxEntries = DefaultAuditMaxEntries
 	}
+	if c.EventsMaxAge == 0 {
+		c.EventsMaxAge = DefaultEventsMaxAge
+	}
+	if c.RecordsMaxAge == 0 {
+		c.RecordsMaxAge = DefaultRecordsMaxAge
+	}
 	if c.EnrolWait <= 0 {
 		c.EnrolWait = time.Minute
 	}
@@ -261,6 +273,9 @@ type Server struct {
 	pol  *policyLoop
 	// introPairs serialises introductions of the same two agents.
 	introPairs pairLocks
+	// retention is the retention in force (retention.go).
+	retention atomic.Pointer[Retention]
+	pruneNow  chan struct{}
 	// evacKick wakes the evacuation driver (evacuations.go) early.
 	evacKick chan struct{}
 
@@ -342,6 +357,7 @@ func New(cfg Config) (*Server, error) {
 		dirty:      newDirtySet(),
 		lwatch:     newLeaderWatch(),
 		evacKick:   make(chan struct{}, 1),
+		pruneNow:   make(chan struct{}, 1),
 		agentConns: make(chan *sudp.Conn),
 		acceptDone: make(chan struct{}),
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -72,6 +73,7 @@ func TestCommandEncoding(t *testing.T) {
 		&EvacuationCreate{Record: evac},
 		&EvacuationUpdate{Record: evac, IfVersion: 2},
 		&EvacuationCancel{ID: "e1", At: at},
+		&RecordsPrune{EventsBefore: at, RecordsBefore: at.Add(-time.Hour), Limit: 1000},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {
@@ -156,6 +158,7 @@ func TestMigrationVersions(t *testing.T) {
 func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"migration.cancel","body":{"id":"m1","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"evacuation.cancel","body":{"id":"e1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"records.prune","body":{"events_before":"2026-12-06T10:00:00Z","records_before":"2026-11-06T10:00:00Z","limit":1000}}`))
 	f.Add([]byte(`{"kind":"evacuation.update","body":{"record":{"id":"e1","scope":"host","source":"h1","per_link":2,"state":"running","by":"admin","options":{},"items":[{"vm":"web","from":"h1","from_site":"a","memory":1,"dirty_rate":0,"state":"queued"}],"created":"2026-12-06T10:00:00Z","updated":"2026-12-06T10:00:00Z"},"if_version":1}}`))
 	f.Add([]byte(`{"kind":"migration.update","body":{"record":{"id":"m1","state":"planned"},"if_version":1}}`))
 	f.Add([]byte(`{"kind":"migration.cleanup-done","body":{"id":"m1","entry":"abort:h2"}}`))
@@ -321,5 +324,70 @@ func TestEvacuationVersions(t *testing.T) {
 	}
 	if all, _ := s.Evacuations(); len(all) != 2 {
 		t.Fatalf("%d groups, want 2", len(all))
+	}
+}
+
+// Retention removes what ended before its cut-offs and nothing open,
+// nothing a running evacuation names, nothing owed a cleanup; its limit
+// makes it a series of short transactions.
+func TestRecordsPrune(t *testing.T) {
+	s := openTest(t)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 5 {
+		if _, err := s.AddEvent(Event{Time: t0.Add(time.Duration(i) * time.Hour), Kind: "k", Message: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mig := func(vm string, st migration.State, updated time.Time, cleanup ...string) string {
+		m, err := s.CreateMigration(migration.Record{VM: vm, State: migration.Planned})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.State, m.Updated, m.Cleanup = st, updated, cleanup
+		if st.Open() {
+			m.State = migration.Transferring
+		}
+		if _, err := s.UpdateMigration(m, m.Version); err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+	old := t0.Add(-48 * time.Hour)
+	gone := mig("a", migration.Completed, old)
+	open := mig("b", migration.Transferring, old)
+	named := mig("c", migration.Failed, old)
+	owed := mig("d", migration.Cancelled, old, "abort:h2")
+	recent := mig("e", migration.Completed, t0)
+	if _, err := s.CreateEvacuation(evacuation.Record{State: evacuation.Running, Items: []evacuation.Item{{VM: "c", Migration: named, State: evacuation.Moving}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateEvacuation(evacuation.Record{State: evacuation.Completed, Finished: old}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A limit of 2: the two oldest events, then More.
+	res, err := s.PruneRecords(RecordsPrune{EventsBefore: t0.Add(150 * time.Minute), RecordsBefore: t0.Add(-time.Hour), Limit: 2})
+	if err != nil || res.Events != 2 || !res.More {
+		t.Fatalf("first pass: %+v %v", res, err)
+	}
+	res, err = s.PruneRecords(RecordsPrune{EventsBefore: t0.Add(150 * time.Minute), RecordsBefore: t0.Add(-time.Hour)})
+	if err != nil || res.Events != 1 || res.Migrations != 1 || res.Evacuations != 1 || res.More {
+		t.Fatalf("second pass: %+v %v", res, err)
+	}
+	evs, _ := s.Events(0, 0, false)
+	if len(evs) != 2 || evs[0].Message != "3" {
+		t.Fatalf("events left %+v, want 3 and 4", evs)
+	}
+	for id, want := range map[string]bool{gone: false, open: true, named: true, owed: true, recent: true} {
+		if _, err := s.Migration(id); (err == nil) != want {
+			t.Errorf("migration %s kept %v, want %v", id, err == nil, want)
+		}
+	}
+	if gs, _ := s.Evacuations(); len(gs) != 1 || !gs[0].State.Open() {
+		t.Fatalf("evacuations left %+v, want the running one", gs)
+	}
+	// Zero cut-offs keep everything.
+	if res, err := s.PruneRecords(RecordsPrune{}); err != nil || res != (RecordsPruned{}) {
+		t.Fatalf("no cut-offs: %+v %v", res, err)
 	}
 }

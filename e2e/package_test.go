@@ -152,11 +152,11 @@ func TestPackage(t *testing.T) {
 
 	// Start the installed binary.
 	ferry := filepath.Join(scratch, "usr/bin/ferry")
-	var v struct{ Version, Commit, Go string }
+	var v struct{ Version, Commit, Built, Go string }
 	if err := json.Unmarshal([]byte(run(t, ferry, "version", "-o", "json")), &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Version != "1.2.3-rc1" || v.Commit == "" || v.Go == "" {
+	if _, err := time.Parse(time.RFC3339, v.Built); v.Version != "1.2.3-rc1" || v.Commit == "" || err != nil || v.Go == "" {
 		t.Fatalf("installed ferry version: %+v", v)
 	}
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))

@@ -16,7 +16,10 @@ type buildVersion struct {
 	Version  string `json:"version"`
 	Commit   string `json:"commit,omitempty"`
 	Modified bool   `json:"modified,omitempty"`
-	Go       string `json:"go"`
+	// Built is the commit's time (the VCS stamp's): a build date that
+	// the same source always reproduces.
+	Built string `json:"built,omitempty"`
+	Go    string `json:"go"`
 }
 
 func readBuildVersion() buildVersion {
@@ -34,6 +37,8 @@ func readBuildVersion() buildVersion {
 			v.Commit = s.Value
 		case "vcs.modified":
 			v.Modified = s.Value == "true"
+		case "vcs.time":
+			v.Built = s.Value
 		}
 	}
 	return v
@@ -43,7 +48,7 @@ func newVersionCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "version",
-		Short: "Print Ferry's version, commit and Go version",
+		Short: "Print Ferry's version, commit (and its time) and Go version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v := readBuildVersion()
@@ -56,6 +61,9 @@ func newVersionCmd() *cobra.Command {
 					commit = "unknown"
 				} else if v.Modified {
 					commit += " (modified)"
+				}
+				if v.Built != "" {
+					commit += ", " + v.Built
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "ferry %s\ncommit %s\n%s\n", v.Version, commit, v.Go)
 				return err

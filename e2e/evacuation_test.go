@@ -127,6 +127,19 @@ func TestEvacuateSite(t *testing.T) {
 			t.Errorf("item %+v: want completed, verified, on a b host, every page on the wire", it)
 		}
 	}
+	// The MMC's metrics count the group and its migrations.
+	for family, want := range map[string]float64{
+		"ferry_mmc_evacuations_started_total": 1, "ferry_mmc_evacuations_ended_total": 1,
+		"ferry_mmc_migrations_started_total": float64(len(vms)), "ferry_mmc_migrations_ended_total": float64(len(vms)),
+		"ferry_mmc_migration_duration_seconds_count": float64(len(vms)), "ferry_mmc_migrations_in_flight": 0,
+	} {
+		if got := c.metricSum(family); got != want {
+			t.Errorf("%s = %v, want %v", family, got, want)
+		}
+	}
+	if got := c.metricSum("ferry_mmc_migration_wire_bytes_total"); got < float64(192<<20) {
+		t.Errorf("ferry_mmc_migration_wire_bytes_total = %v, want at least the VMs' 192 MiB", got)
+	}
 	where := c.oneCopyEach(t, append(slices.Collect(mapKeys(vms)), "stay"))
 	for name := range vms {
 		if !strings.HasPrefix(where[name], "b") {

@@ -450,6 +450,17 @@ func (inv *Inventory) Agent(id string) (Agent, bool) {
 	return a.Agent, true
 }
 
+// OpenMigrations counts the migrations not yet at an outcome.
+func (inv *Inventory) OpenMigrations() int {
+	n := 0
+	for _, m := range inv.migrations {
+		if m.Open {
+			n++
+		}
+	}
+	return n
+}
+
 // Migrating reports whether VM name has a migration open or cleanups
 // left (its copies on two hosts are expected meanwhile).
 func (inv *Inventory) Migrating(name string) bool { return inv.migrating(name) }

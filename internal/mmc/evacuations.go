@@ -51,6 +51,7 @@ func (s *Server) startEvacuation(req evacuation.Request, o migration.Options, by
 	}
 	s.audit.add(store.AuditEntry{Actor: by, Action: "evacuation.start", Target: r.ID, Outcome: "ok",
 		Detail: fmt.Sprintf("%s %s → %s: %d VMs, %d per link", r.Scope, r.Source, cmpOr(r.Target, "any"), len(r.Items), r.PerLink)})
+	s.metrics.evacStarted.Inc()
 	s.log.Info("mmc: evacuation planned", "id", r.ID, "scope", r.Scope, "source", r.Source, "to", r.Target, "vms", len(r.Items))
 	s.kickEvacuations()
 	return r, nil
@@ -229,6 +230,7 @@ func (s *Server) stepEvacuation(r evacuation.Record, migs []evacuation.Migration
 		return false
 	}
 	if !stored.State.Open() {
+		s.metrics.evacEnded.WithLabelValues(string(stored.State)).Inc()
 		sum := evacuation.Summarize(stored, nil, now)
 		s.audit.add(store.AuditEntry{Actor: "evacuation", Action: "evacuation.end", Target: stored.ID, Outcome: string(stored.State),
 			Detail: fmt.Sprintf("%d moved, %d not moved, %d cancelled in %s", sum.Completed, sum.Failed, sum.Cancelled, time.Duration(sum.TotalMS)*time.Millisecond)})

@@ -140,7 +140,11 @@ func (f serverFleet) ended(ctx context.Context, m migration.Record) {
 	_ = s.postAsMMC(ctx, topic, board.KindNote, board.Note{Text: "migration " + string(m.State)})
 	s.board.Close(topic)
 	detail := fmt.Sprintf("%s %s → %s", m.VM, m.From, m.To)
+	s.metrics.migEnded.WithLabelValues(string(m.State)).Inc()
 	if m.State == migration.Completed {
+		s.metrics.migDuration.Observe(float64(m.TotalMS) / 1000)
+		s.metrics.migDowntime.Observe(float64(m.DowntimeMS) / 1000)
+		s.metrics.migBytes.Add(float64(m.BytesOnWire))
 		detail += fmt.Sprintf(": total %d ms, downtime %d ms, %d bytes on the wire", m.TotalMS, m.DowntimeMS, m.BytesOnWire)
 	} else if m.Error != "" {
 		detail += ": " + m.Error

@@ -34,6 +34,14 @@ type metrics struct {
 	vmAlarms        *prometheus.CounterVec
 	badMessages     *prometheus.CounterVec
 	links           *prometheus.CounterVec
+	// Migrations and evacuations this member ran as the leader.
+	migStarted  *prometheus.CounterVec
+	migEnded    *prometheus.CounterVec
+	migDuration prometheus.Histogram
+	migDowntime prometheus.Histogram
+	migBytes    prometheus.Counter
+	evacStarted prometheus.Counter
+	evacEnded   *prometheus.CounterVec
 	raft            prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
 }
 
@@ -69,6 +77,18 @@ func newMetrics() *metrics {
 			Help: "Handshake initiations refused: by the key's state (rejected, revoked), replay, decrypt (wrong key or psk), other."}, []string{"reason"}),
 		badMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_bad_messages_total",
 			Help: "Sessions ended for a malformed or unexpected message."}, []string{"kind"}),
+		migStarted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_migrations_started_total",
+			Help: "Migrations planned, by who asked: admin, policy, evacuation."}, []string{"by"}),
+		migEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_migrations_ended_total",
+			Help: "Migrations that reached an outcome: completed, failed, cancelled."}, []string{"outcome"}),
+		migDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_mmc_migration_duration_seconds",
+			Help: "Completed migrations' total time, from the plan to the destination running.", Buckets: prometheus.ExponentialBuckets(0.5, 2, 12)}),
+		migDowntime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_mmc_migration_downtime_seconds",
+			Help: "Completed migrations' downtime, from the source's pause to the destination running.", Buckets: prometheus.ExponentialBuckets(0.025, 2, 10)}),
+		migBytes:    c("migration_wire_bytes_total", "Bytes completed migrations put on the wire."),
+		evacStarted: c("evacuations_started_total", "Evacuations planned."),
+		evacEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_evacuations_ended_total",
+			Help: "Evacuations that ended: completed (every VM moved), failed (one or more not), cancelled."}, []string{"outcome"}),
 		links: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_links_total",
 			Help: "Agent-to-agent links introduced, by outcome: direct (punched), relayed (no direct path; through the relay), failed; and upgraded: relayed links that moved to a direct path."}, []string{"path"}),
 	}
@@ -85,7 +105,10 @@ func (m *metrics) registerRaft(n *replica.Node) {
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
 	cs := []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
-		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms, m.links}
+		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms, m.links,
+		m.migStarted, m.migEnded, m.migDuration, m.migDowntime, m.migBytes, m.evacStarted, m.evacEnded,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_mmc_migrations_in_flight", Help: "Migrations not yet at an outcome (as this member's inventory has them)."},
+			func() float64 { s.invMu.Lock(); defer s.invMu.Unlock(); return float64(s.inv.OpenMigrations()) })}
 	if m.raft != nil {
 		cs = append(cs, m.raft)
 	}

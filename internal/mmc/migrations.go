@@ -75,6 +75,7 @@ func (s *Server) planGroupMigration(vm, to, reason, by, group string, o migratio
 		return m, err
 	}
 	s.noteMigration(m)
+	s.metrics.migStarted.WithLabelValues(by).Inc()
 	s.pol.started(vm, now)
 	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.plan", Target: m.ID, Outcome: "ok", Detail: fmt.Sprintf("%s %s → %s: %s", vm, from, to, reason)})
 	s.log.Info("mmc: migration planned", "id", m.ID, "vm", vm, "from", from, "to", to, "by", by, "reason", reason)

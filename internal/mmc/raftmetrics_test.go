@@ -2,8 +2,14 @@ package mmc
 
 import (
 	"io"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ferry-vm/ferry/internal/sudp"
 )
 
 // The admin API's /metrics exports the raft member's ferry_raft_*
@@ -32,6 +38,59 @@ func TestMetricsExportRaft(t *testing.T) {
 	} {
 		if !strings.Contains(string(b), want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// Every series /metrics serves follows Prometheus's conventions: a
+// ferry_ or a process/Go runtime prefix, counters ending in _total,
+// histograms and summaries in base units (_seconds, _bytes), no other
+// unit (milliseconds, kilobytes) in a name, and help text for each.
+func TestMetricNames(t *testing.T) {
+	s, _ := newTestServer(t)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
+	reg.MustRegister(s.Collectors()...)
+	// Label values of vectors appear once used: use one of each.
+	s.metrics.migStarted.WithLabelValues("admin")
+	s.metrics.migEnded.WithLabelValues("completed")
+	s.metrics.evacEnded.WithLabelValues("completed")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		name := f.GetName()
+		names[name] = true
+		switch {
+		case !strings.HasPrefix(name, "ferry_"):
+			t.Errorf("%s: not under ferry_", name)
+		case f.GetHelp() == "":
+			t.Errorf("%s: no help", name)
+		case regexp.MustCompile(`_(ms|millis|milliseconds|us|kb|kib|mb|mib|percent)(_|$)`).MatchString(name):
+			t.Errorf("%s: not in base units", name)
+		}
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			if !strings.HasSuffix(name, "_total") {
+				t.Errorf("counter %s: want the _total suffix", name)
+			}
+		case dto.MetricType_HISTOGRAM, dto.MetricType_SUMMARY:
+			if !strings.HasSuffix(name, "_seconds") && !strings.HasSuffix(name, "_bytes") {
+				t.Errorf("histogram %s: want _seconds or _bytes", name)
+			}
+		case dto.MetricType_GAUGE:
+			if strings.HasSuffix(name, "_total") {
+				t.Errorf("gauge %s: _total is for counters", name)
+			}
+		}
+	}
+	for _, want := range []string{"ferry_mmc_migrations_started_total", "ferry_mmc_migrations_ended_total", "ferry_mmc_migration_duration_seconds",
+		"ferry_mmc_migration_downtime_seconds", "ferry_mmc_migration_wire_bytes_total", "ferry_mmc_migrations_in_flight",
+		"ferry_mmc_evacuations_started_total", "ferry_mmc_evacuations_ended_total", "ferry_raft_leader_changes_total", "ferry_sudp_dropped_total"} {
+		if !names[want] {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }

@@ -42,7 +42,7 @@ type metrics struct {
 	migBytes    prometheus.Counter
 	evacStarted prometheus.Counter
 	evacEnded   *prometheus.CounterVec
-	raft            prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
+	raft        prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
 }
 
 func newMetrics() *metrics {

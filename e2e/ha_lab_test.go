@@ -201,3 +201,14 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
+
+// readyz is member i's /readyz status code (0 when it does not answer).
+func (c *haCluster) readyz(i int) int {
+	m := c.members[i]
+	resp, err := httpGetIn(m.netns, "http://"+m.admin+"/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

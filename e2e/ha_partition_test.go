@@ -110,6 +110,13 @@ func TestHAPartition(t *testing.T) {
 	if lead != 0 && lead != 1 {
 		t.Fatalf("the majority's leader is mmc%d, want mmc1 or mmc2", lead+1)
 	}
+	// /readyz says so to a load balancer: the majority's members ready,
+	// the cut-off one not (it knows no leader).
+	for i, want := range []int{200, 200, 503} {
+		if got := c.readyz(i); got != want {
+			t.Errorf("mmc%d /readyz: %d, want %d", i+1, got, want)
+		}
+	}
 	// The cut-off member still answers nothing, now that the majority
 	// holds a token it has never seen.
 	if err := c.ctl(minority, nil, "--retry-for", "0", "tokens", "list"); err == nil {

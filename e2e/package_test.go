@@ -57,7 +57,8 @@ func TestPackage(t *testing.T) {
 	contents := run(t, "dpkg-deb", "-c", deb)
 	for _, want := range []string{"./usr/bin/ferry", "./usr/lib/systemd/system/ferry-mmc.service", "./usr/lib/systemd/system/ferry-agent.service",
 		"./usr/lib/sysusers.d/ferry.conf", "./etc/ferry/mmc.yaml", "./etc/ferry/agent.yaml", "./usr/share/doc/ferry/copyright",
-		"./usr/share/doc/ferry/OPERATIONS.md", "./usr/share/doc/ferry/README.md"} {
+		"./usr/share/doc/ferry/OPERATIONS.md", "./usr/share/doc/ferry/README.md", "./usr/share/ferry/monitoring/grafana-dashboard.json",
+		"./usr/share/ferry/monitoring/alerts.yml"} {
 		if !strings.Contains(contents, want+"\n") {
 			t.Errorf("package lacks %s", want)
 		}

@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -24,7 +28,8 @@ func TestAgentVersionSkew(t *testing.T) {
 	if err := c.ctl(&tok, "tokens", "create", "--uses", "2"); err != nil {
 		t.Fatal(err)
 	}
-	c.startAgent("same", "--token", tok.Token)
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	c.startAgent("same", "--token", tok.Token, "--metrics", metrics)
 	dir := filepath.Join(t.TempDir(), "older")
 	startCmd(t, "agent older", exec.Command(old, "agent", "--data-dir", dir, "--bundle", c.bundle, "--name", "older",
 		"--disk-id", "disk-older", "--macs", "02:00:00:00:00:99", "--token", tok.Token))
@@ -42,6 +47,19 @@ func TestAgentVersionSkew(t *testing.T) {
 		}
 		return agents[0].Online && agents[1].Online
 	})
+	// The agent's probes, beside its metrics: alive, and ready once
+	// logged in.
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready: logged in at the MMC"} {
+		resp, err := http.Get("http://" + metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.TrimSpace(string(b)) != want {
+			t.Errorf("agent %s: %d %q, want 200 %q", path, resp.StatusCode, b, want)
+		}
+	}
 	var mmcVersion struct {
 		Version string `json:"version"`
 	}

@@ -24,11 +24,12 @@ mkdir -p "$out"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 bin="$out/ferry-$VERSION-linux-$arch"
-# The commit goes in with the build's VCS stamp (`ferry version`), whatever
-# GOFLAGS says, when this is a git work tree.
-vcs=false
-git rev-parse --is-inside-work-tree >/dev/null 2>&1 && vcs=true
-CGO_ENABLED=0 go build -trimpath -buildvcs=$vcs -ldflags "-s -w -X main.version=$VERSION" -o "$bin" ./cmd/ferry
+# The commit and its time go in explicitly (`ferry version`): the
+# toolchain's own VCS stamp is absent in a git worktree or under
+# GOFLAGS=-buildvcs=false.
+commit=$(git rev-parse HEAD 2>/dev/null || true)
+built=$(git log -1 --format=%cI 2>/dev/null || true)
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION -X main.commit=$commit -X main.built=$built" -o "$bin" ./cmd/ferry
 
 root="$stage/root"
 install -D -m 0755 "$bin" "$root/usr/bin/ferry"
@@ -41,6 +42,7 @@ doc="$root/usr/share/doc/ferry"
 install -D -m 0644 README.md "$doc/README.md"
 for f in docs/*.md; do install -D -m 0644 "$f" "$doc/$(basename "$f")"; done
 install -D -m 0644 LICENSE "$doc/copyright"
+for f in monitoring/*; do install -D -m 0644 "$f" "$root/usr/share/ferry/monitoring/$(basename "$f")"; done
 
 install -d "$root/DEBIAN"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm "$root/DEBIAN/"

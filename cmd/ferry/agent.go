@@ -131,7 +131,7 @@ once with a valid --token), then keeps an authenticated session open.`,
 			defer stop()
 			if metricsAddr != "" {
 				cs := append([]prometheus.Collector{}, a.Collectors()...)
-				stopMetrics, err := serveMetrics(ctx, metricsAddr, cs, cfg.Logger)
+				stopMetrics, err := serveMetrics(ctx, metricsAddr, cs, cfg.Logger, a.Ready)
 				if err != nil {
 					return err
 				}

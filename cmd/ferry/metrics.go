@@ -14,8 +14,10 @@ import (
 )
 
 // serveMetrics serves /metrics for the given collectors (plus the Go
-// runtime's) until the returned stop function is called or ctx ends.
-func serveMetrics(ctx context.Context, addr string, cs []prometheus.Collector, log *slog.Logger) (func(), error) {
+// runtime's), /healthz (the process serves) and, with ready set, /readyz
+// (503 with the reason while ready says no), until the returned stop
+// function is called or ctx ends.
+func serveMetrics(ctx context.Context, addr string, cs []prometheus.Collector, log *slog.Logger, ready ...func() (bool, string)) (func(), error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, c := range cs {
@@ -29,6 +31,16 @@ func serveMetrics(ctx context.Context, addr string, cs []prometheus.Collector, l
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	for _, r := range ready {
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			ok, why := r()
+			if !ok {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			_, _ = w.Write([]byte(why + "\n"))
+		})
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -12,8 +12,11 @@ import (
 	"github.com/ferry-vm/ferry/internal/termsafe"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=...";
+// commit and built too where the toolchain's VCS stamp is missing (a
+// build outside a git clone, or with -buildvcs=false): scripts/package.sh
+// sets all three.
+var version, commit, built = "dev", "", ""
 
 type globalFlags struct {
 	// level is the loggers' level: --log-level, changed by a reload.

@@ -23,7 +23,7 @@ type buildVersion struct {
 }
 
 func readBuildVersion() buildVersion {
-	v := buildVersion{Version: version, Go: runtime.Version()}
+	v := buildVersion{Version: version, Commit: commit, Built: built, Go: runtime.Version()}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return v

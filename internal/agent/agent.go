@@ -84,6 +84,7 @@ var ErrFatal = errors.New("agent: fatal")
 
 // Agent is one agent process's state.
 type Agent struct {
+	online  atomic.Bool // a session with the MMC is up (Ready)
 	cfg     Config
 	log     *slog.Logger
 	static  noise.DHKey
@@ -530,7 +531,9 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	a.log.Info("agent: online", "agent", a.ID(), "mmc", mmc.Addr)
 	a.metrics.online.Set(1)
+	a.online.Store(true)
 	defer a.metrics.online.Set(0)
+	defer a.online.Store(false)
 	// A standby session at another member tells us when the leadership
 	// moves (watchLeader); the session here then ends at once.
 	sctx, moveOn := context.WithCancelCause(ctx)
@@ -751,4 +754,13 @@ func (a *Agent) sessionHandlers(c *sudp.Conn, reauthKey, hs [32]byte, startActio
 		return fmt.Errorf("%w: the MMC ended the session: %s", ErrFatal, r.Reason)
 	})
 	return h
+}
+
+// Ready reports whether the agent serves: logged in at an MMC, so that
+// its reports flow and orders reach it (the agent's /readyz).
+func (a *Agent) Ready() (bool, string) {
+	if a.online.Load() {
+		return true, "ready: logged in at the MMC"
+	}
+	return false, "not ready: no session with an MMC (enrolling, awaiting approval, or reconnecting)"
 }

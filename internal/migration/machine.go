@@ -226,7 +226,7 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 		}
 	case Tick:
 	case Posted:
-		m.posted(in)
+		m.posted(in, now)
 	case Reply:
 		m.reply(in, now)
 	case Introduced:
@@ -387,13 +387,22 @@ func (m *Machine) entered(prev Record, now time.Time) {
 
 // posted records what an agent's phase says. Only the agents of the
 // migration count, each in its own role.
-func (m *Machine) posted(p Posted) {
+func (m *Machine) posted(p Posted, now time.Time) {
 	switch {
 	case p.Host == m.rec.To && p.Role == Destination && (p.Phase == PhaseCompleted || p.Phase == PhaseCommitted):
 		// Its agent posts completed only with a verified image, and
 		// resumes (committed) only once verified.
 		if m.rec.State == Transferring || (m.rec.State == Postcopy && m.askDst) {
 			m.verified = true
+			if m.verifiedAt.IsZero() {
+				// When the MMC learnt it: the destination's own time
+				// replaces it if a later report carries one (the
+				// commit's), but the commit may come first and its
+				// report may not say (libvirt's job state between its
+				// Finish and the resume), and the timeline must not
+				// lack the step.
+				m.verifiedAt = now
+			}
 		}
 	case p.Host == m.rec.From && p.Role == Source && p.Phase == PhaseCompleted:
 		m.sentAll = true
@@ -492,6 +501,9 @@ func (m *Machine) transferReply(p sent, r *Report, errs string, now time.Time) {
 		switch {
 		case r.VerifiedImage():
 			m.verified = true
+			if m.verifiedAt.IsZero() {
+				m.verifiedAt = r.Status.Finished
+			}
 		case r.Phase == PhaseFailed:
 			// Armed or not: the destination's job saw its copy fail
 			// before it verified (it never moves to failed after), so

@@ -44,6 +44,9 @@ func (s *Server) adminHandler() http.Handler {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Probes for a load balancer or an orchestrator: no token, no secret.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.handleReady)
 	// Every member answers; only the leader serves (forward.go).
 	route := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.auth(s.leaderOnly(h).ServeHTTP)) }
 	mux.HandleFunc("GET /v1/cluster/self", s.auth(s.handleClusterSelf))

@@ -278,3 +278,24 @@ func writeClusterErr(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 	}
 }
+
+// handleReady is /readyz: 200 while this member can serve the admin API
+// and agents — it leads, or it knows the leader to forward to and send
+// agents to — and 503 with the reason otherwise (an election under way,
+// a member cut off from the majority).
+func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
+	if s.repl == nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ready: starting\n"))
+		return
+	}
+	switch leader, _ := s.repl.node.Leader(); {
+	case s.leading.Load():
+		_, _ = w.Write([]byte("ready: leader\n"))
+	case leader != "" && leader != s.repl.addr:
+		_, _ = w.Write([]byte("ready: follower of " + string(leader) + "\n"))
+	default:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ready: no leader known (an election, or this member is cut off from the majority)\n"))
+	}
+}

@@ -1,13 +1,16 @@
 package mmc
 
 import (
+	"encoding/json"
 	"io"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ferry-vm/ferry/internal/sudp"
 )
@@ -38,6 +41,18 @@ func TestMetricsExportRaft(t *testing.T) {
 	} {
 		if !strings.Contains(string(b), want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// The probes, without a token: alive, and ready as the leader.
+	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ready: leader\n"} {
+		resp, err := hs.Client().Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Errorf("%s: %d %q, want 200 %q", path, resp.StatusCode, b, want)
 		}
 	}
 }
@@ -91,6 +106,91 @@ func TestMetricNames(t *testing.T) {
 		"ferry_mmc_evacuations_started_total", "ferry_mmc_evacuations_ended_total", "ferry_raft_leader_changes_total", "ferry_sudp_dropped_total"} {
 		if !names[want] {
 			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// The Grafana dashboard and the Prometheus alert rules in monitoring/
+// load, and every query in them names a metric the MMC exports (a
+// histogram's _bucket, _count and _sum series included).
+func TestMonitoringFiles(t *testing.T) {
+	s, _ := newTestServer(t)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
+	reg.MustRegister(s.Collectors()...)
+	s.metrics.migStarted.WithLabelValues("admin")
+	s.metrics.migEnded.WithLabelValues("completed")
+	s.metrics.evacEnded.WithLabelValues("completed")
+	s.metrics.links.WithLabelValues("direct")
+	s.metrics.refused.WithLabelValues("auth")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, f := range families {
+		exported[f.GetName()] = true
+		if f.GetType() == dto.MetricType_HISTOGRAM {
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				exported[f.GetName()+suffix] = true
+			}
+		}
+	}
+	var exprs []string
+	b, err := os.ReadFile("../../monitoring/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Title  string
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil || dash.Title == "" || len(dash.Panels) == 0 {
+		t.Fatalf("dashboard: %v (%d panels)", err, len(dash.Panels))
+	}
+	for _, p := range dash.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			exprs = append(exprs, q.Expr)
+		}
+	}
+	b, err = os.ReadFile("../../monitoring/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert, Expr string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil || len(rules.Groups) == 0 {
+		t.Fatalf("alerts: %v", err)
+	}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" || r.Expr == "" {
+				t.Errorf("rule %+v: want alert and expr", r)
+			}
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	name := regexp.MustCompile(`\bferry_[a-z0-9_]+`)
+	for _, e := range exprs {
+		found := name.FindAllString(e, -1)
+		if len(found) == 0 {
+			t.Errorf("query %q names no Ferry metric", e)
+		}
+		for _, m := range found {
+			if !exported[m] {
+				t.Errorf("query %q: %s is not exported", e, m)
+			}
 		}
 	}
 }

@@ -62,18 +62,7 @@ func TestMetricsExportRaft(t *testing.T) {
 // histograms and summaries in base units (_seconds, _bytes), no other
 // unit (milliseconds, kilobytes) in a name, and help text for each.
 func TestMetricNames(t *testing.T) {
-	s, _ := newTestServer(t)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
-	reg.MustRegister(s.Collectors()...)
-	// Label values of vectors appear once used: use one of each.
-	s.metrics.migStarted.WithLabelValues("admin")
-	s.metrics.migEnded.WithLabelValues("completed")
-	s.metrics.evacEnded.WithLabelValues("completed")
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	families := exportedFamilies(t)
 	names := map[string]bool{}
 	for _, f := range families {
 		name := f.GetName()
@@ -114,21 +103,8 @@ func TestMetricNames(t *testing.T) {
 // load, and every query in them names a metric the MMC exports (a
 // histogram's _bucket, _count and _sum series included).
 func TestMonitoringFiles(t *testing.T) {
-	s, _ := newTestServer(t)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
-	reg.MustRegister(s.Collectors()...)
-	s.metrics.migStarted.WithLabelValues("admin")
-	s.metrics.migEnded.WithLabelValues("completed")
-	s.metrics.evacEnded.WithLabelValues("completed")
-	s.metrics.links.WithLabelValues("direct")
-	s.metrics.refused.WithLabelValues("auth")
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	exported := map[string]bool{}
-	for _, f := range families {
+	for _, f := range exportedFamilies(t) {
 		exported[f.GetName()] = true
 		if f.GetType() == dto.MetricType_HISTOGRAM {
 			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
@@ -193,4 +169,24 @@ func TestMonitoringFiles(t *testing.T) {
 			}
 		}
 	}
+}
+
+// exportedFamilies gathers what a started MMC's /metrics serves (its
+// collectors and its endpoint's), each vector with one label value used
+// (a vector without one has no series yet).
+func exportedFamilies(t *testing.T) []*dto.MetricFamily {
+	s, _ := newTestServer(t)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(sudp.NewCollector(s.ep, prometheus.Labels{"role": "mmc"}))
+	reg.MustRegister(s.Collectors()...)
+	s.metrics.migStarted.WithLabelValues("admin")
+	s.metrics.migEnded.WithLabelValues("completed")
+	s.metrics.evacEnded.WithLabelValues("completed")
+	s.metrics.links.WithLabelValues("direct")
+	s.metrics.refused.WithLabelValues("auth")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return families
 }

@@ -309,7 +309,8 @@ func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			entries, err := cl.Audit(cmd.Context(), after, limit)
+			// Newest first, unless following from --after.
+			entries, err := cl.Audit(cmd.Context(), after, limit, !cmd.Flags().Changed("after"))
 			if err != nil {
 				return err
 			}
@@ -324,8 +325,8 @@ func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
+	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number, oldest first (to follow the log); without it, the newest first")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries (the newest, without --after)")
 	return cmd
 }
 
@@ -546,7 +547,8 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			evs, err := cl.Events(cmd.Context(), which == "alarms", after, limit)
+			// Newest first, unless following from --after.
+			evs, err := cl.Events(cmd.Context(), which == "alarms", after, limit, !cmd.Flags().Changed("after"))
 			if err != nil {
 				return err
 			}
@@ -561,8 +563,8 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries")
+	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number, oldest first (to follow the log); without it, the newest first")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries (the newest, without --after)")
 	return cmd
 }
 

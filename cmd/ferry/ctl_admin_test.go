@@ -175,6 +175,23 @@ func TestCtlTokensListRevoke(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"token.revoke"`) {
 		t.Fatalf("audit after revoke: %s %v", out, err)
 	}
+	// Newest first by default; oldest first when following from --after.
+	var newest, oldest []struct {
+		Seq    uint64
+		Action string
+	}
+	if out, err = ctl("audit", "-o", "json", "--limit", "2"); err != nil || json.Unmarshal([]byte(out), &newest) != nil {
+		t.Fatalf("audit --limit 2: %s %v", out, err)
+	}
+	if len(newest) != 2 || newest[0].Action != "token.revoke" || newest[0].Seq <= newest[1].Seq {
+		t.Fatalf("audit --limit 2: %+v, want the two newest, the revoke first", newest)
+	}
+	if out, err = ctl("audit", "-o", "json", "--after", "0", "--limit", "2"); err != nil || json.Unmarshal([]byte(out), &oldest) != nil {
+		t.Fatalf("audit --after 0: %s %v", out, err)
+	}
+	if len(oldest) != 2 || oldest[0].Seq != 1 || oldest[1].Seq != 2 {
+		t.Fatalf("audit --after 0 --limit 2: %+v, want entries 1 and 2", oldest)
+	}
 }
 
 // Strings from agents reach the operator's terminal escaped in human

@@ -210,7 +210,7 @@ func TestRevokedPeerLinksClose(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("the revoked agent's end of the link is still open")
 	}
-	entries, err := cl.Audit(ctx, 0, 0)
+	entries, err := cl.Audit(ctx, 0, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

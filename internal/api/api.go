@@ -317,9 +317,19 @@ func (c *Client) RevokeToken(ctx context.Context, id string) (TokenInfo, error) 
 }
 
 // Audit returns audit entries after seq (limit 0 = server default).
-func (c *Client) Audit(ctx context.Context, after uint64, limit int) ([]AuditEntry, error) {
+func (c *Client) Audit(ctx context.Context, after uint64, limit int, newest bool) ([]AuditEntry, error) {
 	var out []AuditEntry
-	return out, c.do(ctx, http.MethodGet, "/v1/audit?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
+	return out, c.do(ctx, http.MethodGet, "/v1/audit?"+pageQuery(after, limit, newest), nil, &out)
+}
+
+// pageQuery is a listing's query: entries numbered above after, at most
+// limit, newest first or oldest first.
+func pageQuery(after uint64, limit int, newest bool) string {
+	q := "after=" + strconv.FormatUint(after, 10) + "&limit=" + strconv.Itoa(limit)
+	if newest {
+		q += "&order=newest"
+	}
+	return q
 }
 
 // Hosts lists hosts.
@@ -388,13 +398,13 @@ func (c *Client) Decisions(ctx context.Context) ([]Decision, error) {
 }
 
 // Events returns logs (alarms only if alarms is set) after seq.
-func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit int) ([]Event, error) {
+func (c *Client) Events(ctx context.Context, alarms bool, after uint64, limit int, newest bool) ([]Event, error) {
 	var out []Event
 	path := "/v1/logs"
 	if alarms {
 		path = "/v1/alarms"
 	}
-	return out, c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatUint(after, 10)+"&limit="+strconv.Itoa(limit), nil, &out)
+	return out, c.do(ctx, http.MethodGet, path+"?"+pageQuery(after, limit, newest), nil, &out)
 }
 
 // Migration is a migration record as the API shows it: the stored

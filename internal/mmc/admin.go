@@ -298,7 +298,13 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	entries, err := s.st.Audit(after, limit)
+	list := s.st.Audit
+	if newest, ok := newestFirst(w, r); !ok {
+		return
+	} else if newest {
+		list = s.st.AuditNewest
+	}
+	entries, err := list(after, limit)
 	if err != nil {
 		writeInternal(w, err)
 		return
@@ -308,6 +314,20 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		out = append(out, api.AuditEntry(e))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// newestFirst reads ?order=newest|oldest (default oldest: a reader that
+// follows a log pages forward with after); on bad input it answers 400
+// and returns ok false.
+func newestFirst(w http.ResponseWriter, r *http.Request) (newest, ok bool) {
+	switch r.URL.Query().Get("order") {
+	case "", "oldest":
+		return false, true
+	case "newest":
+		return true, true
+	}
+	writeErr(w, http.StatusBadRequest, "order must be newest or oldest")
+	return false, false
 }
 
 // paging reads ?after=N&limit=M (default limit 1000, at most 100000); on
@@ -635,7 +655,13 @@ func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		evs, err := s.st.Events(after, limit, alarms)
+		list := s.st.Events
+		if newest, ok := newestFirst(w, r); !ok {
+			return
+		} else if newest {
+			list = s.st.EventsNewest
+		}
+		evs, err := list(after, limit, alarms)
 		if err != nil {
 			writeInternal(w, err)
 			return

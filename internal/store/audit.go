@@ -51,15 +51,40 @@ func (s *Store) AppendAudit(entries ...AuditEntry) error {
 
 // Audit returns up to limit entries with Seq > after, oldest first.
 func (s *Store) Audit(after uint64, limit int) ([]AuditEntry, error) {
-	var out []AuditEntry
+	return listSeq[AuditEntry](s, bucketAudit, after, limit, false, nil)
+}
+
+// AuditNewest returns the newest entries numbered above after, newest
+// first, at most limit (0: all).
+func (s *Store) AuditNewest(after uint64, limit int) ([]AuditEntry, error) {
+	return listSeq[AuditEntry](s, bucketAudit, after, limit, true, nil)
+}
+
+// listSeq lists a bucket keyed by sequence number: the entries numbered
+// above after, oldest or newest first, those keep accepts (nil: all), at
+// most limit of them (0: no limit).
+func listSeq[T any](s *Store, bucket []byte, after uint64, limit int, newest bool, keep func(T) bool) ([]T, error) {
+	var out []T
 	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
-			var e AuditEntry
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, v := c.Seek(seqKey(after + 1))
+		step := c.Next
+		if newest {
+			k, v = c.Last()
+			step = c.Prev
+		}
+		for ; k != nil && binary.BigEndian.Uint64(k) > after && (limit <= 0 || len(out) < limit); k, v = step() {
+			var e T
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err
 			}
-			out = append(out, e)
+			if keep == nil || keep(e) {
+				out = append(out, e)
+			}
 		}
 		return nil
 	})

@@ -109,3 +109,20 @@ func TestRevokeToken(t *testing.T) {
 		t.Fatalf("listed: %+v", toks)
 	}
 }
+
+// AuditNewest lists from the newest down, bounded by limit and by after.
+func TestAuditNewest(t *testing.T) {
+	s := openTest(t)
+	for i := range 5 {
+		if err := s.AppendAudit(AuditEntry{Action: fmt.Sprint("a", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.AuditNewest(0, 3)
+	if err != nil || len(got) != 3 || got[0].Action != "a4" || got[2].Action != "a2" {
+		t.Fatalf("newest 3: %+v %v", got, err)
+	}
+	if got, _ := s.AuditNewest(3, 0); len(got) != 2 || got[0].Action != "a4" || got[1].Action != "a3" {
+		t.Fatalf("newest above 3: %+v", got)
+	}
+}

@@ -2,7 +2,6 @@ package store
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -122,26 +121,21 @@ func (s *Store) AddEvent(e Event) (bool, error) {
 	return applyAs[bool](s, &EventAdd{Event: e})
 }
 
+// EventsNewest is Events newest first: the newest events (alarms only,
+// with alarms) numbered above after, at most limit (0: all).
+func (s *Store) EventsNewest(after uint64, limit int, alarms bool) ([]Event, error) {
+	return listSeq(s, bucketEvents, after, limit, true, alarmsOnly(alarms))
+}
+
 // Events returns up to limit events with Seq > after (oldest first),
 // only alarms if alarms is set.
 func (s *Store) Events(after uint64, limit int, alarms bool) ([]Event, error) {
-	var out []Event
-	err := s.view(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEvents)
-		if b == nil {
-			return nil
-		}
-		c := b.Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			if !alarms || e.Alarm {
-				out = append(out, e)
-			}
-		}
+	return listSeq(s, bucketEvents, after, limit, false, alarmsOnly(alarms))
+}
+
+func alarmsOnly(alarms bool) func(Event) bool {
+	if !alarms {
 		return nil
-	})
-	return out, err
+	}
+	return func(e Event) bool { return e.Alarm }
 }

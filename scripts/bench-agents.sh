@@ -33,11 +33,12 @@ for n in "${counts[@]}"; do
 	mmc=$!
 	members=("$mmc")
 	admins=("127.0.0.1:$((port + 1))")
-	# reports counts the load reports the members have received (their metric).
-	reports() {
+	# membersum sums an unlabelled metric over the members: the load
+	# reports they received, the agents online, their leader changes.
+	membersum() {
 		local t=0 r
 		for a in "${admins[@]}"; do
-			r=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_mmc_reports_total/ {print int($2)}')
+			r=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk -v m="$1" '$1 == m {print int($2)}')
 			t=$((t + ${r:-0}))
 		done
 		echo "$t"
@@ -58,31 +59,18 @@ for n in "${counts[@]}"; do
 	swarm=$!
 	online=0
 	for _ in $(seq "${WAIT:-600}"); do
-		online=0
-		for a in "${admins[@]}"; do
-			o=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_mmc_agents_online / {print int($2)}')
-			online=$((online + ${o:-0}))
-		done
+		online=$(membersum ferry_mmc_agents_online)
 		[ "$online" -ge "$n" ] && break
 		sleep 1
 	done
 	sleep 10 # let enrolment work drain
-	# leaderchanges sums the members' ferry_raft_leader_changes_total: a
-	# window in which it moves is no steady state.
-	leaderchanges() {
-		local t=0 r
-		for a in "${admins[@]}"; do
-			r=$(curl -sf -H "Authorization: Bearer $(cat "$dir/mmc/admin.token")" "http://$a/metrics" | awk '/^ferry_raft_leader_changes_total/ {print int($2)}')
-			t=$((t + ${r:-0}))
-		done
-		echo "$t"
-	}
-	l0=$(leaderchanges)
+	# A window in which the leadership moves is no steady state.
+	l0=$(membersum ferry_raft_leader_changes_total)
 	declare -A m0
 	for p in "${members[@]}"; do m0[$p]=$(awk '{print $14+$15}' /proc/$p/stat); done
 	t0=$(awk '{print $14+$15}' /proc/$mmc/stat)
 	s0=$(awk '{print $14+$15}' /proc/$swarm/stat)
-	r0=$(reports)
+	r0=$(membersum ferry_mmc_reports_total)
 	sleep "$window"
 	t1=$(awk '{print $14+$15}' /proc/$mmc/stat)
 	each=""
@@ -92,8 +80,8 @@ for n in "${counts[@]}"; do
 		each="$each ${c}c/${r}MiB"
 	done
 	s1=$(awk '{print $14+$15}' /proc/$swarm/stat)
-	r1=$(reports)
-	l1=$(leaderchanges)
+	r1=$(membersum ferry_mmc_reports_total)
+	l1=$(membersum ferry_raft_leader_changes_total)
 	rss=$(awk '/VmRSS/ {print $2}' /proc/$mmc/status)
 	srss=$(awk '/VmRSS/ {print $2}' /proc/$swarm/status)
 	online=$("${ctl[@]}" hosts list -o json | $py -c 'import json,sys;print(sum(1 for h in json.load(sys.stdin) if h["online"]))')

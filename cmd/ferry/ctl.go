@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -187,7 +188,7 @@ func newCtlAgentsCmd(c *ctlFlags) *cobra.Command {
 				if addr == "" {
 					addr = a.EnrolAddr
 				}
-				ver := cmpOr(a.Version, "-")
+				ver := cmp.Or(a.Version, "-")
 				if a.VersionSkew {
 					// Another release than the MMC's: compatible (it logged
 					// in), but worth an upgrade.

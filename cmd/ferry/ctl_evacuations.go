@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -85,7 +86,7 @@ func newCtlEvacuationsCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSOURCE\tTO\tSTATE\tDONE\tRUNNING\tQUEUED\tFAILED\tELAPSED")
 			for _, g := range gs {
-				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", q(g.ID), g.Scope, q(g.Source), q(cmpOr(g.Target, "any")), g.State,
+				fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", q(g.ID), g.Scope, q(g.Source), q(cmp.Or(g.Target, "any")), g.State,
 					g.Completed, len(g.Items), g.Running, g.Queued, g.Failed, (time.Duration(g.ElapsedMS) * time.Millisecond).Round(time.Second))
 			}
 			return tw.Flush()
@@ -159,13 +160,6 @@ func newCtlEvacuationsCmd(c *ctlFlags) *cobra.Command {
 	return cmd
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // watchEvacuation polls the group until it ends, a progress line on w
 // (nil: silent) whenever it changes.
 func watchEvacuation(ctx context.Context, cl *api.Client, id string, w io.Writer) (api.Evacuation, error) {
@@ -201,13 +195,13 @@ func watchEvacuation(ctx context.Context, cl *api.Client, id string, w io.Writer
 
 func printEvacuation(w io.Writer, g api.Evacuation) {
 	fmt.Fprintf(w, "evacuation %s of %s %s to %s: %s — %d moved, %d not moved, %d cancelled, %d running, %d queued; %s\n",
-		q(g.ID), g.Scope, q(g.Source), q(cmpOr(g.Target, "any")), g.State, g.Completed, g.Failed, g.Cancelled, g.Running, g.Queued,
+		q(g.ID), g.Scope, q(g.Source), q(cmp.Or(g.Target, "any")), g.State, g.Completed, g.Failed, g.Cancelled, g.Running, g.Queued,
 		(time.Duration(g.ElapsedMS) * time.Millisecond).Round(100*time.Millisecond))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  VM\tFROM\tTO\tMEMORY\tSTATE\tMIGRATION\tTOTAL\tDOWNTIME\tVERIFIED\tWHY")
 	for _, it := range g.Items {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%dms\t%dms\t%v\t%s\n", q(it.VM), q(it.From), q(cmpOr(it.To, "-")), units.FormatBytes(it.Memory),
-			it.State, q(cmpOr(it.Migration, "-")), it.TotalMS, it.DowntimeMS, it.Verified, q(it.Why))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%dms\t%dms\t%v\t%s\n", q(it.VM), q(it.From), q(cmp.Or(it.To, "-")), units.FormatBytes(it.Memory),
+			it.State, q(cmp.Or(it.Migration, "-")), it.TotalMS, it.DowntimeMS, it.Verified, q(it.Why))
 	}
 	_ = tw.Flush()
 }

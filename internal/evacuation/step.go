@@ -13,8 +13,7 @@ type Migration struct {
 	ID, VM string
 	State  migration.State
 	// Armed: the source sent its last byte (migration.Record.Armed).
-	Armed    bool
-	Progress float64
+	Armed bool
 	// ETA is the time the transfer's source expects to need for what is
 	// left (its live view; 0: unknown).
 	ETA         time.Duration
@@ -29,7 +28,7 @@ type Migration struct {
 
 // FromRecord takes what Step needs from a migration record.
 func FromRecord(m migration.Record) Migration {
-	return Migration{ID: m.ID, VM: m.VM, State: m.State, Armed: m.Armed(), Progress: m.Progress, Error: m.Error, TotalMS: m.TotalMS,
+	return Migration{ID: m.ID, VM: m.VM, State: m.State, Armed: m.Armed(), Error: m.Error, TotalMS: m.TotalMS,
 		DowntimeMS: m.DowntimeMS, BytesOnWire: m.BytesOnWire, Verified: m.Verified, Created: m.Created, Finished: m.Finished}
 }
 

@@ -1,6 +1,7 @@
 package mmc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,18 +51,11 @@ func (s *Server) startEvacuation(req evacuation.Request, o migration.Options, by
 		return r, err
 	}
 	s.audit.add(store.AuditEntry{Actor: by, Action: "evacuation.start", Target: r.ID, Outcome: "ok",
-		Detail: fmt.Sprintf("%s %s → %s: %d VMs, %d per link", r.Scope, r.Source, cmpOr(r.Target, "any"), len(r.Items), r.PerLink)})
+		Detail: fmt.Sprintf("%s %s → %s: %d VMs, %d per link", r.Scope, r.Source, cmp.Or(r.Target, "any"), len(r.Items), r.PerLink)})
 	s.metrics.evacStarted.Inc()
 	s.log.Info("mmc: evacuation planned", "id", r.ID, "scope", r.Scope, "source", r.Source, "to", r.Target, "vms", len(r.Items))
 	s.kickEvacuations()
 	return r, nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // evacuationHosts is the planner's view of the hosts.

@@ -198,7 +198,7 @@ type Summary struct {
 	// ETAMS the time left at the rate memory has moved so far (0:
 	// unknown yet, or finished).
 	ElapsedMS int64 `json:"elapsed_ms"`
-	TotalMS   int64 `json:"total_ms,omitempty"`
+	TotalMS   int64 `json:"total_ms"`
 	ETAMS     int64 `json:"eta_ms,omitempty"`
 }
 

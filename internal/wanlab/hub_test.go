@@ -255,6 +255,15 @@ func TestNATFiltering(t *testing.T) {
 			x2 := udpIn(t, b.Netns, b.Addr+":7002")
 			third := udpIn(t, info.Hub.Netns, info.Hub.Addr+":7003")
 
+			// A packet from X:7002 before the host ever sent to X (a punch
+			// that overtook the host's first packet) is dropped, and must
+			// leave no state behind: X:7002's later packets pass below.
+			early := &net.UDPAddr{IP: net.ParseIP(a.PublicAddr), Port: 5555}
+			if _, err := x2.WriteToUDP([]byte("too early"), early); err != nil {
+				t.Fatal(err)
+			}
+			expectNothing(t, host, 300*time.Millisecond, "a packet before the host sent to X")
+
 			if _, err := host.WriteToUDP([]byte("hello"), x1.LocalAddr().(*net.UDPAddr)); err != nil {
 				t.Fatal(err)
 			}

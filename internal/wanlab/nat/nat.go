@@ -94,13 +94,23 @@ func Ruleset(m Mode, wan string, inside netip.Addr) (string, error) {
 		// forward (filter) sees outbound packets before SNAT, with the inside
 		// port — masquerade keeps it, see the package doc. prerouting (nat)
 		// runs for the first packet of a flow only, so established flows
-		// are conntrack's as before.
+		// are conntrack's as before. filter_in drops a packet from an IP
+		// the host has not contacted before conntrack sees it (priority
+		// raw): otherwise that packet (a peer's punch overtaking the host's
+		// first packet to it) would leave an unreplied conntrack entry
+		// with no DNAT, which every later packet of that flow would follow
+		// to the router's own stack — the filter must not remember what it
+		// refused, as RFC 4787's does not.
 		return fmt.Sprintf(`table ip %[1]s {
 	set contacted {
 		type ipv4_addr . inet_service
 		flags dynamic,timeout
 		timeout %[4]ds
 		size 65536
+	}
+	chain filter_in {
+		type filter hook prerouting priority raw; policy accept;
+		iifname %[2]q meta l4proto udp ip saddr . udp dport != @contacted drop
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;

@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -45,11 +46,28 @@ import (
 	"github.com/ferry-vm/ferry/internal/sudp/ratelimit"
 )
 
-// Defaults, as fixed by CLI.md.
+// Defaults, as fixed by CLI.md. Neither port is assigned in IANA's
+// registry; 7946 is also the unregistered default of memberlist-based
+// gossip (Serf, Consul, Nomad) and Docker Swarm, so a host running one of
+// those needs --listen (portHint says so when the bind fails).
 const (
 	DefaultListen = "0.0.0.0:7946"
 	DefaultAdmin  = "127.0.0.1:7947"
 )
+
+// portHint tells an operator who sees "address already in use" what to
+// do about it, and names the usual owners of the default SUDP port:
+// Ferry installed beside Docker Swarm or Consul meets them first.
+func portHint(err error, flag string) string {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return ""
+	}
+	hint := " (another program holds this port; choose another with " + flag
+	if flag == "--listen" {
+		hint += ". UDP 7946, the default, is also used by Docker Swarm and by memberlist-based tools such as Consul, Serf and Nomad; agents learn a changed address from the bundle"
+	}
+	return hint + ")"
+}
 
 // DefaultRaftTimeout is raft's heartbeat and election timeout between
 // members: 700 ms rather than raft's 1 s. Measured (docs/BENCHMARKS.md
@@ -380,7 +398,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	if err != nil {
 		st.Close()
-		return nil, fmt.Errorf("mmc: listen %s: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("mmc: listen %s: %w%s", cfg.Listen, err, portHint(err, "--listen"))
 	}
 	if err := s.openRelay(); err != nil {
 		s.close()
@@ -479,7 +497,7 @@ func (s *Server) listenAdmin() error {
 		}
 	}
 	if s.adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
-		return fmt.Errorf("mmc: admin API: %w", err)
+		return fmt.Errorf("mmc: admin API: %w%s", err, portHint(err, "--admin"))
 	}
 	if s.adminTLS != nil {
 		s.adminLn = tls.NewListener(s.adminLn, s.adminTLS)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -10,8 +11,10 @@ import (
 
 // alarmView is an alarm as `ferry ctl alarms -o json` shows it.
 type alarmView struct {
+	Seq                        uint64
 	Host, Kind, Message, Level string
 	Alarm                      bool
+	AckedBy                    string `json:"acked_by"`
 }
 
 // TestRoutineOperationsRaiseNoAlarm: operators page on alarms, so the
@@ -96,8 +99,19 @@ func TestRoutineOperationsRaiseNoAlarm(t *testing.T) {
 	if len(alarms) != 1 {
 		t.Fatalf("after killing web: %+v, want one alarm", alarms)
 	}
-	if a := alarms[0]; a.Host != "h1" || a.Kind != "vm-stopped" || !a.Alarm || a.Message != "VM web stopped unexpectedly" {
+	if a := alarms[0]; a.Host != "h1" || a.Kind != "vm-stopped" || !a.Alarm || a.Message != "VM web stopped unexpectedly" || a.AckedBy != "" {
 		t.Fatalf("alarm %+v", a)
+	}
+	// Acknowledged: still listed, marked handled.
+	var acked alarmView
+	if err := c.ctl(&acked, "alarms", "ack", fmt.Sprint(alarms[0].Seq)); err != nil || acked.AckedBy != "admin" || acked.Seq != alarms[0].Seq {
+		t.Fatalf("alarms ack: %+v %v", acked, err)
+	}
+	if got := c.alarms(); len(got) != 1 || got[0].AckedBy != "admin" {
+		t.Fatalf("after the ack: %+v", got)
+	}
+	if err := c.ctl(nil, "alarms", "ack", fmt.Sprint(alarms[0].Seq+1000)); err == nil {
+		t.Fatal("acknowledging an alarm that does not exist succeeded")
 	}
 }
 

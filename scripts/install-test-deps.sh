@@ -8,9 +8,10 @@ need_apt=()
 # libvirt: the libvirt driver's tests run the system libvirtd (and a second one
 # in a mount namespace); util-linux has unshare and nsenter; systemd has
 # systemd-analyze and systemd-sysusers, which the package test uses (it is
-# only installed, never started); git stamps the package's version.
+# only installed, never started); git stamps the package's version; chromium
+# runs the web console's browser tests (headless, driven by chromedp).
 for pkg in iproute2 nftables iperf3 iputils-ping qemu-system-x86 qemu-utils binutils \
-	libvirt-daemon-system libvirt-clients util-linux systemd git; do
+	libvirt-daemon-system libvirt-clients util-linux systemd git chromium; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

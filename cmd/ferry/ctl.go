@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -559,13 +560,41 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tHOST\tLEVEL\tALARM\tKIND\tMESSAGE")
 			for _, e := range evs {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Host), q(e.Level), e.Alarm, q(e.Kind), q(e.Message))
+				alarm := fmt.Sprint(e.Alarm)
+				if !e.AckedAt.IsZero() {
+					alarm = "acked"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Host), q(e.Level), alarm, q(e.Kind), q(e.Message))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number, oldest first (to follow the log); without it, the newest first")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries (the newest, without --after)")
+	if which == "alarms" {
+		cmd.AddCommand(&cobra.Command{
+			Use: "ack SEQ", Short: "Acknowledge an alarm (it stays in the log, marked handled)", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				seq, err := strconv.ParseUint(args[0], 10, 64)
+				if err != nil {
+					return &usageError{fmt.Sprintf("SEQ: want an alarm's number (the SEQ column), not %q", args[0])}
+				}
+				cl, err := c.client()
+				if err != nil {
+					return err
+				}
+				e, err := cl.AckAlarm(cmd.Context(), seq)
+				if err != nil {
+					return err
+				}
+				if c.json() {
+					return printJSON(cmd.OutOrStdout(), e)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "alarm %d (%s) acknowledged by %s at %s\n", e.Seq, q(e.Kind), q(e.AckedBy), e.AckedAt.Format(time.RFC3339))
+				return nil
+			},
+		})
+	}
 	return cmd
 }
 

@@ -128,6 +128,14 @@ type Event struct {
 	Level    string    `json:"level"`
 	Kind     string    `json:"kind"`
 	Message  string    `json:"message"`
+	AckedAt  time.Time `json:"acked_at,omitzero"` // an alarm an operator acknowledged
+	AckedBy  string    `json:"acked_by,omitempty"`
+}
+
+// AckAlarm acknowledges the alarm numbered seq and returns it.
+func (c *Client) AckAlarm(ctx context.Context, seq uint64) (Event, error) {
+	var out Event
+	return out, c.do(ctx, http.MethodPost, "/v1/alarms/"+strconv.FormatUint(seq, 10)+"/ack", struct{}{}, &out)
 }
 
 // VM is a virtual machine as the latest reports show it.

@@ -73,6 +73,7 @@ func (s *Server) adminHandler() http.Handler {
 	route("POST /v1/evacuations/{id}/cancel", s.handleCancelEvacuation)
 	route("GET /v1/logs", s.handleEvents(false))
 	route("GET /v1/alarms", s.handleEvents(true))
+	route("POST /v1/alarms/{seq}/ack", s.handleAckAlarm)
 	route("GET /v1/policy", s.handleGetPolicy)
 	route("PUT /v1/policy", s.handleSetPolicy)
 	route("GET /v1/policy/decisions", s.handleDecisions)
@@ -672,6 +673,28 @@ func (s *Server) handleEvents(alarms bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, out)
 	}
+}
+
+func (s *Server) handleAckAlarm(w http.ResponseWriter, r *http.Request) {
+	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		writeErr(w, http.StatusBadRequest, "an alarm is named by its number (seq), a positive integer")
+		return
+	}
+	e, err := s.st.AckAlarm(seq, "admin", s.cfg.Now())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeErr(w, http.StatusNotFound, fmt.Sprintf("no event %d (pruned, or never stored)", seq))
+		return
+	case errors.Is(err, store.ErrNotAlarm):
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("event %d is a log line, not an alarm", seq))
+		return
+	case err != nil:
+		writeInternal(w, err)
+		return
+	}
+	s.audit.add(store.AuditEntry{Actor: "admin", Action: "alarm.ack", Target: strconv.FormatUint(seq, 10), Source: clientAddr(r), Outcome: "ok", Detail: e.Kind})
+	writeJSON(w, http.StatusOK, api.Event(e))
 }
 
 func (s *Server) handleMigrations(w http.ResponseWriter, r *http.Request) {

@@ -126,3 +126,33 @@ func TestAuditNewest(t *testing.T) {
 		t.Fatalf("newest above 3: %+v", got)
 	}
 }
+
+// An alarm is acknowledged once (a second acknowledgement keeps the
+// first); a log line cannot be, nor an unknown number; the alarm keeps
+// its place in the log.
+func TestAlarmAck(t *testing.T) {
+	s := openTest(t)
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	for _, alarm := range []bool{false, true} {
+		if _, err := s.AddEvent(Event{Alarm: alarm, Kind: "k", Message: fmt.Sprint(alarm)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := s.AckAlarm(2, "admin", now)
+	if err != nil || e.AckedBy != "admin" || !e.AckedAt.Equal(now) || e.Seq != 2 {
+		t.Fatalf("ack: %+v %v", e, err)
+	}
+	if e, err := s.AckAlarm(2, "someone else", now.Add(time.Hour)); err != nil || e.AckedBy != "admin" || !e.AckedAt.Equal(now) {
+		t.Fatalf("second ack: %+v %v", e, err)
+	}
+	if _, err := s.AckAlarm(1, "admin", now); !errors.Is(err, ErrNotAlarm) {
+		t.Fatalf("ack of a log line: %v", err)
+	}
+	if _, err := s.AckAlarm(9, "admin", now); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ack of an unknown number: %v", err)
+	}
+	got, err := s.Events(0, 0, true)
+	if err != nil || len(got) != 1 || got[0].AckedBy != "admin" || got[0].Message != "true" {
+		t.Fatalf("alarms after the ack: %+v %v", got, err)
+	}
+}

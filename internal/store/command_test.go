@@ -157,6 +157,7 @@ func TestMigrationVersions(t *testing.T) {
 // and a decoded command encodes again.
 func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"migration.cancel","body":{"id":"m1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"alarm.ack","body":{"seq":1,"by":"admin","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"evacuation.cancel","body":{"id":"e1","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"records.prune","body":{"events_before":"2026-12-06T10:00:00Z","records_before":"2026-11-06T10:00:00Z","limit":1000}}`))
 	f.Add([]byte(`{"kind":"evacuation.update","body":{"record":{"id":"e1","scope":"host","source":"h1","per_link":2,"state":"running","by":"admin","options":{},"items":[{"vm":"web","from":"h1","from_site":"a","memory":1,"dirty_rate":0,"state":"queued"}],"created":"2026-12-06T10:00:00Z","updated":"2026-12-06T10:00:00Z"},"if_version":1}}`))

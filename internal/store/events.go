@@ -2,6 +2,9 @@ package store
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +38,59 @@ type Event struct {
 	Level    string    `json:"level"`
 	Kind     string    `json:"kind"`
 	Message  string    `json:"message"`
+	// AckedAt and AckedBy: an operator acknowledged the alarm (it stays
+	// in the log; consoles and `alarms list` show it as handled).
+	AckedAt time.Time `json:"acked_at,omitzero"`
+	AckedBy string    `json:"acked_by,omitempty"`
+}
+
+// ErrNotAlarm: an acknowledgement named an event that is not an alarm.
+var ErrNotAlarm = errors.New("store: not an alarm")
+
+// AlarmAck acknowledges the alarm numbered Seq. Acknowledging one twice
+// keeps the first acknowledgement (the command is idempotent: a retried
+// request changes nothing).
+type AlarmAck struct {
+	Seq uint64    `json:"seq"`
+	By  string    `json:"by"`
+	At  time.Time `json:"at"`
+}
+
+func init() { register(func() Command { return &AlarmAck{} }) }
+
+// Kind implements Command.
+func (*AlarmAck) Kind() CommandKind { return "alarm.ack" }
+
+func (c *AlarmAck) apply(tx *bolt.Tx) (any, error) {
+	b := tx.Bucket(bucketEvents)
+	if b == nil {
+		return nil, ErrNotFound
+	}
+	raw := b.Get(seqKey(c.Seq))
+	if raw == nil {
+		return nil, ErrNotFound
+	}
+	var e Event
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, fmt.Errorf("store: event %d: %w", c.Seq, err)
+	}
+	if !e.Alarm {
+		return nil, ErrNotAlarm
+	}
+	if !e.AckedAt.IsZero() {
+		return e, nil
+	}
+	e.AckedAt, e.AckedBy = c.At, c.By
+	out, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	return e, b.Put(seqKey(c.Seq), out)
+}
+
+// AckAlarm applies AlarmAck and returns the alarm as it now stands.
+func (s *Store) AckAlarm(seq uint64, by string, at time.Time) (Event, error) {
+	return applyAs[Event](s, &AlarmAck{Seq: seq, By: by, At: at})
 }
 
 // EventAdd stores an event once: an agent event numbered at or below the

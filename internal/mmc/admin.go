@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferry-vm/ferry/internal/api"
+	"github.com/ferry-vm/ferry/internal/console"
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/identity"
 	"github.com/ferry-vm/ferry/internal/inventory"
@@ -83,6 +85,22 @@ func (s *Server) adminHandler() http.Handler {
 	route("POST /v1/vms/{id}/workload", s.handleSetWorkload)
 	route("GET /v1/board", s.handleBoardTopics)
 	route("GET /v1/board/entries", s.handleBoardEntries)
+	// The web console: a client of the routes above (package console).
+	con := console.New(console.Config{
+		API: mux, Token: s.adminTok, Secure: s.adminTLS != nil, Now: s.cfg.Now, Logger: s.log,
+		Allow: func(ip netip.Addr) bool {
+			s.tokenMu.Lock()
+			defer s.tokenMu.Unlock()
+			return s.tokenRL.Allow(s.cfg.Now(), ip)
+		},
+		Audit: func(action, outcome, source, detail string) {
+			s.audit.add(store.AuditEntry{Actor: "console", Action: action, Source: source, Outcome: outcome, Detail: detail})
+		},
+	})
+	mux.Handle(console.Prefix, con.Handler())
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, console.Prefix, http.StatusSeeOther)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -74,6 +74,7 @@ func TestCommandEncoding(t *testing.T) {
 		&EvacuationUpdate{Record: evac, IfVersion: 2},
 		&EvacuationCancel{ID: "e1", At: at},
 		&RecordsPrune{EventsBefore: at, RecordsBefore: at.Add(-time.Hour), Limit: 1000},
+		&AlarmAck{Seq: 7, By: "admin", At: at},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {

@@ -73,26 +73,7 @@ func TestRoutineOperationsRaiseNoAlarm(t *testing.T) {
 	}
 
 	// A real crash is still one alarm.
-	d, err := simDriver(filepath.Join(c.agentDirs["h1"], "vms"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vms, err := d.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := 0
-	for _, vm := range vms {
-		if vm.ID == "web" {
-			pid = vm.PID
-		}
-	}
-	if pid == 0 {
-		t.Fatalf("no web process on h1: %+v", vms)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	c.killSimVM("h1", "web")
 	c.waitFor("the vm-stopped alarm", func() bool { return len(c.alarms()) > 0 })
 	time.Sleep(max(6*reportInterval, 2*time.Second)) // a repeat would show up now
 	alarms := c.alarms()
@@ -123,4 +104,26 @@ func (c *cluster) alarms() []alarmView {
 		c.t.Fatal(err)
 	}
 	return out
+}
+
+// killSimVM kills a simulated VM's process on host, as a crash would.
+func (c *cluster) killSimVM(host, vm string) {
+	c.t.Helper()
+	d, err := simDriver(filepath.Join(c.agentDirs[host], "vms"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	vms, err := d.List(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, v := range vms {
+		if v.ID == vm && v.PID > 0 {
+			if err := syscall.Kill(v.PID, syscall.SIGKILL); err != nil {
+				c.t.Fatal(err)
+			}
+			return
+		}
+	}
+	c.t.Fatalf("no %s process on %s: %+v", vm, host, vms)
 }

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -213,21 +212,7 @@ func TestConsoleBrowser(t *testing.T) {
 	c.waitFor("db on h1 only", func() bool { return c.vmState("h1", "db") == "running" && c.vmState("h2", "db") == "" })
 
 	// An alarm: a VM process dies; the console shows it; acknowledge it.
-	d, err := simDriver(filepath.Join(c.agentDirs["h2"], "vms"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vms, err := d.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, vm := range vms {
-		if vm.ID == "doomed" && vm.PID > 0 {
-			if err := syscall.Kill(vm.PID, syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	c.killSimVM("h2", "doomed")
 	browse(t, ctx, "acknowledge the alarm", 60*time.Second,
 		chromedp.Click(chromedp.CSS(`nav button[data-view="alarms"]`)),
 		waitJS(`[...document.querySelectorAll("#alarms tbody tr.open")].some(r => r.children[3].textContent === "vm-stopped")`),

@@ -166,14 +166,15 @@ func TestConsoleBrowser(t *testing.T) {
 	c.waitFor("h3 approved", func() bool { a, ok := c.agent("h3"); return ok && a.State == "approved" })
 
 	// Start a migration and watch it: live progress while it copies
-	// (capped so that it lasts a few seconds), then completed with its
-	// switch-over timeline.
+	// (capped at 4 Mbit/s: 24 MiB would take 50 s), raise its cap to
+	// 400 Mbit/s from the console, see it complete with its switch-over
+	// timeline.
 	browse(t, ctx, "migrate web", 30*time.Second,
 		chromedp.Click(chromedp.CSS(`nav button[data-view="migrations"]`)),
 		waitJS(`[...document.querySelectorAll("#migrate-vm option")].some(o => o.value === "web") && [...document.querySelectorAll("#migrate-to option")].some(o => o.value === "h2")`),
 		chromedp.SetValue(chromedp.ID("migrate-vm"), "web"),
 		chromedp.SetValue(chromedp.ID("migrate-to"), "h2"),
-		chromedp.SetValue(chromedp.ID("migrate-cap"), "40"),
+		chromedp.SetValue(chromedp.ID("migrate-cap"), "4"),
 		chromedp.Click(chromedp.ID("migrate-start")),
 	)
 	row := func(vm, state string) string {
@@ -181,20 +182,33 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	browse(t, ctx, "web's live progress", 60*time.Second,
 		waitJS(row("web", "transferring")),
-		waitJS(`!document.querySelector("#detail").hidden && document.querySelector('#detail-facts dd[data-fact="Remaining"]') !== null && document.querySelectorAll("#chart-remaining polyline").length === 1`),
+		waitJS(`!document.querySelector("#detail").hidden && document.querySelector('#detail-facts dd[data-fact="Remaining"]') !== null`),
+		// The chart grows with each state message while it copies.
+		waitJS(`(document.querySelector("#chart-remaining polyline")?.getAttribute("points") || "").split(" ").length >= 3`),
+	)
+	browse(t, ctx, "raise web's cap", 30*time.Second,
+		chromedp.WaitVisible(chromedp.ID("cap-form")),
+		chromedp.SetValue(chromedp.ID("cap-value"), "400"),
+		chromedp.Click(chromedp.ID("cap-set")),
+		waitJS(`document.querySelector('#detail-facts dd[data-fact="Bandwidth cap"]')?.textContent === "400.0 Mbit/s"`),
 	)
 	browse(t, ctx, "web completed", 90*time.Second,
 		waitJS(row("web", "completed")),
 		waitJS(`document.querySelector('#timeline li[data-step="paused"]') !== null && document.querySelector('#timeline li[data-step="resumed"]') !== null`),
 	)
-	samples, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelector("#chart-remaining polyline").getAttribute("points").split(" ").length`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if samples < 2 {
-		t.Errorf("the remaining-memory chart has %d points, want the progress watched over time", samples)
-	}
 	c.waitFor("web on h2", func() bool { return c.vmState("h2", "web") == "running" && c.vmState("h1", "web") == "" })
+	var ms []struct {
+		VM           string  `json:"vm"`
+		MaxBandwidth float64 `json:"max_bandwidth"`
+		TotalMS      int64   `json:"total_ms"`
+	}
+	if err := c.ctl(&ms, "migrations", "list"); err != nil || len(ms) != 1 {
+		t.Fatalf("migrations: %+v %v", ms, err)
+	}
+	// At the first cap the copy alone needs 50 s.
+	if m := ms[0]; m.MaxBandwidth != 50e6 || m.TotalMS >= 40_000 {
+		t.Fatalf("web's migration: cap %v B/s (want 50e6), total %d ms (want well under the 50 s the first cap needs)", m.MaxBandwidth, m.TotalMS)
+	}
 
 	// Cancel another mid-transfer (20 MB/s dirtied through 16 Mbit/s
 	// cannot finish first).
@@ -227,6 +241,7 @@ func TestConsoleBrowser(t *testing.T) {
 	browse(t, ctx, "audit", 30*time.Second,
 		chromedp.Click(chromedp.CSS(`nav button[data-view="audit"]`)),
 		waitJS(`[...document.querySelectorAll("#audit tbody tr")].some(r => r.children[3].textContent === "alarm.ack")`),
+		waitJS(`[...document.querySelectorAll("#audit tbody tr")].some(r => r.children[3].textContent === "migration.bandwidth")`),
 	)
 
 	// Forged requests: no cookie, or the real cookie and a wrong CSRF

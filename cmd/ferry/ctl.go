@@ -684,6 +684,36 @@ func newCtlMigrationsCmd(c *ctlFlags) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "migration %s: %s\n", q(m.ID), q(string(m.State)))
 			return nil
 		},
+	}, &cobra.Command{
+		Use: "set-bandwidth ID RATE", Short: "Change an open migration's bandwidth cap (e.g. 200mbit; none removes it) until its transfer ends",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var bytesPerSec float64
+			if r := strings.ToLower(args[1]); r != "none" && r != "0" {
+				bps, err := units.ParseRate(args[1])
+				if err != nil || bps <= 0 {
+					return &usageError{fmt.Sprintf("RATE: want a rate such as 200mbit or 25MB/s, or none; not %q", args[1])}
+				}
+				bytesPerSec = bps / 8
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			m, err := cl.SetMigrationBandwidth(cmd.Context(), args[0], bytesPerSec)
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), m)
+			}
+			capText := "no cap"
+			if m.MaxRate > 0 {
+				capText = units.FormatRate(8 * m.MaxRate)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migration %s (%s): bandwidth cap %s\n", q(m.ID), q(string(m.State)), capText)
+			return nil
+		},
 	}, newCtlWatchCmd(c))
 	return cmd
 }

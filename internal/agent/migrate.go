@@ -238,6 +238,8 @@ func (a *Agent) actMigrate(ctx context.Context, act message.Action) (*migration.
 		err = a.finishSource(ctx, mig, *o)
 	case "migrate.abort":
 		err = a.abortDestination(ctx, mig, *o)
+	case "migrate.set-bandwidth":
+		err = a.setBandwidth(ctx, mig, *o)
 	default:
 		return nil, errMissing("a known op, not " + act.Op)
 	}

@@ -74,6 +74,28 @@ func (a *Agent) startPostcopy(ctx context.Context, mig hypervisor.Migrator, o mi
 	return nil
 }
 
+// setBandwidth changes the cap of this agent's running outgoing
+// migration o (an operator's change, or a new MMC leader re-applying
+// the record's).
+func (a *Agent) setBandwidth(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
+	j := a.migs.get(o.ID)
+	if j == nil || j.role != migration.Source {
+		return fmt.Errorf("agent: no outgoing migration %s here", o.ID)
+	}
+	if ph, _ := j.get(); ph.Final() {
+		return fmt.Errorf("agent: migration %s has ended here (%s)", o.ID, ph)
+	}
+	bs, ok := mig.(hypervisor.BandwidthSetter)
+	if !ok {
+		return errors.New("agent: this hypervisor driver cannot change a running migration's bandwidth")
+	}
+	if err := bs.SetMaxBandwidth(ctx, o.VM, o.Params.MaxBandwidth); err != nil {
+		return err
+	}
+	a.log.Info("agent: migration bandwidth cap changed", "id", o.ID, "vm", o.VM, "max_bandwidth", o.Params.MaxBandwidth)
+	return nil
+}
+
 // commitDestination resumes the destination copy: the MMC has recorded
 // the switch-over. After pre-copy the copy must be complete and verified;
 // in post-copy it must have switched (it pulls the rest as it runs, so

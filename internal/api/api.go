@@ -453,6 +453,19 @@ func (c *Client) Migration(ctx context.Context, id string) (Migration, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/migrations/"+url.PathEscape(id), nil, &out)
 }
 
+// BandwidthRequest changes an open migration's bandwidth cap.
+type BandwidthRequest struct {
+	// MaxBandwidth is the new cap in bytes/s; 0 removes it.
+	MaxBandwidth *float64 `json:"max_bandwidth"`
+}
+
+// SetMigrationBandwidth changes an open migration's bandwidth cap
+// (bytes/s; 0: none) until its transfer ends.
+func (c *Client) SetMigrationBandwidth(ctx context.Context, id string, bytesPerSec float64) (Migration, error) {
+	var out Migration
+	return out, c.do(ctx, http.MethodPost, "/v1/migrations/"+url.PathEscape(id)+"/bandwidth", BandwidthRequest{MaxBandwidth: &bytesPerSec}, &out)
+}
+
 // CancelMigration cancels an open migration.
 func (c *Client) CancelMigration(ctx context.Context, id string) (Migration, error) {
 	var out Migration

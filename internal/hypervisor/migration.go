@@ -155,6 +155,14 @@ type DowntimeSetter interface {
 	SetDowntimeLimit(ctx context.Context, id string, d time.Duration) error
 }
 
+// BandwidthSetter is implemented by drivers whose migration bandwidth cap
+// can be changed while a migration runs (an operator's request).
+type BandwidthSetter interface {
+	// SetMaxBandwidth sets outgoing migration id's cap in bytes/s
+	// (0: none).
+	SetMaxBandwidth(ctx context.Context, id string, bytesPerSec float64) error
+}
+
 // DiskMover is implemented by drivers whose migrations also copy a VM's
 // local (not shared) disks, over a second channel beside the migration
 // stream: QEMU mirrors them to an NBD server the destination runs. Each

@@ -175,6 +175,13 @@ func (m *Machine) transfer(now time.Time) {
 		m.bestEffort = true
 		return
 	}
+	if !armed && r.MaxRate != m.rateApplied {
+		// The record's cap changed (an operator) or this drive took over
+		// a running transfer: the source's follows.
+		o := m.order()
+		o.Params = r.Params(StopAndCopy(r.DowntimeLimit(), m.srcRTT, m.dstRTT))
+		m.send(r.From, OpSetBandwidth, o)
+	}
 	if now.Sub(m.progressAt) > StallTimeout {
 		if armed {
 			// The destination may have resumed: an agent that is away,

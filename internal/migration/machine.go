@@ -3,6 +3,7 @@ package migration
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
@@ -122,6 +123,10 @@ type Machine struct {
 	// transferring
 	startNeeded bool // this drive entered transferring: the source is to be started
 	startErr    string
+	// rateApplied is the bandwidth cap the source's transfer runs with,
+	// as far as this drive knows (NaN: unknown — a drive that took over
+	// a running transfer sends the record's once).
+	rateApplied float64
 	sentAll     bool // the source sent its last byte (posted or reported)
 	verified    bool // the destination holds a verified image
 	armSent     bool
@@ -174,7 +179,8 @@ type Machine struct {
 type sent struct {
 	op    Op
 	host  string
-	state State // the record's state when sent: a reply from an earlier state is stale
+	state State   // the record's state when sent: a reply from an earlier state is stale
+	rate  float64 // the order's bandwidth cap (OpStart, OpSetBandwidth)
 }
 
 const (
@@ -185,7 +191,7 @@ const (
 
 // New returns a machine for rec, as stored.
 func New(rec Record) *Machine {
-	return &Machine{rec: rec, pending: map[uint64]sent{}}
+	return &Machine{rec: rec, pending: map[uint64]sent{}, rateApplied: math.NaN()}
 }
 
 // Record is the record as last persisted (or read).
@@ -277,7 +283,7 @@ func (m *Machine) send(host string, op Op, o Order) {
 		return
 	}
 	m.seq++
-	m.pending[m.seq] = sent{op: op, host: host, state: m.rec.State}
+	m.pending[m.seq] = sent{op: op, host: host, state: m.rec.State, rate: o.Params.MaxBandwidth}
 	m.emit(Send{Seq: m.seq, Host: host, Op: op, Order: o})
 }
 
@@ -483,11 +489,21 @@ func (m *Machine) reply(in Reply, now time.Time) {
 
 func (m *Machine) transferReply(p sent, r *Report, errs string, now time.Time) {
 	switch {
+	case p.op == OpSetBandwidth:
+		// Tried once per value: a driver that cannot change a running
+		// cap (or an older agent) keeps the one it started with.
+		m.rateApplied = p.rate
+		if errs != "" {
+			m.log(slog.LevelWarn, "migration: changing the bandwidth cap", "host", p.host, "max_bandwidth", p.rate, "err", errs)
+		} else {
+			m.log(slog.LevelInfo, "migration bandwidth cap changed", "max_bandwidth", p.rate)
+		}
 	case p.op == OpStart:
 		if errs != "" {
 			m.startErr = errs
 			return
 		}
+		m.rateApplied = p.rate
 		m.startNeeded = false
 		m.progressAt = now // the stall clock runs from the transfer's start
 		m.log(slog.LevelInfo, "migration transferring", "from", m.rec.From, "to", m.rec.To)

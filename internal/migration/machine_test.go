@@ -749,3 +749,50 @@ func TestArmedDestinationsOwnWord(t *testing.T) {
 	w.run()
 	w.expectOutcome(Failed)
 }
+
+// An administrator's new cap reaches the running source once; a drive
+// that took over a running transfer (an MMC restart) sends the record's
+// cap once; a migration that never transferred is never sent one.
+func TestSetBandwidth(t *testing.T) {
+	t.Run("mid-transfer", func(t *testing.T) {
+		w := newWorld(t, Options{MaxRate: 1e6})
+		w.hold(wSrc, gateEnd)
+		w.when("transferring", inPhase(w, "transferring"), func() {
+			w.setRate(5e6)
+			w.after(time.Second, func() { w.release(wSrc, gateEnd) })
+		})
+		w.run()
+		w.expectOutcome(Completed)
+		if n := w.sentOp(OpSetBandwidth); n != 1 {
+			t.Fatalf("%d set-bandwidth orders, want 1", n)
+		}
+		if r := w.hosts[wSrc].rate; r != 5e6 {
+			t.Fatalf("the source's cap is %v, want 5e6", r)
+		}
+	})
+	t.Run("takeover", func(t *testing.T) {
+		w := newWorld(t, Options{MaxRate: 2e6})
+		w.hold(wSrc, gateEnd)
+		w.when("transferring", inPhase(w, "transferring"), func() {
+			inject(w, "mmc-restart", phaseGates["transferring"])
+		})
+		w.run()
+		w.expectOutcome(Completed)
+		if n := w.sentOp(OpSetBandwidth); n != 1 {
+			t.Fatalf("%d set-bandwidth orders, want 1", n)
+		}
+		for _, c := range w.sends {
+			if c.Op == OpSetBandwidth && c.Order.Params.MaxBandwidth != 2e6 {
+				t.Fatalf("the takeover sent the cap %v, want the record's 2e6", c.Order.Params.MaxBandwidth)
+			}
+		}
+	})
+	t.Run("unchanged", func(t *testing.T) {
+		w := newWorld(t, Options{MaxRate: 1e6})
+		w.run()
+		w.expectOutcome(Completed)
+		if n := w.sentOp(OpSetBandwidth); n != 0 {
+			t.Fatalf("%d set-bandwidth orders for a cap nobody changed", n)
+		}
+	})
+}

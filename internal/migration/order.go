@@ -2,6 +2,7 @@ package migration
 
 import (
 	"errors"
+	"math"
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
@@ -24,6 +25,9 @@ type Order struct {
 func (o *Order) Check() error {
 	if o.ID == "" || o.VM == "" || o.Topic != Topic(o.ID) {
 		return errors.New("migration order: id, topic and vm must be set, the topic named after the id")
+	}
+	if math.IsNaN(o.Params.MaxBandwidth) || math.IsInf(o.Params.MaxBandwidth, 0) {
+		return errors.New("migration parameters: the bandwidth cap must be a number")
 	}
 	if o.Params.MaxBandwidth < 0 || o.Params.DowntimeLimit < 0 || o.Params.MaxRounds < 0 {
 		return errors.New("migration parameters must not be negative")

@@ -95,12 +95,15 @@ const (
 	OpCommit   Op = "migrate.commit"   // destination: resume (the switch-over is on record)
 	OpFinish   Op = "migrate.finish"   // source: destroy the paused copy after the commit
 	OpAbort    Op = "migrate.abort"    // destination: destroy the copy after a rollback
+	// OpSetBandwidth: source, change the running transfer's cap to
+	// Params.MaxBandwidth (an operator changed the record's).
+	OpSetBandwidth Op = "migrate.set-bandwidth"
 )
 
 // Known reports whether o is one of the ops above.
 func (o Op) Known() bool {
 	switch o {
-	case OpPrepare, OpStart, OpStatus, OpCancel, OpRollback, OpPostcopy, OpArm, OpCommit, OpFinish, OpAbort:
+	case OpPrepare, OpStart, OpStatus, OpCancel, OpRollback, OpPostcopy, OpArm, OpCommit, OpFinish, OpAbort, OpSetBandwidth:
 		return true
 	}
 	return false

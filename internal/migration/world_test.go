@@ -142,6 +142,7 @@ type host struct {
 	held       map[string]bool
 	parked     map[string][]*parked
 	badImage   bool
+	rate       float64 // the source transfer's cap, as set by set-bandwidth
 	// alwaysMayHaveRun: an agent without a data directory, which cannot
 	// keep the record and answers that every copy may have run.
 	alwaysMayHaveRun bool
@@ -590,6 +591,11 @@ func (w *world) checkSend(c Send) {
 		if c.Host != r.From && c.Host != r.To {
 			w.violation("status asked of %s", c.Host)
 		}
+	case OpSetBandwidth:
+		want(r.From, r.State == Transferring && !r.Armed(), "want transferring, not armed")
+		if c.Order.Params.MaxBandwidth != r.MaxRate {
+			w.violation("set-bandwidth to %v, the record's cap is %v", c.Order.Params.MaxBandwidth, r.MaxRate)
+		}
 	default:
 		w.violation("unknown op %s", c.Op)
 	}
@@ -624,6 +630,20 @@ func (w *world) cancel() {
 	w.store.Version++
 	w.cancelled = true
 	w.tracef("cancel recorded (v%d)", w.store.Version)
+	rec, gen := w.store, w.gen
+	w.after(0, func() {
+		if gen == w.gen {
+			w.step(Changed{Rec: rec})
+		}
+	})
+}
+
+// setRate is an administrator's change of the cap (mmc/migrations.go):
+// the record changes, then the drive is told.
+func (w *world) setRate(rate float64) {
+	w.store.MaxRate, w.store.Updated = rate, w.now
+	w.store.Version++
+	w.tracef("cap %v recorded (v%d)", rate, w.store.Version)
 	rec, gen := w.store, w.gen
 	w.after(0, func() {
 		if gen == w.gen {
@@ -1034,6 +1054,13 @@ func (w *world) agentOp(h *host, c Send, gen, agentGen int) {
 		w.finishOp(h, o, done)
 	case OpAbort:
 		w.abortOp(h, o, done)
+	case OpSetBandwidth:
+		if h.job == nil || h.job.role != Source || h.vm == nil || h.vm.mig.State != hypervisor.MigActive {
+			done(errors.New("agent: no outgoing migration running here"))
+			return
+		}
+		h.rate = o.Params.MaxBandwidth
+		done(nil)
 	default:
 		done(fmt.Errorf("unknown op %s", c.Op))
 	}

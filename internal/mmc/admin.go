@@ -69,6 +69,7 @@ func (s *Server) adminHandler() http.Handler {
 	route("GET /v1/migrations/{id}", s.handleMigration)
 	route("POST /v1/migrations", s.handleMigrate)
 	route("POST /v1/migrations/{id}/cancel", s.handleCancelMigration)
+	route("POST /v1/migrations/{id}/bandwidth", s.handleMigrationBandwidth)
 	route("GET /v1/evacuations", s.handleEvacuations)
 	route("GET /v1/evacuations/{id}", s.handleEvacuation)
 	route("POST /v1/evacuations", s.handleEvacuate)
@@ -769,6 +770,26 @@ func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleCancelMigration(w http.ResponseWriter, r *http.Request) {
 	m, err := s.cancelMigration(r.Context(), r.PathValue("id"), "admin")
+	if err != nil {
+		writeMigErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.apiMigration(m))
+}
+
+func (s *Server) handleMigrationBandwidth(w http.ResponseWriter, r *http.Request) {
+	var req api.BandwidthRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	if req.MaxBandwidth == nil || *req.MaxBandwidth < 0 {
+		writeErr(w, http.StatusBadRequest, "max_bandwidth (bytes/s, 0 for no cap) is required and not negative")
+		return
+	}
+	m, err := s.setMigrationRate(r.PathValue("id"), *req.MaxBandwidth, "admin")
 	if err != nil {
 		writeMigErr(w, err)
 		return

@@ -11,6 +11,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/inventory"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
+	"github.com/ferry-vm/ferry/internal/units"
 )
 
 // Migration records: planned by hand or by the policy engine in auto
@@ -136,6 +137,27 @@ func (c conflict) Is(target error) bool { return target == ErrConflict }
 
 // requestCancel records the cancel of an open migration and hands it to
 // the orchestrator, without waiting for the rollback.
+// setMigrationRate changes an open migration's bandwidth cap (bytes/s,
+// 0: none): on record first, then the migration's drive tells the
+// source (at once while it transfers; with the start order before).
+func (s *Server) setMigrationRate(id string, rate float64, by string) (migration.Record, error) {
+	m, err := s.st.SetMigrationRate(id, rate, s.cfg.Now())
+	if errors.Is(err, store.ErrConflict) {
+		return m, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	if err != nil {
+		return m, err
+	}
+	s.noteMigration(m)
+	detail := "no cap"
+	if rate > 0 {
+		detail = units.FormatRate(8 * rate)
+	}
+	s.audit.add(store.AuditEntry{Actor: by, Action: "migration.bandwidth", Target: id, Outcome: "ok", Detail: detail})
+	s.orch.notify(id, migration.Changed{Rec: m})
+	return m, nil
+}
+
 func (s *Server) requestCancel(id, by string) (migration.Record, error) {
 	m, err := s.st.CancelMigration(id, s.cfg.Now())
 	if nc := (*migration.NotCancellable)(nil); errors.As(err, &nc) {

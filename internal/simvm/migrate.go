@@ -370,6 +370,22 @@ func downtimeOf(st hypervisor.MigrationStatus) time.Duration {
 
 // cancelMigration is migrate-cancel: it stops an active outgoing
 // migration and returns once the guest runs again (if it was running).
+// setMigrationBandwidth changes the cap of the running outgoing
+// migration (bytes/s; 0: none), effective from its next chunk.
+func (v *VM) setMigrationBandwidth(rate float64) error {
+	if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+		return fmt.Errorf("invalid max_bandwidth %v", rate)
+	}
+	v.migMu.Lock()
+	defer v.migMu.Unlock()
+	if v.out == nil || v.out.st.State != hypervisor.MigActive {
+		return errors.New("no active outgoing migration")
+	}
+	v.out.stream.setRate(rate)
+	v.log.Info("simvm: migration bandwidth changed", "id", v.cfg.ID, "max_bandwidth", rate)
+	return nil
+}
+
 func (v *VM) cancelMigration() error {
 	v.migMu.Lock()
 	o := v.out
@@ -426,13 +442,29 @@ func (v *VM) migrationStatus() hypervisor.MigrationStatus {
 type streamWriter struct {
 	ctx context.Context
 	w   io.Writer
-	tb  *tokenBucket // nil: unlimited
-	n   atomic.Uint64
+	tb  *tokenBucket // nil: unlimited; owned by the writing goroutine
+	// next is a cap set while the migration runs (migrate-set-bandwidth),
+	// taken up by the writer before its next chunk.
+	next atomic.Pointer[rateChange]
+	n    atomic.Uint64
 }
+
+// rateChange is a new cap for a running stream (0: none).
+type rateChange struct{ rate float64 }
+
+// setRate changes the cap of a running stream (0: none), from any
+// goroutine.
+func (s *streamWriter) setRate(rate float64) { s.next.Store(&rateChange{rate}) }
 
 func (s *streamWriter) Write(p []byte) (int, error) {
 	done := 0
 	for len(p) > 0 {
+		if c := s.next.Swap(nil); c != nil {
+			s.tb = nil
+			if c.rate > 0 {
+				s.tb = newTokenBucket(c.rate)
+			}
+		}
 		chunk := p
 		if s.tb != nil {
 			chunk = p[:min(len(p), s.tb.chunk)]

@@ -58,7 +58,8 @@ type Config struct {
 type Request struct {
 	// Op is one of: status, set-workload, pause, resume, shutdown,
 	// migrate (with Params and a descriptor), migrate-incoming (with a
-	// descriptor), migrate-cancel, query-migrate, memory-digest.
+	// descriptor), migrate-set-bandwidth (with Params.MaxBandwidth),
+	// migrate-cancel, query-migrate, memory-digest.
 	Op       string                      `json:"op"`
 	Workload *hypervisor.Workload        `json:"workload,omitempty"`
 	Params   *hypervisor.MigrationParams `json:"params,omitempty"`
@@ -360,6 +361,15 @@ func (v *VM) handle(req Request, fds *[]*os.File) Response {
 			err = v.startIncoming(streamFile(f))
 		}
 		if err != nil {
+			return fail(err)
+		}
+		st := v.migrationStatus()
+		return Response{OK: true, Migration: &st}
+	case "migrate-set-bandwidth":
+		if req.Params == nil {
+			return fail(errors.New("migrate-set-bandwidth needs params.max_bandwidth"))
+		}
+		if err := v.setMigrationBandwidth(req.Params.MaxBandwidth); err != nil {
 			return fail(err)
 		}
 		st := v.migrationStatus()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -75,6 +76,7 @@ func TestCommandEncoding(t *testing.T) {
 		&EvacuationCancel{ID: "e1", At: at},
 		&RecordsPrune{EventsBefore: at, RecordsBefore: at.Add(-time.Hour), Limit: 1000},
 		&AlarmAck{Seq: 7, By: "admin", At: at},
+		&MigrationSetRate{ID: "m1", MaxRate: 2e6, At: at},
 	}
 	seen := map[CommandKind]bool{}
 	for _, c := range samples {
@@ -158,6 +160,7 @@ func TestMigrationVersions(t *testing.T) {
 // and a decoded command encodes again.
 func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"kind":"migration.cancel","body":{"id":"m1","at":"2026-12-06T10:00:00Z"}}`))
+	f.Add([]byte(`{"kind":"migration.set-bandwidth","body":{"id":"m1","max_bandwidth":2000000,"at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"alarm.ack","body":{"seq":1,"by":"admin","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"evacuation.cancel","body":{"id":"e1","at":"2026-12-06T10:00:00Z"}}`))
 	f.Add([]byte(`{"kind":"records.prune","body":{"events_before":"2026-12-06T10:00:00Z","records_before":"2026-11-06T10:00:00Z","limit":1000}}`))
@@ -391,5 +394,45 @@ func TestRecordsPrune(t *testing.T) {
 	// Zero cut-offs keep everything.
 	if res, err := s.PruneRecords(RecordsPrune{}); err != nil || res != (RecordsPruned{}) {
 		t.Fatalf("no cut-offs: %+v %v", res, err)
+	}
+}
+
+// A cap changes on an open migration until its transfer ends; a bad cap,
+// an unknown id, an armed or ended migration change nothing.
+func TestSetMigrationRate(t *testing.T) {
+	s := openTest(t)
+	at := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	m, err := s.CreateMigration(migration.Record{VM: "vm1", From: "h1", To: "h2", State: migration.Planned})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.SetMigrationRate(m.ID, 2e6, at)
+	if err != nil || got.MaxRate != 2e6 || got.Version != m.Version+1 {
+		t.Fatalf("set: %+v %v", got, err)
+	}
+	for _, bad := range []float64{-1, math.NaN(), math.Inf(1)} {
+		if _, err := s.SetMigrationRate(m.ID, bad, at); !errors.Is(err, ErrConflict) {
+			t.Errorf("cap %v: %v", bad, err)
+		}
+	}
+	if _, err := s.SetMigrationRate("m999", 1, at); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+	got.State, got.ArmedAt = migration.Transferring, at
+	if got, err = s.UpdateMigration(got, got.Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetMigrationRate(m.ID, 1e6, at); !errors.Is(err, ErrConflict) {
+		t.Errorf("armed: %v", err)
+	}
+	got.State = migration.Completed
+	if _, err = s.UpdateMigration(got, got.Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetMigrationRate(m.ID, 1e6, at); !errors.Is(err, ErrConflict) {
+		t.Errorf("ended: %v", err)
+	}
+	if r, _ := s.Migration(m.ID); r.MaxRate != 2e6 {
+		t.Fatalf("the cap is %v after refused changes, want 2e6", r.MaxRate)
 	}
 }

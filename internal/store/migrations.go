@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -56,7 +57,44 @@ type MigrationCleanupDone struct {
 	Entry string `json:"entry"`
 }
 
+// MigrationSetRate changes an open migration's bandwidth cap (bytes/s,
+// 0: none) before its transfer has ended; the orchestrator passes it on
+// to the source.
+type MigrationSetRate struct {
+	ID      string    `json:"id"`
+	MaxRate float64   `json:"max_bandwidth"`
+	At      time.Time `json:"at"`
+}
+
+// Kind implements Command.
+func (*MigrationSetRate) Kind() CommandKind { return "migration.set-bandwidth" }
+
+func (c *MigrationSetRate) apply(tx *bolt.Tx) (any, error) {
+	if c.MaxRate < 0 || math.IsNaN(c.MaxRate) || math.IsInf(c.MaxRate, 0) {
+		return nil, fmt.Errorf("%w: a bandwidth cap is a non-negative number of bytes/s, not %v", ErrConflict, c.MaxRate)
+	}
+	m, err := getMigration(tx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case !m.State.Open():
+		return nil, fmt.Errorf("%w: migration %s has ended (%s)", ErrConflict, m.ID, m.State)
+	case m.Armed() || (m.State != migration.Planned && m.State != migration.Preparing && m.State != migration.Transferring):
+		return nil, fmt.Errorf("%w: migration %s is past its transfer (%s)", ErrConflict, m.ID, m.State)
+	}
+	m.MaxRate, m.Updated = c.MaxRate, c.At
+	m.Version++
+	return m, putMigration(tx, m)
+}
+
+// SetMigrationRate applies MigrationSetRate.
+func (s *Store) SetMigrationRate(id string, rate float64, at time.Time) (migration.Record, error) {
+	return applyAs[migration.Record](s, &MigrationSetRate{ID: id, MaxRate: rate, At: at})
+}
+
 func init() {
+	register(func() Command { return &MigrationSetRate{} })
 	register(func() Command { return &MigrationCreate{} })
 	register(func() Command { return &MigrationUpdate{} })
 	register(func() Command { return &MigrationCancel{} })

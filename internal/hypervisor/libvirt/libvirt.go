@@ -67,10 +67,11 @@ type cpuReading struct {
 }
 
 var (
-	_ hypervisor.Driver         = (*Driver)(nil)
-	_ hypervisor.Migrator       = (*Driver)(nil)
-	_ hypervisor.ChannelMover   = (*Driver)(nil)
-	_ hypervisor.DowntimeSetter = (*Driver)(nil)
+	_ hypervisor.Driver          = (*Driver)(nil)
+	_ hypervisor.Migrator        = (*Driver)(nil)
+	_ hypervisor.ChannelMover    = (*Driver)(nil)
+	_ hypervisor.DowntimeSetter  = (*Driver)(nil)
+	_ hypervisor.BandwidthSetter = (*Driver)(nil)
 )
 
 // New returns a driver for the libvirtd of cfg.URI, checking that it

@@ -500,6 +500,26 @@ func (d *Driver) abort(ctx context.Context, m *outgoing, why string) error {
 	}
 }
 
+// SetMaxBandwidth implements hypervisor.BandwidthSetter (libvirt's
+// unit is MiB/s; no cap is libvirt's largest value, as QEMU's is).
+func (d *Driver) SetMaxBandwidth(ctx context.Context, id string, bytesPerSec float64) error {
+	l, dom, err := d.domain(id)
+	if err != nil {
+		return err
+	}
+	mib := uint64(unlimitedMiB)
+	if bytesPerSec > 0 {
+		mib = uint64(max(math.Ceil(bytesPerSec/(1<<20)), 1))
+	}
+	if err := l.DomainMigrateSetMaxSpeed(dom, mib, 0); err != nil {
+		return fmt.Errorf("libvirt: %s: bandwidth cap: %w", id, err)
+	}
+	return nil
+}
+
+// unlimitedMiB stands for "no cap" in MiB/s: 1 TiB/s.
+const unlimitedMiB = 1 << 20
+
 // SetDowntimeLimit implements hypervisor.DowntimeSetter.
 func (d *Driver) SetDowntimeLimit(ctx context.Context, id string, limit time.Duration) error {
 	l, dom, err := d.domain(id)

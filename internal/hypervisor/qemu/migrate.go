@@ -95,6 +95,16 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 	return caps, params
 }
 
+// SetMaxBandwidth implements hypervisor.BandwidthSetter: QEMU applies a
+// new max-bandwidth (and the post-copy cap with it) at once.
+func (d *Driver) SetMaxBandwidth(ctx context.Context, id string, bytesPerSec float64) error {
+	bw := int64(bytesPerSec)
+	if bw <= 0 {
+		bw = unlimitedBandwidth
+	}
+	return d.run(ctx, id, "migrate-set-parameters", map[string]any{"max-bandwidth": bw, "max-postcopy-bandwidth": bw}, nil)
+}
+
 // SetDowntimeLimit changes a running migration's downtime-limit (QEMU
 // reads it at every pass's end).
 func (d *Driver) SetDowntimeLimit(ctx context.Context, id string, limit time.Duration) error {

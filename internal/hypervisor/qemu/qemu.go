@@ -42,8 +42,9 @@ type Driver struct {
 }
 
 var (
-	_ hypervisor.Driver   = (*Driver)(nil)
-	_ hypervisor.Migrator = (*Driver)(nil)
+	_ hypervisor.Driver          = (*Driver)(nil)
+	_ hypervisor.Migrator        = (*Driver)(nil)
+	_ hypervisor.BandwidthSetter = (*Driver)(nil)
 )
 
 // New returns a driver using dir (created 0700) and the QEMU binary bin

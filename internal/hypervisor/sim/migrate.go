@@ -60,6 +60,12 @@ func (d *Driver) MigrationStatus(ctx context.Context, id string) (hypervisor.Mig
 	return *resp.Migration, nil
 }
 
+// SetMaxBandwidth implements hypervisor.BandwidthSetter.
+func (d *Driver) SetMaxBandwidth(ctx context.Context, id string, bytesPerSec float64) error {
+	_, err := d.call(ctx, id, simvm.Request{Op: "migrate-set-bandwidth", Params: &hypervisor.MigrationParams{MaxBandwidth: bytesPerSec}})
+	return err
+}
+
 // CancelMigration implements hypervisor.Migrator. It returns once the
 // source runs again (or was paused before the migration).
 func (d *Driver) CancelMigration(ctx context.Context, id string) error {

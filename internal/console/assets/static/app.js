@@ -204,6 +204,7 @@ function renderDetail() {
   if (m.max_bandwidth) facts.push(["Bandwidth cap", mbit(m.max_bandwidth)]);
   if (ended(m.state)) facts.push(["Total", m.total_ms + " ms"], ["Downtime", m.downtime_ms + " ms"], ["On the wire", mib(m.bytes_on_wire)]);
   if (m.error) facts.push(["Error", m.error]);
+  $("cap-form").hidden = !["planned", "preparing", "transferring"].includes(m.state) || !!m.armed_at;
   $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
   const s = samples.get(m.id) || [];
   const t0 = s.length ? s[0].t : 0;
@@ -214,6 +215,14 @@ function renderDetail() {
   ]);
   renderTimeline(m);
 }
+
+$("cap-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const id = selected;
+  const mbitps = parseFloat($("cap-value").value);
+  if (!id || !(mbitps >= 0)) return;
+  act("bandwidth cap of " + id, () => api("POST", "migrations/" + encodeURIComponent(id) + "/bandwidth", { max_bandwidth: (mbitps * 1e6) / 8 }));
+});
 
 // The switch-over, from the source's pause to the destination running.
 function renderTimeline(m) {

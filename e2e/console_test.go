@@ -237,6 +237,13 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Fatalf("alarms after the console's acknowledgement: %+v", got)
 	}
 
+	// The policy view says why nothing moved (here: the default policy,
+	// nothing violating, or the policy off) rather than an empty list.
+	browse(t, ctx, "policy", 30*time.Second,
+		chromedp.Click(chromedp.CSS(`nav button[data-view="policy"]`)),
+		waitJS(`/no VM violated its SLA|The policy is off|Held back at/.test(document.querySelector("#policy-summary").textContent)`),
+	)
+
 	// The audit view lists what the console did.
 	browse(t, ctx, "audit", 30*time.Second,
 		chromedp.Click(chromedp.CSS(`nav button[data-view="audit"]`)),

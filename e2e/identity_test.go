@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -214,6 +215,18 @@ func (c *cluster) ctl(out any, args ...string) error {
 		if err := json.Unmarshal(b, out); err != nil {
 			return fmt.Errorf("ferry %s: stdout is not one JSON document: %v: %q", strings.Join(args, " "), err, b)
 		}
+	}
+	return nil
+}
+
+// ctlText runs `ferry ctl ...` for its human output (tables, text).
+func (c *cluster) ctlText(out io.Writer, args ...string) error {
+	full := append([]string{"ctl", "--admin", "http://" + c.admin, "--token-file", filepath.Join(c.dir, "admin.token")}, args...)
+	cmd := ferryIn(c.netns, full...)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("ferry %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return nil
 }

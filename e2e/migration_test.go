@@ -253,6 +253,21 @@ func TestPolicyMigration(t *testing.T) {
 		t.Fatalf("watch: %v (%+v)", err, m)
 	}
 	c.checkCompleted(m, "busy", "h1", "h2")
+	// busy still violates its SLA on h2, and is not moved again: the
+	// status says why (its cool-down), where a silent list said nothing.
+	var st struct {
+		Held []struct{ VM, Host, Reason string } `json:"held"`
+	}
+	c.waitFor("busy held in cool-down", func() bool {
+		if err := c.ctl(&st, "policy", "status"); err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Held) == 1 && st.Held[0].VM == "busy" && st.Held[0].Host == "h2" && strings.Contains(st.Held[0].Reason, "cool-down")
+	})
+	var out strings.Builder
+	if err := c.ctlText(&out, "policy", "decisions"); err != nil || !strings.Contains(out.String(), "Held back at") || !strings.Contains(out.String(), "cool-down") {
+		t.Fatalf("policy decisions: %v\n%s", err, out.String())
+	}
 }
 
 // TestDemoJSON runs `ferry demo --json` as a user would: it must end with

@@ -523,15 +523,72 @@ func newCtlPolicyCmd(c *ctlFlags) *cobra.Command {
 			if c.json() {
 				return printJSON(cmd.OutOrStdout(), ds)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tVM\tFROM\tTO\tMODE\tACTION\tREASON")
-			for _, d := range ds {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), q(d.VM), q(d.From), q(d.To), q(string(d.Mode)), q(string(d.Action)), q(d.Reason))
+			st, err := cl.PolicyStatus(cmd.Context())
+			if err != nil {
+				return err
 			}
-			return tw.Flush()
+			out := cmd.OutOrStdout()
+			if len(ds) > 0 {
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "TIME\tVM\tFROM\tTO\tMODE\tACTION\tREASON")
+				for _, d := range ds {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), q(d.VM), q(d.From), q(d.To), q(string(d.Mode)), q(string(d.Action)), q(d.Reason))
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+				fmt.Fprintln(out)
+			}
+			printPolicyStatus(out, st, len(ds))
+			return nil
+		},
+	}, &cobra.Command{
+		Use: "status", Short: "The policy engine's latest evaluation: what it held back, and why", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			st, err := cl.PolicyStatus(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c.json() {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			printPolicyStatus(cmd.OutOrStdout(), st, -1)
+			return nil
 		},
 	})
 	return cmd
+}
+
+// printPolicyStatus says what the latest evaluation held back and why,
+// or why there is nothing to show: a silent empty list told operators
+// nothing (decisions < 0: not printed beside a decision list).
+func printPolicyStatus(w io.Writer, st api.PolicyStatus, decisions int) {
+	switch {
+	case st.EvaluatedAt.IsZero():
+		fmt.Fprintf(w, "The policy engine (mode %s) has not evaluated since this MMC took the lead.\n", q(st.Mode))
+	case st.Mode == "off":
+		fmt.Fprintln(w, "The policy is off (mode off): nothing is evaluated. `ferry ctl policy set` turns it on.")
+	case len(st.Held) == 0 && st.Decided == 0:
+		fmt.Fprintf(w, "At %s no VM violated its SLA (mode %s)", st.EvaluatedAt.Format(time.RFC3339), q(st.Mode))
+		if decisions == 0 {
+			fmt.Fprint(w, "; no decision on record")
+		}
+		fmt.Fprintln(w, ".")
+	case len(st.Held) == 0:
+		fmt.Fprintf(w, "At %s: %d decision(s), nothing held back (mode %s).\n", st.EvaluatedAt.Format(time.RFC3339), st.Decided, q(st.Mode))
+	default:
+		fmt.Fprintf(w, "Held back at %s (mode %s): violating its SLA, not moved:\n", st.EvaluatedAt.Format(time.RFC3339), q(st.Mode))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VM\tHOST\tWHY")
+		for _, h := range st.Held {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", q(h.VM), q(h.Host), q(h.Reason))
+		}
+		_ = tw.Flush()
+	}
 }
 
 // newCtlEventsCmd is `ferry ctl logs` or `ferry ctl alarms`.

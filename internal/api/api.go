@@ -374,6 +374,31 @@ type Decision struct {
 	Action string    `json:"action"`
 }
 
+// PolicyStatus is the policy engine's latest evaluation: how many
+// migrations it decided and which violating VMs it held back, and why
+// (not sustained for the window yet, cool-down, the concurrency cap, no
+// host with room). Nothing held and nothing decided: no VM violated its
+// SLA (or the mode is off).
+type PolicyStatus struct {
+	EvaluatedAt time.Time    `json:"evaluated_at,omitzero"` // zero: not evaluated since this MMC led
+	Mode        string       `json:"mode"`
+	Decided     int          `json:"decided"`
+	Held        []PolicyHeld `json:"held"`
+}
+
+// PolicyHeld is one VM held back.
+type PolicyHeld struct {
+	VM     string `json:"vm"`
+	Host   string `json:"host"`
+	Reason string `json:"reason"`
+}
+
+// PolicyStatus returns the policy engine's latest evaluation.
+func (c *Client) PolicyStatus(ctx context.Context) (PolicyStatus, error) {
+	var out PolicyStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/policy/status", nil, &out)
+}
+
 // Policy returns the policy in force (JSON, see package policy).
 func (c *Client) Policy(ctx context.Context) (json.RawMessage, error) {
 	var out json.RawMessage

@@ -25,6 +25,7 @@ var stateParts = []struct{ name, path string }{
 	{"migrations", "/v1/migrations"},
 	{"alarms", "/v1/alarms?order=newest&limit=100"},
 	{"decisions", "/v1/policy/decisions"},
+	{"policy", "/v1/policy/status"},
 }
 
 // handleEvents streams the console's state as server-sent events: a

@@ -80,6 +80,7 @@ func (s *Server) adminHandler() http.Handler {
 	route("GET /v1/policy", s.handleGetPolicy)
 	route("PUT /v1/policy", s.handleSetPolicy)
 	route("GET /v1/policy/decisions", s.handleDecisions)
+	route("GET /v1/policy/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.pol.status()) })
 	route("GET /v1/vms", s.handleVMs)
 	route("POST /v1/vms", s.handleCreateVM)
 	route("DELETE /v1/vms/{id}", s.handleDeleteVM)

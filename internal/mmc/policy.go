@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ferry-vm/ferry/internal/api"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,6 +61,8 @@ type policyLoop struct {
 	mu        sync.Mutex
 	engine    *policy.Engine
 	decisions decisionLog
+	// last is the latest evaluation's outcome, for "why nothing moved".
+	last api.PolicyStatus
 }
 
 // newPolicyLoop puts the stored policy (or the default) in force.
@@ -145,11 +149,30 @@ func (l *policyLoop) finished(vm string) {
 }
 
 // observe runs the engine on a sample; it returns its decisions and the
-// policy they were made under.
+// policy they were made under, and keeps what it held back and why.
 func (l *policyLoop) observe(smp policy.Sample) ([]policy.Decision, policy.Policy) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.engine.Observe(smp), l.engine.Policy()
+	ev := l.engine.Evaluate(smp)
+	p := l.engine.Policy()
+	st := api.PolicyStatus{EvaluatedAt: smp.At, Mode: p.Mode, Decided: len(ev.Decisions), Held: []api.PolicyHeld{}}
+	for _, h := range ev.Held {
+		st.Held = append(st.Held, api.PolicyHeld{VM: h.VM, Host: h.Host, Reason: h.Reason})
+	}
+	l.last = st
+	return ev.Decisions, p
+}
+
+// status is the latest evaluation's outcome.
+func (l *policyLoop) status() api.PolicyStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.last
+	st.Held = slices.Clone(st.Held)
+	if st.Mode == "" {
+		st.Mode = l.engine.Policy().Mode
+	}
+	return st
 }
 
 // setPolicy puts p in force and pushes it to every agent.

@@ -12,7 +12,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -164,6 +166,20 @@ type Decision struct {
 	Auto         bool // false: a recommendation only
 }
 
+// Held is a VM that violates its SLA and is not moved now, with why: an
+// operator asking "why did nothing happen?" gets these.
+type Held struct {
+	VM, Host string
+	Reason   string
+}
+
+// Evaluation is what one sample leads to: the decisions, and the
+// violating VMs held back.
+type Evaluation struct {
+	Decisions []Decision
+	Held      []Held
+}
+
 // Engine holds the hysteresis, cool-down and in-flight state between
 // samples. It is not safe for concurrent use.
 type Engine struct {
@@ -227,10 +243,19 @@ func (e *Engine) violation(v VM, h Host, largestOnHost bool) string {
 
 // Observe feeds one sample and returns the decisions it leads to. In auto
 // mode the caller starts each migration and reports it with Started.
-func (e *Engine) Observe(s Sample) []Decision {
+func (e *Engine) Observe(s Sample) []Decision { return e.Evaluate(s).Decisions }
+
+// Evaluate is Observe that also says which violating VMs it held back
+// and why (not sustained for the window yet, in cool-down, the cap on
+// concurrent migrations, no host with room).
+func (e *Engine) Evaluate(s Sample) Evaluation {
 	if e.p.Mode == ModeOff {
 		clear(e.since)
-		return nil
+		return Evaluation{}
+	}
+	var held []Held
+	hold := func(v VM, format string, args ...any) {
+		held = append(held, Held{VM: v.ID, Host: v.Host, Reason: fmt.Sprintf(format, args...)})
 	}
 	hosts := make(map[string]Host, len(s.Hosts))
 	for _, h := range s.Hosts {
@@ -268,9 +293,13 @@ func (e *Engine) Observe(s Sample) []Decision {
 		}
 		lasted := s.At.Sub(start)
 		if lasted < time.Duration(e.p.Window) {
-			continue // hysteresis: not sustained yet
+			// Hysteresis: not sustained yet.
+			hold(v, "%s for %v of the %v window", why, lasted.Round(time.Second), time.Duration(e.p.Window))
+			continue
 		}
 		if last, ok := e.lastMove[v.ID]; ok && s.At.Sub(last) < time.Duration(e.p.Cooldown) {
+			hold(v, "%s, but in cool-down until %s (its last migration started %v ago; cool-down %v)", why,
+				last.Add(time.Duration(e.p.Cooldown)).UTC().Format(time.TimeOnly), s.At.Sub(last).Round(time.Second), time.Duration(e.p.Cooldown))
 			continue
 		}
 		cands = append(cands, cand{v, why, lasted})
@@ -287,16 +316,19 @@ func (e *Engine) Observe(s Sample) []Decision {
 	planned := map[string]Host{} // destination load including this round's decisions
 	for _, c := range cands {
 		if len(out) >= free {
-			break
+			hold(c.v, "%s for %v, but %d migrations are in flight or decided (max_concurrent %d)", c.reason, c.for_.Round(time.Second), len(e.inFlight)+len(out), e.p.MaxConcurrent)
+			continue
 		}
-		to, ok := e.destination(c.v, hosts, s.VMs, planned)
+		to, ok, why := e.destination(c.v, hosts, s.VMs, planned)
 		if !ok {
+			hold(c.v, "%s for %v, but no host has room: %s", c.reason, c.for_.Round(time.Second), why)
 			continue
 		}
 		out = append(out, Decision{VM: c.v.ID, From: c.v.Host, To: to.ID, Auto: e.p.Mode == ModeAuto,
 			Reason: fmt.Sprintf("%s for %v; %s has room (CPU %.0f%%, memory %.0f%% after the move)", c.reason, c.for_.Round(time.Second), to.ID, 100*to.CPU, 100*to.Mem)})
 	}
-	return out
+	slices.SortFunc(held, func(a, b Held) int { return cmp.Compare(a.VM, b.VM) })
+	return Evaluation{Decisions: out, Held: held}
 }
 
 func vmByID(vms []VM, id string) VM {
@@ -312,22 +344,37 @@ func vmByID(vms []VM, id string) VM {
 // among online hosts other than v's that stay within capacity and do not
 // hold a VM of v's anti-affinity group; the site preference breaks ties
 // of equal rank first.
-func (e *Engine) destination(v VM, hosts map[string]Host, vms []VM, planned map[string]Host) (Host, bool) {
+//
+// When no host qualifies, why says what ruled each one out.
+func (e *Engine) destination(v VM, hosts map[string]Host, vms []VM, planned map[string]Host) (best Host, found bool, why string) {
 	src := hosts[v.Host]
-	var best Host
-	found := false
 	bestRank, bestLoad := 0, 0.0
-	for _, h := range hosts {
+	var ruledOut []string
+	ids := slices.Sorted(maps.Keys(hosts))
+	for _, id := range ids {
+		h := hosts[id]
 		if p, ok := planned[h.ID]; ok {
 			h = p
 		}
-		if !h.Online || h.ID == v.Host || h.Cores <= 0 || h.MemBytes == 0 || e.conflicts(v.ID, h.ID, vms) {
+		switch {
+		case h.ID == v.Host:
+			continue
+		case !h.Online:
+			ruledOut = append(ruledOut, h.ID+" offline")
+			continue
+		case h.Cores <= 0 || h.MemBytes == 0:
+			ruledOut = append(ruledOut, h.ID+" has not reported its capacity")
+			continue
+		case e.conflicts(v.ID, h.ID, vms):
+			ruledOut = append(ruledOut, h.ID+" holds a VM of its anti-affinity group")
 			continue
 		}
 		after := h
 		after.CPU += v.CPU * float64(max(v.VCPUs, 1)) / float64(h.Cores)
 		after.Mem += float64(v.Memory) / float64(h.MemBytes)
 		if after.CPU > e.p.HostCPUMax || after.Mem > e.p.HostMemMax {
+			ruledOut = append(ruledOut, fmt.Sprintf("%s would reach CPU %.0f%%, memory %.0f%% (max %.0f%%, %.0f%%)",
+				h.ID, 100*after.CPU, 100*after.Mem, 100*e.p.HostCPUMax, 100*e.p.HostMemMax))
 			continue
 		}
 		rank := 1
@@ -342,8 +389,12 @@ func (e *Engine) destination(v VM, hosts map[string]Host, vms []VM, planned map[
 	}
 	if found {
 		planned[best.ID] = best
+		return best, true, ""
 	}
-	return best, found
+	if len(ruledOut) == 0 {
+		return best, false, "it is the only host"
+	}
+	return best, false, strings.Join(ruledOut, "; ")
 }
 
 // conflicts reports whether host holds a VM that must not share a host

@@ -198,3 +198,73 @@ func TestPolicyValidateAndJSON(t *testing.T) {
 		t.Fatalf("JSON %s", b)
 	}
 }
+
+// TestHeldReasons: every violating VM the engine does not move is held
+// with the reason an operator needs: the window not over yet, cool-down,
+// the cap, or no host with room (naming what ruled each host out).
+func TestHeldReasons(t *testing.T) {
+	hot := func(id, h string) VM { return vm(id, h, 0.95) }
+	cases := []struct {
+		name  string
+		mut   func(*Policy)
+		s     Sample
+		prep  func(*Engine)
+		want  []string // substrings of the one held reason
+		moved int
+	}{
+		{
+			name: "window not over",
+			s:    Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.1, 0.1)}, VMs: []VM{hot("v", "a1")}},
+			want: []string{"CPU 95% above 90%", "for 0s of the 30s window"},
+		},
+		{
+			name: "cool-down",
+			mut:  func(p *Policy) { p.Cooldown = Duration(5 * time.Minute) },
+			s:    Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.1, 0.1)}, VMs: []VM{hot("v", "a1")}},
+			prep: func(e *Engine) { e.Started("v", t0); e.Finished("v") },
+			want: []string{"cool-down until", "cool-down 5m0s"},
+		},
+		{
+			name: "no room",
+			s: Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.85, 0.1), {ID: "c1", Site: "C"}},
+				VMs: []VM{hot("v", "a1")}},
+			want: []string{"no host has room", "b1 would reach CPU 109%", "c1 offline"},
+		},
+		{
+			name:  "cap",
+			mut:   func(p *Policy) { p.MaxConcurrent = 1 },
+			s:     Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.0, 0.0), host("b2", "B", 0.0, 0.0)}, VMs: []VM{hot("v", "a1"), hot("w", "a1")}},
+			want:  []string{"1 migrations are in flight or decided (max_concurrent 1)"},
+			moved: 1,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := engine(t, tc.mut)
+			if tc.prep != nil {
+				tc.prep(e)
+			}
+			// The first sample starts the window; the one the case is
+			// about comes after it (unless the window is the point).
+			tc.s.At = t0
+			ev := e.Evaluate(tc.s)
+			if tc.name != "window not over" {
+				tc.s.At = t0.Add(30 * time.Second)
+				ev = e.Evaluate(tc.s)
+			}
+			if len(ev.Decisions) != tc.moved || len(ev.Held) != 1 {
+				t.Fatalf("decisions %+v, held %+v", ev.Decisions, ev.Held)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(ev.Held[0].Reason, w) {
+					t.Errorf("held reason %q lacks %q", ev.Held[0].Reason, w)
+				}
+			}
+		})
+	}
+	// Nothing violating: nothing held.
+	e := engine(t, nil)
+	if ev := e.Evaluate(Sample{At: t0, Hosts: []Host{host("a1", "A", 0.1, 0.1)}, VMs: []VM{vm("v", "a1", 0.1)}}); len(ev.Held)+len(ev.Decisions) != 0 {
+		t.Fatalf("a calm cluster: %+v", ev)
+	}
+}

@@ -235,7 +235,23 @@ function renderTimeline(m) {
     ...steps.map(([name, t]) => el("li", { "data-step": name }, "+" + (Date.parse(t) - p0) + " ms  " + name))));
 }
 
+function renderPolicyStatus() {
+  const st = state.policy;
+  const held = (st && st.held) || [];
+  let text = "";
+  if (!st) text = "The policy engine's status is not available right now.";
+  else if (st.mode === "off") text = "The policy is off: nothing is evaluated.";
+  else if (!st.evaluated_at) text = "The policy engine (mode " + st.mode + ") has not evaluated since this MMC took the lead.";
+  else if (!held.length && !st.decided) text = "At " + when(st.evaluated_at) + " no VM violated its SLA (mode " + st.mode + ").";
+  else if (!held.length) text = "At " + when(st.evaluated_at) + ": " + st.decided + " decision(s), nothing held back (mode " + st.mode + ").";
+  else text = "Held back at " + when(st.evaluated_at) + " (mode " + st.mode + "):";
+  $("policy-summary").textContent = text;
+  $("held").hidden = !held.length;
+  fill($("held").tBodies[0], held.map((h) => el("tr", { "data-held": h.vm }, el("td", {}, h.vm), el("td", {}, h.host), el("td", {}, h.reason))));
+}
+
 function renderDecisions() {
+  renderPolicyStatus();
   const ds = (state.decisions || []).slice().reverse();
   fill($("decisions").tBodies[0], ds.map((d) => el("tr", {},
     el("td", {}, when(d.time)), el("td", {}, d.vm), el("td", {}, d.from + " → " + (d.to || "—")),

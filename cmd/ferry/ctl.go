@@ -158,6 +158,7 @@ func newCtlCmd() *cobra.Command {
 		return nil
 	}
 	cmd.AddCommand(newCtlAgentsCmd(c), newCtlTokensCmd(c), newCtlAuditCmd(c), newCtlHostsCmd(c), newCtlVMsCmd(c), newCtlPolicyCmd(c), newCtlEventsCmd(c, "logs"), newCtlEventsCmd(c, "alarms"), newCtlMigrateCmd(c), newCtlMigrationsCmd(c), newCtlEvacuationsCmd(c), newCtlSitesCmd(c), newCtlBoardCmd(c), newCtlMMCsCmd(c))
+	addGetAndCompletion(cmd, c)
 	return cmd
 }
 
@@ -379,8 +380,8 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tHOST\tSTATE\tCPU\tMEM\tNET\tDIRTY\tVCPUS\tMEMORY")
 			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%.0f%%\t%s\t%s/s\t%d\t%s\n", q(v.ID), q(v.Host), q(v.State), 100*v.CPU, 100*v.Mem,
-					units.FormatRate(8*v.Net), units.FormatBytes(uint64(v.Dirty)), v.VCPUs, units.FormatBytes(v.Memory))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%.0f%%\t%s\t%s\t%d\t%s\n", q(v.ID), q(v.Host), q(v.State), 100*v.CPU, 100*v.Mem,
+					units.FormatRate(8*v.Net), units.FormatRate(8*v.Dirty), v.VCPUs, units.FormatBytes(v.Memory))
 			}
 			return tw.Flush()
 		},

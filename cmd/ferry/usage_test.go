@@ -30,7 +30,7 @@ func TestExitCodes(t *testing.T) {
 		says string
 	}{
 		{[]string{"ctl", "agentz"}, 2, "Did you mean agents?"},
-		{[]string{"ctl", "agents", "lst"}, 2, "Did you mean list?"},
+		{[]string{"ctl", "agents", "lst"}, 2, "Did you mean get or list?"},
 		{[]string{"ctl", "tokens", "revoke"}, 2, "Run 'ferry ctl tokens revoke --help'"},
 		{[]string{"ctl", "--bogus"}, 2, "unknown flag: --bogus"},
 		{[]string{"nosuch"}, 2, `unknown command "nosuch" for "ferry"`},

@@ -100,9 +100,9 @@ func progressLine(m api.Migration) string {
 	bar := strings.Repeat("█", n) + strings.Repeat("░", width-n)
 	s := fmt.Sprintf("%s %s→%s %s %3.0f%% %-12s", q(m.VM), q(m.From), q(m.To), bar, 100*p, q(string(m.State)))
 	if l := m.Live; l != nil && m.State == "transferring" {
-		s += fmt.Sprintf(" round %d  left %s  %s/s  dirty %s/s  downtime≈%dms  eta %.0fs",
-			l.Round, units.FormatBytes(l.Remaining), units.FormatBytes(uint64(l.Rate)),
-			units.FormatBytes(uint64(l.DirtyRate)), l.ExpectedDowntimeMS, l.ETASeconds)
+		s += fmt.Sprintf(" round %d  left %s  %s  dirty %s  downtime≈%dms  eta %.0fs",
+			l.Round, units.FormatBytes(l.Remaining), units.FormatRate(8*l.Rate),
+			units.FormatRate(8*l.DirtyRate), l.ExpectedDowntimeMS, l.ETASeconds)
 		if l.Throttle > 0 {
 			s += fmt.Sprintf("  throttle %.0f%%", 100*l.Throttle)
 		}

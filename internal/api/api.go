@@ -290,6 +290,12 @@ var ErrRedirect = errors.New("admin API: refusing to follow a redirect (the MMC 
 
 func refuseRedirect(*http.Request, []*http.Request) error { return ErrRedirect }
 
+// Agent returns one agent by id.
+func (c *Client) Agent(ctx context.Context, id string) (Agent, error) {
+	var out Agent
+	return out, c.do(ctx, http.MethodGet, "/v1/agents/"+url.PathEscape(id), nil, &out)
+}
+
 // Agents lists agents, optionally only those in one state.
 func (c *Client) Agents(ctx context.Context, state string) ([]Agent, error) {
 	var out []Agent

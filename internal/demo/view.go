@@ -86,8 +86,8 @@ func (v *view) observe(s snapshot) {
 		if l := m.Live; l != nil && l.Round > v.lastRound[m.ID] {
 			v.lastRound[m.ID] = l.Round
 			if l.Round > 1 {
-				v.event("%s round %d: %s still dirty, guest dirties %s/s, link %s/s → est. downtime %d ms",
-					m.ID, l.Round, units.FormatBytes(l.Remaining), units.FormatBytes(uint64(l.DirtyRate)), units.FormatBytes(uint64(l.Rate)), l.ExpectedDowntimeMS)
+				v.event("%s round %d: %s still dirty, guest dirties %s, link %s → est. downtime %d ms",
+					m.ID, l.Round, units.FormatBytes(l.Remaining), units.FormatRate(8*l.DirtyRate), units.FormatRate(8*l.Rate), l.ExpectedDowntimeMS)
 			}
 		}
 		if v.migStates[m.ID] == m.State {
@@ -169,8 +169,8 @@ func (v *view) draw(s snapshot) {
 		for _, m := range s.migs {
 			fmt.Fprintf(&b, "  %s %s %s→%s %s %3.0f%% %s", m.ID, m.VM, m.From, m.To, bar(m.Progress, 24), 100*m.Progress, m.State)
 			if l := m.Live; l != nil && m.State == "transferring" {
-				fmt.Fprintf(&b, "  round %d · %s left · %s/s · dirty %s/s · downtime≈%d ms", l.Round,
-					units.FormatBytes(l.Remaining), units.FormatBytes(uint64(l.Rate)), units.FormatBytes(uint64(l.DirtyRate)), l.ExpectedDowntimeMS)
+				fmt.Fprintf(&b, "  round %d · %s left · %s · dirty %s · downtime≈%d ms", l.Round,
+					units.FormatBytes(l.Remaining), units.FormatRate(8*l.Rate), units.FormatRate(8*l.DirtyRate), l.ExpectedDowntimeMS)
 			}
 			b.WriteString("\n")
 		}

@@ -300,39 +300,6 @@ func newCtlTokensCmd(c *ctlFlags) *cobra.Command {
 	return cmd
 }
 
-func newCtlAuditCmd(c *ctlFlags) *cobra.Command {
-	var after uint64
-	var limit int
-	cmd := &cobra.Command{
-		Use:   "audit",
-		Short: "Show the audit log",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			// Newest first, unless following from --after.
-			entries, err := cl.Audit(cmd.Context(), after, limit, !cmd.Flags().Changed("after"))
-			if err != nil {
-				return err
-			}
-			if c.json() {
-				return printJSON(cmd.OutOrStdout(), entries)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tSOURCE\tOUTCOME\tDETAIL")
-			for _, e := range entries {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Actor), q(e.Action), q(e.Target), q(e.Source), q(e.Outcome), q(e.Detail))
-			}
-			return tw.Flush()
-		},
-	}
-	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number, oldest first (to follow the log); without it, the newest first")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries (the newest, without --after)")
-	return cmd
-}
-
 func newCtlHostsCmd(c *ctlFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "hosts", Short: "Hypervisor hosts and their load"}
 	cmd.AddCommand(newCtlEvacuateCmd(c, evacuation.ScopeHost))
@@ -594,41 +561,17 @@ func printPolicyStatus(w io.Writer, st api.PolicyStatus, decisions int) {
 
 // newCtlEventsCmd is `ferry ctl logs` or `ferry ctl alarms`.
 func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
-	var after uint64
-	var limit int
+	var f logFlags
 	short := "Logs and alarms sent by agents (and raised by the MMC)"
 	if which == "alarms" {
 		short = "Alarms only"
 	}
+	view := eventsView(which == "alarms")
 	cmd := &cobra.Command{
 		Use: which, Short: short, Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			// Newest first, unless following from --after.
-			evs, err := cl.Events(cmd.Context(), which == "alarms", after, limit, !cmd.Flags().Changed("after"))
-			if err != nil {
-				return err
-			}
-			if c.json() {
-				return printJSON(cmd.OutOrStdout(), evs)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tTIME\tHOST\tLEVEL\tALARM\tKIND\tMESSAGE")
-			for _, e := range evs {
-				alarm := fmt.Sprint(e.Alarm)
-				if !e.AckedAt.IsZero() {
-					alarm = "acked"
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), q(e.Host), q(e.Level), alarm, q(e.Kind), q(e.Message))
-			}
-			return tw.Flush()
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return view.run(cmd, c, &f) },
 	}
-	cmd.Flags().Uint64Var(&after, "after", 0, "only entries after this sequence number, oldest first (to follow the log); without it, the newest first")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many entries (the newest, without --after)")
+	f.register(cmd)
 	if which == "alarms" {
 		cmd.AddCommand(&cobra.Command{
 			Use: "ack SEQ", Short: "Acknowledge an alarm (it stays in the log, marked handled)", Args: cobra.ExactArgs(1),

@@ -114,7 +114,7 @@ func newPerfClientCmd(g *globalFlags) *cobra.Command {
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {
-					return fmt.Errorf("--max-rate: %w", err)
+					return fmt.Errorf("--max-bandwidth: %w", err)
 				}
 				maxRate = bps / 8
 			}
@@ -134,7 +134,11 @@ func newPerfClientCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&serverKey, "server-key", "", "the server's public key (printed by perf server)")
 	cmd.Flags().StringVar(&psk, "psk", "", "shared secret, if the server requires one")
 	cmd.Flags().StringVar(&size, "bytes", "256MiB", "bytes to transfer (e.g. 1GiB, 500MB, 1048576)")
-	cmd.Flags().StringVar(&rate, "max-rate", "", "cap the send rate (e.g. 100mbit)")
+	// One name for a bandwidth cap everywhere (migrate, evacuate, perf);
+	// --max-rate, its old name here, still works.
+	cmd.Flags().StringVar(&rate, "max-bandwidth", "", "cap the send rate (e.g. 100mbit)")
+	cmd.Flags().StringVar(&rate, "max-rate", "", "old name of --max-bandwidth")
+	_ = cmd.Flags().MarkDeprecated("max-rate", "use --max-bandwidth")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
 	return cmd

@@ -61,6 +61,23 @@ func TestCtlGetAndCompletion(t *testing.T) {
 			t.Errorf("migrations get (table) lacks %q:\n%s", field, out.String())
 		}
 	}
+	// The report names preparation beside transfer and switch-over.
+	var timed struct {
+		PrepareMS int64 `json:"prepare_ms"`
+		TotalMS   int64 `json:"total_ms"`
+	}
+	if err := c.ctl(&timed, "migrations", "get", created.ID); err != nil || timed.PrepareMS <= 0 || timed.TotalMS <= 0 {
+		t.Fatalf("prepare_ms %d, total_ms %d: %v", timed.PrepareMS, timed.TotalMS, err)
+	}
+	out.Reset()
+	if err := c.ctlText(&out, "migrations", "watch", created.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"preparation:", "transfer:", "switch-over:", "with preparation"} {
+		if !strings.Contains(out.String(), line) {
+			t.Errorf("migrations watch's report lacks %q:\n%s", line, out.String())
+		}
+	}
 	if err := c.ctl(nil, "vms", "get", "nope"); err == nil || !strings.Contains(err.Error(), "exit status 1") || !strings.Contains(err.Error(), `no vm named "nope"`) {
 		t.Fatalf("vms get nope: %v", err)
 	}

@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/shirou/gopsutil/v4/mem"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -115,12 +117,20 @@ once with a valid --token), then keeps an authenticated session open.`,
 			if macs != "" {
 				cfg.Facts.MACs = strings.Split(macs, ",")
 			}
-			if simHost != "" {
+			switch {
+			case simHost == "real":
+			case simHost != "":
 				m, err := parseHostModel(simHost)
 				if err != nil {
 					return err
 				}
 				cfg.HostModel = m
+			case driver == "sim":
+				// Simulated hosts often share one machine: each reports
+				// the load of its own VMs on a host the machine's size,
+				// not the machine's (which every one of them would
+				// report alike, hiding which has room).
+				cfg.HostModel = machineSizedModel()
 			}
 			cfg.Bundle, cfg.Token, cfg.Logger, cfg.Version = b, token, log, readBuildVersion().Version
 			a, err := agent.New(cfg)
@@ -168,12 +178,21 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&cfg.Facts.DiskID, "disk-id", "", "override the disk id (simulated hosts)")
 	f.StringVar(&cfg.Facts.MachineID, "machine-id", "", "override the machine id (simulated hosts)")
 	f.StringVar(&macs, "macs", "", "override the MAC addresses, comma-separated (simulated hosts)")
-	f.StringVar(&simHost, "sim-host", "", "report the host as a simulated machine loaded by its VMs only, e.g. cores=4,memory=8GiB")
-	for _, h := range []string{"disk-id", "machine-id", "macs", "sim-host"} {
+	f.StringVar(&simHost, "sim-host", "", "the host's load as reported: a simulated machine loaded by its VMs only, e.g. cores=4,memory=8GiB (default with --driver sim: this machine's size), or real (this machine's measured load)")
+	for _, h := range []string{"disk-id", "machine-id", "macs"} {
 		_ = f.MarkHidden(h)
 	}
 	withConfigFile(cmd)
 	return cmd
+}
+
+// machineSizedModel is a simulated host the size of this machine.
+func machineSizedModel() *agent.HostModel {
+	m := &agent.HostModel{Cores: runtime.NumCPU()}
+	if vm, err := mem.VirtualMemory(); err == nil {
+		m.Memory = vm.Total
+	}
+	return m
 }
 
 // parseHostModel reads --sim-host "cores=N,memory=SIZE".

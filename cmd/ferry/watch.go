@@ -116,8 +116,11 @@ func printMigrationReport(w io.Writer, m api.Migration) {
 		fmt.Fprintf(w, "  reason:        %s\n", q(m.Error))
 	}
 	if m.State == "completed" {
-		fmt.Fprintf(w, "  total time:    %d ms\n  downtime:      %d ms\n  bytes on wire: %s (%d rounds, %s of memory pages)\n  verified:      %v\n",
-			m.TotalMS, m.DowntimeMS, units.FormatBytes(m.BytesOnWire), m.Rounds, units.FormatBytes(m.Transferred), m.Verified)
+		transfer := m.TotalMS - m.DowntimeMS
+		fmt.Fprintf(w, "  preparation:   %d ms (destination ready, link up)\n  transfer:      %d ms\n  switch-over:   %d ms (downtime)\n  total time:    %d ms (transfer and switch-over; %d ms with preparation)\n",
+			m.PrepareMS, transfer, m.DowntimeMS, m.TotalMS, m.PrepareMS+m.TotalMS)
+		fmt.Fprintf(w, "  bytes on wire: %s (%d rounds, %s of memory pages)\n  verified:      %v\n",
+			units.FormatBytes(m.BytesOnWire), m.Rounds, units.FormatBytes(m.Transferred), m.Verified)
 	}
 }
 

@@ -306,6 +306,9 @@ func (m *Machine) switchOver(now time.Time) {
 	if !r.Started.IsZero() && !end.IsZero() {
 		r.TotalMS = end.Sub(r.Started).Milliseconds()
 	}
+	if !r.Started.IsZero() && !r.Created.IsZero() {
+		r.PrepareMS = max(0, r.Started.Sub(r.Created).Milliseconds())
+	}
 	if !r.PausedAt.IsZero() {
 		r.DowntimeMS = max(0, m.resumedAt.Sub(r.PausedAt).Milliseconds())
 	}

@@ -136,6 +136,9 @@ type Record struct {
 	Postcopy bool      `json:"postcopy,omitempty"`
 	Finished time.Time `json:"finished,omitzero"`
 	// Final report.
+	// PrepareMS is planning to the transfer's start: the destination
+	// prepared, the link introduced (TotalMS starts where it ends).
+	PrepareMS   int64  `json:"prepare_ms,omitempty"`
 	TotalMS     int64  `json:"total_ms"`
 	DowntimeMS  int64  `json:"downtime_ms"`
 	BytesOnWire uint64 `json:"bytes_on_wire"`

@@ -83,6 +83,9 @@ func TestRoutineOperationsRaiseNoAlarm(t *testing.T) {
 	if a := alarms[0]; a.Host != "h1" || a.Kind != "vm-stopped" || !a.Alarm || a.Message != "VM web stopped unexpectedly" || a.AckedBy != "" {
 		t.Fatalf("alarm %+v", a)
 	}
+	if n := c.metric(`ferry_mmc_alarms_total{kind="vm-stopped"}`); n != 1 {
+		t.Errorf("ferry_mmc_alarms_total{kind=\"vm-stopped\"} = %v, want 1", n)
+	}
 	// Acknowledged: still listed, marked handled.
 	var acked alarmView
 	if err := c.ctl(&acked, "alarms", "ack", fmt.Sprint(alarms[0].Seq)); err != nil || acked.AckedBy != "admin" || acked.Seq != alarms[0].Seq {

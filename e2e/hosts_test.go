@@ -85,6 +85,13 @@ func TestHostsAndVMs(t *testing.T) {
 	if v.ID != "web1" || v.Host != "h1" || v.State != "running" || v.Memory != 32<<20 || v.Net < 0.5e6 || v.Mem <= 0 {
 		t.Fatalf("vm %+v", v)
 	}
+	// The same load in Prometheus's terms.
+	if n := c.metric(`ferry_mmc_host_online{host="h2",site="site-h2"}`); n != 1 {
+		t.Errorf("ferry_mmc_host_online for h2: %v", n)
+	}
+	if d := c.metric(`ferry_mmc_vm_dirty_bytes_per_second{host="h1",vm="web1"}`); d < 1e6 {
+		t.Errorf("ferry_mmc_vm_dirty_bytes_per_second for web1: %v, want ≈ 2e6", d)
+	}
 	for _, bad := range [][]string{
 		{"vms", "create", "web1", "--host", "h2"},                     // name taken
 		{"vms", "create", "x", "--host", "nowhere"},                   // unknown host

@@ -316,7 +316,7 @@ func (s *Server) decide(id string, to store.AgentState, by, source string) (stor
 // and a log line, each with the reason on the agent's record.
 func (s *Server) nameTaken(a store.Agent, by, source string) {
 	s.metrics.refused.WithLabelValues("name-taken").Inc()
-	if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: a.ID, Host: a.Name, Alarm: true, Level: "error", Kind: "host-name-taken",
+	if _, err := s.storeEvent(store.Event{Time: s.cfg.Now(), Agent: a.ID, Host: a.Name, Alarm: true, Level: "error", Kind: "host-name-taken",
 		Message: fmt.Sprintf("agent %s (hostname %s, enrolled from %s) not approved: %s", a.ID, a.Facts.Hostname, a.EnrolAddr, a.Refusal)}); err != nil {
 		s.log.Error("mmc: storing an alarm", "err", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/ferry-vm/ferry/internal/inventory"
@@ -257,9 +258,30 @@ func (s *Server) revoked(a store.Agent) {
 // alarm stores an MMC event (an alarm if e.Alarm).
 func (s *Server) alarm(e store.Event) {
 	e.Time = s.cfg.Now()
-	if _, err := s.st.AddEvent(e); err != nil {
+	if _, err := s.storeEvent(e); err != nil {
 		s.log.Error("mmc: storing an event", "kind", e.Kind, "err", err)
 	}
+}
+
+// alarmKinds are the alarm kinds counted by name in
+// ferry_mmc_alarms_total; an agent names its own kinds, and any other
+// counts as "other" (a label per agent-chosen string would let one agent
+// grow the metrics without bound).
+var alarmKinds = []string{"vm-stopped", "clock-offset", "facts-changed", "host-name-taken", "protocol-mismatch",
+	inventory.KindUnknown, inventory.KindMisplaced, kindUnmanaged, kindEventsDropped}
+
+// storeEvent stores an event (every event goes through here) and counts
+// a new alarm.
+func (s *Server) storeEvent(e store.Event) (bool, error) {
+	fresh, err := s.st.AddEvent(e)
+	if err == nil && fresh && e.Alarm {
+		kind := "other"
+		if slices.Contains(alarmKinds, e.Kind) {
+			kind = e.Kind
+		}
+		s.metrics.alarms.WithLabelValues(kind).Inc()
+	}
+	return fresh, err
 }
 
 // vmsView lists the inventory's VMs.

@@ -1,6 +1,7 @@
 package mmc
 
 import (
+	"github.com/ferry-vm/ferry/internal/policy"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferry-vm/ferry/internal/replica"
@@ -42,14 +43,20 @@ type metrics struct {
 	migBytes    prometheus.Counter
 	evacStarted prometheus.Counter
 	evacEnded   *prometheus.CounterVec
-	raft        prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
+	// The policy engine: decisions by mode and what came of them, and
+	// the VMs its latest evaluation held back, by why.
+	policyDecisions *prometheus.CounterVec
+	policyHeld      *prometheus.GaugeVec
+	// alarms counts every alarm stored (agents' and the MMC's), by kind.
+	alarms *prometheus.CounterVec
+	raft   prometheus.Collector // the replica node's ferry_raft_* (registerRaft); nil until then
 }
 
 func newMetrics() *metrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_mmc_" + name, Help: help})
 	}
-	return &metrics{
+	m := &metrics{
 		online:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_mmc_agents_online", Help: "Agents with a live session."}),
 		logins:          c("logins_total", "Successful agent logins."),
 		enrolments:      c("enrolment_requests_total", "Enrolment requests recorded."),
@@ -89,8 +96,33 @@ func newMetrics() *metrics {
 		evacStarted: c("evacuations_started_total", "Evacuations planned."),
 		evacEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_evacuations_ended_total",
 			Help: "Evacuations that ended: completed (every VM moved), failed (one or more not), cancelled."}, []string{"outcome"}),
+		policyDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_policy_decisions_total",
+			Help: "Policy engine decisions, by mode (dry-run, auto) and action: recommended (dry-run), planned (a migration started), not-planned (refused)."}, []string{"mode", "action"}),
+		policyHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_mmc_policy_held_vms",
+			Help: "VMs violating their SLA that the latest evaluation did not move, by why: window (not sustained yet), cooldown, cap (max_concurrent), no-room (no host qualifies)."}, []string{"reason"}),
+		alarms: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_alarms_total",
+			Help: "Alarms stored (from agents and from the MMC), by kind."}, []string{"kind"}),
 		links: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_mmc_links_total",
 			Help: "Agent-to-agent links introduced, by outcome: direct (punched), relayed (no direct path; through the relay), failed; and upgraded: relayed links that moved to a direct path."}, []string{"path"}),
+	}
+	m.initLabels()
+	return m
+}
+
+// initLabels makes the labelled series whose values are known exist at
+// zero from the start, so that a dashboard or an alert sees 0, not "no
+// data", before the first event.
+func (m *metrics) initLabels() {
+	for _, mode := range []string{policy.ModeDryRun, policy.ModeAuto} {
+		for _, action := range []string{"recommended", "planned", "not-planned"} {
+			m.policyDecisions.WithLabelValues(mode, action)
+		}
+	}
+	for _, k := range policy.HeldKinds {
+		m.policyHeld.WithLabelValues(k)
+	}
+	for _, k := range alarmKinds {
+		m.alarms.WithLabelValues(k)
 	}
 }
 
@@ -107,6 +139,7 @@ func (s *Server) Collectors() []prometheus.Collector {
 	cs := []prometheus.Collector{m.online, m.logins, m.enrolments, m.reauths, m.reauthFailures, m.tokenFailures,
 		m.throttled, m.factAlarms, m.auditDropped, m.auditSuppressed, m.auditThrottled, m.auditPruned, m.boardPosts, m.boardDropped, m.reports, m.eventsDropped, m.pendingExpired, m.peerWithdrawals, m.ordersFenced, m.forwarded, m.standby, m.refused, m.badMessages, m.vmAlarms, m.links,
 		m.migStarted, m.migEnded, m.migDuration, m.migDowntime, m.migBytes, m.evacStarted, m.evacEnded,
+		m.policyDecisions, m.policyHeld, m.alarms, loadCollector{s},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_mmc_migrations_in_flight", Help: "Migrations not yet at an outcome (as this member's inventory has them)."},
 			func() float64 { s.invMu.Lock(); defer s.invMu.Unlock(); return float64(s.inv.OpenMigrations()) })}
 	if m.raft != nil {

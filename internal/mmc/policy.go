@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferry-vm/ferry/internal/api"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,8 +63,10 @@ type policyLoop struct {
 	mu        sync.Mutex
 	engine    *policy.Engine
 	decisions decisionLog
-	// last is the latest evaluation's outcome, for "why nothing moved".
-	last api.PolicyStatus
+	// last is the latest evaluation's outcome, for "why nothing moved";
+	// heldBy counts its held VMs by why.
+	last   api.PolicyStatus
+	heldBy map[string]int
 }
 
 // newPolicyLoop puts the stored policy (or the default) in force.
@@ -155,12 +159,34 @@ func (l *policyLoop) observe(smp policy.Sample) ([]policy.Decision, policy.Polic
 	defer l.mu.Unlock()
 	ev := l.engine.Evaluate(smp)
 	p := l.engine.Policy()
+	l.heldBy = map[string]int{}
+	for _, h := range ev.Held {
+		l.heldBy[h.Kind]++
+	}
 	st := api.PolicyStatus{EvaluatedAt: smp.At, Mode: p.Mode, Decided: len(ev.Decisions), Held: []api.PolicyHeld{}}
 	for _, h := range ev.Held {
 		st.Held = append(st.Held, api.PolicyHeld{VM: h.VM, Host: h.Host, Reason: h.Reason})
 	}
 	l.last = st
 	return ev.Decisions, p
+}
+
+// heldCounts is how many VMs the latest evaluation held, by why.
+func (l *policyLoop) heldCounts() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.heldBy)
+}
+
+// decisionOutcome is a decision's action as a metric label.
+func decisionOutcome(action string) string {
+	switch {
+	case action == "recommended":
+		return "recommended"
+	case strings.HasPrefix(action, "migration "):
+		return "planned"
+	}
+	return "not-planned"
 }
 
 // status is the latest evaluation's outcome.
@@ -225,6 +251,10 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		now := s.cfg.Now()
 		decisions, pol := s.pol.observe(s.sample(now))
 		mode := pol.Mode
+		held := s.pol.heldCounts()
+		for _, k := range policy.HeldKinds {
+			s.metrics.policyHeld.WithLabelValues(k).Set(float64(held[k]))
+		}
 		for _, d := range decisions {
 			rec := DecisionRecord{Time: now, VM: d.VM, From: d.From, To: d.To, Reason: d.Reason, Mode: mode, Action: "recommended"}
 			if d.Auto {
@@ -235,6 +265,7 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 				}
 			}
 			s.pol.decisions.add(rec)
+			s.metrics.policyDecisions.WithLabelValues(mode, decisionOutcome(rec.Action)).Inc()
 			s.log.Info("policy: decision", "vm", d.VM, "from", d.From, "to", d.To, "mode", mode, "action", rec.Action, "reason", d.Reason)
 			s.audit.add(store.AuditEntry{Actor: "policy", Action: "policy.decision", Target: d.VM, Outcome: "ok",
 				Detail: fmt.Sprintf("%s → %s (%s, %s): %s", d.From, d.To, mode, rec.Action, d.Reason)})

@@ -95,7 +95,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 		why := fmt.Sprintf("the agent speaks control protocol %d, this MMC (%s) %d–%d: upgrade the MMCs first, then the agents",
 			p, s.cfg.Version, message.MinProtocolVersion, message.ProtocolVersion)
 		s.metrics.refused.WithLabelValues("protocol").Inc()
-		_, _ = s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "protocol-mismatch",
+		_, _ = s.storeEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "protocol-mismatch",
 			Message: fmt.Sprintf("login refused: %s (agent release %q)", why, hello.Version)})
 		s.audit.add(store.AuditEntry{Actor: "agent:" + id, Action: "login.protocol", Target: id, Source: src, Outcome: "denied", Detail: why})
 		s.log.Warn("mmc: agent speaks another control protocol; login refused", "agent", id, "protocol", p, "agent_version", hello.Version)
@@ -106,7 +106,7 @@ func (s *Server) serveAgent(ctx context.Context, c *sudp.Conn, id string) {
 	if len(ch.Stable) > 0 {
 		what := strings.Join(ch.Stable, ", ")
 		s.metrics.factAlarms.Inc()
-		_, _ = s.st.AddEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "facts-changed",
+		_, _ = s.storeEvent(store.Event{Time: s.cfg.Now(), Agent: id, Host: a.Name, Alarm: true, Level: "error", Kind: "facts-changed",
 			Message: fmt.Sprintf("host facts changed at login from %s: %s", src, what)})
 		s.log.Warn("mmc: ALARM host facts changed", "agent", id, "changed", what, "from", src)
 		outcome := "denied"
@@ -325,7 +325,7 @@ func (s *Server) agentHandlers(ss *session, ch *challenger, answered func()) mes
 			// MMC refused would only flood again.
 			return message.Send(ctx, c, message.EventAck{Seq: ev.Seq})
 		}
-		if _, err := s.st.AddEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
+		if _, err := s.storeEvent(store.Event{Time: s.cfg.Now(), AgentAt: time.Unix(0, ev.Time), Agent: ss.id, Host: ss.name,
 			AgentSeq: ev.Seq, Alarm: ev.Alarm, Level: ev.Level, Kind: ev.Kind, Message: ev.Message}); err != nil {
 			s.log.Error("mmc: storing an event", "err", err)
 			return nil // not acknowledged: the agent resends it

@@ -170,8 +170,20 @@ type Decision struct {
 // operator asking "why did nothing happen?" gets these.
 type Held struct {
 	VM, Host string
+	Kind     string // HeldWindow, HeldCooldown, HeldCap or HeldNoRoom
 	Reason   string
 }
+
+// Why a violating VM is held back.
+const (
+	HeldWindow   = "window"   // the violation has not lasted the window yet
+	HeldCooldown = "cooldown" // it moved less than the cool-down ago
+	HeldCap      = "cap"      // max_concurrent migrations are in flight or decided
+	HeldNoRoom   = "no-room"  // no host qualifies as its destination
+)
+
+// HeldKinds lists every Held.Kind.
+var HeldKinds = []string{HeldWindow, HeldCooldown, HeldCap, HeldNoRoom}
 
 // Evaluation is what one sample leads to: the decisions, and the
 // violating VMs held back.
@@ -254,8 +266,8 @@ func (e *Engine) Evaluate(s Sample) Evaluation {
 		return Evaluation{}
 	}
 	var held []Held
-	hold := func(v VM, format string, args ...any) {
-		held = append(held, Held{VM: v.ID, Host: v.Host, Reason: fmt.Sprintf(format, args...)})
+	hold := func(v VM, kind, format string, args ...any) {
+		held = append(held, Held{VM: v.ID, Host: v.Host, Kind: kind, Reason: fmt.Sprintf(format, args...)})
 	}
 	hosts := make(map[string]Host, len(s.Hosts))
 	for _, h := range s.Hosts {
@@ -294,11 +306,11 @@ func (e *Engine) Evaluate(s Sample) Evaluation {
 		lasted := s.At.Sub(start)
 		if lasted < time.Duration(e.p.Window) {
 			// Hysteresis: not sustained yet.
-			hold(v, "%s for %v of the %v window", why, lasted.Round(time.Second), time.Duration(e.p.Window))
+			hold(v, HeldWindow, "%s for %v of the %v window", why, lasted.Round(time.Second), time.Duration(e.p.Window))
 			continue
 		}
 		if last, ok := e.lastMove[v.ID]; ok && s.At.Sub(last) < time.Duration(e.p.Cooldown) {
-			hold(v, "%s, but in cool-down until %s (its last migration started %v ago; cool-down %v)", why,
+			hold(v, HeldCooldown, "%s, but in cool-down until %s (its last migration started %v ago; cool-down %v)", why,
 				last.Add(time.Duration(e.p.Cooldown)).UTC().Format(time.TimeOnly), s.At.Sub(last).Round(time.Second), time.Duration(e.p.Cooldown))
 			continue
 		}
@@ -316,12 +328,12 @@ func (e *Engine) Evaluate(s Sample) Evaluation {
 	planned := map[string]Host{} // destination load including this round's decisions
 	for _, c := range cands {
 		if len(out) >= free {
-			hold(c.v, "%s for %v, but %d migrations are in flight or decided (max_concurrent %d)", c.reason, c.for_.Round(time.Second), len(e.inFlight)+len(out), e.p.MaxConcurrent)
+			hold(c.v, HeldCap, "%s for %v, but %d migrations are in flight or decided (max_concurrent %d)", c.reason, c.for_.Round(time.Second), len(e.inFlight)+len(out), e.p.MaxConcurrent)
 			continue
 		}
 		to, ok, why := e.destination(c.v, hosts, s.VMs, planned)
 		if !ok {
-			hold(c.v, "%s for %v, but no host has room: %s", c.reason, c.for_.Round(time.Second), why)
+			hold(c.v, HeldNoRoom, "%s for %v, but no host has room: %s", c.reason, c.for_.Round(time.Second), why)
 			continue
 		}
 		out = append(out, Decision{VM: c.v.ID, From: c.v.Host, To: to.ID, Auto: e.p.Mode == ModeAuto,

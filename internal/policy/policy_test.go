@@ -209,29 +209,30 @@ func TestHeldReasons(t *testing.T) {
 		mut   func(*Policy)
 		s     Sample
 		prep  func(*Engine)
+		kind  string
 		want  []string // substrings of the one held reason
 		moved int
 	}{
 		{
-			name: "window not over",
+			name: "window not over", kind: HeldWindow,
 			s:    Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.1, 0.1)}, VMs: []VM{hot("v", "a1")}},
 			want: []string{"CPU 95% above 90%", "for 0s of the 30s window"},
 		},
 		{
-			name: "cool-down",
+			name: "cool-down", kind: HeldCooldown,
 			mut:  func(p *Policy) { p.Cooldown = Duration(5 * time.Minute) },
 			s:    Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.1, 0.1)}, VMs: []VM{hot("v", "a1")}},
 			prep: func(e *Engine) { e.Started("v", t0); e.Finished("v") },
 			want: []string{"cool-down until", "cool-down 5m0s"},
 		},
 		{
-			name: "no room",
+			name: "no room", kind: HeldNoRoom,
 			s: Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.85, 0.1), {ID: "c1", Site: "C"}},
 				VMs: []VM{hot("v", "a1")}},
 			want: []string{"no host has room", "b1 would reach CPU 109%", "c1 offline"},
 		},
 		{
-			name:  "cap",
+			name: "cap", kind: HeldCap,
 			mut:   func(p *Policy) { p.MaxConcurrent = 1 },
 			s:     Sample{Hosts: []Host{host("a1", "A", 0.9, 0.5), host("b1", "B", 0.0, 0.0), host("b2", "B", 0.0, 0.0)}, VMs: []VM{hot("v", "a1"), hot("w", "a1")}},
 			want:  []string{"1 migrations are in flight or decided (max_concurrent 1)"},
@@ -252,8 +253,8 @@ func TestHeldReasons(t *testing.T) {
 				tc.s.At = t0.Add(30 * time.Second)
 				ev = e.Evaluate(tc.s)
 			}
-			if len(ev.Decisions) != tc.moved || len(ev.Held) != 1 {
-				t.Fatalf("decisions %+v, held %+v", ev.Decisions, ev.Held)
+			if len(ev.Decisions) != tc.moved || len(ev.Held) != 1 || ev.Held[0].Kind != tc.kind {
+				t.Fatalf("decisions %+v, held %+v (want kind %s)", ev.Decisions, ev.Held, tc.kind)
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(ev.Held[0].Reason, w) {

@@ -100,7 +100,9 @@ type Endpoint struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed chan struct{}
-	once   sync.Once
+	// closing is set (under mu) when Close begins: Dial refuses from then.
+	closing bool
+	once    sync.Once
 
 	batches sync.Pool // *socket.Batch send buffers shared by the connections
 
@@ -181,7 +183,7 @@ func (e *Endpoint) DialWith(ctx context.Context, addr string, remoteStatic, psk 
 		return nil, err
 	}
 	e.mu.Lock()
-	if e.ctx.Err() != nil {
+	if e.closing || e.ctx.Err() != nil {
 		e.mu.Unlock()
 		return nil, ErrEndpointClosed
 	}
@@ -249,6 +251,11 @@ func (e *Endpoint) Accept(ctx context.Context) (*Conn, error) {
 func (e *Endpoint) Close() error {
 	e.once.Do(func() {
 		e.mu.Lock()
+		// No dial starts a connection from here on: one that did before
+		// is in the snapshot below, and its wg.Add happened before the
+		// Wait at the end (a dial racing Close used to add to the group
+		// while Close waited on it — the race detector caught it).
+		e.closing = true
 		conns := make([]*Conn, 0, len(e.conns))
 		for _, c := range e.conns {
 			conns = append(conns, c)

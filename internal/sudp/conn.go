@@ -166,7 +166,9 @@ func (c *Conn) waitEstablished(ctx context.Context) error {
 func (c *Conn) run() {
 	defer c.ep.wg.Done()
 	defer close(c.exited)
-	maxSize := core.DefaultConfig().MaxDatagramSize
+	// Buffers for the largest datagram any path takes (the core sizes
+	// each one for its path).
+	maxSize := core.MaxDatagramSizeIPv4
 	if c.ep.cfg.Conn.MaxDatagramSize > 0 {
 		maxSize = max(c.ep.cfg.Conn.MaxDatagramSize, 256) // as core clamps it
 	}

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"net/netip"
 	"time"
 )
 
@@ -30,7 +31,10 @@ const (
 // DefaultConfig's values.
 type Config struct {
 	// MaxDatagramSize is the largest UDP payload sent (header and tag
-	// included). 1452 fits an IPv6 path with a 1500-byte MTU.
+	// included). 0 (the default): what a 1500-byte MTU carries on the
+	// path's address family — MaxDatagramSizeIPv4 on IPv4,
+	// MaxDatagramSizeIPv6 on IPv6 (DefaultConfig's value). A set value is
+	// still capped at the family's on IPv6.
 	MaxDatagramSize int
 	// StreamWindow and ConnWindow bound what a peer may send ahead of the
 	// application's reads (receiver memory); they should exceed the path's
@@ -121,6 +125,22 @@ func DefaultConfig() Config {
 		KeyUpdateInterval:   2 * time.Minute,
 		RehandshakeInterval: 2 * time.Minute,
 	}
+}
+
+// The largest UDP payloads a 1500-byte MTU carries: 1500 less the IP
+// header (20 bytes for IPv4, 40 for IPv6) and UDP's 8. Every byte is
+// goodput in bulk flow: IPv4's 20 more are 1.4 % of a packet.
+const (
+	MaxDatagramSizeIPv4 = 1472
+	MaxDatagramSizeIPv6 = 1452
+)
+
+// maxDatagramFor is the largest datagram a 1500-byte MTU carries to addr.
+func maxDatagramFor(addr netip.AddrPort) int {
+	if addr.Addr().Unmap().Is4() {
+		return MaxDatagramSizeIPv4
+	}
+	return MaxDatagramSizeIPv6
 }
 
 func (c Config) withDefaults() Config {

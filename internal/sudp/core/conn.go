@@ -281,6 +281,9 @@ type ConnStats struct {
 }
 
 func newConn(cfg Config, rnd io.Reader, now time.Time, client bool, localCID uint64, addr netip.AddrPort) *Conn {
+	if cfg.MaxDatagramSize == 0 {
+		cfg.MaxDatagramSize = maxDatagramFor(addr)
+	}
 	cfg = cfg.withDefaults()
 	c := &Conn{
 		cfg:            cfg,

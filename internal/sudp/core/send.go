@@ -84,7 +84,9 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		return n, to, ok
 	}
 	dst := c.path.addr
-	budget := min(c.cfg.MaxDatagramSize, len(buf), c.path.budget())
+	// The path's family caps it too: a connection that moved to an IPv6
+	// path sends what IPv6 carries.
+	budget := min(c.cfg.MaxDatagramSize, len(buf), c.path.budget(), maxDatagramFor(c.path.addr))
 	if budget < wire.DataOverhead+64 {
 		return 0, to, false
 	}

@@ -128,8 +128,9 @@ func DefaultConfig() Config {
 }
 
 // The largest UDP payloads a 1500-byte MTU carries: 1500 less the IP
-// header (20 bytes for IPv4, 40 for IPv6) and UDP's 8. Every byte is
-// goodput in bulk flow: IPv4's 20 more are 1.4 % of a packet.
+// header (20 bytes for IPv4, 40 for IPv6) and UDP's 8. On IPv4 that is
+// 1.4 % fewer packets for the same bytes (the fixed per-packet overhead
+// barely changes goodput: docs/BENCHMARKS.md §4.2.1).
 const (
 	MaxDatagramSizeIPv4 = 1472
 	MaxDatagramSizeIPv6 = 1452

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -16,13 +17,17 @@ func equalToken(got string, want []byte) bool {
 	return subtle.ConstantTimeCompare([]byte(got), want) == 1
 }
 
+// liveMigrations is how many of the newest migrations the live view
+// carries.
+const liveMigrations = 50
+
 // stateParts are the API reads one state message gathers: what the
 // console's views show live.
 var stateParts = []struct{ name, path string }{
 	{"agents", "/v1/agents"},
 	{"hosts", "/v1/hosts"},
 	{"vms", "/v1/vms"},
-	{"migrations", "/v1/migrations"},
+	{"migrations", "/v1/migrations?limit=" + strconv.Itoa(liveMigrations)},
 	{"alarms", "/v1/alarms?order=newest&limit=100"},
 	{"decisions", "/v1/policy/decisions"},
 	{"policy", "/v1/policy/status"},

@@ -723,6 +723,16 @@ func (s *Server) handleMigrations(w http.ResponseWriter, r *http.Request) {
 		writeInternal(w, err)
 		return
 	}
+	// ?limit=N: the newest N only (the console's live view asks every
+	// second; months of records need not cross the wire each time).
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n <= 0 {
+			writeErr(w, http.StatusBadRequest, "limit must be a positive integer")
+			return
+		}
+		ms = ms[max(0, len(ms)-n):]
+	}
 	out := make([]api.Migration, 0, len(ms))
 	for _, m := range ms {
 		out = append(out, s.apiMigration(m))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/api"
 	"github.com/ferry-vm/ferry/internal/identity"
+	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/store"
 )
 
@@ -141,5 +142,38 @@ func TestAdminAPIBadInput(t *testing.T) {
 	stored, _ := s.st.Tokens()
 	if len(stored) != 1 || bytes.Contains([]byte(tk.Token), stored[0].Hash[:]) {
 		t.Fatal("token not stored as a hash")
+	}
+}
+
+// GET /v1/migrations?limit=N lists the newest N; a bad limit is refused.
+func TestMigrationsLimit(t *testing.T) {
+	s, hs := newTestServer(t)
+	for _, vm := range []string{"a", "b", "c"} {
+		if _, err := s.st.CreateMigration(migration.Record{VM: vm, From: "h1", To: "h2", State: migration.Completed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(q string) (*http.Response, []api.Migration) {
+		req, _ := http.NewRequest("GET", hs.URL+"/v1/migrations"+q, nil)
+		req.Header.Set("Authorization", "Bearer "+s.AdminToken())
+		res, err := hs.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var ms []api.Migration
+		_ = json.NewDecoder(res.Body).Decode(&ms)
+		return res, ms
+	}
+	if res, ms := get("?limit=2"); res.StatusCode != 200 || len(ms) != 2 || ms[0].VM != "b" || ms[1].VM != "c" {
+		t.Fatalf("limit=2: %d %+v", res.StatusCode, ms)
+	}
+	if _, ms := get(""); len(ms) != 3 {
+		t.Fatalf("no limit: %d records", len(ms))
+	}
+	for _, bad := range []string{"?limit=0", "?limit=-1", "?limit=x"} {
+		if res, _ := get(bad); res.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %d", bad, res.StatusCode)
+		}
 	}
 }

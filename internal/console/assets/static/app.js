@@ -33,6 +33,15 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
+// refill rebuilds a table's rows only when what they show changed: rows
+// rebuilt every second would swallow a click that lands mid-rebuild.
+function refill(tbody, data, build) {
+  const key = JSON.stringify(data);
+  if (tbody.dataset.key === key) return;
+  tbody.dataset.key = key;
+  fill(tbody, build());
+}
+
 const pct = (x) => (100 * (x || 0)).toFixed(0) + " %";
 const mbit = (bytesPerSec) => ((8 * (bytesPerSec || 0)) / 1e6).toFixed(1) + " Mbit/s";
 const mib = (bytes) => ((bytes || 0) / 1048576).toFixed(1) + " MiB";
@@ -87,7 +96,7 @@ function show(view) {
 function renderPending() {
   const pending = (state.agents || []).filter((a) => a.state === "pending");
   $("pending-none").hidden = pending.length > 0;
-  fill($("pending").tBodies[0], pending.map((a) => el("tr", { "data-agent": a.id },
+  refill($("pending").tBodies[0], pending, () => pending.map((a) => el("tr", { "data-agent": a.id },
     el("td", {}, a.id), el("td", {}, a.hostname), el("td", {}, a.site), el("td", {}, a.enrol_addr),
     el("td", {}, when(a.enrolled_at)),
     el("td", {},
@@ -160,7 +169,8 @@ function sample(m) {
 function renderMigrations() {
   const ms = (state.migrations || []).slice().sort((a, b) => Date.parse(b.created) - Date.parse(a.created)).slice(0, 50);
   for (const m of ms) sample(m);
-  fill($("migrations").tBodies[0], ms.map((m) => {
+  const shown = ms.map((m) => [m.id, m.vm, m.from, m.to, m.state, m.live ? m.live.progress : m.progress, m.path, m.live ? m.live.rate : 0, m.by]);
+  refill($("migrations").tBodies[0], [selected, shown], () => ms.map((m) => {
     const prog = el("progress", { max: "1", value: String(m.live ? m.live.progress : m.state === "completed" ? 1 : m.progress || 0) });
     const row = el("tr", { "data-migration": m.id, "data-state": m.state, class: m.id === selected ? "selected" : "" },
       el("td", {}, el("a", { href: "#", on: { click: (e) => { e.preventDefault(); selected = m.id; renderDetail(); renderMigrations(); } } }, m.id)),
@@ -247,13 +257,13 @@ function renderPolicyStatus() {
   else text = "Held back at " + when(st.evaluated_at) + " (mode " + st.mode + "):";
   $("policy-summary").textContent = text;
   $("held").hidden = !held.length;
-  fill($("held").tBodies[0], held.map((h) => el("tr", { "data-held": h.vm }, el("td", {}, h.vm), el("td", {}, h.host), el("td", {}, h.reason))));
+  refill($("held").tBodies[0], held, () => held.map((h) => el("tr", { "data-held": h.vm }, el("td", {}, h.vm), el("td", {}, h.host), el("td", {}, h.reason))));
 }
 
 function renderDecisions() {
   renderPolicyStatus();
   const ds = (state.decisions || []).slice().reverse();
-  fill($("decisions").tBodies[0], ds.map((d) => el("tr", {},
+  refill($("decisions").tBodies[0], ds, () => ds.map((d) => el("tr", {},
     el("td", {}, when(d.time)), el("td", {}, d.vm), el("td", {}, d.from + " → " + (d.to || "—")),
     el("td", {}, d.mode), el("td", {}, d.action), el("td", {}, d.reason))));
 }
@@ -262,7 +272,7 @@ function renderAlarms() {
   const as = state.alarms || [];
   const open = as.filter((a) => !a.acked_at).length;
   $("alarm-count").textContent = open ? "(" + open + ")" : "";
-  fill($("alarms").tBodies[0], as.map((a) => el("tr", { "data-alarm": a.seq, class: a.acked_at ? "acked" : "open" },
+  refill($("alarms").tBodies[0], as, () => as.map((a) => el("tr", { "data-alarm": a.seq, class: a.acked_at ? "acked" : "open" },
     el("td", {}, a.seq), el("td", {}, when(a.time)), el("td", {}, a.host), el("td", {}, a.kind), el("td", {}, a.message),
     el("td", {}, a.acked_at ? "acknowledged by " + a.acked_by :
       el("button", { class: "ack", on: { click: () => act("acknowledge alarm " + a.seq, () => api("POST", "alarms/" + a.seq + "/ack", {})) } }, "Acknowledge")))));

@@ -26,6 +26,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -53,8 +55,6 @@ type Config struct {
 	Token []byte
 	// Secure marks the cookie Secure (the admin listener is TLS).
 	Secure bool
-	// Allow throttles login attempts per source (nil: no throttle).
-	Allow func(netip.Addr) bool
 	// Audit records logins, logouts and refusals.
 	Audit  func(action, outcome, source, detail string)
 	Now    func() time.Time
@@ -67,6 +67,7 @@ type Config struct {
 type Console struct {
 	cfg      Config
 	sessions *sessions
+	failed   *failures
 	pages    *template.Template
 	static   fs.FS
 }
@@ -96,6 +97,7 @@ func New(cfg Config) *Console {
 	return &Console{
 		cfg:      cfg,
 		sessions: newSessions(),
+		failed:   newFailures(),
 		pages:    template.Must(template.ParseFS(assets, "assets/*.html")),
 		static:   static,
 	}
@@ -113,7 +115,28 @@ func (c *Console) Handler() http.Handler {
 	mux.HandleFunc("POST /ui/logout", c.withSession(true, c.handleLogout))
 	mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServerFS(c.static)))
 	mux.HandleFunc("GET /ui/events", c.withSession(false, c.handleEvents))
-	mux.HandleFunc("/ui/api/{rest...}", c.withSession(true, c.handleAPI))
+	// The API calls the page makes, and only those: a stolen cookie (or
+	// a script that got in) cannot mint join tokens, remove members or
+	// take a snapshot through the console. Reads the live view needs go
+	// in process (stream.go), not through here.
+	api := func(pattern string, target func(*http.Request) (string, bool)) {
+		mux.HandleFunc(pattern, c.withSession(true, func(w http.ResponseWriter, r *http.Request, _ string, _ *session) {
+			path, ok := target(r)
+			if !ok {
+				writeJSONError(w, http.StatusNotFound, "not available from the console")
+				return
+			}
+			c.forward(w, r, path)
+		}))
+	}
+	api("GET /ui/api/audit", fixed("/v1/audit"))
+	api("POST /ui/api/migrations", fixed("/v1/migrations"))
+	api("POST /ui/api/agents/{id}/{action}", named("/v1/agents/", "id", "approve", "reject"))
+	api("POST /ui/api/migrations/{id}/{action}", named("/v1/migrations/", "id", "cancel", "bandwidth"))
+	api("POST /ui/api/alarms/{id}/{action}", named("/v1/alarms/", "id", "ack"))
+	mux.HandleFunc("/ui/api/", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSONError(w, http.StatusNotFound, "not available from the console")
+	})
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "no such page", http.StatusNotFound)
 	})
@@ -202,14 +225,17 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusForbidden, "login.html", map[string]string{"Error": "This login came from another site's page."})
 		return
 	}
-	if ip, err := netip.ParseAddr(src); err == nil && c.cfg.Allow != nil && !c.cfg.Allow(ip) {
-		c.cfg.Audit("console.login", "throttled", src, "")
-		c.render(w, http.StatusTooManyRequests, "login.html", map[string]string{"Error": "Too many attempts from this address; wait a minute."})
+	ip, _ := netip.ParseAddr(src)
+	now := c.cfg.Now()
+	if c.failed.blocked(ip, now) {
+		c.cfg.Audit("console.login", "denied", src, "throttled: too many failed logins from this address")
+		c.render(w, http.StatusTooManyRequests, "login.html", map[string]string{"Error": "Too many failed attempts from this address; wait a minute."})
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
 	if tok == "" || !equalToken(tok, c.cfg.Token) {
+		c.failed.fail(ip, now)
 		c.cfg.Audit("console.login", "denied", src, "wrong admin token")
 		c.render(w, http.StatusUnauthorized, "login.html", map[string]string{"Error": "Wrong admin token (it is in the MMC's DATA_DIR/admin.token)."})
 		return
@@ -229,11 +255,32 @@ func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request, cookie st
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// handleAPI forwards /ui/api/X to the admin API's /v1/X with the admin
-// token; the browser's cookie does not go further.
-func (c *Console) handleAPI(w http.ResponseWriter, r *http.Request, _ string, _ *session) {
+// segment is what an id in a console URL may be: the MMC's agent ids,
+// migration ids and alarm numbers all are; no "/", no "." or ".."
+// segment, so the forwarded path is exactly the one named.
+var segment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+func fixed(path string) func(*http.Request) (string, bool) {
+	return func(*http.Request) (string, bool) { return path, true }
+}
+
+// named is prefix + id + "/" + action, for an id that is one plain
+// segment and one of the actions allowed.
+func named(prefix, idName string, actions ...string) func(*http.Request) (string, bool) {
+	return func(r *http.Request) (string, bool) {
+		id, action := r.PathValue(idName), r.PathValue("action")
+		if !segment.MatchString(id) || !slices.Contains(actions, action) {
+			return "", false
+		}
+		return prefix + id + "/" + action, true
+	}
+}
+
+// forward passes r to the admin API at path with the admin token; the
+// browser's cookie and CSRF token go no further.
+func (c *Console) forward(w http.ResponseWriter, r *http.Request, path string) {
 	r2 := r.Clone(r.Context())
-	r2.URL.Path = "/v1/" + r.PathValue("rest")
+	r2.URL.Path = path
 	r2.URL.RawPath = ""
 	r2.RequestURI = ""
 	r2.Header.Del("Cookie")

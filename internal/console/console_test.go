@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -69,13 +68,11 @@ type harness struct {
 	audit  []string
 	amu    sync.Mutex
 	client *http.Client
-	allow  bool
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, api: &fakeAPI{}, clock: &clock{now: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)}, allow: true}
+	h := &harness{t: t, api: &fakeAPI{}, clock: &clock{now: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)}}
 	c := New(Config{API: h.api, Token: []byte(testToken), Now: h.clock.Now, Tick: 20 * time.Millisecond,
-		Allow: func(netip.Addr) bool { return h.allow },
 		Audit: func(action, outcome, source, detail string) {
 			h.amu.Lock()
 			h.audit = append(h.audit, action+" "+outcome+" "+detail)
@@ -142,7 +139,7 @@ func (h *harness) csrf() string {
 // and SameSite=Strict; every response carries the CSP.
 func TestConsoleAuth(t *testing.T) {
 	h := newHarness(t)
-	for path, want := range map[string]int{"/ui/": http.StatusSeeOther, "/ui/api/agents": http.StatusUnauthorized, "/ui/events": http.StatusUnauthorized} {
+	for path, want := range map[string]int{"/ui/": http.StatusSeeOther, "/ui/api/audit": http.StatusUnauthorized, "/ui/events": http.StatusUnauthorized} {
 		res := h.do("GET", path, nil)
 		if res.StatusCode != want {
 			t.Errorf("GET %s without a session: %d, want %d", path, res.StatusCode, want)
@@ -157,11 +154,15 @@ func TestConsoleAuth(t *testing.T) {
 	if res := h.login("wrong"); res.StatusCode != http.StatusUnauthorized || len(res.Cookies()) != 0 {
 		t.Fatalf("wrong token: %d, cookies %v", res.StatusCode, res.Cookies())
 	}
-	h.allow = false
-	if res := h.login(testToken); res.StatusCode != http.StatusTooManyRequests || len(res.Cookies()) != 0 {
-		t.Fatalf("throttled login: %d, cookies %v", res.StatusCode, res.Cookies())
+	// LoginFailures wrong tokens in a window: then even the right one is
+	// refused until the window ends.
+	for range LoginFailures - 1 {
+		h.login("wrong")
 	}
-	h.allow = true
+	if res := h.login(testToken); res.StatusCode != http.StatusTooManyRequests || len(res.Cookies()) != 0 {
+		t.Fatalf("login after %d failures: %d, cookies %v", LoginFailures, res.StatusCode, res.Cookies())
+	}
+	h.clock.add(LoginWindow)
 	res := h.login(testToken)
 	if res.StatusCode != http.StatusSeeOther || len(res.Cookies()) != 1 {
 		t.Fatalf("login: %d, cookies %v", res.StatusCode, res.Cookies())
@@ -170,11 +171,11 @@ func TestConsoleAuth(t *testing.T) {
 	if ck.Name != CookieName || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Value == testToken || len(ck.Value) < 40 {
 		t.Fatalf("session cookie %+v", ck)
 	}
-	if res := h.do("GET", "/ui/api/agents", nil); res.StatusCode != http.StatusOK {
+	if res := h.do("GET", "/ui/api/audit?order=newest", nil); res.StatusCode != http.StatusOK {
 		t.Fatalf("GET through the console: %d", res.StatusCode)
 	}
 	got := h.api.last()
-	if got.URL.Path != "/v1/agents" || got.Header.Get("Cookie") != "" {
+	if got.URL.Path != "/v1/audit" || got.URL.RawQuery != "order=newest" || got.Header.Get("Cookie") != "" {
 		t.Fatalf("the API got %s with cookie %q", got.URL.Path, got.Header.Get("Cookie"))
 	}
 }
@@ -235,11 +236,11 @@ func TestConsoleSessionLifetime(t *testing.T) {
 	h := newHarness(t)
 	h.login(testToken)
 	h.clock.add(IdleTimeout - time.Minute)
-	if res := h.do("GET", "/ui/api/agents", nil); res.StatusCode != http.StatusOK {
+	if res := h.do("GET", "/ui/api/audit", nil); res.StatusCode != http.StatusOK {
 		t.Fatalf("active session: %d", res.StatusCode)
 	}
 	h.clock.add(IdleTimeout + time.Second)
-	if res := h.do("GET", "/ui/api/agents", nil); res.StatusCode != http.StatusUnauthorized {
+	if res := h.do("GET", "/ui/api/audit", nil); res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("idle session: %d", res.StatusCode)
 	}
 	h.login(testToken)
@@ -247,7 +248,7 @@ func TestConsoleSessionLifetime(t *testing.T) {
 	if res := h.do("POST", "/ui/logout", map[string]string{CSRFHeader: tok}); res.StatusCode != http.StatusNoContent {
 		t.Fatalf("logout: %d", res.StatusCode)
 	}
-	if res := h.do("GET", "/ui/api/agents", nil); res.StatusCode != http.StatusUnauthorized {
+	if res := h.do("GET", "/ui/api/audit", nil); res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("after logout: %d", res.StatusCode)
 	}
 
@@ -305,6 +306,44 @@ func TestConsoleEvents(t *testing.T) {
 		}
 		if l == "event: logout\n" {
 			break
+		}
+	}
+}
+
+// Only the calls the page makes pass: no join tokens, member removal,
+// snapshots or policy changes through a session; an id is one plain
+// segment, so an encoded "/" or ".." cannot reach another object.
+func TestConsoleAllowlist(t *testing.T) {
+	h := newHarness(t)
+	h.login(testToken)
+	tok := h.csrf()
+	hdr := map[string]string{CSRFHeader: tok}
+	n := len(h.api.reqs)
+	for _, path := range []string{
+		"/ui/api/cluster/join-tokens", "/ui/api/tokens", "/ui/api/policy",
+		"/ui/api/agents/x/revoke", "/ui/api/agents/x%2F..%2F..%2Fvictim/reject",
+		"/ui/api/migrations/m1/delete", "/ui/api/alarms/1%2F..%2F2/ack",
+	} {
+		if res := h.do("POST", path, hdr); res.StatusCode != http.StatusNotFound {
+			t.Errorf("POST %s: %d, want 404", path, res.StatusCode)
+		}
+	}
+	for _, path := range []string{"/ui/api/cluster/snapshot", "/ui/api/agents", "/ui/api/..%2Fmetrics"} {
+		if res := h.do("GET", path, nil); res.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", path, res.StatusCode)
+		}
+	}
+	if len(h.api.reqs) != n {
+		t.Fatalf("%d refused calls reached the API", len(h.api.reqs)-n)
+	}
+	for path, want := range map[string]string{
+		"/ui/api/agents/3f2a9c1b7d4e5f60/approve": "/v1/agents/3f2a9c1b7d4e5f60/approve",
+		"/ui/api/migrations/m12/bandwidth":        "/v1/migrations/m12/bandwidth",
+		"/ui/api/alarms/42/ack":                   "/v1/alarms/42/ack",
+		"/ui/api/migrations":                      "/v1/migrations",
+	} {
+		if res := h.do("POST", path, hdr); res.StatusCode != http.StatusOK || h.api.last().URL.Path != want {
+			t.Errorf("POST %s: %d, forwarded to %s (want %s)", path, res.StatusCode, h.api.last().URL.Path, want)
 		}
 	}
 }

@@ -85,8 +85,13 @@ func (c *Console) state(ctx context.Context) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if status != http.StatusOK {
+		switch {
+		case status != http.StatusOK:
 			errs[p.name] = string(bytes.TrimSpace(body))
+			continue
+		case !json.Valid(body):
+			// One part that cannot be read must not end the stream.
+			errs[p.name] = "the API sent no valid JSON"
 			continue
 		}
 		out[p.name] = body

@@ -52,6 +52,12 @@ var decMode, _ = cbor.DecOptions{
 	MaxArrayElements:  1024,
 	MaxMapPairs:       256,
 	ExtraReturnErrors: cbor.ExtraDecErrorNone, // unknown fields are skipped: newer peers may add some
+	// No honest peer sends a NaN or an infinity (every rate and share it
+	// reports is measured and finite); one that did would poison the
+	// MMC's views — JSON has no NaN, so an API listing holding one fails
+	// to encode — and comparisons in the policy engine.
+	NaN: cbor.NaNDecodeForbidden,
+	Inf: cbor.InfDecodeForbidden,
 }.DecMode()
 
 // Marshal encodes body as a message of its type.

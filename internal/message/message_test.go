@@ -3,6 +3,7 @@ package message
 import (
 	"bytes"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -211,5 +212,31 @@ func TestTimePrecision(t *testing.T) {
 	}
 	if got := r.Mig.Status.PausedAt; !got.Equal(at) {
 		t.Fatalf("paused_at %v after the wire, want %v", got, at)
+	}
+}
+
+// A report holding a NaN or an infinity is refused at decoding: no honest
+// agent measures one, and the MMC's JSON views cannot hold one.
+func TestRejectsNonFinite(t *testing.T) {
+	for _, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+		b, err := Marshal(Report{Time: 1, Host: HostStats{CPU: v}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := Unmarshal(b)
+		if err == nil {
+			_, err = Decode[Report](e)
+		}
+		if err == nil {
+			t.Errorf("a report with CPU %v was accepted", v)
+		}
+	}
+	b, _ := Marshal(Report{Time: 1, Host: HostStats{CPU: 0.5}})
+	e, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Decode[Report](e); err != nil || r.Host.CPU != 0.5 {
+		t.Fatalf("a finite report: %+v %v", r, err)
 	}
 }

@@ -1,5 +1,7 @@
 package migration
 
+import "math"
+
 // Live is a transfer's progress as the source's hypervisor reports it
 // (not persisted; the API shows it beside the record).
 type Live struct {
@@ -27,7 +29,11 @@ func liveOf(r *Report, prev *Live) *Live {
 		l.Progress = min(0.99, 1-float64(st.Remaining)/float64(st.Total))
 	}
 	if st.Rate > 0 {
-		l.ETASeconds = float64(st.Remaining) / st.Rate
+		// A rate near zero would make it infinite: JSON has no infinity
+		// (an API listing holding one fails to encode).
+		if eta := float64(st.Remaining) / st.Rate; !math.IsInf(eta, 0) {
+			l.ETASeconds = eta
+		}
 	}
 	if prev != nil && prev.Progress > l.Progress {
 		l.Progress = prev.Progress

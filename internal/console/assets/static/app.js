@@ -169,17 +169,27 @@ function sample(m) {
 function renderMigrations() {
   const ms = (state.migrations || []).slice().sort((a, b) => Date.parse(b.created) - Date.parse(a.created)).slice(0, 50);
   for (const m of ms) sample(m);
-  const shown = ms.map((m) => [m.id, m.vm, m.from, m.to, m.state, m.live ? m.live.progress : m.progress, m.path, m.live ? m.live.rate : 0, m.by]);
-  refill($("migrations").tBodies[0], [selected, shown], () => ms.map((m) => {
-    const prog = el("progress", { max: "1", value: String(m.live ? m.live.progress : m.state === "completed" ? 1 : m.progress || 0) });
+  const progress = (m) => (m.live ? m.live.progress : m.state === "completed" ? 1 : m.progress || 0);
+  // The rows are rebuilt when the set of migrations or a state changes;
+  // progress and rate, which change every second while one copies, are
+  // updated in place (a row rebuilt under the pointer loses the click).
+  const shown = ms.map((m) => [m.id, m.vm, m.from, m.to, m.state, m.path, m.by]);
+  const tbody = $("migrations").tBodies[0];
+  refill(tbody, [selected, shown], () => ms.map((m) => {
     const row = el("tr", { "data-migration": m.id, "data-state": m.state, class: m.id === selected ? "selected" : "" },
       el("td", {}, el("a", { href: "#", on: { click: (e) => { e.preventDefault(); selected = m.id; renderDetail(); renderMigrations(); } } }, m.id)),
       el("td", {}, m.vm), el("td", {}, m.from + " → " + m.to), el("td", { class: "state" }, m.state),
-      el("td", {}, prog), el("td", {}, m.path || ""), el("td", {}, m.live ? mbit(m.live.rate) : ""),
+      el("td", {}, el("progress", { max: "1" })), el("td", { class: "path" }, m.path || ""), el("td", { class: "rate" }, ""),
       el("td", {}, m.by),
       el("td", {}, ended(m.state) ? "" : el("button", { class: "cancel", on: { click: () => act("cancel " + m.id, () => api("POST", "migrations/" + encodeURIComponent(m.id) + "/cancel", {})) } }, "Cancel")));
     return row;
   }));
+  for (const m of ms) {
+    const row = tbody.querySelector('tr[data-migration="' + CSS.escape(m.id) + '"]');
+    if (!row) continue;
+    row.querySelector("progress").value = progress(m);
+    row.querySelector("td.rate").textContent = m.live ? mbit(m.live.rate) : "";
+  }
   renderDetail();
 }
 

@@ -394,8 +394,10 @@ type PolicyStatus struct {
 
 // PolicyHeld is one VM held back.
 type PolicyHeld struct {
-	VM     string `json:"vm"`
-	Host   string `json:"host"`
+	VM   string `json:"vm"`
+	Host string `json:"host"`
+	// Kind is why, as a word: window, cooldown, cap or no-room.
+	Kind   string `json:"kind"`
 	Reason string `json:"reason"`
 }
 

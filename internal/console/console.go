@@ -18,7 +18,9 @@ package console
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"embed"
+	"encoding/json"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -234,7 +236,7 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
-	if tok == "" || !equalToken(tok, c.cfg.Token) {
+	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), c.cfg.Token) != 1 {
 		c.failed.fail(ip, now)
 		c.cfg.Audit("console.login", "denied", src, "wrong admin token")
 		c.render(w, http.StatusUnauthorized, "login.html", map[string]string{"Error": "Wrong admin token (it is in the MMC's DATA_DIR/admin.token)."})
@@ -304,7 +306,7 @@ func (c *Console) render(w http.ResponseWriter, status int, name string, data an
 func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b, _ := jsonMarshal(map[string]string{"error": msg})
+	b, _ := json.Marshal(map[string]string{"error": msg})
 	_, _ = w.Write(append(b, '\n'))
 }
 

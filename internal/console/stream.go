@@ -3,19 +3,12 @@ package console
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 )
-
-var jsonMarshal = json.Marshal
-
-func equalToken(got string, want []byte) bool {
-	return subtle.ConstantTimeCompare([]byte(got), want) == 1
-}
 
 // liveMigrations is how many of the newest migrations the live view
 // carries.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferry-vm/ferry/internal/api"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -63,10 +62,8 @@ type policyLoop struct {
 	mu        sync.Mutex
 	engine    *policy.Engine
 	decisions decisionLog
-	// last is the latest evaluation's outcome, for "why nothing moved";
-	// heldBy counts its held VMs by why.
-	last   api.PolicyStatus
-	heldBy map[string]int
+	// last is the latest evaluation's outcome, for "why nothing moved".
+	last api.PolicyStatus
 }
 
 // newPolicyLoop puts the stored policy (or the default) in force.
@@ -159,23 +156,12 @@ func (l *policyLoop) observe(smp policy.Sample) ([]policy.Decision, policy.Polic
 	defer l.mu.Unlock()
 	ev := l.engine.Evaluate(smp)
 	p := l.engine.Policy()
-	l.heldBy = map[string]int{}
-	for _, h := range ev.Held {
-		l.heldBy[h.Kind]++
-	}
 	st := api.PolicyStatus{EvaluatedAt: smp.At, Mode: p.Mode, Decided: len(ev.Decisions), Held: []api.PolicyHeld{}}
 	for _, h := range ev.Held {
-		st.Held = append(st.Held, api.PolicyHeld{VM: h.VM, Host: h.Host, Reason: h.Reason})
+		st.Held = append(st.Held, api.PolicyHeld{VM: h.VM, Host: h.Host, Kind: h.Kind, Reason: h.Reason})
 	}
 	l.last = st
 	return ev.Decisions, p
-}
-
-// heldCounts is how many VMs the latest evaluation held, by why.
-func (l *policyLoop) heldCounts() map[string]int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return maps.Clone(l.heldBy)
 }
 
 // decisionOutcome is a decision's action as a metric label.
@@ -251,7 +237,10 @@ func (s *Server) runPolicy(ctx context.Context, every time.Duration) {
 		now := s.cfg.Now()
 		decisions, pol := s.pol.observe(s.sample(now))
 		mode := pol.Mode
-		held := s.pol.heldCounts()
+		held := map[string]int{}
+		for _, h := range s.pol.status().Held {
+			held[h.Kind]++
+		}
 		for _, k := range policy.HeldKinds {
 			s.metrics.policyHeld.WithLabelValues(k).Set(float64(held[k]))
 		}

@@ -57,18 +57,23 @@ type expectedStop struct {
 }
 
 // expectedStops are the VMs whose stop this agent expects, and the VMs an
-// action of this process is creating or destroying right now (busy): the
-// monitor passes no judgement on those, whose files and process come and
-// go under it.
+// action of this process is creating or destroying right now (busy) or
+// has just finished with (ended): the monitor passes no judgement on
+// those, whose files and process come and go under it.
 type expectedStops struct {
 	mu   sync.Mutex
 	db   *bolt.DB // nil: memory only; shared with (and closed by) the outbox
 	m    map[string]expectedStop
 	busy map[string]int
+	// ended is when the last action on a VM ended. A monitor pass's List
+	// that began before then may have seen the VM mid-action (a copy
+	// stopped by a destroy that has since completed and forgotten its
+	// record): its view is stale for that VM. Pruned by settle.
+	ended map[string]time.Time
 }
 
 func newExpectedStops() *expectedStops {
-	return &expectedStops{m: map[string]expectedStop{}, busy: map[string]int{}}
+	return &expectedStops{m: map[string]expectedStop{}, busy: map[string]int{}, ended: map[string]time.Time{}}
 }
 
 // openExpectedStops loads the records kept in db (the outbox's).
@@ -176,6 +181,19 @@ func (e *expectedStops) end(id string) {
 	defer e.mu.Unlock()
 	if e.busy[id]--; e.busy[id] <= 0 {
 		delete(e.busy, id)
+		e.ended[id] = time.Now()
+	}
+}
+
+// settle forgets the actions that ended before seen, the start of a
+// monitor pass that has judged them: no later pass began earlier.
+func (e *expectedStops) settle(seen time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, at := range e.ended {
+		if at.Before(seen) {
+			delete(e.ended, id)
+		}
 	}
 }
 
@@ -190,14 +208,15 @@ func (e *expectedStops) tryBegin(id string) bool {
 	return true
 }
 
-// lookup returns what is known about VM id.
-func (e *expectedStops) lookup(id string) (x *expectedStop, busy bool) {
+// lookup returns what is known about VM id: busy says an action of this
+// process is creating or destroying it, or ended one after seen.
+func (e *expectedStops) lookup(id string, seen time.Time) (x *expectedStop, busy bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if v, ok := e.m[id]; ok {
 		x = &v
 	}
-	return x, e.busy[id] > 0
+	return x, e.busy[id] > 0 || e.ended[id].After(seen)
 }
 
 // ids returns the VMs with an expectedStop.
@@ -231,7 +250,8 @@ type vmFate struct {
 // judgeVM decides what a monitor pass does about one VM: the driver's
 // List, begun at seen, reported it (listed) in state; x is what this
 // agent expects of it (nil: nothing), and busy says an action of this
-// process is creating or destroying it right now. Only a VM seen stopped
+// process is creating or destroying it right now, or ended one since
+// seen (so what List saw may be the middle of it). Only a VM seen stopped
 // can be an alarm: paused, or migrating (a source paused after its
 // completed transfer, in postmigrate; an incoming copy while it
 // receives), it is where it should be.
@@ -268,7 +288,7 @@ func judgeVM(listed bool, state hypervisor.State, x *expectedStop, busy bool, se
 
 // judge carries out the monitor's verdict on one VM (see judgeVM).
 func (a *Agent) judge(ctx context.Context, id string, listed bool, state hypervisor.State, seen time.Time) {
-	x, busy := a.expect.lookup(id)
+	x, busy := a.expect.lookup(id, seen)
 	f := judgeVM(listed, state, x, busy, seen)
 	if f.Forget {
 		a.expect.forget(id, x)
@@ -338,13 +358,13 @@ func (a *Agent) finishDestroy(ctx context.Context, id string, x *expectedStop) {
 func (a *Agent) createVM(id, reason, migration string, create func() error) error {
 	a.expect.begin(id)
 	defer a.expect.end(id)
-	prev, _ := a.expect.lookup(id)
+	prev, _ := a.expect.lookup(id, time.Now())
 	var x *expectedStop
 	if reason != "" {
 		if err := a.expect.expect(id, reason, migration, time.Now()); err != nil {
 			a.log.Warn("agent: no durable record of an incoming copy", "vm", id, "err", err)
 		}
-		x, _ = a.expect.lookup(id)
+		x, _ = a.expect.lookup(id, time.Now())
 	}
 	err := create()
 	switch {

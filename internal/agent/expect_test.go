@@ -267,12 +267,48 @@ func TestNoAlarmMidCreateOrDestroy(t *testing.T) {
 	if err == nil {
 		t.Fatal("created a VM over a stopped one")
 	}
-	if x, _ := a.expect.lookup("web"); x == nil || x.Reason != expectDeleted {
+	if x, _ := a.expect.lookup("web", time.Now()); x == nil || x.Reason != expectDeleted {
 		t.Fatalf("record after the failed prepare: %+v, want the deletion's", x)
 	}
 	a.report(ctx)
 	if got := stopAlarms(a); len(got) != 1 || d.has("web") {
 		t.Fatalf("after the failed prepare: alarms %q, web there %v; want the one old alarm and web destroyed", got, d.has("web"))
+	}
+}
+
+// A monitor pass whose List saw a VM stopped by a destroy that has
+// completed (and forgotten its record) before the pass judged it raises
+// no alarm: its view of that VM predates the action's end. The next pass
+// forgets the action, and a later VM of that name is watched again.
+func TestNoAlarmForStaleListAcrossDestroy(t *testing.T) {
+	ctx := context.Background()
+	d := newVMStub("web")
+	a := monitorAgent(t, t.TempDir(), d)
+	defer a.events.close()
+	seen := time.Now()
+	if err := a.destroyVM(ctx, "web", expectDeleted, ""); err != nil {
+		t.Fatal(err)
+	}
+	// What the pass's List returned while the destroy ran.
+	a.judge(ctx, "web", true, hypervisor.StateStopped, seen)
+	if got := stopAlarms(a); len(got) != 0 {
+		t.Fatalf("alarm from a List that began before the destroy ended: %q", got)
+	}
+	a.report(ctx)
+	a.expect.mu.Lock()
+	kept := len(a.expect.ended)
+	a.expect.mu.Unlock()
+	if kept != 0 {
+		t.Fatalf("%d ended actions kept after a later pass", kept)
+	}
+	if _, err := a.actVM(ctx, message.Action{Op: "vm.create", Spec: &hypervisor.Spec{Name: "web"}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond) // the next pass begins after the create ended
+	d.set("web", hypervisor.StateStopped)
+	a.report(ctx)
+	if got := stopAlarms(a); len(got) != 1 {
+		t.Fatalf("alarms for the new web's stop: %q, want one", got)
 	}
 }
 
@@ -290,10 +326,10 @@ func TestExpectedStopsBounded(t *testing.T) {
 	if n := len(a.expect.ids()); n != maxExpect {
 		t.Fatalf("%d records, want %d", n, maxExpect)
 	}
-	if x, _ := a.expect.lookup("vm9"); x != nil {
+	if x, _ := a.expect.lookup("vm9", time.Now()); x != nil {
 		t.Fatal("the oldest records were kept")
 	}
-	if x, _ := a.expect.lookup(fmt.Sprintf("vm%d", maxExpect+9)); x == nil {
+	if x, _ := a.expect.lookup(fmt.Sprintf("vm%d", maxExpect+9), time.Now()); x == nil {
 		t.Fatal("the newest record was dropped")
 	}
 	a.events.close()

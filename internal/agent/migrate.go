@@ -141,6 +141,13 @@ type migrations struct {
 	ctx  context.Context // the agent's: jobs outlive MMC sessions
 	jobs map[string]*job
 	wg   sync.WaitGroup
+	// opening holds the migrations whose job a prepare or a start is
+	// creating now; the channel closes when it is done. A new MMC leader
+	// repeats a start or a prepare that its predecessor sent just before
+	// it died, and the agent may still be carrying out the first: the
+	// repeat waits for it rather than starting a second transfer of the
+	// same VM.
+	opening map[string]chan struct{}
 }
 
 // maxJobs bounds concurrent migration jobs on one agent.
@@ -161,6 +168,35 @@ func (m *migrations) get(id string) *job {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.jobs[id]
+}
+
+// open claims migration id for creating its job, after any prepare or
+// start of it under way ends. done releases the claim.
+func (m *migrations) open(ctx context.Context, id string) (done func(), err error) {
+	for {
+		m.mu.Lock()
+		busy, ok := m.opening[id]
+		if !ok {
+			if m.opening == nil {
+				m.opening = map[string]chan struct{}{}
+			}
+			ch := make(chan struct{})
+			m.opening[id] = ch
+			m.mu.Unlock()
+			return func() {
+				m.mu.Lock()
+				delete(m.opening, id)
+				m.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		m.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent: migration %s is being set up: %w", id, ctx.Err())
+		}
+	}
 }
 
 // add registers j unless a job with its id exists (returned instead).

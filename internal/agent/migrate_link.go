@@ -24,6 +24,11 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	if o.Spec == nil {
 		return errMissing("the VM's spec")
 	}
+	done, err := a.migs.open(ctx, o.ID)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if j := a.migs.get(o.ID); j != nil {
 		return nil
 	}
@@ -32,7 +37,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	// failure, not a VM's crash.
 	var vm hypervisor.VM
 	var conn net.Conn
-	err := a.createVM(o.Spec.Name, expectIncoming, o.ID, func() (err error) {
+	err = a.createVM(o.Spec.Name, expectIncoming, o.ID, func() (err error) {
 		vm, conn, err = mig.PrepareIncoming(ctx, *o.Spec)
 		return err
 	})
@@ -249,6 +254,11 @@ func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, l
 // startOutgoing starts the hypervisor's migration of the VM and a job
 // carrying it over the link.
 func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o migration.Order) error {
+	done, err := a.migs.open(ctx, o.ID)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if j := a.migs.get(o.ID); j != nil {
 		return nil
 	}

@@ -92,6 +92,7 @@ func (a *Agent) report(ctx context.Context) message.Report {
 			listed[id] = true // judged once
 		}
 	}
+	a.expect.settle(seen)
 	if a.cfg.HostModel != nil {
 		r.Host = a.cfg.HostModel.stats(r.VMs)
 	}

@@ -122,6 +122,12 @@ type Machine struct {
 
 	// transferring
 	startNeeded bool // this drive entered transferring: the source is to be started
+	// startUnsure: this drive took over a transferring record, and no
+	// report has shown the source's transfer yet. The previous leader
+	// may have died between recording the state and its start reaching
+	// the source: a source with no transfer is then started (a start is
+	// idempotent), once, instead of failing the migration.
+	startUnsure bool
 	startErr    string
 	// rateApplied is the bandwidth cap the source's transfer runs with,
 	// as far as this drive knows (NaN: unknown — a drive that took over
@@ -226,6 +232,7 @@ func (m *Machine) Step(in Input, now time.Time) []Command {
 		}
 		m.started, m.env = true, in.Env
 		m.resumedPreparing = in.Resumed && m.rec.State == Preparing
+		m.startUnsure = in.Resumed && m.rec.State == Transferring && !m.rec.Armed()
 		if !m.rec.State.Open() {
 			m.done = true
 			return nil
@@ -546,11 +553,16 @@ func (m *Machine) transferReply(p sent, r *Report, errs string, now time.Time) {
 			return
 		}
 		m.srcErr = ""
+		unsure := m.startUnsure
+		m.startUnsure = false
 		switch {
 		case r.Failed():
 			m.srcFail = "source: " + firstNonEmpty(r.Error, r.Status.Error, "failed")
 		case r.Status.State == hypervisor.MigCancelled:
 			m.srcFail = "source: transfer cancelled"
+		case r.Phase == PhaseNone && r.Status.State == "" && unsure:
+			m.log(slog.LevelInfo, "migration: the source has no transfer (the previous leader's start may not have reached it): starting it", "host", p.host)
+			m.startNeeded = true
 		case r.Phase == PhaseNone && r.Status.State == "":
 			m.srcFail = "source: no migration running (agent restarted?)"
 		case r.SentAll():

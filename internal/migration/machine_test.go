@@ -796,3 +796,43 @@ func TestSetBandwidth(t *testing.T) {
 		}
 	})
 }
+
+// TestTakeoverStartsAnUnstartedSource: a leader that died between
+// recording transferring and its start reaching the source leaves a
+// source with no transfer. The drive that takes over starts it (once)
+// instead of failing the migration; a source whose transfer this drive
+// knows of and that then has none (its agent restarted) still fails it.
+func TestTakeoverStartsAnUnstartedSource(t *testing.T) {
+	none := &Report{Phase: PhaseNone}
+	running := &Report{Phase: PhaseTransferring, Status: hypervisor.MigrationStatus{State: hypervisor.MigActive, Transferred: 1 << 20}}
+
+	t.Run("never started", func(t *testing.T) {
+		b := newBench(t, transferringRec())
+		src := sendTo(t, b.step(Start{Resumed: true}), OpStatus, wSrc)
+		out := b.land(b.step(Reply{Seq: src.Seq, Report: none}))
+		if b.rec.State != Transferring || len(persistsIn(out)) != 0 {
+			t.Fatalf("a source that never got its start failed the migration: %s", describe(out))
+		}
+		start := sendTo(t, out, OpStart, wSrc)
+		out = b.land(b.step(Reply{Seq: start.Seq, Report: running}))
+		b.now = b.now.Add(PollEvery)
+		out = append(out, b.land(b.step(Tick{}))...)
+		src = sendTo(t, out, OpStatus, wSrc)
+		// Started by this drive, then gone: the agent restarted.
+		out = b.land(b.step(Reply{Seq: src.Seq, Report: none}))
+		if b.rec.State != RollingBack || len(sendsIn(out, OpStart)) != 0 {
+			t.Fatalf("a source that lost the transfer this drive started: %s (state %s)", describe(out), b.rec.State)
+		}
+	})
+	t.Run("running, then gone", func(t *testing.T) {
+		b := newBench(t, transferringRec())
+		src := sendTo(t, b.step(Start{Resumed: true}), OpStatus, wSrc)
+		b.land(b.step(Reply{Seq: src.Seq, Report: running}))
+		b.now = b.now.Add(PollEvery)
+		src = sendTo(t, b.land(b.step(Tick{})), OpStatus, wSrc)
+		out := b.land(b.step(Reply{Seq: src.Seq, Report: none}))
+		if b.rec.State != RollingBack || len(sendsIn(out, OpStart)) != 0 {
+			t.Fatalf("a transfer seen running and then gone was started again: %s (state %s)", describe(out), b.rec.State)
+		}
+	})
+}

@@ -86,7 +86,7 @@ func newPerfServerCmd(g *globalFlags) *cobra.Command {
 
 func newPerfClientCmd(g *globalFlags) *cobra.Command {
 	var serverKey, psk, size, rate string
-	var asJSON bool
+	var asJSON, longHeaders bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "client ADDR",
@@ -120,7 +120,7 @@ func newPerfClientCmd(g *globalFlags) *cobra.Command {
 			}
 			res, err := perf.Run(cmd.Context(), perf.ClientConfig{
 				Server: args[0], ServerKey: key, PSK: pskKey, Bytes: n, MaxRate: maxRate,
-				Timeout: timeout, Logger: g.logger(),
+				LongHeaders: longHeaders, Timeout: timeout, Logger: g.logger(),
 			})
 			if err != nil {
 				return err
@@ -140,6 +140,8 @@ func newPerfClientCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&rate, "max-rate", "", "old name of --max-bandwidth")
 	_ = cmd.Flags().MarkDeprecated("max-rate", "use --max-bandwidth")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	cmd.Flags().BoolVar(&longHeaders, "long-headers", false, "send with SUDP's 18-byte long data header (to measure the short one's gain)")
+	_ = cmd.Flags().MarkHidden("long-headers")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
 	return cmd
 }

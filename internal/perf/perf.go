@@ -20,6 +20,7 @@ import (
 	"github.com/flynn/noise"
 
 	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/core"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 )
 
@@ -143,8 +144,11 @@ type ClientConfig struct {
 	PSK       [32]byte
 	Bytes     uint64
 	MaxRate   float64 // bytes/s, 0 = uncapped
-	Timeout   time.Duration
-	Logger    *slog.Logger
+	// LongHeaders sends with the 18-byte long data header (what the
+	// short one gains, measured in one run).
+	LongHeaders bool
+	Timeout     time.Duration
+	Logger      *slog.Logger
 }
 
 // Result is what a perf run measured. The JSON names are part of the CLI
@@ -176,7 +180,8 @@ func Run(ctx context.Context, cfg ClientConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep, err := sudp.Listen(sudp.Config{Listen: listenFor(cfg.Server), Static: static, ClusterID: ClusterID, Logger: cfg.Logger})
+	ep, err := sudp.Listen(sudp.Config{Listen: listenFor(cfg.Server), Static: static, ClusterID: ClusterID, Logger: cfg.Logger,
+		Conn: core.Config{LongHeaders: cfg.LongHeaders}})
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func (r *racer) fromClient() {
 			return
 		}
 		r.client.Store(&from)
-		if buf[0] == wire.TypeData {
+		if wire.IsData(buf[0]) {
 			if n++; n%r.every == 0 {
 				r.attacker.WriteToUDPAddrPort(buf[:k], r.server)
 				r.raced.Add(1)

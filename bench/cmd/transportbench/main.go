@@ -191,7 +191,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	usesSUDP := false
 	for _, p := range protos {
-		usesSUDP = usesSUDP || p == harness.SUDP
+		usesSUDP = usesSUDP || harness.IsSUDP(p)
 	}
 	fp := ""
 	if usesSUDP {

@@ -109,7 +109,7 @@ func (w *wanRun) run(args []string) int {
 	}
 	fp := ""
 	for _, p := range w.protos {
-		if p == harness.SUDP {
+		if harness.IsSUDP(p) {
 			fp = w.cfg.Ferry
 		}
 	}

@@ -32,6 +32,14 @@ import (
 // SUDP is the protocol name of Ferry's transport.
 const SUDP = "sudp"
 
+// SUDPLong is SUDP sending with its 18-byte long data header (`ferry perf
+// client --long-headers`): the same build, to measure what the short
+// header gains in one run.
+const SUDPLong = "sudp-long"
+
+// IsSUDP reports whether proto runs through the ferry binary.
+func IsSUDP(proto string) bool { return proto == SUDP || proto == SUDPLong }
+
 // GiB is 2^30 bytes.
 const GiB = 1 << 30
 
@@ -125,14 +133,14 @@ func IsGoPeer(proto string) bool {
 }
 
 // Known lists every protocol the harness can run.
-func Known() []string { return append([]string{SUDP}, peers.Names()...) }
+func Known() []string { return append([]string{SUDP, SUDPLong}, peers.Names()...) }
 
 // Check validates protocols and paths before any transfer runs, so that a
 // missing ferry binary fails at once with a clear message.
 func (c Config) Check(protos []string) error {
 	for _, p := range protos {
 		switch {
-		case p == SUDP:
+		case IsSUDP(p):
 			if err := checkExecutable(c.Ferry); err != nil {
 				return fmt.Errorf("sudp: ferry binary not usable (%v): build it with `make build` "+
 					"in the repository root (it lands in bin/ferry), pass --ferry PATH, or leave sudp out of --protos", err)
@@ -184,7 +192,7 @@ func (c Config) listen() string {
 // commands returns the server and client argv for proto.
 func (c Config) serverArgv(proto, metrics string) []string {
 	listen := net.JoinHostPort(c.listen(), "0")
-	if proto == SUDP {
+	if IsSUDP(proto) {
 		argv := []string{c.Ferry, "perf", "server", "--listen", listen, "--json"}
 		if metrics != "" {
 			argv = append(argv, "--metrics", metrics)
@@ -204,8 +212,12 @@ func (c Config) peerArgs(proto string) []string {
 
 func (c Config) clientArgv(proto, key, addr string, n int64, timeout time.Duration) []string {
 	ns := strconv.FormatInt(n, 10)
-	if proto == SUDP {
-		return inNetns(c.ClientNetns, c.Ferry, "perf", "client", "--server-key", key, addr, "--bytes", ns, "--json")
+	if IsSUDP(proto) {
+		argv := []string{c.Ferry, "perf", "client", "--server-key", key, addr, "--bytes", ns, "--json"}
+		if proto == SUDPLong {
+			argv = append(argv, "--long-headers")
+		}
+		return inNetns(c.ClientNetns, argv...)
 	}
 	argv := []string{c.Self, "send", "--proto", proto, "--server-key", key, "--bytes", ns, "--timeout", timeout.String()}
 	if c.TimeCap > 0 {
@@ -236,7 +248,7 @@ func (c Config) Transfer(ctx context.Context, proto string, n int64) (Measuremen
 }
 
 func (c Config) transfer(ctx context.Context, proto string, n int64, m *Measurement) error {
-	if proto != SUDP && !IsGoPeer(proto) {
+	if !IsSUDP(proto) && !IsGoPeer(proto) {
 		return fmt.Errorf("unknown protocol %q", proto)
 	}
 	timeout := c.Timeout
@@ -252,7 +264,7 @@ func (c Config) transfer(ctx context.Context, proto string, n int64, m *Measurem
 	}
 	// A capped sudp run learns the receiver's count from ferry's metrics.
 	metrics := ""
-	if proto == SUDP && c.TimeCap > 0 {
+	if IsSUDP(proto) && c.TimeCap > 0 {
 		port, err := freePort()
 		if err != nil {
 			return err

@@ -36,6 +36,11 @@ type Config struct {
 	// MaxDatagramSizeIPv6 on IPv6 (DefaultConfig's value). A set value is
 	// still capped at the family's on IPv6.
 	MaxDatagramSize int
+	// LongHeaders sends every data packet with the 18-byte long header
+	// (docs/protocol.md §4) instead of the 6–9 byte short one (§4.2).
+	// Receivers accept both; it exists to measure what the short header
+	// gains.
+	LongHeaders bool
 	// StreamWindow and ConnWindow bound what a peer may send ahead of the
 	// application's reads (receiver memory); they should exceed the path's
 	// bandwidth-delay product for full speed.

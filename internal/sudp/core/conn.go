@@ -149,6 +149,7 @@ type Conn struct {
 	recvNext       *keySet
 	prevDiscardAt  time.Time
 	replay         replay.Filter
+	hdrLen         int // the header length of the packet being built (startPacket)
 	keyUpdateFrame bool
 	// keyExpired: the send key passed its hard limit; nothing is sent
 	// under it (only re-handshake messages, which need no traffic key)

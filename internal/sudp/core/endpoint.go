@@ -83,7 +83,9 @@ type Endpoint struct {
 	cfg       EndpointConfig
 	responder *handshake.Responder
 	rand      io.Reader
-	conns     map[uint64]*Conn
+	// conns holds the connections by the low 32 bits of their CID, all
+	// a short data packet names (newCID keeps them unique).
+	conns map[uint32]*Conn
 	// unconfirmed maps a peer's static key to its newest connection that
 	// has not yet proven key possession; a retried initiation replaces it,
 	// so a peer holds at most one such connection.
@@ -120,7 +122,7 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	e := &Endpoint{
 		cfg:          cfg,
 		rand:         cfg.Rand,
-		conns:        make(map[uint64]*Conn),
+		conns:        make(map[uint32]*Conn),
 		unconfirmed:  make(map[[32]byte]*Conn),
 		reset:        rs,
 		resetTokens:  make(map[[wire.ResetTokenLen]byte]*Conn),
@@ -155,15 +157,20 @@ func (e *Endpoint) HandshakeStats() handshake.Stats {
 	return e.responder.Stats()
 }
 
+// newCID chooses a connection id: random low 32 bits, unique among this
+// endpoint's connections (a short data packet names only those), under
+// a high half derived from them (resetter.cid), so that a restarted
+// endpoint can name the whole id, and its reset token, from a short
+// packet.
 func (e *Endpoint) newCID() (uint64, error) {
-	var b [8]byte
+	var b [4]byte
 	for {
 		if _, err := io.ReadFull(e.rand, b[:]); err != nil {
 			return 0, fmt.Errorf("sudp: connection id: %w", err)
 		}
-		id := binary.BigEndian.Uint64(b[:])
-		if id != 0 && e.conns[id] == nil {
-			return id, nil
+		lo := binary.BigEndian.Uint32(b[:])
+		if lo != 0 && e.conns[lo] == nil {
+			return e.reset.cid(lo), nil
 		}
 	}
 }
@@ -191,7 +198,7 @@ func (e *Endpoint) Connect(now time.Time, addr netip.AddrPort, remoteStatic, psk
 	}
 	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	c.enableRehandshake(e.cfg.Static)
-	e.conns[cid] = c
+	e.conns[uint32(cid)] = c
 	return c, nil
 }
 
@@ -202,7 +209,7 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 		e.stats.Malformed.Add(1)
 		return nil, false
 	}
-	var cid uint64
+	var cid uint32
 	switch pkt[0] {
 	case wire.TypeInitiation:
 		return nil, true
@@ -211,14 +218,17 @@ func (e *Endpoint) Route(pkt []byte) (c *Conn, initiation bool) {
 			e.stats.Malformed.Add(1)
 			return nil, false
 		}
-		cid = binary.BigEndian.Uint64(pkt[12:20])
+		cid = binary.BigEndian.Uint32(pkt[16:20])
 	case wire.TypeCookieReply:
-		cid = binary.BigEndian.Uint64(pkt[4:12])
+		cid = binary.BigEndian.Uint32(pkt[8:12])
 	case wire.TypeData, wire.TypeRekey:
-		cid = binary.BigEndian.Uint64(pkt[2:10])
+		cid = binary.BigEndian.Uint32(pkt[6:10])
 	default:
-		e.stats.Malformed.Add(1)
-		return nil, false
+		if !wire.IsShort(pkt[0]) {
+			e.stats.Malformed.Add(1)
+			return nil, false
+		}
+		cid = binary.BigEndian.Uint32(pkt[1:5])
 	}
 	c = e.conns[cid]
 	if c == nil && pkt[0] == wire.TypeData {
@@ -335,7 +345,7 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	c.resetToken, c.resetTokenSend = e.reset.token(cid), true
 	c.enableRehandshake(e.cfg.Static)
 	if old := e.unconfirmed[c.session.PeerStatic]; old != nil {
-		delete(e.conns, old.localCID)
+		delete(e.conns, uint32(old.localCID))
 		e.forgetResetToken(old)
 		replaced = old
 		e.stats.Replaced.Add(1)
@@ -345,7 +355,7 @@ func (e *Endpoint) HandleInitiation(now time.Time, from netip.AddrPort, pkt []by
 	e.unconfirmed[c.session.PeerStatic] = c
 	e.unconfirmedOrder = append(e.unconfirmedOrder, c)
 	e.compactUnconfirmed()
-	e.conns[cid] = c
+	e.conns[uint32(cid)] = c
 	e.stats.Accepted.Add(1)
 	return nil, c, replaced, nil
 }
@@ -361,8 +371,8 @@ func (e *Endpoint) Confirmed(c *Conn) {
 // Remove forgets a connection (call Abandon on it, under its own
 // serialisation, if it is not closed yet).
 func (e *Endpoint) Remove(c *Conn) {
-	if e.conns[c.localCID] == c {
-		delete(e.conns, c.localCID)
+	if e.conns[uint32(c.localCID)] == c {
+		delete(e.conns, uint32(c.localCID))
 	}
 	e.forgetResetToken(c)
 	if e.unconfirmed[c.session.PeerStatic] == c {
@@ -383,7 +393,7 @@ func (e *Endpoint) evictOldestUnconfirmed() *Conn {
 			continue // confirmed, replaced or removed since
 		}
 		delete(e.unconfirmed, c.session.PeerStatic)
-		delete(e.conns, c.localCID)
+		delete(e.conns, uint32(c.localCID))
 		e.forgetResetToken(c)
 		e.stats.UnconfirmedEvicted.Add(1)
 		return c

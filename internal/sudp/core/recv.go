@@ -51,20 +51,27 @@ func (c *Conn) HandleDatagram(now time.Time, from netip.AddrPort, pkt []byte) {
 		return
 	case wire.TypeData:
 	default:
-		c.stats.DroppedMalformed++
-		return
+		if !wire.IsShort(pkt[0]) {
+			c.stats.DroppedMalformed++
+			return
+		}
 	}
 	if c.state == stateHandshake {
 		c.stats.DroppedAuth++
 		return
 	}
 	h, err := wire.ParseHeader(pkt)
-	if err != nil || h.DstCID != c.localCID {
+	if err != nil || !h.Names(c.localCID) {
 		if c.statelessReset(pkt) {
 			return
 		}
 		c.stats.DroppedMalformed++
 		return
+	}
+	if h.Short {
+		// The full number, which the nonce uses: a wrong recovery (or a
+		// forged truncation) fails authentication.
+		h.PN = wire.DecodePN(h.PN, h.PNLen, c.replay.Largest())
 	}
 	if !c.replay.Check(h.PN) {
 		c.stats.DroppedReplay++
@@ -203,7 +210,7 @@ func (c *Conn) openPacket(h wire.Header, pkt []byte) (*keySet, []byte) {
 		return nil, nil
 	}
 	if b == nil {
-		payload, err := a.open(pkt, wire.DataHeaderSize, h.PN)
+		payload, err := a.open(pkt, h.Len, h.PN)
 		if err != nil {
 			return nil, nil
 		}
@@ -213,11 +220,11 @@ func (c *Conn) openPacket(h wire.Header, pkt []byte) (*keySet, []byte) {
 	// releases no unauthenticated plaintext): keep the ciphertext for the
 	// second try.
 	c.rk.scratch = append(c.rk.scratch[:0], pkt...)
-	if payload, err := a.open(pkt, wire.DataHeaderSize, h.PN); err == nil {
+	if payload, err := a.open(pkt, h.Len, h.PN); err == nil {
 		return a, payload
 	}
 	copy(pkt, c.rk.scratch)
-	payload, err := b.open(pkt, wire.DataHeaderSize, h.PN)
+	payload, err := b.open(pkt, h.Len, h.PN)
 	if err != nil {
 		return nil, nil
 	}

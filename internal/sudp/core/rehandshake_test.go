@@ -79,7 +79,7 @@ func streamTransfer(t *testing.T, s *sim, n int, maxTime time.Duration, during f
 func checkNoExpiredSends(t *testing.T, s *sim) {
 	s.onSend = func(side int, b []byte) {
 		c := s.conn[side]
-		if len(b) == 0 || b[0] != wire.TypeData || c.state != stateEstablished {
+		if len(b) == 0 || !wire.IsData(b[0]) || c.state != stateEstablished {
 			return
 		}
 		if age := s.now.Sub(c.sendKeyStart); age >= c.cfg.KeyRejectAfter {
@@ -217,19 +217,32 @@ type keyCopy struct {
 	gen    uint64
 }
 
-// opens reports whether the leaked secret, or any of the next `ahead`
-// generations the hash chain derives from it, opens pkt.
-func (k keyCopy) opens(t *testing.T, pkt []byte, ahead int) bool {
+// pnTracker recovers the full packet numbers of one direction's packets,
+// seen in the order they were sent, as an eavesdropper can.
+type pnTracker struct{ last uint64 }
+
+func (p *pnTracker) header(t *testing.T, pkt []byte) wire.Header {
+	t.Helper()
 	h, err := wire.ParseHeader(pkt)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if h.Short {
+		h.PN = wire.DecodePN(h.PN, h.PNLen, p.last)
+	}
+	p.last = max(p.last, h.PN)
+	return h
+}
+
+// opens reports whether the leaked secret, or any of the next `ahead`
+// generations the hash chain derives from it, opens pkt (header h).
+func (k keyCopy) opens(t *testing.T, h wire.Header, pkt []byte, ahead int) bool {
 	ks, err := newKeySet(k.secret, k.gen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i <= ahead; i++ {
-		if _, err := ks.open(bytes.Clone(pkt), wire.DataHeaderSize, h.PN); err == nil {
+		if _, err := ks.open(bytes.Clone(pkt), h.Len, h.PN); err == nil {
 			return true
 		}
 		if ks, err = ks.next(); err != nil {
@@ -251,13 +264,15 @@ func TestPeriodicRehandshake(t *testing.T) {
 
 	leak := keyCopy{secret: c.sendKey.secret, gen: c.sendKey.gen}
 	type sent struct {
+		h     wire.Header
 		pkt   []byte
 		epoch uint64 // the client's re-handshake epoch when it was sent
 	}
 	var pkts []sent
+	var pns pnTracker
 	s.onSend = func(side int, b []byte) {
-		if side == 0 && b[0] == wire.TypeData {
-			pkts = append(pkts, sent{bytes.Clone(b), c.sendKey.gen >> 32})
+		if side == 0 && wire.IsData(b[0]) {
+			pkts = append(pkts, sent{pns.header(t, b), bytes.Clone(b), c.sendKey.gen >> 32})
 		}
 	}
 	const n = 12 << 20
@@ -278,7 +293,7 @@ func TestPeriodicRehandshake(t *testing.T) {
 	}
 	var before, beforeOpened, after, afterOpened int
 	for _, p := range pkts {
-		opened := leak.opens(t, p.pkt, 16)
+		opened := leak.opens(t, p.h, p.pkt, 16)
 		if p.epoch == 0 {
 			before++
 			if opened {
@@ -574,7 +589,7 @@ func TestStuckUpdateRehandshakes(t *testing.T) {
 	c := s.conn[0]
 	checkNoExpiredSends(t, s)
 	// Everything the server sends but its re-handshake messages is lost.
-	s.dropPkt = func(from int, b []byte) bool { return from == 1 && b[0] == wire.TypeData }
+	s.dropPkt = func(from int, b []byte) bool { return from == 1 && wire.IsData(b[0]) }
 	start := s.now
 	var firstRekey time.Duration
 	// (The generation acknowledged before the loss began is updated at
@@ -617,11 +632,16 @@ func TestRehandshakeSuppressed(t *testing.T) {
 	suppressUntil := s.now.Add(5 * time.Second)
 	s.dropPkt = func(from int, b []byte) bool { return b[0] == wire.TypeRekey && s.now.Before(suppressUntil) }
 	var late, leaked, lateLeaked int
+	var pns pnTracker
 	s.onSend = func(side int, b []byte) {
-		if side != 0 || b[0] != wire.TypeData || c.state != stateEstablished {
+		if side != 0 || !wire.IsData(b[0]) {
 			return
 		}
-		opened := leak.opens(t, b, 12)
+		h := pns.header(t, b)
+		if c.state != stateEstablished {
+			return
+		}
+		opened := leak.opens(t, h, b, 12)
 		if opened {
 			leaked++
 		}

@@ -53,9 +53,14 @@ const (
 	resetSizeSpread = 24
 )
 
-// resetter issues stateless resets for one endpoint.
+// cidKeyInfo separates the key that derives connection ids' high halves.
+const cidKeyInfo = "ferry-sudp connection id key v1"
+
+// resetter issues stateless resets for one endpoint, and derives its
+// connection ids.
 type resetter struct {
 	key     [32]byte
+	cidKey  [32]byte
 	limiter *ratelimit.Limiter
 	tokens  float64 // global bucket
 	last    time.Time
@@ -72,7 +77,25 @@ func newResetter(staticPrivate []byte) (*resetter, error) {
 	}
 	copy(r.key[:], k)
 	clear(k)
+	ck, err := hkdf.Key(sha256.New, staticPrivate, nil, cidKeyInfo, 32)
+	if err != nil {
+		return nil, err
+	}
+	copy(r.cidKey[:], ck)
+	clear(ck)
 	return r, nil
+}
+
+// cid is the connection id whose low 32 bits are lo: its high half is a
+// keyed hash of them. A short data packet names only lo; an endpoint that
+// lost its connections (a restart with the same static key) still finds
+// the whole id, and so the reset token its peer holds.
+func (r *resetter) cid(lo uint32) uint64 {
+	m := hmac.New(sha256.New, r.cidKey[:])
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], lo)
+	m.Write(b[:])
+	return uint64(binary.BigEndian.Uint32(m.Sum(nil)))<<32 | uint64(lo)
 }
 
 // token is the stateless reset token of one of our connection ids.
@@ -127,7 +150,11 @@ func (e *Endpoint) StatelessReset(now time.Time, from netip.AddrPort, pkt []byte
 	// looks like a connection id, packet number and sealed frames.
 	out[0] = wire.TypeData
 	out[1] &= wire.FlagKeyPhase
-	tok := e.reset.token(h.DstCID)
+	cid := h.DstCID
+	if h.Short {
+		cid = e.reset.cid(uint32(cid))
+	}
+	tok := e.reset.token(cid)
 	copy(out[size-wire.ResetTokenLen:], tok[:])
 	e.stats.ResetsSent.Add(1)
 	return out
@@ -149,7 +176,7 @@ func (e *Endpoint) resetTarget(pkt []byte) *Conn {
 // driver calls it once PeerResetToken reports one), so that a reset from
 // the peer finds c.
 func (e *Endpoint) LearnResetToken(c *Conn, token [wire.ResetTokenLen]byte) {
-	if e.conns[c.localCID] != c {
+	if e.conns[uint32(c.localCID)] != c {
 		return // already forgotten
 	}
 	if _, ok := e.resetTokenOf[c]; ok {

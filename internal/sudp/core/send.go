@@ -167,7 +167,7 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 	if !eliciting && !wantAck {
 		return 0, to, false
 	}
-	if len(b) == wire.DataHeaderSize {
+	if len(b) == c.hdrLen {
 		return 0, to, false
 	}
 	return c.finishPacket(now, b, dst, eliciting, frames)
@@ -181,7 +181,17 @@ func (c *Conn) endAppLimited(now time.Time) {
 	}
 }
 
+// startPacket appends the next packet's header to buf[:0]: short unless
+// configured otherwise, or the number is too far from the largest the
+// peer acknowledged for 4 bytes to carry it unambiguously.
 func (c *Conn) startPacket(buf []byte) []byte {
+	if !c.cfg.LongHeaders {
+		if n := wire.ShortPNLen(c.nextPN, c.rec.largestAcked, c.rec.hasAcked); n > 0 {
+			c.hdrLen = 5 + n
+			return wire.AppendShortHeader(buf[:0], c.sendKey.phase(), c.remoteCID, c.nextPN, n)
+		}
+	}
+	c.hdrLen = wire.DataHeaderSize
 	return wire.AppendHeader(buf[:0], wire.Header{
 		KeyPhase: c.sendKey.phase(),
 		DstCID:   c.remoteCID,
@@ -197,7 +207,7 @@ func (c *Conn) finishPacket(now time.Time, b []byte, dst netip.AddrPort, eliciti
 		c.sendKey.used = true
 		c.sendKey.firstPN = pn
 	}
-	b = c.sendKey.seal(b, wire.DataHeaderSize, pn)
+	b = c.sendKey.seal(b, c.hdrLen, pn)
 	size := len(b)
 	c.sendKeyBytes += uint64(size)
 	if c.frameHadAck {
@@ -377,14 +387,13 @@ func (c *Conn) appendStream(now time.Time, s *stream, b []byte, room int, frames
 	free := room - len(b)
 	// Retransmissions first.
 	if lr, ok := s.lost.first(); ok {
-		hl := wire.StreamHeaderLen(s.id, lr.lo, int(lr.hi-lr.lo))
-		n := min(int(lr.hi-lr.lo), free-hl)
+		n, toEnd := streamFit(s.id, lr.lo, lr.hi-lr.lo, free)
 		if n <= 0 {
 			return b, frames, false
 		}
 		end := lr.lo + uint64(n)
 		fin := s.ss == sendFinQ && end == s.written
-		b = wire.AppendStreamHeader(b, s.id, lr.lo, n, fin)
+		b = appendStreamHeader(b, s.id, lr.lo, n, fin, toEnd)
 		b = b[:len(b)+n]
 		s.sbuf.read(lr.lo, b[len(b)-n:])
 		s.lost.remove(lr.lo, end)
@@ -397,7 +406,7 @@ func (c *Conn) appendStream(now time.Time, s *stream, b []byte, room int, frames
 	}
 	avail := min(s.written-s.sent, s.maxSend-s.sent, c.connMaxSend-c.connSent)
 	if avail == 0 {
-		if s.ss == sendFinQ && !s.finSent && s.sent == s.written {
+		if s.ss == sendFinQ && !s.finSent && s.sent == s.written && free >= wire.StreamHeaderLen(s.id, s.sent, 0) {
 			b = wire.AppendStreamHeader(b, s.id, s.sent, 0, true)
 			s.finSent = true
 			c.firstFin(now, s)
@@ -406,15 +415,14 @@ func (c *Conn) appendStream(now time.Time, s *stream, b []byte, room int, frames
 		}
 		return b, frames, false
 	}
-	hl := wire.StreamHeaderLen(s.id, s.sent, int(min(avail, uint64(free))))
-	n := min(int(min(avail, 1<<30)), free-hl)
+	n, toEnd := streamFit(s.id, s.sent, avail, free)
 	if n <= 0 {
 		return b, frames, false
 	}
 	off := s.sent
 	end := off + uint64(n)
 	fin := s.ss == sendFinQ && end == s.written
-	b = wire.AppendStreamHeader(b, s.id, off, n, fin)
+	b = appendStreamHeader(b, s.id, off, n, fin, toEnd)
 	b = b[:len(b)+n]
 	s.sbuf.read(off, b[len(b)-n:])
 	s.sent = end
@@ -426,6 +434,26 @@ func (c *Conn) appendStream(now time.Time, s *stream, b []byte, room int, frames
 	}
 	frames = append(frames, sentFrame{kind: sfStream, id: s.id, off: off, n: n, fin: fin})
 	return b, frames, true
+}
+
+// streamFit is how many of avail bytes at offset off of stream id a
+// STREAM frame carries in free bytes of a packet, and whether it fills
+// the packet: then it takes the header without a length (its data runs
+// to the packet's end), and nothing can follow it, since free is what
+// is left of the packet's room.
+func streamFit(id, off, avail uint64, free int) (n int, toEnd bool) {
+	if he := wire.StreamEndHeaderLen(id, off); free > he && avail >= uint64(free-he) {
+		return free - he, true
+	}
+	hl := wire.StreamHeaderLen(id, off, int(min(avail, uint64(free))))
+	return min(int(min(avail, 1<<30)), free-hl), false
+}
+
+func appendStreamHeader(b []byte, id, off uint64, n int, fin, toEnd bool) []byte {
+	if toEnd {
+		return wire.AppendStreamEndHeader(b, id, off, fin)
+	}
+	return wire.AppendStreamHeader(b, id, off, n, fin)
 }
 
 // schedule puts a stream with something to send in its priority's queue.

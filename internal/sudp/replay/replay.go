@@ -76,6 +76,10 @@ func (f *Filter) Accept(n uint64) bool {
 	return true
 }
 
+// Largest is the highest number accepted so far (0 when none was): what
+// a truncated packet number is recovered against.
+func (f *Filter) Largest() uint64 { return f.last }
+
 // Reset forgets everything, as for a new key: the filter is again the zero
 // value.
 func (f *Filter) Reset() {

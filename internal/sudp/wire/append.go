@@ -94,6 +94,25 @@ func StreamHeaderLen(id, offset uint64, n int) int {
 	return 1 + VarintLen(id) + VarintLen(offset) + VarintLen(uint64(n))
 }
 
+// StreamEndHeaderLen is the size of a STREAM frame header without a
+// length (FrameStreamEnd).
+func StreamEndHeaderLen(id, offset uint64) int {
+	return 1 + VarintLen(id) + VarintLen(offset)
+}
+
+// AppendStreamEndHeader appends the header of a STREAM frame whose data
+// runs to the end of the packet; the caller appends that data and
+// nothing after it.
+func AppendStreamEndHeader(b []byte, id, offset uint64, fin bool) []byte {
+	t := byte(FrameStreamEnd)
+	if fin {
+		t = FrameStreamEndFin
+	}
+	b = append(b, t)
+	b = AppendVarint(b, id)
+	return AppendVarint(b, offset)
+}
+
 // AppendStreamHeader appends a STREAM frame header; the caller appends the n
 // data bytes right after it.
 func AppendStreamHeader(b []byte, id, offset uint64, n int, fin bool) []byte {

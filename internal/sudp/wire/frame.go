@@ -26,6 +26,11 @@ const (
 	FrameResetToken     = 0x0e // the sender's stateless reset token (reset.go)
 	FrameStream         = 0x10 // 0x10 | FIN bit
 	FrameStreamFin      = 0x11
+	// FrameStreamEnd is a STREAM frame without a length: its data runs
+	// to the end of the packet, so it is always a packet's last frame
+	// (the sender's bulk frames, which fill their packets).
+	FrameStreamEnd    = 0x12 // 0x12 | FIN bit
+	FrameStreamEndFin = 0x13
 )
 
 // Stream ID layout: the two low bits say who opened the stream and whether it
@@ -169,8 +174,12 @@ func (p *Parser) Next(f *Frame) (bool, error) {
 		}
 		f.ErrorCode, b, err = varint(b)
 	case FrameStream, FrameStreamFin:
-		b, err = parseStream(b, &f.Stream)
+		b, err = parseStream(b, &f.Stream, false)
 		f.Stream.Fin = t == FrameStreamFin
+	case FrameStreamEnd, FrameStreamEndFin:
+		b, err = parseStream(b, &f.Stream, true)
+		f.Stream.Fin = t == FrameStreamEndFin
+		f.Type = t &^ (FrameStreamEnd ^ FrameStream) // one STREAM frame, as its receiver sees it
 	case FrameDatagram:
 		b, err = parseDatagram(b, &f.Datagram)
 	default:
@@ -241,7 +250,9 @@ func (p *Parser) parseAck(b []byte, a *Ack) ([]byte, error) {
 	return b, nil
 }
 
-func parseStream(b []byte, s *Stream) ([]byte, error) {
+// parseStream reads a STREAM frame's fields; toEnd: it has no length,
+// its data is the rest of the packet.
+func parseStream(b []byte, s *Stream, toEnd bool) ([]byte, error) {
 	var err error
 	if s.ID, b, err = varint(b); err != nil {
 		return nil, err
@@ -249,9 +260,11 @@ func parseStream(b []byte, s *Stream) ([]byte, error) {
 	if s.Offset, b, err = varint(b); err != nil {
 		return nil, err
 	}
-	n, b, err := varint(b)
-	if err != nil {
-		return nil, err
+	n := uint64(len(b))
+	if !toEnd {
+		if n, b, err = varint(b); err != nil {
+			return nil, err
+		}
 	}
 	if n > uint64(len(b)) || s.Offset+n > MaxVarint {
 		return nil, ErrFrame

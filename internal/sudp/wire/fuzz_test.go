@@ -16,6 +16,8 @@ func FuzzParseFrames(f *testing.F) {
 	f.Add(AppendDatagram(nil, 1, 0, 2, []byte("xy")))
 	f.Add(AppendReset(AppendValue(nil, FrameMaxData, 1<<40), 8, 1, 9))
 	f.Add(AppendResetToken(AppendPing(nil), [ResetTokenLen]byte{1, 2, 3}))
+	f.Add(append(AppendStreamEndHeader(AppendPing(nil), 4, 1<<31, false), "to the end"...))
+	f.Add(AppendStreamEndHeader(nil, 8, 0, true))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Parser
 		p.Reset(b)
@@ -72,14 +74,29 @@ func FuzzParseFrames(f *testing.F) {
 func FuzzParseHeader(f *testing.F) {
 	f.Add(append(AppendHeader(nil, Header{DstCID: 1, PN: 2}), make([]byte, TagSize)...))
 	f.Add([]byte{TypeData})
+	for n := 1; n <= 4; n++ {
+		f.Add(append(AppendShortHeader(nil, n%2 == 0, 0xdeadbeef, 0x01020304, n), make([]byte, TagSize)...))
+	}
+	f.Add([]byte{0x0b, 1, 2, 3, 4})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseHeader(b)
 		if err != nil {
 			return
 		}
-		re := AppendHeader(nil, h)
-		if !bytes.Equal(re, b[:DataHeaderSize]) {
-			t.Fatalf("header round trip: %x vs %x", re, b[:DataHeaderSize])
+		if h.Len > len(b)-TagSize {
+			t.Fatalf("header of %d bytes in a %d-byte datagram", h.Len, len(b))
+		}
+		var re []byte
+		if h.Short {
+			if h.PNLen < 1 || h.PNLen > 4 || h.Len != 5+h.PNLen || h.DstCID>>32 != 0 || h.PN>>(8*h.PNLen) != 0 {
+				t.Fatalf("short header %+v", h)
+			}
+			re = AppendShortHeader(nil, h.KeyPhase, h.DstCID, h.PN, h.PNLen)
+		} else {
+			re = AppendHeader(nil, h)
+		}
+		if !bytes.Equal(re, b[:h.Len]) {
+			t.Fatalf("header round trip: %x vs %x", re, b[:h.Len])
 		}
 	})
 }

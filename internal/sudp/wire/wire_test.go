@@ -24,7 +24,7 @@ func TestVarintRoundTrip(t *testing.T) {
 }
 
 func TestHeaderRoundTrip(t *testing.T) {
-	h := Header{KeyPhase: true, DstCID: 0x0102030405060708, PN: 1<<40 + 7}
+	h := Header{KeyPhase: true, DstCID: 0x0102030405060708, PN: 1<<40 + 7, Len: DataHeaderSize}
 	b := AppendHeader(nil, h)
 	if len(b) != DataHeaderSize {
 		t.Fatalf("header size %d", len(b))
@@ -214,5 +214,151 @@ func BenchmarkParseStreamPacket(b *testing.B) {
 				break
 			}
 		}
+	}
+}
+
+// A short header carries the key phase, the connection id's low 32 bits
+// and the packet number's low 8×L bits, L from 1 to 4, in 5+L bytes.
+func TestShortHeaderRoundTrip(t *testing.T) {
+	for n := 1; n <= 4; n++ {
+		for _, kp := range []bool{false, true} {
+			b := AppendShortHeader(nil, kp, 0x0102030405060708, 0x1122334455667788, n)
+			if len(b) != 5+n || !IsShort(b[0]) || !IsData(b[0]) {
+				t.Fatalf("L=%d: header %x", n, b)
+			}
+			if _, err := ParseHeader(append(b[:len(b):len(b)], make([]byte, TagSize-1)...)); err == nil {
+				t.Fatalf("L=%d: parsed without room for a tag", n)
+			}
+			b = append(b, make([]byte, TagSize)...)
+			h, err := ParseHeader(b)
+			want := Header{KeyPhase: kp, DstCID: 0x05060708, PN: 0x1122334455667788 & (1<<(8*n) - 1), Short: true, PNLen: n, Len: 5 + n}
+			if err != nil || h != want {
+				t.Fatalf("L=%d: got %+v, %v; want %+v", n, h, err, want)
+			}
+			if !h.Names(0xffffffff05060708) || h.Names(0x05060709) {
+				t.Fatalf("L=%d: Names compares more or less than the low 32 bits", n)
+			}
+		}
+	}
+	for typ := 0; typ < 256; typ++ {
+		if IsShort(byte(typ)) != (typ >= 0x08 && typ <= 0x0f) {
+			t.Fatalf("IsShort(0x%02x)", typ)
+		}
+	}
+	long := Header{DstCID: 0x0102030405060708, Len: DataHeaderSize}
+	if !long.Names(0x0102030405060708) || long.Names(0xff02030405060708) {
+		t.Fatal("a long header's Names compares less than the whole id")
+	}
+}
+
+// The sender's length leaves the receiver's recovery unambiguous: more
+// than twice the distance from the largest acknowledged number (RFC 9000
+// §17.1); beyond 4 bytes, the long header.
+func TestShortPNLen(t *testing.T) {
+	tests := []struct {
+		pn, acked uint64
+		hasAcked  bool
+		want      int
+	}{
+		{0, 0, false, 1},
+		{126, 0, false, 1},
+		{127, 0, false, 2},
+		{200, 100, true, 1},
+		{228, 100, true, 2},
+		{100 + 1<<15 - 1, 100, true, 2},
+		{100 + 1<<15, 100, true, 3},
+		{100 + 1<<23, 100, true, 4},
+		{100 + 1<<31 - 1, 100, true, 4},
+		{100 + 1<<31, 100, true, 0},
+		{1<<40 + 5, 1 << 40, true, 1},
+		{5, 9, true, 1}, // an ACK claiming more than was sent: the number itself counts
+	}
+	for _, tc := range tests {
+		if got := ShortPNLen(tc.pn, tc.acked, tc.hasAcked); got != tc.want {
+			t.Errorf("ShortPNLen(%d, %d, %v) = %d, want %d", tc.pn, tc.acked, tc.hasAcked, got, tc.want)
+		}
+	}
+}
+
+// DecodePN: RFC 9000 A.3's example, the window's edges, and every
+// number a sender following ShortPNLen may send, around many largest
+// values, comes back whole.
+func TestDecodePN(t *testing.T) {
+	if got := DecodePN(0x9b32, 2, 0xa82f30ea); got != 0xa82f9b32 {
+		t.Fatalf("RFC 9000 A.3 example: %#x", got)
+	}
+	tests := []struct {
+		trunc   uint64
+		n       int
+		largest uint64
+		want    uint64
+	}{
+		{0, 1, 0, 0},
+		{1, 1, 0, 1},
+		{0xff, 1, 0x100, 0xff},
+		{0x00, 1, 0xff, 0x100},
+		{0x7f, 1, 0, 0x7f},
+		{0x80, 1, 0, 0x80},      // nothing lies below 0
+		{0xff, 1, 0x1ff, 0x1ff}, // a duplicate of the largest
+		{0x10, 1, 0x190, 0x210},
+		{0x00, 1, 0x17f, 0x200}, // half a window either way: the newer (RFC 9000 A.3)
+		{0x01, 1, 0x17f, 0x101}, // just inside the window below
+	}
+	for _, tc := range tests {
+		if got := DecodePN(tc.trunc, tc.n, tc.largest); got != tc.want {
+			t.Errorf("DecodePN(%#x, %d, %#x) = %#x, want %#x", tc.trunc, tc.n, tc.largest, got, tc.want)
+		}
+	}
+	for _, largest := range []uint64{0, 1, 127, 128, 255, 256, 1000, 65535, 65536, 1 << 20, 1<<32 - 1, 1 << 32, 1<<40 + 3} {
+		for _, acked := range []uint64{largest / 2, largest, largest - min(largest, 300)} {
+			// The receiver has seen up to largest (at least what it
+			// acknowledged); the sender's next number is above all it
+			// sent, so above largest.
+			for pn := largest + 1; pn < largest+70000; pn += 1 + pn%97 {
+				n := ShortPNLen(pn, acked, true)
+				if n == 0 {
+					continue
+				}
+				if got := DecodePN(pn&(1<<(8*n)-1), n, largest); got != pn {
+					t.Fatalf("pn %d (L=%d, acked %d) recovered as %d against largest %d", pn, n, acked, got, largest)
+				}
+			}
+		}
+	}
+}
+
+// A STREAM frame without a length takes the rest of the packet, whatever
+// its bytes, and is seen as one STREAM frame (with its FIN bit).
+func TestStreamFrameToTheEnd(t *testing.T) {
+	for _, fin := range []bool{false, true} {
+		rest := append(AppendPing(nil), "looks like frames"...)
+		b := append(AppendStreamEndHeader(AppendPing(nil), 4, 1<<31, fin), rest...)
+		if got := len(AppendStreamEndHeader(nil, 4, 1<<31, fin)); got != StreamEndHeaderLen(4, 1<<31) {
+			t.Fatalf("header %d bytes, StreamEndHeaderLen %d", got, StreamEndHeaderLen(4, 1<<31))
+		}
+		var p Parser
+		p.Reset(b)
+		var f Frame
+		if ok, err := p.Next(&f); !ok || err != nil || f.Type != FramePing {
+			t.Fatalf("first frame: %v %v %+v", ok, err, f)
+		}
+		want := byte(FrameStream)
+		if fin {
+			want = FrameStreamFin
+		}
+		if ok, err := p.Next(&f); !ok || err != nil || f.Type != want || f.Stream.ID != 4 || f.Stream.Offset != 1<<31 || f.Stream.Fin != fin || !bytes.Equal(f.Stream.Data, rest) {
+			t.Fatalf("fin %v: %v %v %+v", fin, ok, err, f)
+		}
+		if ok, err := p.Next(&f); ok || err != nil {
+			t.Fatalf("fin %v: a frame after the one that runs to the end: %v %v", fin, ok, err)
+		}
+	}
+	// An offset whose end would pass 2^62-1 is malformed, as with a length.
+	b := append(AppendStreamEndHeader(nil, 4, MaxVarint-1, false), "xy"...)
+	var p Parser
+	p.Reset(b)
+	var f Frame
+	if _, err := p.Next(&f); err == nil {
+		t.Fatal("a frame past the largest offset parsed")
 	}
 }

@@ -59,7 +59,9 @@ type peers struct {
 	// admitted. order is their arrival, to forget the oldest first.
 	withdrawn map[[32]byte]struct{}
 	order     [][32]byte
-	now       func() time.Time
+	// models are the rate models links left, per path (pathmodel.go).
+	models map[pathKey]pathModel
+	now    func() time.Time
 }
 
 func newPeers() *peers {
@@ -204,10 +206,14 @@ func (p *peers) linkOrWait(topic string) (*link, <-chan struct{}) {
 // dropLink forgets topic's link if it is still c.
 func (p *peers) dropLink(topic string, c *sudp.Conn) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if l := p.links[topic]; l != nil && l.c == c {
-		delete(p.links, topic)
+	l := p.links[topic]
+	if l == nil || l.c != c {
+		p.mu.Unlock()
+		return
 	}
+	delete(p.links, topic)
+	p.mu.Unlock()
+	p.remember(l)
 }
 
 func (p *peers) closeLink(topic string) bool {
@@ -216,6 +222,7 @@ func (p *peers) closeLink(topic string) bool {
 	delete(p.links, topic)
 	p.mu.Unlock()
 	if l != nil {
+		p.remember(l)
 		_ = l.c.Close()
 	}
 	return l != nil
@@ -275,7 +282,9 @@ func (a *Agent) admitPeer(ctx context.Context, c *sudp.Conn) error {
 	if err := message.Send(ctx, c, message.PeerHello{Topic: topic, From: a.ID()}); err != nil {
 		return err
 	}
-	if err := a.peers.addLink(&link{topic: topic, peerID: e.peerID, c: c}); err != nil {
+	l := &link{topic: topic, peerID: e.peerID, c: c}
+	a.resumeLink(l)
+	if err := a.peers.addLink(l); err != nil {
 		return err
 	}
 	a.log.Info("agent: peer connected", "topic", topic, "peer", e.peerID, "addr", c.RemoteAddr().String())
@@ -322,7 +331,9 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	// up now and the hello is checked beside it: waiting for it cost the
 	// migration's first byte a round trip. A wrong or missing one closes
 	// the link.
-	if err := a.peers.addLink(&link{topic: in.Topic, peerID: in.PeerID, c: c}); err != nil {
+	l := &link{topic: in.Topic, peerID: in.PeerID, c: c}
+	a.resumeLink(l)
+	if err := a.peers.addLink(l); err != nil {
 		_ = c.Close()
 		return err
 	}

@@ -356,6 +356,14 @@ func (c *Conn) SetMaxRate(bps float64) {
 	c.wake()
 }
 
+// Resume starts the connection's rate controller from what an earlier
+// connection measured over the same path (see core.Conn.Resume).
+func (c *Conn) Resume(bw float64, minRTT time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cc.Resume(bw, minRTT)
+}
+
 // SetIdleTimeout changes how long the connection lives without hearing
 // from its peer (see core.Conn.SetIdleTimeout).
 func (c *Conn) SetIdleTimeout(d time.Duration) {

@@ -42,6 +42,7 @@ type Stats struct {
 	Lost             uint64        // bytes declared lost
 	Rounds           uint64        // packet-timed round trips
 	CongestionEvents uint64        // losses that coincided with a standing queue (ceiling cuts)
+	Resumed          bool          // started from an earlier connection's model (Resume)
 }
 
 // Tunables. The BBR constants are those of BBRv1 (Cardwell et al., 2016)
@@ -230,6 +231,12 @@ type Controller struct {
 	lostTotal      uint64
 	congEvents     uint64
 
+	// resume is what an earlier connection measured on this path (Resume),
+	// applied at the first RTT sample if that sample shows the same path;
+	// resumed counts the resumes applied (Stats).
+	resume  resumeSeed
+	resumed bool
+
 	// Test-only knobs, to measure what the design choices buy: noLossRule
 	// turns the loss-with-queueing rule off (plain BBRv1); lossThreshold
 	// additionally requires the round's losses to exceed that fraction of a
@@ -273,6 +280,53 @@ func New(cfg Config, now time.Time) *Controller {
 	return c
 }
 
+// resumeSeed is a path's model as an earlier connection left it.
+type resumeSeed struct {
+	bw     float64
+	minRTT time.Duration
+}
+
+// Resume gives a new connection the bandwidth and minimum RTT an earlier
+// connection measured over the same path, so that it need not find the
+// rate again from its initial window (careful resume, after
+// draft-ietf-tsvwg-careful-resume). Nothing happens until the first RTT
+// sample: if it is within [minRTT/2, 3 × minRTT] the path is taken to be
+// the same, the window jumps to one bandwidth-delay product of bw, and
+// the model starts from half of bw — STARTUP's gain paces that at 1.44 ×
+// bw, bounded by the window, and goes on probing from there, so a path
+// that is as it was is full within a round and one that lost capacity
+// shows it by its queue and its losses (the loss rule's cut), as a
+// STARTUP overshoot does. Any other first sample discards the seed; a
+// controller that has an RTT sample already (the connection's first
+// packets were acknowledged) judges by its smoothed RTT at once. It
+// applies only to a controller in STARTUP that has delivered less than
+// its initial window; it reports whether the seed was taken for
+// consideration.
+func (c *Controller) Resume(bw float64, minRTT time.Duration) bool {
+	if c.mode != modeStartup || c.filledPipe || c.rate.delivered >= uint64(c.cfg.InitialWindow) ||
+		!(bw > 0) || math.IsInf(bw, 0) || minRTT <= 0 {
+		return false
+	}
+	c.resume = resumeSeed{bw: bw, minRTT: minRTT}
+	if c.srtt > 0 {
+		c.applyResume(c.srtt)
+		c.setPacingRate(c.pacingGain)
+	}
+	return true
+}
+
+// applyResume acts on the seed at the first RTT sample.
+func (c *Controller) applyResume(rtt time.Duration) {
+	seed := c.resume
+	c.resume = resumeSeed{}
+	if rtt < seed.minRTT/2 || rtt > 3*seed.minRTT {
+		return // another path, or this one now queues: start as new
+	}
+	c.btlBw.Update(seed.bw/2, c.rounds)
+	c.cwnd = max(c.cwnd, int(seed.bw*seed.minRTT.Seconds()))
+	c.resumed = true
+}
+
 // OnPacketSent stamps a packet about to be sent. bytesInFlight is the amount
 // in flight before this packet.
 func (c *Controller) OnPacketSent(now time.Time, size int, bytesInFlight int) PacketState {
@@ -298,6 +352,9 @@ func (c *Controller) OnPacketSent(now time.Time, size int, bytesInFlight int) Pa
 func (c *Controller) OnAck(now time.Time, acked []PacketState, rtt time.Duration, bytesInFlight int) {
 	minRTTExpired := false
 	if rtt > 0 {
+		if c.srtt == 0 && c.resume.bw > 0 {
+			c.applyResume(rtt)
+		}
 		if c.srtt == 0 {
 			c.srtt = rtt
 		} else {
@@ -427,6 +484,7 @@ func (c *Controller) Stats() Stats {
 		Lost:             c.lostTotal,
 		Rounds:           c.rounds,
 		CongestionEvents: c.congEvents,
+		Resumed:          c.resumed,
 	}
 }
 

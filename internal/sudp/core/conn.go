@@ -470,6 +470,12 @@ func (c *Conn) Stats() ConnStats {
 // SetMaxRate caps the sending rate (bytes/s; 0 removes the cap).
 func (c *Conn) SetMaxRate(bps float64) { c.rec.cc.SetMaxRate(bps) }
 
+// Resume starts the rate controller from an earlier connection's model of
+// the same path (bandwidth in bytes/s, minimum RTT), instead of from its
+// initial window; see congestion.Controller.Resume. Call it before any
+// data is acknowledged; it reports whether the seed was taken.
+func (c *Conn) Resume(bw float64, minRTT time.Duration) bool { return c.rec.cc.Resume(bw, minRTT) }
+
 // SetIdleTimeout changes how long the connection lives without hearing
 // from its peer (d ≤ 0: DefaultConfig's). The peer keeps its own:
 // both ends must raise theirs to ride out a longer outage.

@@ -18,7 +18,8 @@ import (
 // same VMs, the same link. It reports each run's total time against the
 // ideal — the memory over the link's rate — and the mean time a VM
 // waited to be moved. FERRY_EVAC_TRIALS (default 1) repeats the pair;
-// FERRY_EVAC_PER_LINK=N runs only the pacing N.
+// FERRY_EVAC_PER_LINK=N runs only the pacing N; FERRY_EVAC_NO_RESUME=1
+// starts every migration link from its initial window.
 //
 //	go test ./e2e -run '^$' -bench BenchmarkEvacuation -benchtime 1x -timeout 30m
 func BenchmarkEvacuation(b *testing.B) {
@@ -36,6 +37,11 @@ func BenchmarkEvacuation(b *testing.B) {
 	}
 	for _, h := range []string{"b1", "b2"} {
 		c.agentNetns[h] = l.netns[1]
+	}
+	if os.Getenv("FERRY_EVAC_NO_RESUME") != "" {
+		// Every migration link from its initial window: what resuming
+		// the path's rate gains.
+		c.agentExtra = []string{"--no-rate-resume"}
 	}
 	c.startSitedHosts(b, "a1", "a2", "b1", "b2")
 	vms := map[string][3]string{

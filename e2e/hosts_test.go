@@ -274,7 +274,7 @@ func (c *cluster) startHostsIn(t testing.TB, site func(string) string, names ...
 		t.Fatal(err)
 	}
 	for _, h := range names {
-		args := []string{"--token", tok.Token, "--report-interval", "300ms", "--sim-host", "cores=4,memory=8GiB"}
+		args := append([]string{"--token", tok.Token, "--report-interval", "300ms", "--sim-host", "cores=4,memory=8GiB"}, c.agentExtra...)
 		if site != nil {
 			args = append(args, "--site", site(h))
 		}

@@ -129,6 +129,7 @@ type cluster struct {
 	sudp, admin string
 	mmc         *proc
 	extra       []string
+	agentExtra  []string // flags for the agents startHostsIn starts
 	bundle      string
 	agentDirs   map[string]string
 	// netns is where the MMC (and ctl) run; agentNetns where each agent

@@ -179,7 +179,8 @@ once with a valid --token), then keeps an authenticated session open.`,
 	f.StringVar(&cfg.Facts.MachineID, "machine-id", "", "override the machine id (simulated hosts)")
 	f.StringVar(&macs, "macs", "", "override the MAC addresses, comma-separated (simulated hosts)")
 	f.StringVar(&simHost, "sim-host", "", "the host's load as reported: a simulated machine loaded by its VMs only, e.g. cores=4,memory=8GiB (default with --driver sim: this machine's size), or real (this machine's measured load)")
-	for _, h := range []string{"disk-id", "machine-id", "macs"} {
+	f.BoolVar(&cfg.NoRateResume, "no-rate-resume", false, "start every migration link from its initial window, not from the last link's rate over the same path (to measure what resuming gains)")
+	for _, h := range []string{"disk-id", "machine-id", "macs", "no-rate-resume"} {
 		_ = f.MarkHidden(h)
 	}
 	withConfigFile(cmd)

@@ -50,6 +50,10 @@ type Config struct {
 	ClockAlarm       time.Duration
 	TimeSyncInterval time.Duration
 	Version          string
+	// NoRateResume starts every migration link from its initial window
+	// instead of from the rate the last link over its path measured
+	// (pathmodel.go): to measure what resuming gains.
+	NoRateResume bool
 	// Driver is the host's hypervisor (nil: monitor the host only);
 	// ReportInterval how often the monitor reports (default 5 s).
 	Driver         hypervisor.Driver

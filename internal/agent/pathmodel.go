@@ -24,6 +24,9 @@ const (
 	// pathModelRounds is how many round trips a link must have measured
 	// for its model to be remembered: fewer, and it may still be ramping.
 	pathModelRounds = 20
+	// lossBaselineRounds is how many rounds a link's random-loss rate
+	// must rest on to be passed on (the controller's median spans 15).
+	lossBaselineRounds = 15
 )
 
 // pathKey names a path: the peer agent and the address its packets come
@@ -37,6 +40,7 @@ type pathKey struct {
 type pathModel struct {
 	bw     float64 // bytes/s
 	minRTT time.Duration
+	loss   float64 // the path's random loss; −1: not measured over enough rounds
 	at     time.Time
 }
 
@@ -50,7 +54,11 @@ func modelOf(c *sudp.Conn, now time.Time) (pathModel, bool) {
 	if st.Rounds < pathModelRounds || !(st.BtlBw > 0) || st.MinRTT <= 0 || st.State == "STARTUP" {
 		return pathModel{}, false
 	}
-	return pathModel{bw: st.BtlBw, minRTT: st.MinRTT, at: now}, true
+	loss := -1.0
+	if st.LossRounds >= lossBaselineRounds {
+		loss = st.RandomLoss
+	}
+	return pathModel{bw: st.BtlBw, minRTT: st.MinRTT, loss: loss, at: now}, true
 }
 
 // remember keeps l's model for the next link over its path. It calls
@@ -111,8 +119,8 @@ func (p *peers) resume(l *link) float64 {
 			live = append(live, m)
 		}
 	}
-	if bw, minRTT, ok := pickModel(saved, ok, live, sharing, now); ok && l.c.Resume(bw, minRTT) {
-		return bw
+	if m, share, ok := pickModel(saved, ok, live, sharing, now); ok && l.c.Resume(share, m.minRTT, m.loss) {
+		return share
 	}
 	return 0
 }
@@ -122,8 +130,8 @@ func (p *peers) resume(l *link) float64 {
 // the path still open (live; sharing of them are open in all), the
 // remembered one only within pathModelTTL. The new link's share is the
 // model's rate over the links the path will carry, itself included.
-func pickModel(saved pathModel, have bool, live []pathModel, sharing int, now time.Time) (bw float64, minRTT time.Duration, ok bool) {
-	m := saved
+func pickModel(saved pathModel, have bool, live []pathModel, sharing int, now time.Time) (m pathModel, share float64, ok bool) {
+	m = saved
 	ok = have && now.Sub(saved.at) <= pathModelTTL
 	for _, l := range live {
 		if !ok || l.at.After(m.at) {
@@ -131,14 +139,17 @@ func pickModel(saved pathModel, have bool, live []pathModel, sharing int, now ti
 		}
 	}
 	if !ok {
-		return 0, 0, false
+		return pathModel{}, 0, false
 	}
-	return m.bw / float64(1+sharing), m.minRTT, true
+	return m, m.bw / float64(1+sharing), true
 }
 
 // resumeLink starts a new link from its path's model, if one is known.
 func (a *Agent) resumeLink(l *link) {
+	if a.cfg.NoRateResume {
+		return
+	}
 	if bw := a.peers.resume(l); bw > 0 {
-		a.log.Debug("agent: link starts from the path's last rate", "topic", l.topic, "peer", l.peerID, "rate_bps", bw*8)
+		a.log.Info("agent: link starts from the path's last rate", "topic", l.topic, "peer", l.peerID, "rate_bps", bw*8)
 	}
 }

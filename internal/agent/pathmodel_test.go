@@ -35,9 +35,9 @@ func TestPickModel(t *testing.T) {
 		{"three open", pathModel{}, false, []pathModel{live, live, live}, 3, 2.5e6, 52 * time.Millisecond, true},
 	}
 	for _, tc := range tests {
-		bw, rtt, ok := pickModel(tc.saved, tc.have, tc.live, tc.sharing, now)
-		if ok != tc.ok || bw != tc.bw || rtt != tc.rtt {
-			t.Errorf("%s: %v %v %v, want %v %v %v", tc.name, bw, rtt, ok, tc.bw, tc.rtt, tc.ok)
+		m, bw, ok := pickModel(tc.saved, tc.have, tc.live, tc.sharing, now)
+		if rtt := m.minRTT; ok != tc.ok || bw != tc.bw || rtt != tc.rtt {
+			t.Errorf("%s: %v %v %v, want %v %v %v", tc.name, bw, m.minRTT, ok, tc.bw, tc.rtt, tc.ok)
 		}
 	}
 }

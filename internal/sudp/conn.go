@@ -358,10 +358,10 @@ func (c *Conn) SetMaxRate(bps float64) {
 
 // Resume starts the connection's rate controller from what an earlier
 // connection measured over the same path (see core.Conn.Resume).
-func (c *Conn) Resume(bw float64, minRTT time.Duration) bool {
+func (c *Conn) Resume(bw float64, minRTT time.Duration, loss float64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.cc.Resume(bw, minRTT)
+	return c.cc.Resume(bw, minRTT, loss)
 }
 
 // SetIdleTimeout changes how long the connection lives without hearing

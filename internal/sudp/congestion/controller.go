@@ -43,6 +43,7 @@ type Stats struct {
 	Rounds           uint64        // packet-timed round trips
 	CongestionEvents uint64        // losses that coincided with a standing queue (ceiling cuts)
 	Resumed          bool          // started from an earlier connection's model (Resume)
+	LossRounds       int           // rounds behind RandomLoss (at most the 15 its median spans)
 }
 
 // Tunables. The BBR constants are those of BBRv1 (Cardwell et al., 2016)
@@ -284,6 +285,7 @@ func New(cfg Config, now time.Time) *Controller {
 type resumeSeed struct {
 	bw     float64
 	minRTT time.Duration
+	loss   float64 // the path's random loss; < 0: not known
 }
 
 // Resume gives a new connection the bandwidth and minimum RTT an earlier
@@ -296,18 +298,28 @@ type resumeSeed struct {
 // bw, bounded by the window, and goes on probing from there, so a path
 // that is as it was is full within a round and one that lost capacity
 // shows it by its queue and its losses (the loss rule's cut), as a
-// STARTUP overshoot does. Any other first sample discards the seed; a
+// STARTUP overshoot does. A random-loss rate (Stats.RandomLoss of a model
+// whose Stats.LossRounds reached lossMedianRounds; negative: none) seeds
+// the loss baseline too, so that from the first round the loss rule
+// excuses what the path loses at random and judges only the excess: a
+// new connection's baseline otherwise rests on its few first rounds
+// after STARTUP and can take random losses for overflow (see Known
+// limitations). Its own rounds replace the seed's over the next
+// lossMedianRounds. Any other first sample discards the seed; a
 // controller that has an RTT sample already (the connection's first
 // packets were acknowledged) judges by its smoothed RTT at once. It
 // applies only to a controller in STARTUP that has delivered less than
 // its initial window; it reports whether the seed was taken for
 // consideration.
-func (c *Controller) Resume(bw float64, minRTT time.Duration) bool {
+func (c *Controller) Resume(bw float64, minRTT time.Duration, loss float64) bool {
 	if c.mode != modeStartup || c.filledPipe || c.rate.delivered >= uint64(c.cfg.InitialWindow) ||
 		!(bw > 0) || math.IsInf(bw, 0) || minRTT <= 0 {
 		return false
 	}
-	c.resume = resumeSeed{bw: bw, minRTT: minRTT}
+	if !(loss >= 0 && loss <= 1) {
+		loss = -1 // unknown, or not a rate
+	}
+	c.resume = resumeSeed{bw: bw, minRTT: minRTT, loss: loss}
 	if c.srtt > 0 {
 		c.applyResume(c.srtt)
 		c.setPacingRate(c.pacingGain)
@@ -324,6 +336,13 @@ func (c *Controller) applyResume(rtt time.Duration) {
 	}
 	c.btlBw.Update(seed.bw/2, c.rounds)
 	c.cwnd = max(c.cwnd, int(seed.bw*seed.minRTT.Seconds()))
+	if seed.loss >= 0 && c.roundLossN == 0 {
+		for i := range c.roundLoss {
+			c.roundLoss[i] = seed.loss
+		}
+		c.roundLossN = lossMedianRounds
+		c.randomLoss = seed.loss
+	}
 	c.resumed = true
 }
 
@@ -485,6 +504,7 @@ func (c *Controller) Stats() Stats {
 		Rounds:           c.rounds,
 		CongestionEvents: c.congEvents,
 		Resumed:          c.resumed,
+		LossRounds:       min(c.roundLossN, lossMedianRounds),
 	}
 }
 

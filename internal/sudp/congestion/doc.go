@@ -182,6 +182,14 @@
 // first half second against 62 for a new one, and on a path at half the
 // saved rate it settles like a new flow (TestResumeSkipsTheRamp).
 //
+// The seed carries the path's random-loss rate too, when the earlier
+// connection measured it over a full 15-round median: it fills the new
+// flow's baseline, which its own rounds then replace. A new flow's
+// baseline otherwise rests on its first rounds after STARTUP — the known
+// limitation below — and at 5 % loss with 20 ms of ACK jitter six
+// simulated 10 s flows made 103 cuts and delivered 63 % of R; seeded,
+// 3 cuts and 89 % (TestResumeSeedsTheLossBaseline).
+//
 // # Wiring it into the connection core
 //
 //   - Keep one PacketState per ack-eliciting packet in flight, exactly as

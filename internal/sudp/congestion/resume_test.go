@@ -9,7 +9,7 @@ import (
 func resumedFlow(start time.Duration, bw float64, minRTT time.Duration) flowSpec {
 	return flowSpec{start: start, newCC: func(now time.Time) ccAlgo {
 		c := New(Config{MaxDatagramSize: mss}, now)
-		c.Resume(bw, minRTT)
+		c.Resume(bw, minRTT, -1)
 		return c
 	}}
 }
@@ -87,7 +87,7 @@ func TestResumeNeedsTheSamePath(t *testing.T) {
 		{151 * time.Millisecond, false},
 	} {
 		c := New(Config{MaxDatagramSize: mss}, now)
-		if !c.Resume(12.5e6, 50*time.Millisecond) {
+		if !c.Resume(12.5e6, 50*time.Millisecond, -1) {
 			t.Fatal("a new controller refused the seed")
 		}
 		ps := c.OnPacketSent(now, mss, 0)
@@ -108,7 +108,7 @@ func TestResumeNeedsTheSamePath(t *testing.T) {
 	c := New(Config{MaxDatagramSize: mss}, now)
 	ps := c.OnPacketSent(now, mss, 0)
 	c.OnAck(now.Add(50*time.Millisecond), []PacketState{ps}, 50*time.Millisecond, 0)
-	if !c.Resume(12.5e6, 50*time.Millisecond) || !c.Stats().Resumed || c.PacingRate() < 12.5e6 {
+	if !c.Resume(12.5e6, 50*time.Millisecond, -1) || !c.Stats().Resumed || c.PacingRate() < 12.5e6 {
 		t.Errorf("a controller with an RTT sample: resumed %v, pacing %.0f B/s", c.Stats().Resumed, c.PacingRate())
 	}
 	// One that has delivered its initial window has found its own rate.
@@ -118,12 +118,71 @@ func TestResumeNeedsTheSamePath(t *testing.T) {
 		sent = append(sent, c.OnPacketSent(now, mss, 0))
 	}
 	c.OnAck(now.Add(50*time.Millisecond), sent, 50*time.Millisecond, 0)
-	if c.Resume(12.5e6, 50*time.Millisecond) {
+	if c.Resume(12.5e6, 50*time.Millisecond, -1) {
 		t.Error("a controller that has delivered its initial window took a seed")
 	}
 	for _, bad := range []float64{0, -1} {
-		if New(Config{}, now).Resume(bad, 50*time.Millisecond) {
+		if New(Config{}, now).Resume(bad, 50*time.Millisecond, -1) {
 			t.Errorf("seed of %v B/s taken", bad)
+		}
+	}
+}
+
+// A seed's random-loss rate becomes the new flow's loss baseline at once
+// (its own rounds replace it later); without one the flow measures its
+// own from nothing. On a lossy path with noisy RTT samples, flows whose
+// baseline came with the seed take fewer random losses for overflow.
+func TestResumeSeedsTheLossBaseline(t *testing.T) {
+	now := simTime(0)
+	for _, loss := range []float64{0.01, -1} {
+		c := New(Config{MaxDatagramSize: mss}, now)
+		c.Resume(12.5e6, 50*time.Millisecond, loss)
+		ps := c.OnPacketSent(now, mss, 0)
+		c.OnAck(now.Add(50*time.Millisecond), []PacketState{ps}, 50*time.Millisecond, 0)
+		st := c.Stats()
+		want, rounds := loss, lossMedianRounds
+		if loss < 0 {
+			want, rounds = 0, 0
+		}
+		if st.RandomLoss != want || st.LossRounds != rounds {
+			t.Errorf("seeded loss %v: baseline %v over %d rounds, want %v over %d", loss, st.RandomLoss, st.LossRounds, want, rounds)
+		}
+	}
+
+	// The known limitation of doc.go: at 5 % loss with 20 ms of ACK
+	// jitter a new flow's rounds rarely measure the loss, and the 2 %
+	// threshold takes random losses for overflow.
+	const dur = 10 * time.Second
+	for _, tc := range []struct {
+		loss   float64
+		jitter time.Duration
+		better bool // the seed must cut the cuts to a quarter, and gain 10 % of R
+	}{
+		{0.01, 5 * time.Millisecond, false},
+		{0.05, 20 * time.Millisecond, true},
+	} {
+		var cuts [2]uint64
+		var good [2]float64
+		for seed := uint64(1); seed <= 6; seed++ {
+			cfg := simConfig{rate: refRate, delay: refDelay, queue: refBDP, loss: tc.loss, ackJitter: tc.jitter, seed: seed, duration: dur}
+			for i, f := range []flowSpec{resumedFlow(0, refRate, 2*refDelay), {newCC: func(now time.Time) ccAlgo {
+				c := New(Config{MaxDatagramSize: mss}, now)
+				c.Resume(refRate, 2*refDelay, tc.loss)
+				return c
+			}}} {
+				s := newSim(cfg, f)
+				s.run()
+				cuts[i] += ctl(s, 0).Stats().CongestionEvents
+				good[i] += s.goodput(0, 0, dur) / refRate / 6
+			}
+		}
+		t.Logf("%.0f %% loss, %v ACK jitter, 6 runs of 10 s: loss-rule cuts %d without the loss seed, %d with; goodput %.1f%% / %.1f%% of R",
+			100*tc.loss, tc.jitter, cuts[0], cuts[1], 100*good[0], 100*good[1])
+		if cuts[1] > cuts[0] || good[1] < good[0]-0.005 {
+			t.Errorf("%.0f %% loss: the seeded baseline made it worse: cuts %d → %d, goodput %.3f → %.3f", 100*tc.loss, cuts[0], cuts[1], good[0], good[1])
+		}
+		if tc.better && (4*cuts[1] > cuts[0] || good[1] < good[0]+0.1) {
+			t.Errorf("%.0f %% loss: cuts %d → %d, goodput %.3f → %.3f: the seeded baseline should have ended the mistaken cuts", 100*tc.loss, cuts[0], cuts[1], good[0], good[1])
 		}
 	}
 }

@@ -471,10 +471,13 @@ func (c *Conn) Stats() ConnStats {
 func (c *Conn) SetMaxRate(bps float64) { c.rec.cc.SetMaxRate(bps) }
 
 // Resume starts the rate controller from an earlier connection's model of
-// the same path (bandwidth in bytes/s, minimum RTT), instead of from its
-// initial window; see congestion.Controller.Resume. Call it before any
-// data is acknowledged; it reports whether the seed was taken.
-func (c *Conn) Resume(bw float64, minRTT time.Duration) bool { return c.rec.cc.Resume(bw, minRTT) }
+// the same path (bandwidth in bytes/s, minimum RTT, random loss rate or
+// −1), instead of from its initial window; see
+// congestion.Controller.Resume. Call it before any data is acknowledged;
+// it reports whether the seed was taken.
+func (c *Conn) Resume(bw float64, minRTT time.Duration, loss float64) bool {
+	return c.rec.cc.Resume(bw, minRTT, loss)
+}
 
 // SetIdleTimeout changes how long the connection lives without hearing
 // from its peer (d ≤ 0: DefaultConfig's). The peer keeps its own:

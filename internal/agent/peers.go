@@ -42,6 +42,7 @@ type expectation struct {
 type link struct {
 	topic, peerID string
 	c             *sudp.Conn
+	peer          [32]byte // the peer's static key (addLink), read under p.mu
 }
 
 // peers holds expectations and links. lookup runs on the endpoint's reader
@@ -91,7 +92,7 @@ func (p *peers) withdraw(id string, key [32]byte) int {
 	}
 	var doomed []*link
 	for topic, l := range p.links {
-		if l.peerID == id || l.c.Session().PeerStatic == key {
+		if l.peerID == id || l.peer == key {
 			doomed = append(doomed, l)
 			delete(p.links, topic)
 		}
@@ -171,21 +172,27 @@ func (p *peers) claim(pub [32]byte, topic string) (*expectation, bool) {
 }
 
 func (p *peers) addLink(l *link) error {
+	// Read from the connection before taking p.mu: nothing here calls
+	// into a connection under it (see remember).
+	l.peer = l.c.Session().PeerStatic
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.withdrawn[l.c.Session().PeerStatic]; ok {
+	if _, ok := p.withdrawn[l.peer]; ok {
 		// Withdrawn while the connection was being set up.
+		p.mu.Unlock()
 		return errWithdrawn
 	}
 	if len(p.links) >= maxLinks {
+		p.mu.Unlock()
 		return errors.New("agent: too many open peer connections")
 	}
-	if old := p.links[l.topic]; old != nil {
-		_ = old.c.Close()
-	}
+	old := p.links[l.topic]
 	p.links[l.topic] = l
 	close(p.linked)
 	p.linked = make(chan struct{})
+	p.mu.Unlock()
+	if old != nil {
+		_ = old.c.Close()
+	}
 	return nil
 }
 

@@ -198,11 +198,12 @@ func TestAttackBitFlips(t *testing.T) {
 		s, e := p.srvConn.Stats(), p.srv.Stats()
 		return (s.DroppedAuth - before.DroppedAuth) + (s.DroppedReplay - before.DroppedReplay) +
 			(s.DroppedMalformed - before.DroppedMalformed) + (e.UnknownCID - beforeEP.UnknownCID) + (e.Malformed - beforeEP.Malformed) +
-			(e.HandshakeDropped - beforeEP.HandshakeDropped)
+			(e.HandshakeDropped - beforeEP.HandshakeDropped) + (e.Foreign - beforeEP.Foreign)
 	}
 	// Every datagram is either dropped under exactly one counter or
 	// accepted; all n flipped copies must show up as drops (loopback drops
-	// nothing on its own).
+	// nothing on its own). A flip of the type byte's 0x40 or 0x80 bit makes
+	// a datagram of another protocol (foreign; no handler here: dropped).
 	waitFor(t, "all flipped packets counted", func() bool { return dropped() >= n })
 	// Handshake messages too: every bit of the recorded initiation.
 	init := rec.recorded(wire.TypeInitiation)[0]

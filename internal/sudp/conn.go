@@ -360,8 +360,10 @@ func (c *Conn) SetMaxRate(bps float64) {
 // connection measured over the same path (see core.Conn.Resume).
 func (c *Conn) Resume(bw float64, minRTT time.Duration, loss float64) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cc.Resume(bw, minRTT, loss)
+	ok := c.cc.Resume(bw, minRTT, loss)
+	c.mu.Unlock()
+	c.wake() // the pacer's next deadline moves
+	return ok
 }
 
 // SetIdleTimeout changes how long the connection lives without hearing

@@ -319,6 +319,10 @@ func (c *Controller) Resume(bw float64, minRTT time.Duration, loss float64) bool
 	if !(loss >= 0 && loss <= 1) {
 		loss = -1 // unknown, or not a rate
 	}
+	// A baseline excuses losses: one seeded from a link whose overflow
+	// was taken for random loss must not excuse more than compensation
+	// ever assumes.
+	loss = min(loss, maxLossCompensation)
 	c.resume = resumeSeed{bw: bw, minRTT: minRTT, loss: loss}
 	if c.srtt > 0 {
 		c.applyResume(c.srtt)

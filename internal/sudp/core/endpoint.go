@@ -157,20 +157,19 @@ func (e *Endpoint) HandshakeStats() handshake.Stats {
 	return e.responder.Stats()
 }
 
-// newCID chooses a connection id: random low 32 bits, unique among this
-// endpoint's connections (a short data packet names only those), under
-// a high half derived from them (resetter.cid), so that a restarted
-// endpoint can name the whole id, and its reset token, from a short
-// packet.
+// newCID chooses a random connection id whose low 32 bits — all a short
+// data packet names — are unique among this endpoint's connections. All
+// 64 bits are random: a stateless reset token derives from the whole id,
+// so no one can learn the token of an id before it is used.
 func (e *Endpoint) newCID() (uint64, error) {
-	var b [4]byte
+	var b [8]byte
 	for {
 		if _, err := io.ReadFull(e.rand, b[:]); err != nil {
 			return 0, fmt.Errorf("sudp: connection id: %w", err)
 		}
-		lo := binary.BigEndian.Uint32(b[:])
-		if lo != 0 && e.conns[lo] == nil {
-			return e.reset.cid(lo), nil
+		id := binary.BigEndian.Uint64(b[:])
+		if uint32(id) != 0 && e.conns[uint32(id)] == nil {
+			return id, nil
 		}
 	}
 }

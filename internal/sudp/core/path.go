@@ -228,7 +228,7 @@ func (c *Conn) sendPathChallenge(now time.Time, buf []byte) (int, netip.AddrPort
 			continue
 		}
 		p.sent = true
-		b := c.startPacket(buf)
+		b := c.startPacket(buf, false)
 		b = wire.AppendPath(b, wire.FramePathChallenge, p.data)
 		n, to, ok := c.finishPacket(now, b, p.path.addr, false, nil)
 		p.path.sentBytes += uint64(n)

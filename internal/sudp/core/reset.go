@@ -53,14 +53,9 @@ const (
 	resetSizeSpread = 24
 )
 
-// cidKeyInfo separates the key that derives connection ids' high halves.
-const cidKeyInfo = "ferry-sudp connection id key v1"
-
-// resetter issues stateless resets for one endpoint, and derives its
-// connection ids.
+// resetter issues stateless resets for one endpoint.
 type resetter struct {
 	key     [32]byte
-	cidKey  [32]byte
 	limiter *ratelimit.Limiter
 	tokens  float64 // global bucket
 	last    time.Time
@@ -77,25 +72,7 @@ func newResetter(staticPrivate []byte) (*resetter, error) {
 	}
 	copy(r.key[:], k)
 	clear(k)
-	ck, err := hkdf.Key(sha256.New, staticPrivate, nil, cidKeyInfo, 32)
-	if err != nil {
-		return nil, err
-	}
-	copy(r.cidKey[:], ck)
-	clear(ck)
 	return r, nil
-}
-
-// cid is the connection id whose low 32 bits are lo: its high half is a
-// keyed hash of them. A short data packet names only lo; an endpoint that
-// lost its connections (a restart with the same static key) still finds
-// the whole id, and so the reset token its peer holds.
-func (r *resetter) cid(lo uint32) uint64 {
-	m := hmac.New(sha256.New, r.cidKey[:])
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], lo)
-	m.Write(b[:])
-	return uint64(binary.BigEndian.Uint32(m.Sum(nil)))<<32 | uint64(lo)
 }
 
 // token is the stateless reset token of one of our connection ids.
@@ -123,11 +100,14 @@ func (r *resetter) allow(now time.Time, src netip.Addr) bool {
 
 // StatelessReset answers a datagram that Route found no connection for.
 // It returns the reset to send back to from, or nil: only a well-formed
-// data packet longer than the smallest reset gets one, within the rate
-// limits. The reset is shorter than pkt.
+// long-header data packet longer than the smallest reset gets one, within
+// the rate limits. A short packet names only half of the connection id,
+// and the token derives from all of it (peers send their probes and
+// keepalives long, so a lost connection is still detected). The reset is
+// shorter than pkt.
 func (e *Endpoint) StatelessReset(now time.Time, from netip.AddrPort, pkt []byte) []byte {
 	h, err := wire.ParseHeader(pkt)
-	if err != nil || len(pkt) <= wire.MinResetSize {
+	if err != nil || h.Short || len(pkt) <= wire.MinResetSize {
 		return nil
 	}
 	if !e.reset.allow(now, from.Addr()) {
@@ -150,11 +130,7 @@ func (e *Endpoint) StatelessReset(now time.Time, from netip.AddrPort, pkt []byte
 	// looks like a connection id, packet number and sealed frames.
 	out[0] = wire.TypeData
 	out[1] &= wire.FlagKeyPhase
-	cid := h.DstCID
-	if h.Short {
-		cid = e.reset.cid(uint32(cid))
-	}
-	tok := e.reset.token(cid)
+	tok := e.reset.token(h.DstCID)
 	copy(out[size-wire.ResetTokenLen:], tok[:])
 	e.stats.ResetsSent.Add(1)
 	return out

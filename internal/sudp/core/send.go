@@ -91,7 +91,10 @@ func (c *Conn) PollTransmit(now time.Time, buf []byte) (n int, to netip.AddrPort
 		return 0, to, false
 	}
 	room := budget - wire.TagSize
-	b := c.startPacket(buf)
+	// Probes and keepalives take the long header: a peer that lost the
+	// connection (a restart) answers only long packets with a stateless
+	// reset (docs/protocol.md §4.1), so these are what detect it.
+	b := c.startPacket(buf, c.probes > 0 || c.keepAliveDue(now))
 	frames := c.rec.frameScratch[:0]
 	eliciting := false
 
@@ -182,10 +185,10 @@ func (c *Conn) endAppLimited(now time.Time) {
 }
 
 // startPacket appends the next packet's header to buf[:0]: short unless
-// configured otherwise, or the number is too far from the largest the
-// peer acknowledged for 4 bytes to carry it unambiguously.
-func (c *Conn) startPacket(buf []byte) []byte {
-	if !c.cfg.LongHeaders {
+// long is asked for or configured, or the number is too far from the
+// largest the peer acknowledged for 4 bytes to carry it unambiguously.
+func (c *Conn) startPacket(buf []byte, long bool) []byte {
+	if !long && !c.cfg.LongHeaders {
 		if n := wire.ShortPNLen(c.nextPN, c.rec.largestAcked, c.rec.hasAcked); n > 0 {
 			c.hdrLen = 5 + n
 			return wire.AppendShortHeader(buf[:0], c.sendKey.phase(), c.remoteCID, c.nextPN, n)
@@ -239,7 +242,7 @@ func (c *Conn) sendPathResponse(now time.Time, buf []byte) (int, netip.AddrPort,
 	if p.budget() < pathChallengeSize {
 		return 0, r.to, false // would exceed 3x what that address sent
 	}
-	b := c.startPacket(buf)
+	b := c.startPacket(buf, false)
 	b = wire.AppendPath(b, wire.FramePathResponse, r.data)
 	// Only a response on the validated path counts for recovery: one to a
 	// candidate address may go unanswered (see sendPathChallenge).

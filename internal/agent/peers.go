@@ -50,7 +50,14 @@ type link struct {
 type peers struct {
 	mu     sync.Mutex
 	expect map[[32]byte]*expectation // by the peer's static key
-	links  map[string]*link          // by topic
+	// superseded are introductions replaced by a newer one of the same
+	// key before their connection was claimed: the MMC introduces the
+	// next job of the same two agents once the dialer has its link, and
+	// the listener may not have read that link's hello yet. The ticket is
+	// gone (no new handshake can use it); a connection whose handshake
+	// already did may still claim it, once, until it expires.
+	superseded map[supersededKey]*expectation
+	links      map[string]*link // by topic
 	// linked is closed (and replaced) whenever a link is added: a
 	// destination's job waiting for its link (prepared beside the
 	// introduction) takes it at once.
@@ -90,6 +97,11 @@ func (p *peers) withdraw(id string, key [32]byte) int {
 		clear(e.ticket[:])
 		delete(p.expect, key)
 	}
+	for k := range p.superseded {
+		if k.peer == key {
+			delete(p.superseded, k)
+		}
+	}
 	var doomed []*link
 	for topic, l := range p.links {
 		if l.peerID == id || l.peer == key {
@@ -128,9 +140,35 @@ func (p *peers) add(in *message.Introduction, mmcOffset time.Duration) error {
 	}
 	if old := p.expect[key]; old != nil {
 		clear(old.ticket[:])
+		p.supersedeLocked(key, old)
 	}
 	p.expect[key] = e
 	return nil
+}
+
+type supersededKey struct {
+	peer  [32]byte
+	topic string
+}
+
+// supersedeLocked keeps old, replaced for key, for a connection that may
+// already have used it; at most maxExpected, the first to expire going
+// first.
+func (p *peers) supersedeLocked(key [32]byte, old *expectation) {
+	if p.superseded == nil {
+		p.superseded = map[supersededKey]*expectation{}
+	}
+	if len(p.superseded) >= maxExpected {
+		var first supersededKey
+		var at time.Time
+		for k, e := range p.superseded {
+			if at.IsZero() || e.expires.Before(at) {
+				first, at = k, e.expires
+			}
+		}
+		delete(p.superseded, first)
+	}
+	p.superseded[supersededKey{key, old.topic}] = old
 }
 
 func (p *peers) expireLocked() {
@@ -139,6 +177,11 @@ func (p *peers) expireLocked() {
 		if now.After(e.expires) {
 			clear(e.ticket[:])
 			delete(p.expect, k)
+		}
+	}
+	for k, e := range p.superseded {
+		if now.After(e.expires) {
+			delete(p.superseded, k)
 		}
 	}
 }
@@ -164,6 +207,13 @@ func (p *peers) claim(pub [32]byte, topic string) (*expectation, bool) {
 	defer p.mu.Unlock()
 	e := p.expect[pub]
 	if e == nil || subtle.ConstantTimeCompare([]byte(e.topic), []byte(topic)) != 1 {
+		// Replaced since this connection's handshake used it (the
+		// handshake names the topic whose ticket it proved)?
+		k := supersededKey{pub, topic}
+		if old := p.superseded[k]; old != nil && !p.now().After(old.expires) {
+			delete(p.superseded, k)
+			return old, true
+		}
 		return nil, false
 	}
 	delete(p.expect, pub)
@@ -243,6 +293,7 @@ func (p *peers) closeAll() {
 		clear(e.ticket[:])
 		delete(p.expect, k)
 	}
+	clear(p.superseded)
 	p.mu.Unlock()
 	for _, l := range links {
 		_ = l.c.Close()

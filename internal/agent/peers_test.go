@@ -101,3 +101,64 @@ func TestPeersWithdraw(t *testing.T) {
 		t.Fatalf("%d withdrawn keys remembered, bound %d", len(p.withdrawn), maxWithdrawn)
 	}
 }
+
+// A second introduction of the same peer replaces the first's ticket
+// (the handshake picks the ticket by key), but a connection whose
+// handshake already used the first may still claim it — once, before it
+// expires; no new handshake can use it, and a revocation forgets it.
+func TestPeersSupersededIntroduction(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := newPeers()
+	p.now = func() time.Time { return now }
+	var key [32]byte
+	key[0] = 7
+	if err := p.add(intro("migration/m1", 7, 1, now.Add(time.Minute)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if peer, err := p.lookup(key); err != nil || peer.ID != peerPrefix+"migration/m1" {
+		t.Fatalf("m1: %+v %v", peer, err)
+	}
+	// m1's handshake is done; the MMC introduces m2 before m1's hello is read.
+	if err := p.add(intro("migration/m2", 7, 2, now.Add(time.Minute)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if peer, err := p.lookup(key); err != nil || peer.ID != peerPrefix+"migration/m2" || peer.PSK[0] != 2 {
+		t.Fatalf("a new handshake after m2's introduction: %+v %v", peer, err)
+	}
+	if e, ok := p.claim(key, "migration/m1"); !ok || e.topic != "migration/m1" {
+		t.Fatal("the connection made with m1's ticket could not claim it")
+	}
+	if _, ok := p.claim(key, "migration/m1"); ok {
+		t.Fatal("a superseded introduction claimed twice")
+	}
+	if _, ok := p.claim(key, "migration/m2"); !ok {
+		t.Fatal("m2 lost its introduction")
+	}
+
+	// Expired, or revoked: gone.
+	for _, step := range []string{"expired", "revoked"} {
+		if err := p.add(intro("migration/m3", 7, 3, now.Add(time.Minute)), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.add(intro("migration/m4", 7, 4, now.Add(2*time.Minute)), 0); err != nil {
+			t.Fatal(err)
+		}
+		if step == "expired" {
+			now = now.Add(90 * time.Second)
+		} else {
+			p.withdraw("peer-a", key)
+		}
+		if _, ok := p.claim(key, "migration/m3"); ok {
+			t.Fatalf("%s: a superseded introduction was claimed", step)
+		}
+		if step == "expired" {
+			p.claim(key, "migration/m4")
+		}
+	}
+	p.mu.Lock()
+	n := len(p.superseded)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d superseded introductions left", n)
+	}
+}

@@ -51,11 +51,9 @@ const (
 // acknowledged. The header is the AEAD associated data, and the nonce
 // uses the full number, so a wrong recovery fails authentication.
 const (
-	typeShortBase     = 0x08
-	shortKeyPhase     = 0x04
-	shortPNLenMask    = 0x03
-	ShortHeaderMinLen = 1 + 4 + 1
-	ShortHeaderMaxLen = 1 + 4 + 4
+	typeShortBase  = 0x08
+	shortKeyPhase  = 0x04
+	shortPNLenMask = 0x03
 )
 
 // IsShort reports whether t, a datagram's first byte, is a short data

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -160,5 +161,31 @@ func TestPeersSupersededIntroduction(t *testing.T) {
 	p.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d superseded introductions left", n)
+	}
+}
+
+// Superseded introductions are bounded: the first to expire go first.
+func TestPeersSupersededBounded(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := newPeers()
+	p.now = func() time.Time { return now }
+	var key [32]byte
+	key[0] = 7
+	for i := range maxExpected + 10 {
+		if err := p.add(intro(fmt.Sprintf("migration/m%d", i), 7, 1, now.Add(time.Minute+time.Duration(i)*time.Second)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.mu.Lock()
+	n := len(p.superseded)
+	p.mu.Unlock()
+	if n != maxExpected {
+		t.Fatalf("%d superseded introductions kept, want %d", n, maxExpected)
+	}
+	if _, ok := p.claim(key, "migration/m3"); ok {
+		t.Fatal("an introduction beyond the bound was kept")
+	}
+	if _, ok := p.claim(key, fmt.Sprintf("migration/m%d", maxExpected+8)); !ok {
+		t.Fatal("the newest superseded introduction was dropped")
 	}
 }

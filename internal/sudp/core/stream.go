@@ -141,8 +141,14 @@ func (s *stream) writable() int {
 
 // onAcked marks [off, off+n) (and FIN) acknowledged and frees the prefix.
 func (s *stream) onAcked(off uint64, n int, fin bool) {
-	s.acked.add(off, off+uint64(n))
-	s.lost.remove(off, off+uint64(n))
+	// A range already released (acknowledged before, in another copy of
+	// it: a retransmission and its original both arriving) must not be
+	// recorded again: below sbuf.lo it would sit first in acked for
+	// ever and stop every later release — the stream would never finish.
+	if lo, hi := max(off, s.sbuf.lo), off+uint64(n); lo < hi {
+		s.acked.add(lo, hi)
+		s.lost.remove(lo, hi)
+	}
 	if fin {
 		s.finAcked = true
 	}

@@ -178,6 +178,7 @@ func New(cfg Config) (*Agent, error) {
 	a.clock = &clock{alarm: cfg.ClockAlarm, m: a.metrics, raise: a.events.add}
 	a.log = slog.New(mmcTimeHandler{cfg.Logger.Handler(), a.clock})
 	a.clock.log = a.log
+	a.peers.ended = a.linkEnded
 	if err := a.loadState(); err != nil {
 		_ = a.events.close()
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/board"
 	"github.com/ferry-vm/ferry/internal/message"
 	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/sudp/core"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
 )
 
@@ -43,6 +44,7 @@ type link struct {
 	topic, peerID string
 	c             *sudp.Conn
 	peer          [32]byte // the peer's static key (addLink), read under p.mu
+	opened        time.Time
 }
 
 // peers holds expectations and links. lookup runs on the endpoint's reader
@@ -70,6 +72,10 @@ type peers struct {
 	// models are the rate models links left, per path (pathmodel.go).
 	models map[pathKey]pathModel
 	now    func() time.Time
+	// ended, if set, is told of every link as it is forgotten, with the
+	// transport's statistics (the agent logs them: where a migration's
+	// rate went).
+	ended func(l *link, st core.ConnStats)
 }
 
 func newPeers() *peers {
@@ -271,6 +277,7 @@ func (p *peers) dropLink(topic string, c *sudp.Conn) {
 	delete(p.links, topic)
 	p.mu.Unlock()
 	p.remember(l)
+	p.report(l)
 }
 
 func (p *peers) closeLink(topic string) bool {
@@ -280,9 +287,18 @@ func (p *peers) closeLink(topic string) bool {
 	p.mu.Unlock()
 	if l != nil {
 		p.remember(l)
+		p.report(l)
 		_ = l.c.Close()
 	}
 	return l != nil
+}
+
+// report tells p.ended of l's end. Like remember, it calls into the
+// connection: p.mu must not be held.
+func (p *peers) report(l *link) {
+	if p.ended != nil {
+		p.ended(l, l.c.Stats())
+	}
 }
 
 func (p *peers) closeAll() {
@@ -340,7 +356,7 @@ func (a *Agent) admitPeer(ctx context.Context, c *sudp.Conn) error {
 	if err := message.Send(ctx, c, message.PeerHello{Topic: topic, From: a.ID()}); err != nil {
 		return err
 	}
-	l := &link{topic: topic, peerID: e.peerID, c: c}
+	l := &link{topic: topic, peerID: e.peerID, c: c, opened: time.Now()}
 	a.resumeLink(l)
 	if err := a.peers.addLink(l); err != nil {
 		return err
@@ -389,7 +405,7 @@ func (a *Agent) dialPeer(ctx context.Context, in *message.Introduction) error {
 	// up now and the hello is checked beside it: waiting for it cost the
 	// migration's first byte a round trip. A wrong or missing one closes
 	// the link.
-	l := &link{topic: in.Topic, peerID: in.PeerID, c: c}
+	l := &link{topic: in.Topic, peerID: in.PeerID, c: c, opened: time.Now()}
 	a.resumeLink(l)
 	if err := a.peers.addLink(l); err != nil {
 		_ = c.Close()

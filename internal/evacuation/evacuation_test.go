@@ -336,17 +336,28 @@ func TestStepSwitchOverFreesTheLink(t *testing.T) {
 	if _, act, _ := Step(r, []Migration{m}, t0); len(act.Start) != 0 {
 		t.Fatalf("transferring: start %v, want none", act.Start)
 	}
-	m.ETA = 3 * time.Second
+	m.EndsAt = t0.Add(3 * time.Second)
 	if _, act, _ := Step(r, []Migration{m}, t0); len(act.Start) != 0 {
 		t.Fatalf("3 s of transfer left: start %v, want none", act.Start)
 	}
-	m.ETA = Handover / 2
-	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {
-		t.Fatalf("in its last %v: start %v, want [1]", Handover, act.Start)
+	// The end time is the last report's, extrapolated: a later step
+	// hands over without a newer report.
+	if _, act, _ := Step(r, []Migration{m}, m.EndsAt.Add(-Handover-time.Millisecond)); len(act.Start) != 0 {
+		t.Fatalf("just before its last %v: start %v, want none", Handover, act.Start)
 	}
-	m.ETA, m.Armed = 0, true
-	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {
-		t.Fatalf("armed (last byte sent): start %v, want [1]", act.Start)
+	// In its last Handover the next one starts, its data held until
+	// the last one's expected end (less StartLead).
+	if _, act, _ := Step(r, []Migration{m}, m.EndsAt.Add(-Handover/2)); !slices.Equal(act.Start, []int{1}) ||
+		!slices.Equal(act.StartAt, []time.Time{m.EndsAt.Add(-StartLead)}) {
+		t.Fatalf("in its last %v: start %v at %v, want [1] at %v", Handover, act.Start, act.StartAt, m.EndsAt.Add(-StartLead))
+	}
+	if _, act, _ := Step(r, []Migration{m}, m.EndsAt.Add(time.Second)); !slices.Equal(act.Start, []int{1}) ||
+		!act.StartAt[0].IsZero() {
+		t.Fatalf("past its expected end: start %v at %v, want [1] at once", act.Start, act.StartAt)
+	}
+	m.Armed = true
+	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) || !act.StartAt[0].IsZero() {
+		t.Fatalf("armed (last byte sent): start %v at %v, want [1] at once", act.Start, act.StartAt)
 	}
 	m.State = migration.SwitchOver
 	if _, act, _ := Step(r, []Migration{m}, t0); !slices.Equal(act.Start, []int{1}) {

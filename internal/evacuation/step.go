@@ -14,9 +14,9 @@ type Migration struct {
 	State  migration.State
 	// Armed: the source sent its last byte (migration.Record.Armed).
 	Armed bool
-	// ETA is the time the transfer's source expects to need for what is
-	// left (its live view; 0: unknown).
-	ETA         time.Duration
+	// EndsAt is when the transfer's source expects it to end, by its
+	// last progress report (migration.Live.EndsAt; zero: unknown).
+	EndsAt      time.Time
 	Error       string
 	TotalMS     int64
 	DowntimeMS  int64
@@ -33,11 +33,14 @@ func FromRecord(m migration.Record) Migration {
 }
 
 // Actions are what Step decides: the items whose migrations to start
-// now (indexes into the record's Items, in order) and the migrations to
-// cancel.
+// now (indexes into the record's Items, in order), when each may start
+// sending (StartAt, beside Start: migration.Record.StartAt, the
+// expected end of the transfer it follows on its link less StartLead;
+// zero: at once), and the migrations to cancel.
 type Actions struct {
-	Start  []int
-	Cancel []string
+	Start   []int
+	StartAt []time.Time
+	Cancel  []string
 }
 
 // Step brings the record up to date with its migrations and decides
@@ -110,14 +113,27 @@ func Step(r Record, migs []Migration, now time.Time) (Record, Actions, bool) {
 		}
 	} else {
 		running := map[string]int{}
+		// ending: the latest expected end of the transfers still
+		// sending on each link in their last Handover.
+		ending := map[string]time.Time{}
 		for _, it := range r.Items {
-			if m, ok := byID[it.Migration]; it.State == Moving && (!ok || usesLink(m)) {
+			m, ok := byID[it.Migration]
+			switch {
+			case it.State != Moving:
+			case !ok || usesLink(m, now):
 				running[it.Link()]++
+			case endingOn(m) && m.EndsAt.After(ending[it.Link()]):
+				ending[it.Link()] = m.EndsAt
 			}
 		}
 		for i, it := range r.Items {
 			if it.State == Queued && running[it.Link()] < max(r.PerLink, 1) {
+				var at time.Time
+				if end := ending[it.Link()]; end.Add(-StartLead).After(now) {
+					at = end.Add(-StartLead)
+				}
 				act.Start = append(act.Start, i)
+				act.StartAt = append(act.StartAt, at)
 				running[it.Link()]++
 			}
 		}
@@ -133,26 +149,42 @@ func Step(r Record, migs []Migration, now time.Time) (Record, Actions, bool) {
 }
 
 // Handover is how long before a migration's transfer is expected to end
-// the next one on its link starts: about what a new migration takes to
-// put its first bytes on the link (the introduction and the
-// destination's preparation, a few round trips: 145–250 ms on the lab's
-// 50 ms path) and to reach the link's rate (STARTUP, about ten round
-// trips). Started at the end instead, the link would idle for that long
-// at every handover — eight migrations of a site lost 5–6 s that way.
-const Handover = time.Second
+// (by its source's last report, extrapolated: Migration.EndsAt) the next
+// one on its link is started: long enough for what a new migration does
+// before its first byte — the plan, the destination's preparation, the
+// introduction and the link's handshake, 230–790 ms on the lab's 50 ms
+// path, the longer while the destination is busy with the last VM's
+// switch-over. The new migration's data waits for the end of the
+// transfer it follows (Actions.StartAt): two transfers sharing the link
+// overfill its queue, and the newer one, cut, climbs back to the whole
+// link only over a second or more (eight VMs with 2.5 s of shared
+// handover took 1.26–1.49× the ideal, against 1.23–1.25× with 1 s).
+const Handover = 1200 * time.Millisecond
 
-// usesLink reports whether migration m counts against its link's bound:
-// not once its source has sent its last byte (armed, or past its
-// commit: it only waits for the destination to verify, resume and
+// StartLead is how long before the expected end of the transfer it
+// follows a held migration starts its own: the start order's way to the
+// source and its first bytes' to the link. Careful resume
+// (agent/pathmodel.go) takes it to the link's rate within a few round
+// trips.
+const StartLead = 100 * time.Millisecond
+
+// usesLink reports whether migration m counts against its link's bound
+// at now: not once its source has sent its last byte (armed, or past
+// its commit: it only waits for the destination to verify, resume and
 // report), nor in the last Handover of its transfer.
-func usesLink(m Migration) bool {
+func usesLink(m Migration, now time.Time) bool {
 	switch {
 	case m.Armed, m.State == migration.SwitchOver:
 		return false
-	case m.State == migration.Transferring && m.ETA > 0 && m.ETA < Handover:
+	case endingOn(m) && !now.Add(Handover).Before(m.EndsAt):
 		return false
 	}
 	return true
+}
+
+// endingOn: m still sends and its source has said when it expects to end.
+func endingOn(m Migration) bool {
+	return m.State == migration.Transferring && !m.Armed && !m.EndsAt.IsZero()
 }
 
 // outcome is the state of a group whose items are all done.

@@ -90,10 +90,32 @@ func (m *Machine) prepare(now time.Time) {
 		m.rollback(Failed, now, "introducing the agents: %s", m.introErr)
 	case r.CancelRequested:
 		m.rollback(Cancelled, now, "cancelled")
+	case now.Before(r.holdUntil()):
+		m.at(r.holdUntil())
 	default:
 		r.State, r.Started, r.Path, r.LinkMS, r.PathNote = Transferring, now, m.linkPath, m.linkTook.Milliseconds(), m.linkNote
 		m.persist(r, now)
 	}
+}
+
+// MaxStartHold bounds how long a prepared migration waits for its
+// StartAt after it was planned: whatever the record says, a transfer is
+// never held for longer.
+const MaxStartHold = 5 * time.Second
+
+// holdUntil is when a prepared migration may start its transfer.
+func (r Record) holdUntil() time.Time {
+	if r.StartAt.IsZero() {
+		return time.Time{}
+	}
+	return minTime(r.StartAt, r.Created.Add(MaxStartHold))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // StopAndCopy is the part of the downtime limit the source's final copy

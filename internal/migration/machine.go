@@ -568,7 +568,7 @@ func (m *Machine) transferReply(p sent, r *Report, errs string, now time.Time) {
 		case r.SentAll():
 			m.sentAll = true // its post may have been lost (an MMC restart)
 		default:
-			m.live = liveOf(r, m.live)
+			m.live = liveOf(r, m.live, now)
 			if r.Status.Postcopy != "" && m.rec.AllowPostcopy {
 				m.switchReady = true
 				return

@@ -836,3 +836,41 @@ func TestTakeoverStartsAnUnstartedSource(t *testing.T) {
 		}
 	})
 }
+
+// TestStartAt: a migration whose record says when it may start (an
+// evacuation's next VM on a link) prepares the destination and opens
+// the link at once but records transferring, and so starts the source,
+// only then; never later than MaxStartHold after it was planned; and a
+// cancel while it waits ends it.
+func TestStartAt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after time.Duration // StartAt − Created
+		want  time.Duration // when the transfer starts, after Created
+	}{
+		{"held", 2 * time.Second, 2 * time.Second},
+		{"bounded", time.Minute, MaxStartHold},
+		{"already due", -time.Second, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, Options{})
+			w.store.StartAt = t0.Add(tc.after)
+			w.run()
+			w.expectOutcome(Completed)
+			started := w.store.Started.Sub(t0)
+			if started < tc.want || started > tc.want+500*time.Millisecond {
+				t.Fatalf("transfer started %v after the plan, want %v", started, tc.want)
+			}
+		})
+	}
+	t.Run("cancelled while held", func(t *testing.T) {
+		w := newWorld(t, Options{})
+		w.store.StartAt = t0.Add(3 * time.Second)
+		w.after(time.Second, w.cancel)
+		w.run()
+		w.expectOutcome(Cancelled)
+		if n := w.sentOp(OpStart); n != 0 {
+			t.Fatalf("%d start orders for a migration cancelled before its start", n)
+		}
+	})
+}

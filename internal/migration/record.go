@@ -89,6 +89,12 @@ type Record struct {
 	// Group is the evacuation (package evacuation) the migration is
 	// part of, if any.
 	Group string `json:"group,omitempty"`
+	// StartAt, if set, holds the transfer until then once the
+	// destination is prepared and the link is up (at most MaxStartHold
+	// after Created): an evacuation prepares the next VM on a link
+	// while the last one still sends, and starts its data when that
+	// transfer is expected to end, so the two do not share the link.
+	StartAt time.Time `json:"start_at,omitzero"`
 	Options
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`

@@ -28,12 +28,12 @@ var ErrInvalid = errors.New("mmc: invalid request")
 // the record names both hosts' agents: its orders go to them, and its
 // commit places the VM on the destination's.
 func (s *Server) planMigration(vm, to, reason, by string, o migration.Options) (migration.Record, error) {
-	return s.planGroupMigration(vm, to, reason, by, "", o)
+	return s.planGroupMigration(vm, to, reason, by, "", o, time.Time{})
 }
 
 // planGroupMigration is planMigration for a migration that is part of
 // group (an evacuation's id; "" for none).
-func (s *Server) planGroupMigration(vm, to, reason, by, group string, o migration.Options) (migration.Record, error) {
+func (s *Server) planGroupMigration(vm, to, reason, by, group string, o migration.Options, startAt time.Time) (migration.Record, error) {
 	if err := o.Check(); err != nil {
 		return migration.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -65,7 +65,7 @@ func (s *Server) planGroupMigration(vm, to, reason, by, group string, o migratio
 	now := s.cfg.Now()
 	// The store refuses a second open migration of the VM.
 	m, err := s.st.CreateMigration(migration.Record{VM: vm, From: from, To: to, FromAgent: fromAgent, ToAgent: toAgent,
-		State: migration.Planned, Reason: reason, By: by, Group: group, Options: o, Created: now, Updated: now})
+		State: migration.Planned, Reason: reason, By: by, Group: group, StartAt: startAt, Options: o, Created: now, Updated: now})
 	if errors.Is(err, store.ErrOpenMigration) {
 		return m, ErrBusy
 	}

@@ -162,11 +162,13 @@ func Step(r Record, migs []Migration, now time.Time) (Record, Actions, bool) {
 const Handover = 1200 * time.Millisecond
 
 // StartLead is how long before the expected end of the transfer it
-// follows a held migration starts its own: the start order's way to the
-// source and its first bytes' to the link. Careful resume
-// (agent/pathmodel.go) takes it to the link's rate within a few round
-// trips.
-const StartLead = 100 * time.Millisecond
+// follows a held migration starts its own. None: the start order's way
+// to the source and its first bytes' to the link take about as long as
+// the last one's final copy, and careful resume (agent/pathmodel.go)
+// takes the new transfer to the link's rate within a few round trips.
+// Starting 100 ms earlier measured no faster (1.19× the ideal against
+// 1.18×) and with more congestion cuts in the transfers that overlapped.
+const StartLead = 0
 
 // usesLink reports whether migration m counts against its link's bound
 // at now: not once its source has sent its last byte (armed, or past

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/internal/sudp"
-	"github.com/ferry-vm/ferry/internal/sudp/core"
 )
 
 // Migration links are one SUDP connection per migration, so every
@@ -153,18 +152,4 @@ func (a *Agent) resumeLink(l *link) {
 	if bw := a.peers.resume(l); bw > 0 {
 		a.log.Info("agent: link starts from the path's last rate", "topic", l.topic, "peer", l.peerID, "rate_bps", bw*8)
 	}
-}
-
-// linkEnded logs what a link's transport did: how a migration's time
-// splits between the path (rate, losses, congestion cuts) and the ends
-// (application-limited time: nothing to send).
-func (a *Agent) linkEnded(l *link, st core.ConnStats) {
-	cs := st.Controller
-	a.log.Info("agent: link closed", "topic", l.topic, "peer", l.peerID,
-		"open_ms", time.Since(l.opened).Milliseconds(),
-		"stream_bytes_sent", st.StreamBytesSent, "stream_bytes_received", st.StreamBytesRecv,
-		"retransmitted_bytes", st.RetransmittedBytes, "packets_lost", st.PacketsLost,
-		"app_limited_ms", st.AppLimited.Milliseconds(),
-		"cc_state", cs.State, "btl_bw_bps", cs.BtlBw*8, "min_rtt_ms", cs.MinRTT.Milliseconds(),
-		"random_loss", cs.RandomLoss, "congestion_events", cs.CongestionEvents, "resumed", cs.Resumed)
 }

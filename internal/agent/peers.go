@@ -276,8 +276,7 @@ func (p *peers) dropLink(topic string, c *sudp.Conn) {
 	}
 	delete(p.links, topic)
 	p.mu.Unlock()
-	p.remember(l)
-	p.report(l)
+	p.gone(l)
 }
 
 func (p *peers) closeLink(topic string) bool {
@@ -286,16 +285,17 @@ func (p *peers) closeLink(topic string) bool {
 	delete(p.links, topic)
 	p.mu.Unlock()
 	if l != nil {
-		p.remember(l)
-		p.report(l)
+		p.gone(l)
 		_ = l.c.Close()
 	}
 	return l != nil
 }
 
-// report tells p.ended of l's end. Like remember, it calls into the
-// connection: p.mu must not be held.
-func (p *peers) report(l *link) {
+// gone keeps what link l measured — its path's rate model, and its
+// statistics for p.ended — as it is forgotten. It calls into the
+// connection: p.mu must not be held (see remember).
+func (p *peers) gone(l *link) {
+	p.remember(l)
 	if p.ended != nil {
 		p.ended(l, l.c.Stats())
 	}
@@ -488,4 +488,18 @@ func (a *Agent) Board(topic string) []message.BoardEntry {
 	a.board.mu.Lock()
 	defer a.board.mu.Unlock()
 	return append([]message.BoardEntry(nil), a.board.entries[topic]...)
+}
+
+// linkEnded logs what a link's transport did: how a migration's time
+// splits between the path (rate, losses, congestion cuts) and the ends
+// (application-limited time: nothing to send).
+func (a *Agent) linkEnded(l *link, st core.ConnStats) {
+	cs := st.Controller
+	a.log.Info("agent: link closed", "topic", l.topic, "peer", l.peerID,
+		"open_ms", time.Since(l.opened).Milliseconds(),
+		"stream_bytes_sent", st.StreamBytesSent, "stream_bytes_received", st.StreamBytesRecv,
+		"retransmitted_bytes", st.RetransmittedBytes, "packets_lost", st.PacketsLost,
+		"app_limited_ms", st.AppLimited.Milliseconds(),
+		"cc_state", cs.State, "btl_bw_bps", cs.BtlBw*8, "min_rtt_ms", cs.MinRTT.Milliseconds(),
+		"random_loss", cs.RandomLoss, "congestion_events", cs.CongestionEvents, "resumed", cs.Resumed)
 }

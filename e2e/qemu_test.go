@@ -162,7 +162,7 @@ func checkGuestPattern(t testing.TB, d guestVM, id string, s hypervisor.Spec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := qemu.Pattern(l.Seed, int(l.PatternLen))
+	want := l.PatternData()
 	for i := range got {
 		if got[i] != want[i] {
 			t.Fatalf("%s: guest memory differs from the pattern at %#x (of %d bytes)", id, l.PatternAddr+uint64(i), len(got))

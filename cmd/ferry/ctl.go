@@ -395,7 +395,7 @@ func newCtlVMsCmd(c *ctlFlags) *cobra.Command {
 	create.Flags().StringVar(&req.Host, "host", "", "host (its id in 'hosts list')")
 	create.Flags().StringVar(&memory, "memory", "256MiB", "guest memory")
 	create.Flags().IntVar(&req.VCPUs, "vcpus", 1, "virtual CPUs")
-	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s (QEMU test guest: fill=0.5,dirty=4MB/s)")
+	create.Flags().StringVar(&req.Workload, "workload", "", "simulated load, e.g. cpu=0.8,dirty=20MB/s,net=5MB/s (QEMU test guest: fill=0.5,dirty=4MB/s; text=0.9 makes 90 % of the filled memory compressible text)")
 	create.Flags().StringVar(&req.Machine, "machine", "", "QEMU machine type (default pc)")
 	create.Flags().StringVar(&req.Kernel, "kernel", "", "QEMU: a kernel to boot (default: Ferry's test guest unless a disk boots)")
 	create.Flags().StringArrayVar(&disks, "disk", nil, "QEMU: a disk, PATH[,format=qcow2|raw][,shared][,boot] (repeatable)")

@@ -13,6 +13,8 @@ func TestParseWorkload(t *testing.T) {
 		{"dirty=1MiB", Workload{Dirty: 1 << 20}, false},
 		{"cpu=1.5", Workload{}, true},
 		{"fill=1,dirty=10MB/s", Workload{Fill: 1, Dirty: 10e6}, false},
+		{"fill=1,text=0.75", Workload{Fill: 1, Text: 0.75}, false},
+		{"text=1.2", Workload{}, true},
 		{"fill=1.5", Workload{}, true},
 		{"cpu=-0.1", Workload{}, true},
 		{"ram=1GB", Workload{}, true},

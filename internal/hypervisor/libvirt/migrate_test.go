@@ -238,7 +238,7 @@ func checkPattern(t *testing.T, uri, id string, spec hypervisor.Spec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := qemu.Pattern(l.Seed, int(l.PatternLen))
+	want := l.PatternData()
 	for i := range got {
 		if got[i] != want[i] {
 			t.Fatalf("%s: guest memory differs from the pattern at %#x", id, l.PatternAddr+uint64(i))

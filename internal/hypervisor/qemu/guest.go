@@ -27,6 +27,7 @@ const (
 	offDirtyAddr    = 0x2c
 	offDirtyLen     = 0x30
 	offPagesPerTick = 0x34
+	offTextAt       = 0x38
 	offStatus       = 0x3c
 	offGeneration   = 0x40
 	offPages        = 0x44
@@ -51,10 +52,16 @@ type GuestLayout struct {
 	Seed                    uint32
 	DirtyAddr, DirtyLen     uint64
 	PagesPerTick            uint32 // pages written per 1 kHz tick, 16.16 fixed point; 0: flat out
+	// TextAt is the guest address from which the pattern is text
+	// (letters a–h) instead of random bytes: PatternAddr+PatternLen or
+	// more, none. One stretch of each, so that a compressor's blocks
+	// see one kind at a time, as they would a real guest's text and
+	// its random data.
+	TextAt uint64
 }
 
 // Layout returns the test guest's plan for spec s: the pattern fills
-// Workload.Fill of the memory between 2 MiB and 2 MiB below its end (the
+// Workload.Fill of the memory, its last Workload.Text of it text between 2 MiB and 2 MiB below its end (the
 // rest of it, up to 64 MiB
 // or a quarter of memory, is the dirtied region); Workload.Dirty sets
 // the dirty rate (0 with a region: flat out is "dirty=max"; see
@@ -70,6 +77,8 @@ func Layout(s hypervisor.Spec) GuestLayout {
 		PatternAddr: patternAddr, PatternLen: patLen, Seed: seedOf(s.Name),
 		DirtyAddr: patternAddr + usable - dirtyLen, DirtyLen: dirtyLen,
 	}
+	text := uint64(float64(patLen)*min(max(s.Workload.Text, 0), 1)) &^ (pageSize - 1)
+	l.TextAt = l.PatternAddr + patLen - text
 	if s.Workload.Dirty > 0 && s.Workload.Dirty < DirtyFlatOut {
 		l.PagesPerTick = uint32(max(min(s.Workload.Dirty/pageSize/tickHz*65536, 1<<31), 1))
 	}
@@ -106,6 +115,7 @@ func (l GuestLayout) image() ([]byte, error) {
 	le.PutUint32(img[offDirtyAddr:], uint32(l.DirtyAddr))
 	le.PutUint32(img[offDirtyLen:], uint32(l.DirtyLen))
 	le.PutUint32(img[offPagesPerTick:], l.PagesPerTick)
+	le.PutUint32(img[offTextAt:], uint32(min(l.TextAt, 1<<32-1)))
 	return img, nil
 }
 
@@ -119,6 +129,20 @@ func Pattern(seed uint32, n int) []byte {
 		x ^= x >> 17
 		x ^= x << 5
 		binary.LittleEndian.PutUint32(out[i:], x)
+	}
+	return out
+}
+
+// PatternData returns what the guest writes in [PatternAddr,
+// +PatternLen): Pattern's stream, its words from TextAt on turned into
+// text.
+func (l GuestLayout) PatternData() []byte {
+	out := Pattern(l.Seed, int(l.PatternLen))
+	for i := 0; i+4 <= len(out); i += 4 {
+		if l.PatternAddr+uint64(i) >= l.TextAt {
+			w := binary.LittleEndian.Uint32(out[i:])
+			binary.LittleEndian.PutUint32(out[i:], w&0x07070707+0x61616161)
+		}
 	}
 	return out
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 )
 
@@ -91,5 +93,38 @@ func TestGuestImageMatchesSource(t *testing.T) {
 	le := binary.LittleEndian
 	if le.Uint32(b) != 0x1BADB002 || le.Uint32(b[offPagesPerTick:]) != 0 || le.Uint32(b[offStatus:]) != 0 {
 		t.Fatal("guest image layout differs from the offsets in guest.go")
+	}
+}
+
+// Text: the stream's words from TextAt on turned into letters a–h, and
+// memory that compresses 2–3× with zstd at text=0.9.
+func TestPatternText(t *testing.T) {
+	s := hypervisor.Spec{Name: "t", Memory: 20 << 20, Workload: hypervisor.Workload{Fill: 1, Text: 0.9}}
+	l := Layout(s)
+	if l.PatternLen != 16<<20 || l.TextAt != l.PatternAddr+16<<20-15099494&^4095 {
+		t.Fatalf("layout %+v", l)
+	}
+	if l := Layout(hypervisor.Spec{Name: "t", Memory: 20 << 20, Workload: hypervisor.Workload{Fill: 1}}); l.TextAt != l.PatternAddr+l.PatternLen {
+		t.Fatalf("a guest without text has text from %#x (pattern %#x+%#x)", l.TextAt, l.PatternAddr, l.PatternLen)
+	}
+	data, raw := l.PatternData(), Pattern(l.Seed, int(l.PatternLen))
+	from := int(l.TextAt - l.PatternAddr)
+	for i := 0; i < len(data); i++ {
+		if i < from {
+			if data[i] != raw[i] {
+				t.Fatalf("byte %d (text from %d) is %#x, want the stream's %#x", i, from, data[i], raw[i])
+			}
+		} else if data[i] < 'a' || data[i] > 'h' || data[i]-'a' != raw[i]&7 {
+			t.Fatalf("byte %d (text from %d) is %#x, want the letter of %#x", i, from, data[i], raw[i])
+		}
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ratio := float64(len(data)) / float64(len(enc.EncodeAll(data, nil)))
+	t.Logf("zstd (fastest) compresses text=0.9 memory %.2f×", ratio)
+	if ratio < 2 || ratio > 3 {
+		t.Fatalf("text=0.9 compresses %.2f×, want 2–3", ratio)
 	}
 }

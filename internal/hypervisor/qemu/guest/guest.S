@@ -5,8 +5,13 @@
  *
  * 1. It fills [pattern_addr, +pattern_len) with a xorshift32 stream from
  *    seed (x ^= x<<13; x ^= x>>17; x ^= x<<5; each new x is the next
- *    32-bit word), then sets status to 1. The host recomputes the stream
- *    and compares it with guest memory read with pmemsave.
+ *    32-bit word), then sets status to 1. Words at or past the address
+ *    text_at are written as text instead: (x & 0x07070707) + 0x61616161,
+ *    four letters a–h, three bits of entropy a byte, so the pattern is a
+ *    stretch of random data then one of text, and compresses as a real
+ *    guest's memory does (text_at past the pattern: none). The stream
+ *    itself is the same. The host recomputes it and compares it
+ *    with guest memory read with pmemsave.
  * 2. It then zeroes the first word of every page of [dirty_addr,
  *    +dirty_len) and dirties that region for ever, one page at a
  *    time: it increments the page's first word and the pages counter,
@@ -48,7 +53,7 @@ seed:		.long 0x9E3779B9
 dirty_addr:	.long 0
 dirty_len:	.long 0
 pages_per_tick:	.long 0		/* 16.16 fixed point, 1 kHz ticks; 0: flat out */
-reserved:	.long 0
+text_at:	.long 0xFFFFFFFF	/* the address where the pattern turns to text */
 counters:				/* offset 60: written by the guest */
 status:		.long 0
 generation:	.long 0
@@ -82,8 +87,16 @@ entry:
 	movl	%eax, %edx
 	shll	$5, %edx
 	xorl	%edx, %eax
-	stosl
-	decl	%ecx
+	cmpl	text_at, %edi
+	jb	5f
+	movl	%eax, %edx		/* text: eax stays the stream's state */
+	andl	$0x07070707, %edx
+	addl	$0x61616161, %edx	/* no carries: each byte 0–7 */
+	movl	%edx, (%edi)
+	addl	$4, %edi
+	jmp	6f
+5:	stosl
+6:	decl	%ecx
 	jnz	1b
 2:	movl	$1, status
 

@@ -600,7 +600,7 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 }
 
 func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
-	var to, rate string
+	var to, rate, streamCompression string
 	var postcopy, compress bool
 	var maxRounds int
 	var downtime time.Duration
@@ -612,7 +612,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 				return err
 			}
 			req := api.MigrateRequest{VM: args[0], To: to, Options: migration.Options{AllowPostcopy: postcopy, MaxRounds: maxRounds,
-				DowntimeLimitMS: downtime.Milliseconds(), Compress: compress}}
+				DowntimeLimitMS: downtime.Milliseconds(), Compress: compress, StreamCompression: streamCompression}}
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {
@@ -637,6 +637,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	cmd.Flags().DurationVar(&downtime, "downtime-limit", 0, "downtime to aim at, from the source's pause to the destination running (default 300ms)")
 	cmd.Flags().IntVar(&maxRounds, "max-rounds", 0, "passes over memory before post-copy or giving up (0: the hypervisor's default, 30)")
 	cmd.Flags().BoolVar(&compress, "compress", false, "send pages that were sent before as deltas (QEMU XBZRLE; the simulated VM compresses with zstd): for guests that rewrite the same pages in small ways, over a slow link")
+	cmd.Flags().StringVar(&streamCompression, "stream-compression", "auto", "how the agents compress the stream on the link: auto (zstd while the link, not the CPU, is the bottleneck and the data compresses), zstd (whatever compresses) or off")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }

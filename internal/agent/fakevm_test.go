@@ -167,8 +167,12 @@ func (d *fakeDriver) List(context.Context) ([]hypervisor.VM, error) {
 func (d *fakeDriver) Create(_ context.Context, s hypervisor.Spec) (hypervisor.VM, error) {
 	data := make([]byte, s.Memory)
 	r := rand.New(rand.NewPCG(uint64(len(s.Name)), s.Memory))
+	text := len(data) - int(float64(len(data))*s.Workload.Text) // its last Text of it letters a–h
 	for i := range data {
 		data[i] = byte(r.Uint32())
+		if i >= text {
+			data[i] = 'a' + data[i]&7
+		}
 	}
 	d.mu.Lock()
 	if d.vms[s.Name] != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/internal/hypervisor"
 	"github.com/ferry-vm/ferry/internal/migration"
 	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/zstream"
 )
 
 // Carrying the migration stream: the MA joins the hypervisor's descriptor
@@ -54,7 +55,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	// migration stream goes to the job, disk channels (QEMU's NBD mirror)
 	// to the driver's disk socket.
 	type accepted struct {
-		s   *sudp.Stream
+		s   io.ReadWriteCloser
 		c   *sudp.Conn
 		err error
 	}
@@ -79,9 +80,19 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 			case err != nil:
 				a.log.Warn("agent: migration link stream", "id", o.ID, "err", err)
 				s.Reset(1)
-			case kind == streamMigration && !sent:
+			case (kind == streamMigration || kind == streamFramed) && !sent:
 				sent = true
-				migStream <- accepted{s: s, c: l.c}
+				if kind == streamMigration {
+					migStream <- accepted{s: s, c: l.c}
+					break
+				}
+				zr, err := zstream.NewReader(s)
+				if err != nil {
+					s.Reset(1)
+					migStream <- accepted{err: err}
+					return
+				}
+				migStream <- accepted{s: &unframedStream{Stream: s, zr: zr}, c: l.c}
 			case kind == streamDisk:
 				a.serveDiskStream(ctx, j, s)
 			case kind == streamChannel:
@@ -107,7 +118,10 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 // carries (protocol.md §16.2).
 const (
 	streamMigration byte = 'M' // the hypervisor's migration stream
-	streamDisk      byte = 'D' // one connection of the disk channel
+	// The hypervisor's migration stream in zstream frames (source to
+	// destination; raw the other way).
+	streamFramed byte = 'Z'
+	streamDisk   byte = 'D' // one connection of the disk channel
 	// One connection of a named channel (hypervisor.ChannelMover): the
 	// kind byte is followed by the name's length (one byte) and the name.
 	streamChannel byte = 'C'
@@ -276,7 +290,23 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 	// its bytes: they must not pile up in a send buffer (16 MiB is over a
 	// second at 100 Mbit/s, all of it downtime once the guest is paused).
 	s.SetMaxQueueDelay(streamQueueDelay)
-	if _, err := s.Write([]byte{streamMigration}); err != nil {
+	// The stream is framed unless compression is off: each chunk is
+	// then compressed or not as the link and the data call for.
+	var ms io.ReadWriteCloser = s
+	kind := streamMigration
+	if c := streamCompressionOf(o.Params); c != hypervisor.StreamCompressionOff {
+		zw, err := zstream.NewWriter(s, c == hypervisor.StreamCompressionZstd)
+		if err != nil {
+			s.Reset(1)
+			return fmt.Errorf("agent: migration stream: %w", err)
+		}
+		kind = streamFramed
+		ms = &framedStream{Stream: s, zw: zw, ended: func(st zstream.Stats) {
+			a.log.Info("agent: migration stream sent", "id", o.ID, "bytes", st.Raw, "wire_bytes", st.Wire,
+				"ratio", float64(st.Raw)/float64(max(st.Wire, 1)), "frames", st.Frames, "compressed", st.Compressed, "tried", st.Tried)
+		}}
+	}
+	if _, err := s.Write([]byte{kind}); err != nil {
 		s.Reset(1)
 		return fmt.Errorf("agent: migration stream: %w", err)
 	}
@@ -351,7 +381,7 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 	}
 	// The disk channel ends with the job (the memory migration is over,
 	// and the mirrors were completed before it).
-	a.runJob(j, func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error) { return s, l.c, nil }, func(ctx context.Context) {
+	a.runJob(j, func(context.Context) (io.ReadWriteCloser, *sudp.Conn, error) { return ms, l.c, nil }, func(ctx context.Context) {
 		select {
 		case <-j.done:
 		case <-ctx.Done():
@@ -466,7 +496,7 @@ func pump(ctx context.Context, s io.ReadWriteCloser, conn net.Conn, ended func()
 		return err
 	}
 	conn.Close()
-	if st, ok := s.(*sudp.Stream); ok {
+	if st, ok := s.(interface{ Flush(context.Context) error }); ok {
 		// Let the last bytes and FIN reach the peer before closing.
 		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = st.Flush(fctx)

@@ -35,6 +35,10 @@ type MigrationParams struct {
 	DowntimeLimit time.Duration `json:"downtime_limit,omitempty"`
 	// Compress compresses page data (zstd) on the stream.
 	Compress bool `json:"compress,omitempty"`
+	// StreamCompression is how the migration agent, not the hypervisor,
+	// compresses the stream on the link: StreamCompressionAuto ("" too),
+	// StreamCompressionZstd or StreamCompressionOff. Drivers ignore it.
+	StreamCompression string `json:"stream_compression,omitempty"`
 	// AutoConverge throttles the guest when rounds stop shrinking.
 	AutoConverge bool `json:"auto_converge,omitempty"`
 	// MaxRounds bounds the iterative rounds before the driver gives up
@@ -48,6 +52,25 @@ type MigrationParams struct {
 	// switch (MigrationStatus.Postcopy becomes PostcopyReady) instead of
 	// being given up. Drivers without post-copy ignore it.
 	Postcopy bool `json:"postcopy,omitempty"`
+}
+
+// StreamCompression settings (package zstream): auto compresses a chunk
+// while the link holds the stream back and the data compresses; zstd
+// compresses every chunk that compresses; off sends the stream as the
+// hypervisor wrote it.
+const (
+	StreamCompressionAuto = "auto"
+	StreamCompressionZstd = "zstd"
+	StreamCompressionOff  = "off"
+)
+
+// ValidStreamCompression accepts a StreamCompression setting.
+func ValidStreamCompression(s string) bool {
+	switch s {
+	case "", StreamCompressionAuto, StreamCompressionZstd, StreamCompressionOff:
+		return true
+	}
+	return false
 }
 
 // Migration defaults.

@@ -28,6 +28,11 @@ type Options struct {
 	// Compress: pages sent again go as deltas (QEMU's XBZRLE) or
 	// compressed (the simulated VM's zstd).
 	Compress bool `json:"compress,omitempty"`
+	// StreamCompression is how the agents compress the stream on the
+	// link, whatever the hypervisor: "auto" ("" too: zstd for each chunk
+	// while the link holds the stream back and the data compresses),
+	// "zstd" (every chunk that compresses) or "off".
+	StreamCompression string `json:"stream_compression,omitempty"`
 }
 
 // Option bounds.
@@ -35,7 +40,7 @@ const (
 	MaxRoundsLimit    = 1000
 	DowntimeLimitMax  = 60_000 // ms
 	DefaultDowntime   = hypervisor.DefaultDowntimeLimit
-	optionsErrorHints = "max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000"
+	optionsErrorHints = "max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000; stream_compression auto, zstd or off"
 )
 
 // ErrBadOptions wraps every Options.Check failure.
@@ -43,7 +48,8 @@ var ErrBadOptions = errors.New("migration: bad options")
 
 // Check refuses options no migration can run with.
 func (o Options) Check() error {
-	if o.MaxRate < 0 || o.MaxRounds < 0 || o.MaxRounds > MaxRoundsLimit || o.DowntimeLimitMS < 0 || o.DowntimeLimitMS > DowntimeLimitMax {
+	if o.MaxRate < 0 || o.MaxRounds < 0 || o.MaxRounds > MaxRoundsLimit || o.DowntimeLimitMS < 0 || o.DowntimeLimitMS > DowntimeLimitMax ||
+		!hypervisor.ValidStreamCompression(o.StreamCompression) {
 		return fmt.Errorf("%w: %s", ErrBadOptions, optionsErrorHints)
 	}
 	return nil
@@ -62,7 +68,7 @@ func (o Options) DowntimeLimit() time.Duration {
 // (see Machine: the rest is fixed costs measured on the path).
 func (o Options) Params(stopAndCopy time.Duration) hypervisor.MigrationParams {
 	return hypervisor.MigrationParams{MaxBandwidth: o.MaxRate, DowntimeLimit: stopAndCopy, AutoConverge: true,
-		Postcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Compress: o.Compress}
+		Postcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Compress: o.Compress, StreamCompression: o.StreamCompression}
 }
 
 // Record is the persisted record of one migration: what was asked

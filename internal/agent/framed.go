@@ -1,0 +1,52 @@
+package agent
+
+import (
+	"io"
+
+	"github.com/ferry-vm/ferry/internal/hypervisor"
+	"github.com/ferry-vm/ferry/internal/sudp"
+	"github.com/ferry-vm/ferry/internal/zstream"
+)
+
+// A migration stream of kind streamFramed carries the hypervisor's bytes
+// in zstream frames, each chunk compressed or not as the source's policy
+// decides (package zstream); the other direction (QEMU's return path,
+// post-copy page requests) is raw. The encoder and decoder are used
+// whole-buffer only (EncodeAll, DecodeAll) and hold no goroutines, so
+// they are left to the garbage collector rather than closed under a
+// copy that may still be running.
+
+// framedStream is the source's end: writes are framed.
+type framedStream struct {
+	*sudp.Stream
+	zw    *zstream.Writer
+	ended func(zstream.Stats) // called once the last frame is written
+}
+
+func (f *framedStream) Write(p []byte) (int, error)         { return f.zw.Write(p) }
+func (f *framedStream) ReadFrom(r io.Reader) (int64, error) { return f.zw.ReadFrom(r) }
+
+// CloseWrite ends the stream after its last frame.
+func (f *framedStream) CloseWrite() error {
+	if f.ended != nil {
+		f.ended(f.zw.Stats())
+	}
+	return f.Stream.CloseWrite()
+}
+
+// unframedStream is the destination's end: reads are unframed.
+type unframedStream struct {
+	*sudp.Stream
+	zr *zstream.Reader
+}
+
+func (u *unframedStream) Read(p []byte) (int, error) { return u.zr.Read(p) }
+
+// streamCompressionOf is the source's setting for a migration's stream
+// ("" is "auto").
+func streamCompressionOf(p hypervisor.MigrationParams) string {
+	if p.StreamCompression == "" {
+		return hypervisor.StreamCompressionAuto
+	}
+	return p.StreamCompression
+}

@@ -1,0 +1,74 @@
+package zstream
+
+import (
+	"testing"
+	"time"
+)
+
+// One step of a policy's life: the decision it must take, then what
+// happened.
+type step struct {
+	want   bool          // Compress's answer
+	z      int           // the chunk of 1000 bytes compressed to z (if compressed)
+	waited time.Duration // the write's wait
+}
+
+func TestPolicy(t *testing.T) {
+	const blocked, free = 5 * time.Millisecond, 10 * time.Microsecond
+	for _, tc := range []struct {
+		name   string
+		always bool
+		steps  []step
+	}{
+		{"compresses from the start, then while the link holds it back", false, []step{
+			{true, 400, blocked}, {true, 400, blocked}, {true, 400, free}, {false, 0, free}, {false, 0, blocked}, {true, 400, blocked},
+		}},
+		{"a write just under the threshold is not the link", false, []step{
+			{true, 400, Blocked - time.Microsecond}, {false, 0, Blocked}, {true, 400, Blocked},
+		}},
+		{"incompressible data backs off 1, 2, 4 chunks", false, []step{
+			{true, 950, blocked}, // poor: skip 1
+			{false, 0, blocked},
+			{true, 990, blocked}, // poor: skip 2
+			{false, 0, blocked}, {false, 0, blocked},
+			{true, 1001, blocked}, // poor: skip 4
+			{false, 0, blocked}, {false, 0, blocked}, {false, 0, blocked}, {false, 0, blocked},
+			{true, 500, blocked}, // compresses again: no backoff
+			{true, 870, blocked}, // 7/8 exactly is still worth it
+			{true, 500, blocked},
+		}},
+		{"always: compresses on a free link too, and backs off the same", true, []step{
+			{true, 400, free}, {true, 400, free}, {true, 950, free}, {false, 0, free}, {true, 400, free},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Policy{Always: tc.always}
+			for i, s := range tc.steps {
+				if got := p.Compress(); got != s.want {
+					t.Fatalf("step %d: Compress %v, want %v", i, got, s.want)
+				}
+				if s.want {
+					p.Compressed(1000, s.z)
+				}
+				p.Wrote(s.waited)
+			}
+		})
+	}
+}
+
+func TestPolicyBackoffBounded(t *testing.T) {
+	p := Policy{Always: true}
+	tries := 0
+	for i := 0; i < 10000; i++ {
+		if p.Compress() {
+			tries++
+			if p.Compressed(1000, 1000) {
+				t.Fatal("an incompressible chunk is to be sent compressed")
+			}
+		}
+	}
+	// 1+2+…+64 = 127 chunks to reach the bound, then one try in 65.
+	if want := 7 + (10000-7-127)/65; tries < want-1 || tries > want+1 {
+		t.Fatalf("%d tries in 10000 incompressible chunks, want about %d", tries, want)
+	}
+}

@@ -157,8 +157,8 @@ const tcpCap = 5 * time.Minute
 // benchTCP: QEMU's own migration over TCP with congestion control cc,
 // on a connection across the lab's link whose ends are handed to the two
 // QEMUs (getfd, fd: URIs).
-func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
-	l := upLab(b, "wan")
+func benchTCP(b *testing.B, spec hypervisor.Spec, cc string, labArgs ...string) {
+	l := upLab(b, "wan", labArgs...)
 	src, dst := newBenchDriver(b), newBenchDriver(b)
 	ctx := context.Background()
 	var total, down []time.Duration
@@ -292,10 +292,16 @@ func benchTCP(b *testing.B, spec hypervisor.Spec, cc string) {
 // benchFerry: the same guest through Ferry (migrateArgs added to ferry ctl
 // migrate), its record's figures.
 func benchFerry(b *testing.B, spec hypervisor.Spec, migrateArgs ...string) {
-	c, drv := qemuSites(b, "wan")
+	benchFerryOn(b, spec, "fill=0.5,dirty=1MiB/s", nil, migrateArgs...)
+}
+
+// benchFerryOn: benchFerry with the guest's workload (the same as spec's)
+// and further arguments to wanlab up.
+func benchFerryOn(b *testing.B, spec hypervisor.Spec, workload string, labArgs []string, migrateArgs ...string) {
+	c, drv := qemuSites(b, "wan", labArgs...)
 	var total, down []time.Duration
 	for i := 0; i < b.N; i++ {
-		if err := c.ctl(nil, "vms", "create", spec.Name, "--host", "east", "--memory", "128MiB", "--workload", "fill=0.5,dirty=1MiB/s"); err != nil {
+		if err := c.ctl(nil, "vms", "create", spec.Name, "--host", "east", "--memory", "128MiB", "--workload", workload); err != nil {
 			b.Fatal(err)
 		}
 		waitGuestReady(b, drv["east"], spec.Name)

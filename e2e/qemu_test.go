@@ -26,12 +26,12 @@ type lab struct {
 
 // upLab brings up a WAN lab with profile for the test (root only; the
 // caller checks) and takes it down at the end.
-func upLab(t testing.TB, profile string) *lab {
+func upLab(t testing.TB, profile string, extra ...string) *lab {
 	t.Helper()
 	bin := filepath.Join(filepath.Dir(ferryBin), "wanlab")
 	l := &lab{name: fmt.Sprintf("fe%d", os.Getpid()%100000)}
 	_ = exec.Command(bin, "down", l.name).Run()
-	if out, err := exec.Command(bin, "up", l.name, "--profile", profile).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, append([]string{"up", l.name, "--profile", profile}, extra...)...).CombinedOutput(); err != nil {
 		t.Fatalf("wanlab up: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
@@ -66,8 +66,8 @@ func requireQEMUAndRoot(t *testing.T) {
 // of a WAN lab (east beside the MMC, west across the link) and returns
 // the cluster and a driver on each agent's VM directory (to read guest
 // memory as a test, beside the agents).
-func qemuSites(t testing.TB, profile string) (*cluster, map[string]*qemu.Driver) {
-	l := upLab(t, profile)
+func qemuSites(t testing.TB, profile string, labArgs ...string) (*cluster, map[string]*qemu.Driver) {
+	l := upLab(t, profile, labArgs...)
 	c := newClusterIn(t, l.netns[0], l.addr[0]+":7946")
 	c.agentNetns["east"], c.agentNetns["west"] = l.netns[0], l.netns[1]
 	var tok struct {

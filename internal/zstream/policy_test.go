@@ -20,12 +20,14 @@ func TestPolicy(t *testing.T) {
 		always bool
 		steps  []step
 	}{
-		{"compresses from the start, then while the link holds it back", false, []step{
-			{true, 400, blocked}, {true, 400, blocked}, {true, 400, free}, {false, 0, free}, {false, 0, blocked}, {true, 400, blocked},
-		}},
-		{"a write just under the threshold is not the link", false, []step{
-			{true, 400, Blocked - time.Microsecond}, {false, 0, Blocked}, {true, 400, Blocked},
-		}},
+		{"compresses from the start, and for LinkMemory frames after the link held it back", false, append(append(
+			repeat(step{true, 400, free}, LinkMemory-1), // the start counts as held back
+			step{true, 400, blocked}),                   // held back: LinkMemory more
+			append(repeat(step{true, 400, free}, LinkMemory),
+				step{false, 0, free}, step{false, 0, free}, // free for LinkMemory frames: raw
+				step{false, 0, Blocked - time.Microsecond}, // not a wait
+				step{false, 0, Blocked},                    // a wait: compress again
+				step{true, 400, free})...)},
 		{"incompressible data backs off 1, 2, 4 chunks", false, []step{
 			{true, 950, blocked}, // poor: skip 1
 			{false, 0, blocked},
@@ -54,6 +56,14 @@ func TestPolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+func repeat(s step, n int) []step {
+	out := make([]step, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
 }
 
 func TestPolicyBackoffBounded(t *testing.T) {

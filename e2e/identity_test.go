@@ -136,6 +136,7 @@ type cluster struct {
 	// does ("" for both: this namespace).
 	netns      string
 	agentNetns map[string]string
+	agentProcs map[string]*proc // the last process startAgent started for each name
 }
 
 func newCluster(t testing.TB, extra ...string) *cluster {
@@ -294,7 +295,12 @@ func (c *cluster) startAgent(name string, extra ...string) *proc {
 	}
 	args := append([]string{"agent", "--data-dir", dir, "--bundle", c.bundle, "--name", name,
 		"--disk-id", "disk-" + name, "--macs", "02:00:00:00:00:" + fmt.Sprintf("%02x", len(name)), "--time-sync-interval", "1s"}, extra...)
-	return startCmd(c.t, "agent "+name, ferryIn(c.agentNetns[name], args...))
+	p := startCmd(c.t, "agent "+name, ferryIn(c.agentNetns[name], args...))
+	if c.agentProcs == nil {
+		c.agentProcs = map[string]*proc{}
+	}
+	c.agentProcs[name] = p
+	return p
 }
 
 func (c *cluster) metric(name string) float64 {

@@ -20,13 +20,16 @@ import (
 // WAN lab's "wan" link (100 Mbit/s, 50 ms RTT) at 1 % and at 0 % loss:
 //
 //   - tcp-bbr: QEMU's default, one channel, no compression, over TCP BBR;
+//
 //   - tcp-bbr-mfdN-zstdL: QEMU's strongest WAN setup, N multifd channels
 //     with zstd at level L, over TCP BBR (a sweep: the best is the peer);
+//
 //   - ferry: QEMU through Ferry (MMC, agents, one SUDP connection), the
 //     agents compressing the stream as they judge (stream compression
-//     auto); ferry-off: without it.
+//     auto); ferry-mfdN: with N multifd channels, each a stream of the
+//     connection; ferry-off: without compression.
 //
-//	go test ./e2e -run '^$' -bench 'QEMUCompressible' -benchtime 1x -count 3 -timeout 2h
+//     go test ./e2e -run '^$' -bench 'QEMUCompressible' -benchtime 1x -count 3 -timeout 2h
 //
 // Needs root (the lab) and QEMU.
 func BenchmarkQEMUCompressible(b *testing.B) {
@@ -66,6 +69,11 @@ func BenchmarkQEMUCompressible(b *testing.B) {
 				})
 			}
 			b.Run("ferry", func(b *testing.B) { benchFerryOn(b, spec, workload, lab) })
+			for _, n := range []int{2, 4} {
+				b.Run(fmt.Sprintf("ferry-mfd%d", n), func(b *testing.B) {
+					benchFerryOn(b, spec, workload, lab, "--channels", fmt.Sprint(n))
+				})
+			}
 			b.Run("ferry-off", func(b *testing.B) { benchFerryOn(b, spec, workload, lab, "--stream-compression", "off") })
 		})
 	}

@@ -602,7 +602,7 @@ func newCtlEventsCmd(c *ctlFlags, which string) *cobra.Command {
 func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	var to, rate, streamCompression string
 	var postcopy, compress bool
-	var maxRounds int
+	var maxRounds, channels int
 	var downtime time.Duration
 	cmd := &cobra.Command{
 		Use: "migrate VM --to HOST", Short: "Plan a live migration of a VM to another host", Args: cobra.ExactArgs(1),
@@ -612,7 +612,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 				return err
 			}
 			req := api.MigrateRequest{VM: args[0], To: to, Options: migration.Options{AllowPostcopy: postcopy, MaxRounds: maxRounds,
-				DowntimeLimitMS: downtime.Milliseconds(), Compress: compress, StreamCompression: streamCompression}}
+				DowntimeLimitMS: downtime.Milliseconds(), Compress: compress, StreamCompression: streamCompression, Channels: channels}}
 			if rate != "" {
 				bps, err := units.ParseRate(rate)
 				if err != nil {
@@ -638,6 +638,7 @@ func newCtlMigrateCmd(c *ctlFlags) *cobra.Command {
 	cmd.Flags().IntVar(&maxRounds, "max-rounds", 0, "passes over memory before post-copy or giving up (0: the hypervisor's default, 30)")
 	cmd.Flags().BoolVar(&compress, "compress", false, "send pages that were sent before as deltas (QEMU XBZRLE; the simulated VM compresses with zstd): for guests that rewrite the same pages in small ways, over a slow link")
 	cmd.Flags().StringVar(&streamCompression, "stream-compression", "auto", "how the agents compress the stream on the link: auto (zstd while the link, not the CPU, is the bottleneck and the data compresses), zstd (whatever compresses) or off")
+	cmd.Flags().IntVar(&channels, "channels", 0, "QEMU: move memory over this many parallel (multifd) channels, each its own stream of the link (0: one stream; not with --postcopy or --compress)")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }

@@ -80,8 +80,8 @@ func TestReadChannelName(t *testing.T) {
 		name  string
 		ok    bool
 	}{
-		{channelHeader("qemu")[1:], "qemu", true},
-		{channelHeader("nbd")[1:], "nbd", true},
+		{channelHeader("qemu", false)[1:], "qemu", true},
+		{channelHeader("nbd", true)[1:], "nbd", true},
 		{[]byte{0}, "", false},
 		{append([]byte{17}, "abcdefghijklmnopq"...), "", false},
 		{append([]byte{5}, "../.."...), "", false},

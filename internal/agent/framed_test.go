@@ -41,6 +41,10 @@ func TestStreamCompression(t *testing.T) {
 		}
 		h.waitFor("migration "+tc.setting, 30*time.Second, func() bool { return h.migration(m.ID).State == migration.Completed })
 		h.checkOneCopy(t, "vm1", other, home, original)
+		h.waitFor("the MMC's inventory", 10*time.Second, func() bool {
+			vms, _ := h.client().VMs(h.ctx)
+			return len(vms) == 1 && vms[0].Host == other
+		})
 		got := h.migration(m.ID)
 		ratio := float64(got.BytesOnWire) / mem
 		t.Logf("%s: %d bytes on the wire for %d of memory (%.2f)", tc.setting, got.BytesOnWire, mem, ratio)

@@ -39,7 +39,11 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 	var vm hypervisor.VM
 	var conn net.Conn
 	err = a.createVM(o.Spec.Name, expectIncoming, o.ID, func() (err error) {
-		vm, conn, err = mig.PrepareIncoming(ctx, *o.Spec)
+		if cp, ok := mig.(hypervisor.ChannelPreparer); ok {
+			vm, conn, err = cp.PrepareIncomingChannels(ctx, *o.Spec, o.Params)
+		} else {
+			vm, conn, err = mig.PrepareIncoming(ctx, *o.Spec)
+		}
 		return err
 	})
 	if err != nil {
@@ -95,8 +99,8 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 				migStream <- accepted{s: &unframedStream{Stream: s, zr: zr}, c: l.c}
 			case kind == streamDisk:
 				a.serveDiskStream(ctx, j, s)
-			case kind == streamChannel:
-				a.serveChannelStream(ctx, j, s)
+			case kind == streamChannel || kind == streamFramedChannel:
+				a.serveChannelStream(ctx, j, s, kind == streamFramedChannel)
 			default:
 				a.log.Warn("agent: unexpected stream on a migration link", "id", o.ID, "kind", kind)
 				s.Reset(1)
@@ -125,11 +129,17 @@ const (
 	// One connection of a named channel (hypervisor.ChannelMover): the
 	// kind byte is followed by the name's length (one byte) and the name.
 	streamChannel byte = 'C'
+	// The same, its content in zstream frames (source to destination).
+	streamFramedChannel byte = 'c'
 )
 
 // channelHeader is what a channel stream starts with.
-func channelHeader(name string) []byte {
-	return append([]byte{streamChannel, byte(len(name))}, name...)
+func channelHeader(name string, framed bool) []byte {
+	kind := streamChannel
+	if framed {
+		kind = streamFramedChannel
+	}
+	return append([]byte{kind, byte(len(name))}, name...)
 }
 
 // readChannelName reads a channel stream's name (after its kind byte),
@@ -199,7 +209,7 @@ func (a *Agent) serveDiskStream(ctx context.Context, j *job, s *sudp.Stream) {
 
 // serveChannelStream joins one stream of a named channel to the
 // connection the driver makes for it (destination).
-func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream) {
+func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream, framed bool) {
 	name, err := readChannelName(ctx, s)
 	if err != nil {
 		a.log.Warn("agent: migration channel stream", "id", j.order.ID, "err", err)
@@ -212,6 +222,15 @@ func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream) 
 		s.Reset(1)
 		return
 	}
+	var rs io.ReadWriteCloser = s
+	if framed {
+		zr, err := zstream.NewReader(s)
+		if err != nil {
+			s.Reset(1)
+			return
+		}
+		rs = &unframedStream{Stream: s, zr: zr}
+	}
 	conn, err := cm.DialChannel(ctx, j.order.VM, name)
 	if err != nil {
 		a.log.Warn("agent: connecting a channel stream", "id", j.order.ID, "channel", name, "err", err)
@@ -221,7 +240,7 @@ func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream) 
 	a.migs.wg.Add(1)
 	go func() {
 		defer a.migs.wg.Done()
-		if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
+		if err := pump(ctx, rs, conn, func() {}); err != nil && ctx.Err() == nil {
 			a.log.Warn("agent: channel stream", "id", j.order.ID, "channel", name, "err", err)
 		}
 	}()
@@ -231,12 +250,16 @@ func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream) 
 // connections on ln and carries each over a new stream of the link,
 // until ctx ends.
 func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn) {
-	a.serveListener(ctx, id, ln, lc, []byte{streamDisk})
+	a.serveListener(ctx, id, ln, lc, []byte{streamDisk}, "")
 }
 
 // serveListener (source) accepts connections on ln and carries each
 // over a new stream of the link that starts with header, until ctx ends.
-func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn, header []byte) {
+// compression is the stream's setting for a channel of the migration's
+// memory (hypervisor.StreamCompression*: its stream is then framed
+// unless off, and its backlog bounded as the main stream's is), "" for
+// a disk channel.
+func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn, header []byte, compression string) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	for {
@@ -255,10 +278,24 @@ func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, l
 			conn.Close()
 			continue
 		}
+		var ws io.ReadWriteCloser = s
+		if compression != "" {
+			s.SetMaxQueueDelay(streamQueueDelay)
+			if compression != hypervisor.StreamCompressionOff {
+				zw, err := zstream.NewWriter(s, compression == hypervisor.StreamCompressionZstd)
+				if err != nil {
+					s.Reset(1)
+					conn.Close()
+					continue
+				}
+				ws = &framedStream{Stream: s, zw: zw}
+			}
+			a.log.Info("agent: migration channel opened", "id", id, "channel", string(header[2:]), "compression", compression)
+		}
 		a.migs.wg.Add(1)
 		go func() {
 			defer a.migs.wg.Done()
-			if err := pump(ctx, s, conn, func() {}); err != nil && ctx.Err() == nil {
+			if err := pump(ctx, ws, conn, func() {}); err != nil && ctx.Err() == nil {
 				a.log.Warn("agent: migration side stream", "id", id, "err", err)
 			}
 		}()
@@ -294,8 +331,9 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 	// then compressed or not as the link and the data call for.
 	var ms io.ReadWriteCloser = s
 	kind := streamMigration
-	if c := streamCompressionOf(o.Params); c != hypervisor.StreamCompressionOff {
-		zw, err := zstream.NewWriter(s, c == hypervisor.StreamCompressionZstd)
+	compression := streamCompressionOf(o.Params)
+	if compression != hypervisor.StreamCompressionOff {
+		zw, err := zstream.NewWriter(s, compression == hypervisor.StreamCompressionZstd)
 		if err != nil {
 			s.Reset(1)
 			return fmt.Errorf("agent: migration stream: %w", err)
@@ -349,7 +387,7 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 		// they are served before the migration starts, as the disk
 		// channel is.
 		if cm, ok := mig.(hypervisor.ChannelMover); ok {
-			lns, err := cm.ListenChannels(o.VM)
+			lns, err := cm.ListenChannels(o.VM, o.Params)
 			if err != nil {
 				s.Reset(1)
 				return fmt.Errorf("agent: migrate %s: %w", o.VM, err)
@@ -362,7 +400,7 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 				a.migs.wg.Add(1)
 				go func() {
 					defer a.migs.wg.Done()
-					a.serveListener(cctx, o.ID, ln, l.c, channelHeader(name))
+					a.serveListener(cctx, o.ID, ln, l.c, channelHeader(name, compression != hypervisor.StreamCompressionOff), compression)
 				}()
 			}
 		}

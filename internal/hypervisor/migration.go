@@ -39,6 +39,11 @@ type MigrationParams struct {
 	// compresses the stream on the link: StreamCompressionAuto ("" too),
 	// StreamCompressionZstd or StreamCompressionOff. Drivers ignore it.
 	StreamCompression string `json:"stream_compression,omitempty"`
+	// Channels is the number of parallel channels the hypervisor moves
+	// memory over beside its main stream (QEMU multifd), each carried by
+	// the agents as its own stream of the link (0: the main stream
+	// only). Drivers without channels ignore it.
+	Channels int `json:"channels,omitempty"`
 	// AutoConverge throttles the guest when rounds stop shrinking.
 	AutoConverge bool `json:"auto_converge,omitempty"`
 	// MaxRounds bounds the iterative rounds before the driver gives up
@@ -217,10 +222,20 @@ type ChannelMover interface {
 	// ListenChannels (source) opens the listeners of VM id's outgoing
 	// migration, by channel name (ValidChannel names), before
 	// MigrateOut is called; the MA closes them when the job ends.
-	ListenChannels(id string) (map[string]net.Listener, error)
+	// p are the migration's parameters (a driver may open none for
+	// some).
+	ListenChannels(id string, p MigrationParams) (map[string]net.Listener, error)
 	// DialChannel (destination) connects one connection of channel name
 	// for incoming VM id.
 	DialChannel(ctx context.Context, id, name string) (net.Conn, error)
+}
+
+// ChannelPreparer is implemented by drivers whose destination must know
+// the migration's parameters before the stream starts (QEMU multifd:
+// its channel count); the MA prepares through it instead of
+// Migrator.PrepareIncoming.
+type ChannelPreparer interface {
+	PrepareIncomingChannels(ctx context.Context, s Spec, p MigrationParams) (VM, net.Conn, error)
 }
 
 // MaxChannelName bounds a ChannelMover channel's name.

@@ -77,6 +77,9 @@ func (m *Machine) prepare(now time.Time) {
 	if !m.prepared && m.prepErr == "" {
 		o := m.order()
 		o.Spec = m.env.Spec
+		// The destination's hypervisor may need the parameters before
+		// the stream starts (QEMU multifd: its channel count).
+		o.Params = r.Params(StopAndCopy(r.DowntimeLimit(), m.srcRTT, m.dstRTT))
 		m.send(r.To, OpPrepare, o) // once: a reply sets prepared or prepErr
 	}
 	switch {

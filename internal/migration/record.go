@@ -33,14 +33,20 @@ type Options struct {
 	// while the link holds the stream back and the data compresses),
 	// "zstd" (every chunk that compresses) or "off".
 	StreamCompression string `json:"stream_compression,omitempty"`
+	// Channels: the hypervisor moves memory over this many parallel
+	// channels beside its main stream (QEMU multifd), each its own
+	// stream of the agents' link (0: the main stream only). Not with
+	// post-copy or Compress (QEMU 7.2 combines neither with multifd).
+	Channels int `json:"channels,omitempty"`
 }
 
 // Option bounds.
 const (
 	MaxRoundsLimit    = 1000
+	MaxChannels       = 16
 	DowntimeLimitMax  = 60_000 // ms
 	DefaultDowntime   = hypervisor.DefaultDowntimeLimit
-	optionsErrorHints = "max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000; stream_compression auto, zstd or off"
+	optionsErrorHints = "max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000; stream_compression auto, zstd or off; channels 0–16, not with allow_postcopy or compress"
 )
 
 // ErrBadOptions wraps every Options.Check failure.
@@ -49,7 +55,8 @@ var ErrBadOptions = errors.New("migration: bad options")
 // Check refuses options no migration can run with.
 func (o Options) Check() error {
 	if o.MaxRate < 0 || o.MaxRounds < 0 || o.MaxRounds > MaxRoundsLimit || o.DowntimeLimitMS < 0 || o.DowntimeLimitMS > DowntimeLimitMax ||
-		!hypervisor.ValidStreamCompression(o.StreamCompression) {
+		!hypervisor.ValidStreamCompression(o.StreamCompression) ||
+		o.Channels < 0 || o.Channels > MaxChannels || (o.Channels > 0 && (o.AllowPostcopy || o.Compress)) {
 		return fmt.Errorf("%w: %s", ErrBadOptions, optionsErrorHints)
 	}
 	return nil
@@ -68,7 +75,7 @@ func (o Options) DowntimeLimit() time.Duration {
 // (see Machine: the rest is fixed costs measured on the path).
 func (o Options) Params(stopAndCopy time.Duration) hypervisor.MigrationParams {
 	return hypervisor.MigrationParams{MaxBandwidth: o.MaxRate, DowntimeLimit: stopAndCopy, AutoConverge: true,
-		Postcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Compress: o.Compress, StreamCompression: o.StreamCompression}
+		Postcopy: o.AllowPostcopy, MaxRounds: o.MaxRounds, Compress: o.Compress, StreamCompression: o.StreamCompression, Channels: o.Channels}
 }
 
 // Record is the persisted record of one migration: what was asked

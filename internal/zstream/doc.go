@@ -8,7 +8,7 @@
 // The Writer therefore compresses a chunk only while its last write had
 // to wait for the link (the stream's send queue was full: the link is
 // the bottleneck), and after a chunk that did not compress it sends the
-// next ones raw, trying again after 1, 2, 4 … 64 chunks (Policy). On a
+// next ones raw, trying again after 1, 2, 4 or 8 chunks (Policy). On a
 // link faster than the compressor the writes stop waiting and the
 // chunks go raw; on a slow one everything that compresses is
 // compressed. The hypervisor is not involved: it writes its stream as

@@ -77,8 +77,8 @@ func TestPolicyBackoffBounded(t *testing.T) {
 			}
 		}
 	}
-	// 1+2+…+64 = 127 chunks to reach the bound, then one try in 65.
-	if want := 7 + (10000-7-127)/65; tries < want-1 || tries > want+1 {
+	// 1+2+4+8 = 15 chunks to reach the bound, then one try in 9.
+	if want := 4 + (10000-4-15)/9; tries < want-1 || tries > want+1 {
 		t.Fatalf("%d tries in 10000 incompressible chunks, want about %d", tries, want)
 	}
 }

@@ -184,7 +184,7 @@ func (d *Driver) copiesDisks(l *golibvirt.Libvirt, dom golibvirt.Domain) (bool, 
 // ListenChannels implements hypervisor.ChannelMover: the sockets VM id's
 // QEMU connects its migration stream and (for local disks) its NBD
 // client to.
-func (d *Driver) ListenChannels(id string) (map[string]net.Listener, error) {
+func (d *Driver) ListenChannels(id string, _ hypervisor.MigrationParams) (map[string]net.Listener, error) {
 	l, dom, err := d.domain(id)
 	if err != nil {
 		return nil, err

@@ -54,7 +54,7 @@ func startMigration(t *testing.T, src, dst *Driver, spec hypervisor.Spec, p hype
 	t.Helper()
 	ctx := context.Background()
 	m := &miniMA{errs: make(chan error, 8)}
-	lns, err := src.ListenChannels(spec.Name)
+	lns, err := src.ListenChannels(spec.Name, hypervisor.MigrationParams{})
 	if err != nil {
 		t.Fatal(err)
 	}

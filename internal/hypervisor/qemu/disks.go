@@ -265,6 +265,7 @@ func (d *Driver) MigrateOutDisks(ctx context.Context, id string, p hypervisor.Mi
 		return d.MigrateOut(ctx, id, p)
 	}
 	p.Postcopy = false // see postcopy.go
+	p.Channels = 0     // one stream when disks are copied (multifd.go)
 	caps, params := migrationSettings(p)
 	caps = append(caps, map[string]any{"capability": "pause-before-switchover", "state": true})
 	vmEnd, maEnd, err := hypervisor.StreamPair()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -36,6 +37,9 @@ const unlimitedBandwidth = 1 << 40
 
 // MigrateOut implements hypervisor.Migrator.
 func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.MigrationParams) (net.Conn, error) {
+	if p.Channels > 0 {
+		return d.migrateOutMultifd(ctx, id, p)
+	}
 	caps, params := migrationSettings(p)
 	vmEnd, maEnd, err := hypervisor.StreamPair()
 	if err != nil {
@@ -46,16 +50,7 @@ func (d *Driver) MigrateOut(ctx context.Context, id string, p hypervisor.Migrati
 		if err := d.arm(q, id, caps, params, vmEnd); err != nil {
 			return err
 		}
-		if err := d.savePlan(id, p); err != nil {
-			return err
-		}
-		// QEMU reports durations, not times: the start is ours to
-		// keep (in a file, for an agent that restarts meanwhile).
-		start := strconv.FormatInt(time.Now().UnixNano(), 10)
-		if err := os.WriteFile(d.path(id, "migstart"), []byte(start), 0o600); err != nil {
-			return fmt.Errorf("qemu: %w", err)
-		}
-		return q.run("migrate", map[string]any{"uri": "fd:" + migrationFD}, nil, nil)
+		return d.launch(q, id, p, "fd:"+migrationFD)
 	})
 	if err != nil {
 		maEnd.Close()
@@ -81,6 +76,7 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 		{"capability": "xbzrle", "state": p.Compress},
 		{"capability": "pause-before-switchover", "state": false},
 		{"capability": "postcopy-ram", "state": p.Postcopy},
+		{"capability": "multifd", "state": p.Channels > 0},
 	}
 	params = map[string]any{
 		"max-bandwidth": bw,
@@ -91,6 +87,9 @@ func migrationSettings(p hypervisor.MigrationParams) (caps []map[string]any, par
 		"cpu-throttle-initial":   20,
 		"cpu-throttle-increment": 20,
 		"max-cpu-throttle":       99,
+	}
+	if p.Channels > 0 {
+		maps.Copy(params, multifdParams(p.Channels))
 	}
 	return caps, params
 }
@@ -113,7 +112,7 @@ func (d *Driver) SetDowntimeLimit(ctx context.Context, id string, limit time.Dur
 
 // arm readies VM id for an outgoing migration on vmEnd: not migrating
 // already, capabilities and parameters set, the descriptor handed over
-// (getfd) under migrationFD.
+// (getfd) under migrationFD (vmEnd nil: a migration to a socket URI).
 func (d *Driver) arm(q *qmpConn, id string, caps []map[string]any, params map[string]any, vmEnd *os.File) error {
 	if err := d.checkIdle(q, id); err != nil {
 		return err
@@ -124,8 +123,26 @@ func (d *Driver) arm(q *qmpConn, id string, caps []map[string]any, params map[st
 	if err := q.run("migrate-set-parameters", params, nil, nil); err != nil {
 		return err
 	}
+	if vmEnd == nil {
+		return nil
+	}
 	_ = q.run("closefd", map[string]any{"fdname": migrationFD}, nil, nil) // left by an earlier attempt
 	return q.run("getfd", map[string]any{"fdname": migrationFD}, nil, vmEnd)
+}
+
+// launch starts VM id's armed outgoing migration to uri, keeping its plan
+// and start.
+func (d *Driver) launch(q *qmpConn, id string, p hypervisor.MigrationParams, uri string) error {
+	if err := d.savePlan(id, p); err != nil {
+		return err
+	}
+	// QEMU reports durations, not times: the start is ours to keep (in
+	// a file, for an agent that restarts meanwhile).
+	start := strconv.FormatInt(time.Now().UnixNano(), 10)
+	if err := os.WriteFile(d.path(id, "migstart"), []byte(start), 0o600); err != nil {
+		return fmt.Errorf("qemu: %w", err)
+	}
+	return q.run("migrate", map[string]any{"uri": uri}, nil, nil)
 }
 
 // checkIdle refuses a VM that is migrating already, and forgets the

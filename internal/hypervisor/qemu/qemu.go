@@ -36,15 +36,18 @@ type Driver struct {
 	Accel  string // "tcg" (New's default) or "kvm"
 	CPU    string // QEMU's -cpu model; "" for QEMU's default
 
-	mu    sync.Mutex
-	locks map[string]chan struct{} // one monitor session per VM at a time
-	cpu   map[string]cpuSample     // the last CPU reading per VM, for rates
+	mu      sync.Mutex
+	locks   map[string]chan struct{}    // one monitor session per VM at a time
+	cpu     map[string]cpuSample        // the last CPU reading per VM, for rates
+	multifd map[string]*multifdListener // an outgoing multifd migration's socket, until MigrateOut takes it
 }
 
 var (
 	_ hypervisor.Driver          = (*Driver)(nil)
 	_ hypervisor.Migrator        = (*Driver)(nil)
 	_ hypervisor.BandwidthSetter = (*Driver)(nil)
+	_ hypervisor.ChannelMover    = (*Driver)(nil)
+	_ hypervisor.ChannelPreparer = (*Driver)(nil)
 )
 
 // New returns a driver using dir (created 0700) and the QEMU binary bin
@@ -60,7 +63,8 @@ func New(dir, bin string) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %s not found (Debian: apt-get install qemu-system-x86 qemu-utils): %w", bin, err)
 	}
-	return &Driver{Dir: dir, Binary: path, Accel: "tcg", locks: map[string]chan struct{}{}, cpu: map[string]cpuSample{}}, nil
+	return &Driver{Dir: dir, Binary: path, Accel: "tcg", locks: map[string]chan struct{}{}, cpu: map[string]cpuSample{},
+		multifd: map[string]*multifdListener{}}, nil
 }
 
 // Name implements hypervisor.Driver.

@@ -341,7 +341,7 @@ func (a *Agent) startOutgoing(ctx context.Context, mig hypervisor.Migrator, o mi
 		kind = streamFramed
 		ms = &framedStream{Stream: s, zw: zw, ended: func(st zstream.Stats) {
 			a.log.Info("agent: migration stream sent", "id", o.ID, "bytes", st.Raw, "wire_bytes", st.Wire,
-				"ratio", float64(st.Raw)/float64(max(st.Wire, 1)), "frames", st.Frames, "compressed", st.Compressed, "tried", st.Tried)
+				"ratio", float64(st.Raw)/float64(max(st.Wire, 1)), "frames", st.Frames, "compressed", st.Compressed, "tried", st.Tried, "random", st.Random)
 		}}
 	}
 	if _, err := s.Write([]byte{kind}); err != nil {

@@ -1,6 +1,9 @@
 package zstream
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Policy decides, chunk by chunk, whether to compress. It is a pure
 // state machine: the Writer asks Compress before each chunk and tells it
@@ -74,3 +77,41 @@ func (p *Policy) Wrote(waited time.Duration) {
 		p.sinceBlocked++
 	}
 }
+
+// Random returns whether chunk c looks random from its bytes' entropy,
+// estimated from every sampleStride-th byte: random or encrypted data
+// (7.99 bits a byte) is not worth a compressor's time, and the estimate
+// costs ~1 % of trying (measured: the fastest level spends 1.6 ms on 256
+// KiB of random data). What it cannot see is data random byte by byte
+// but repeated at a long period (a 64 KiB random block four times in a
+// chunk): it goes raw. (A page repeated is seen: its 256 sampled bytes
+// estimate at 7.2 bits.)
+// Chunks under minSample bytes are never judged random.
+func Random(c []byte) bool {
+	if len(c) < minSample {
+		return false
+	}
+	var h [256]uint32
+	n := 0
+	for i := 0; i < len(c); i += sampleStride {
+		h[c[i]]++
+		n++
+	}
+	e := 0.0
+	for _, v := range h {
+		if v > 0 {
+			p := float64(v) / float64(n)
+			e -= p * math.Log2(p)
+		}
+	}
+	return e > randomBits
+}
+
+// Random's constants: 256 KiB sampled at a stride of 16 is 16 Ki
+// samples, for which a uniform source estimates at 7.99 bits; guest text
+// is at 3–5 bits, code at 6–6.5, a page of zeros with a counter near 0.
+const (
+	sampleStride = 16
+	minSample    = 64 << 10
+	randomBits   = 7.9
+)

@@ -1,6 +1,7 @@
 package zstream
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -80,5 +81,46 @@ func TestPolicyBackoffBounded(t *testing.T) {
 	// 1+2+4+8 = 15 chunks to reach the bound, then one try in 9.
 	if want := 4 + (10000-4-15)/9; tries < want-1 || tries > want+1 {
 		t.Fatalf("%d tries in 10000 incompressible chunks, want about %d", tries, want)
+	}
+}
+
+func TestRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	rnd := make([]byte, MaxFrame)
+	for i := range rnd {
+		rnd[i] = byte(r.Uint32())
+	}
+	text := make([]byte, MaxFrame)
+	for i := range text {
+		text[i] = 'a' + byte(r.IntN(26))
+	}
+	page := append(make([]byte, 0, MaxFrame), rnd[:4096]...)
+	for len(page) < MaxFrame {
+		page = append(page, page[:4096]...)
+	}
+	block := append(make([]byte, 0, MaxFrame), rnd[:64<<10]...)
+	for len(block) < MaxFrame {
+		block = append(block, block[:64<<10]...)
+	}
+	half := append(append([]byte(nil), rnd[:MaxFrame/2]...), make([]byte, MaxFrame/2)...)
+	for _, tc := range []struct {
+		name string
+		c    []byte
+		want bool
+	}{
+		{"random", rnd, true},
+		{"random, under the sample minimum", rnd[:minSample-1], false},
+		{"letters", text, false},
+		{"zeros", make([]byte, MaxFrame), false},
+		{"half random, half zeros", half, false},
+		// A page repeated: its 256 sampled bytes read as 7.2 bits.
+		{"one random page repeated", page, false},
+		// The documented blind spot: random bytes repeated at a
+		// longer period.
+		{"a 64 KiB random block repeated", block, true},
+	} {
+		if got := Random(tc.c); got != tc.want {
+			t.Errorf("%s: Random %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

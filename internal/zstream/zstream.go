@@ -29,6 +29,7 @@ type Stats struct {
 	Frames     uint64
 	Compressed uint64 // frames sent compressed
 	Tried      uint64 // chunks it compressed (sent compressed or not)
+	Random     uint64 // chunks it sent raw without trying: they looked random (Random)
 }
 
 // Writer frames what it is given onto w, compressing chunks as its
@@ -105,7 +106,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 func (w *Writer) writeChunk(c []byte) error {
 	f := append(w.frame[:0], 0, 0, 0, 0)
 	flags := byte(0)
-	if w.policy.Compress() {
+	switch {
+	case !w.policy.Compress():
+	case Random(c):
+		// Not a try: the next chunk is judged afresh (random data
+		// costs the estimate, not the compressor).
+		w.stats.Random++
+	default:
 		w.stats.Tried++
 		f = w.enc.EncodeAll(c, f)
 		// Compressed first: a chunk that grew past MaxFrame did not

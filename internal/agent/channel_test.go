@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ferry-vm/ferry/internal/sudp"
 	"github.com/ferry-vm/ferry/internal/sudp/handshake"
+	"github.com/ferry-vm/ferry/internal/zstream"
 )
 
 // streamPair is a connected pair of SUDP streams over loopback.
@@ -95,5 +97,28 @@ func TestReadChannelName(t *testing.T) {
 		if (err == nil) != c.ok || name != c.name {
 			t.Errorf("after %q: name %q, %v; want %q, ok %v", c.after, name, err, c.name, c.ok)
 		}
+	}
+}
+
+// A framed stream that brings a malformed frame fails the read with
+// zstream.ErrFrame, and is counted once.
+func TestUnframedRefusesAndCounts(t *testing.T) {
+	cli, srv := streamPair(t)
+	// A good frame, then one whose length is past the bound.
+	if _, err := cli.Write([]byte{0, 0, 0, 2, 'o', 'k', 0, 0x10, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	zr, err := zstream.NewReader(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	u := &unframedStream{Stream: srv, zr: zr, refused: func() { n++ }}
+	got, err := io.ReadAll(u)
+	if string(got) != "ok" || !errors.Is(err, zstream.ErrFrame) {
+		t.Fatalf("read %q, %v; want ok, then a refused frame", got, err)
+	}
+	if _, err := u.Read(make([]byte, 1)); err == nil || n != 1 {
+		t.Fatalf("after the refusal: %v, counted %d times, want an error and once", err, n)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"io"
 
 	"github.com/ferry-vm/ferry/internal/hypervisor"
@@ -37,10 +38,31 @@ func (f *framedStream) CloseWrite() error {
 // unframedStream is the destination's end: reads are unframed.
 type unframedStream struct {
 	*sudp.Stream
-	zr *zstream.Reader
+	zr      *zstream.Reader
+	refused func() // a malformed frame (counted once: the stream is failed for good)
+	counted bool
 }
 
-func (u *unframedStream) Read(p []byte) (int, error) { return u.zr.Read(p) }
+func (u *unframedStream) Read(p []byte) (int, error) {
+	n, err := u.zr.Read(p)
+	if err != nil && errors.Is(err, zstream.ErrFrame) && !u.counted {
+		u.counted = true
+		if u.refused != nil {
+			u.refused()
+		}
+	}
+	return n, err
+}
+
+// newUnframed is the destination's end of framed stream s, counting a
+// malformed frame in the agent's metrics.
+func (a *Agent) newUnframed(s *sudp.Stream) (*unframedStream, error) {
+	zr, err := zstream.NewReader(s)
+	if err != nil {
+		return nil, err
+	}
+	return &unframedStream{Stream: s, zr: zr, refused: a.metrics.framesRefused.Inc}, nil
+}
 
 // streamCompressionOf is the source's setting for a migration's stream
 // ("" is "auto").

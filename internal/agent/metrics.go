@@ -49,6 +49,9 @@ type metrics struct {
 	// punchesReceived those it received, by outcome (punch.go).
 	punchesSent     prometheus.Counter
 	punchesReceived *prometheus.CounterVec
+	// framesRefused counts framed migration streams (zstream) that
+	// brought a malformed frame: each failed its migration.
+	framesRefused prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -78,9 +81,11 @@ func newMetrics() *metrics {
 			Help: "Hole-punching datagrams sent to an introduced peer."}),
 		punchesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_agent_punches_received_total",
 			Help: "Hole-punching datagrams received, by outcome: matched (an introduction's), unmatched, malformed."}, []string{"outcome"}),
+		framesRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_agent_migration_frames_refused_total",
+			Help: "Framed migration streams that brought a malformed frame (bad flags, length or zstd payload); each failed its migration."}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.reconnectWaits, m.memberUpdates, m.punchesSent, m.punchesReceived}
+	return []prometheus.Collector{m.online, m.reauths, m.offset, m.delay, m.alarm, m.peerWithdrawn, m.fenced, m.term, m.redirects, m.leaderMoves, m.reconnectWaits, m.memberUpdates, m.punchesSent, m.punchesReceived, m.framesRefused}
 }

@@ -90,13 +90,13 @@ func (a *Agent) prepareIncoming(ctx context.Context, mig hypervisor.Migrator, o 
 					migStream <- accepted{s: s, c: l.c}
 					break
 				}
-				zr, err := zstream.NewReader(s)
+				us, err := a.newUnframed(s)
 				if err != nil {
 					s.Reset(1)
 					migStream <- accepted{err: err}
 					return
 				}
-				migStream <- accepted{s: &unframedStream{Stream: s, zr: zr}, c: l.c}
+				migStream <- accepted{s: us, c: l.c}
 			case kind == streamDisk:
 				a.serveDiskStream(ctx, j, s)
 			case kind == streamChannel || kind == streamFramedChannel:
@@ -224,12 +224,12 @@ func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream, 
 	}
 	var rs io.ReadWriteCloser = s
 	if framed {
-		zr, err := zstream.NewReader(s)
+		us, err := a.newUnframed(s)
 		if err != nil {
 			s.Reset(1)
 			return
 		}
-		rs = &unframedStream{Stream: s, zr: zr}
+		rs = us
 	}
 	conn, err := cm.DialChannel(ctx, j.order.VM, name)
 	if err != nil {

@@ -52,12 +52,13 @@ type multifdListener struct {
 	path string
 	main chan net.Conn // the first connection; buffered, once
 
-	mu    sync.Mutex
-	first bool // the first connection was taken
+	mu        sync.Mutex
+	first     bool // the first connection was taken
+	abandoned bool // MigrateOut gave up waiting for it
 }
 
 // Accept returns the next multifd channel's connection, after handing
-// the first connection to main.
+// the first connection to main (or closing it, if MigrateOut gave up).
 func (l *multifdListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.UnixListener.Accept()
@@ -67,11 +68,32 @@ func (l *multifdListener) Accept() (net.Conn, error) {
 		l.mu.Lock()
 		first := !l.first
 		l.first = true
+		if first {
+			// Under the lock, so that abandon sees it or it sees
+			// abandon; main has room for this one connection.
+			if l.abandoned {
+				c.Close()
+			} else {
+				l.main <- c
+			}
+		}
 		l.mu.Unlock()
 		if !first {
 			return c, nil
 		}
-		l.main <- c
+	}
+}
+
+// abandon closes the main connection, whether it came already or comes
+// later.
+func (l *multifdListener) abandon() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.abandoned = true
+	select {
+	case c := <-l.main:
+		c.Close()
+	default:
 	}
 }
 
@@ -129,6 +151,7 @@ func (d *Driver) migrateOutMultifd(ctx context.Context, id string, p hypervisor.
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
+	l.abandon()
 	_ = d.run(context.WithoutCancel(ctx), id, "migrate_cancel", nil, nil)
 	return nil, err
 }

@@ -27,6 +27,12 @@ type framedStream struct {
 func (f *framedStream) Write(p []byte) (int, error)         { return f.zw.Write(p) }
 func (f *framedStream) ReadFrom(r io.Reader) (int64, error) { return f.zw.ReadFrom(r) }
 
+// WriteTo keeps io.Copy on the raw direction's Read, whatever fast
+// paths the embedded stream gains.
+func (f *framedStream) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{f.Stream})
+}
+
 // CloseWrite ends the stream after its last frame.
 func (f *framedStream) CloseWrite() error {
 	if f.ended != nil {
@@ -53,6 +59,16 @@ func (u *unframedStream) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// WriteTo keeps io.Copy on the unframing Read, whatever fast paths the
+// embedded stream gains (one that read the stream directly would pass
+// the frames on undecoded).
+func (u *unframedStream) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{u})
+}
+
+// ReadFrom keeps the raw direction's writes on the stream's Write.
+func (u *unframedStream) ReadFrom(r io.Reader) (int64, error) { return u.Stream.ReadFrom(r) }
 
 // newUnframed is the destination's end of framed stream s, counting a
 // malformed frame in the agent's metrics.

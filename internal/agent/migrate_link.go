@@ -237,6 +237,7 @@ func (a *Agent) serveChannelStream(ctx context.Context, j *job, s *sudp.Stream, 
 		s.Reset(1)
 		return
 	}
+	a.log.Info("agent: migration channel joined", "id", j.order.ID, "channel", name, "framed", framed)
 	a.migs.wg.Add(1)
 	go func() {
 		defer a.migs.wg.Done()
@@ -255,10 +256,11 @@ func (a *Agent) serveDiskChannel(ctx context.Context, id string, ln net.Listener
 
 // serveListener (source) accepts connections on ln and carries each
 // over a new stream of the link that starts with header, until ctx ends.
-// compression is the stream's setting for a channel of the migration's
-// memory (hypervisor.StreamCompression*: its stream is then framed
-// unless off, and its backlog bounded as the main stream's is), "" for
-// a disk channel.
+// compression is the migration's setting for a hypervisor's own channel
+// (hypervisor.ChannelMover: QEMU's multifd channels, libvirt's QEMU
+// stream and its NBD disk stream): the stream is then framed unless
+// off, and its backlog bounded as the main stream's is; "" for the
+// QEMU driver's disk channel (raw).
 func (a *Agent) serveListener(ctx context.Context, id string, ln net.Listener, lc *sudp.Conn, header []byte, compression string) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()

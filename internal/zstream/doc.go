@@ -19,6 +19,7 @@
 // Wire format (docs/protocol.md §16.2): frames, each a 4-byte header —
 // flags (1 byte: 0 raw, 1 zstd; other bits reserved) and the payload's
 // length (3 bytes, big-endian, 1…MaxFrame) — then the payload. A zstd
-// payload is one zstd frame that decodes to 1…MaxFrame bytes. The
+// payload is zstd data (the Writer sends one frame; the Reader takes
+// any frames, skippable ones too) that decodes to 1…MaxFrame bytes. The
 // Reader refuses anything else with an error wrapping ErrFrame.
 package zstream

@@ -103,20 +103,30 @@ func (d *Driver) ListenChannels(id string, p hypervisor.MigrationParams) (map[st
 	if p.Channels <= 0 {
 		return nil, nil
 	}
+	if p.Channels > MaxChannels {
+		return nil, fmt.Errorf("qemu: %d migration channels (at most %d)", p.Channels, MaxChannels)
+	}
 	if _, err := d.spec(id); err != nil {
 		return nil, err
 	}
+	// An earlier attempt's listener is closed first, and no listener
+	// unlinks its path on close: Go's would remove whatever socket is
+	// there by then — this one's.
+	d.mu.Lock()
+	if old := d.multifd[id]; old != nil {
+		old.Close()
+		delete(d.multifd, id)
+	}
+	d.mu.Unlock()
 	path := d.path(id, "migout")
 	_ = os.Remove(path)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("qemu: migration socket: %w", err)
 	}
+	ln.SetUnlinkOnClose(false)
 	l := &multifdListener{UnixListener: ln, path: path, main: make(chan net.Conn, 1)}
 	d.mu.Lock()
-	if old := d.multifd[id]; old != nil {
-		old.Close()
-	}
 	d.multifd[id] = l
 	d.mu.Unlock()
 	return map[string]net.Listener{chanMultifd: l}, nil
@@ -139,6 +149,7 @@ func (d *Driver) migrateOutMultifd(ctx context.Context, id string, p hypervisor.
 		return d.launch(q, id, p, "unix:"+l.path)
 	})
 	if err != nil {
+		l.abandon() // migrate may have been issued all the same
 		return nil, err
 	}
 	t := time.NewTimer(10 * time.Second)

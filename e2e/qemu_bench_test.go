@@ -32,12 +32,7 @@ import (
 //
 // Needs root (the lab) and QEMU, like the e2e tests.
 func BenchmarkQEMUWAN(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("the WAN lab needs root")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		b.Skip("qemu-system-x86_64 is not installed")
-	}
+	requireQEMUBench(b)
 	spec := hypervisor.Spec{Name: "bench", Memory: 128 << 20, VCPUs: 1,
 		Workload: hypervisor.Workload{Fill: 0.5, Dirty: 1 << 20}}
 	for _, cc := range []string{"cubic", "bbr"} {
@@ -49,6 +44,17 @@ func BenchmarkQEMUWAN(b *testing.B) {
 	// median ~465 ms, over 17 runs on 2026-11-26): total time at equal
 	// downtime.
 	b.Run("ferry-downtime-450ms", func(b *testing.B) { benchFerry(b, spec, "--downtime-limit", "450ms") })
+}
+
+// requireQEMUBench skips a QEMU benchmark without its prerequisites:
+// root (the lab) and QEMU.
+func requireQEMUBench(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the WAN lab needs root")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		b.Skip("qemu-system-x86_64 is not installed")
+	}
 }
 
 // report records the iterations' mean figures.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -33,12 +32,7 @@ import (
 //
 // Needs root (the lab) and QEMU.
 func BenchmarkQEMUCompressible(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("the WAN lab needs root")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		b.Skip("qemu-system-x86_64 is not installed")
-	}
+	requireQEMUBench(b)
 	const workload = "fill=1,text=0.9,dirty=1MiB/s"
 	w, err := hypervisor.ParseWorkload(workload)
 	if err != nil {
@@ -179,22 +173,9 @@ func benchMultifd(b *testing.B, spec hypervisor.Spec, channels, level int, labAr
 		paused := start.Add(time.Duration(mi.TotalTime-mi.Downtime) * time.Millisecond)
 		total = append(total, resumed.Sub(start))
 		down = append(down, resumed.Sub(paused))
-		checkBenchGuest(b, dst, spec)
+		checkGuestPattern(b, dst, spec.Name, spec)
 		_ = src.Destroy(ctx, spec.Name)
 		_ = dst.Destroy(ctx, spec.Name)
 	}
 	report(b, total, down)
-}
-
-// checkBenchGuest: the destination's pattern is the guest's (the
-// migration carried the memory, not just a completion).
-func checkBenchGuest(b *testing.B, d *qemu.Driver, spec hypervisor.Spec) {
-	l := qemu.Layout(spec)
-	got, err := d.ReadMemory(context.Background(), spec.Name, l.PatternAddr, l.PatternLen)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if string(got) != string(l.PatternData()) {
-		b.Fatal("the destination's memory is not the guest's pattern")
-	}
 }

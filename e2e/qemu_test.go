@@ -49,6 +49,22 @@ func upLab(t testing.TB, profile string, extra ...string) *lab {
 	return l
 }
 
+// checkRunsOn checks the migrated guest spec on its destination d (its
+// pattern, then, paused, its dirtied pages against its counters), resumes
+// it and waits until it dirties pages again; it returns the counters read
+// while it was paused.
+func (c *cluster) checkRunsOn(t *testing.T, d *qemu.Driver, spec hypervisor.Spec) qemu.GuestCounters {
+	t.Helper()
+	cnt := checkGuestMemory(t, d, spec.Name, spec)
+	if err := d.Resume(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the guest runs on at the destination", func() bool {
+		return guestCounters(t, d, spec.Name).Pages > cnt.Pages
+	})
+	return cnt
+}
+
 // requireQEMU: the suite's install step (scripts/install-test-deps.sh)
 // installs QEMU; without it, or without root for the lab, there is
 // nothing to run.
@@ -215,13 +231,7 @@ func TestQEMUMigrationWAN(t *testing.T) {
 	// On the destination: the pattern, then (paused) the dirtied
 	// region against the counters, then it runs on.
 	west := drv["west"]
-	cnt := checkGuestMemory(t, west, "guest", spec)
-	if err := west.Resume(context.Background(), "guest"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("the guest runs on at the destination", func() bool {
-		return guestCounters(t, west, "guest").Pages > cnt.Pages
-	})
+	cnt := c.checkRunsOn(t, west, spec)
 	if cnt.Pages == 0 {
 		t.Fatal("the guest never dirtied a page")
 	}
@@ -278,23 +288,17 @@ func TestQEMUMultifdWAN(t *testing.T) {
 	}
 	// And the main stream carried little of the memory: the channels
 	// did (QEMU's main stream holds the device state and page headers).
-	if sent := c.agentProcs["east"].log(); !strings.Contains(sent, `msg="agent: migration stream sent" id=`+mig.ID) {
+	sent, key := c.agentProcs["east"].log(), `msg="agent: migration stream sent" id=`+mig.ID+" bytes="
+	i := strings.Index(sent, key)
+	if i < 0 {
 		t.Fatal("the source agent did not log its main stream's end")
-	} else if i := strings.Index(sent, `msg="agent: migration stream sent" id=`+mig.ID+" bytes="); i >= 0 {
-		var main int64
-		fmt.Sscan(sent[i+len(`msg="agent: migration stream sent" id=`+mig.ID+" bytes="):], &main)
-		if main <= 0 || main > int64(pat)/10 {
-			t.Fatalf("the main stream carried %d bytes of %d of pattern: the memory did not go over the channels", main, pat)
-		}
 	}
-	west := drv["west"]
-	cnt := checkGuestMemory(t, west, "guest", spec)
-	if err := west.Resume(context.Background(), "guest"); err != nil {
-		t.Fatal(err)
+	var main int64
+	fmt.Sscan(sent[i+len(key):], &main)
+	if main <= 0 || main > int64(pat)/10 {
+		t.Fatalf("the main stream carried %d bytes of %d of pattern: the memory did not go over the channels", main, pat)
 	}
-	c.waitFor("the guest runs on at the destination", func() bool {
-		return guestCounters(t, west, "guest").Pages > cnt.Pages
-	})
+	c.checkRunsOn(t, drv["west"], spec)
 	// Post-copy and XBZRLE do not combine with multifd: refused up front.
 	for _, bad := range [][]string{{"--postcopy"}, {"--compress"}, {"--channels", "17"}} {
 		if err := c.ctl(nil, append([]string{"migrate", "guest", "--to", "east", "--channels", "2"}, bad...)...); err == nil {

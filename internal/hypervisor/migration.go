@@ -78,6 +78,10 @@ func ValidStreamCompression(s string) bool {
 	return false
 }
 
+// MaxChannels bounds MigrationParams.Channels (QEMU allows 255; a WAN
+// link gains nothing from many).
+const MaxChannels = 16
+
 // Migration defaults.
 const (
 	DefaultDowntimeLimit = 300 * time.Millisecond

@@ -43,7 +43,7 @@ type Options struct {
 // Option bounds.
 const (
 	MaxRoundsLimit    = 1000
-	MaxChannels       = 16
+	MaxChannels       = hypervisor.MaxChannels
 	DowntimeLimitMax  = 60_000 // ms
 	DefaultDowntime   = hypervisor.DefaultDowntimeLimit
 	optionsErrorHints = "max_bandwidth must not be negative; max_rounds is 0–1000; downtime_limit_ms 0–60000; stream_compression auto, zstd or off; channels 0–16, not with allow_postcopy or compress"

@@ -41,10 +41,6 @@ import (
 // chanMultifd names the multifd channel (hypervisor.ChannelMover).
 const chanMultifd = "multifd"
 
-// MaxChannels bounds MigrationParams.Channels (QEMU allows 255; a WAN
-// link gains nothing from many).
-const MaxChannels = 16
-
 // multifdListener accepts one outgoing multifd migration's connections:
 // the first goes to main (MigrateOut), the rest to Accept's caller.
 type multifdListener struct {
@@ -103,8 +99,8 @@ func (d *Driver) ListenChannels(id string, p hypervisor.MigrationParams) (map[st
 	if p.Channels <= 0 {
 		return nil, nil
 	}
-	if p.Channels > MaxChannels {
-		return nil, fmt.Errorf("qemu: %d migration channels (at most %d)", p.Channels, MaxChannels)
+	if p.Channels > hypervisor.MaxChannels {
+		return nil, fmt.Errorf("qemu: %d migration channels (at most %d)", p.Channels, hypervisor.MaxChannels)
 	}
 	if _, err := d.spec(id); err != nil {
 		return nil, err
@@ -174,8 +170,8 @@ func (d *Driver) PrepareIncomingChannels(ctx context.Context, s hypervisor.Spec,
 	if p.Channels <= 0 || len(localDisks(s)) > 0 {
 		return d.PrepareIncoming(ctx, s)
 	}
-	if p.Channels > MaxChannels {
-		return hypervisor.VM{}, nil, fmt.Errorf("qemu: %d migration channels (at most %d)", p.Channels, MaxChannels)
+	if p.Channels > hypervisor.MaxChannels {
+		return hypervisor.VM{}, nil, fmt.Errorf("qemu: %d migration channels (at most %d)", p.Channels, hypervisor.MaxChannels)
 	}
 	vm, err := d.start(ctx, s, true)
 	if err != nil {
